@@ -1,0 +1,549 @@
+"""The in-memory graph model: a GraphDef's nodes with parsed edges and a consumer index.
+
+Each `Node` wraps its NodeDef message, so everything a rule does not touch (attrs, debug info,
+experimental fields, fields we do not know) is written back exactly as it was read. The graph
+keeps the parsed data and control edges in step with the NodeDef `input` strings.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import tempfile
+from typing import Any, Iterable, Iterator, NamedTuple
+
+from google.protobuf import message as protobuf_message
+from google.protobuf import text_format
+
+from gtt_rules.errors import GraphError
+
+from . import op_registry
+from .attrs import decode_attr, encode_attr
+from .proto import graph_def_pb2 as pb
+from .tensors import check_tensor
+
+_MISSING = object()
+TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
+
+
+class TensorRef(NamedTuple):
+    """One output of a node: `node:port`."""
+
+    node: str
+    port: int = 0
+
+    def __str__(self) -> str:
+        return self.node if self.port == 0 else f"{self.node}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> "TensorRef":
+        """`name`, `name:0` or `name:3` to a TensorRef."""
+        name, sep, port = text.rpartition(":")
+        if sep and port.isdigit():
+            return cls(name, int(port))
+        return cls(text, 0)
+
+
+class Node:
+    """A node of a Graph: name, op, device, attrs, data inputs and control inputs.
+
+    Change a node's inputs or name through its Graph, which keeps the consumer index right;
+    attrs and the device can be changed here.
+    """
+
+    __slots__ = ("proto", "inputs", "control_inputs")
+
+    def __init__(self, proto: pb.NodeDef):
+        self.proto = proto
+        self.inputs: list[TensorRef] = []
+        self.control_inputs: list[str] = []
+        for text in proto.input:
+            if text.startswith("^"):
+                self.control_inputs.append(text[1:])
+            else:
+                self.inputs.append(TensorRef.parse(text))
+
+    @property
+    def name(self) -> str:
+        return self.proto.name
+
+    @property
+    def op(self) -> str:
+        return self.proto.op
+
+    @op.setter
+    def op(self, value: str) -> None:
+        self.proto.op = value
+
+    @property
+    def device(self) -> str:
+        return self.proto.device
+
+    @device.setter
+    def device(self, value: str) -> None:
+        self.proto.device = value
+
+    @property
+    def attr(self):
+        """The raw AttrValue map of the NodeDef."""
+        return self.proto.attr
+
+    def get_attr(self, name: str, default: Any = _MISSING) -> Any:
+        """The decoded value of attr `name`, else the op's registered default, else `default`."""
+        if name in self.proto.attr:
+            return decode_attr(self.proto.attr[name])
+        op_def = op_registry.get_op(self.proto.op)
+        if op_def is not None and name in op_def.attrs and op_def.attrs[name].has_default:
+            return op_def.attrs[name].default
+        if default is _MISSING:
+            raise KeyError(f"node '{self.name}' ({self.op}) has no attr '{name}'")
+        return default
+
+    def set_attr(self, name: str, value: Any, kind: str | None = None) -> None:
+        """Set attr `name`; its type comes from the op registry when `kind` is not given."""
+        if kind is None:
+            op_def = op_registry.get_op(self.proto.op)
+            if op_def is not None and name in op_def.attrs:
+                kind = op_def.attrs[name].type
+        if isinstance(value, pb.AttrValue):
+            self.proto.attr[name].CopyFrom(value)
+        else:
+            self.proto.attr[name].CopyFrom(encode_attr(value, kind))
+
+    def _write_inputs(self) -> None:
+        del self.proto.input[:]
+        self.proto.input.extend([str(ref) for ref in self.inputs] + ["^" + c for c in self.control_inputs])
+
+    def __repr__(self) -> str:
+        return f"Node({self.name!r}, {self.op!r})"
+
+
+class Graph:
+    """A TensorFlow graph: nodes in file order, a consumer index, and the GraphDef's other fields."""
+
+    def __init__(self, graph_def: pb.GraphDef | None = None, *, validate: bool = True):
+        self._graph_def = graph_def if graph_def is not None else pb.GraphDef()
+        self._nodes: dict[str, Node] = {}
+        for proto in self._graph_def.node:
+            node = Node(proto)
+            if node.name in self._nodes:
+                raise GraphError(f"duplicate node name '{node.name}'", node=node.name)
+            self._nodes[node.name] = node
+        self._membership_changed = False
+        self._positions: dict[str, int] | None = None
+        self._journal: list | None = None  # undo steps while a transaction is open
+        self._consumers: dict[str, set[str]] = {name: set() for name in self._nodes}
+        for node in self._nodes.values():
+            for name in {ref.node for ref in node.inputs} | set(node.control_inputs):
+                if name in self._consumers:
+                    self._consumers[name].add(node.name)
+        if validate:
+            self.validate()
+
+    # ---- reading and writing ----
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Graph":
+        """Read a `.pb` (binary) or `.pbtxt` (text) GraphDef file."""
+        path = pathlib.Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise GraphError("no such file", path=str(path)) from None
+        except IsADirectoryError:
+            raise GraphError("is a directory, not a graph file", path=str(path)) from None
+        except OSError as e:
+            raise GraphError(f"cannot read: {e.strerror}", path=str(path)) from None
+        try:
+            return cls.from_bytes(data, text=path.suffix.lower() in TEXT_SUFFIXES)
+        except GraphError as e:
+            raise e.located(str(path)) from None
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, text: bool = False) -> "Graph":
+        """Parse a serialized GraphDef: text format when `text`, else binary (or text, if it is)."""
+        if not data:
+            raise GraphError("file is empty, not a GraphDef")
+        graph_def = pb.GraphDef()
+        if text:
+            _parse_text(data, graph_def)
+        else:
+            try:
+                graph_def.ParseFromString(data)
+            except protobuf_message.DecodeError:
+                # A text GraphDef saved under a binary name still loads; anything else is reported
+                # as the binary parse failure, the likelier mistake.
+                try:
+                    _parse_text(data, graph_def)
+                except GraphError:
+                    raise GraphError("not a GraphDef: the file is truncated or is not a protobuf") from None
+        if not graph_def.node:
+            raise GraphError("not a GraphDef: it has no nodes")
+        return cls(graph_def)
+
+    @classmethod
+    def from_graph_def(cls, message: Any) -> "Graph":
+        """A Graph from any GraphDef message (ours, TensorFlow's) or its serialized bytes."""
+        if isinstance(message, pb.GraphDef):
+            return cls(message)
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            return cls.from_bytes(bytes(message))
+        return cls.from_bytes(message.SerializeToString())
+
+    def to_graph_def(self) -> pb.GraphDef:
+        """The GraphDef message for this graph (shared, not a copy)."""
+        if self._membership_changed:
+            rebuilt = pb.GraphDef()
+            rebuilt.CopyFrom(self._graph_def)
+            del rebuilt.node[:]
+            rebuilt.node.extend(node.proto for node in self._nodes.values())
+            # Point every Node at its copy inside the new message, so later edits land there.
+            for node, proto in zip(self._nodes.values(), rebuilt.node):
+                node.proto = proto
+            self._graph_def = rebuilt
+            self._membership_changed = False
+        return self._graph_def
+
+    def to_bytes(self, *, text: bool = False) -> bytes:
+        """Serialize, deterministically: the same graph always gives the same bytes."""
+        graph_def = self.to_graph_def()
+        if text:
+            return text_format.MessageToString(graph_def).encode("utf-8")
+        return graph_def.SerializeToString(deterministic=True)
+
+    def save(self, path: str | os.PathLike, *, text: bool | None = None) -> None:
+        """Write atomically: a temp file beside `path`, renamed over it only once complete.
+
+        Text format is chosen by `text`, or else by a `.pbtxt`/`.txt` suffix.
+        """
+        path = pathlib.Path(path)
+        if text is None:
+            text = path.suffix.lower() in TEXT_SUFFIXES
+        write_atomically(path, self.to_bytes(text=text))
+
+    # ---- queries ----
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(list(self._nodes.values()))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._nodes
+
+    def __getitem__(self, name: str) -> Node:
+        return self._nodes[name]
+
+    def get(self, name: str) -> Node | None:
+        return self._nodes.get(name)
+
+    @property
+    def nodes(self) -> list[Node]:
+        return list(self._nodes.values())
+
+    @property
+    def versions(self) -> pb.VersionDef:
+        return self._graph_def.versions
+
+    @property
+    def library(self) -> pb.FunctionDefLibrary:
+        return self._graph_def.library
+
+    def consumers(self, name: str) -> list[Node]:
+        """Nodes that take `name` as a data or control input, in file order."""
+        return [self._nodes[n] for n in sorted(self._consumers.get(name, ()), key=self._position)]
+
+    def uses(self, ref: TensorRef | str) -> int:
+        """How many data inputs read `ref` (a TensorRef), or any output of node `ref` (a name)."""
+        if isinstance(ref, TensorRef):
+            name, match = ref.node, lambda r: r == ref
+        else:
+            name, match = ref, lambda r: r.node == ref
+        return sum(1 for c in self._consumers.get(name, ()) for r in self._nodes[c].inputs if match(r))
+
+    def has_control_consumers(self, name: str) -> bool:
+        return any(name in self._nodes[c].control_inputs for c in self._consumers.get(name, ()))
+
+    def op_def_of(self, node: Node):
+        return op_registry.get_op(node.op)
+
+    def num_outputs(self, node: Node) -> int | None:
+        """How many outputs `node` has, from the op registry or the function library."""
+        signature = self._function_signature(node.op)
+        if signature is not None:
+            return len(signature.output_arg)
+        op_def = op_registry.get_op(node.op)
+        return None if op_def is None else op_registry.num_outputs(op_def, lambda a: node.get_attr(a))
+
+    def output_dtypes(self, node: Node) -> list[int] | None:
+        """The DataType of each output of `node`, where the op registry can tell."""
+        op_def = op_registry.get_op(node.op)
+        if op_def is None:
+            return None
+        try:
+            return op_registry.output_dtypes(op_def, lambda a: node.get_attr(a))
+        except (KeyError, TypeError):
+            return None
+
+    def _function_signature(self, name: str):
+        for function in self._graph_def.library.function:
+            if function.signature.name == name:
+                return function.signature
+        return None
+
+    def placeholders(self) -> list[Node]:
+        """Likely graph inputs: the Placeholder nodes."""
+        return [n for n in self._nodes.values() if n.op in ("Placeholder", "PlaceholderWithDefault")]
+
+    def sinks(self) -> list[Node]:
+        """Likely graph outputs: nodes nothing consumes, other than bookkeeping ops."""
+        return [n for n in self._nodes.values()
+                if not self._consumers[n.name] and n.op not in _NOT_OUTPUTS]
+
+    def topological_order(self) -> list[Node]:
+        """Nodes so that each comes after its inputs; ties keep file order.
+
+        Edges from a NextIteration are loop back edges (TF1 while loops), so a Merge is ready
+        once its other inputs are, as in TensorFlow's executor.
+        """
+        order, remaining = self._kahn()
+        if remaining:
+            raise GraphError(f"the graph has a cycle: {' -> '.join(self._find_cycle(remaining))}")
+        return order
+
+    # ---- validation ----
+
+    def validate(self) -> None:
+        """Raise GraphError naming the first problem: bad names, dangling inputs, cycles, bad tensors."""
+        for node in self._nodes.values():
+            if not node.name:
+                raise GraphError("a node has an empty name")
+            if not node.op:
+                raise GraphError("node has no op", node=node.name)
+            for ref in node.inputs:
+                producer = self._nodes.get(ref.node)
+                if producer is None:
+                    raise GraphError(f"input '{ref}' names a missing node", node=node.name)
+                count = self.num_outputs(producer)
+                if count is not None and ref.port >= count:
+                    raise GraphError(f"input '{ref}' asks for output {ref.port}, but "
+                                     f"'{producer.name}' ({producer.op}) has {count} output"
+                                     f"{'' if count == 1 else 's'}", node=node.name)
+            for name in node.control_inputs:
+                if name not in self._nodes:
+                    raise GraphError(f"control input '^{name}' names a missing node", node=node.name)
+            for attr_name, value in node.proto.attr.items():
+                _check_attr(node, attr_name, value)
+        self.topological_order()
+
+    def _kahn(self) -> tuple[list[Node], set[str]]:
+        pending: dict[str, int] = {}
+        for node in self._nodes.values():
+            producers = {ref.node for ref in node.inputs} | set(node.control_inputs)
+            pending[node.name] = sum(1 for p in producers if not self._is_back_edge(p))
+        ready = [node for node in self._nodes.values() if pending[node.name] == 0]
+        order: list[Node] = []
+        index = 0
+        while index < len(ready):
+            node = ready[index]
+            index += 1
+            order.append(node)
+            if node.op == "NextIteration":
+                continue
+            for consumer_name in sorted(self._consumers[node.name], key=self._position):
+                pending[consumer_name] -= 1
+                if pending[consumer_name] == 0:
+                    ready.append(self._nodes[consumer_name])
+        remaining = {name for name, count in pending.items() if count > 0}
+        return order, remaining
+
+    def _position(self, name: str) -> int:
+        # Positions only break ties deterministically; rebuilt lazily after the node set changes.
+        if self._positions is None:
+            self._positions = {n: i for i, n in enumerate(self._nodes)}
+        return self._positions.get(name, len(self._positions))
+
+    def _is_back_edge(self, producer: str) -> bool:
+        node = self._nodes.get(producer)
+        return node is not None and node.op == "NextIteration"
+
+    def _find_cycle(self, remaining: set[str]) -> list[str]:
+        # Every node left over waits on another left-over node, so walking inputs must loop.
+        start = min(remaining, key=self._position)
+        path, seen = [start], {start: 0}
+        while True:
+            node = self._nodes[path[-1]]
+            preds = [p for p in [r.node for r in node.inputs] + node.control_inputs if not self._is_back_edge(p)]
+            nxt = next(p for p in preds if p in remaining)
+            if nxt in seen:
+                cycle = path[seen[nxt]:] + [nxt]
+                return list(reversed(cycle))
+            seen[nxt] = len(path)
+            path.append(nxt)
+
+    # ---- editing ----
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Group edits: if the block raises, every edit made in it is undone."""
+        if self._journal is not None:
+            yield
+            return
+        self._journal = []
+        try:
+            yield
+        except BaseException:
+            journal, self._journal = self._journal, None
+            for undo in reversed(journal):
+                undo()
+            raise
+        self._journal = None
+
+    def _record(self, undo) -> None:
+        if self._journal is not None:
+            self._journal.append(undo)
+
+    def add_node(self, name: str, op: str, inputs: Iterable[TensorRef | str] = (),
+                 control_inputs: Iterable[str] = (), attrs: dict[str, Any] | None = None,
+                 device: str = "") -> Node:
+        """Add a node; its inputs must name nodes already in the graph."""
+        if name in self._nodes:
+            raise GraphError(f"a node named '{name}' already exists", node=name)
+        proto = pb.NodeDef(name=name, op=op, device=device)
+        node = Node(proto)
+        node.inputs = [ref if isinstance(ref, TensorRef) else TensorRef.parse(ref) for ref in inputs]
+        node.control_inputs = list(control_inputs)
+        node._write_inputs()
+        for key, value in (attrs or {}).items():
+            node.set_attr(key, value)
+        self._insert(node)
+        self._record(lambda: self.remove_node(name))
+        return node
+
+    def _insert(self, node: Node) -> None:
+        self._nodes[node.name] = node
+        self._consumers[node.name] = set()
+        self._link(node)
+        self._membership_changed = True
+        self._positions = None
+
+    def remove_node(self, name: str) -> None:
+        """Remove a node that nothing consumes any more."""
+        if self._consumers[name]:
+            raise GraphError(f"cannot remove '{name}': still used by "
+                             f"{', '.join(sorted(self._consumers[name]))}", node=name)
+        node = self._nodes.pop(name)
+        self._unlink(node)
+        del self._consumers[name]
+        self._membership_changed = True
+        self._positions = None
+        self._record(lambda: self._insert(node))
+
+    def set_inputs(self, node: Node, inputs: Iterable[TensorRef], control_inputs: Iterable[str] | None = None) -> None:
+        """Replace the data inputs (and, if given, the control inputs) of `node`."""
+        if self._journal is not None:
+            old_inputs, old_control = list(node.inputs), list(node.control_inputs)
+            self._record(lambda: self.set_inputs(node, old_inputs, old_control))
+        self._unlink(node)
+        node.inputs = list(inputs)
+        if control_inputs is not None:
+            node.control_inputs = list(dict.fromkeys(control_inputs))
+        node._write_inputs()
+        self._link(node)
+
+    def replace_uses(self, old: TensorRef, new: TensorRef, *, exclude: Iterable[str] = ()) -> None:
+        """Make every data input that reads `old` read `new` instead."""
+        skip = set(exclude)
+        for consumer in self.consumers(old.node):
+            if consumer.name in skip or old not in consumer.inputs:
+                continue
+            self.set_inputs(consumer, [new if ref == old else ref for ref in consumer.inputs])
+
+    def rename_node(self, old: str, new: str) -> None:
+        """Rename a node and every input that names it."""
+        if new in self._nodes:
+            raise GraphError(f"a node named '{new}' already exists", node=new)
+        node = self._nodes[old]
+        consumers = self.consumers(old)
+        # The renamed node moves to the end of the file order; keeping its place would cost O(n).
+        self._nodes[new] = self._nodes.pop(old)
+        node.proto.name = new
+        self._consumers[new] = self._consumers.pop(old)
+        for producer in {ref.node for ref in node.inputs} | set(node.control_inputs):
+            self._consumers[producer].discard(old)
+            self._consumers[producer].add(new)
+        for consumer in consumers:
+            consumer.inputs = [TensorRef(new, r.port) if r.node == old else r for r in consumer.inputs]
+            consumer.control_inputs = [new if c == old else c for c in consumer.control_inputs]
+            consumer._write_inputs()
+        self._positions = None
+        self._membership_changed = True
+        self._record(lambda: self.rename_node(new, old))
+
+    def reorder(self, names: list[str]) -> None:
+        """Put the nodes in the given order (a permutation of all node names)."""
+        self._nodes = {name: self._nodes[name] for name in names}
+        self._membership_changed = True
+        self._positions = None
+
+    def _link(self, node: Node) -> None:
+        for name in {ref.node for ref in node.inputs} | set(node.control_inputs):
+            if name not in self._consumers:
+                raise GraphError(f"input '{name}' names a missing node", node=node.name)
+            self._consumers[name].add(node.name)
+
+    def _unlink(self, node: Node) -> None:
+        for name in {ref.node for ref in node.inputs} | set(node.control_inputs):
+            if name in self._consumers:
+                self._consumers[name].discard(node.name)
+
+
+# Ops that end a graph without being an output people fetch.
+_NOT_OUTPUTS = frozenset({"Const", "NoOp", "Assert", "Placeholder", "PlaceholderWithDefault",
+                          "VarHandleOp", "VariableV2", "Assign", "AssignVariableOp", "SaveV2", "RestoreV2"})
+
+
+def _check_attr(node: Node, name: str, value: pb.AttrValue) -> None:
+    kind = value.WhichOneof("value")
+    if kind == "tensor":
+        try:
+            check_tensor(value.tensor)
+        except GraphError as e:
+            raise GraphError(f"attr '{name}': {e.message}", node=node.name) from None
+    elif kind == "type" and value.type not in pb.DataType.values():
+        raise GraphError(f"attr '{name}' has unknown dtype {value.type}", node=node.name)
+    elif kind == "list":
+        for dtype in value.list.type:
+            if dtype not in pb.DataType.values():
+                raise GraphError(f"attr '{name}' has unknown dtype {dtype}", node=node.name)
+        for tensor in value.list.tensor:
+            try:
+                check_tensor(tensor)
+            except GraphError as e:
+                raise GraphError(f"attr '{name}': {e.message}", node=node.name) from None
+
+
+def _parse_text(data: bytes, graph_def: pb.GraphDef) -> None:
+    try:
+        text_format.Parse(data.decode("utf-8"), graph_def, allow_unknown_field=False)
+    except UnicodeDecodeError:
+        raise GraphError("not a text GraphDef (not UTF-8 text)") from None
+    except text_format.ParseError as e:
+        raise GraphError(f"not a text GraphDef: {e}") from None
+
+
+def write_atomically(path: pathlib.Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder, so a failure leaves nothing."""
+    directory = path.parent if str(path.parent) else pathlib.Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

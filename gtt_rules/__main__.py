@@ -1,0 +1,5 @@
+import sys
+
+from gtt_rules.cli import main
+
+sys.exit(main())

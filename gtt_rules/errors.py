@@ -1,0 +1,62 @@
+"""Every error gtt-rules raises on bad input derives from GttRulesError.
+
+Each error can carry a location (a file, and a line and column or a node name) so that the CLI
+prints one line that tells the user where the problem is.
+"""
+from __future__ import annotations
+
+
+class GttRulesError(Exception):
+    """Base class: a problem with the user's input, reported without a traceback."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 column: int | None = None, node: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.line = line
+        self.column = column
+        self.node = node
+
+    def located(self, path: str) -> "GttRulesError":
+        """Return self with `path` filled in if no file was known where it was raised."""
+        if self.path is None:
+            self.path = str(path)
+        return self
+
+    def __str__(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = self.path
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.column is not None:
+                    where += f":{self.column}"
+            where += ": "
+        if self.node is not None:
+            where += f"node '{self.node}': "
+        return where + self.message
+
+
+class RulesSyntaxError(GttRulesError):
+    """A .rules file does not parse."""
+
+
+class RulesCheckError(GttRulesError):
+    """A .rules file parses but fails a static check (unknown op, unbound name, ...)."""
+
+
+class GraphError(GttRulesError):
+    """A graph file cannot be read or is not a valid graph."""
+
+
+class RewriteError(GttRulesError):
+    """Applying a rule failed; the graph was left as it was before that rewrite."""
+
+
+class EvaluationError(GttRulesError):
+    """Running a graph failed (unknown op, bad feed, kernel error)."""
+
+
+class UsageError(GttRulesError):
+    """The command line is wrong."""

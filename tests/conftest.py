@@ -1,0 +1,66 @@
+"""Shared test helpers: the committed real-TensorFlow fixtures and TensorFlow as the oracle."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "graphs"
+
+
+def fixture_names() -> list[str]:
+    return sorted(p.stem for p in FIXTURES.glob("*.pb"))
+
+
+def fixture_path(name: str) -> pathlib.Path:
+    return FIXTURES / f"{name}.pb"
+
+
+def fixture_spec(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def random_feeds(spec: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random values for every input a fixture declares."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for item in spec.get("inputs", []):
+        shape = [1 if d is None or d < 0 else d for d in item["shape"]]
+        dtype = np.dtype(item["dtype"])
+        if dtype.kind == "f":
+            value = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind in "iu":
+            value = rng.integers(0, 100, size=shape).astype(dtype)
+        else:
+            value = rng.integers(0, 2, size=shape).astype(dtype)
+        feeds[item["name"]] = value
+    return feeds
+
+
+def tf_run(graph_bytes: bytes, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    """Run a serialized GraphDef in TensorFlow and fetch `outputs` (tensor names like 'out:0')."""
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef.FromString(graph_bytes)
+    with tf.Graph().as_default() as graph:
+        tf.graph_util.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as session:
+            fetches = [_tensor_name(o) for o in outputs]
+            feed_dict = {_tensor_name(k): v for k, v in feeds.items()}
+            return session.run(fetches, feed_dict=feed_dict)
+
+
+def _tensor_name(name: str) -> str:
+    return name if ":" in name else f"{name}:0"
+
+
+@pytest.fixture(scope="session")
+def tf():
+    """TensorFlow, the test oracle (a test extra; CI installs it, so it never skips)."""
+    import tensorflow
+    return tensorflow
