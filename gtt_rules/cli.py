@@ -49,12 +49,41 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("--json", action="store_true", help="print JSON instead of tables")
     summarize.set_defaults(run=_summarize)
 
-    apply = commands.add_parser("apply", help="rewrite a graph and write the result",
-                                description="Read GRAPH, apply rules, write OUT atomically.")
+    apply = commands.add_parser(
+        "apply", help="rewrite a graph with rules and write the result",
+        description="Read GRAPH, apply rules to a fixed point, write OUT atomically. Each --rules "
+                    "runs to its own fixed point, in the order given.")
     apply.add_argument("graph", metavar="GRAPH", nargs="?", help="a .pb or .pbtxt GraphDef file")
     apply.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
     _add_graph_output(apply)
+    apply.add_argument("--rules", action="append", default=[], metavar="SPEC",
+                       help="a .rules file, or a rule set or pipeline name, optionally with "
+                            "arguments: 'quantize_weights(minimum_size=16)' (repeatable)")
+    apply.add_argument("--inputs", metavar="NAMES", help="comma-separated graph inputs (default: the placeholders)")
+    apply.add_argument("--outputs", metavar="NAMES", help="comma-separated graph outputs (default: the sinks)")
+    apply.add_argument("--trace", action="store_true", help="print every rule application")
+    apply.add_argument("--json", action="store_true", help="print the report as JSON")
+    apply.add_argument("--max-rewrites", type=int, metavar="N", help="stop with an error after N rewrites")
     apply.set_defaults(run=_apply)
+
+    check = commands.add_parser("check", help="check .rules files for errors",
+                                description="Parse and statically check .rules files: syntax, ops, "
+                                            "attrs, input counts, names, functions and types.")
+    check.add_argument("paths", nargs="+", metavar="PATH", help=".rules files")
+    check.set_defaults(run=_check)
+
+    test = commands.add_parser("test", help="run the test blocks of .rules files",
+                               description="Run every `test` block: apply the rules to the given "
+                                           "graph and compare with the expected one.")
+    test.add_argument("paths", nargs="+", metavar="PATH", help=".rules files or folders")
+    test.set_defaults(run=_test)
+
+    listing = commands.add_parser("list", help="list the standard rule sets and pipelines",
+                                  description="List every rule set (with parameters and defaults) "
+                                              "and pipeline of the standard library and the given files.")
+    listing.add_argument("paths", nargs="*", metavar="PATH", help="more .rules files to include")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(run=_list)
     return parser
 
 
@@ -124,13 +153,149 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [name.strip().split(":")[0] for name in text.split(",") if name.strip()]
+
+
 def _apply(args: argparse.Namespace) -> int:
+    from gtt_rules.engine.driver import Limits, apply_rules
     from gtt_rules.engine.graph import Graph
+    from gtt_rules.rules.library import load_rules
 
     source = _input_path(args)
     output = _output_path(args, source)
+    stages = load_rules(args.rules)  # rules are checked before the graph is read
     graph = Graph.load(source)
+    inputs = _names(args.inputs)
+    outputs = _names(args.outputs)
+    for name in (inputs or []) + (outputs or []):
+        if name not in graph:
+            raise UsageError(f"{source}: no node named '{name}' (from --inputs/--outputs)")
+    protected = (inputs if inputs is not None else [n.name for n in graph.placeholders()]) + \
+        (outputs if outputs is not None else [n.name for n in graph.sinks()])
+    limits = Limits(max_rewrites=args.max_rewrites)
+    on_apply = _print_application if args.trace and not args.json else None
+    reports = []
+    for stage in stages:
+        report = apply_rules(graph, stage.rules, protected=protected, limits=limits, trace=args.trace,
+                             on_apply=on_apply)
+        reports.append((stage.name, report))
     graph.save(output, text=True if args.output_as_text else None)
+    if args.json:
+        print(json.dumps({"output": str(output), "stages": [
+            {"name": name, **report.to_json(),
+             **({"trace": [vars(a) for a in report.applications]} if args.trace else {})}
+            for name, report in reports]}, indent=2))
+    elif reports:
+        _print_reports(reports)
+    return EXIT_OK
+
+
+def _print_application(application) -> None:
+    created = ", ".join(application.created) or "-"
+    removed = ", ".join(application.removed) or "-"
+    print(f"{application.location}: {application.rule} at '{application.root}': "
+          f"created {created}; removed {removed}")
+
+
+def _print_reports(reports) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    for name, report in reports:
+        table = Table(title=f"{name}: {report.nodes_before:,} -> {report.nodes_after:,} nodes, "
+                            f"{report.rewrites:,} rewrites, {report.stop_reason}", title_justify="left")
+        table.add_column("rule")
+        table.add_column("fires", justify="right")
+        table.add_column("ms", justify="right")
+        for rule in sorted(set(report.fires) | set(report.seconds)):
+            table.add_row(rule, str(report.fires[rule]), f"{report.seconds[rule] * 1000:.1f}")
+        console.print(table)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from gtt_rules.rules.library import Library
+
+    failed = False
+    for path in args.paths:
+        library = Library()
+        try:
+            compiled = library.load_file(path)
+        except GttRulesError as error:
+            failed = True
+            for each in getattr(error, "all_errors", [error]):
+                _print_error(each)
+            continue
+        rules = sum(len(rs.rules) for rs in compiled.rulesets.values())
+        print(f"{path}: ok ({rules} rules, {len(compiled.rulesets)} rule sets, "
+              f"{len(compiled.pipelines)} pipelines, {len(compiled.tests)} tests)")
+    return EXIT_BAD_INPUT if failed else EXIT_OK
+
+
+def _rules_files(paths: list[str]) -> list[pathlib.Path]:
+    found = []
+    for path in map(pathlib.Path, paths):
+        if path.is_dir():
+            found += sorted(path.rglob("*.rules"))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise UsageError(f"{path}: no such file or folder")
+    return found
+
+
+def _test(args: argparse.Namespace) -> int:
+    from gtt_rules.rules.fixtures import run_file
+
+    passed = failed = 0
+    for path in _rules_files(args.paths):
+        for result in run_file(path):
+            if result.passed:
+                passed += 1
+                print(f"PASS {result.location} {result.name}")
+            else:
+                failed += 1
+                print(f"FAIL {result.location} {result.name}: {result.message}")
+    print(f"{passed} passed, {failed} failed")
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    from gtt_rules.rules.compiler import RuleSet
+    from gtt_rules.rules.library import Library
+
+    library = Library()
+    library.load_stdlib()
+    for path in _rules_files(args.paths):
+        library.load_file(path)
+    entries = []
+    for name in library.names():
+        item = library.find(name)
+        if isinstance(item, RuleSet):
+            entries.append({"name": name, "kind": "ruleset", "file": item.path,
+                            "rules": [r.name for r in item.rules],
+                            "params": [{"name": p.name, "type": f"[{p.type}]" if p.is_list else p.type,
+                                        "default": p.default} for p in item.params]})
+        else:
+            entries.append({"name": name, "kind": "pipeline", "file": item.path,
+                            "stages": [s.name for s in item.stages]})
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Rule sets and pipelines", title_justify="left")
+    for column in ("name", "kind", "parameters (defaults)", "contents"):
+        table.add_column(column)
+    for entry in entries:
+        params = ", ".join(f"{p['name']}: {p['type']} = {p['default']!r}" for p in entry.get("params", []))
+        contents = ", ".join(entry.get("rules") or entry.get("stages") or [])
+        table.add_row(entry["name"], entry["kind"], params or "-", contents)
+    Console().print(table)
     return EXIT_OK
 
 
@@ -155,6 +320,17 @@ def _output_path(args: argparse.Namespace, source: str) -> pathlib.Path:
     return output
 
 
+def _print_error(error: GttRulesError) -> None:
+    """One line naming the file, position and problem; then, for rules, the line and a hint."""
+    print(f"{PROG}: error: {error}", file=sys.stderr)
+    excerpt = getattr(error, "excerpt", None)
+    if excerpt:
+        print(excerpt, file=sys.stderr)
+    hint = getattr(error, "hint", None)
+    if hint:
+        print(f"    hint: {hint}", file=sys.stderr)
+
+
 # ---- entry point ----
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run: Callable[[argparse.Namespace], int] = args.run
         code = run(args)
     except GttRulesError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        _print_error(error)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

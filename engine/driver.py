@@ -1,0 +1,197 @@
+"""Apply rules to a fixed point with an incremental worklist.
+
+Rules are dispatched by the root node's op. After a rewrite only the nodes it created, the nodes
+whose inputs it changed and their neighbours are looked at again. The run stops when nothing
+matches (saturated) or at a limit; a node rewritten over and over names the rules that cycle.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from gtt_rules.errors import RewriteError
+
+from .graph import Graph
+from .pattern import MatchContext, match
+from .rewrite import RewriteResult, rewrite_or_none
+from .rule import Rule
+
+SATURATED = "saturated"
+REWRITE_LIMIT = "rewrite limit"
+
+
+@dataclass
+class Limits:
+    """When to give up. `max_rewrites` None scales with the graph (10 per node + 10,000)."""
+
+    max_rewrites: int | None = None
+    max_rewrites_per_node: int = 64
+
+
+@dataclass
+class Application:
+    """One rewrite, for --trace."""
+
+    rule: str
+    location: str
+    root: str
+    created: list[str]
+    removed: list[str]
+
+
+@dataclass
+class Report:
+    """What a run did: fires and time per rule, node counts, why it stopped."""
+
+    nodes_before: int = 0
+    nodes_after: int = 0
+    fires: collections.Counter = field(default_factory=collections.Counter)
+    seconds: collections.Counter = field(default_factory=collections.Counter)
+    visits: int = 0
+    stop_reason: str = SATURATED
+    applications: list[Application] = field(default_factory=list)
+
+    @property
+    def rewrites(self) -> int:
+        return sum(self.fires.values())
+
+    def merge(self, other: "Report") -> None:
+        """Add a later stage's report to this one (pipelines)."""
+        self.nodes_after = other.nodes_after
+        self.fires.update(other.fires)
+        self.seconds.update(other.seconds)
+        self.visits += other.visits
+        self.stop_reason = other.stop_reason
+        self.applications += other.applications
+
+    def to_json(self) -> dict:
+        return {
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "rewrites": self.rewrites,
+            "visits": self.visits,
+            "stop_reason": self.stop_reason,
+            "rules": {name: {"fires": self.fires[name], "seconds": round(self.seconds[name], 6)}
+                      for name in sorted(set(self.fires) | set(self.seconds))},
+        }
+
+
+class _Dispatch:
+    """Rules by root op, highest priority first, then in the order they were written."""
+
+    def __init__(self, rules: Iterable[Rule]):
+        ordered = sorted(enumerate(rules), key=lambda item: (-item[1].priority, item[0]))
+        self.by_op: dict[str, list[Rule]] = collections.defaultdict(list)
+        self.any_op: list[Rule] = []
+        for _, rule in ordered:
+            if rule.root_ops is None:
+                self.any_op.append(rule)
+            else:
+                for op in rule.root_ops:
+                    self.by_op[op].append(rule)
+        self.order = {id(rule): i for i, (_, rule) in enumerate(ordered)}
+        self._cache: dict[str, list[Rule]] = {}
+
+    def rules_for(self, op: str) -> list[Rule]:
+        rules = self._cache.get(op)
+        if rules is None:
+            rules = sorted(self.by_op.get(op, []) + self.any_op, key=lambda r: self.order[id(r)])
+            self._cache[op] = rules
+        return rules
+
+
+def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str] | None = None,
+                limits: Limits | None = None, trace: bool = False,
+                on_apply: Callable[[Application], None] | None = None) -> Report:
+    """Rewrite `graph` in place until no rule matches; returns the report.
+
+    `protected` names the graph's inputs and outputs (default: its placeholders and sinks).
+    Raises RewriteError when a rule fails or the rules do not terminate.
+    """
+    limits = limits or Limits()
+    if protected is None:
+        protected = [n.name for n in graph.placeholders()] + [n.name for n in graph.sinks()]
+    protected = frozenset(protected)
+    dispatch = _Dispatch(rules)
+    report = Report(nodes_before=len(graph))
+    max_rewrites = limits.max_rewrites if limits.max_rewrites is not None else 10 * len(graph) + 10_000
+    per_node: collections.Counter = collections.Counter()
+    history: dict[str, list[str]] = collections.defaultdict(list)
+
+    worklist = collections.deque(node.name for node in graph.topological_order())
+    queued = set(worklist)
+    clock = time.perf_counter
+    while worklist:
+        name = worklist.popleft()
+        queued.discard(name)
+        node = graph.get(name)
+        if node is None:
+            continue
+        report.visits += 1
+        for rule in dispatch.rules_for(node.op):
+            started = clock()
+            result = _try(graph, rule, node, protected)
+            report.seconds[rule.name] += clock() - started
+            if result is None:
+                continue
+            report.fires[rule.name] += 1
+            application = Application(rule.name, rule.location, name, result.created, result.removed)
+            if trace:
+                report.applications.append(application)
+            if on_apply is not None:
+                on_apply(application)
+            per_node[name] += 1
+            history[name].append(rule.name)
+            if per_node[name] > limits.max_rewrites_per_node:
+                cycling = sorted(set(history[name][-limits.max_rewrites_per_node:]))
+                raise _cycle_error(cycling, name, per_node[name], report, graph)
+            if report.rewrites >= max_rewrites:
+                report.stop_reason = REWRITE_LIMIT
+                report.nodes_after = len(graph)
+                raise _cycle_error(sorted(report.fires), None, report.rewrites, report, graph)
+            for again in _neighbourhood(graph, name, result):
+                if again not in queued:
+                    queued.add(again)
+                    worklist.append(again)
+            break
+    report.nodes_after = len(graph)
+    return report
+
+
+def _try(graph: Graph, rule: Rule, node, protected) -> RewriteResult | None:
+    ctx = MatchContext(graph, rule.params, protected)
+    for bindings in match(rule.pattern, graph, node, ctx):
+        ctx.bindings = dict(bindings)
+        if rule.guard is not None and not rule.guard(ctx):
+            continue
+        try:
+            result = rewrite_or_none(graph, rule.name, rule.actions, ctx, node)
+        except RewriteError as error:
+            error.message = f"{rule.location}: {error.message}" if rule.location else error.message
+            raise
+        if result is not None:
+            return result
+    return None
+
+
+def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> list[str]:
+    names = list(result.created) + sorted(result.touched) + [root]
+    around = []
+    for name in names:
+        node = graph.get(name)
+        if node is None:
+            continue
+        around.append(name)
+        around.extend(c.name for c in graph.consumers(name))
+        around.extend(ref.node for ref in node.inputs)
+    return [n for n in dict.fromkeys(around) if n in graph]
+
+
+def _cycle_error(rules: list[str], node: str | None, count: int, report: Report, graph: Graph) -> RewriteError:
+    report.nodes_after = len(graph)
+    where = f"node '{node}' was rewritten {count} times" if node else f"{count} rewrites"
+    error = RewriteError(f"the rules do not terminate ({where}); rules involved: {', '.join(rules)}")
+    error.report = report
+    return error

@@ -1,0 +1,243 @@
+"""Patterns over graph nodes, and the matcher that finds them.
+
+A pattern is plain data compiled from a rule's left-hand side. Matching starts at a root node
+(the driver dispatches by its op) and walks up the inputs, binding names to tensors. A name bound
+twice must be the same tensor. Commutative binary ops also try their inputs swapped, which costs
+at most 2^k tries for k commutative nodes in the pattern, never anything in the graph's size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .graph import Graph, Node, TensorRef
+
+class NotApplicable(Exception):
+    """An expression asked something that does not hold for this match (e.g. the value of a
+    non-Const): the match is rejected, not reported as an error."""
+
+
+# A check or value computed from the match so far (compiled from a rule's expression).
+Expression = Callable[["MatchContext"], Any]
+
+
+@dataclass(frozen=True)
+class AttrPattern:
+    """`{key: value}` on a node pattern: bind `var` to the attr, or require it to equal `expected`."""
+
+    key: str
+    var: str | None = None
+    expected: Expression | None = None
+
+
+@dataclass(frozen=True)
+class NodePattern:
+    """A node: which ops, what inputs, which attrs. `ops` None matches any op; `inputs` None, any inputs."""
+
+    ops: frozenset[str] | None
+    inputs: tuple["InputPattern", ...] | None = None
+    attrs: tuple[AttrPattern, ...] = ()
+    commutative: bool = False
+    variadic: bool = False  # the last input pattern takes all remaining inputs
+
+
+@dataclass(frozen=True)
+class InputPattern:
+    """One input of a node pattern.
+
+    - `var`: the name the input tensor binds to (or must equal, once bound).
+    - `port`: the input must be this output of its producer.
+    - `node`: a pattern the producer must match; `node_var` names a shared pattern statement
+      (a DAG pattern): it is matched once, then every later use must be the same node.
+    - `literal`: the producer is a Const whose elements all equal this number.
+    """
+
+    var: str | None = None
+    port: int | None = None
+    node: NodePattern | None = None
+    node_var: str | None = None
+    literal: float | None = None
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A rule's whole left-hand side: the root statement and the named statements it uses."""
+
+    root_var: str
+    statements: dict[str, NodePattern]
+    root_ops: frozenset[str] | None = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "root_ops", self.statements[self.root_var].ops)
+
+
+class MatchContext:
+    """What guards and computed values see: the graph, the bindings so far, the rule set's parameters."""
+
+    __slots__ = ("graph", "bindings", "params", "protected", "checks")
+
+    def __init__(self, graph: Graph, params: dict[str, Any], protected: frozenset[str] | set[str]):
+        self.graph = graph
+        self.bindings: dict[str, Any] = {}
+        self.params = params
+        self.protected = protected
+        self.checks: list[Expression] = []
+
+    def node_of(self, ref: TensorRef) -> Node:
+        return self.graph[ref.node]
+
+
+def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iterator[dict[str, Any]]:
+    """Yield each set of bindings under which `pattern` matches at `root`."""
+    start = {pattern.root_var: TensorRef(root.name, 0)}
+    for bindings in _match_node(pattern, pattern.statements[pattern.root_var], root, start, graph):
+        ctx.bindings = bindings
+        try:
+            accepted = all(_truthy(ok) for ok in _deferred_checks(pattern, bindings, graph, ctx))
+        except NotApplicable:
+            accepted = False
+        if accepted:
+            yield bindings
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return bool(value.all())
+    return bool(value)
+
+
+def _deferred_checks(pattern: Pattern, bindings: dict, graph: Graph, ctx: MatchContext) -> Iterator[Any]:
+    # Attr values given as expressions (`{T: dtype(x)}`) may use names bound anywhere in the
+    # pattern, so they are checked once the whole pattern has matched.
+    for var, node_pattern in pattern.statements.items():
+        if var not in bindings:
+            continue
+        yield from _attr_expectations(node_pattern, graph[bindings[var].node], ctx)
+    for key, value in bindings.items():
+        if key.startswith("\0nested:"):
+            node_pattern, node_name = value
+            yield from _attr_expectations(node_pattern, graph[node_name], ctx)
+
+
+def _attr_expectations(node_pattern: NodePattern, node: Node, ctx: MatchContext) -> Iterator[Any]:
+    for attr in node_pattern.attrs:
+        if attr.expected is not None:
+            yield _values_equal(_attr_value(node, attr.key), attr.expected(ctx))
+
+
+_NO_ATTR = object()
+
+
+def _attr_value(node: Node, key: str) -> Any:
+    return node.get_attr(key, _NO_ATTR)
+
+
+def _values_equal(a: Any, b: Any) -> bool:
+    if a is _NO_ATTR or b is _NO_ATTR:
+        return False
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(np.asarray(a), np.asarray(b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_values_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, bytes) and isinstance(b, str):
+        return a == b.encode()
+    return a == b
+
+
+def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, bindings: dict, graph: Graph) -> Iterator[dict]:
+    if node_pattern.ops is not None and node.op not in node_pattern.ops:
+        return
+    for attr in node_pattern.attrs:
+        if attr.var is not None:
+            value = _attr_value(node, attr.key)
+            if value is _NO_ATTR:
+                return
+            if attr.var in bindings:
+                if not _values_equal(bindings[attr.var], value):
+                    return
+            else:
+                bindings = {**bindings, attr.var: value}
+        elif attr.expected is not None and attr.key not in node.attr and _attr_value(node, attr.key) is _NO_ATTR:
+            return
+    if node_pattern.inputs is None:
+        yield bindings
+        return
+    inputs = node.inputs
+    wanted = node_pattern.inputs
+    if node_pattern.variadic:
+        fixed = len(wanted) - 1
+        if len(inputs) < fixed:
+            return
+        yield from _match_variadic(pattern, wanted, inputs, fixed, bindings, graph)
+        return
+    if len(inputs) != len(wanted):
+        return
+    orders = [inputs]
+    if node_pattern.commutative and len(inputs) == 2 and inputs[0] != inputs[1]:
+        orders.append([inputs[1], inputs[0]])
+    for ordered in orders:
+        yield from _match_inputs(pattern, wanted, ordered, 0, bindings, graph)
+
+
+def _match_variadic(pattern, wanted, inputs, fixed, bindings, graph) -> Iterator[dict]:
+    rest = wanted[-1]
+    for head in _match_inputs(pattern, wanted[:fixed], inputs[:fixed], 0, bindings, graph):
+        tail = inputs[fixed:]
+        if rest.node is not None:
+            if not all(any(True for _ in _match_node(pattern, rest.node, graph[ref.node], {}, graph)) for ref in tail):
+                continue
+        yield {**head, rest.var: list(tail)} if rest.var else head
+
+
+def _match_inputs(pattern: Pattern, wanted, inputs, index: int, bindings: dict, graph: Graph) -> Iterator[dict]:
+    if index == len(wanted):
+        yield bindings
+        return
+    for extended in _match_input(pattern, wanted[index], inputs[index], bindings, graph):
+        yield from _match_inputs(pattern, wanted, inputs, index + 1, extended, graph)
+
+
+def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings: dict, graph: Graph) -> Iterator[dict]:
+    if want.port is not None and ref.port != want.port:
+        return
+    if want.var is not None:
+        bound = bindings.get(want.var)
+        if bound is not None:
+            if bound != ref:
+                return
+        else:
+            bindings = {**bindings, want.var: ref}
+    producer = graph.get(ref.node)
+    if producer is None:
+        return
+    if want.literal is not None:
+        if not _is_constant_equal(producer, want.literal):
+            return
+    if want.node_var is not None:
+        bound = bindings.get(want.node_var)
+        if bound is not None:
+            # A shared statement matched already: this input must come from that same node.
+            if bound.node == ref.node:
+                yield bindings
+            return
+        statement = pattern.statements[want.node_var]
+        yield from _match_node(pattern, statement, producer, {**bindings, want.node_var: TensorRef(ref.node, 0)}, graph)
+        return
+    if want.node is not None:
+        if any(a.expected is not None for a in want.node.attrs):
+            bindings = {**bindings, f"\0nested:{id(want.node)}:{ref.node}": (want.node, ref.node)}
+        yield from _match_node(pattern, want.node, producer, bindings, graph)
+        return
+    yield bindings
+
+
+def _is_constant_equal(node: Node, number: float) -> bool:
+    if node.op != "Const":
+        return False
+    try:
+        value = node.get_attr("value")
+    except Exception:
+        return False
+    return value.size > 0 and value.dtype.kind in "biuf" and bool(np.all(value == number))

@@ -1,0 +1,382 @@
+"""Replacements: what a rule's right-hand side builds, and the all-or-nothing rewriter.
+
+A rewrite first computes everything (constant values, attrs, names) without touching the graph,
+then edits it inside a transaction, so a failure at any step leaves the graph as it was.
+
+Semantics (DESIGN.md, "Engine semantics"):
+- the node that takes over a replaced node's outputs (its heir) takes the old node's name;
+- helper nodes get deterministic names `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ...;
+- control inputs of a removed node move to its heir, or else to the consumers rerouted away from
+  it; a node with control consumers and no heir is kept;
+- protected nodes (graph inputs and outputs) are never removed or renamed, only replaced by an
+  heir that takes their name;
+- nodes left without consumers by the rewrite are swept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+from gtt_rules.errors import GttRulesError, RewriteError
+
+from . import op_registry
+from .dtypes import dtype_for_array
+from .graph import Graph, Node, TensorRef
+from .pattern import Expression, MatchContext
+from .tensors import encode_tensor
+
+
+@dataclass(frozen=True)
+class TensorOf:
+    """An existing tensor: what `var` is bound to, or output `port` of the node bound to `var`."""
+
+    var: str
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class NewNode:
+    """A node to create. With `copy_of`, a copy of that matched node: same op, attrs and inputs
+    unless given here."""
+
+    op: str | None
+    inputs: tuple["Producer", ...] | None
+    attrs: tuple[tuple[str, Expression], ...] = ()
+    copy_of: str | None = None
+
+
+@dataclass(frozen=True)
+class ConstNode:
+    """A Const computed from the match; a list value makes one Const per output (`n:* -> ...`)."""
+
+    value: Expression
+    dtype: Expression | None = None
+
+
+Producer = Union[TensorOf, NewNode, ConstNode]
+
+
+@dataclass(frozen=True)
+class Reroute:
+    """`var -> source`, `var:port -> source` or `var:* -> source`."""
+
+    var: str
+    port: int | None
+    all_ports: bool
+    source: Producer
+
+
+@dataclass(frozen=True)
+class Remove:
+    """`remove var`: delete a node whose consumers the rule rerouted."""
+
+    var: str
+
+
+Action = Union[Reroute, Remove]
+
+
+@dataclass
+class RewriteResult:
+    """What one rewrite did, for the report, the trace and the driver's worklist."""
+
+    created: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)  # nodes whose inputs changed
+
+
+@dataclass
+class _Planned:
+    """A node the rewrite will create, before it exists."""
+
+    name: str
+    op: str
+    inputs: list[Any]  # TensorRef or (_Planned, port)
+    attrs: dict[str, Any]
+    attr_protos: dict[str, Any] = field(default_factory=dict)
+    control_inputs: list[str] = field(default_factory=list)
+    device: str = ""
+    dtypes: list[int] | None = None
+
+
+def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: MatchContext,
+            root: Node) -> RewriteResult | None:
+    """Apply `actions` under the bindings in `ctx`; None if they would change nothing."""
+    try:
+        planner = _Planner(graph, rule_name, ctx, root)
+        reroutes, heirs, removals = planner.plan(actions)
+    except GttRulesError:
+        raise
+    except Exception as error:  # a computed value failed: report it against the rule, change nothing
+        raise RewriteError(f"rule '{rule_name}' failed at node '{root.name}' while computing its "
+                           f"replacement: {type(error).__name__}: {error}") from error
+    with graph.transaction():
+        result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected)
+        if not (result.created or result.removed or result.touched):
+            raise _NoChange()
+    return result
+
+
+class _NoChange(Exception):
+    pass
+
+
+def rewrite_or_none(graph: Graph, rule_name: str, actions, ctx: MatchContext, root: Node) -> RewriteResult | None:
+    """Like `rewrite`, but a rewrite that changes nothing returns None (and leaves no trace)."""
+    try:
+        return rewrite(graph, rule_name, actions, ctx, root)
+    except _NoChange:
+        return None
+
+
+class _Planner:
+    def __init__(self, graph: Graph, rule_name: str, ctx: MatchContext, root: Node):
+        self.graph = graph
+        self.rule_name = rule_name
+        self.ctx = ctx
+        self.root = root
+        self.planned: list[_Planned] = []
+        self.taken: set[str] = set()
+
+    def plan(self, actions):
+        reroutes: list[tuple[TensorRef, Any]] = []  # old tensor -> TensorRef | (_Planned, port)
+        heirs: dict[str, _Planned] = {}
+        removals: list[str] = []
+        for action in actions:
+            if isinstance(action, Remove):
+                removals.append(self._bound_node(action.var))
+                continue
+            target = self._bound_node(action.var)
+            node = self.graph[target]
+            if action.all_ports or action.port is None:
+                sources = self._sources(action.source, all_ports=action.all_ports)
+                if isinstance(sources, _Planned):
+                    count = self.graph.num_outputs(node) or 1
+                    reroutes += [(TensorRef(target, i), (sources, i)) for i in range(count)]
+                    heirs.setdefault(target, sources)
+                elif isinstance(sources, list):  # one Const per output
+                    reroutes += [(TensorRef(target, i), (s, 0)) for i, s in enumerate(sources)]
+                    heirs.setdefault(target, sources[0])
+                else:
+                    reroutes.append((TensorRef(target, 0), sources))
+            else:
+                source = self._sources(action.source, all_ports=False)
+                reroutes.append((TensorRef(target, action.port),
+                                 (source, 0) if isinstance(source, _Planned) else source))
+                if isinstance(source, _Planned) and action.port == 0:
+                    heirs.setdefault(target, source)
+        return reroutes, heirs, removals
+
+    def _bound_node(self, var: str) -> str:
+        value = self.ctx.bindings.get(var)
+        if not isinstance(value, TensorRef):
+            raise RewriteError(f"'{var}' is not bound to a node")
+        return value.node
+
+    def _sources(self, producer: Producer, *, all_ports: bool):
+        if isinstance(producer, TensorOf):
+            return self._tensor(producer)
+        if isinstance(producer, ConstNode) and all_ports:
+            value = producer.value(self.ctx)
+            if isinstance(value, (list, tuple)) and value and isinstance(value[0], np.ndarray):
+                return [self._const(v, None) for v in value]
+        return self._node(producer)
+
+    def _tensor(self, producer: TensorOf) -> TensorRef:
+        value = self.ctx.bindings.get(producer.var)
+        if not isinstance(value, TensorRef):
+            raise RewriteError(f"'{producer.var}' is not bound to a tensor")
+        return value if producer.port is None else TensorRef(value.node, producer.port)
+
+    def _input(self, producer: Producer) -> list[Any]:
+        if isinstance(producer, TensorOf):
+            value = self.ctx.bindings.get(producer.var)
+            if isinstance(value, list):  # a variadic binding spreads into several inputs
+                return list(value)
+            return [self._tensor(producer)]
+        return [(self._node(producer), 0)]
+
+    def _node(self, producer: Producer) -> _Planned:
+        if isinstance(producer, ConstNode):
+            dtype = producer.dtype(self.ctx) if producer.dtype is not None else None
+            return self._const(producer.value(self.ctx), dtype)
+        source = self.graph[self._bound_node(producer.copy_of)] if producer.copy_of else None
+        op = producer.op or source.op
+        if producer.inputs is not None:
+            inputs = [item for p in producer.inputs for item in self._input(p)]
+        else:
+            inputs = list(source.inputs) if source is not None else []
+        planned = _Planned(self._name(op), op, inputs, {}, device=self.root.device)
+        if source is not None:
+            planned.attr_protos = {k: v for k, v in source.attr.items()}
+            planned.control_inputs = list(source.control_inputs)
+            planned.device = source.device
+        for key, expression in producer.attrs:
+            planned.attrs[key] = expression(self.ctx)
+            planned.attr_protos.pop(key, None)
+        self._infer_type_attrs(planned)
+        self.planned.append(planned)
+        return planned
+
+    def _const(self, value: Any, dtype: int | None) -> _Planned:
+        array = _const_array(value, dtype)
+        planned = _Planned(self._name("Const"), "Const", [], {}, device=self.root.device)
+        dt = dtype if dtype is not None else dtype_for_array(array)
+        planned.attrs = {"dtype": dt, "value": encode_tensor(array, dt)}
+        planned.dtypes = [dt]
+        self.planned.append(planned)
+        return planned
+
+    def _name(self, op: str) -> str:
+        base = f"{self.root.name}/{self.rule_name}/{op}"
+        name, k = base, 0
+        while name in self.graph or name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+    def _infer_type_attrs(self, planned: _Planned) -> None:
+        """Fill type attrs (`T`, ...) that the rule left out from the dtypes of the inputs."""
+        op_def = op_registry.get_op(planned.op)
+        if op_def is None:
+            return
+        position = 0
+        for arg in op_def.inputs:
+            if arg.number_attr or arg.type_list_attr:
+                count = planned.attrs.get(arg.number_attr) if arg.number_attr else None
+                if arg.number_attr and arg.number_attr not in planned.attrs and arg.number_attr not in planned.attr_protos:
+                    count = len(planned.inputs) - (len(op_def.inputs) - 1)
+                    planned.attrs[arg.number_attr] = count
+                if arg.type_attr and position < len(planned.inputs):
+                    self._set_type(planned, arg.type_attr, planned.inputs[position])
+                position += count or 0
+                continue
+            if arg.type_attr and position < len(planned.inputs):
+                self._set_type(planned, arg.type_attr, planned.inputs[position])
+            position += 1
+
+    def _set_type(self, planned: _Planned, attr: str, source: Any) -> None:
+        if attr in planned.attrs or attr in planned.attr_protos:
+            return
+        dtype = self._dtype_of(source)
+        if dtype is not None:
+            planned.attrs[attr] = dtype
+
+    def _dtype_of(self, source: Any) -> int | None:
+        if isinstance(source, TensorRef):
+            dtypes = self.graph.output_dtypes(self.graph[source.node])
+            return dtypes[source.port] if dtypes and source.port < len(dtypes) else None
+        planned, port = source
+        if planned.dtypes is None:
+            op_def = op_registry.get_op(planned.op)
+            attrs = planned.attrs
+
+            def lookup(name):
+                if name in attrs:
+                    return attrs[name]
+                raise KeyError(name)
+            planned.dtypes = op_registry.output_dtypes(op_def, lookup) if op_def else None
+        return planned.dtypes[port] if planned.dtypes and port < len(planned.dtypes) else None
+
+
+def _const_array(value: Any, dtype: int | None) -> np.ndarray:
+    from .dtypes import numpy_dtype
+
+    array = np.asarray(value)
+    if dtype is not None:
+        return array.astype(numpy_dtype(dtype), copy=False)
+    # Python numbers and float64 results become TensorFlow's usual float32 / int32.
+    if array.dtype == np.float64:
+        return array.astype(np.float32)
+    if array.dtype == np.int64 and not isinstance(value, np.ndarray):
+        return array.astype(np.int32)
+    return array
+
+
+def _resolve(ref: Any) -> TensorRef:
+    if isinstance(ref, TensorRef):
+        return ref
+    planned, port = ref
+    return TensorRef(planned.name, port)
+
+
+def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protected) -> RewriteResult:
+    result = RewriteResult()
+    for planned in planner.planned:
+        node = graph.add_node(planned.name, planned.op, [_resolve(r) for r in planned.inputs],
+                              planned.control_inputs, device=planned.device)
+        for key, proto in planned.attr_protos.items():
+            node.attr[key].CopyFrom(proto)
+        for key, value in planned.attrs.items():
+            node.set_attr(key, value)
+        result.created.append(planned.name)
+    rerouted_consumers: dict[str, set[str]] = {}
+    created = set(result.created)
+    for old, new in reroutes:
+        new_ref = _resolve(new)
+        if new_ref == old:
+            continue
+        for consumer in graph.consumers(old.node):
+            if consumer.name in created or old not in consumer.inputs:
+                continue
+            graph.set_inputs(consumer, [new_ref if r == old else r for r in consumer.inputs])
+            result.touched.add(consumer.name)
+            rerouted_consumers.setdefault(old.node, set()).add(consumer.name)
+    for name in removals:
+        if graph.uses(name):
+            raise RewriteError(f"cannot remove '{name}': its outputs are still used")
+    # Heirs take over the replaced nodes (and their names) before anything is swept.
+    renames: list[tuple[str, str]] = []
+    for target, planned in heirs.items():
+        if target in protected and graph.uses(target):
+            continue
+        if graph.uses(target):
+            continue  # some output of the target is still read: it stays, and keeps its name
+        heir = graph[planned.name]
+        for consumer in [c for c in graph.consumers(target) if target in c.control_inputs]:
+            graph.set_inputs(consumer, consumer.inputs,
+                             [planned.name if c == target else c for c in consumer.control_inputs])
+            result.touched.add(consumer.name)
+        extra = [c for c in graph[target].control_inputs if c not in heir.control_inputs]
+        if extra:
+            graph.set_inputs(heir, heir.inputs, heir.control_inputs + extra)
+        _remove(graph, target, result)
+        renames.append((planned.name, target))
+    for temp, final in renames:
+        graph.rename_node(temp, final)
+        result.created[result.created.index(temp)] = final
+    # Sweep what the rewrite left unused, walking up from the nodes it touched.
+    seeds = [name for name in removals] + list(rerouted_consumers) + [
+        v.node for v in planner.ctx.bindings.values() if isinstance(v, TensorRef)]
+    renamed_to = {final for _, final in renames}
+    _sweep(graph, seeds, protected, set(result.created) | renamed_to, rerouted_consumers, result)
+    return result
+
+
+def _remove(graph: Graph, name: str, result: RewriteResult) -> None:
+    producers = {r.node for r in graph[name].inputs} | set(graph[name].control_inputs)
+    graph.remove_node(name)
+    result.removed.append(name)
+    result.touched.update(p for p in producers if p in graph)
+
+
+def _sweep(graph: Graph, seeds, protected, keep: set[str], rerouted_consumers, result: RewriteResult) -> None:
+    stack = list(dict.fromkeys(seeds))
+    while stack:
+        name = stack.pop()
+        node = graph.get(name)
+        if node is None or name in protected or name in keep or graph.consumers(name):
+            continue
+        # A dead node's control inputs still order the consumers it was rerouted away from.
+        if node.control_inputs:
+            for consumer_name in rerouted_consumers.get(name, ()):
+                consumer = graph.get(consumer_name)
+                if consumer is not None:
+                    merged = list(dict.fromkeys(consumer.control_inputs + node.control_inputs))
+                    graph.set_inputs(consumer, consumer.inputs, merged)
+        inputs = [r.node for r in node.inputs] + node.control_inputs
+        _remove(graph, name, result)
+        stack.extend(inputs)

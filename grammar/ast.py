@@ -1,0 +1,322 @@
+"""The syntax tree of a .rules file: plain dataclasses, each with its source position."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+
+@dataclass(frozen=True)
+class Pos:
+    """Where a construct starts in its file (1-based line and column)."""
+
+    line: int
+    column: int
+
+
+# ---- expressions ----
+
+@dataclass(frozen=True)
+class Number:
+    value: int | float
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class String:
+    value: str
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Bool:
+    value: bool
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Port:
+    """`name:3`, one output of a bound node."""
+
+    name: str
+    port: int
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Call:
+    """`func(args...)`: a function of the expression language."""
+
+    func: str
+    args: tuple["Expr", ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class AttrItem:
+    key: str
+    value: "Expr"
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class NewNode:
+    """`Op(args) {attrs}`: a node to create (in replacements and fixtures)."""
+
+    op: str
+    args: tuple["Expr", ...] | None
+    attrs: tuple[AttrItem, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class CopyNode:
+    """`conv(args) {attrs}`: a copy of a matched node, with new inputs and/or attrs."""
+
+    var: str
+    args: tuple["Expr", ...] | None
+    attrs: tuple[AttrItem, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class ListExpr:
+    items: tuple["Expr", ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class BinOp:
+    """Arithmetic (`+ - * / % **`) or comparison (`== != < <= > >= in`, `not in`)."""
+
+    op: str
+    left: "Expr"
+    right: "Expr"
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    op: str  # "and" | "or"
+    items: tuple["Expr", ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: str  # "not" | "-"
+    operand: "Expr"
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Index:
+    target: "Expr"
+    index: "Expr"
+    pos: Pos
+
+
+Expr = Union[Number, String, Bool, Var, Port, Call, NewNode, CopyNode, ListExpr, BinOp, BoolOp,
+             Unary, Index]
+
+
+# ---- patterns ----
+
+@dataclass(frozen=True)
+class NodePattern:
+    """`Op1|Op2(args) {attrs}`; `ops` None means any op, `args` None means any inputs."""
+
+    ops: tuple[str, ...] | None
+    args: tuple["PatternArg", ...] | None
+    attrs: tuple[AttrItem, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class ArgVar:
+    """A tensor variable: binds on first use, must be the same tensor after."""
+
+    name: str
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class ArgPort:
+    """`n:1`: output 1 of the node bound to n."""
+
+    name: str
+    port: int
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class ArgBound:
+    """`w: Const`: bind w and require its producer to match a pattern."""
+
+    name: str
+    node: NodePattern
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class ArgVariadic:
+    """`xs...` or `xs...: Const`: all remaining inputs, each optionally matching a pattern."""
+
+    name: str
+    node: NodePattern | None
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class ArgNested:
+    """An anonymous nested pattern: `Relu(Conv2D(x, w))`."""
+
+    node: NodePattern
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class ArgLiteral:
+    """A number: a Const whose every element equals it."""
+
+    value: int | float
+    pos: Pos
+
+
+PatternArg = Union[ArgVar, ArgPort, ArgBound, ArgVariadic, ArgNested, ArgLiteral]
+
+
+@dataclass(frozen=True)
+class PatternStmt:
+    var: str
+    node: NodePattern
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Where:
+    expr: Expr
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Let:
+    name: str
+    expr: Expr
+    pos: Pos
+
+
+# ---- replacements ----
+
+@dataclass(frozen=True)
+class Target:
+    """What a reroute replaces: a node (`n`), one output (`n:1`) or all outputs (`n:*`)."""
+
+    name: str
+    port: int | None  # None: the node as a whole
+    all_ports: bool
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Reroute:
+    target: Target
+    expr: Expr
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Remove:
+    name: str
+    pos: Pos
+
+
+Action = Union[Reroute, Remove]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    priority: int
+    patterns: tuple[PatternStmt, ...]
+    clauses: tuple[Union[Where, Let], ...]  # in source order: a guard may use an earlier let
+    actions: tuple[Action, ...]
+    pos: Pos
+
+
+# ---- files ----
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    is_list: bool
+    default: Expr | None
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Stage:
+    """`name` or `name(key=value, ...)`: a rule set called with arguments."""
+
+    name: str
+    kwargs: tuple[tuple[str, Expr], ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class NodeStmt:
+    var: str
+    expr: Expr
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Test:
+    name: str
+    using: Stage | None
+    given: tuple[NodeStmt, ...]
+    expect: tuple[NodeStmt, ...]
+    outputs: tuple[str, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    name: str
+    params: tuple[Param, ...]
+    rules: tuple[Rule, ...]
+    tests: tuple[Test, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    stages: tuple[Stage, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Import:
+    target: str
+    is_path: bool
+    pos: Pos
+
+
+@dataclass
+class Module:
+    """One parsed .rules file."""
+
+    path: str
+    source: str
+    imports: list[Import] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
+    rulesets: list[Ruleset] = field(default_factory=list)
+    pipelines: list[Pipeline] = field(default_factory=list)
+    tests: list[Test] = field(default_factory=list)

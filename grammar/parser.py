@@ -1,0 +1,418 @@
+"""Parse .rules text into the syntax tree of grammar/ast.py.
+
+Syntax errors name the file, line and column, show the line with a caret, and, for the common
+mistakes listed in SYNTAX_HINTS, say what is wrong in plain words.
+"""
+from __future__ import annotations
+
+import ast as python_ast
+import functools
+import pathlib
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark.indenter import DedentError, Indenter
+
+from gtt_rules.errors import RulesSyntaxError
+
+from . import ast
+
+GRAMMAR = pathlib.Path(__file__).with_name("rules.lark")
+
+
+class _RulesIndenter(Indenter):
+    NL_type = "_NL"
+    OPEN_PAREN_types = ["LPAR", "LSQB", "LBRACE"]
+    CLOSE_PAREN_types = ["RPAR", "RSQB", "RBRACE"]
+    INDENT_type = "_INDENT"
+    DEDENT_type = "_DEDENT"
+    tab_len = 4
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark(GRAMMAR.read_text(), parser="lalr", postlex=_RulesIndenter(), propagate_positions=True,
+                maybe_placeholders=False, cache=False)
+
+
+# Friendly messages for common mistakes: each is shown when a parse fails the way its examples do.
+# tests/test_grammar.py checks that every example fails and gets exactly its message.
+SYNTAX_HINTS: dict[str, list[str]] = {
+    "a rule needs a replacement line starting with '=>'": [
+        "rule r:\n    n = Identity(x)\n",
+        "rule r:\n    n = Identity(x)\n    where uses(x) == 1\n",
+    ],
+    "a rule needs a name: 'rule NAME:'": [
+        "rule:\n    n = Identity(x)\n    => n -> x\n",
+    ],
+    "missing ':' at the end of the header line": [
+        "rule r\n    n = Identity(x)\n    => n -> x\n",
+        "ruleset s\n    rule r:\n        n = Identity(x)\n        => n -> x\n",
+    ],
+    "a pattern line is 'name = Op(inputs)'; op names start with an uppercase letter": [
+        "rule r:\n    n = identity(x)\n    => n -> x\n",
+    ],
+    "the body of a block must be indented": [
+        "rule r:\nn = Identity(x)\n=> n -> x\n",
+    ],
+    "use '->' to say what replaces a node: 'n -> x'": [
+        "rule r:\n    n = Identity(x)\n    => n = x\n",
+        "rule r:\n    n = Identity(x)\n    => n => x\n",
+    ],
+    "unclosed bracket": [
+        "rule r:\n    n = Identity(x\n    => n -> x\n",
+    ],
+}
+
+
+def parse(text: str, path: str = "<string>") -> ast.Module:
+    """Parse .rules source text; raises RulesSyntaxError with the position of the problem."""
+    if not text.endswith("\n"):
+        text += "\n"
+    try:
+        tree = _parser().parse(text)
+    except UnexpectedInput as error:
+        raise _syntax_error(error, text, path) from None
+    except DedentError as error:
+        raise RulesSyntaxError(f"inconsistent indentation: {error}", path=path) from None
+    try:
+        return _ToAst(path, text).transform(tree)
+    except VisitError as error:
+        if isinstance(error.orig_exc, RulesSyntaxError):
+            raise error.orig_exc from None
+        raise
+
+
+def parse_file(path: str | pathlib.Path) -> ast.Module:
+    """Read and parse a .rules file."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RulesSyntaxError("no such rules file", path=str(path)) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RulesSyntaxError(f"cannot read rules file: {error}", path=str(path)) from None
+    return parse(text, str(path))
+
+
+def source_excerpt(source: str, line: int, column: int) -> str:
+    """The source line and a caret under `column`, for error messages."""
+    lines = source.splitlines()
+    if not 1 <= line <= len(lines):
+        return ""
+    text = lines[line - 1].rstrip()
+    return f"    {text}\n    {' ' * max(column - 1, 0)}^"
+
+
+def _syntax_error(error: UnexpectedInput, text: str, path: str) -> RulesSyntaxError:
+    hint = None
+    try:
+        hint = error.match_examples(_parser().parse, SYNTAX_HINTS, use_accepts=True)
+    except Exception:  # matching is best effort; the raw message is still useful
+        hint = None
+    line, column = getattr(error, "line", None), getattr(error, "column", None)
+    if isinstance(error, UnexpectedEOF) or line in (None, -1):
+        lines = text.rstrip("\n").splitlines() or [""]
+        line, column = len(lines), len(lines[-1]) + 1
+    message = hint or _describe(error)
+    excerpt = source_excerpt(text, line, column)
+    err = RulesSyntaxError(message, path=path, line=line, column=column)
+    err.excerpt = excerpt
+    return err
+
+
+def _describe(error: UnexpectedInput) -> str:
+    if isinstance(error, UnexpectedCharacters):
+        return f"unexpected character {error.char!r}"
+    if isinstance(error, UnexpectedToken):
+        token = error.token
+        if token.type == "$END":
+            return "unexpected end of file"
+        if token.type in ("_NL", "_INDENT", "_DEDENT"):
+            what = {"_NL": "end of line", "_INDENT": "indentation", "_DEDENT": "end of block"}[token.type]
+            return f"unexpected {what}"
+        expected = sorted(error.accepts or error.expected)
+        shown = ", ".join(_token_label(e) for e in expected[:6])
+        return f"unexpected {token.value!r}; expected {shown}"
+    if isinstance(error, UnexpectedEOF):
+        return "unexpected end of file"
+    return str(error).splitlines()[0]
+
+
+def _token_label(name: str) -> str:
+    labels = {"VAR": "a name", "OP": "an op name", "NUMBER": "a number", "STRING": "a string",
+              "RULE_NAME": "a rule name", "_NL": "end of line", "PORT_REF": "name:port",
+              "COLON": "':'", "LPAR": "'('", "RPAR": "')'", "COMMA": "','", "EQUAL": "'='"}
+    return labels.get(name, name.lower() if name.isupper() and not name.startswith("_") else name)
+
+
+def _pos(meta) -> ast.Pos:
+    return ast.Pos(getattr(meta, "line", 0), getattr(meta, "column", 0))
+
+
+def _tok_pos(token: Token) -> ast.Pos:
+    return ast.Pos(token.line, token.column)
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _split_port(token: Token) -> tuple[str, int]:
+    name, port = str(token).split(":")
+    return name, int(port)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Lark tree -> grammar.ast dataclasses."""
+
+    def __init__(self, path: str, source: str):
+        super().__init__()
+        self.path = path
+        self.source = source
+
+    # files
+    def start(self, meta, items):
+        module = ast.Module(self.path, self.source)
+        for item in items:
+            {ast.Import: module.imports, ast.Rule: module.rules, ast.Ruleset: module.rulesets,
+             ast.Pipeline: module.pipelines, ast.Test: module.tests}[type(item)].append(item)
+        return module
+
+    def import_(self, meta, children):
+        (token,) = children
+        if token.type == "STRING":
+            return ast.Import(python_ast.literal_eval(str(token)), True, _pos(meta))
+        return ast.Import(str(token), False, _pos(meta))
+
+    def rule(self, meta, children):
+        name = children[0]
+        priority = children[1] if len(children) == 3 else 0
+        body = children[-1]
+        return ast.Rule(str(name), priority, *body, pos=_tok_pos(name))
+
+    def priority(self, meta, children):
+        value = int(_number(str(children[-1])))
+        return -value if len(children) == 2 or str(children[0]) == "-" else value
+
+    def rule_body(self, meta, children):
+        patterns = tuple(c for c in children if isinstance(c, ast.PatternStmt))
+        clauses = []
+        for c in children:
+            if isinstance(c, ast.Where):
+                clauses.append(c)
+            elif isinstance(c, list):
+                clauses.extend(c)
+        actions = tuple(a for c in children if isinstance(c, tuple) and c and c[0] == "actions" for a in c[1])
+        return patterns, tuple(clauses), actions
+
+    def ruleset(self, meta, children):
+        name = children[0]
+        params = children[1] if len(children) > 1 and isinstance(children[1], tuple) else ()
+        rules = tuple(c for c in children if isinstance(c, ast.Rule))
+        tests = tuple(c for c in children if isinstance(c, ast.Test))
+        return ast.Ruleset(str(name), params, rules, tests, _tok_pos(name))
+
+    def params(self, meta, children):
+        return tuple(children)
+
+    def param(self, meta, children):
+        name, (type_name, is_list) = children[0], children[1]
+        default = children[2] if len(children) > 2 else None
+        return ast.Param(str(name), type_name, is_list, default, _tok_pos(name))
+
+    def scalar_type(self, meta, children):
+        return str(children[0]), False
+
+    def list_type(self, meta, children):
+        return str(children[0]), True
+
+    def pipeline(self, meta, children):
+        return ast.Pipeline(str(children[0]), tuple(children[1:]), _tok_pos(children[0]))
+
+    def call_stage(self, meta, children):
+        return ast.Stage(str(children[0]), tuple(children[1:]), _tok_pos(children[0]))
+
+    def kwarg(self, meta, children):
+        return str(children[0]), children[1]
+
+    # patterns
+    def pattern_stmt(self, meta, children):
+        return ast.PatternStmt(str(children[0]), children[1], _tok_pos(children[0]))
+
+    def node_pattern(self, meta, children):
+        ops = children[0]
+        args = next((c for c in children[1:] if isinstance(c, tuple) and c and c[0] == "args"), None)
+        attrs = next((c for c in children[1:] if isinstance(c, list)), [])
+        return ast.NodePattern(ops, None if args is None else args[1], tuple(attrs), _pos(meta))
+
+    def ops(self, meta, children):
+        return tuple(str(c) for c in children)
+
+    def any_op(self, meta, children):
+        return None
+
+    def pattern_args(self, meta, children):
+        return ("args", tuple(children))
+
+    def arg_var(self, meta, children):
+        return ast.ArgVar(str(children[0]), _tok_pos(children[0]))
+
+    def arg_port(self, meta, children):
+        name, port = _split_port(children[0])
+        return ast.ArgPort(name, port, _tok_pos(children[0]))
+
+    def arg_bound(self, meta, children):
+        return ast.ArgBound(str(children[0]), children[1], _tok_pos(children[0]))
+
+    def arg_variadic(self, meta, children):
+        return ast.ArgVariadic(str(children[0]), children[1] if len(children) > 1 else None, _tok_pos(children[0]))
+
+    def arg_nested(self, meta, children):
+        return ast.ArgNested(children[0], children[0].pos)
+
+    def arg_literal(self, meta, children):
+        value = _number(str(children[-1]))
+        return ast.ArgLiteral(-value if len(children) == 2 else value, _pos(meta))
+
+    def attr_block(self, meta, children):
+        return list(children)
+
+    def attr_item(self, meta, children):
+        return ast.AttrItem(str(children[0]), children[1], _tok_pos(children[0]))
+
+    def where(self, meta, children):
+        return ast.Where(children[0], _pos(meta))
+
+    def let(self, meta, children):
+        return list(children)
+
+    def binding(self, meta, children):
+        return ast.Let(str(children[0]), children[1], _tok_pos(children[0]))
+
+    # replacements
+    def action_line(self, meta, children):
+        return ("actions", tuple(children))
+
+    def reroute(self, meta, children):
+        return ast.Reroute(children[0], children[1], _pos(meta))
+
+    def remove(self, meta, children):
+        return ast.Remove(str(children[0]), _pos(meta))
+
+    def target_node(self, meta, children):
+        return ast.Target(str(children[0]), None, False, _tok_pos(children[0]))
+
+    def target_port(self, meta, children):
+        name, port = _split_port(children[0])
+        return ast.Target(name, port, False, _tok_pos(children[0]))
+
+    def target_all(self, meta, children):
+        return ast.Target(str(children[0]).split(":")[0], None, True, _tok_pos(children[0]))
+
+    # fixtures
+    def test(self, meta, children):
+        name = children[0]
+        using = next((c for c in children if isinstance(c, ast.Stage)), None)
+        parts = [c for c in children[1:] if isinstance(c, tuple)]
+        given = next((p[1] for p in parts if p[0] == "given"), ())
+        expect = next((p[1] for p in parts if p[0] == "expect"), ())
+        outputs = next((p[1] for p in parts if p[0] == "outputs"), ())
+        if not given or not expect:
+            raise RulesSyntaxError("a test needs a 'given:' block and an 'expect:' block",
+                                   path=self.path, line=name.line, column=name.column)
+        return ast.Test(str(name), using, given, expect, outputs, _tok_pos(name))
+
+    def using(self, meta, children):
+        return children[0]
+
+    def given(self, meta, children):
+        return ("given", tuple(children))
+
+    def expect(self, meta, children):
+        return ("expect", tuple(children))
+
+    def outputs(self, meta, children):
+        return ("outputs", tuple(str(c) for c in children))
+
+    def node_stmt(self, meta, children):
+        return ast.NodeStmt(str(children[0]), children[1], _tok_pos(children[0]))
+
+    # expressions
+    def or_(self, meta, children):
+        return self._bool_op("or", children, meta)
+
+    def and_(self, meta, children):
+        return self._bool_op("and", children, meta)
+
+    @staticmethod
+    def _bool_op(op, children, meta):
+        left, right = children
+        items = left.items if isinstance(left, ast.BoolOp) and left.op == op else (left,)
+        return ast.BoolOp(op, items + (right,), _pos(meta))
+
+    def not_(self, meta, children):
+        return ast.Unary("not", children[0], _pos(meta))
+
+    def compare(self, meta, children):
+        left, op, right = children
+        return ast.BinOp(" ".join(str(op).split()), left, right, _pos(meta))
+
+    def arith(self, meta, children):
+        result = children[0]
+        for op, operand in zip(children[1::2], children[2::2]):
+            result = ast.BinOp(str(op), result, operand, _pos(meta))
+        return result
+
+    def neg(self, meta, children):
+        operand = children[0]
+        if isinstance(operand, ast.Number):
+            return ast.Number(-operand.value, _pos(meta))
+        return ast.Unary("-", operand, _pos(meta))
+
+    def pow_(self, meta, children):
+        return ast.BinOp("**", children[0], children[1], _pos(meta))
+
+    def index(self, meta, children):
+        return ast.Index(children[0], children[1], _pos(meta))
+
+    def var(self, meta, children):
+        return ast.Var(str(children[0]), _tok_pos(children[0]))
+
+    def port(self, meta, children):
+        name, port = _split_port(children[0])
+        return ast.Port(name, port, _tok_pos(children[0]))
+
+    def call(self, meta, children):
+        return ast.Call(str(children[0]), children[1], _tok_pos(children[0]))
+
+    def copy_node(self, meta, children):
+        args = children[1] if len(children) == 3 else None
+        return ast.CopyNode(str(children[0]), args, tuple(children[-1]), _tok_pos(children[0]))
+
+    def new_node(self, meta, children):
+        args = next((c for c in children[1:] if isinstance(c, tuple)), None)
+        attrs = next((c for c in children[1:] if isinstance(c, list)), [])
+        return ast.NewNode(str(children[0]), args, tuple(attrs), _tok_pos(children[0]))
+
+    def call_args(self, meta, children):
+        return tuple(children)
+
+    def list_(self, meta, children):
+        return ast.ListExpr(tuple(children), _pos(meta))
+
+    def number(self, meta, children):
+        return ast.Number(_number(str(children[0])), _tok_pos(children[0]))
+
+    def string(self, meta, children):
+        return ast.String(python_ast.literal_eval(str(children[0])), _tok_pos(children[0]))
+
+    def true(self, meta, children):
+        return ast.Bool(True, _pos(meta))
+
+    def false(self, meta, children):
+        return ast.Bool(False, _pos(meta))

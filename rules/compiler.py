@@ -1,0 +1,707 @@
+"""Compile a parsed .rules file into rule sets of engine Rules, checking it as it goes.
+
+Static checks report `file:line:col`, the source line with a caret and, where one helps, a hint:
+unknown ops and attrs and wrong input counts (against the op registry), unbound and doubly bound
+names, unknown functions and wrong argument counts, type errors in expressions, duplicate names.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from gtt_rules.engine import op_registry
+from gtt_rules.engine import rewrite as rw
+from gtt_rules.engine.dtypes import parse_dtype
+from gtt_rules.engine.graph import TensorRef
+from gtt_rules.engine.pattern import AttrPattern, InputPattern, MatchContext, NodePattern, Pattern
+from gtt_rules.engine.rule import Rule
+from gtt_rules.errors import RewriteError, RulesCheckError
+from gtt_rules.grammar import ast
+from gtt_rules.grammar.parser import source_excerpt
+
+from .functions import FUNCTIONS, NotApplicable, tensor_value
+
+# Ops whose two inputs commute although TensorFlow's registry does not flag them (Add also
+# concatenates strings, which is not commutative, but rules match numeric graphs).
+EXTRA_COMMUTATIVE = frozenset({"Add", "Maximum", "Minimum"})
+
+PARAM_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dtype": int}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A typed rule-set parameter with its default."""
+
+    name: str
+    type: str
+    is_list: bool
+    default: Any
+
+    def describe(self) -> str:
+        kind = f"[{self.type}]" if self.is_list else self.type
+        return f"{self.name}: {kind} = {self.default!r}"
+
+
+@dataclass
+class RuleSet:
+    """Named rules sharing parameters: a file's top-level rules, or a `ruleset` block."""
+
+    name: str
+    params: tuple[Param, ...]
+    rules: tuple[Rule, ...]
+    tests: tuple[ast.Test, ...]
+    path: str
+    line: int
+    doc: str = ""
+
+    def instantiate(self, args: dict[str, Any] | None = None, *, where: str = "") -> list[Rule]:
+        """The rules with parameter values: defaults overridden by `args` (checked against types)."""
+        values = bind_params(self, args or {}, where=where)
+        return [rule.with_params(values) for rule in self.rules]
+
+
+@dataclass(frozen=True)
+class StageCall:
+    """One stage of a pipeline: a rule set (or pipeline) name with arguments."""
+
+    name: str
+    args: dict[str, Any]
+    location: str
+
+
+@dataclass
+class PipelineDef:
+    name: str
+    stages: tuple[StageCall, ...]
+    path: str
+    line: int
+
+
+@dataclass
+class CompiledFile:
+    path: str
+    rulesets: dict[str, RuleSet] = field(default_factory=dict)
+    pipelines: dict[str, PipelineDef] = field(default_factory=dict)
+    imports: list[ast.Import] = field(default_factory=list)
+    tests: list[tuple[ast.Test, str]] = field(default_factory=list)  # (test, owning rule set)
+
+
+def bind_params(ruleset: RuleSet, args: dict[str, Any], *, where: str = "") -> dict[str, Any]:
+    """Defaults overridden by `args`; unknown names and wrong types raise RulesCheckError."""
+    known = {p.name: p for p in ruleset.params}
+    values = {p.name: p.default for p in ruleset.params}
+    for key, value in args.items():
+        param = known.get(key)
+        if param is None:
+            valid = ", ".join(known) or "none"
+            raise RulesCheckError(f"{where}'{ruleset.name}' has no parameter '{key}' (parameters: {valid})")
+        values[key] = coerce_param(param, value, where=where)
+    return values
+
+
+def coerce_param(param: Param, value: Any, *, where: str = "") -> Any:
+    """Check and convert one argument to the parameter's declared type."""
+    def one(v):
+        if param.type == "dtype":
+            if isinstance(v, str):
+                try:
+                    return parse_dtype(v)
+                except ValueError as error:
+                    raise RulesCheckError(f"{where}parameter '{param.name}': {error}") from None
+            if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+                return int(v)
+        elif param.type == "bool":
+            if isinstance(v, bool):
+                return v
+            if isinstance(v, str) and v.lower() in ("true", "false", "1", "0"):
+                return v.lower() in ("true", "1")
+        elif param.type == "int":
+            if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+                return int(v)
+            if isinstance(v, str):
+                try:
+                    return int(v)
+                except ValueError:
+                    pass
+        elif param.type == "float":
+            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+                return float(v)
+            if isinstance(v, str):
+                try:
+                    return float(v)
+                except ValueError:
+                    pass
+        elif param.type == "str":
+            if isinstance(v, str):
+                return v
+            if isinstance(v, (int, float)):
+                return str(v)
+        raise RulesCheckError(f"{where}parameter '{param.name}' wants {param.type}, got {v!r}")
+    if param.is_list:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [one(v) for v in items]
+    return one(value)
+
+
+# ---- the compiler ----
+
+@dataclass
+class _Scope:
+    """Names visible in a rule and what kind of thing each is."""
+
+    statements: dict[str, ast.PatternStmt] = field(default_factory=dict)
+    tensors: dict[str, ast.Pos] = field(default_factory=dict)
+    lists: dict[str, ast.Pos] = field(default_factory=dict)
+    attrs: dict[str, ast.Pos] = field(default_factory=dict)
+    lets: dict[str, str] = field(default_factory=dict)       # name -> kind
+    params: dict[str, str] = field(default_factory=dict)     # name -> kind
+
+    def kind_of(self, name: str) -> str | None:
+        if name in self.statements or name in self.tensors:
+            return "tensor"
+        if name in self.lists:
+            return "list"
+        if name in self.attrs:
+            return "any"
+        if name in self.lets:
+            return self.lets[name]
+        if name in self.params:
+            return self.params[name]
+        return None
+
+    def names(self) -> list[str]:
+        return [*self.statements, *self.tensors, *self.lists, *self.attrs, *self.lets, *self.params]
+
+
+def _dtype_constant(name: str) -> int | None:
+    try:
+        return parse_dtype(name)
+    except ValueError:
+        return None
+
+
+def _param_kind(param: Param) -> str:
+    if param.is_list:
+        return "list"
+    return {"int": "value", "float": "value", "str": "string", "bool": "bool", "dtype": "dtype"}[param.type]
+
+
+class Compiler:
+    """Compiles one module; collects every check error instead of stopping at the first."""
+
+    def __init__(self, module: ast.Module):
+        self.module = module
+        self.errors: list[RulesCheckError] = []
+
+    # -- errors --
+
+    def error(self, pos: ast.Pos, message: str, hint: str | None = None) -> None:
+        err = RulesCheckError(message, path=self.module.path, line=pos.line, column=pos.column)
+        err.excerpt = source_excerpt(self.module.source, pos.line, pos.column)
+        err.hint = hint
+        self.errors.append(err)
+
+    def _suggest(self, name: str, choices) -> str | None:
+        close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+        return f"did you mean '{close[0]}'?" if close else None
+
+    # -- files --
+
+    def compile(self) -> CompiledFile:
+        out = CompiledFile(self.module.path, imports=list(self.module.imports))
+        stem = self.module.path.rsplit("/", 1)[-1].rsplit(".", 1)[0] if self.module.path else "rules"
+        seen_rules: dict[str, ast.Pos] = {}
+        if self.module.rules:
+            rules = tuple(self._rule(r, _Scope(), seen_rules) for r in self.module.rules)
+            out.rulesets[stem] = RuleSet(stem, (), tuple(r for r in rules if r), tuple(self.module.tests),
+                                         self.module.path, self.module.rules[0].pos.line)
+        for test in self.module.tests:
+            out.tests.append((test, stem))
+        for block in self.module.rulesets:
+            if block.name in out.rulesets:
+                self.error(block.pos, f"duplicate rule set name '{block.name}'")
+                continue
+            params = self._params(block)
+            scope_params = {p.name: _param_kind(p) for p in params}
+            local_seen: dict[str, ast.Pos] = {}
+            rules = []
+            for rule in block.rules:
+                compiled = self._rule(rule, _Scope(params=dict(scope_params)), local_seen)
+                if compiled:
+                    rules.append(compiled.with_params({p.name: p.default for p in params}))
+            out.rulesets[block.name] = RuleSet(block.name, params, tuple(rules), block.tests,
+                                               self.module.path, block.pos.line)
+            for test in block.tests:
+                out.tests.append((test, block.name))
+        for pipeline in self.module.pipelines:
+            if pipeline.name in out.pipelines or pipeline.name in out.rulesets:
+                self.error(pipeline.pos, f"duplicate name '{pipeline.name}'")
+                continue
+            stages = tuple(self._stage(s) for s in pipeline.stages)
+            out.pipelines[pipeline.name] = PipelineDef(pipeline.name, stages, self.module.path, pipeline.pos.line)
+        test_names: dict[str, ast.Pos] = {}
+        for test, _ in out.tests:
+            if test.name in test_names:
+                self.error(test.pos, f"duplicate test name '{test.name}' (first at line {test_names[test.name].line})")
+            test_names.setdefault(test.name, test.pos)
+        return out
+
+    def _params(self, block: ast.Ruleset) -> tuple[Param, ...]:
+        params = []
+        for p in block.params:
+            if p.type not in PARAM_TYPES:
+                self.error(p.pos, f"unknown parameter type '{p.type}'",
+                           f"use one of {', '.join(PARAM_TYPES)}, or [type] for a list")
+                continue
+            default = None
+            if p.default is not None:
+                value = self.constant(p.default)
+                try:
+                    default = coerce_param(Param(p.name, p.type, p.is_list, None), value)
+                except RulesCheckError as error:
+                    self.error(p.default.pos, error.message)
+            elif p.is_list:
+                default = []
+            params.append(Param(p.name, p.type, p.is_list, default))
+        return tuple(params)
+
+    def _stage(self, stage: ast.Stage) -> StageCall:
+        args = {}
+        for key, expr in stage.kwargs:
+            if key in args:
+                value = args[key]
+                args[key] = (value if isinstance(value, list) else [value]) + [self.constant(expr)]
+            else:
+                args[key] = self.constant(expr)
+        return StageCall(stage.name, args, f"{self.module.path}:{stage.pos.line}")
+
+    def constant(self, expr: ast.Expr) -> Any:
+        """The value of an expression that needs no match (parameter defaults, stage arguments)."""
+        fn, _ = self.value(expr, _Scope())
+        try:
+            return fn(None)
+        except Exception as error:
+            self.error(expr.pos, f"cannot compute this value: {error}")
+            return None
+
+    # -- rules --
+
+    def _rule(self, rule: ast.Rule, scope: _Scope, seen: dict[str, ast.Pos]) -> Rule | None:
+        errors_before = len(self.errors)
+        if rule.name in seen:
+            self.error(rule.pos, f"duplicate rule name '{rule.name}' (first at line {seen[rule.name].line})")
+        seen.setdefault(rule.name, rule.pos)
+        pattern = self._pattern(rule, scope)
+        steps = []
+        for clause in rule.clauses:
+            if isinstance(clause, ast.Where):
+                fn, kind = self.value(clause.expr, scope)
+                steps.append(("where", None, fn, clause.pos))
+            else:
+                if scope.kind_of(clause.name) is not None:
+                    self.error(clause.pos, f"'{clause.name}' is already bound")
+                fn, kind = self.value(clause.expr, scope)
+                scope.lets[clause.name] = kind
+                steps.append(("let", clause.name, fn, clause.pos))
+        actions = tuple(a for a in (self._action(a, scope) for a in rule.actions) if a is not None)
+        if len(self.errors) > errors_before or pattern is None:
+            return None
+        location = f"{self.module.path}:{rule.pos.line}"
+        guard = _make_guard(rule.name, location, pattern.root_var, steps) if steps else None
+        return Rule(rule.name, pattern, guard, actions, rule.priority, location)
+
+    def _pattern(self, rule: ast.Rule, scope: _Scope) -> Pattern | None:
+        for stmt in rule.patterns:
+            if stmt.var in scope.statements:
+                self.error(stmt.pos, f"'{stmt.var}' is already bound (line {scope.statements[stmt.var].pos.line})")
+            elif stmt.var in scope.params:
+                self.error(stmt.pos, f"'{stmt.var}' is a parameter of the rule set; pick another name")
+            scope.statements.setdefault(stmt.var, stmt)
+        referenced: set[str] = set()
+        for stmt in rule.patterns:
+            self._collect(stmt.node, scope, referenced)
+        roots = [s.var for s in rule.patterns if s.var not in referenced]
+        if len(roots) != 1:
+            names = ", ".join(f"'{r}'" for r in roots) or "none (the pattern lines form a loop)"
+            self.error(rule.patterns[0].pos, f"a pattern needs exactly one root, the node the others feed; "
+                                             f"roots here: {names}")
+            return None
+        statements = {s.var: self._node_pattern(s.node, scope) for s in rule.patterns}
+        return Pattern(roots[0], statements)
+
+    def _collect(self, node: ast.NodePattern, scope: _Scope, referenced: set[str]) -> None:
+        """First pass: record tensor, list and attr names, so later uses resolve in any order."""
+        self._check_ops(node)
+        for arg in node.args or ():
+            if isinstance(arg, (ast.ArgVar, ast.ArgPort)) and arg.name in scope.statements:
+                referenced.add(arg.name)
+            elif isinstance(arg, ast.ArgVar):
+                if arg.name in scope.lists:
+                    self.error(arg.pos, f"'{arg.name}' is already bound to a list of inputs")
+                scope.tensors.setdefault(arg.name, arg.pos)
+            elif isinstance(arg, ast.ArgPort):
+                self.error(arg.pos, f"'{arg.name}:{arg.port}' needs '{arg.name}' to be a pattern line",
+                           f"add a line '{arg.name} = Op(...)' to the pattern")
+            elif isinstance(arg, ast.ArgBound):
+                if arg.name in scope.statements:
+                    self.error(arg.pos, f"'{arg.name}' is already bound by a pattern line")
+                scope.tensors.setdefault(arg.name, arg.pos)
+                self._collect(arg.node, scope, referenced)
+            elif isinstance(arg, ast.ArgVariadic):
+                if arg.name in scope.tensors or arg.name in scope.statements or arg.name in scope.lists:
+                    self.error(arg.pos, f"'{arg.name}' is already bound")
+                scope.lists.setdefault(arg.name, arg.pos)
+                if arg.node:
+                    self._collect(arg.node, scope, referenced)
+            elif isinstance(arg, ast.ArgNested):
+                self._collect(arg.node, scope, referenced)
+        variadic = [a for a in node.args or () if isinstance(a, ast.ArgVariadic)]
+        if variadic and not isinstance((node.args or ())[-1], ast.ArgVariadic) or len(variadic) > 1:
+            self.error(variadic[0].pos, "only the last input of a pattern can be variadic ('xs...')")
+        for item in node.attrs:
+            if isinstance(item.value, ast.Var) and self._is_attr_binding(item.value.name, scope):
+                scope.attrs.setdefault(item.value.name, item.pos)
+
+    def _is_attr_binding(self, name: str, scope: _Scope) -> bool:
+        kind = scope.kind_of(name)
+        return (kind is None or name in scope.attrs) and _dtype_constant(name) is None
+
+    def _check_ops(self, node: ast.NodePattern) -> None:
+        for op in node.ops or ():
+            op_def = op_registry.get_op(op)
+            if op_def is None:
+                self.error(node.pos, f"unknown op '{op}'", self._suggest(op, op_registry.all_op_names()))
+                continue
+            self._check_attrs(op, op_def, node.attrs)
+            if node.args is not None and not any(isinstance(a, ast.ArgVariadic) for a in node.args):
+                self._check_input_count(op, op_def, len(node.args), node.pos)
+
+    def _check_attrs(self, op: str, op_def, attrs) -> None:
+        for item in attrs:
+            if item.key not in op_def.attrs and not item.key.startswith("_"):
+                self.error(item.pos, f"op '{op}' has no attr '{item.key}'",
+                           self._suggest(item.key, op_def.attrs) or
+                           f"its attrs: {', '.join(op_def.attrs) or 'none'}")
+
+    def _check_input_count(self, op: str, op_def, count: int, pos: ast.Pos) -> None:
+        if any(arg.number_attr or arg.type_list_attr for arg in op_def.inputs):
+            minimum = sum(1 for arg in op_def.inputs if not (arg.number_attr or arg.type_list_attr))
+            if count < minimum:
+                self.error(pos, f"op '{op}' takes at least {minimum} inputs, not {count}")
+            return
+        expected = len(op_def.inputs)
+        if count != expected:
+            names = ", ".join(arg.name for arg in op_def.inputs) or "none"
+            self.error(pos, f"op '{op}' takes {expected} input{'s' if expected != 1 else ''} ({names}), not {count}")
+
+    def _node_pattern(self, node: ast.NodePattern, scope: _Scope) -> NodePattern:
+        ops = frozenset(node.ops) if node.ops is not None else None
+        attrs = []
+        for item in node.attrs:
+            if isinstance(item.value, ast.Var) and item.value.name in scope.attrs:
+                attrs.append(AttrPattern(item.key, var=item.value.name))
+            else:
+                fn, _ = self.value(item.value, scope)
+                attrs.append(AttrPattern(item.key, expected=fn))
+        inputs = None
+        variadic = False
+        if node.args is not None:
+            inputs = tuple(self._input_pattern(arg, scope) for arg in node.args)
+            variadic = bool(node.args) and isinstance(node.args[-1], ast.ArgVariadic)
+        commutative = bool(ops) and inputs is not None and len(inputs) == 2 and not variadic and all(
+            op in EXTRA_COMMUTATIVE or (op_registry.get_op(op) and op_registry.get_op(op).is_commutative)
+            for op in ops)
+        return NodePattern(ops, inputs, tuple(attrs), commutative, variadic)
+
+    def _input_pattern(self, arg, scope: _Scope) -> InputPattern:
+        if isinstance(arg, ast.ArgVar):
+            if arg.name in scope.statements:
+                return InputPattern(node_var=arg.name, port=0)
+            return InputPattern(var=arg.name)
+        if isinstance(arg, ast.ArgPort):
+            return InputPattern(node_var=arg.name, port=arg.port)
+        if isinstance(arg, ast.ArgBound):
+            return InputPattern(var=arg.name, node=self._node_pattern(arg.node, scope))
+        if isinstance(arg, ast.ArgVariadic):
+            return InputPattern(var=arg.name, node=self._node_pattern(arg.node, scope) if arg.node else None)
+        if isinstance(arg, ast.ArgNested):
+            return InputPattern(node=self._node_pattern(arg.node, scope))
+        return InputPattern(literal=arg.value)
+
+    # -- replacements --
+
+    def _action(self, action, scope: _Scope):
+        if isinstance(action, ast.Remove):
+            if scope.kind_of(action.name) != "tensor":
+                self.error(action.pos, f"'{action.name}' is not a node of the pattern")
+                return None
+            return rw.Remove(action.name)
+        target = action.target
+        if scope.kind_of(target.name) != "tensor":
+            self.error(target.pos, f"'{target.name}' is not a node of the pattern",
+                       self._suggest(target.name, scope.statements))
+            return None
+        source = self.producer(action.expr, scope)
+        if source is None:
+            return None
+        return rw.Reroute(target.name, target.port, target.all_ports, source)
+
+    def producer(self, expr: ast.Expr, scope: _Scope):
+        """Compile a replacement expression into what the rewriter builds or reuses."""
+        if isinstance(expr, ast.Var) and scope.kind_of(expr.name) in ("tensor", "list"):
+            return rw.TensorOf(expr.name)
+        if isinstance(expr, ast.Port):
+            if scope.kind_of(expr.name) != "tensor":
+                self.error(expr.pos, f"'{expr.name}' is not a node of the pattern")
+                return None
+            return rw.TensorOf(expr.name, expr.port)
+        if isinstance(expr, ast.NewNode):
+            return self._new_node(expr, scope)
+        if isinstance(expr, ast.CopyNode) or (isinstance(expr, ast.Call) and scope.kind_of(expr.func) == "tensor"):
+            var = expr.var if isinstance(expr, ast.CopyNode) else expr.func
+            if scope.kind_of(var) != "tensor":
+                self.error(expr.pos, f"'{var}' is not a node of the pattern, so it cannot be copied")
+                return None
+            args = expr.args
+            inputs = None if args is None else tuple(p for p in (self.producer(a, scope) for a in args) if p)
+            attrs = tuple((item.key, self.value(item.value, scope)[0]) for item in getattr(expr, "attrs", ()))
+            return rw.NewNode(None, inputs, attrs, copy_of=var)
+        fn, kind = self.value(expr, scope)
+        if kind in ("string", "dtype"):
+            self.error(expr.pos, f"a {kind} cannot be a tensor here")
+            return None
+        return rw.ConstNode(fn)
+
+    def _new_node(self, expr: ast.NewNode, scope: _Scope):
+        op_def = op_registry.get_op(expr.op)
+        if op_def is None:
+            self.error(expr.pos, f"unknown op '{expr.op}'", self._suggest(expr.op, op_registry.all_op_names()))
+            return None
+        attr_items = {item.key: item for item in expr.attrs}
+        if expr.op == "Const":
+            if not expr.args or len(expr.args) > 2:
+                self.error(expr.pos, "Const takes its value, and optionally a dtype: Const(value[, dtype])")
+                return None
+            value_fn, kind = self.value(expr.args[0], scope)
+            if kind in ("string", "dtype"):
+                self.error(expr.args[0].pos, f"type error: a Const value cannot be a {kind}")
+            dtype_expr = expr.args[1] if len(expr.args) == 2 else (attr_items["dtype"].value if "dtype" in attr_items else None)
+            dtype_fn = self.value(dtype_expr, scope)[0] if dtype_expr is not None else None
+            return rw.ConstNode(value_fn, dtype_fn)
+        self._check_attrs(expr.op, op_def, expr.attrs)
+        inputs = ()
+        if expr.args is not None:
+            if not any(isinstance(a, ast.Var) and scope.kind_of(a.name) == "list" for a in expr.args):
+                self._check_input_count(expr.op, op_def, len(expr.args), expr.pos)
+            inputs = tuple(p for p in (self.producer(a, scope) for a in expr.args) if p)
+        elif op_def.inputs:
+            self._check_input_count(expr.op, op_def, 0, expr.pos)
+        attrs = tuple((item.key, self.value(item.value, scope)[0]) for item in expr.attrs)
+        return rw.NewNode(expr.op, inputs, attrs)
+
+    # -- expressions --
+
+    def value(self, expr: ast.Expr, scope: _Scope) -> tuple[Callable[[MatchContext], Any], str]:
+        """Compile an expression to a function of the match context, and infer its kind."""
+        if isinstance(expr, ast.Number):
+            v = expr.value
+            return (lambda ctx: v), "value"
+        if isinstance(expr, ast.String):
+            s = expr.value
+            return (lambda ctx: s), "string"
+        if isinstance(expr, ast.Bool):
+            b = expr.value
+            return (lambda ctx: b), "bool"
+        if isinstance(expr, ast.Var):
+            return self._var(expr, scope)
+        if isinstance(expr, ast.Port):
+            name, port = expr.name, expr.port
+            if scope.kind_of(name) != "tensor":
+                self.error(expr.pos, f"'{name}' is not a node of the pattern")
+            return (lambda ctx: TensorRef(ctx.bindings[name].node, port)), "tensor"
+        if isinstance(expr, ast.ListExpr):
+            fns = [self.value(item, scope)[0] for item in expr.items]
+            return (lambda ctx: [f(ctx) for f in fns]), "list"
+        if isinstance(expr, ast.Call):
+            return self._call(expr, scope)
+        if isinstance(expr, (ast.NewNode, ast.CopyNode)):
+            self.error(expr.pos, "a node can only be built in a replacement (after '=>')")
+            return (lambda ctx: None), "any"
+        if isinstance(expr, ast.BoolOp):
+            fns = [self.value(item, scope)[0] for item in expr.items]
+            if expr.op == "and":
+                return (lambda ctx: all(_truthy(f(ctx)) for f in fns)), "bool"
+            return (lambda ctx: any(_truthy(f(ctx)) for f in fns)), "bool"
+        if isinstance(expr, ast.Unary):
+            fn, kind = self.value(expr.operand, scope)
+            if expr.op == "not":
+                return (lambda ctx: not _truthy(fn(ctx))), "bool"
+            self._want_value(expr.operand, kind, "-")
+            return (lambda ctx: -_num(ctx, fn(ctx))), "value"
+        if isinstance(expr, ast.Index):
+            target, _ = self.value(expr.target, scope)
+            index, _ = self.value(expr.index, scope)
+            return (lambda ctx: _index(ctx, target(ctx), index(ctx))), "any"
+        if isinstance(expr, ast.BinOp):
+            return self._binop(expr, scope)
+        raise AssertionError(f"unknown expression {expr!r}")
+
+    def _var(self, expr: ast.Var, scope: _Scope):
+        name = expr.name
+        kind = scope.kind_of(name)
+        if kind is not None:
+            if name in scope.params and name not in scope.lets:
+                return (lambda ctx: ctx.params[name]), kind
+            return (lambda ctx: ctx.bindings[name]), kind
+        dtype = _dtype_constant(name)
+        if dtype is not None:
+            return (lambda ctx: dtype), "dtype"
+        self.error(expr.pos, f"unbound name '{name}'", self._suggest(name, scope.names()))
+        return (lambda ctx: None), "any"
+
+    def _call(self, expr: ast.Call, scope: _Scope):
+        if scope.kind_of(expr.func) == "tensor":
+            self.error(expr.pos, f"'{expr.func}(...)' copies a node, which only a replacement can do")
+            return (lambda ctx: None), "any"
+        function = FUNCTIONS.get(expr.func)
+        if function is None:
+            self.error(expr.pos, f"unknown function '{expr.func}'", self._suggest(expr.func, FUNCTIONS))
+            return (lambda ctx: None), "any"
+        low, high = function.arity
+        if not low <= len(expr.args) <= high:
+            want = str(low) if low == high else f"{low} to {high}"
+            self.error(expr.pos, f"{expr.func}() takes {want} argument{'s' if high != 1 else ''}, "
+                                 f"not {len(expr.args)}")
+        compiled = []
+        for arg, want in zip(expr.args, function.args):
+            fn, kind = self.value(arg, scope)
+            if not _compatible(kind, want):
+                self.error(arg.pos, f"type error: {expr.func}() wants a {want} here, not a {kind}")
+            compiled.append(fn)
+        impl = function.impl
+        if function.needs_context:
+            return (lambda ctx: impl(ctx, *[f(ctx) for f in compiled])), function.returns
+        return (lambda ctx: impl(*[f(ctx) for f in compiled])), function.returns
+
+    def _want_value(self, expr: ast.Expr, kind: str, op: str) -> None:
+        if kind in ("string", "dtype", "list"):
+            self.error(expr.pos, f"type error: '{op}' needs numbers or tensors, not a {kind}")
+
+    def _binop(self, expr: ast.BinOp, scope: _Scope):
+        left, lkind = self.value(expr.left, scope)
+        right, rkind = self.value(expr.right, scope)
+        op = expr.op
+        if op in ("+", "-", "*", "/", "%", "**"):
+            self._want_value(expr.left, lkind, op)
+            self._want_value(expr.right, rkind, op)
+            fn = _ARITHMETIC[op]
+            return (lambda ctx: fn(_num(ctx, left(ctx)), _num(ctx, right(ctx)))), "value"
+        if op in ("in", "not in"):
+            if rkind not in ("list", "any"):
+                self.error(expr.right.pos, f"type error: '{op}' needs a list on its right, not a {rkind}")
+            negate = op == "not in"
+            return (lambda ctx: (_member(left(ctx), right(ctx))) != negate), "bool"
+        if op in ("<", "<=", ">", ">="):
+            self._want_value(expr.left, lkind, op)
+            self._want_value(expr.right, rkind, op)
+        fn = _COMPARISON[op]
+        return (lambda ctx: _compare(ctx, fn, left(ctx), right(ctx))), "bool"
+
+
+_ARITHMETIC = {
+    "+": np.add, "-": np.subtract, "*": np.multiply, "/": np.true_divide, "%": np.mod, "**": np.power,
+}
+_COMPARISON = {
+    "==": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater,
+    ">=": np.greater_equal,
+}
+
+
+def _compatible(kind: str, want: str) -> bool:
+    if want == "any" or kind == "any" or kind == want:
+        return True
+    if want == "value":
+        return kind in ("tensor", "bool", "list")
+    if want == "bool":
+        return kind == "value"
+    return False
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return bool(value.all())
+    return bool(value)
+
+
+def _num(ctx, value: Any) -> Any:
+    value = tensor_value(ctx, value)
+    return np.asarray(value) if isinstance(value, list) else value
+
+
+def _index(ctx, target: Any, index: Any) -> Any:
+    if isinstance(target, TensorRef):
+        target = tensor_value(ctx, target)
+    try:
+        return target[int(index)]
+    except IndexError:
+        raise NotApplicable(f"index {index} is out of range") from None
+
+
+def _member(item: Any, items: Any) -> bool:
+    if isinstance(item, bytes):
+        item = item.decode("utf-8", "replace")
+    return item in list(items)
+
+
+def _compare(ctx, fn, a: Any, b: Any) -> bool:
+    if isinstance(a, TensorRef) and isinstance(b, TensorRef):
+        return fn(0 if a == b else 1, 0) if fn in (np.equal, np.not_equal) else False
+    if isinstance(a, (str, bytes)) or isinstance(b, (str, bytes)):
+        a = a.decode() if isinstance(a, bytes) else a
+        b = b.decode() if isinstance(b, bytes) else b
+        return bool(fn(0 if a == b else 1, 0)) if fn in (np.equal, np.not_equal) else False
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        equal = list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else False
+        if fn is np.equal:
+            return equal
+        if fn is np.not_equal:
+            return not equal
+    a, b = tensor_value(ctx, a), tensor_value(ctx, b)
+    if a is None or b is None:
+        return (a is b) == (fn is np.equal)
+    return bool(np.all(fn(a, b)))
+
+
+def _make_guard(rule_name: str, location: str, root_var: str, steps):
+    def guard(ctx: MatchContext) -> bool:
+        for kind, name, fn, pos in steps:
+            try:
+                result = fn(ctx)
+            except NotApplicable:
+                return False
+            except Exception as error:
+                root = ctx.bindings.get(root_var)
+                what = f"let '{name}'" if kind == "let" else "where"
+                raise RewriteError(f"{location.rsplit(':', 1)[0]}:{pos.line}: rule '{rule_name}' at node "
+                                   f"'{root.node if root else '?'}': {what} failed: "
+                                   f"{type(error).__name__}: {error}") from error
+            if kind == "let":
+                ctx.bindings[name] = result
+            elif not _truthy(result):
+                return False
+        return True
+    return guard
+
+
+def compile_module(module: ast.Module) -> CompiledFile:
+    """Compile a module; raises the first check error (all errors are on `.all_errors`)."""
+    compiler = Compiler(module)
+    compiled = compiler.compile()
+    if compiler.errors:
+        first = compiler.errors[0]
+        first.all_errors = compiler.errors
+        raise first
+    return compiled

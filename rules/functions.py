@@ -1,0 +1,298 @@
+"""Functions that rule expressions can call, and the decorator that registers more.
+
+A rule file is data: it can only call functions registered here, never arbitrary Python. Each
+function declares the kinds of its arguments and result, which the static checker uses:
+
+- `tensor`: a tensor bound by the pattern (a `TensorRef`);
+- `value`: a number or numpy array (a tensor bound to a Const is read as its value);
+- `string`, `bool`, `dtype`, `list`, `any`.
+
+Register a function for your own rules:
+
+    from gtt_rules.rules.functions import register_function
+
+    @register_function("halve", args=("value",), returns="value")
+    def halve(x):
+        return x / 2
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from gtt_rules.engine.graph import TensorRef
+from gtt_rules.engine.pattern import MatchContext, NotApplicable
+
+KINDS = ("tensor", "value", "string", "bool", "dtype", "list", "any")
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    impl: Callable[..., Any]
+    args: tuple[str, ...]          # kinds of the positional arguments
+    optional: int                  # how many trailing args may be left out
+    returns: str
+    needs_context: bool
+    doc: str
+
+    @property
+    def arity(self) -> tuple[int, int]:
+        return len(self.args) - self.optional, len(self.args)
+
+
+FUNCTIONS: dict[str, Function] = {}
+
+
+def register_function(name: str | None = None, *, args: tuple[str, ...] = (), returns: str = "any",
+                      optional: int = 0, needs_context: bool = False):
+    """Make a Python function callable from .rules expressions as `name(...)`.
+
+    `args` and `returns` are kinds (see the module docstring). With `needs_context`, the function
+    receives the MatchContext (graph, bindings, parameters) as its first argument.
+    """
+    for kind in (*args, returns):
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
+
+    def decorate(impl: Callable[..., Any]) -> Callable[..., Any]:
+        fname = name or impl.__name__
+        doc = (impl.__doc__ or "").strip().splitlines()[0] if impl.__doc__ else ""
+        FUNCTIONS[fname] = Function(fname, impl, tuple(args), optional, returns, needs_context, doc)
+        return impl
+    return decorate
+
+
+# ---- reading tensors ----
+
+def tensor_value(ctx: MatchContext, x: Any) -> Any:
+    """The value of `x`: a number or array as is, a tensor bound to a Const as its array."""
+    if isinstance(x, TensorRef):
+        node = ctx.graph.get(x.node)
+        if node is None or node.op != "Const" or x.port != 0:
+            raise NotApplicable(f"'{x}' is not a constant")
+        return node.get_attr("value")
+    return x
+
+
+def tensor_shape(ctx: MatchContext, x: Any) -> tuple[int, ...] | None:
+    """The static shape of a tensor where the graph tells it (Consts, Placeholders, _output_shapes)."""
+    if not isinstance(x, TensorRef):
+        return tuple(np.shape(x))
+    node = ctx.graph[x.node]
+    if node.op == "Const":
+        value = node.attr["value"].tensor
+        return tuple(d.size for d in value.tensor_shape.dim)
+    if node.op in ("Placeholder", "PlaceholderWithDefault"):
+        shape = node.get_attr("shape", None)
+        if shape is not None and all(d >= 0 for d in shape):
+            return tuple(shape)
+    shapes = node.get_attr("_output_shapes", None)
+    if shapes and x.port < len(shapes) and shapes[x.port] is not None and all(d >= 0 for d in shapes[x.port]):
+        return tuple(shapes[x.port])
+    return None
+
+
+def _known_shape(ctx, x) -> tuple[int, ...]:
+    shape = tensor_shape(ctx, x)
+    if shape is None:
+        raise NotApplicable(f"the shape of '{x}' is not known")
+    return shape
+
+
+# ---- graph queries ----
+
+@register_function(args=("tensor",), returns="value", needs_context=True)
+def uses(ctx, x):
+    """How many data inputs read any output of x's node."""
+    return ctx.graph.uses(x.node)
+
+
+@register_function(args=("tensor",), returns="bool", needs_context=True)
+def is_output(ctx, x):
+    """True if x's node is a graph input or output (protected from removal)."""
+    return x.node in ctx.protected
+
+
+@register_function(args=("tensor",), returns="string", needs_context=True)
+def op(ctx, x):
+    """The op of x's node."""
+    return ctx.graph[x.node].op
+
+
+@register_function(args=("tensor",), returns="dtype", needs_context=True)
+def dtype(ctx, x):
+    """The dtype of tensor x."""
+    if not isinstance(x, TensorRef):
+        from gtt_rules.engine.dtypes import dtype_for_array
+        return dtype_for_array(np.asarray(x))
+    dtypes = ctx.graph.output_dtypes(ctx.graph[x.node])
+    if not dtypes or x.port >= len(dtypes):
+        raise NotApplicable(f"the dtype of '{x}' is not known")
+    return dtypes[x.port]
+
+
+@register_function(args=("tensor", "string"), returns="any", needs_context=True)
+def attr(ctx, x, name):
+    """The value of attr `name` on x's node."""
+    value = ctx.graph[x.node].get_attr(name, None)
+    if value is None:
+        raise NotApplicable(f"'{x.node}' has no attr '{name}'")
+    return value
+
+
+@register_function(args=("any",), returns="list", needs_context=True)
+def shape(ctx, x):
+    """The static shape of x, as a list."""
+    return list(_known_shape(ctx, x))
+
+
+@register_function(args=("any",), returns="value", needs_context=True)
+def rank(ctx, x):
+    """The number of dimensions of x."""
+    return len(_known_shape(ctx, x))
+
+
+@register_function(args=("any",), returns="value", needs_context=True)
+def size(ctx, x):
+    """The number of elements of x."""
+    return math.prod(_known_shape(ctx, x))
+
+
+@register_function(args=("tensor",), returns="bool", needs_context=True)
+def is_const(ctx, x):
+    """True if x is the output of a Const."""
+    return ctx.graph[x.node].op == "Const"
+
+
+@register_function(args=("any",), returns="value", needs_context=True)
+def value(ctx, x):
+    """The constant value of x (x must come from a Const)."""
+    return tensor_value(ctx, x)
+
+
+@register_function(args=("any", "any"), returns="bool", needs_context=True)
+def same_value(ctx, a, b):
+    """True if a and b are the same tensor or constants with equal shape and values."""
+    if isinstance(a, TensorRef) and isinstance(b, TensorRef) and a == b:
+        return True
+    try:
+        va, vb = np.asarray(tensor_value(ctx, a)), np.asarray(tensor_value(ctx, b))
+    except NotApplicable:
+        return False
+    return va.shape == vb.shape and bool(np.array_equal(va, vb))
+
+
+@register_function(args=("any",), returns="bool", needs_context=True)
+def all_equal(ctx, x):
+    """True if every element of constant x is the same."""
+    v = np.asarray(tensor_value(ctx, x))
+    return v.size == 0 or bool(np.all(v == v.flat[0]))
+
+
+# ---- numpy-like math ----
+
+def _numeric(name: str, fn: Callable[[np.ndarray], np.ndarray], doc: str):
+    def impl(ctx, x):
+        return fn(np.asarray(tensor_value(ctx, x)))
+    impl.__doc__ = doc
+    register_function(name, args=("value",), returns="value", needs_context=True)(impl)
+
+
+for _name, _fn, _doc in (
+    ("sqrt", np.sqrt, "Element-wise square root."),
+    ("rsqrt", lambda v: 1 / np.sqrt(v), "Element-wise 1 / sqrt(x)."),
+    ("abs", np.abs, "Element-wise absolute value."),
+    ("exp", np.exp, "Element-wise e**x."),
+    ("log", np.log, "Element-wise natural logarithm."),
+    ("square", np.square, "Element-wise x*x."),
+):
+    _numeric(_name, _fn, _doc)
+
+
+@register_function("min", args=("value", "value"), optional=1, returns="value", needs_context=True)
+def min_(ctx, a, b=None):
+    """The smallest element of a (and of b, if given)."""
+    values = [np.min(np.asarray(tensor_value(ctx, v))) for v in (a, b) if v is not None]
+    return np.min(values)
+
+
+@register_function("max", args=("value", "value"), optional=1, returns="value", needs_context=True)
+def max_(ctx, a, b=None):
+    """The largest element of a (and of b, if given)."""
+    values = [np.max(np.asarray(tensor_value(ctx, v))) for v in (a, b) if v is not None]
+    return np.max(values)
+
+
+@register_function(args=("value", "value"), returns="value", needs_context=True)
+def minimum(ctx, a, b):
+    """Element-wise minimum."""
+    return np.minimum(tensor_value(ctx, a), tensor_value(ctx, b))
+
+
+@register_function(args=("value", "value"), returns="value", needs_context=True)
+def maximum(ctx, a, b):
+    """Element-wise maximum."""
+    return np.maximum(tensor_value(ctx, a), tensor_value(ctx, b))
+
+
+@register_function("sum", args=("value", "value"), optional=1, returns="value", needs_context=True)
+def sum_(ctx, x, axis=None):
+    """Sum of x, over `axis` if given."""
+    return np.sum(tensor_value(ctx, x), axis=None if axis is None else int(axis))
+
+
+@register_function(args=("value", "value"), optional=1, returns="value", needs_context=True)
+def mean(ctx, x, axis=None):
+    """Mean of x, over `axis` if given."""
+    return np.mean(tensor_value(ctx, x), axis=None if axis is None else int(axis))
+
+
+@register_function(args=("value", "list"), returns="value", needs_context=True)
+def reshape(ctx, x, new_shape):
+    """x with a new shape (-1 allowed once)."""
+    return np.reshape(tensor_value(ctx, x), [int(d) for d in new_shape])
+
+
+@register_function(args=("value", "list"), optional=1, returns="value", needs_context=True)
+def transpose(ctx, x, perm=None):
+    """x with its axes permuted (reversed if no permutation is given)."""
+    return np.transpose(tensor_value(ctx, x), None if perm is None else [int(p) for p in perm])
+
+
+@register_function(args=("value", "dtype"), returns="value", needs_context=True)
+def cast(ctx, x, to):
+    """x converted to dtype `to`."""
+    from gtt_rules.engine.dtypes import numpy_dtype
+    return np.asarray(tensor_value(ctx, x)).astype(numpy_dtype(to))
+
+
+@register_function("len", args=("any",), returns="value")
+def len_(x):
+    """The length of a list."""
+    return len(x)
+
+
+@register_function(args=("value", "tensor"), returns="value", needs_context=True)
+def per_out_channel(ctx, s, layer):
+    """Reshape per-output-channel values `s` to broadcast against `layer`'s weights.
+
+    Conv2D weights are [h, w, in, out] and MatMul weights [in, out]: a vector of length out
+    broadcasts as is. DepthwiseConv2dNative weights are [h, w, in, multiplier], with output
+    channel c = i * multiplier + m, so s becomes [in, multiplier]. MatMul with transpose_b has
+    weights [out, in], so s becomes a column.
+    """
+    s = np.asarray(tensor_value(ctx, s))
+    if s.ndim == 0:
+        return s
+    s = s.reshape(-1)
+    node = ctx.graph[layer.node]
+    if node.op == "DepthwiseConv2dNative":
+        weights_shape = _known_shape(ctx, node.inputs[1])
+        return s.reshape(weights_shape[2], weights_shape[3])
+    if node.op == "MatMul" and node.get_attr("transpose_b", False):
+        return s.reshape(-1, 1)
+    return s

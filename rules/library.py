@@ -1,0 +1,161 @@
+"""Find, load and instantiate rule sets: from .rules files, or by name from the standard library.
+
+A rule spec is a path (`my.rules`: the file's top-level rules), a name (`cleanup`, a rule set
+or pipeline of the standard library or of an imported file), or a name with arguments
+(`quantize_weights(minimum_size=16)`). Each spec becomes one or more stages; each stage is a list
+of rules that runs to its own fixed point.
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from gtt_rules.engine.rule import Rule
+from gtt_rules.errors import RulesCheckError, UsageError
+from gtt_rules.grammar import ast
+from gtt_rules.grammar.parser import parse, parse_file
+
+from .compiler import CompiledFile, PipelineDef, RuleSet, StageCall, compile_module
+
+STDLIB = pathlib.Path(__file__).resolve().parent.parent / "stdlib_rules"
+
+
+def _stdlib_dir() -> pathlib.Path:
+    # Installed, stdlib_rules is the sibling package gtt_rules.stdlib_rules.
+    try:
+        from gtt_rules import stdlib_rules
+        return pathlib.Path(stdlib_rules.__file__).parent
+    except ImportError:  # pragma: no cover - running from a bare source tree
+        return STDLIB
+
+
+@dataclass
+class Stage:
+    """Rules that run together to a fixed point, and where they came from."""
+
+    name: str
+    rules: list[Rule]
+
+
+class Library:
+    """Loaded .rules files, with imports resolved, and name lookup for rule sets and pipelines."""
+
+    def __init__(self):
+        self.files: dict[str, CompiledFile] = {}
+
+    def load_file(self, path: str | pathlib.Path) -> CompiledFile:
+        """Parse, check and compile a .rules file and (recursively) what it imports."""
+        key = str(pathlib.Path(path).resolve())
+        if key in self.files:
+            return self.files[key]
+        module = parse_file(path)
+        compiled = compile_module(module)
+        self.files[key] = compiled
+        for item in module.imports:
+            self.load_file(self._resolve_import(item, pathlib.Path(path), module))
+        return compiled
+
+    def _resolve_import(self, item: ast.Import, importer: pathlib.Path, module: ast.Module) -> pathlib.Path:
+        candidate = (importer.parent / item.target) if item.is_path else _stdlib_dir() / f"{item.target}.rules"
+        if not candidate.is_file():
+            from gtt_rules.grammar.parser import source_excerpt
+            what = f"no file {candidate}" if item.is_path else \
+                f"no standard library file '{item.target}' (have: {', '.join(stdlib_names())})"
+            error = RulesCheckError(f"cannot import '{item.target}': {what}", path=module.path,
+                                    line=item.pos.line, column=item.pos.column)
+            error.excerpt = source_excerpt(module.source, item.pos.line, item.pos.column)
+            raise error
+        return candidate
+
+    def load_stdlib(self) -> None:
+        for path in sorted(_stdlib_dir().glob("*.rules")):
+            self.load_file(path)
+
+    def find(self, name: str) -> RuleSet | PipelineDef | None:
+        """A rule set or pipeline by name, from the loaded files (then the standard library)."""
+        for compiled in self.files.values():
+            if name in compiled.rulesets:
+                return compiled.rulesets[name]
+            if name in compiled.pipelines:
+                return compiled.pipelines[name]
+        if not getattr(self, "_stdlib_loaded", False):
+            self._stdlib_loaded = True
+            self.load_stdlib()
+            return self.find(name)
+        return None
+
+    def names(self) -> list[str]:
+        found = []
+        for compiled in self.files.values():
+            found += list(compiled.rulesets) + list(compiled.pipelines)
+        return sorted(set(found))
+
+    def stages(self, spec: str) -> list[Stage]:
+        """The stages a rule spec stands for (a file path, a name, or `name(key=value, ...)`)."""
+        path = pathlib.Path(spec)
+        if spec.endswith(".rules") or path.is_file():
+            if not path.is_file():
+                raise UsageError(f"{spec}: no such rules file")
+            compiled = self.load_file(path)
+            stem = path.stem
+            if stem in compiled.rulesets:
+                return [Stage(stem, compiled.rulesets[stem].instantiate())]
+            return [Stage(name, rs.instantiate()) for name, rs in compiled.rulesets.items()]
+        name, args = parse_call(spec)
+        return self.call(StageCall(name, args, "command line"))
+
+    def call(self, call: StageCall, depth: int = 0) -> list[Stage]:
+        if depth > 20:
+            raise RulesCheckError(f"{call.location}: pipelines nest too deeply (a pipeline calls itself?)")
+        target = self.find(call.name)
+        if target is None:
+            raise UsageError(f"unknown rule set or pipeline '{call.name}' (known: {', '.join(self.names())})")
+        if isinstance(target, RuleSet):
+            where = "" if call.location == "command line" else f"{call.location}: "
+            return [Stage(call.name, target.instantiate(call.args, where=where))]
+        if call.args:
+            raise UsageError(f"pipeline '{call.name}' takes no arguments")
+        stages = []
+        for stage in target.stages:
+            stages += self.call(stage, depth + 1)
+        return stages
+
+
+def stdlib_names() -> list[str]:
+    return sorted(p.stem for p in _stdlib_dir().glob("*.rules"))
+
+
+def parse_call(spec: str) -> tuple[str, dict[str, Any]]:
+    """`name` or `name(key=value, ...)` with values written as in .rules files."""
+    text = f"pipeline command_line:\n    {spec.strip()}\n"
+    try:
+        module = parse(text, "<command line>")
+    except RulesCheckError:
+        raise
+    except Exception as error:
+        raise UsageError(f"cannot read rule spec '{spec}': {getattr(error, 'message', error)}") from None
+    (stage,) = module.pipelines[0].stages
+    from .compiler import Compiler
+    compiler = Compiler(module)
+    call = compiler._stage(stage)
+    if compiler.errors:
+        raise UsageError(f"cannot read rule spec '{spec}': {compiler.errors[0].message}")
+    return call.name, call.args
+
+
+def load_rules(specs: Iterable[str] | str, library: Library | None = None) -> list[Stage]:
+    """The stages for rule specs (paths, names or calls), in order."""
+    if isinstance(specs, str):
+        specs = [specs]
+    library = library or Library()
+    stages = []
+    for spec in specs:
+        stages += library.stages(spec)
+    return stages
+
+
+@functools.lru_cache(maxsize=None)
+def default_library() -> Library:
+    return Library()
