@@ -388,7 +388,10 @@ class Compiler:
 
     def _check_input_count(self, op: str, op_def, count: int, pos: ast.Pos) -> None:
         if any(arg.number_attr or arg.type_list_attr for arg in op_def.inputs):
-            minimum = sum(1 for arg in op_def.inputs if not (arg.number_attr or arg.type_list_attr))
+            minimum = 0
+            for arg in op_def.inputs:
+                length_attr = op_def.attrs.get(arg.number_attr or arg.type_list_attr or "")
+                minimum += (length_attr.minimum or 0) if length_attr else 1
             if count < minimum:
                 self.error(pos, f"op '{op}' takes at least {minimum} inputs, not {count}")
             return

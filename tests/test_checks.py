@@ -1,0 +1,156 @@
+"""Static checks: each error names the line and column, shows the line, and says what is wrong."""
+from __future__ import annotations
+
+import pytest
+
+from gtt_rules.errors import RulesCheckError
+from gtt_rules.grammar.parser import parse
+from gtt_rules.rules.compiler import compile_module
+from gtt_rules.rules.library import Library
+
+RULE = "rule r:\n    n = Relu(x)\n    => n -> x\n"
+
+
+def check_errors(text: str) -> list[RulesCheckError]:
+    with pytest.raises(RulesCheckError) as caught:
+        compile_module(parse(text, "c.rules"))
+    return caught.value.all_errors
+
+
+# (source, line, column, message, hint) — the first error each source must produce.
+CASES = {
+    "unknown op": (
+        "rule r:\n    n = Conv2d(x, w)\n    => n -> x\n",
+        2, 9, "unknown op 'Conv2d'", "did you mean 'Conv2D'?"),
+    "unknown op in replacement": (
+        "rule r:\n    n = Relu(x)\n    => n -> Relu7(x)\n",
+        3, 13, "unknown op 'Relu7'", "did you mean 'Relu'?"),
+    "unknown attr": (
+        'rule r:\n    n = Conv2D(x, w) {paddin: "SAME"}\n    => n -> x\n',
+        2, 23, "op 'Conv2D' has no attr 'paddin'", "did you mean 'padding'?"),
+    "unknown attr in a new node": (
+        'rule r:\n    n = Relu(x)\n    => n -> Relu6(x) {alpha: 1.0}\n',
+        3, 23, "op 'Relu6' has no attr 'alpha'", "its attrs: T"),
+    "wrong input count": (
+        "rule r:\n    n = Relu(x, y)\n    => n -> x\n",
+        2, 9, "op 'Relu' takes 1 input (features), not 2", None),
+    "too few inputs for a variadic op": (
+        "rule r:\n    n = ConcatV2(x)\n    => n -> x\n",
+        2, 9, "op 'ConcatV2' takes at least 3 inputs, not 1", None),
+    "unbound name": (
+        "rule r:\n    n = Relu(x)\n    => n -> Neg(xx)\n",
+        3, 17, "unbound name 'xx'", "did you mean 'x'?"),
+    "unbound name in a guard": (
+        "rule r:\n    n = Relu(x)\n    where uses(y) == 1\n    => n -> x\n",
+        3, 16, "unbound name 'y'", None),
+    "doubly bound pattern line": (
+        "rule r:\n    n = Relu(x)\n    n = Neg(n)\n    => n -> x\n",
+        3, 5, "'n' is already bound (line 2)", None),
+    "let rebinding a pattern name": (
+        "rule r:\n    n = Relu(x)\n    let x = 2\n    => n -> x\n",
+        3, 9, "'x' is already bound", None),
+    "variadic name reused": (
+        "rule r:\n    n = AddN(xs...)\n    m = Mul(n, xs)\n    => m -> n\n",
+        3, 16, "'xs' is already bound to a list of inputs", None),
+    "unknown function": (
+        "rule r:\n    n = Relu(x)\n    where usess(x) == 1\n    => n -> x\n",
+        3, 11, "unknown function 'usess'", "did you mean 'uses'?"),
+    "wrong argument count": (
+        "rule r:\n    n = Relu(x)\n    where uses(x, x) == 1\n    => n -> x\n",
+        3, 11, "uses() takes 1 argument, not 2", None),
+    "type error: string arithmetic": (
+        'rule r:\n    n = Relu(x)\n    where "a" * 2 > 1\n    => n -> x\n',
+        3, 11, "type error: '*' needs numbers or tensors, not a string", None),
+    "type error: number where a tensor is wanted": (
+        "rule r:\n    n = Relu(x)\n    where uses(1) == 1\n    => n -> x\n",
+        3, 16, "type error: uses() wants a tensor here, not a value", None),
+    "type error: membership in a non-list": (
+        "rule r:\n    n = Relu(x)\n    where op(x) in 3\n    => n -> x\n",
+        3, 20, "type error: 'in' needs a list on its right, not a value", None),
+    "type error: string Const": (
+        'rule r:\n    n = Relu(x)\n    => n -> Const("a")\n',
+        3, 19, "type error: a Const value cannot be a string", None),
+    "duplicate rule name": (
+        RULE + RULE,
+        4, 6, "duplicate rule name 'r' (first at line 1)", None),
+    "two roots": (
+        "rule r:\n    a = Relu(x)\n    b = Neg(y)\n    => a -> x\n",
+        2, 5, "a pattern needs exactly one root, the node the others feed; roots here: 'a', 'b'", None),
+    "reroute of a non-pattern name": (
+        "rule r:\n    n = Relu(x)\n    => m -> x\n",
+        3, 8, "'m' is not a node of the pattern", None),
+    "port of a non-statement": (
+        "rule r:\n    n = Relu(x:1)\n    => n -> x\n",
+        2, 14, "'x:1' needs 'x' to be a pattern line", "add a line 'x = Op(...)' to the pattern"),
+    "variadic not last": (
+        "rule r:\n    n = ConcatV2(xs..., axis)\n    => n -> axis\n",
+        2, 18, "only the last input of a pattern can be variadic ('xs...')", None),
+    "node in a guard": (
+        "rule r:\n    n = Relu(x)\n    where Neg(x)\n    => n -> x\n",
+        3, 11, "a node can only be built in a replacement (after '=>')", None),
+    "bad parameter type": (
+        "ruleset s(n: integer = 1):\n    rule r:\n        n2 = Relu(x)\n        => n2 -> x\n",
+        1, 11, "unknown parameter type 'integer'", "use one of int, float, str, bool, dtype, or [type] for a list"),
+    "bad parameter default": (
+        'ruleset s(n: int = "a"):\n    rule r:\n        n2 = Relu(x)\n        => n2 -> x\n',
+        1, 20, "parameter 'n' wants int, got 'a'", None),
+    "duplicate test": (
+        "rule r:\n    n = Relu(x)\n    => n -> x\n"
+        "test t:\n    given:\n        a = Const(1.0)\n    expect:\n        a = Const(1.0)\n"
+        "test t:\n    given:\n        a = Const(1.0)\n    expect:\n        a = Const(1.0)\n",
+        9, 6, "duplicate test name 't' (first at line 4)", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_static_check_error_position_and_message(case):
+    text, line, column, message, hint = CASES[case]
+    error = check_errors(text)[0]
+    assert (error.line, error.column, error.message) == (line, column, message)
+    assert str(error) == f"c.rules:{line}:{column}: {message}"
+    assert getattr(error, "hint", None) == hint
+    source_line = text.splitlines()[line - 1]
+    assert error.excerpt.splitlines() == [f"    {source_line.rstrip()}", "    " + " " * (column - 1) + "^"]
+
+
+def test_all_errors_of_a_file_are_collected():
+    errors = check_errors("rule r:\n    n = Conv2d(x)\n    where usess(x)\n    => n -> Neg(y)\n")
+    assert [(e.line, e.message) for e in errors] == [
+        (2, "unknown op 'Conv2d'"), (3, "unknown function 'usess'"), (4, "unbound name 'y'")]
+
+
+def test_import_that_does_not_resolve(tmp_path):
+    path = tmp_path / "a.rules"
+    path.write_text('import "missing.rules"\n' + RULE)
+    with pytest.raises(RulesCheckError) as caught:
+        Library().load_file(path)
+    error = caught.value
+    assert (error.line, error.column) == (1, 1)
+    assert error.message == f"cannot import 'missing.rules': no file {tmp_path / 'missing.rules'}"
+
+
+def test_import_of_unknown_stdlib_name(tmp_path):
+    path = tmp_path / "a.rules"
+    path.write_text("\nimport cleanupp\n" + RULE)
+    with pytest.raises(RulesCheckError) as caught:
+        Library().load_file(path)
+    assert caught.value.line == 2
+    assert caught.value.message.startswith("cannot import 'cleanupp': no standard library file 'cleanupp' (have: ")
+
+
+def test_parameter_errors_at_instantiation():
+    compiled = compile_module(parse("ruleset s(n: int = 1, ops: [str] = []):\n"
+                                    "    rule r:\n        m = Relu(x)\n        where n > 0\n        => m -> x\n", "p.rules"))
+    ruleset = compiled.rulesets["s"]
+    assert ruleset.instantiate({"n": "7"})[0].params == {"n": 7, "ops": []}
+    assert ruleset.instantiate({"ops": "Relu"})[0].params == {"n": 1, "ops": ["Relu"]}
+    with pytest.raises(RulesCheckError, match=r"'s' has no parameter 'm' \(parameters: n, ops\)"):
+        ruleset.instantiate({"m": 1})
+    with pytest.raises(RulesCheckError, match="parameter 'n' wants int, got 'seven'"):
+        ruleset.instantiate({"n": "seven"})
+
+
+def test_every_stdlib_file_passes_its_checks():
+    library = Library()
+    library.load_stdlib()
+    assert {"cleanup", "batch_norm", "quantization"} <= set(library.names())
