@@ -13,7 +13,7 @@ import tempfile
 from typing import Any, Iterable, Iterator, NamedTuple
 
 from google.protobuf import message as protobuf_message
-from google.protobuf import text_format
+from google.protobuf import text_format, unknown_fields
 
 from gtt_rules.errors import GraphError
 
@@ -219,7 +219,11 @@ class Graph:
         path = pathlib.Path(path)
         if text is None:
             text = path.suffix.lower() in TEXT_SUFFIXES
-        write_atomically(path, self.to_bytes(text=text))
+        if text:
+            write_atomically(path, lambda f: f.write(self.to_bytes(text=True)))
+        else:
+            graph_def = self.to_graph_def()
+            write_atomically(path, lambda f: _write_binary(f, graph_def))
 
     # ---- queries ----
 
@@ -504,6 +508,9 @@ _NOT_OUTPUTS = frozenset({"Const", "NoOp", "Assert", "Placeholder", "Placeholder
                           "VarHandleOp", "VariableV2", "Assign", "AssignVariableOp", "SaveV2", "RestoreV2"})
 
 
+_KNOWN_DTYPES = frozenset(pb.DataType.values())
+
+
 def _check_attr(node: Node, name: str, value: pb.AttrValue) -> None:
     kind = value.WhichOneof("value")
     if kind == "tensor":
@@ -511,11 +518,11 @@ def _check_attr(node: Node, name: str, value: pb.AttrValue) -> None:
             check_tensor(value.tensor)
         except GraphError as e:
             raise GraphError(f"attr '{name}': {e.message}", node=node.name) from None
-    elif kind == "type" and value.type not in pb.DataType.values():
+    elif kind == "type" and value.type not in _KNOWN_DTYPES:
         raise GraphError(f"attr '{name}' has unknown dtype {value.type}", node=node.name)
     elif kind == "list":
         for dtype in value.list.type:
-            if dtype not in pb.DataType.values():
+            if dtype not in _KNOWN_DTYPES:
                 raise GraphError(f"attr '{name}' has unknown dtype {dtype}", node=node.name)
         for tensor in value.list.tensor:
             try:
@@ -533,13 +540,50 @@ def _parse_text(data: bytes, graph_def: pb.GraphDef) -> None:
         raise GraphError(f"not a text GraphDef: {e}") from None
 
 
-def write_atomically(path: pathlib.Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder, so a failure leaves nothing."""
+def _write_binary(f, graph_def: pb.GraphDef) -> None:
+    """Serialize node by node: the same bytes as SerializeToString, without a second copy of
+    the whole graph in memory (which would put peak memory above 3x the file size)."""
+    if len(unknown_fields.UnknownFieldSet(graph_def)):
+        f.write(graph_def.SerializeToString(deterministic=True))  # keep unknown fields in place
+        return
+    for node in graph_def.node:
+        body = node.SerializeToString(deterministic=True)
+        f.write(_NODE_TAG + _varint(len(body)) + body)
+    rest = pb.GraphDef()
+    for field, value in graph_def.ListFields():
+        if field.number == _NODE_FIELD:
+            continue
+        if field.message_type is not None:
+            getattr(rest, field.name).CopyFrom(value)
+        else:
+            setattr(rest, field.name, value)
+    f.write(rest.SerializeToString(deterministic=True))
+
+
+_NODE_FIELD = pb.GraphDef.DESCRIPTOR.fields_by_name["node"].number
+_NODE_TAG = bytes([_NODE_FIELD << 3 | 2])  # field 1, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def write_atomically(path: pathlib.Path, write) -> None:
+    """Call `write(file)` on a temp file beside `path`, then rename it over `path`; a failure
+    leaves nothing behind."""
     directory = path.parent if str(path.parent) else pathlib.Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -208,3 +208,10 @@ def test_save_leaves_no_temp_file_and_replaces_atomically(tmp_path):
     graph.save(out)
     assert [p.name for p in tmp_path.iterdir()] == ["out.pb"]
     assert Graph.load(out).to_bytes() == graph.to_bytes()
+
+
+@pytest.mark.parametrize("name", fixture_names())
+def test_streamed_save_writes_the_same_bytes_as_serializing_the_message(name, tmp_path):
+    graph = Graph.load(fixture_path(name))
+    graph.save(tmp_path / "g.pb")
+    assert (tmp_path / "g.pb").read_bytes() == graph.to_graph_def().SerializeToString(deterministic=True)
