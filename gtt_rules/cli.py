@@ -160,7 +160,7 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from gtt_rules.engine.driver import Limits, apply_rules
+    from gtt_rules.engine.driver import Limits
     from gtt_rules.engine.graph import Graph
     from gtt_rules.rules.library import load_rules
 
@@ -173,14 +173,14 @@ def _apply(args: argparse.Namespace) -> int:
     for name in (inputs or []) + (outputs or []):
         if name not in graph:
             raise UsageError(f"{source}: no node named '{name}' (from --inputs/--outputs)")
-    protected = (inputs if inputs is not None else [n.name for n in graph.placeholders()]) + \
-        (outputs if outputs is not None else [n.name for n in graph.sinks()])
+    inputs = inputs if inputs is not None else [n.name for n in graph.placeholders()]
+    outputs = outputs if outputs is not None else [n.name for n in graph.sinks()]
     limits = Limits(max_rewrites=args.max_rewrites)
     on_apply = _print_application if args.trace and not args.json else None
     reports = []
     for stage in stages:
-        report = apply_rules(graph, stage.rules, protected=protected, limits=limits, trace=args.trace,
-                             on_apply=on_apply)
+        report = stage.run(graph, inputs=inputs, outputs=outputs, limits=limits, trace=args.trace,
+                           on_apply=on_apply)
         reports.append((stage.name, report))
     graph.save(output, text=True if args.output_as_text else None)
     if args.json:

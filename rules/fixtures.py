@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from gtt_rules.engine.attrs import decode_attr
-from gtt_rules.engine.driver import apply_rules
 from gtt_rules.engine.graph import Graph, Node, TensorRef
 from gtt_rules.engine.proto import graph_def_pb2 as pb
 from gtt_rules.engine.tensors import encode_tensor
@@ -64,10 +63,10 @@ def run_test(test: ast.Test, owner: str, path: str, source: str, library: Librar
         call = _stage_call(test, owner, module)
         stages = library.call(call)
         outputs = list(test.outputs) or [n.name for n in given.sinks()]
-        protected = outputs + [n.name for n in given.placeholders()]
+        inputs = [n.name for n in given.placeholders()]
         actual = Graph.from_bytes(given.to_bytes())
         for stage in stages:
-            apply_rules(actual, stage.rules, protected=protected)
+            stage.run(actual, inputs=inputs, outputs=outputs)
     except GttRulesError as error:
         return fail(str(error))
     problem = compare_graphs(actual, expected, outputs, fixed_names={s.var for s in test.given})

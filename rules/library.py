@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import functools
 import pathlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from gtt_rules.engine.driver import Limits, Report, apply_rules
+from gtt_rules.engine.graph import Graph
 from gtt_rules.engine.rule import Rule
 from gtt_rules.errors import RulesCheckError, UsageError
 from gtt_rules.grammar import ast
 from gtt_rules.grammar.parser import parse, parse_file
 
 from .compiler import CompiledFile, PipelineDef, RuleSet, StageCall, compile_module
+from .passes import PASSES, GraphPass, PassContext, load_standard_passes
 
 STDLIB = pathlib.Path(__file__).resolve().parent.parent / "stdlib_rules"
 
@@ -33,10 +37,27 @@ def _stdlib_dir() -> pathlib.Path:
 
 @dataclass
 class Stage:
-    """Rules that run together to a fixed point, and where they came from."""
+    """One step of a run: rules that go together to a fixed point, or a whole-graph pass."""
 
     name: str
-    rules: list[Rule]
+    rules: list[Rule] | None = None
+    graph_pass: GraphPass | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, graph: Graph, *, inputs: Iterable[str], outputs: Iterable[str],
+            limits: Limits | None = None, trace: bool = False, on_apply=None) -> Report:
+        """Apply this stage to `graph` in place; inputs and outputs are never removed or renamed."""
+        inputs, outputs = tuple(inputs), tuple(outputs)
+        if self.rules is not None:
+            return apply_rules(graph, self.rules, protected=inputs + outputs, limits=limits,
+                               trace=trace, on_apply=on_apply)
+        report = Report(nodes_before=len(graph))
+        started = time.perf_counter()
+        self.graph_pass.fn(graph, PassContext(self.params, inputs, outputs))
+        report.seconds[self.name] = time.perf_counter() - started
+        report.nodes_after = len(graph)
+        report.stop_reason = "pass done"
+        return report
 
 
 class Library:
@@ -44,6 +65,7 @@ class Library:
 
     def __init__(self):
         self.files: dict[str, CompiledFile] = {}
+        self._stdlib_loaded = False
 
     def load_file(self, path: str | pathlib.Path) -> CompiledFile:
         """Parse, check and compile a .rules file and (recursively) what it imports."""
@@ -70,24 +92,26 @@ class Library:
         return candidate
 
     def load_stdlib(self) -> None:
+        self._stdlib_loaded = True
         for path in sorted(_stdlib_dir().glob("*.rules")):
             self.load_file(path)
 
-    def find(self, name: str) -> RuleSet | PipelineDef | None:
-        """A rule set or pipeline by name, from the loaded files (then the standard library)."""
+    def find(self, name: str) -> RuleSet | PipelineDef | GraphPass | None:
+        """A rule set, pipeline or pass by name: loaded files first, then the standard library."""
         for compiled in self.files.values():
             if name in compiled.rulesets:
                 return compiled.rulesets[name]
             if name in compiled.pipelines:
                 return compiled.pipelines[name]
-        if not getattr(self, "_stdlib_loaded", False):
-            self._stdlib_loaded = True
+        if name in load_standard_passes():
+            return PASSES[name]
+        if not self._stdlib_loaded:
             self.load_stdlib()
             return self.find(name)
         return None
 
     def names(self) -> list[str]:
-        found = []
+        found = list(load_standard_passes())
         for compiled in self.files.values():
             found += list(compiled.rulesets) + list(compiled.pipelines)
         return sorted(set(found))
@@ -102,7 +126,7 @@ class Library:
             stem = path.stem
             if stem in compiled.rulesets:
                 return [Stage(stem, compiled.rulesets[stem].instantiate())]
-            return [Stage(name, rs.instantiate()) for name, rs in compiled.rulesets.items()]
+            return [Stage(name, rules=rs.instantiate()) for name, rs in compiled.rulesets.items()]
         name, args = parse_call(spec)
         return self.call(StageCall(name, args, "command line"))
 
@@ -112,9 +136,11 @@ class Library:
         target = self.find(call.name)
         if target is None:
             raise UsageError(f"unknown rule set or pipeline '{call.name}' (known: {', '.join(self.names())})")
+        where = "" if call.location == "command line" else f"{call.location}: "
         if isinstance(target, RuleSet):
-            where = "" if call.location == "command line" else f"{call.location}: "
             return [Stage(call.name, target.instantiate(call.args, where=where))]
+        if isinstance(target, GraphPass):
+            return [Stage(call.name, graph_pass=target, params=target.bind(call.args, where=where))]
         if call.args:
             raise UsageError(f"pipeline '{call.name}' takes no arguments")
         stages = []
