@@ -151,7 +151,7 @@ class _Planner:
             target = self._bound_node(action.var)
             node = self.graph[target]
             if action.all_ports or action.port is None:
-                sources = self._sources(action.source, all_ports=action.all_ports)
+                sources = self._sources(action.source, all_ports=action.all_ports, target=node)
                 if isinstance(sources, _Planned):
                     count = self.graph.num_outputs(node) or 1
                     reroutes += [(TensorRef(target, i), (sources, i)) for i in range(count)]
@@ -175,13 +175,19 @@ class _Planner:
             raise RewriteError(f"'{var}' is not bound to a node")
         return value.node
 
-    def _sources(self, producer: Producer, *, all_ports: bool):
+    def _sources(self, producer: Producer, *, all_ports: bool, target: Node | None = None):
         if isinstance(producer, TensorOf):
             return self._tensor(producer)
-        if isinstance(producer, ConstNode) and all_ports:
+        if isinstance(producer, ConstNode) and all_ports and producer.dtype is None:
+            # A Const that takes over an output has that output's dtype (quint8 stays quint8,
+            # not the uint8 that holds its codes).
             value = producer.value(self.ctx)
-            if isinstance(value, (list, tuple)) and value and isinstance(value[0], np.ndarray):
-                return [self._const(v, None) for v in value]
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            dtypes = self.graph.output_dtypes(target) or [None] * len(values)
+            if len(dtypes) != len(values):
+                raise RewriteError(f"'{target.name}' has {len(dtypes)} outputs, but the replacement "
+                                   f"gives {len(values)} values")
+            return [self._const(v, dt) for v, dt in zip(values, dtypes)]
         return self._node(producer)
 
     def _tensor(self, producer: TensorOf) -> TensorRef:

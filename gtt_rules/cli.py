@@ -27,6 +27,15 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class _Step(argparse.Action):
+    """Collect --rules, --pipeline and --transforms in the order given: they run in that order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        steps = getattr(namespace, self.dest, None) or []
+        steps.append((option_string.lstrip("-"), values))
+        setattr(namespace, self.dest, steps)
+
+
 def _add_graph_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", "--out_graph", dest="output", required=True, metavar="OUT",
                         help="where to write the result (.pb binary, .pbtxt text)")
@@ -56,9 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("graph", metavar="GRAPH", nargs="?", help="a .pb or .pbtxt GraphDef file")
     apply.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
     _add_graph_output(apply)
-    apply.add_argument("--rules", action="append", default=[], metavar="SPEC",
-                       help="a .rules file, or a rule set or pipeline name, optionally with "
+    apply.add_argument("--rules", action=_Step, dest="steps", metavar="SPEC",
+                       help="a .rules file, or a rule set, pass or pipeline name, optionally with "
                             "arguments: 'quantize_weights(minimum_size=16)' (repeatable)")
+    apply.add_argument("--pipeline", action=_Step, dest="steps", metavar="NAME",
+                       help="a named pipeline, e.g. optimize_for_inference (repeatable)")
+    apply.add_argument("--transforms", action=_Step, dest="steps", metavar="TEXT",
+                       help="a Graph Transform Tool transform string, e.g. "
+                            "'strip_unused_nodes fold_constants(ignore_errors=true)'")
     apply.add_argument("--inputs", metavar="NAMES", help="comma-separated graph inputs (default: the placeholders)")
     apply.add_argument("--outputs", metavar="NAMES", help="comma-separated graph outputs (default: the sinks)")
     apply.add_argument("--trace", action="store_true", help="print every rule application")
@@ -162,11 +176,10 @@ def _names(text: str | None) -> list[str] | None:
 def _apply(args: argparse.Namespace) -> int:
     from gtt_rules.engine.driver import Limits
     from gtt_rules.engine.graph import Graph
-    from gtt_rules.rules.library import load_rules
 
     source = _input_path(args)
     output = _output_path(args, source)
-    stages = load_rules(args.rules)  # rules are checked before the graph is read
+    steps = _steps(args.steps or [])  # rules are checked before the graph is read
     graph = Graph.load(source)
     inputs = _names(args.inputs)
     outputs = _names(args.outputs)
@@ -178,10 +191,18 @@ def _apply(args: argparse.Namespace) -> int:
     limits = Limits(max_rewrites=args.max_rewrites)
     on_apply = _print_application if args.trace and not args.json else None
     reports = []
-    for stage in stages:
-        report = stage.run(graph, inputs=inputs, outputs=outputs, limits=limits, trace=args.trace,
-                           on_apply=on_apply)
-        reports.append((stage.name, report))
+    for label, stages, ignore_errors in steps:
+        before = graph.to_bytes() if ignore_errors else None
+        try:
+            for stage in stages:
+                report = stage.run(graph, inputs=inputs, outputs=outputs, limits=limits,
+                                   trace=args.trace, on_apply=on_apply)
+                reports.append((stage.name, report))
+        except GttRulesError as error:
+            if not ignore_errors:
+                raise
+            print(f"{PROG}: warning: {label} failed and was skipped (ignore_errors): {error}", file=sys.stderr)
+            graph = Graph.from_bytes(before)
     graph.save(output, text=True if args.output_as_text else None)
     if args.json:
         print(json.dumps({"output": str(output), "stages": [
@@ -191,6 +212,21 @@ def _apply(args: argparse.Namespace) -> int:
     elif reports:
         _print_reports(reports)
     return EXIT_OK
+
+
+def _steps(options: list[tuple[str, str]]) -> list[tuple[str, list, bool]]:
+    """(label, stages, ignore_errors) for each --rules, --pipeline and --transforms, in order."""
+    from gtt_rules.rules.gtt import transform_stages
+    from gtt_rules.rules.library import Library
+
+    library = Library()
+    steps = []
+    for option, value in options:
+        if option == "transforms":
+            steps += [(t.name, stages, t.ignore_errors) for t, stages in transform_stages(value, library)]
+        else:
+            steps.append((value, library.stages(value), False))
+    return steps
 
 
 def _print_application(application) -> None:
@@ -206,6 +242,11 @@ def _print_reports(reports) -> None:
 
     console = Console(stderr=True)
     for name, report in reports:
+        if not report.fires:
+            milliseconds = sum(report.seconds.values()) * 1000
+            console.print(f"{name}: {report.nodes_before:,} -> {report.nodes_after:,} nodes "
+                          f"({report.stop_reason}, {milliseconds:.1f} ms)")
+            continue
         table = Table(title=f"{name}: {report.nodes_before:,} -> {report.nodes_after:,} nodes, "
                             f"{report.rewrites:,} rewrites, {report.stop_reason}", title_justify="left")
         table.add_column("rule")

@@ -296,3 +296,62 @@ def per_out_channel(ctx, s, layer):
     if node.op == "MatMul" and node.get_attr("transpose_b", False):
         return s.reshape(-1, 1)
     return s
+
+
+# ---- running nodes (constant folding) ----
+
+# Ops that must not be folded even when every input is constant: placeholders, state, randomness,
+# loop plumbing, and ops whose point is a side effect.
+_NEVER_FOLD = frozenset({
+    "Const", "Placeholder", "PlaceholderWithDefault", "NoOp", "Assert", "Print", "PrintV2",
+    "Enter", "Exit", "Merge", "Switch", "NextIteration", "LoopCond", "RefEnter", "RefExit",
+    "RefMerge", "RefSwitch", "RefNextIteration",
+})
+
+
+@register_function(args=("tensor",), returns="bool", needs_context=True)
+def foldable(ctx, n):
+    """True if n's node can be computed now: a kernel exists, the op is pure, all inputs are Consts."""
+    from gtt_rules.engine import op_registry
+    from gtt_rules.engine.kernels import KERNELS, load_all
+
+    node = ctx.graph[n.node]
+    if node.op in _NEVER_FOLD or not node.inputs:
+        return False
+    op_def = op_registry.get_op(node.op)
+    if op_def is None or op_def.is_stateful:
+        return False
+    kernels = KERNELS if "Const" in KERNELS else load_all()
+    if node.op not in kernels:
+        return False
+    return all(ctx.graph[r.node].op == "Const" for r in node.inputs)
+
+
+@register_function("eval", args=("tensor",), returns="list", needs_context=True)
+def eval_node(ctx, n):
+    """The output values of n's node, computed from its constant inputs by the engine's kernels."""
+    from gtt_rules.engine.evaluator import run_kernel
+    from gtt_rules.errors import EvaluationError
+
+    node = ctx.graph[n.node]
+    inputs = [tensor_value(ctx, ref) for ref in node.inputs]
+    try:
+        return run_kernel(node, inputs, ctx.graph.output_dtypes(node))
+    except EvaluationError as error:
+        # A node that cannot be computed is left as it is, not reported: folding is best effort.
+        raise NotApplicable(str(error)) from None
+
+
+@register_function(args=("any",), returns="value", needs_context=True)
+def nbytes(ctx, x):
+    """Bytes that the value (or list of values) x takes."""
+    x = tensor_value(ctx, x)
+    if isinstance(x, list):
+        return sum(np.asarray(v).nbytes for v in x)
+    return np.asarray(x).nbytes
+
+
+@register_function(args=("tensor",), returns="string", needs_context=True)
+def name(ctx, x):
+    """The name of x's node."""
+    return x.node

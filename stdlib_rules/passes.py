@@ -1,2 +1,247 @@
-"""The standard library's whole-graph passes (what no pattern can express)."""
+"""The standard library's whole-graph passes: what no pattern can express.
+
+Each keeps the Graph Transform Tool's name and parameters, so GTT command lines run unchanged.
+"""
 from __future__ import annotations
+
+import hashlib
+
+from gtt_rules.engine import op_registry
+from gtt_rules.engine.dtypes import DT_FLOAT
+from gtt_rules.engine.graph import Graph, TensorRef
+from gtt_rules.errors import UsageError
+from gtt_rules.rules.compiler import Param
+from gtt_rules.rules.passes import PassContext, register_pass
+
+
+def _list_param(name: str, kind: str) -> Param:
+    return Param(name, kind, True, [])
+
+
+@register_pass("strip_unused_nodes", Param("type", "dtype", False, DT_FLOAT), Param("shape", "str", False, ""),
+               _list_param("name", "str"), _list_param("type_for_name", "dtype"), _list_param("shape_for_name", "str"))
+def strip_unused_nodes(graph: Graph, ctx: PassContext) -> None:
+    """Keep only what the outputs need; the inputs become Placeholders of the given type and shape."""
+    if not ctx.outputs:
+        raise UsageError("strip_unused_nodes needs the graph's outputs (--outputs)")
+    settings = _placeholder_settings(ctx)
+    inputs = set(ctx.inputs)
+    needed: set[str] = set()
+    stack = list(ctx.outputs)
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        if name in inputs:
+            continue  # what feeds an input is not needed: the input is fed
+        node = graph[name]
+        stack.extend(ref.node for ref in node.inputs)
+        stack.extend(node.control_inputs)
+    for name in ctx.inputs:
+        node = graph[name]
+        dtype, shape = settings.get(name, settings[None])
+        if node.op != "Placeholder" or node.inputs or node.control_inputs:
+            _replace_with_placeholder(graph, name, dtype, shape)
+        else:
+            node.set_attr("dtype", node.get_attr("dtype", dtype))
+            if shape is not None:
+                node.set_attr("shape", shape)
+    _remove_all(graph, [n.name for n in graph if n.name not in needed])
+
+
+def _placeholder_settings(ctx: PassContext) -> dict:
+    params = ctx.params
+    default_shape = _parse_shape(params["shape"])
+    settings = {None: (params["type"], default_shape)}
+    names, types, shapes = params["name"], params["type_for_name"], params["shape_for_name"]
+    if len(types) not in (0, len(names)) or len(shapes) not in (0, len(names)):
+        raise UsageError("strip_unused_nodes: give one type_for_name and shape_for_name per name")
+    for i, name in enumerate(names):
+        settings[name] = (types[i] if types else params["type"],
+                          _parse_shape(shapes[i]) if shapes else default_shape)
+    return settings
+
+
+def _parse_shape(text: str):
+    if not text:
+        return None
+    try:
+        return [int(d) for d in text.split(",")]
+    except ValueError:
+        raise UsageError(f"bad shape '{text}': write comma-separated sizes, like \"1,224,224,3\"") from None
+
+
+def _replace_with_placeholder(graph: Graph, name: str, dtype: int, shape) -> None:
+    consumers = graph.consumers(name)
+    with graph.transaction():
+        temp = graph.add_node(f"{name}/placeholder", "Placeholder", attrs={"dtype": dtype})
+        if shape is not None:
+            temp.set_attr("shape", shape)
+        for consumer in consumers:
+            graph.set_inputs(consumer, [TensorRef(temp.name, 0) if r.node == name else r for r in consumer.inputs],
+                             [c for c in consumer.control_inputs if c != name])
+        graph.remove_node(name)
+        graph.rename_node(temp.name, name)
+
+
+def _remove_all(graph: Graph, names: list[str]) -> None:
+    """Remove a set of nodes that only feed each other."""
+    doomed = set(names)
+    for name in names:
+        node = graph[name]
+        graph.set_inputs(node, [], [])
+    for name in names:
+        if graph.consumers(name):
+            kept = [c.name for c in graph.consumers(name) if c.name not in doomed]
+            raise UsageError(f"cannot remove '{name}': {', '.join(kept)} still use it")
+        graph.remove_node(name)
+
+
+@register_pass("sort_by_execution_order")
+def sort_by_execution_order(graph: Graph, ctx: PassContext) -> None:
+    """Order the nodes so that each comes after its inputs."""
+    graph.reorder([node.name for node in graph.topological_order()])
+
+
+@register_pass("remove_control_dependencies")
+def remove_control_dependencies(graph: Graph, ctx: PassContext) -> None:
+    """Drop every control edge."""
+    for node in graph:
+        if node.control_inputs:
+            graph.set_inputs(node, node.inputs, [])
+
+
+@register_pass("remove_device")
+def remove_device(graph: Graph, ctx: PassContext) -> None:
+    """Clear every node's device placement."""
+    for node in graph:
+        node.device = ""
+
+
+@register_pass("set_device", Param("device", "str", False, ""), Param("if_default", "bool", False, False))
+def set_device(graph: Graph, ctx: PassContext) -> None:
+    """Place every node (with if_default, only unplaced ones) on `device`."""
+    for node in graph:
+        if not ctx.params["if_default"] or not node.device:
+            node.device = ctx.params["device"]
+
+
+@register_pass("rename_op", Param("old_op_name", "str", False, ""), Param("new_op_name", "str", False, ""))
+def rename_op(graph: Graph, ctx: PassContext) -> None:
+    """Change the op of every `old_op_name` node to `new_op_name`."""
+    old, new = ctx.params["old_op_name"], ctx.params["new_op_name"]
+    if not old or not new:
+        raise UsageError("rename_op needs old_op_name and new_op_name")
+    for node in graph:
+        if node.op == old:
+            node.op = new
+
+
+@register_pass("rename_node", Param("old_node_name", "str", False, ""), Param("new_node_name", "str", False, ""))
+def rename_node(graph: Graph, ctx: PassContext) -> None:
+    """Rename one node, and every input that names it."""
+    old, new = ctx.params["old_node_name"], ctx.params["new_node_name"]
+    if old not in graph:
+        raise UsageError(f"rename_node: no node named '{old}'")
+    graph.rename_node(old, new)
+
+
+@register_pass("remove_attribute", Param("attribute_name", "str", False, ""), Param("op_name", "str", False, "*"))
+def remove_attribute(graph: Graph, ctx: PassContext) -> None:
+    """Delete attr `attribute_name` from nodes of `op_name` (all ops for '*')."""
+    key, op = ctx.params["attribute_name"], ctx.params["op_name"]
+    for node in graph:
+        if (op == "*" or node.op == op) and key in node.attr:
+            del node.attr[key]
+
+
+@register_pass("rename_attribute", Param("old_attribute_name", "str", False, ""),
+               Param("new_attribute_name", "str", False, ""), Param("op_name", "str", False, "*"))
+def rename_attribute(graph: Graph, ctx: PassContext) -> None:
+    """Rename attr `old_attribute_name` on nodes of `op_name` (all ops for '*')."""
+    old, new, op = ctx.params["old_attribute_name"], ctx.params["new_attribute_name"], ctx.params["op_name"]
+    for node in graph:
+        if (op == "*" or node.op == op) and old in node.attr:
+            node.attr[new].CopyFrom(node.attr[old])
+            del node.attr[old]
+
+
+@register_pass("add_default_attributes")
+def add_default_attributes(graph: Graph, ctx: PassContext) -> None:
+    """Write out every attr an op declares a default for but the node leaves unset."""
+    for node in graph:
+        op_def = op_registry.get_op(node.op)
+        if op_def is None:
+            continue
+        for name, attr in op_def.attrs.items():
+            if attr.has_default and name not in node.attr and attr.default is not None:
+                node.set_attr(name, attr.default, attr.type)
+
+
+@register_pass("obfuscate_names")
+def obfuscate_names(graph: Graph, ctx: PassContext) -> None:
+    """Give every node but the inputs and outputs a short meaningless name."""
+    keep = ctx.protected
+    renames = [node.name for node in graph if node.name not in keep]
+    taken = set(keep)
+    counter = 0
+    for name in renames:
+        while True:
+            counter += 1
+            short = _short_name(counter)
+            if short not in taken and short not in graph:
+                break
+        taken.add(short)
+        graph.rename_node(name, short)
+
+
+def _short_name(n: int) -> str:
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    out = ""
+    while n:
+        n, digit = divmod(n - 1, len(letters))
+        out = letters[digit] + out
+    return out
+
+
+@register_pass("merge_duplicate_nodes")
+def merge_duplicate_nodes(graph: Graph, ctx: PassContext) -> None:
+    """Merge nodes with the same op, inputs, attrs and device, until no two are alike."""
+    keep = ctx.protected
+    changed = True
+    while changed:
+        changed = False
+        seen: dict[bytes, str] = {}
+        for node in graph.topological_order():
+            key = _node_key(node)
+            original = seen.get(key)
+            if original is None:
+                seen[key] = node.name
+                continue
+            if node.name in keep:
+                continue
+            if graph.op_def_of(node) is not None and graph.op_def_of(node).is_stateful:
+                continue
+            count = graph.num_outputs(node) or 1
+            for port in range(count):
+                graph.replace_uses(TensorRef(node.name, port), TensorRef(original, port))
+            for consumer in [c for c in graph.consumers(node.name) if node.name in c.control_inputs]:
+                graph.set_inputs(consumer, consumer.inputs,
+                                 [original if c == node.name else c for c in consumer.control_inputs])
+            graph.remove_node(node.name)
+            changed = True
+
+
+def _node_key(node) -> bytes:
+    digest = hashlib.sha256()
+    digest.update(node.op.encode())
+    digest.update(node.device.encode())
+    for ref in node.inputs:
+        digest.update(f"|{ref}".encode())
+    for name in sorted(node.control_inputs):
+        digest.update(f"|^{name}".encode())
+    for key in sorted(node.attr):
+        digest.update(key.encode())
+        digest.update(node.attr[key].SerializeToString(deterministic=True))
+    return digest.digest()
