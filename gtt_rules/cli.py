@@ -305,8 +305,9 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from gtt_rules.rules.compiler import RuleSet
+    from gtt_rules.rules.compiler import PipelineDef
     from gtt_rules.rules.library import Library
+    from gtt_rules.rules.passes import GraphPass
 
     library = Library()
     library.load_stdlib()
@@ -315,14 +316,18 @@ def _list(args: argparse.Namespace) -> int:
     entries = []
     for name in library.names():
         item = library.find(name)
-        if isinstance(item, RuleSet):
-            entries.append({"name": name, "kind": "ruleset", "file": item.path,
-                            "rules": [r.name for r in item.rules],
-                            "params": [{"name": p.name, "type": f"[{p.type}]" if p.is_list else p.type,
-                                        "default": p.default} for p in item.params]})
-        else:
+        if isinstance(item, PipelineDef):
             entries.append({"name": name, "kind": "pipeline", "file": item.path,
                             "stages": [s.name for s in item.stages]})
+            continue
+        entry = {"name": name, "kind": "pass" if isinstance(item, GraphPass) else "ruleset", "file": item.path,
+                 "params": [{"name": p.name, "type": f"[{p.type}]" if p.is_list else p.type,
+                             "default": p.default} for p in item.params]}
+        if isinstance(item, GraphPass):
+            entry["doc"] = item.doc
+        else:
+            entry["rules"] = [r.name for r in item.rules]
+        entries.append(entry)
     if args.json:
         print(json.dumps(entries, indent=2))
         return EXIT_OK
@@ -334,7 +339,7 @@ def _list(args: argparse.Namespace) -> int:
         table.add_column(column)
     for entry in entries:
         params = ", ".join(f"{p['name']}: {p['type']} = {p['default']!r}" for p in entry.get("params", []))
-        contents = ", ".join(entry.get("rules") or entry.get("stages") or [])
+        contents = entry.get("doc") or ", ".join(entry.get("rules") or entry.get("stages") or [])
         table.add_row(entry["name"], entry["kind"], params or "-", contents)
     Console().print(table)
     return EXIT_OK
