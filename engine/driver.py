@@ -132,10 +132,15 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
         report.visits += 1
         for rule in dispatch.rules_for(node.op):
             started = clock()
-            result = _try(graph, rule, node, protected)
+            at_limit = report.rewrites >= max_rewrites
+            result = _try(graph, rule, node, protected, undo=at_limit)
             report.seconds[rule.name] += clock() - started
             if result is None:
                 continue
+            if at_limit:  # one rewrite too many: it was undone, the graph holds exactly the limit
+                report.stop_reason = REWRITE_LIMIT
+                report.nodes_after = len(graph)
+                raise _cycle_error(sorted(set(report.fires) | {rule.name}), None, report.rewrites, report, graph)
             report.fires[rule.name] += 1
             application = Application(rule.name, rule.location, name, result.created, result.removed)
             if trace:
@@ -147,10 +152,6 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
             if per_node[name] > limits.max_rewrites_per_node:
                 cycling = sorted(set(history[name][-limits.max_rewrites_per_node:]))
                 raise _cycle_error(cycling, name, per_node[name], report, graph)
-            if report.rewrites >= max_rewrites:
-                report.stop_reason = REWRITE_LIMIT
-                report.nodes_after = len(graph)
-                raise _cycle_error(sorted(report.fires), None, report.rewrites, report, graph)
             for again in _neighbourhood(graph, name, result):
                 if again not in queued:
                     queued.add(again)
@@ -160,7 +161,21 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
     return report
 
 
-def _try(graph: Graph, rule: Rule, node, protected) -> RewriteResult | None:
+class _Undo(Exception):
+    pass
+
+
+def _try(graph: Graph, rule: Rule, node, protected, *, undo: bool = False) -> RewriteResult | None:
+    """Match and rewrite; with `undo`, only say whether a rewrite would happen (graph unchanged)."""
+    if undo:
+        try:
+            with graph.transaction():
+                result = _try(graph, rule, node, protected)
+                if result is not None:
+                    raise _Undo
+        except _Undo:
+            return result
+        return None
     ctx = MatchContext(graph, rule.params, protected)
     for bindings in match(rule.pattern, graph, node, ctx):
         ctx.bindings = dict(bindings)

@@ -130,7 +130,9 @@ class Graph:
                 raise GraphError(f"duplicate node name '{node.name}'", node=node.name)
             self._nodes[node.name] = node
         self._membership_changed = False
-        self._positions: dict[str, int] | None = None
+        # File position of each node, as an increasing number: a node added or renamed goes last.
+        self._sequence = {name: i for i, name in enumerate(self._nodes)}
+        self._next_sequence = len(self._sequence)
         self._journal: list | None = None  # undo steps while a transaction is open
         self._consumers: dict[str, set[str]] = {name: set() for name in self._nodes}
         for node in self._nodes.values():
@@ -363,10 +365,11 @@ class Graph:
         return order, remaining
 
     def _position(self, name: str) -> int:
-        # Positions only break ties deterministically; rebuilt lazily after the node set changes.
-        if self._positions is None:
-            self._positions = {n: i for i, n in enumerate(self._nodes)}
-        return self._positions.get(name, len(self._positions))
+        return self._sequence[name]
+
+    def _place_last(self, name: str) -> None:
+        self._sequence[name] = self._next_sequence
+        self._next_sequence += 1
 
     def _is_back_edge(self, producer: str) -> bool:
         node = self._nodes.get(producer)
@@ -430,7 +433,7 @@ class Graph:
         self._consumers[node.name] = set()
         self._link(node)
         self._membership_changed = True
-        self._positions = None
+        self._place_last(node.name)
 
     def remove_node(self, name: str) -> None:
         """Remove a node that nothing consumes any more."""
@@ -440,8 +443,8 @@ class Graph:
         node = self._nodes.pop(name)
         self._unlink(node)
         del self._consumers[name]
+        del self._sequence[name]
         self._membership_changed = True
-        self._positions = None
         self._record(lambda: self._insert(node))
 
     def set_inputs(self, node: Node, inputs: Iterable[TensorRef], control_inputs: Iterable[str] | None = None) -> None:
@@ -481,15 +484,24 @@ class Graph:
             consumer.inputs = [TensorRef(new, r.port) if r.node == old else r for r in consumer.inputs]
             consumer.control_inputs = [new if c == old else c for c in consumer.control_inputs]
             consumer._write_inputs()
-        self._positions = None
+        del self._sequence[old]
+        self._place_last(new)
         self._membership_changed = True
         self._record(lambda: self.rename_node(new, old))
+
+    def rename_nodes(self, renames: dict[str, str]) -> None:
+        """Rename several nodes at once, keeping the file order (O(nodes), unlike rename_node)."""
+        order = [renames.get(name, name) for name in self._nodes]
+        for old, new in renames.items():
+            self.rename_node(old, new)
+        self.reorder(order)
 
     def reorder(self, names: list[str]) -> None:
         """Put the nodes in the given order (a permutation of all node names)."""
         self._nodes = {name: self._nodes[name] for name in names}
+        self._sequence = {name: i for i, name in enumerate(self._nodes)}
+        self._next_sequence = len(self._sequence)
         self._membership_changed = True
-        self._positions = None
 
     def _link(self, node: Node) -> None:
         for name in {ref.node for ref in node.inputs} | set(node.control_inputs):

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Container
 
 __all__ = [
     "ArgDef",
@@ -293,3 +293,26 @@ def input_count(op_def: OpDef, attr: AttrLookup | Mapping[str, Any]) -> int | No
         return sum(_arg_count(op_def, arg, attr) for arg in op_def.inputs)
     except _Undetermined:
         return None
+
+
+def infer_input_attrs(op_def: OpDef, input_dtypes: list[int | None], given: Container[str]) -> dict[str, Any]:
+    """Attr values a node's inputs imply, for the attrs not in `given`: each list argument's
+    length (`N`) and each type attr (`T`) from the dtype of the first input it covers."""
+    fixed = sum(1 for arg in op_def.inputs if not (arg.number_attr or arg.type_list_attr))
+    found: dict[str, Any] = {}
+    index = 0  # the node input where this argument starts; a list argument spans several
+    for arg in op_def.inputs:
+        count = 1
+        if arg.number_attr or arg.type_list_attr:
+            count = max(len(input_dtypes) - fixed, 0)
+            if arg.number_attr and arg.number_attr not in given:
+                found[arg.number_attr] = count
+            if arg.type_list_attr and arg.type_list_attr not in given:
+                listed = input_dtypes[index:index + count]
+                if all(dt is not None for dt in listed):
+                    found[arg.type_list_attr] = list(listed)
+        if arg.type_attr and arg.type_attr not in given and arg.type_attr not in found and count \
+                and index < len(input_dtypes) and input_dtypes[index] is not None:
+            found[arg.type_attr] = input_dtypes[index]
+        index += count
+    return found

@@ -40,7 +40,7 @@ class NodePattern:
     inputs: tuple["InputPattern", ...] | None = None
     attrs: tuple[AttrPattern, ...] = ()
     commutative: bool = False
-    variadic: bool = False  # the last input pattern takes all remaining inputs
+    variadic: int | None = None  # index of the input pattern that takes a run of inputs (`xs...`)
 
 
 @dataclass(frozen=True)
@@ -166,11 +166,8 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
         return
     inputs = node.inputs
     wanted = node_pattern.inputs
-    if node_pattern.variadic:
-        fixed = len(wanted) - 1
-        if len(inputs) < fixed:
-            return
-        yield from _match_variadic(pattern, wanted, inputs, fixed, bindings, graph)
+    if node_pattern.variadic is not None:
+        yield from _match_variadic(pattern, wanted, node_pattern.variadic, inputs, bindings, graph)
         return
     if len(inputs) != len(wanted):
         return
@@ -181,10 +178,15 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
         yield from _match_inputs(pattern, wanted, ordered, 0, bindings, graph)
 
 
-def _match_variadic(pattern, wanted, inputs, fixed, bindings, graph) -> Iterator[dict]:
-    rest = wanted[-1]
-    for head in _match_inputs(pattern, wanted[:fixed], inputs[:fixed], 0, bindings, graph):
-        tail = inputs[fixed:]
+def _match_variadic(pattern, wanted, at, inputs, bindings, graph) -> Iterator[dict]:
+    # wanted = before + [rest...] + after: `before` and `after` take the first and last inputs.
+    rest, after = wanted[at], len(wanted) - at - 1
+    if len(inputs) < len(wanted) - 1:
+        return
+    end = len(inputs) - after
+    fixed_wanted, fixed_inputs = wanted[:at] + wanted[at + 1:], inputs[:at] + inputs[end:]
+    for head in _match_inputs(pattern, fixed_wanted, fixed_inputs, 0, bindings, graph):
+        tail = inputs[at:end]
         if rest.node is not None:
             if not all(any(True for _ in _match_node(pattern, rest.node, graph[ref.node], {}, graph)) for ref in tail):
                 continue

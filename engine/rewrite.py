@@ -175,7 +175,21 @@ class _Planner:
             raise RewriteError(f"'{var}' is not bound to a node")
         return value.node
 
+    def _computed_tensors(self, producer: Producer) -> list[TensorRef] | None:
+        # `xs[0]`, `last(xs)`, `but_last(xs)`: existing tensors, not constants to build.
+        if not isinstance(producer, ConstNode) or producer.dtype is not None:
+            return None
+        value = producer.value(self.ctx)
+        if isinstance(value, TensorRef):
+            return [value]
+        if isinstance(value, list) and value and all(isinstance(v, TensorRef) for v in value):
+            return list(value)
+        return None
+
     def _sources(self, producer: Producer, *, all_ports: bool, target: Node | None = None):
+        tensors = self._computed_tensors(producer)
+        if tensors is not None and len(tensors) == 1:
+            return tensors[0]
         if isinstance(producer, TensorOf):
             return self._tensor(producer)
         if isinstance(producer, ConstNode) and all_ports and producer.dtype is None:
@@ -197,6 +211,9 @@ class _Planner:
         return value if producer.port is None else TensorRef(value.node, producer.port)
 
     def _input(self, producer: Producer) -> list[Any]:
+        tensors = self._computed_tensors(producer)
+        if tensors is not None:
+            return tensors
         if isinstance(producer, TensorOf):
             value = self.ctx.bindings.get(producer.var)
             if isinstance(value, list):  # a variadic binding spreads into several inputs
@@ -245,31 +262,13 @@ class _Planner:
         return name
 
     def _infer_type_attrs(self, planned: _Planned) -> None:
-        """Fill type attrs (`T`, ...) that the rule left out from the dtypes of the inputs."""
+        """Fill the attrs the rule left out that the inputs imply (`T`, `N`, ...)."""
         op_def = op_registry.get_op(planned.op)
         if op_def is None:
             return
-        position = 0
-        for arg in op_def.inputs:
-            if arg.number_attr or arg.type_list_attr:
-                count = planned.attrs.get(arg.number_attr) if arg.number_attr else None
-                if arg.number_attr and arg.number_attr not in planned.attrs and arg.number_attr not in planned.attr_protos:
-                    count = len(planned.inputs) - (len(op_def.inputs) - 1)
-                    planned.attrs[arg.number_attr] = count
-                if arg.type_attr and position < len(planned.inputs):
-                    self._set_type(planned, arg.type_attr, planned.inputs[position])
-                position += count or 0
-                continue
-            if arg.type_attr and position < len(planned.inputs):
-                self._set_type(planned, arg.type_attr, planned.inputs[position])
-            position += 1
-
-    def _set_type(self, planned: _Planned, attr: str, source: Any) -> None:
-        if attr in planned.attrs or attr in planned.attr_protos:
-            return
-        dtype = self._dtype_of(source)
-        if dtype is not None:
-            planned.attrs[attr] = dtype
+        given = set(planned.attrs) | set(planned.attr_protos)
+        dtypes = [self._dtype_of(source) for source in planned.inputs]
+        planned.attrs.update(op_registry.infer_input_attrs(op_def, dtypes, given))
 
     def _dtype_of(self, source: Any) -> int | None:
         if isinstance(source, TensorRef):
@@ -278,13 +277,7 @@ class _Planner:
         planned, port = source
         if planned.dtypes is None:
             op_def = op_registry.get_op(planned.op)
-            attrs = planned.attrs
-
-            def lookup(name):
-                if name in attrs:
-                    return attrs[name]
-                raise KeyError(name)
-            planned.dtypes = op_registry.output_dtypes(op_def, lookup) if op_def else None
+            planned.dtypes = op_registry.output_dtypes(op_def, planned.attrs) if op_def else None
         return planned.dtypes[port] if planned.dtypes and port < len(planned.dtypes) else None
 
 
@@ -292,6 +285,8 @@ def _const_array(value: Any, dtype: int | None) -> np.ndarray:
     from .dtypes import numpy_dtype
 
     array = np.asarray(value)
+    if array.dtype.kind in "USO" and dtype is None:
+        raise TypeError(f"a computed constant must be numbers, not {value!r}")
     if dtype is not None:
         return array.astype(numpy_dtype(dtype), copy=False)
     # Python numbers and float64 results become TensorFlow's usual float32 / int32.
@@ -337,8 +332,6 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     # Heirs take over the replaced nodes (and their names) before anything is swept.
     renames: list[tuple[str, str]] = []
     for target, planned in heirs.items():
-        if target in protected and graph.uses(target):
-            continue
         if graph.uses(target):
             continue  # some output of the target is still read: it stays, and keeps its name
         heir = graph[planned.name]
@@ -358,7 +351,11 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     seeds = [name for name in removals] + list(rerouted_consumers) + [
         v.node for v in planner.ctx.bindings.values() if isinstance(v, TensorRef)]
     renamed_to = {final for _, final in renames}
-    _sweep(graph, seeds, protected, set(result.created) | renamed_to, rerouted_consumers, result)
+    # Producers of the nodes heirs replaced (anonymous nested nodes, variadic lists) are seeds too.
+    seeds += sorted(result.touched)
+    # A swept interior node's control inputs go to what replaced the match.
+    fallback = sorted(renamed_to) or sorted({c for cs in rerouted_consumers.values() for c in cs})
+    _sweep(graph, seeds, protected, set(result.created) | renamed_to, rerouted_consumers, result, fallback)
     return result
 
 
@@ -369,7 +366,8 @@ def _remove(graph: Graph, name: str, result: RewriteResult) -> None:
     result.touched.update(p for p in producers if p in graph)
 
 
-def _sweep(graph: Graph, seeds, protected, keep: set[str], rerouted_consumers, result: RewriteResult) -> None:
+def _sweep(graph: Graph, seeds, protected, keep: set[str], rerouted_consumers, result: RewriteResult,
+           fallback=()) -> None:
     stack = list(dict.fromkeys(seeds))
     while stack:
         name = stack.pop()
@@ -378,7 +376,7 @@ def _sweep(graph: Graph, seeds, protected, keep: set[str], rerouted_consumers, r
             continue
         # A dead node's control inputs still order the consumers it was rerouted away from.
         if node.control_inputs:
-            for consumer_name in rerouted_consumers.get(name, ()):
+            for consumer_name in rerouted_consumers.get(name) or fallback:
                 consumer = graph.get(consumer_name)
                 if consumer is not None:
                     merged = list(dict.fromkeys(consumer.control_inputs + node.control_inputs))

@@ -27,6 +27,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _bool_flag(text: str) -> bool:
+    if text.lower() in ("true", "1"):
+        return True
+    if text.lower() in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not '{text}'")
+
+
 class _Step(argparse.Action):
     """Collect --rules, --pipeline and --transforms in the order given: they run in that order."""
 
@@ -39,8 +47,9 @@ class _Step(argparse.Action):
 def _add_graph_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", "--out_graph", dest="output", required=True, metavar="OUT",
                         help="where to write the result (.pb binary, .pbtxt text)")
-    parser.add_argument("--output_as_text", "--output-as-text", dest="output_as_text", action="store_true",
-                        help="write text format whatever the suffix")
+    parser.add_argument("--output_as_text", "--output-as-text", dest="output_as_text", nargs="?", const=True,
+                        default=False, type=_bool_flag, metavar="BOOL",
+                        help="write text format whatever the suffix (also =true / =false, as in GTT)")
     parser.add_argument("--overwrite", action="store_true",
                         help="allow OUT to be the input file itself")
 
@@ -98,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("paths", nargs="*", metavar="PATH", help="more .rules files to include")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(run=_list)
+
+    from gtt_rules.cli_run import register as register_run_commands
+    register_run_commands(commands)
     return parser
 
 

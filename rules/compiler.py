@@ -22,7 +22,7 @@ from gtt_rules.errors import RewriteError, RulesCheckError
 from gtt_rules.grammar import ast
 from gtt_rules.grammar.parser import source_excerpt
 
-from .functions import FUNCTIONS, NotApplicable, tensor_value
+from .functions import FUNCTIONS, NotApplicable, load_standard_functions, tensor_value
 
 # Ops whose two inputs commute although TensorFlow's registry does not flag them (Add also
 # concatenates strings, which is not commutative, but rules match numeric graphs).
@@ -195,6 +195,7 @@ class Compiler:
     def __init__(self, module: ast.Module):
         self.module = module
         self.errors: list[RulesCheckError] = []
+        load_standard_functions()
 
     # -- errors --
 
@@ -359,8 +360,8 @@ class Compiler:
             elif isinstance(arg, ast.ArgNested):
                 self._collect(arg.node, scope, referenced)
         variadic = [a for a in node.args or () if isinstance(a, ast.ArgVariadic)]
-        if variadic and not isinstance((node.args or ())[-1], ast.ArgVariadic) or len(variadic) > 1:
-            self.error(variadic[0].pos, "only the last input of a pattern can be variadic ('xs...')")
+        if len(variadic) > 1:
+            self.error(variadic[1].pos, "only one input of a pattern can be variadic ('xs...')")
         for item in node.attrs:
             if isinstance(item.value, ast.Var) and self._is_attr_binding(item.value.name, scope):
                 scope.attrs.setdefault(item.value.name, item.pos)
@@ -380,7 +381,11 @@ class Compiler:
                 self._check_input_count(op, op_def, len(node.args), node.pos)
 
     def _check_attrs(self, op: str, op_def, attrs) -> None:
+        seen: set[str] = set()
         for item in attrs:
+            if item.key in seen:
+                self.error(item.pos, f"attr '{item.key}' is given twice")
+            seen.add(item.key)
             if item.key not in op_def.attrs and not item.key.startswith("_"):
                 self.error(item.pos, f"op '{op}' has no attr '{item.key}'",
                            self._suggest(item.key, op_def.attrs) or
@@ -410,11 +415,11 @@ class Compiler:
                 fn, _ = self.value(item.value, scope)
                 attrs.append(AttrPattern(item.key, expected=fn))
         inputs = None
-        variadic = False
+        variadic = None
         if node.args is not None:
             inputs = tuple(self._input_pattern(arg, scope) for arg in node.args)
-            variadic = bool(node.args) and isinstance(node.args[-1], ast.ArgVariadic)
-        commutative = bool(ops) and inputs is not None and len(inputs) == 2 and not variadic and all(
+            variadic = next((i for i, a in enumerate(node.args) if isinstance(a, ast.ArgVariadic)), None)
+        commutative = bool(ops) and inputs is not None and len(inputs) == 2 and variadic is None and all(
             op in EXTRA_COMMUTATIVE or (op_registry.get_op(op) and op_registry.get_op(op).is_commutative)
             for op in ops)
         return NodePattern(ops, inputs, tuple(attrs), commutative, variadic)
@@ -489,6 +494,7 @@ class Compiler:
                 self.error(expr.pos, "Const takes its value, and optionally a dtype: Const(value[, dtype])")
                 return None
             value_fn, kind = self.value(expr.args[0], scope)
+            value_fn = (lambda f: lambda ctx: tensor_value(ctx, f(ctx)))(value_fn)  # Const(w): w's value
             if kind in ("string", "dtype"):
                 self.error(expr.args[0].pos, f"type error: a Const value cannot be a {kind}")
             dtype_expr = expr.args[1] if len(expr.args) == 2 else (attr_items["dtype"].value if "dtype" in attr_items else None)
@@ -583,6 +589,8 @@ class Compiler:
             fn, kind = self.value(arg, scope)
             if not _compatible(kind, want):
                 self.error(arg.pos, f"type error: {expr.func}() wants a {want} here, not a {kind}")
+            if want == "value" and kind in ("tensor", "any"):
+                fn = (lambda f: lambda ctx: tensor_value(ctx, f(ctx)))(fn)  # a Const's value, not its name
             compiled.append(fn)
         impl = function.impl
         if function.needs_context:
@@ -666,13 +674,12 @@ def _compare(ctx, fn, a: Any, b: Any) -> bool:
         a = a.decode() if isinstance(a, bytes) else a
         b = b.decode() if isinstance(b, bytes) else b
         return bool(fn(0 if a == b else 1, 0)) if fn in (np.equal, np.not_equal) else False
-    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-        equal = list(a) == list(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else False
-        if fn is np.equal:
-            return equal
-        if fn is np.not_equal:
-            return not equal
     a, b = tensor_value(ctx, a), tensor_value(ctx, b)
+    if fn in (np.equal, np.not_equal) and (isinstance(a, (list, tuple)) or isinstance(b, (list, tuple))):
+        # A shape or list compares as a whole: equal shapes and equal elements.
+        left, right = np.asarray(a), np.asarray(b)
+        equal = left.shape == right.shape and bool(np.array_equal(left, right))
+        return equal if fn is np.equal else not equal
     if a is None or b is None:
         return (a is b) == (fn is np.equal)
     return bool(np.all(fn(a, b)))

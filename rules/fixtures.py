@@ -172,33 +172,32 @@ def _add_node(graph_def: pb.GraphDef, name: str, expr: ast.NewNode, compiler: Co
             node.set_attr(key, _constant(compiler, item.value))
         except (TypeError, ValueError) as error:
             compiler.error(item.pos, f"bad value for attr '{key}': {error}")
-    _infer_types(node, graph_def)
+    _infer_types(Node(proto), graph_def)  # a fresh Node: `node` was made before the inputs
 
 
 def _infer_types(node: Node, graph_def: pb.GraphDef) -> None:
-    """Fill the type attrs a fixture leaves out (`T`, ...) from the inputs, as a rule replacement does."""
+    """Fill the attrs a fixture leaves out (`T`, `N`, ...) from the inputs, as replacements do."""
     from gtt_rules.engine import op_registry
 
     op_def = op_registry.get_op(node.op)
     if op_def is None:
         return
     by_name = {n.name: n for n in graph_def.node}
-    for position, arg in enumerate(op_def.inputs):
-        if not arg.type_attr or arg.type_attr in node.attr or position >= len(node.inputs):
-            continue
-        producer = by_name.get(node.inputs[position].node)
-        if producer is None:
-            continue
-        producer_def = op_registry.get_op(producer.op)
-        producer_node = Node(producer)
-        dtypes = op_registry.output_dtypes(producer_def, lambda a: producer_node.get_attr(a)) if producer_def else None
-        port = node.inputs[position].port
-        if dtypes and port < len(dtypes):
-            node.set_attr(arg.type_attr, dtypes[port])
-    for arg in op_def.inputs:
-        if arg.number_attr and arg.number_attr not in node.attr:
-            fixed = len(op_def.inputs) - 1
-            node.set_attr(arg.number_attr, len(node.inputs) - fixed)
+    dtypes = [_output_dtype(by_name, ref) for ref in node.inputs]
+    for key, value in op_registry.infer_input_attrs(op_def, dtypes, set(node.attr)).items():
+        node.set_attr(key, value)
+
+
+def _output_dtype(by_name: dict, ref: TensorRef) -> int | None:
+    from gtt_rules.engine import op_registry
+
+    producer = by_name.get(ref.node)
+    producer_def = op_registry.get_op(producer.op) if producer is not None else None
+    if producer_def is None:
+        return None
+    producer_node = Node(producer)
+    dtypes = op_registry.output_dtypes(producer_def, lambda a: producer_node.get_attr(a))
+    return dtypes[ref.port] if dtypes and ref.port < len(dtypes) else None
 
 
 def compare_graphs(actual: Graph, expected: Graph, outputs: list[str], fixed_names: set[str]) -> str | None:

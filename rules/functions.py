@@ -47,6 +47,12 @@ class Function:
 FUNCTIONS: dict[str, Function] = {}
 
 
+def load_standard_functions() -> dict[str, Function]:
+    """Import the standard library's own functions, so FUNCTIONS is complete."""
+    from gtt_rules.stdlib_rules import functions  # noqa: F401  (registration happens on import)
+    return FUNCTIONS
+
+
 def register_function(name: str | None = None, *, args: tuple[str, ...] = (), returns: str = "any",
                       optional: int = 0, needs_context: bool = False):
     """Make a Python function callable from .rules expressions as `name(...)`.

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 from gtt_rules.errors import GttRulesError, UsageError
 
-from .compiler import PipelineDef, RuleSet, StageCall
+from .compiler import StageCall
 from .library import Library, Stage
-from .passes import GraphPass
 
 
 @dataclass
@@ -52,11 +51,13 @@ def parse_transforms(text: str) -> list[Transform]:
 
 
 def _parse_args(text: str, i: int, args: dict) -> int:
-    n = len(text)
+    n, open_column = len(text), i  # i is just past the '(', which is its 1-based column
     while True:
         while i < n and text[i] in " \t,":
             i += 1
-        if i < n and text[i] == ")":
+        if i >= n:
+            raise UsageError(f"--transforms, column {open_column}: this '(' is never closed")
+        if text[i] == ")":
             return i + 1
         start = i
         while i < n and (text[i].isalnum() or text[i] == "_"):
@@ -80,8 +81,6 @@ def _parse_args(text: str, i: int, args: dict) -> int:
             args[key] = (previous if isinstance(previous, list) else [previous]) + [value]
         else:
             args[key] = value
-        if i >= n:
-            raise UsageError("--transforms: a '(' is never closed")
 
 
 def transform_stages(text: str, library: Library) -> list[tuple[Transform, list[Stage]]]:

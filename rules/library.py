@@ -48,6 +48,10 @@ class Stage:
             limits: Limits | None = None, trace: bool = False, on_apply=None) -> Report:
         """Apply this stage to `graph` in place; inputs and outputs are never removed or renamed."""
         inputs, outputs = tuple(inputs), tuple(outputs)
+        missing = [name for name in inputs + outputs if name not in graph]
+        if missing:
+            raise UsageError(f"{self.name}: no node named '{missing[0]}' (given in --inputs/--outputs; "
+                             f"renamed or removed by an earlier step?)")
         if self.rules is not None:
             return apply_rules(graph, self.rules, protected=inputs + outputs, limits=limits,
                                trace=trace, on_apply=on_apply)

@@ -38,6 +38,8 @@ def strip_unused_nodes(graph: Graph, ctx: PassContext) -> None:
         node = graph[name]
         stack.extend(ref.node for ref in node.inputs)
         stack.extend(node.control_inputs)
+    needed |= inputs  # every graph input stays, needed or not, as in GTT
+    order = [node.name for node in graph]
     for name in ctx.inputs:
         node = graph[name]
         dtype, shape = settings.get(name, settings[None])
@@ -48,6 +50,7 @@ def strip_unused_nodes(graph: Graph, ctx: PassContext) -> None:
             if shape is not None:
                 node.set_attr("shape", shape)
     _remove_all(graph, [n.name for n in graph if n.name not in needed])
+    graph.reorder([name for name in order if name in graph])
 
 
 def _placeholder_settings(ctx: PassContext) -> dict:
@@ -106,10 +109,28 @@ def sort_by_execution_order(graph: Graph, ctx: PassContext) -> None:
 
 @register_pass("remove_control_dependencies")
 def remove_control_dependencies(graph: Graph, ctx: PassContext) -> None:
-    """Drop every control edge."""
+    """Drop every control edge, except those that put an input-less node inside a TF1 loop frame."""
+    in_loop = _loop_frame_nodes(graph)
     for node in graph:
-        if node.control_inputs:
-            graph.set_inputs(node, node.inputs, [])
+        if not node.control_inputs:
+            continue
+        # A Const in a while loop joins the loop's frame through a control edge; without it
+        # TensorFlow refuses the graph ("inputs from different frames").
+        kept = [c for c in node.control_inputs if not node.inputs and c in in_loop]
+        graph.set_inputs(node, node.inputs, kept)
+
+
+def _loop_frame_nodes(graph: Graph) -> set[str]:
+    """Nodes inside a TF1 while loop: reachable from an Enter without passing an Exit."""
+    inside: set[str] = set()
+    stack = [node.name for node in graph if node.op in ("Enter", "RefEnter")]
+    while stack:
+        name = stack.pop()
+        if name in inside:
+            continue
+        inside.add(name)
+        stack.extend(c.name for c in graph.consumers(name) if c.op not in ("Exit", "RefExit"))
+    return inside
 
 
 @register_pass("remove_device")
@@ -144,7 +165,22 @@ def rename_node(graph: Graph, ctx: PassContext) -> None:
     old, new = ctx.params["old_node_name"], ctx.params["new_node_name"]
     if old not in graph:
         raise UsageError(f"rename_node: no node named '{old}'")
-    graph.rename_node(old, new)
+    _rename(graph, {old: new})
+
+
+def _rename(graph: Graph, renames: dict[str, str]) -> None:
+    """Rename nodes in place, and the colocation attrs (`_class: loc:@name`) that name them."""
+    graph.rename_nodes(renames)
+    prefix = b"loc:@"
+    for node in graph:
+        if "_class" not in node.attr:
+            continue
+        entries = list(node.attr["_class"].list.s)
+        updated = [prefix + renames.get(e[len(prefix):].decode(), e[len(prefix):].decode()).encode()
+                   if e.startswith(prefix) else e for e in entries]
+        if updated != entries:
+            del node.attr["_class"].list.s[:]
+            node.attr["_class"].list.s.extend(updated)
 
 
 @register_pass("remove_attribute", Param("attribute_name", "str", False, ""), Param("op_name", "str", False, "*"))
@@ -161,6 +197,8 @@ def remove_attribute(graph: Graph, ctx: PassContext) -> None:
 def rename_attribute(graph: Graph, ctx: PassContext) -> None:
     """Rename attr `old_attribute_name` on nodes of `op_name` (all ops for '*')."""
     old, new, op = ctx.params["old_attribute_name"], ctx.params["new_attribute_name"], ctx.params["op_name"]
+    if old == new:
+        return
     for node in graph:
         if (op == "*" or node.op == op) and old in node.attr:
             node.attr[new].CopyFrom(node.attr[old])
@@ -175,7 +213,7 @@ def add_default_attributes(graph: Graph, ctx: PassContext) -> None:
         if op_def is None:
             continue
         for name, attr in op_def.attrs.items():
-            if attr.has_default and name not in node.attr and attr.default is not None:
+            if attr.has_default and name not in node.attr and (attr.default is not None or attr.type == "shape"):
                 node.set_attr(name, attr.default, attr.type)
 
 
@@ -183,17 +221,21 @@ def add_default_attributes(graph: Graph, ctx: PassContext) -> None:
 def obfuscate_names(graph: Graph, ctx: PassContext) -> None:
     """Give every node but the inputs and outputs a short meaningless name."""
     keep = ctx.protected
-    renames = [node.name for node in graph if node.name not in keep]
-    taken = set(keep)
+    graph_names = [node.name for node in graph]
+    taken = set(graph_names)
+    renames: dict[str, str] = {}
     counter = 0
-    for name in renames:
+    for name in graph_names:
+        if name in keep:
+            continue
         while True:
             counter += 1
             short = _short_name(counter)
-            if short not in taken and short not in graph:
+            if short not in taken:
                 break
         taken.add(short)
-        graph.rename_node(name, short)
+        renames[name] = short
+    _rename(graph, renames)  # new names avoid every old one, so no rename collides
 
 
 def _short_name(n: int) -> str:
@@ -245,3 +287,21 @@ def _node_key(node) -> bytes:
         digest.update(key.encode())
         digest.update(node.attr[key].SerializeToString(deterministic=True))
     return digest.digest()
+
+
+@register_pass("remove_trivial_control_dependencies")
+def remove_trivial_control_dependencies(graph: Graph, ctx: PassContext) -> None:
+    """Drop control edges that order nothing: from Consts, and from NoOps that wait on nothing.
+
+    A Const has no side effect and is always ready, so waiting on it changes nothing; a NoOp
+    with no inputs is the same. Frozen Keras graphs keep such edges from variable reads, and they
+    hold otherwise dead weights alive.
+    """
+    def trivial(name: str) -> bool:
+        producer = graph[name]
+        return producer.op == "Const" or (producer.op == "NoOp" and not producer.inputs
+                                          and not producer.control_inputs)
+    for node in graph.topological_order():
+        kept = [name for name in node.control_inputs if not trivial(name)]
+        if len(kept) != len(node.control_inputs):
+            graph.set_inputs(node, node.inputs, kept)

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The oracle is TensorFlow's reference kernels, as on ARM phones and boards; x86 builds would
+# otherwise reroute some eight-bit ops to oneDNN kernels that round differently.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "graphs"
 
@@ -64,3 +67,25 @@ def tf():
     """TensorFlow, the test oracle (a test extra; CI installs it, so it never skips)."""
     import tensorflow
     return tensorflow
+
+
+def grappler_optimize(graph_bytes: bytes, outputs: list[str]):
+    """TensorFlow's Grappler (constant folding, arithmetic, remapping) on a frozen graph."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.grappler import tf_optimizer
+
+    graph_def = tf.compat.v1.GraphDef.FromString(graph_bytes)
+    with tf.Graph().as_default() as graph:
+        tf.graph_util.import_graph_def(graph_def, name="")
+        meta_graph = tf.compat.v1.train.export_meta_graph(graph=graph)
+    fetch = meta_graph.collection_def["train_op"]
+    for output in outputs:
+        fetch.node_list.value.append(_tensor_name(output))
+    config = config_pb2.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.constant_folding = rewriter_config_pb2.RewriterConfig.ON
+    rewrite.arithmetic_optimization = rewriter_config_pb2.RewriterConfig.ON
+    rewrite.remapping = rewriter_config_pb2.RewriterConfig.ON
+    rewrite.min_graph_nodes = -1
+    return tf_optimizer.OptimizeGraph(config, meta_graph)

@@ -82,9 +82,9 @@ CASES = {
     "port of a non-statement": (
         "rule r:\n    n = Relu(x:1)\n    => n -> x\n",
         2, 14, "'x:1' needs 'x' to be a pattern line", "add a line 'x = Op(...)' to the pattern"),
-    "variadic not last": (
-        "rule r:\n    n = ConcatV2(xs..., axis)\n    => n -> axis\n",
-        2, 18, "only the last input of a pattern can be variadic ('xs...')", None),
+    "two variadic inputs": (
+        "rule r:\n    n = ConcatV2(xs..., ys...)\n    => n -> xs\n",
+        2, 25, "only one input of a pattern can be variadic ('xs...')", None),
     "node in a guard": (
         "rule r:\n    n = Relu(x)\n    where Neg(x)\n    => n -> x\n",
         3, 11, "a node can only be built in a replacement (after '=>')", None),

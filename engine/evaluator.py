@@ -1,0 +1,504 @@
+"""Run a graph, or the part of it that some outputs need, with the numpy kernels.
+
+    values = evaluate(graph, {"input": x}, ["logits", "probs:0"])
+
+Only the nodes the outputs need run, each once, in topological order. Every intermediate tensor
+is freed as soon as its last consumer has run, so memory follows the widest point of the graph,
+not its size. Control edges carry no data and are ignored, except in TF1 control flow
+(Switch/Merge/Enter/Exit/NextIteration), which runs on a small dataflow interpreter that tags
+values with their loop frame and iteration, as TensorFlow's executor does.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from gtt_rules.errors import EvaluationError
+
+from .dtypes import DT_BFLOAT16, dtype_info, dtype_name, numpy_dtype
+from .graph import Graph, Node, TensorRef
+from .kernels import KERNELS, load_all
+from .kernels.float_ops import round_to_bfloat16
+
+CONTROL_FLOW_OPS = frozenset({"Switch", "Merge", "Enter", "Exit", "NextIteration", "LoopCond",
+                              "RefSwitch", "RefMerge", "RefEnter", "RefExit", "RefNextIteration"})
+FUNCTION_CALL_OPS = frozenset({"While", "StatelessWhile", "If", "StatelessIf", "Case",
+                               "StatelessCase", "PartitionedCall", "StatefulPartitionedCall"})
+
+OnNode = Callable[[Node, Mapping[TensorRef, np.ndarray]], None]
+
+
+def evaluate(graph: Graph, feeds: Mapping[str, np.ndarray], outputs: list[str], *,
+             on_node: OnNode | None = None) -> list[np.ndarray]:
+    """The values of `outputs` ("name" or "name:port") given `feeds` (keyed "name" or "name:0").
+
+    `on_node(node, live_values)` is called after each node runs and its dead inputs are freed.
+    Raises EvaluationError for bad feeds, a placeholder without a feed, an op without a kernel,
+    or a kernel that fails.
+    """
+    return Evaluator(graph, outputs, fed=feeds.keys()).run(feeds, on_node=on_node)
+
+
+def run_kernel(node: Node, inputs: list[np.ndarray], output_dtypes: list[int] | None = None
+               ) -> list[np.ndarray]:
+    """Run one node's kernel on its input values; the list of its output values."""
+    kernels = KERNELS if "Const" in KERNELS else load_all()
+    fn = kernels.get(node.op)
+    if fn is None:
+        raise _no_kernel(node)
+    with np.errstate(all="ignore"):     # TensorFlow gives inf/nan silently, so do we
+        return _call(fn, node, inputs, _bfloat16_ports(output_dtypes))
+
+
+def _call(fn, node: Node, inputs: list[np.ndarray], bfloat16_ports: tuple[int, ...]) -> list[np.ndarray]:
+    try:
+        result = fn(node, inputs)
+    except EvaluationError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any kernel failure becomes one clear message
+        raise EvaluationError(f"{node.op} failed: {error}", node=node.name) from error
+    values = [np.asarray(v) for v in result] if isinstance(result, (tuple, list)) else [np.asarray(result)]
+    for port in bfloat16_ports:
+        if port < len(values) and values[port].dtype == np.float32:
+            values[port] = round_to_bfloat16(values[port])    # bfloat16 is held as float32
+    return values
+
+
+def _bfloat16_ports(output_dtypes: list[int] | None) -> tuple[int, ...]:
+    return tuple(port for port, dt in enumerate(output_dtypes or ()) if dt == DT_BFLOAT16)
+
+
+# Ops whose output is their first input: the evaluator passes the array on without a call.
+_ALIASES = frozenset({"Identity", "StopGradient", "PreventGradient", "Snapshot",
+                      "PlaceholderWithDefault"})
+
+
+def _no_kernel(node: Node) -> EvaluationError:
+    if node.op in FUNCTION_CALL_OPS:
+        return EvaluationError(f"op '{node.op}' runs a function from the graph's library; the "
+                               f"evaluator does not run library functions (freeze with "
+                               f"lower_control_flow=True)", node=node.name)
+    return EvaluationError(f"no kernel for op '{node.op}'", node=node.name)
+
+
+class Evaluator:
+    """A prepared evaluation of `outputs`: which nodes run, in what order, and who reads what.
+
+    Build once, `run` many times with different feeds (of the tensors named in `fed`). With
+    `cache_constants`, values that depend only on Consts are computed by the first run and kept
+    for the later ones, as a TensorFlow session folds constants once; the graph must not change
+    between runs then.
+    """
+
+    def __init__(self, graph: Graph, outputs: Iterable[str], *, fed: Iterable[str] = (),
+                 cache_constants: bool = False):
+        load_all()
+        self.graph = graph
+        self.outputs = [self._output_ref(text) for text in outputs]
+        self.fed = {self._feed_ref(text) for text in fed}
+        self.dataflow = False
+        needed = self._needed_nodes(follow_control=False)
+        if any(graph[name].op in CONTROL_FLOW_OPS for name in needed):
+            self.dataflow = True        # TF1 control flow: deadness and frames need control edges
+            needed = self._needed_nodes(follow_control=True)
+        if self.dataflow:
+            self.steps = [node for node in graph.topological_order() if node.name in needed]
+        else:
+            self.steps = self._schedule(needed)
+        for node in self.steps:
+            if node.op == "Placeholder":
+                raise EvaluationError(f"placeholder '{node.name}' ({_describe_placeholder(node)}) "
+                                      f"needs a feed", node=node.name)
+            if node.op not in KERNELS and node.op not in CONTROL_FLOW_OPS:
+                raise _no_kernel(node)
+        # How many times each tensor is still to be read: once per consuming input, once per output.
+        self.reads: dict[TensorRef, int] = {}
+        for node in self.steps:
+            for ref in node.inputs:
+                self.reads[ref] = self.reads.get(ref, 0) + 1
+        for ref in self.outputs:
+            self.reads[ref] = self.reads.get(ref, 0) + 1
+        self._dtypes = {node.name: graph.output_dtypes(node) for node in self.steps}
+        self._plan = [self._prepare(node) for node in self.steps]
+        self._constants: dict[TensorRef, np.ndarray] | None = None
+        self._kept: set[TensorRef] = set()
+        if cache_constants and not self.dataflow:
+            self._plan_without_constants()
+
+    def _prepare(self, node: Node):
+        fn = None if node.op in _ALIASES else KERNELS.get(node.op)   # control flow: no kernel
+        return node, fn, node.inputs, _bfloat16_ports(self._dtypes[node.name])
+
+    def _plan_without_constants(self) -> None:
+        """Split off the steps that depend only on Consts; keep the values the rest reads."""
+        constant: set[str] = set()
+        for node in self.steps:
+            if node.op not in ("Placeholder", "PlaceholderWithDefault", "NoOp") and \
+                    all(ref.node in constant and ref not in self.fed for ref in node.inputs):
+                constant.add(node.name)
+        later = [step for step in self._plan if step[0].name not in constant]
+        self._kept = {ref for step in later for ref in step[2] if ref.node in constant} | \
+            {ref for ref in self.outputs if ref.node in constant}
+        self._later_plan = later
+        self._later_reads = {}
+        for _, _, inputs, _ in later:
+            for ref in inputs:
+                self._later_reads[ref] = self._later_reads.get(ref, 0) + 1
+        for ref in self.outputs:
+            self._later_reads[ref] = self._later_reads.get(ref, 0) + 1
+
+    # ---- preparation ----
+
+    def _output_ref(self, text: str) -> TensorRef:
+        ref = TensorRef.parse(text.strip())
+        node = self.graph.get(ref.node)
+        if node is None:
+            raise EvaluationError(f"output '{text}' names no node in the graph")
+        count = self.graph.num_outputs(node)
+        if count is not None and ref.port >= count:
+            raise EvaluationError(f"output '{text}': node '{node.name}' ({node.op}) has {count} "
+                                  f"output{'' if count == 1 else 's'}")
+        return ref
+
+    def _feed_ref(self, text: str) -> TensorRef:
+        ref = TensorRef.parse(str(text).strip())
+        node = self.graph.get(ref.node)
+        if node is None:
+            raise EvaluationError(f"feed '{text}' names no node in the graph")
+        count = self.graph.num_outputs(node)
+        if count is not None and ref.port >= count:
+            raise EvaluationError(f"feed '{text}': node '{node.name}' ({node.op}) has {count} "
+                                  f"output{'' if count == 1 else 's'}")
+        return ref
+
+    def _needed_nodes(self, *, follow_control: bool) -> set[str]:
+        fed_nodes = {ref.node for ref in self.fed}
+        needed: set[str] = set()
+        stack = [ref.node for ref in self.outputs if ref not in self.fed]
+        while stack:
+            name = stack.pop()
+            if name in needed:
+                continue
+            needed.add(name)
+            node = self.graph[name]
+            producers = [ref.node for ref in node.inputs if ref not in self.fed]
+            if follow_control:
+                producers += [c for c in node.control_inputs if c not in fed_nodes]
+            stack.extend(p for p in producers if p not in needed)
+        return needed
+
+    def _schedule(self, needed: set[str]) -> list[Node]:
+        """Depth-first post-order from the outputs: each producer runs just before it is first
+        needed, so Consts are not all decoded up front and kept alive for the whole run."""
+        order: list[Node] = []
+        state: dict[str, bool] = {}         # False: on the stack; True: scheduled
+        for root in dict.fromkeys(ref.node for ref in self.outputs if ref.node in needed):
+            if root in state:
+                continue
+            stack = [(root, iter(self._producers(root)))]
+            state[root] = False
+            while stack:
+                name, pending = stack[-1]
+                for producer in pending:
+                    if producer not in state:
+                        state[producer] = False
+                        stack.append((producer, iter(self._producers(producer))))
+                        break
+                    if state[producer] is False:
+                        raise EvaluationError(f"the graph has a cycle through '{producer}'",
+                                              node=producer)
+                else:
+                    stack.pop()
+                    state[name] = True
+                    order.append(self.graph[name])
+        return order
+
+    def _producers(self, name: str) -> list[str]:
+        return list(dict.fromkeys(ref.node for ref in self.graph[name].inputs if ref not in self.fed))
+
+    # ---- running ----
+
+    def run(self, feeds: Mapping[str, np.ndarray], *, on_node: OnNode | None = None) -> list[np.ndarray]:
+        """The output values for these feeds."""
+        values = self._check_feeds(feeds)
+        if self.dataflow:
+            with np.errstate(all="ignore"):
+                return _Dataflow(self, values).run()
+        if self._constants is not None:
+            plan, reads = self._later_plan, dict(self._later_reads)
+            values.update(self._constants)
+        else:
+            plan, reads = self._plan, dict(self.reads)
+        kept = {} if self._kept else None
+        fed = self.fed
+        with np.errstate(all="ignore"):     # TensorFlow gives inf/nan silently, so do we
+            for node, fn, inputs, bfloat16_ports in plan:
+                args = [values[ref] for ref in inputs]
+                results = args[:1] if fn is None else _call(fn, node, args, bfloat16_ports)
+                for port, value in enumerate(results):
+                    ref = TensorRef(node.name, port)
+                    if reads.get(ref, 0) > 0 and ref not in fed:
+                        values[ref] = value
+                        if kept is not None and ref in self._kept:
+                            value.flags.writeable = False   # shared by every later run
+                            kept[ref] = value
+                for ref in inputs:
+                    reads[ref] -= 1
+                    if reads[ref] == 0:
+                        del values[ref]
+                if on_node is not None:
+                    on_node(node, values)
+        if kept is not None and self._constants is None:
+            self._constants = kept
+        missing = [str(ref) for ref in self.outputs if ref not in values]
+        if missing:
+            raise EvaluationError(f"node '{missing[0].split(':')[0]}' produced no output "
+                                  f"'{missing[0]}'")
+        return [values[ref] for ref in self.outputs]
+
+    def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[TensorRef, np.ndarray]:
+        values: dict[TensorRef, np.ndarray] = {}
+        for text, value in feeds.items():
+            ref = self._feed_ref(text)
+            if ref not in self.fed:
+                raise EvaluationError(f"feed '{text}' was not declared when the evaluation was prepared")
+            if ref in values:
+                raise EvaluationError(f"'{ref}' is fed twice")
+            if self.reads.get(ref, 0) or ref in self.outputs:
+                values[ref] = _check_feed(self.graph, ref, text, value)
+        return values
+
+
+def _describe_placeholder(node: Node) -> str:
+    shape = node.get_attr("shape", None)
+    dims = "unknown shape" if shape is None else \
+        "shape [" + ", ".join("?" if d < 0 else str(d) for d in shape) + "]"
+    return f"{dtype_name(node.get_attr('dtype', 0))}, {dims}"
+
+
+def _check_feed(graph: Graph, ref: TensorRef, text: str, value) -> np.ndarray:
+    """The fed value in the tensor's dtype; EvaluationError if its dtype or shape cannot fit."""
+    node = graph[ref.node]
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # noqa: BLE001
+        raise EvaluationError(f"feed '{text}' is not an array: {error}") from None
+    dtypes = graph.output_dtypes(node)
+    if dtypes and ref.port < len(dtypes) and dtype_info(dtypes[ref.port]) is not None:
+        dt = dtypes[ref.port]
+        try:
+            expected = numpy_dtype(dt)
+        except ValueError:
+            expected = None
+        if expected is not None and array.dtype != expected:
+            if array.dtype.kind == "O" or not np.can_cast(array.dtype, expected, "same_kind"):
+                raise EvaluationError(f"feed '{text}' has dtype {array.dtype}, but '{ref}' is "
+                                      f"{dtype_name(dt)}")
+            array = array.astype(expected)
+        if dt == DT_BFLOAT16:
+            array = round_to_bfloat16(array)
+    if node.op in ("Placeholder", "PlaceholderWithDefault"):
+        shape = node.get_attr("shape", None)
+        if shape is not None and (len(shape) != array.ndim or
+                                  any(d >= 0 and d != a for d, a in zip(shape, array.shape))):
+            want = "[" + ", ".join("?" if d < 0 else str(d) for d in shape) + "]"
+            raise EvaluationError(f"feed '{text}' has shape {list(array.shape)}, but placeholder "
+                                  f"'{node.name}' takes {want}")
+    return array
+
+
+def random_feeds(graph: Graph, seed: int = 0, overrides: Mapping[str, np.ndarray] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Seeded random values for every Placeholder, from its dtype and static shape (unknown dims 1).
+
+    Floats are standard normal, integers in [0, 100), bools fair coins, quantized codes uniform.
+    Placeholders named in `overrides` ("name" or "name:0") take the given values instead;
+    PlaceholderWithDefault nodes keep their default unless overridden. Placeholders of types
+    with no sensible random value (string, resource) are left out: the evaluator names them if
+    an output needs them.
+    """
+    overrides = dict(overrides or {})
+    overridden = {TensorRef.parse(k).node for k in overrides}
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for node in graph.placeholders():
+        if node.name in overridden or node.op != "Placeholder":
+            continue
+        dt = node.get_attr("dtype", 0)
+        shape = node.get_attr("shape", None)
+        shape = [1] if shape is None else [1 if d < 0 else d for d in shape]
+        info = dtype_info(dt)
+        if info is None or info.holder is None or info.kind in ("string", "handle"):
+            continue
+        holder = info.holder
+        if info.kind == "float":
+            value = rng.standard_normal(shape).astype(holder)
+        elif info.kind == "complex":
+            value = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(holder)
+        elif info.kind == "bool":
+            value = rng.integers(0, 2, size=shape).astype(bool)
+        elif info.kind == "quantized":
+            limits = np.iinfo(holder)
+            value = rng.integers(limits.min, limits.max, size=shape, endpoint=True).astype(holder)
+        else:
+            value = rng.integers(0, 100, size=shape).astype(holder)
+        if dt == DT_BFLOAT16:
+            value = round_to_bfloat16(value)
+        feeds[node.name] = value
+    feeds.update(overrides)
+    return feeds
+
+
+# ---- TF1 control flow ----------------------------------------------------------------------------
+
+_DEAD = None  # a dead tensor: the untaken side of a Switch and everything computed from it
+
+Tag = tuple  # ((frame_name, iteration), ...): where in which loop a value lives; () is the top
+
+
+class _Dataflow:
+    """TensorFlow's executor semantics for Switch/Merge/Enter/Exit/NextIteration graphs.
+
+    Each node runs once per tag. Switch sends its value to one output and a dead tensor to the
+    other; deadness flows through every op but Merge, which forwards the first live input.
+    Enter moves a value into a frame at iteration 0, NextIteration to the next iteration, Exit
+    back to the parent frame. Loop-invariant Enters (is_constant) are visible at every iteration.
+    Values are kept until the run ends.
+    """
+
+    def __init__(self, plan: Evaluator, fed: dict[TensorRef, np.ndarray]):
+        self.plan = plan
+        self.graph = plan.graph
+        self.needed = {node.name for node in plan.steps}
+        self.fed = fed
+        # (node, tag) -> (outputs, dead); outputs holds _DEAD for dead ports.
+        self.done: dict[tuple[str, Tag], tuple[list, bool]] = {}
+        self.fired: set[tuple[str, Tag]] = set()              # (node, tag it ran at)
+        self.queue: deque[tuple[str, Tag]] = deque()
+        self.consumers = {name: [c.name for c in self.graph.consumers(name) if c.name in self.needed]
+                          for name in self.needed | {ref.node for ref in fed}}
+        self.invariants: dict[tuple[Tag, str], list[str]] = {}   # frame instance -> constant Enters
+        self.iterations: dict[tuple[Tag, str], set[int]] = {}
+        self.dead_exits: set[tuple[str, Tag]] = set()
+
+    def run(self) -> list[np.ndarray]:
+        for ref, value in self.fed.items():
+            outputs, _ = self.done.setdefault((ref.node, ()), ([], False))
+            outputs.extend([_DEAD] * (ref.port + 1 - len(outputs)))
+            outputs[ref.port] = value
+        for ref in {ref.node for ref in self.fed}:
+            self._notify(ref, ())
+        for node in self.plan.steps:
+            if not node.inputs and not node.control_inputs:
+                self.queue.append((node.name, ()))
+        while True:
+            while self.queue:
+                self._try(*self.queue.popleft())
+            # A loop whose every exit was dead (it sat in an untaken branch) ends dead.
+            pending = [(name, tag) for name, tag in self.dead_exits if (name, tag[:-1]) not in self.done]
+            self.dead_exits.clear()
+            if not pending:
+                break
+            for name, tag in pending:
+                if (name, tag[:-1]) not in self.done:
+                    self.done[(name, tag[:-1])] = ([_DEAD], True)
+                    self._notify(name, tag[:-1])
+        results = []
+        for ref in self.plan.outputs:
+            entry = self.done.get((ref.node, ()))
+            if entry is None or ref.port >= len(entry[0]):
+                raise EvaluationError(f"output '{ref}' was never computed (its loop or branch "
+                                      f"did not finish)", node=ref.node)
+            if entry[0][ref.port] is _DEAD:
+                raise EvaluationError(f"output '{ref}' is dead: it lies on an untaken branch "
+                                      f"of a Switch", node=ref.node)
+            results.append(entry[0][ref.port])
+        return results
+
+    def _lookup(self, name: str, tag: Tag):
+        entry = self.done.get((name, tag))
+        if entry is None and tag and self.graph[name].op in ("Enter", "RefEnter") \
+                and self.graph[name].get_attr("is_constant", False):
+            entry = self.done.get((name, tag[:-1] + ((tag[-1][0], 0),)))
+        return entry
+
+    def _try(self, name: str, tag: Tag) -> None:
+        if (name, tag) in self.fired:
+            return
+        node = self.graph[name]
+        inputs = [self._lookup(ref.node, tag) for ref in node.inputs]
+        controls = [self._lookup(c, tag) for c in node.control_inputs]
+        if node.op in ("Merge", "RefMerge"):
+            for index, (ref, entry) in enumerate(zip(node.inputs, inputs)):
+                if entry is not None and entry[0][ref.port] is not _DEAD:
+                    self.fired.add((name, tag))
+                    self._finish(node, tag, [entry[0][ref.port], np.asarray(index, np.int32)], False)
+                    return
+            if all(entry is not None or not self._can_arrive(ref.node, tag)
+                   for ref, entry in zip(node.inputs, inputs)):
+                self.fired.add((name, tag))
+                self._finish(node, tag, [_DEAD, _DEAD], True)
+            return
+        if any(entry is None for entry in inputs + controls):
+            return
+        self.fired.add((name, tag))
+        values = [entry[0][ref.port] for ref, entry in zip(node.inputs, inputs)]
+        if any(entry[1] for entry in controls) or any(v is _DEAD for v in values):
+            count = self.graph.num_outputs(node) or 1
+            self._finish(node, tag, [_DEAD] * count, True)
+        elif node.op in ("Switch", "RefSwitch"):
+            data, predicate = values
+            taken = bool(np.asarray(predicate).reshape(()))
+            self._finish(node, tag, [_DEAD, data] if taken else [data, _DEAD], False)
+        elif node.op in CONTROL_FLOW_OPS:
+            self._finish(node, tag, [values[0]], False)
+        else:
+            self._finish(node, tag, run_kernel(node, values, self.plan._dtypes.get(name)), False)
+
+    def _can_arrive(self, producer: str, tag: Tag) -> bool:
+        """Whether a loop Merge can still get a value from `producer` at `tag`."""
+        op = self.graph[producer].op.removeprefix("Ref")
+        iteration = tag[-1][1] if tag else 0
+        return not ((op == "NextIteration" and iteration == 0) or (op == "Enter" and iteration > 0))
+
+    def _finish(self, node: Node, tag: Tag, outputs: list, dead: bool) -> None:
+        """Record a node's outputs and offer them to its consumers at the tag they arrive at."""
+        op = node.op.removeprefix("Ref")
+        if op == "Enter":
+            frame = node.get_attr("frame_name")
+            out_tag = tag + ((frame, 0),)
+            if node.get_attr("is_constant", False):
+                self.invariants.setdefault((tag, frame), []).append(node.name)
+        elif op == "Exit":
+            if dead:        # dead every iteration but the last; only a wholly dead loop ends dead
+                self.dead_exits.add((node.name, tag))
+                return
+            out_tag = tag[:-1]
+        elif op == "NextIteration":
+            if dead:        # the last iteration's body is dead; it starts no further iteration
+                return
+            frame, iteration = tag[-1]
+            out_tag = tag[:-1] + ((frame, iteration + 1),)
+        else:
+            out_tag = tag
+        self.done[(node.name, out_tag)] = (outputs, dead)
+        self._notify(node.name, out_tag)
+        if op == "Enter" and node.get_attr("is_constant", False):
+            # Invariants reach iterations that started before they did.
+            for iteration in self.iterations.get((tag, out_tag[-1][0]), ()):
+                self._notify(node.name, tag + ((out_tag[-1][0], iteration),))
+
+    def _notify(self, name: str, tag: Tag) -> None:
+        if tag:
+            instance, (_, iteration) = (tag[:-1], tag[-1][0]), tag[-1]
+            seen = self.iterations.setdefault(instance, set())
+            if iteration not in seen:
+                seen.add(iteration)
+                if iteration > 0:   # a new iteration: the frame's invariants reach it too
+                    for enter in self.invariants.get(instance, ()):
+                        for consumer in self.consumers.get(enter, ()):
+                            self.queue.append((consumer, tag))
+        for consumer in self.consumers.get(name, ()):
+            self.queue.append((consumer, tag))

@@ -1,0 +1,332 @@
+"""`gtt-rules run` and `gtt-rules compare`: run graphs in numpy on real or seeded random inputs.
+
+The check after every deployment step: run the model on a sample input and see that its answer
+did not change. `run` prints (or saves) a graph's outputs; `compare` runs two graphs on the same
+inputs and exits 1 when their outputs differ beyond tolerance.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from gtt_rules.errors import GttRulesError, UsageError
+
+EXIT_OK, EXIT_CHECK_FAILED = 0, 1
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-4, 1e-5
+_PREVIEW = 6   # how many leading values the summary shows
+
+
+def register(commands) -> None:
+    """Add the `run` and `compare` subcommands to an argparse subparsers object."""
+    run = commands.add_parser("run", help="run a graph in numpy and show its outputs",
+                              description="Run GRAPH on fed or seeded random inputs and print each "
+                                          "output's shape, dtype and a summary of its values.")
+    run.add_argument("graph", metavar="GRAPH", help="a .pb or .pbtxt GraphDef file")
+    _add_run_options(run)
+    run.add_argument("--save", metavar="OUT.npz",
+                     help="write the outputs to OUT.npz, one array per output, keyed by its name "
+                          "as given in --outputs")
+    run.set_defaults(run=run_command)
+
+    compare = commands.add_parser("compare", help="run two graphs on the same inputs and compare",
+                                  description="Run graphs A and B on the same inputs; per output, "
+                                              "report max absolute and relative error (relative to "
+                                              "A), cosine similarity and top-1 agreement. Exits 1 "
+                                              "when an output is beyond tolerance.")
+    compare.add_argument("graph_a", metavar="A", help="the reference graph")
+    compare.add_argument("graph_b", metavar="B", help="the graph to check against A")
+    _add_run_options(compare)
+    compare.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+                         help=f"relative tolerance (default {DEFAULT_RTOL})")
+    compare.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                         help=f"absolute tolerance (default {DEFAULT_ATOL})")
+    compare.set_defaults(run=compare_command)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--outputs", metavar="A,B",
+                        help="comma-separated tensors to fetch (name or name:port); "
+                             "default: the graph's likely outputs")
+    parser.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy",
+                        help="feed the tensor NAME from a .npy file (repeatable); inputs not fed "
+                             "get seeded random values of their dtype and shape")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+# ---- shared steps --------------------------------------------------------------------------------
+
+def load_feed_files(specs: list[str]) -> dict[str, np.ndarray]:
+    """`NAME=FILE.npy` arguments to arrays; UsageError naming the file for anything unreadable."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise UsageError(f"--feed {spec!r}: expected NAME=FILE.npy")
+        if name in feeds:
+            raise UsageError(f"--feed: '{name}' is fed twice")
+        feeds[name] = _load_npy(pathlib.Path(path))
+    return feeds
+
+
+def _load_npy(path: pathlib.Path) -> np.ndarray:
+    if not path.exists():
+        raise UsageError("no such file", path=str(path))
+    if path.is_dir():
+        raise UsageError("is a directory, not a .npy file", path=str(path))
+    try:
+        value = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"not a readable .npy array: {reason}", path=str(path)) from None
+    if not isinstance(value, np.ndarray):
+        value.close()
+        raise UsageError("holds several arrays (.npz); give one array per --feed as a .npy file",
+                         path=str(path))
+    return value
+
+
+def parse_outputs(text: str | None, graph) -> list[str]:
+    """The --outputs list, or the graph's likely outputs when it is not given."""
+    if text is None:
+        names = [node.name for node in graph.sinks()]
+        if not names:
+            raise UsageError("the graph has no likely outputs; name them with --outputs")
+        return names
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise UsageError("--outputs is empty; give comma-separated tensor names")
+    return names
+
+
+def _load_graph(path: str):
+    from gtt_rules.engine.graph import Graph
+    return Graph.load(path)
+
+
+def run_graph(graph, path: str, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Evaluate, locating any error in the graph file `path`."""
+    from gtt_rules.engine.evaluator import evaluate
+    try:
+        return evaluate(graph, feeds, outputs)
+    except GttRulesError as error:
+        raise error.located(path) from None
+
+
+def _feeds_for(graph, path: str, seed: int, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from gtt_rules.engine.evaluator import random_feeds
+    try:
+        return random_feeds(graph, seed, given)
+    except GttRulesError as error:
+        raise error.located(path) from None
+
+
+def _check_save_path(text: str) -> pathlib.Path:
+    path = pathlib.Path(text)
+    if path.is_dir():
+        raise UsageError("is a directory; give a file name for the .npz", path=text)
+    if str(path.parent) and not path.parent.exists():
+        raise UsageError(f"the folder {path.parent} does not exist", path=text)
+    return path
+
+
+def save_npz(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write the arrays into one .npz atomically: complete, or not at all."""
+    from gtt_rules.engine.graph import write_atomically
+    write_atomically(path, lambda file: np.savez(file, **arrays))
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN or infinity."""
+    return float(value) if math.isfinite(value) else None
+
+
+def summarize_array(name: str, value: np.ndarray) -> dict[str, Any]:
+    """Shape, dtype and a short summary of the values (min/max/mean for numbers)."""
+    from gtt_rules.engine.dtypes import dtype_for_array, dtype_name
+    try:
+        dtype = dtype_name(dtype_for_array(value))
+    except ValueError:
+        dtype = str(value.dtype)
+    summary: dict[str, Any] = {"name": name, "shape": list(value.shape), "dtype": dtype}
+    flat = value.reshape(-1)
+    if value.dtype.kind in "biuf" and value.size:
+        numbers = flat.astype(np.float64)
+        summary.update(min=_finite(numbers.min()), max=_finite(numbers.max()),
+                       mean=_finite(numbers.mean()))
+        first = flat[:_PREVIEW].tolist()
+        summary["first"] = [_finite(v) if isinstance(v, float) else v for v in first]
+    elif value.dtype.kind == "c" and value.size:
+        summary["first"] = [[_finite(v.real), _finite(v.imag)] for v in flat[:_PREVIEW].tolist()]
+    else:
+        summary["first"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                            for v in flat[:_PREVIEW].tolist()]
+    return summary
+
+
+# ---- run -----------------------------------------------------------------------------------------
+
+def run_command(args: argparse.Namespace) -> int:
+    """`gtt-rules run`: evaluate GRAPH and print (and optionally save) its outputs."""
+    save_path = _check_save_path(args.save) if args.save else None
+    given = load_feed_files(args.feed)
+    graph = _load_graph(args.graph)
+    outputs = parse_outputs(args.outputs, graph)
+    feeds = _feeds_for(graph, args.graph, args.seed, given)
+    values = run_graph(graph, args.graph, outputs, feeds)
+    if save_path is not None:
+        save_npz(save_path, dict(zip(outputs, values)))
+    summaries = [summarize_array(name, value) for name, value in zip(outputs, values)]
+    if args.json:
+        print(json.dumps({"graph": args.graph, "seed": args.seed,
+                          "fed": sorted(given), "random": sorted(set(feeds) - set(given)),
+                          "outputs": summaries, "saved": str(save_path) if save_path else None},
+                         indent=2))
+        return EXIT_OK
+    _print_run(args.graph, summaries, given, feeds, args.seed, save_path)
+    return EXIT_OK
+
+
+def _print_run(path, summaries, given, feeds, seed, save_path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    random_names = sorted(set(feeds) - set(given))
+    inputs = [f"{name} (file)" for name in sorted(given)] + \
+             [f"{name} (random, seed {seed})" for name in random_names]
+    console.print(f"[bold]{path}[/bold]: inputs {', '.join(inputs) if inputs else 'none'}")
+    table = Table(title="Outputs", title_justify="left")
+    widest = max((len(s["name"]) for s in summaries), default=6)
+    table.add_column("output", min_width=min(widest, 32), overflow="fold")
+    for column, justify in (("shape", "left"), ("dtype", "left"), ("min", "right"),
+                            ("max", "right"), ("mean", "right")):
+        table.add_column(column, justify=justify, no_wrap=True)
+    table.add_column("first values", overflow="fold")
+    for s in summaries:
+        table.add_row(s["name"], _shape(s["shape"]), s["dtype"], _number(s.get("min"), 4),
+                      _number(s.get("max"), 4), _number(s.get("mean"), 4),
+                      " ".join(_number(v, 4) if isinstance(v, (int, float)) or v is None else str(v)
+                               for v in s["first"][:3]))
+    console.print(table)
+    if save_path is not None:
+        console.print(f"saved {len(summaries)} array{'' if len(summaries) == 1 else 's'} to {save_path}")
+
+
+def _number(value, digits: int = 6) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (bool, int)):
+        return str(value)
+    return f"{value:.{digits}g}"
+
+
+def _shape(dims: list[int]) -> str:
+    return "[" + ",".join(map(str, dims)) + "]"
+
+
+# ---- compare -------------------------------------------------------------------------------------
+
+def compare_arrays(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> dict[str, Any]:
+    """Max absolute and relative error (relative to `a`), cosine similarity, top-1 agreement.
+
+    Within tolerance means same shape and |a - b| <= atol + rtol * |a| everywhere (NaN matches NaN).
+    Top-1 agreement is the fraction of rows (all axes but the last) whose argmax agrees.
+    """
+    result: dict[str, Any] = {"shape_a": list(a.shape), "shape_b": list(b.shape),
+                              "max_abs_error": None, "max_rel_error": None,
+                              "cosine_similarity": None, "top1_agreement": None}
+    if a.shape != b.shape:
+        result["within_tolerance"] = False
+        result["problem"] = "shapes differ"
+        return result
+    if a.dtype.kind not in "biufc" or b.dtype.kind not in "biufc":
+        equal = bool(np.array_equal(a, b))
+        result["within_tolerance"] = equal
+        if not equal:
+            result["problem"] = "values differ"
+        return result
+    x = a.astype(np.complex128 if a.dtype.kind == "c" else np.float64).reshape(-1)
+    y = b.astype(np.complex128 if b.dtype.kind == "c" else np.float64).reshape(-1)
+    both_nan = np.isnan(x) & np.isnan(y)
+    diff = np.where(both_nan, 0.0, np.abs(x - y))
+    if x.size:
+        max_abs = float(np.max(diff))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(diff == 0, 0.0, diff / np.abs(x))
+        result["max_abs_error"] = _finite(max_abs)
+        result["max_rel_error"] = _finite(float(np.max(rel)))
+        norm = float(np.linalg.norm(x) * np.linalg.norm(y))
+        if norm == 0:
+            cosine = 1.0 if not np.any(x) and not np.any(y) else 0.0
+        else:
+            cosine = float(np.real(np.vdot(x, y))) / norm
+        result["cosine_similarity"] = _finite(cosine)
+        if a.ndim >= 1 and a.shape[-1] > 1 and a.dtype.kind != "c":
+            agree = np.argmax(a.reshape(-1, a.shape[-1]), axis=1) == np.argmax(b.reshape(-1, b.shape[-1]), axis=1)
+            result["top1_agreement"] = float(np.mean(agree))
+    within = bool(np.all((diff <= atol + rtol * np.abs(x)) | both_nan)) and \
+        bool(np.array_equal(np.isnan(x), np.isnan(y)))
+    result["within_tolerance"] = within
+    return result
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    """`gtt-rules compare`: run A and B on the same inputs; exit 1 if any output differs too much."""
+    from gtt_rules.engine.graph import TensorRef
+    if args.rtol < 0 or args.atol < 0:
+        raise UsageError("--rtol and --atol must not be negative")
+    given = load_feed_files(args.feed)
+    graph_a = _load_graph(args.graph_a)
+    graph_b = _load_graph(args.graph_b)
+    outputs = parse_outputs(args.outputs, graph_a)
+    # The same values for both: B's own inputs first, then A's, then the files, each overriding.
+    feeds_a = _feeds_for(graph_a, args.graph_a, args.seed, given)
+    feeds_b = _feeds_for(graph_b, args.graph_b, args.seed, feeds_a)
+    feeds_b = {name: value for name, value in feeds_b.items() if TensorRef.parse(name).node in graph_b}
+    values_a = run_graph(graph_a, args.graph_a, outputs, feeds_a)
+    values_b = run_graph(graph_b, args.graph_b, outputs, feeds_b)
+    rows = []
+    for name, a, b in zip(outputs, values_a, values_b):
+        rows.append({"name": name, **compare_arrays(a, b, args.rtol, args.atol)})
+    within = all(row["within_tolerance"] for row in rows)
+    if args.json:
+        print(json.dumps({"a": args.graph_a, "b": args.graph_b, "seed": args.seed, "rtol": args.rtol,
+                          "atol": args.atol, "within_tolerance": within, "outputs": rows}, indent=2))
+    else:
+        _print_compare(args, rows, within)
+    return EXIT_OK if within else EXIT_CHECK_FAILED
+
+
+def _print_compare(args, rows, within) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]A[/bold] {args.graph_a}\n[bold]B[/bold] {args.graph_b}\n"
+                  f"rtol {args.rtol:g}, atol {args.atol:g}, inputs seed {args.seed}")
+    table = Table()
+    widest = max((len(row["name"]) for row in rows), default=6)
+    table.add_column("output", min_width=min(widest, 32), overflow="fold")
+    for column, justify in (("shape", "left"), ("max abs err", "right"), ("max rel err", "right"),
+                            ("cosine", "right"), ("top-1", "right"), ("", "left")):
+        table.add_column(column, justify=justify, no_wrap=True)
+    for row in rows:
+        shape = _shape(row["shape_a"])
+        if row["shape_a"] != row["shape_b"]:
+            shape += " vs " + _shape(row["shape_b"])
+        top1 = "-" if row["top1_agreement"] is None else f"{row['top1_agreement']:.1%}"
+        status = "[green]ok[/green]" if row["within_tolerance"] else \
+            f"[red]{row.get('problem', 'beyond tolerance')}[/red]"
+        table.add_row(row["name"], shape, _number(row["max_abs_error"], 4),
+                      _number(row["max_rel_error"], 4), _number(row["cosine_similarity"], 6), top1, status)
+    console.print(table)
+    console.print("[green]all outputs within tolerance[/green]" if within else
+                  "[red]outputs differ beyond tolerance[/red]")
