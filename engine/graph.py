@@ -452,12 +452,21 @@ class Graph:
         if self._journal is not None:
             old_inputs, old_control = list(node.inputs), list(node.control_inputs)
             self._record(lambda: self.set_inputs(node, old_inputs, old_control))
-        self._unlink(node)
+        before = self._producers(node)
         node.inputs = list(inputs)
         if control_inputs is not None:
             node.control_inputs = list(dict.fromkeys(control_inputs))
+        after = self._producers(node)
+        missing = [name for name in after - before if name not in self._consumers]
+        if missing:
+            node.inputs, node.control_inputs = [], []  # leave the index consistent before failing
+            self._unlink_names(node.name, before)
+            raise GraphError(f"input '{missing[0]}' names a missing node", node=node.name)
+        # Only the edges that changed are re-indexed: a NoOp waiting on hundreds of nodes is common.
+        self._unlink_names(node.name, before - after)
+        for name in after - before:
+            self._consumers[name].add(node.name)
         node._write_inputs()
-        self._link(node)
 
     def replace_uses(self, old: TensorRef, new: TensorRef, *, exclude: Iterable[str] = ()) -> None:
         """Make every data input that reads `old` read `new` instead."""
@@ -502,6 +511,15 @@ class Graph:
         self._sequence = {name: i for i, name in enumerate(self._nodes)}
         self._next_sequence = len(self._sequence)
         self._membership_changed = True
+
+    @staticmethod
+    def _producers(node: Node) -> set[str]:
+        return {ref.node for ref in node.inputs} | set(node.control_inputs)
+
+    def _unlink_names(self, consumer: str, producers) -> None:
+        for name in producers:
+            if name in self._consumers:
+                self._consumers[name].discard(consumer)
 
     def _link(self, node: Node) -> None:
         for name in {ref.node for ref in node.inputs} | set(node.control_inputs):

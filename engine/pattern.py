@@ -39,7 +39,7 @@ class NodePattern:
     ops: frozenset[str] | None
     inputs: tuple["InputPattern", ...] | None = None
     attrs: tuple[AttrPattern, ...] = ()
-    commutative: bool = False
+    commutative: frozenset[str] = frozenset()  # ops whose two inputs may match swapped
     variadic: int | None = None  # index of the input pattern that takes a run of inputs (`xs...`)
 
 
@@ -172,7 +172,7 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
     if len(inputs) != len(wanted):
         return
     orders = [inputs]
-    if node_pattern.commutative and len(inputs) == 2 and inputs[0] != inputs[1]:
+    if node.op in node_pattern.commutative and len(inputs) == 2 and inputs[0] != inputs[1]:
         orders.append([inputs[1], inputs[0]])
     for ordered in orders:
         yield from _match_inputs(pattern, wanted, ordered, 0, bindings, graph)

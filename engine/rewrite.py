@@ -139,6 +139,7 @@ class _Planner:
         self.root = root
         self.planned: list[_Planned] = []
         self.taken: set[str] = set()
+        self.values: dict[int, Any] = {}
 
     def plan(self, actions):
         reroutes: list[tuple[TensorRef, Any]] = []  # old tensor -> TensorRef | (_Planned, port)
@@ -175,11 +176,18 @@ class _Planner:
             raise RewriteError(f"'{var}' is not bound to a node")
         return value.node
 
+    def _value(self, producer: ConstNode) -> Any:
+        """A computed value, computed once however often the plan looks at it."""
+        key = id(producer)
+        if key not in self.values:
+            self.values[key] = producer.value(self.ctx)
+        return self.values[key]
+
     def _computed_tensors(self, producer: Producer) -> list[TensorRef] | None:
         # `xs[0]`, `last(xs)`, `but_last(xs)`: existing tensors, not constants to build.
         if not isinstance(producer, ConstNode) or producer.dtype is not None:
             return None
-        value = producer.value(self.ctx)
+        value = self._value(producer)
         if isinstance(value, TensorRef):
             return [value]
         if isinstance(value, list) and value and all(isinstance(v, TensorRef) for v in value):
@@ -195,7 +203,7 @@ class _Planner:
         if isinstance(producer, ConstNode) and all_ports and producer.dtype is None:
             # A Const that takes over an output has that output's dtype (quint8 stays quint8,
             # not the uint8 that holds its codes).
-            value = producer.value(self.ctx)
+            value = self._value(producer)
             values = list(value) if isinstance(value, (list, tuple)) else [value]
             dtypes = self.graph.output_dtypes(target) or [None] * len(values)
             if len(dtypes) != len(values):
@@ -224,7 +232,7 @@ class _Planner:
     def _node(self, producer: Producer) -> _Planned:
         if isinstance(producer, ConstNode):
             dtype = producer.dtype(self.ctx) if producer.dtype is not None else None
-            return self._const(producer.value(self.ctx), dtype)
+            return self._const(self._value(producer), dtype)
         source = self.graph[self._bound_node(producer.copy_of)] if producer.copy_of else None
         op = producer.op or source.op
         if producer.inputs is not None:

@@ -419,9 +419,11 @@ class Compiler:
         if node.args is not None:
             inputs = tuple(self._input_pattern(arg, scope) for arg in node.args)
             variadic = next((i for i, a in enumerate(node.args) if isinstance(a, ast.ArgVariadic)), None)
-        commutative = bool(ops) and inputs is not None and len(inputs) == 2 and variadic is None and all(
-            op in EXTRA_COMMUTATIVE or (op_registry.get_op(op) and op_registry.get_op(op).is_commutative)
-            for op in ops)
+        commutative = frozenset()
+        if ops and inputs is not None and len(inputs) == 2 and variadic is None:
+            # Decided per op: `Add|Sub(x, c)` swaps inputs for an Add, never for a Sub.
+            commutative = frozenset(op for op in ops if op in EXTRA_COMMUTATIVE or
+                                    (op_registry.get_op(op) and op_registry.get_op(op).is_commutative))
         return NodePattern(ops, inputs, tuple(attrs), commutative, variadic)
 
     def _input_pattern(self, arg, scope: _Scope) -> InputPattern:
@@ -483,6 +485,13 @@ class Compiler:
             return None
         return rw.ConstNode(fn)
 
+    def _is_list(self, expr: ast.Expr, scope: _Scope) -> bool:
+        """True if an input expression spreads into several inputs (a list binding or result)."""
+        if isinstance(expr, ast.Var):
+            return scope.kind_of(expr.name) == "list"
+        function = FUNCTIONS.get(expr.func) if isinstance(expr, ast.Call) else None
+        return function is not None and function.returns == "list"
+
     def _new_node(self, expr: ast.NewNode, scope: _Scope):
         op_def = op_registry.get_op(expr.op)
         if op_def is None:
@@ -503,7 +512,7 @@ class Compiler:
         self._check_attrs(expr.op, op_def, expr.attrs)
         inputs = ()
         if expr.args is not None:
-            if not any(isinstance(a, ast.Var) and scope.kind_of(a.name) == "list" for a in expr.args):
+            if not any(self._is_list(a, scope) for a in expr.args):
                 self._check_input_count(expr.op, op_def, len(expr.args), expr.pos)
             inputs = tuple(p for p in (self.producer(a, scope) for a in expr.args) if p)
         elif op_def.inputs:

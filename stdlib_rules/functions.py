@@ -47,3 +47,63 @@ def dilate_filter(ctx, w, rate_h, rate_w):
     out = np.zeros((height, width, *w.shape[2:]), dtype=w.dtype)
     out[::rate_h, ::rate_w] = w
     return out
+
+
+@register_function(args=("tensor", "tensor"), returns="bool", needs_context=True)
+def channel_vector(ctx, c, layer_weights):
+    """True if constant c holds one value per output channel, broadcasting like a bias: every
+    dimension is 1 but the last, and its rank is at most that of the layer's output (so
+    `[1, 1, 1, C]` after a Conv2D qualifies, as Keras freezes batch-norm scales)."""
+    from gtt_rules.rules.functions import tensor_shape
+
+    shape, weights = tensor_shape(ctx, c), tensor_shape(ctx, layer_weights)
+    if shape is None or weights is None:
+        return False
+    return len(shape) <= len(weights) and all(d == 1 for d in shape[:-1])
+
+
+@register_function(args=("tensor",), returns="bool", needs_context=True)
+def all_ones_but_last(ctx, c):
+    """True if every dimension of c's static shape but the last is 1."""
+    from gtt_rules.rules.functions import tensor_shape
+
+    shape = tensor_shape(ctx, c)
+    return shape is not None and all(d == 1 for d in shape[:-1])
+
+
+@register_function(args=("list",), returns="bool", needs_context=True)
+def each_used_once(ctx, xs):
+    """True if no tensor of the list is read anywhere else (so its node can move or go)."""
+    return all(ctx.graph.uses(x.node) == sum(1 for y in xs if y.node == x.node) for x in _tensors(xs))
+
+
+@register_function(args=("list",), returns="list", needs_context=True)
+def first_inputs(ctx, xs):
+    """The first input of each node in a list of tensors."""
+    return [ctx.graph[x.node].inputs[0] for x in _tensors(xs)]
+
+
+def _inner_concat(ctx, x, axis):
+    node = ctx.graph[x.node]
+    if node.op != "ConcatV2" or x.port != 0 or ctx.graph.uses(x.node) != 1:
+        return None
+    inner_axis = ctx.graph[node.inputs[-1].node]
+    if inner_axis.op != "Const" or not np.array_equal(inner_axis.get_attr("value"), tensor_value(ctx, axis)):
+        return None
+    return node.inputs[:-1]
+
+
+@register_function(args=("list", "tensor"), returns="bool", needs_context=True)
+def has_nested_concat(ctx, xs, axis):
+    """True if some tensor of the list is a ConcatV2 along the same axis, read only here."""
+    return any(_inner_concat(ctx, x, axis) is not None for x in _tensors(xs))
+
+
+@register_function(args=("list", "tensor"), returns="list", needs_context=True)
+def flatten_concats(ctx, xs, axis):
+    """The list with each single-use ConcatV2 along the same axis replaced by its inputs."""
+    flat = []
+    for x in _tensors(xs):
+        inner = _inner_concat(ctx, x, axis)
+        flat.extend(inner if inner is not None else [x])
+    return flat

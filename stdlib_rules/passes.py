@@ -4,8 +4,6 @@ Each keeps the Graph Transform Tool's name and parameters, so GTT command lines 
 """
 from __future__ import annotations
 
-import hashlib
-
 from gtt_rules.engine import op_registry
 from gtt_rules.engine.dtypes import DT_FLOAT
 from gtt_rules.engine.graph import Graph, TensorRef
@@ -254,16 +252,17 @@ def merge_duplicate_nodes(graph: Graph, ctx: PassContext) -> None:
     changed = True
     while changed:
         changed = False
-        seen: dict[bytes, str] = {}
+        # Nodes are grouped by a cheap key (no tensor contents); only nodes that share one are
+        # compared in full, so the weights of a big model are not hashed.
+        seen: dict[tuple, list[str]] = {}
         for node in graph.topological_order():
-            key = _node_key(node)
-            original = seen.get(key)
-            if original is None:
-                seen[key] = node.name
-                continue
-            if node.name in keep:
-                continue
-            if graph.op_def_of(node) is not None and graph.op_def_of(node).is_stateful:
+            op_def = graph.op_def_of(node)
+            if op_def is None or op_def.is_stateful:
+                continue  # unknown ops and library calls may have effects: never merged
+            candidates = seen.setdefault(_cheap_key(node), [])
+            original = next((c for c in candidates if _same_attrs(graph[c], node)), None)
+            if original is None or node.name in keep:
+                candidates.append(node.name)
                 continue
             count = graph.num_outputs(node) or 1
             for port in range(count):
@@ -275,18 +274,20 @@ def merge_duplicate_nodes(graph: Graph, ctx: PassContext) -> None:
             changed = True
 
 
-def _node_key(node) -> bytes:
-    digest = hashlib.sha256()
-    digest.update(node.op.encode())
-    digest.update(node.device.encode())
-    for ref in node.inputs:
-        digest.update(f"|{ref}".encode())
-    for name in sorted(node.control_inputs):
-        digest.update(f"|^{name}".encode())
+def _cheap_key(node) -> tuple:
+    attrs = []
     for key in sorted(node.attr):
-        digest.update(key.encode())
-        digest.update(node.attr[key].SerializeToString(deterministic=True))
-    return digest.digest()
+        value = node.attr[key]
+        if value.WhichOneof("value") == "tensor":
+            tensor = value.tensor
+            attrs.append((key, tensor.dtype, tuple(d.size for d in tensor.tensor_shape.dim)))
+        else:
+            attrs.append((key, value.SerializeToString(deterministic=True)))
+    return (node.op, node.device, tuple(node.inputs), tuple(sorted(node.control_inputs)), tuple(attrs))
+
+
+def _same_attrs(a, b) -> bool:
+    return all(a.attr[key] == b.attr[key] for key in a.attr)
 
 
 @register_pass("remove_trivial_control_dependencies")
