@@ -2,12 +2,49 @@
 
 The public Python API:
 
-    from gtt_rules import Graph
-    graph = Graph.load("model.pb")      # or Graph.from_graph_def(any_graph_def_message)
-    graph.save("out.pb")
+    import gtt_rules
+    graph = gtt_rules.Graph.load("model.pb")          # or any GraphDef message, or its bytes
+    rules = gtt_rules.load_rules(["optimize_for_inference", "my.rules"])
+    graph, reports = gtt_rules.apply(graph, rules, inputs=["input"], outputs=["probs"])
+    [probs] = gtt_rules.evaluate(graph, {"input": image}, ["probs"])
+    graph.save("model.opt.pb")
 """
+from __future__ import annotations
+
+from typing import Any, Iterable
+
 from gtt_rules.errors import (EvaluationError, GraphError, GttRulesError, RewriteError,
                               RulesCheckError, RulesSyntaxError)
+
+
+def load_rules(specs: Iterable[str] | str):
+    """Stages for rule specs: .rules paths, rule set / pass / pipeline names, or `name(key=value)`."""
+    from gtt_rules.rules.library import load_rules as load
+    return load(specs)
+
+
+def apply(graph: Any, rules, *, inputs: Iterable[str] | None = None, outputs: Iterable[str] | None = None):
+    """Run stages (from `load_rules`) on a graph, in place; returns (graph, [(stage name, report)]).
+
+    `graph` may be a Graph, any GraphDef message or serialized bytes. Inputs and outputs default
+    to the placeholders and the sinks; they are never removed or renamed.
+    """
+    from gtt_rules.engine.graph import Graph
+    if not isinstance(graph, Graph):
+        graph = Graph.from_graph_def(graph)
+    inputs = list(inputs) if inputs is not None else [n.name for n in graph.placeholders()]
+    outputs = list(outputs) if outputs is not None else [n.name for n in graph.sinks()]
+    reports = [(stage.name, stage.run(graph, inputs=inputs, outputs=outputs)) for stage in rules]
+    return graph, reports
+
+
+def evaluate(graph: Any, feeds, outputs: list[str]):
+    """Run a graph in the numpy evaluator: the values of `outputs` given `feeds`."""
+    from gtt_rules.engine.evaluator import evaluate as run
+    from gtt_rules.engine.graph import Graph
+    if not isinstance(graph, Graph):
+        graph = Graph.from_graph_def(graph)
+    return run(graph, feeds, outputs)
 
 
 def __getattr__(name: str):
@@ -18,5 +55,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'gtt_rules' has no attribute '{name}'")
 
 
-__all__ = ["Graph", "Node", "TensorRef", "GttRulesError", "GraphError", "RulesSyntaxError",
-           "RulesCheckError", "RewriteError", "EvaluationError"]
+__all__ = ["Graph", "Node", "TensorRef", "load_rules", "apply", "evaluate", "GttRulesError",
+           "GraphError", "RulesSyntaxError", "RulesCheckError", "RewriteError", "EvaluationError"]
