@@ -4,6 +4,8 @@ Each keeps the Graph Transform Tool's name and parameters, so GTT command lines 
 """
 from __future__ import annotations
 
+import numpy as np
+
 from gtt_rules.engine import op_registry
 from gtt_rules.engine.dtypes import DT_FLOAT
 from gtt_rules.engine.graph import Graph, TensorRef
@@ -306,3 +308,86 @@ def remove_trivial_control_dependencies(graph: Graph, ctx: PassContext) -> None:
         kept = [name for name in node.control_inputs if not trivial(name)]
         if len(kept) != len(node.control_inputs):
             graph.set_inputs(node, node.inputs, kept)
+
+
+@register_pass("fold_batch_norms_after_concat")
+def fold_batch_norms_after_concat(graph: Graph, ctx: PassContext) -> None:
+    """Fold an inference FusedBatchNorm that follows a channel ConcatV2 of convolutions into each
+    convolution's weights, leaving one bias add after the concat.
+
+    A rule cannot say this: the scale splits into one slice per concatenated layer, a number of
+    new nodes that depends on the graph.
+    """
+    for bn in [n for n in graph if n.op in ("FusedBatchNorm", "FusedBatchNormV3")]:
+        plan = _concat_fold_plan(graph, bn)
+        if plan is None or any(graph.uses(TensorRef(bn.name, port)) for port in range(1, graph.num_outputs(bn))):
+            continue
+        concat, layers, scale, offset = plan
+        renames = {}  # the folded copies take the names of the nodes they replace
+        with graph.transaction():
+            start = 0
+            new_inputs = []
+            for layer in layers:
+                weights = graph[layer.inputs[1].node].get_attr("value")
+                channels = _output_channels(layer, weights)
+                piece = scale[start:start + channels]
+                start += channels
+                if layer.op == "DepthwiseConv2dNative":
+                    piece = piece.reshape(weights.shape[2], weights.shape[3])
+                folded = graph.add_node(f"{layer.name}/folded_weights", "Const",
+                                        attrs={"dtype": DT_FLOAT, "value": (weights * piece).astype(np.float32)})
+                copy = graph.add_node(f"{layer.name}/folded", layer.op, [layer.inputs[0], TensorRef(folded.name)],
+                                      device=layer.device)
+                for key, value in layer.attr.items():
+                    copy.attr[key].CopyFrom(value)
+                new_inputs.append(TensorRef(copy.name))
+                renames[copy.name] = layer.name
+            axis = concat.inputs[-1]
+            new_concat = graph.add_node(f"{concat.name}/folded", "ConcatV2", new_inputs + [axis],
+                                        attrs={"N": len(new_inputs), "T": DT_FLOAT,
+                                               "Tidx": concat.get_attr("Tidx")})
+            renames[new_concat.name] = concat.name
+            bias = graph.add_node(f"{bn.name}/offset", "Const", attrs={"dtype": DT_FLOAT,
+                                                                     "value": offset.astype(np.float32)})
+            heir = graph.add_node(f"{bn.name}/folded", "BiasAdd", [TensorRef(new_concat.name), TensorRef(bias.name)],
+                                  attrs={"T": DT_FLOAT}, device=bn.device)
+            graph.replace_uses(TensorRef(bn.name), TensorRef(heir.name))
+            name = bn.name
+            doomed = [bn.name, concat.name] + [layer.name for layer in layers]
+            feeders = {r.node for d in doomed for r in graph[d].inputs} - set(doomed)
+            _remove_all(graph, doomed)
+            _remove_all(graph, [f for f in feeders if graph[f].op == "Const" and not graph.consumers(f)
+                                and f not in ctx.protected])
+            renames[heir.name] = name
+            for temporary, final in renames.items():
+                graph.rename_node(temporary, final)
+
+
+def _concat_fold_plan(graph: Graph, bn):
+    if bn.get_attr("is_training", True) or bn.get_attr("data_format", "NHWC") != "NHWC":
+        return None
+    concat = graph[bn.inputs[0].node]
+    if concat.op != "ConcatV2" or graph.uses(concat.name) != 1 or concat.control_inputs:
+        return None
+    axis_node = graph[concat.inputs[-1].node]
+    if axis_node.op != "Const" or int(axis_node.get_attr("value")) not in (3, -1):
+        return None
+    layers = [graph[ref.node] for ref in concat.inputs[:-1]]
+    for layer, ref in zip(layers, concat.inputs[:-1]):
+        if layer.op not in ("Conv2D", "DepthwiseConv2dNative") or ref.port != 0 or graph.uses(layer.name) != 1 \
+                or layer.control_inputs or layer.get_attr("data_format", "NHWC") != "NHWC" \
+                or graph[layer.inputs[1].node].op != "Const":
+            return None
+    params = [graph[ref.node] for ref in bn.inputs[1:5]]
+    if any(p.op != "Const" for p in params):
+        return None
+    gamma, beta, mean, var = (p.get_attr("value").astype(np.float64) for p in params)
+    scale = gamma / np.sqrt(var + bn.get_attr("epsilon"))
+    channels = sum(_output_channels(l, graph[l.inputs[1].node].get_attr("value")) for l in layers)
+    if scale.shape != (channels,):
+        return None
+    return concat, layers, scale, beta - mean * scale
+
+
+def _output_channels(layer, weights) -> int:
+    return weights.shape[2] * weights.shape[3] if layer.op == "DepthwiseConv2dNative" else weights.shape[3]
