@@ -107,3 +107,43 @@ def flatten_concats(ctx, xs, axis):
         inner = _inner_concat(ctx, x, axis)
         flat.extend(inner if inner is not None else [x])
     return flat
+
+
+# ---- weights: round_weights and quantize_weights ------------------------------------------------
+
+@register_function(args=("value",), returns="value", needs_context=True)
+def floor(ctx, x):
+    """Element-wise floor (the largest integer not above x), keeping float32 as float32."""
+    return np.floor(tensor_value(ctx, x))
+
+
+@register_function(args=("value",), returns="bool", needs_context=True)
+def all_finite(ctx, x):
+    """True if no element of x is NaN or infinite."""
+    return bool(np.isfinite(tensor_value(ctx, x)).all())
+
+
+@register_function(args=("value",), returns="value", needs_context=True)
+def count_distinct(ctx, x):
+    """How many different values x holds."""
+    return int(np.unique(np.asarray(tensor_value(ctx, x)).reshape(-1)).size)
+
+
+@register_function(args=("value", "value", "value", "dtype"), returns="value", needs_context=True)
+def quantize(ctx, x, range_min, range_max, dtype):
+    """The codes of float x in `dtype` over exactly [range_min, range_max], MIN_FIRST rounding.
+
+    This is TensorFlow's FloatTensorToQuantized (what QuantizeV2 MIN_FIRST computes, without its
+    range widening), done by the engine's bit-exact kernel. The range must contain 0.
+    """
+    from gtt_rules.engine.kernels import quantization
+
+    lo, hi = np.float32(tensor_value(ctx, range_min)), np.float32(tensor_value(ctx, range_max))
+    if not lo <= 0.0 <= hi or lo == hi:
+        raise NotApplicable("quantize wants a non-empty range that contains 0")
+    values = np.asarray(tensor_value(ctx, x), dtype=np.float32)
+    codes, out_min, out_max = quantization.quantize(values, lo, hi, dtype, mode="MIN_FIRST",
+                                                    ensure_minimum_range=0.0, onednn=False)
+    if out_min != lo or out_max != hi:  # the kernel must not have widened the range
+        raise NotApplicable("quantize could not keep the range as given")
+    return codes
