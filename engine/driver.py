@@ -120,7 +120,8 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
     per_node: collections.Counter = collections.Counter()
     history: dict[str, list[str]] = collections.defaultdict(list)
 
-    worklist = collections.deque(node.name for node in graph.topological_order())
+    # Only nodes some rule could root at are visited: the rest cost nothing per rule set.
+    worklist = collections.deque(node.name for node in graph.topological_order() if dispatch.rules_for(node.op))
     queued = set(worklist)
     clock = time.perf_counter
     while worklist:
@@ -153,7 +154,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
                 cycling = sorted(set(history[name][-limits.max_rewrites_per_node:]))
                 raise _cycle_error(cycling, name, per_node[name], report, graph)
             for again in _neighbourhood(graph, name, result):
-                if again not in queued:
+                if again not in queued and dispatch.rules_for(graph[again].op):
                     queued.add(again)
                     worklist.append(again)
             break

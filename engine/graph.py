@@ -51,10 +51,14 @@ class Node:
     attrs and the device can be changed here.
     """
 
-    __slots__ = ("proto", "inputs", "control_inputs")
+    # name and op are read on every match; kept as plain attributes, as reading them from the
+    # protobuf message each time costs more than all the matching around it.
+    __slots__ = ("proto", "inputs", "control_inputs", "_name", "_op")
 
     def __init__(self, proto: pb.NodeDef):
         self.proto = proto
+        self._name = proto.name
+        self._op = proto.op
         self.inputs: list[TensorRef] = []
         self.control_inputs: list[str] = []
         for text in proto.input:
@@ -65,15 +69,15 @@ class Node:
 
     @property
     def name(self) -> str:
-        return self.proto.name
+        return self._name
 
     @property
     def op(self) -> str:
-        return self.proto.op
+        return self._op
 
     @op.setter
     def op(self, value: str) -> None:
-        self.proto.op = value
+        self.proto.op = self._op = value
 
     @property
     def device(self) -> str:
@@ -344,25 +348,30 @@ class Graph:
         self.topological_order()
 
     def _kahn(self) -> tuple[list[Node], set[str]]:
+        nodes, consumers, position = self._nodes, self._consumers, self._position
+        back = {name for name, node in nodes.items() if node.op == "NextIteration"}
         pending: dict[str, int] = {}
-        for node in self._nodes.values():
-            producers = {ref.node for ref in node.inputs} | set(node.control_inputs)
-            pending[node.name] = sum(1 for p in producers if not self._is_back_edge(p))
-        ready = [node for node in self._nodes.values() if pending[node.name] == 0]
-        order: list[Node] = []
+        for name, node in nodes.items():
+            if node.control_inputs or back or len(node.inputs) > 1:
+                producers = {ref.node for ref in node.inputs}
+                producers.update(node.control_inputs)
+                pending[name] = len(producers - back)
+            else:
+                pending[name] = len(node.inputs)
+        ready = [name for name, count in pending.items() if count == 0]
         index = 0
         while index < len(ready):
-            node = ready[index]
+            name = ready[index]
             index += 1
-            order.append(node)
-            if node.op == "NextIteration":
+            if name in back:
                 continue
-            for consumer_name in sorted(self._consumers[node.name], key=self._position):
-                pending[consumer_name] -= 1
-                if pending[consumer_name] == 0:
-                    ready.append(self._nodes[consumer_name])
+            waiting = consumers[name]
+            for consumer in (sorted(waiting, key=position) if len(waiting) > 1 else waiting):
+                pending[consumer] -= 1
+                if pending[consumer] == 0:
+                    ready.append(consumer)
         remaining = {name for name, count in pending.items() if count > 0}
-        return order, remaining
+        return [nodes[name] for name in ready], remaining
 
     def _position(self, name: str) -> int:
         return self._sequence[name]
@@ -484,7 +493,7 @@ class Graph:
         consumers = self.consumers(old)
         # The renamed node moves to the end of the file order; keeping its place would cost O(n).
         self._nodes[new] = self._nodes.pop(old)
-        node.proto.name = new
+        node.proto.name = node._name = new
         self._consumers[new] = self._consumers.pop(old)
         for producer in {ref.node for ref in node.inputs} | set(node.control_inputs):
             self._consumers[producer].discard(old)
