@@ -262,7 +262,10 @@ class Graph:
 
     def consumers(self, name: str) -> list[Node]:
         """Nodes that take `name` as a data or control input, in file order."""
-        return [self._nodes[n] for n in sorted(self._consumers.get(name, ()), key=self._position)]
+        names = self._consumers.get(name, ())
+        if len(names) > 1:
+            names = sorted(names, key=self._position)
+        return [self._nodes[n] for n in names]
 
     def uses(self, ref: TensorRef | str) -> int:
         """How many data inputs read `ref` (a TensorRef), or any output of node `ref` (a name)."""
