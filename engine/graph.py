@@ -199,9 +199,7 @@ class Graph:
     def to_graph_def(self) -> pb.GraphDef:
         """The GraphDef message for this graph (shared, not a copy)."""
         if self._membership_changed:
-            rebuilt = pb.GraphDef()
-            rebuilt.CopyFrom(self._graph_def)
-            del rebuilt.node[:]
+            rebuilt = _without_nodes(self._graph_def)
             rebuilt.node.extend(node.proto for node in self._nodes.values())
             # Point every Node at its copy inside the new message, so later edits land there.
             for node, proto in zip(self._nodes.values(), rebuilt.node):
@@ -591,7 +589,16 @@ def _write_binary(f, graph_def: pb.GraphDef) -> None:
     for node in graph_def.node:
         body = node.SerializeToString(deterministic=True)
         f.write(_NODE_TAG + _varint(len(body)) + body)
+    f.write(_without_nodes(graph_def).SerializeToString(deterministic=True))
+
+
+def _without_nodes(graph_def: pb.GraphDef) -> pb.GraphDef:
+    """A copy of everything but the nodes (versions, library, ...), without copying the nodes."""
     rest = pb.GraphDef()
+    if len(unknown_fields.UnknownFieldSet(graph_def)):
+        rest.CopyFrom(graph_def)  # fields we do not know must survive: copy all, then drop nodes
+        del rest.node[:]
+        return rest
     for field, value in graph_def.ListFields():
         if field.number == _NODE_FIELD:
             continue
@@ -599,7 +606,7 @@ def _write_binary(f, graph_def: pb.GraphDef) -> None:
             getattr(rest, field.name).CopyFrom(value)
         else:
             setattr(rest, field.name, value)
-    f.write(rest.SerializeToString(deterministic=True))
+    return rest
 
 
 _NODE_FIELD = pb.GraphDef.DESCRIPTOR.fields_by_name["node"].number
