@@ -57,15 +57,6 @@ class Report:
     def rewrites(self) -> int:
         return sum(self.fires.values())
 
-    def merge(self, other: "Report") -> None:
-        """Add a later stage's report to this one (pipelines)."""
-        self.nodes_after = other.nodes_after
-        self.fires.update(other.fires)
-        self.seconds.update(other.seconds)
-        self.visits += other.visits
-        self.stop_reason = other.stop_reason
-        self.applications += other.applications
-
     def to_json(self) -> dict:
         return {
             "nodes_before": self.nodes_before,

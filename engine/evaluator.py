@@ -96,8 +96,8 @@ class Evaluator:
                  cache_constants: bool = False):
         load_all()
         self.graph = graph
-        self.outputs = [self._output_ref(text) for text in outputs]
-        self.fed = {self._feed_ref(text) for text in fed}
+        self.outputs = [self._tensor_ref(text, "output") for text in outputs]
+        self.fed = {self._tensor_ref(text, "feed") for text in fed}
         self.dataflow = False
         needed = self._needed_nodes(follow_control=False)
         if any(graph[name].op in CONTROL_FLOW_OPS for name in needed):
@@ -151,25 +151,15 @@ class Evaluator:
 
     # ---- preparation ----
 
-    def _output_ref(self, text: str) -> TensorRef:
-        ref = TensorRef.parse(text.strip())
-        node = self.graph.get(ref.node)
-        if node is None:
-            raise EvaluationError(f"output '{text}' names no node in the graph")
-        count = self.graph.num_outputs(node)
-        if count is not None and ref.port >= count:
-            raise EvaluationError(f"output '{text}': node '{node.name}' ({node.op}) has {count} "
-                                  f"output{'' if count == 1 else 's'}")
-        return ref
-
-    def _feed_ref(self, text: str) -> TensorRef:
+    def _tensor_ref(self, text: str, role: str) -> TensorRef:
+        """`name` or `name:port` as a TensorRef of this graph; `role` ("output", "feed") for errors."""
         ref = TensorRef.parse(str(text).strip())
         node = self.graph.get(ref.node)
         if node is None:
-            raise EvaluationError(f"feed '{text}' names no node in the graph")
+            raise EvaluationError(f"{role} '{text}' names no node in the graph")
         count = self.graph.num_outputs(node)
         if count is not None and ref.port >= count:
-            raise EvaluationError(f"feed '{text}': node '{node.name}' ({node.op}) has {count} "
+            raise EvaluationError(f"{role} '{text}': node '{node.name}' ({node.op}) has {count} "
                                   f"output{'' if count == 1 else 's'}")
         return ref
 
@@ -261,7 +251,7 @@ class Evaluator:
     def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[TensorRef, np.ndarray]:
         values: dict[TensorRef, np.ndarray] = {}
         for text, value in feeds.items():
-            ref = self._feed_ref(text)
+            ref = self._tensor_ref(text, "feed")
             if ref not in self.fed:
                 raise EvaluationError(f"feed '{text}' was not declared when the evaluation was prepared")
             if ref in values:

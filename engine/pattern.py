@@ -76,17 +76,13 @@ class Pattern:
 class MatchContext:
     """What guards and computed values see: the graph, the bindings so far, the rule set's parameters."""
 
-    __slots__ = ("graph", "bindings", "params", "protected", "checks")
+    __slots__ = ("graph", "bindings", "params", "protected")
 
     def __init__(self, graph: Graph, params: dict[str, Any], protected: frozenset[str] | set[str]):
         self.graph = graph
         self.bindings: dict[str, Any] = {}
         self.params = params
         self.protected = protected
-        self.checks: list[Expression] = []
-
-    def node_of(self, ref: TensorRef) -> Node:
-        return self.graph[ref.node]
 
 
 def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iterator[dict[str, Any]]:

@@ -7,7 +7,6 @@ of rules that runs to its own fixed point.
 """
 from __future__ import annotations
 
-import functools
 import pathlib
 import time
 from dataclasses import dataclass, field
@@ -184,8 +183,3 @@ def load_rules(specs: Iterable[str] | str, library: Library | None = None) -> li
     for spec in specs:
         stages += library.stages(spec)
     return stages
-
-
-@functools.lru_cache(maxsize=None)
-def default_library() -> Library:
-    return Library()

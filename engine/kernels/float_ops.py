@@ -409,15 +409,20 @@ def conv2d_nhwc(x: np.ndarray, w: np.ndarray, strides=(1, 1), dilations=(1, 1),
     return out.reshape(n, oh, ow, co).astype(dtype, copy=False)
 
 
-@kernel("Conv2D")
-def conv2d(node, inputs):
+def _convolve(node, inputs, compute):
+    """The layout and geometry around a convolution: NCHW in and out, strides, padding."""
     x, w = inputs
     x = _nhwc_in(node, x)
     if w.ndim != 4:
         raise ValueError(f"filter must be 4-D, got shape {list(w.shape)}")
     geometry = _ConvGeometry(node, x.shape, w.shape[0], w.shape[1])
-    y = conv2d_nhwc(x, w, geometry.strides, geometry.dilations, geometry.pads, geometry.out_hw)
+    y = compute(x, w, geometry.strides, geometry.dilations, geometry.pads, geometry.out_hw)
     return _nhwc_out(node, y)
+
+
+@kernel("Conv2D")
+def conv2d(node, inputs):
+    return _convolve(node, inputs, conv2d_nhwc)
 
 
 def depthwise_conv2d_nhwc(x: np.ndarray, w: np.ndarray, strides=(1, 1), dilations=(1, 1),
@@ -450,14 +455,7 @@ def depthwise_conv2d_nhwc(x: np.ndarray, w: np.ndarray, strides=(1, 1), dilation
 
 @kernel("DepthwiseConv2dNative")
 def depthwise_conv2d(node, inputs):
-    x, w = inputs
-    x = _nhwc_in(node, x)
-    if w.ndim != 4:
-        raise ValueError(f"filter must be 4-D, got shape {list(w.shape)}")
-    geometry = _ConvGeometry(node, x.shape, w.shape[0], w.shape[1])
-    y = depthwise_conv2d_nhwc(x, w, geometry.strides, geometry.dilations, geometry.pads,
-                              geometry.out_hw)
-    return _nhwc_out(node, y)
+    return _convolve(node, inputs, depthwise_conv2d_nhwc)
 
 
 def _pool_window(node, inputs):

@@ -620,14 +620,13 @@ def _combine(x: np.ndarray, y: np.ndarray, fx, fy, op):
     return np.asarray(out, dtype=np.int32).reshape(out_shape)
 
 
-@kernel("QuantizedAdd")
-def quantized_add(node, inputs):
-    """QuantizedAdd: quint8 + quint8 -> qint32 in a symmetric range 2^14 times the widest input."""
+def _binary_operands(node, inputs):
+    """The checked operands of QuantizedAdd and QuantizedMul: codes, scalar ranges and types."""
     x, y, min_x, max_x, min_y, max_y = inputs
     t1, t2 = node.get_attr("T1"), node.get_attr("T2")
     tout = node.get_attr("Toutput", Q.DT_QINT32)
     if (t1, t2, tout) != (Q.DT_QUINT8, Q.DT_QUINT8, Q.DT_QINT32):
-        raise ValueError("QuantizedAdd is only implemented for quint8 + quint8 -> qint32")
+        raise ValueError(f"{node.op} is only implemented for quint8 and quint8 -> qint32")
     for name, value in (("min_x", min_x), ("max_x", max_x), ("min_y", min_y), ("max_y", max_y)):
         if np.ndim(value) != 0:
             raise ValueError(f"`{name}` must be rank 0 but is rank {np.ndim(value)}")
@@ -636,6 +635,13 @@ def quantized_add(node, inputs):
     np.broadcast_shapes(x.shape, y.shape)
     _check_range(min_x, max_x, "min_x", "max_x")
     _check_range(min_y, max_y, "min_y", "max_y")
+    return x, y, min_x, max_x, min_y, max_y, t1, t2, tout
+
+
+@kernel("QuantizedAdd")
+def quantized_add(node, inputs):
+    """QuantizedAdd: quint8 + quint8 -> qint32 in a symmetric range 2^14 times the widest input."""
+    x, y, min_x, max_x, min_y, max_y, t1, t2, tout = _binary_operands(node, inputs)
     biggest = max(abs(min(min_x, min_y)), abs(max(max_x, max_y)))
     out_max = F32(biggest * F32(1 << 14))
     out_min = F32(-out_max)
@@ -661,19 +667,7 @@ def _code_table(in_min, in_max, out_min, out_max) -> np.ndarray:
 @kernel("QuantizedMul")
 def quantized_mul(node, inputs):
     """QuantizedMul: (x - zero_x) * (y - zero_y) in int32, with the product's range."""
-    x, y, min_x, max_x, min_y, max_y = inputs
-    t1, t2 = node.get_attr("T1"), node.get_attr("T2")
-    tout = node.get_attr("Toutput", Q.DT_QINT32)
-    if (t1, t2, tout) != (Q.DT_QUINT8, Q.DT_QUINT8, Q.DT_QINT32):
-        raise ValueError("QuantizedMul is only implemented for quint8 * quint8 -> qint32")
-    for name, value in (("min_x", min_x), ("max_x", max_x), ("min_y", min_y), ("max_y", max_y)):
-        if np.ndim(value) != 0:
-            raise ValueError(f"{name} must be a scalar")
-    min_x, max_x, min_y, max_y = map(_first, (min_x, max_x, min_y, max_y))
-    x, y = _codes(x, t1), _codes(y, t2)
-    np.broadcast_shapes(x.shape, y.shape)
-    _check_range(min_x, max_x, "min_a", "max_x")
-    _check_range(min_y, max_y, "min_b", "max_x")
+    x, y, min_x, max_x, min_y, max_y, t1, t2, tout = _binary_operands(node, inputs)
     offset_x = _offset(min_x, max_x, t1)
     offset_y = _offset(min_y, max_y, t2)
     out = _combine(x, y, lambda c: c.astype(np.int64) - offset_x,
