@@ -13,6 +13,7 @@ import pathlib
 import sys
 from typing import Callable, Sequence
 
+from gtt_rules.console import console
 from gtt_rules.errors import GttRulesError, UsageError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -136,12 +137,11 @@ def _summarize(args: argparse.Namespace) -> int:
 
 
 def _print_summary(path: str, summary: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    out = console()
     params = summary["parameters"]
-    console.print(f"[bold]{path}[/bold]: {summary['nodes']:,} nodes, "
+    out.print(f"[bold]{path}[/bold]: {summary['nodes']:,} nodes, "
                   f"{params['count']:,} parameters in {params['consts']:,} Consts "
                   f"({_human_bytes(params['bytes'])}), {summary['control_edges']:,} control edges, "
                   f"{summary['functions']} library functions")
@@ -154,13 +154,13 @@ def _print_summary(path: str, summary: dict) -> None:
             table.add_column(column)
         for row in rows:
             table.add_row(*(_cell(row[c]) for c in columns))
-        console.print(table if rows else f"{title}: none found")
+        out.print(table if rows else f"{title}: none found")
     ops = Table(title="Ops", title_justify="left")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, count in summary["ops"].items():
         ops.add_row(op, str(count))
-    console.print(ops)
+    out.print(ops)
 
 
 def _cell(value) -> str:
@@ -249,14 +249,13 @@ def _print_application(application) -> None:
 
 
 def _print_reports(reports) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
+    out = console(stderr=True)
     for name, report in reports:
         if not report.fires:
             milliseconds = sum(report.seconds.values()) * 1000
-            console.print(f"{name}: {report.nodes_before:,} -> {report.nodes_after:,} nodes "
+            out.print(f"{name}: {report.nodes_before:,} -> {report.nodes_after:,} nodes "
                           f"({report.stop_reason}, {milliseconds:.1f} ms)")
             continue
         table = Table(title=f"{name}: {report.nodes_before:,} -> {report.nodes_after:,} nodes, "
@@ -266,7 +265,7 @@ def _print_reports(reports) -> None:
         table.add_column("ms", justify="right")
         for rule in sorted(set(report.fires) | set(report.seconds)):
             table.add_row(rule, str(report.fires[rule]), f"{report.seconds[rule] * 1000:.1f}")
-        console.print(table)
+        out.print(table)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -343,7 +342,6 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(entries, indent=2))
         return EXIT_OK
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="Rule sets and pipelines", title_justify="left")
@@ -353,7 +351,7 @@ def _list(args: argparse.Namespace) -> int:
         params = ", ".join(f"{p['name']}: {p['type']} = {p['default']!r}" for p in entry.get("params", []))
         contents = entry.get("doc") or ", ".join(entry.get("rules") or entry.get("stages") or [])
         table.add_row(entry["name"], entry["kind"], params or "-", contents)
-    Console().print(table)
+    console().print(table)
     return EXIT_OK
 
 

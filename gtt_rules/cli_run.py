@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from gtt_rules.console import console
 from gtt_rules.errors import GttRulesError, UsageError
 
 EXIT_OK, EXIT_CHECK_FAILED = 0, 1
@@ -195,14 +196,13 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _print_run(path, summaries, given, feeds, seed, save_path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    out = console()
     random_names = sorted(set(feeds) - set(given))
     inputs = [f"{name} (file)" for name in sorted(given)] + \
              [f"{name} (random, seed {seed})" for name in random_names]
-    console.print(f"[bold]{path}[/bold]: inputs {', '.join(inputs) if inputs else 'none'}")
+    out.print(f"[bold]{path}[/bold]: inputs {', '.join(inputs) if inputs else 'none'}")
     table = Table(title="Outputs", title_justify="left")
     widest = max((len(s["name"]) for s in summaries), default=6)
     table.add_column("output", min_width=min(widest, 32), overflow="fold")
@@ -215,9 +215,9 @@ def _print_run(path, summaries, given, feeds, seed, save_path) -> None:
                       _number(s.get("max"), 4), _number(s.get("mean"), 4),
                       " ".join(_number(v, 4) if isinstance(v, (int, float)) or v is None else str(v)
                                for v in s["first"][:3]))
-    console.print(table)
+    out.print(table)
     if save_path is not None:
-        console.print(f"saved {len(summaries)} array{'' if len(summaries) == 1 else 's'} to {save_path}")
+        out.print(f"saved {len(summaries)} array{'' if len(summaries) == 1 else 's'} to {save_path}")
 
 
 def _number(value, digits: int = 6) -> str:
@@ -306,11 +306,10 @@ def compare_command(args: argparse.Namespace) -> int:
 
 
 def _print_compare(args, rows, within) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    console.print(f"[bold]A[/bold] {args.graph_a}\n[bold]B[/bold] {args.graph_b}\n"
+    out = console()
+    out.print(f"[bold]A[/bold] {args.graph_a}\n[bold]B[/bold] {args.graph_b}\n"
                   f"rtol {args.rtol:g}, atol {args.atol:g}, inputs seed {args.seed}")
     table = Table()
     widest = max((len(row["name"]) for row in rows), default=6)
@@ -327,6 +326,6 @@ def _print_compare(args, rows, within) -> None:
             f"[red]{row.get('problem', 'beyond tolerance')}[/red]"
         table.add_row(row["name"], shape, _number(row["max_abs_error"], 4),
                       _number(row["max_rel_error"], 4), _number(row["cosine_similarity"], 6), top1, status)
-    console.print(table)
-    console.print("[green]all outputs within tolerance[/green]" if within else
+    out.print(table)
+    out.print("[green]all outputs within tolerance[/green]" if within else
                   "[red]outputs differ beyond tolerance[/red]")

@@ -105,10 +105,16 @@ def test_run_with_random_inputs_is_seeded(cli, capsys, tmp_path):
     np.testing.assert_allclose(results[0], theirs[0], rtol=1e-4)
 
 
-def test_run_prints_a_table_for_people(cli, capsys):
-    assert cli("run", fixture_path("tf1_conv_bn"), "--outputs", "output") == 0
+def test_run_prints_a_table_for_people(cli, capsys, tmp_path):
+    # A long path must not wrap the header line (CI checks out deep below /).
+    deep = tmp_path.joinpath(*["a-rather-long-directory-name"] * 4)
+    deep.mkdir(parents=True)
+    graph = deep / "tf1_conv_bn.pb"
+    graph.write_bytes(fixture_path("tf1_conv_bn").read_bytes())
+    assert cli("run", graph, "--outputs", "output") == 0
     out = capsys.readouterr().out
-    assert "output" in out and "[1,10]" in out and "float" in out and "random, seed 0" in out
+    assert f"{graph}: inputs input (random, seed 0)\n" in out
+    assert "output" in out and "[1,10]" in out and "float" in out
 
 
 # ---- compare -------------------------------------------------------------------------------------
