@@ -298,13 +298,17 @@ def input_count(op_def: OpDef, attr: AttrLookup | Mapping[str, Any]) -> int | No
 def infer_input_attrs(op_def: OpDef, input_dtypes: list[int | None], given: Container[str]) -> dict[str, Any]:
     """Attr values a node's inputs imply, for the attrs not in `given`: each list argument's
     length (`N`) and each type attr (`T`) from the dtype of the first input it covers."""
-    fixed = sum(1 for arg in op_def.inputs if not (arg.number_attr or arg.type_list_attr))
+    lists = [arg for arg in op_def.inputs if arg.number_attr or arg.type_list_attr]
+    spare = max(len(input_dtypes) - (len(op_def.inputs) - len(lists)), 0)
+    # Several lists of one length (QuantizedConcat's values, mins and maxes) share the spare inputs.
+    shared = len(lists) > 1 and len({arg.number_attr for arg in lists}) == 1 and lists[0].number_attr
+    list_length = spare // len(lists) if shared else spare
     found: dict[str, Any] = {}
     index = 0  # the node input where this argument starts; a list argument spans several
     for arg in op_def.inputs:
         count = 1
         if arg.number_attr or arg.type_list_attr:
-            count = max(len(input_dtypes) - fixed, 0)
+            count = list_length
             if arg.number_attr and arg.number_attr not in given:
                 found[arg.number_attr] = count
             if arg.type_list_attr and arg.type_list_attr not in given:

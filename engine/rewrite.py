@@ -9,7 +9,8 @@ Semantics (DESIGN.md, "Engine semantics"):
 - control inputs of a removed node move to its heir, or else to the consumers rerouted away from
   it; a node with control consumers and no heir is kept;
 - protected nodes (graph inputs and outputs) are never removed or renamed, only replaced by an
-  heir that takes their name;
+  heir that takes their name; a replacement that holds a copy of the protected node makes the copy
+  the heir, so an input can be changed in place (a float Placeholder becoming an eight-bit one);
 - nodes left without consumers by the rewrite are swept.
 """
 from __future__ import annotations
@@ -55,7 +56,38 @@ class ConstNode:
     dtype: Expression | None = None
 
 
-Producer = Union[TensorOf, NewNode, ConstNode]
+@dataclass(frozen=True)
+class Bound:
+    """A node the replacement binds by name (`q = QuantizeV2(...)`), or one of its outputs (`q:1`).
+
+    Built once however often it is read; a binding to a list (`qs = eight_bit(xs...)`) reads as the
+    list of its nodes' outputs."""
+
+    name: str
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class Template:
+    """A compiled `define`: parameters, named nodes built when first read, and the result."""
+
+    name: str
+    params: tuple[str, ...]
+    bindings: tuple[tuple[str, "Producer"], ...]
+    result: "Producer"
+
+
+@dataclass(frozen=True)
+class Expand:
+    """A template call. With `spread`, that argument is a list and the template is applied to each
+    of its tensors, giving a list."""
+
+    template: Template
+    args: tuple["Producer", ...]
+    spread: int | None = None
+
+
+Producer = Union[TensorOf, NewNode, ConstNode, Bound, Expand]
 
 
 @dataclass(frozen=True)
@@ -75,7 +107,15 @@ class Remove:
     var: str
 
 
-Action = Union[Reroute, Remove]
+@dataclass(frozen=True)
+class Bind:
+    """`name = SOURCE` after '=>': names a node for the other actions to read."""
+
+    name: str
+    source: Producer
+
+
+Action = Union[Reroute, Remove, Bind]
 
 
 @dataclass
@@ -99,6 +139,7 @@ class _Planned:
     control_inputs: list[str] = field(default_factory=list)
     device: str = ""
     dtypes: list[int] | None = None
+    copy_of: str | None = None  # the matched node this is a copy of
 
 
 def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: MatchContext,
@@ -131,6 +172,14 @@ def rewrite_or_none(graph: Graph, rule_name: str, actions, ctx: MatchContext, ro
         return None
 
 
+class _Env:
+    """The replacement's named nodes, or a template call's parameters and named nodes."""
+
+    def __init__(self, lazy: dict[str, Producer], values: dict[str, Any]):
+        self.lazy = lazy      # name -> producer, built when first read
+        self.values = values  # name -> TensorRef | (_Planned, port) | list of them
+
+
 class _Planner:
     def __init__(self, graph: Graph, rule_name: str, ctx: MatchContext, root: Node):
         self.graph = graph
@@ -140,12 +189,16 @@ class _Planner:
         self.planned: list[_Planned] = []
         self.taken: set[str] = set()
         self.values: dict[int, Any] = {}
+        self.env = _Env({}, {})
 
     def plan(self, actions):
         reroutes: list[tuple[TensorRef, Any]] = []  # old tensor -> TensorRef | (_Planned, port)
         heirs: dict[str, _Planned] = {}
         removals: list[str] = []
+        self.env.lazy.update((a.name, a.source) for a in actions if isinstance(a, Bind))
         for action in actions:
+            if isinstance(action, Bind):
+                continue
             if isinstance(action, Remove):
                 removals.append(self._bound_node(action.var))
                 continue
@@ -161,13 +214,18 @@ class _Planner:
                     reroutes += [(TensorRef(target, i), (s, 0)) for i, s in enumerate(sources)]
                     heirs.setdefault(target, sources[0])
                 else:
-                    reroutes.append((TensorRef(target, 0), sources))
+                    reroutes.append((TensorRef(target, 0), _output(sources)))
+                    if not isinstance(sources, TensorRef) and _output(sources)[1] == 0:
+                        heirs.setdefault(target, _output(sources)[0])
             else:
-                source = self._sources(action.source, all_ports=False)
-                reroutes.append((TensorRef(target, action.port),
-                                 (source, 0) if isinstance(source, _Planned) else source))
-                if isinstance(source, _Planned) and action.port == 0:
-                    heirs.setdefault(target, source)
+                source = _output(self._sources(action.source, all_ports=False))
+                reroutes.append((TensorRef(target, action.port), source))
+                if not isinstance(source, TensorRef) and action.port == 0 and source[1] == 0:
+                    heirs.setdefault(target, source[0])
+        # A protected node keeps its name: a copy of it in the replacement takes it over.
+        for target in heirs:
+            if target in self.ctx.protected:
+                heirs[target] = next((p for p in self.planned if p.copy_of == target), heirs[target])
         return reroutes, heirs, removals
 
     def _bound_node(self, var: str) -> str:
@@ -195,6 +253,11 @@ class _Planner:
         return None
 
     def _sources(self, producer: Producer, *, all_ports: bool, target: Node | None = None):
+        if isinstance(producer, (Bound, Expand)):
+            value = self._build(producer)
+            if isinstance(value, list):
+                raise RewriteError(f"'{self.rule_name}' replaces one node with a list of nodes")
+            return value
         tensors = self._computed_tensors(producer)
         if tensors is not None and len(tensors) == 1:
             return tensors[0]
@@ -219,6 +282,9 @@ class _Planner:
         return value if producer.port is None else TensorRef(value.node, producer.port)
 
     def _input(self, producer: Producer) -> list[Any]:
+        if isinstance(producer, (Bound, Expand)):
+            value = self._build(producer)
+            return list(value) if isinstance(value, list) else [value]
         tensors = self._computed_tensors(producer)
         if tensors is not None:
             return tensors
@@ -241,6 +307,7 @@ class _Planner:
             inputs = list(source.inputs) if source is not None else []
         planned = _Planned(self._name(op), op, inputs, {}, device=self.root.device)
         if source is not None:
+            planned.copy_of = source.name
             planned.attr_protos = {k: v for k, v in source.attr.items()}
             planned.control_inputs = list(source.control_inputs)
             planned.device = source.device
@@ -250,6 +317,30 @@ class _Planner:
         self._infer_type_attrs(planned)
         self.planned.append(planned)
         return planned
+
+    def _build(self, producer: Producer) -> Any:
+        """A named node's or a template call's value: TensorRef | (_Planned, port) | a list of them."""
+        if isinstance(producer, Bound):
+            env = self.env
+            if producer.name not in env.values:
+                env.values[producer.name] = self._build(env.lazy[producer.name])
+            return _at_port(env.values[producer.name], producer.port)
+        if isinstance(producer, Expand):
+            args = [self._build(a) for a in producer.args]
+            if producer.spread is None:
+                return self._instantiate(producer.template, args)
+            items = args[producer.spread]
+            return [self._instantiate(producer.template, args[:producer.spread] + [item] +
+                                      args[producer.spread + 1:]) for item in items]
+        items = self._input(producer)
+        return items if isinstance(producer, TensorOf) and len(items) != 1 else items[0]
+
+    def _instantiate(self, template: Template, args: list[Any]) -> Any:
+        caller, self.env = self.env, _Env(dict(template.bindings), dict(zip(template.params, args)))
+        try:
+            return self._build(template.result)
+        finally:
+            self.env = caller
 
     def _const(self, value: Any, dtype: int | None) -> _Planned:
         array = _const_array(value, dtype)
@@ -303,6 +394,22 @@ def _const_array(value: Any, dtype: int | None) -> np.ndarray:
     if array.dtype == np.int64 and not isinstance(value, np.ndarray):
         return array.astype(np.int32)
     return array
+
+
+def _output(source: Any) -> Any:
+    """A source as one tensor: TensorRef, or (_Planned, port) (a bare planned node is its output 0)."""
+    return (source, 0) if isinstance(source, _Planned) else source
+
+
+def _at_port(value: Any, port: int | None) -> Any:
+    """Output `port` of the node(s) behind `value`; None keeps the output it names."""
+    if port is None:
+        return value
+    if isinstance(value, list):
+        return [_at_port(v, port) for v in value]
+    if isinstance(value, TensorRef):
+        return TensorRef(value.node, port)
+    return (value[0], port)
 
 
 def _resolve(ref: Any) -> TensorRef:

@@ -85,6 +85,14 @@ class CopyNode:
 
 
 @dataclass(frozen=True)
+class Spread:
+    """`xs...` as a template argument: the template is applied to each tensor of the list xs."""
+
+    name: str
+    pos: Pos
+
+
+@dataclass(frozen=True)
 class ListExpr:
     items: tuple["Expr", ...]
     pos: Pos
@@ -236,7 +244,27 @@ class Remove:
     pos: Pos
 
 
-Action = Union[Reroute, Remove]
+@dataclass(frozen=True)
+class Bind:
+    """`name = EXPR` after '=>': a node the replacement builds once and may read at several ports."""
+
+    name: str
+    expr: Expr
+    pos: Pos
+
+
+Action = Union[Reroute, Remove, Bind]
+
+
+@dataclass(frozen=True)
+class Template:
+    """`define name(params):` nodes a replacement builds by calling `name(...)`."""
+
+    name: str
+    params: tuple[str, ...]
+    bindings: tuple["NodeStmt", ...]
+    result: Expr
+    pos: Pos
 
 
 @dataclass(frozen=True)
@@ -287,12 +315,21 @@ class Test:
 
 
 @dataclass(frozen=True)
+class Include:
+    """`include name` in a rule set: the rules of an earlier rule set of the same file."""
+
+    name: str
+    pos: Pos
+
+
+@dataclass(frozen=True)
 class Ruleset:
     name: str
     params: tuple[Param, ...]
     rules: tuple[Rule, ...]
     tests: tuple[Test, ...]
     pos: Pos
+    includes: tuple[Include, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -319,4 +356,5 @@ class Module:
     rules: list[Rule] = field(default_factory=list)
     rulesets: list[Ruleset] = field(default_factory=list)
     pipelines: list[Pipeline] = field(default_factory=list)
+    templates: list[Template] = field(default_factory=list)
     tests: list[Test] = field(default_factory=list)

@@ -56,7 +56,6 @@ SYNTAX_HINTS: dict[str, list[str]] = {
         "rule r:\nn = Identity(x)\n=> n -> x\n",
     ],
     "use '->' to say what replaces a node: 'n -> x'": [
-        "rule r:\n    n = Identity(x)\n    => n = x\n",
         "rule r:\n    n = Identity(x)\n    => n => x\n",
     ],
     "unclosed bracket": [
@@ -180,7 +179,8 @@ class _ToAst(Transformer):
         module = ast.Module(self.path, self.source)
         for item in items:
             {ast.Import: module.imports, ast.Rule: module.rules, ast.Ruleset: module.rulesets,
-             ast.Pipeline: module.pipelines, ast.Test: module.tests}[type(item)].append(item)
+             ast.Pipeline: module.pipelines, ast.Template: module.templates,
+             ast.Test: module.tests}[type(item)].append(item)
         return module
 
     def import_(self, meta, children):
@@ -215,7 +215,11 @@ class _ToAst(Transformer):
         params = children[1] if len(children) > 1 and isinstance(children[1], tuple) else ()
         rules = tuple(c for c in children if isinstance(c, ast.Rule))
         tests = tuple(c for c in children if isinstance(c, ast.Test))
-        return ast.Ruleset(str(name), params, rules, tests, _tok_pos(name))
+        includes = tuple(c for c in children if isinstance(c, ast.Include))
+        return ast.Ruleset(str(name), params, rules, tests, _tok_pos(name), includes)
+
+    def include(self, meta, children):
+        return ast.Include(str(children[0]), _tok_pos(children[0]))
 
     def params(self, meta, children):
         return tuple(children)
@@ -239,6 +243,12 @@ class _ToAst(Transformer):
 
     def kwarg(self, meta, children):
         return str(children[0]), children[1]
+
+    def template(self, meta, children):
+        name, *rest = children
+        params = tuple(str(c) for c in rest if isinstance(c, Token))
+        bindings = tuple(c for c in rest if isinstance(c, ast.NodeStmt))
+        return ast.Template(str(name), params, bindings, rest[-1], _tok_pos(name))
 
     # patterns
     def pattern_stmt(self, meta, children):
@@ -303,6 +313,9 @@ class _ToAst(Transformer):
 
     def remove(self, meta, children):
         return ast.Remove(str(children[0]), _pos(meta))
+
+    def bind(self, meta, children):
+        return ast.Bind(str(children[0]), children[1], _tok_pos(children[0]))
 
     def target_node(self, meta, children):
         return ast.Target(str(children[0]), None, False, _tok_pos(children[0]))
@@ -401,6 +414,9 @@ class _ToAst(Transformer):
 
     def call_args(self, meta, children):
         return tuple(children)
+
+    def spread(self, meta, children):
+        return ast.Spread(str(children[0]), _tok_pos(children[0]))
 
     def list_(self, meta, children):
         return ast.ListExpr(tuple(children), _pos(meta))

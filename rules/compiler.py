@@ -158,8 +158,11 @@ class _Scope:
     attrs: dict[str, ast.Pos] = field(default_factory=dict)
     lets: dict[str, str] = field(default_factory=dict)       # name -> kind
     params: dict[str, str] = field(default_factory=dict)     # name -> kind
+    built: dict[str, str] = field(default_factory=dict)      # replacement nodes: "node" | "nodes"
 
     def kind_of(self, name: str) -> str | None:
+        if name in self.built:
+            return self.built[name]
         if name in self.statements or name in self.tensors:
             return "tensor"
         if name in self.lists:
@@ -173,7 +176,8 @@ class _Scope:
         return None
 
     def names(self) -> list[str]:
-        return [*self.statements, *self.tensors, *self.lists, *self.attrs, *self.lets, *self.params]
+        return [*self.statements, *self.tensors, *self.lists, *self.attrs, *self.lets, *self.params,
+                *self.built]
 
 
 def _dtype_constant(name: str) -> int | None:
@@ -196,6 +200,13 @@ class Compiler:
         self.module = module
         self.errors: list[RulesCheckError] = []
         load_standard_functions()
+        self.templates: dict[str, ast.Template] = {}
+        self.compiled_templates: dict[str, rw.Template | None] = {}
+        self.compiling: set[str] = set()  # templates being compiled: calling one again is recursion
+        for template in module.templates:
+            if template.name in self.templates:
+                self.error(template.pos, f"duplicate template name '{template.name}'")
+            self.templates.setdefault(template.name, template)
 
     # -- errors --
 
@@ -233,6 +244,16 @@ class Compiler:
                 compiled = self._rule(rule, _Scope(params=dict(scope_params)), local_seen)
                 if compiled:
                     rules.append(compiled.with_params({p.name: p.default for p in params}))
+            for include in block.includes:
+                included = out.rulesets.get(include.name)
+                if included is None:
+                    self.error(include.pos, f"no rule set '{include.name}' before this line in this file",
+                               self._suggest(include.name, out.rulesets))
+                elif included.params:
+                    self.error(include.pos, f"rule set '{include.name}' has parameters, so it cannot be "
+                                            f"included; list it as a pipeline stage instead")
+                else:
+                    rules += [r.with_params({p.name: p.default for p in params}) for r in included.rules]
             out.rulesets[block.name] = RuleSet(block.name, params, tuple(rules), block.tests,
                                                self.module.path, block.pos.line)
             for test in block.tests:
@@ -243,6 +264,8 @@ class Compiler:
                 continue
             stages = tuple(self._stage(s) for s in pipeline.stages)
             out.pipelines[pipeline.name] = PipelineDef(pipeline.name, stages, self.module.path, pipeline.pos.line)
+        for name in self.templates:
+            self._template(name)
         test_names: dict[str, ast.Pos] = {}
         for test, _ in out.tests:
             if test.name in test_names:
@@ -307,6 +330,9 @@ class Compiler:
                 fn, kind = self.value(clause.expr, scope)
                 scope.lets[clause.name] = kind
                 steps.append(("let", clause.name, fn, clause.pos))
+        if all(isinstance(a, ast.Bind) and a.name not in scope.statements for a in rule.actions):
+            self.error(rule.actions[0].pos, "a replacement needs at least one 'n -> SOURCE' or 'remove n'")
+        self._bindings(rule.actions, scope)
         actions = tuple(a for a in (self._action(a, scope) for a in rule.actions) if a is not None)
         if len(self.errors) > errors_before or pattern is None:
             return None
@@ -443,7 +469,46 @@ class Compiler:
 
     # -- replacements --
 
+    def _bindings(self, statements, scope: _Scope, result: ast.Expr | None = None) -> None:
+        """Declare the nodes a replacement (or a template) names, so any action can read them."""
+        named = {}
+        for stmt in statements:
+            if not isinstance(stmt, (ast.Bind, ast.NodeStmt)):
+                continue
+            name = stmt.name if isinstance(stmt, ast.Bind) else stmt.var
+            if name in scope.statements:
+                self.error(stmt.pos, f"'{name}' is a node of the pattern, so it cannot be bound again",
+                           f"to replace it, write '{name} -> ...'")
+            elif scope.kind_of(name) is not None:
+                self.error(stmt.pos, f"'{name}' is already bound")
+            else:
+                scope.built[name] = "nodes" if self._is_list(stmt.expr, scope) else "node"
+                named[name] = stmt
+        reads = _names_in(result) if result is not None else set()
+        for stmt in statements:
+            reads |= _names_in(stmt.expr) if isinstance(stmt, (ast.Bind, ast.NodeStmt)) else _names_in(stmt)
+        for name, stmt in named.items():
+            if name not in reads:
+                self.error(stmt.pos, f"'{name}' is built but never used")
+            elif self._builds_itself(name, named):
+                self.error(stmt.pos, f"'{name}' is built from itself")
+
+    @staticmethod
+    def _builds_itself(name: str, named: dict) -> bool:
+        seen, stack = set(), [name]
+        while stack:
+            for read in _names_in(named[stack.pop()].expr) & named.keys():
+                if read == name:
+                    return True
+                if read not in seen:
+                    seen.add(read)
+                    stack.append(read)
+        return False
+
     def _action(self, action, scope: _Scope):
+        if isinstance(action, ast.Bind):
+            source = self.producer(action.expr, scope)
+            return rw.Bind(action.name, source) if source is not None else None
         if isinstance(action, ast.Remove):
             if scope.kind_of(action.name) != "tensor":
                 self.error(action.pos, f"'{action.name}' is not a node of the pattern")
@@ -463,6 +528,13 @@ class Compiler:
         """Compile a replacement expression into what the rewriter builds or reuses."""
         if isinstance(expr, ast.Var) and scope.kind_of(expr.name) in ("tensor", "list"):
             return rw.TensorOf(expr.name)
+        if isinstance(expr, (ast.Var, ast.Port)) and expr.name in scope.built:
+            return rw.Bound(expr.name, expr.port if isinstance(expr, ast.Port) else None)
+        if isinstance(expr, ast.Call) and expr.func in self.templates:
+            return self._expand(expr, scope)
+        if isinstance(expr, ast.Spread):
+            self.error(expr.pos, f"'{expr.name}...' can only be an argument of a template call")
+            return None
         if isinstance(expr, ast.Port):
             if scope.kind_of(expr.name) != "tensor":
                 self.error(expr.pos, f"'{expr.name}' is not a node of the pattern")
@@ -487,10 +559,60 @@ class Compiler:
 
     def _is_list(self, expr: ast.Expr, scope: _Scope) -> bool:
         """True if an input expression spreads into several inputs (a list binding or result)."""
-        if isinstance(expr, ast.Var):
-            return scope.kind_of(expr.name) == "list"
+        if isinstance(expr, (ast.Var, ast.Port)):
+            return scope.kind_of(expr.name) in ("list", "nodes")
+        if isinstance(expr, ast.Call) and expr.func in self.templates:
+            return any(isinstance(a, ast.Spread) for a in expr.args)
         function = FUNCTIONS.get(expr.func) if isinstance(expr, ast.Call) else None
         return function is not None and function.returns == "list"
+
+    # -- templates --
+
+    def _expand(self, call: ast.Call, scope: _Scope):
+        template = self._template(call.func)
+        definition = self.templates[call.func]
+        if len(call.args) != len(definition.params):
+            self.error(call.pos, f"template '{call.func}' takes {len(definition.params)} argument"
+                                 f"{'s' if len(definition.params) != 1 else ''}, not {len(call.args)}")
+            return None
+        spreads = [i for i, a in enumerate(call.args) if isinstance(a, ast.Spread)]
+        if len(spreads) > 1:
+            self.error(call.args[spreads[1]].pos, "only one argument of a template call can be spread")
+        args = []
+        for arg in call.args:
+            if isinstance(arg, ast.Spread):
+                if scope.kind_of(arg.name) not in ("list", "nodes"):
+                    self.error(arg.pos, f"'{arg.name}...' needs '{arg.name}' to be a list of tensors")
+                    return None
+                args.append(rw.Bound(arg.name) if arg.name in scope.built else rw.TensorOf(arg.name))
+            else:
+                args.append(self.producer(arg, scope))
+        if template is None or None in args:
+            return None
+        return rw.Expand(template, tuple(args), spreads[0] if spreads else None)
+
+    def _template(self, name: str) -> rw.Template | None:
+        """Compile a template once."""
+        definition = self.templates[name]
+        if name in self.compiling:
+            self.error(definition.pos, f"template '{name}' calls itself")
+            return None
+        if name in self.compiled_templates:
+            return self.compiled_templates[name]
+        self.compiling.add(name)
+        scope = _Scope(built={param: "node" for param in definition.params})
+        if len(set(definition.params)) != len(definition.params):
+            self.error(definition.pos, f"template '{name}' names a parameter twice")
+        errors_before = len(self.errors)
+        self._bindings(definition.bindings, scope, definition.result)
+        bindings = tuple((b.var, self.producer(b.expr, scope)) for b in definition.bindings)
+        result = self.producer(definition.result, scope)
+        compiled = None
+        if len(self.errors) == errors_before and result is not None:
+            compiled = rw.Template(name, definition.params, bindings, result)
+        self.compiling.discard(name)
+        self.compiled_templates[name] = compiled
+        return compiled
 
     def _new_node(self, expr: ast.NewNode, scope: _Scope):
         op_def = op_registry.get_op(expr.op)
@@ -569,6 +691,10 @@ class Compiler:
 
     def _var(self, expr: ast.Var, scope: _Scope):
         name = expr.name
+        if name in scope.built:
+            self.error(expr.pos, f"'{name}' is a node the replacement builds: it can be an input of a "
+                                 f"node, but has no value to compute with")
+            return (lambda ctx: None), "any"
         kind = scope.kind_of(name)
         if kind is not None:
             if name in scope.params and name not in scope.lets:
@@ -638,6 +764,20 @@ _COMPARISON = {
     "==": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater,
     ">=": np.greater_equal,
 }
+
+
+def _names_in(node: Any) -> set[str]:
+    """Every name an AST node reads (variables, `name:port`, `name...`)."""
+    if isinstance(node, (ast.Var, ast.Port, ast.Spread)):
+        return {node.name}
+    names: set[str] = set()
+    for key in getattr(node, "__dataclass_fields__", ()):
+        if key in ("pos", "name", "var"):
+            continue
+        value = getattr(node, key)
+        for item in value if isinstance(value, tuple) else (value,):
+            names |= _names_in(item)
+    return names
 
 
 def _compatible(kind: str, want: str) -> bool:

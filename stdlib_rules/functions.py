@@ -147,3 +147,28 @@ def quantize(ctx, x, range_min, range_max, dtype):
     if out_min != lo or out_max != hi:  # the kernel must not have widened the range
         raise NotApplicable("quantize could not keep the range as given")
     return codes
+
+
+@register_function(args=("tensor", "list"), returns="bool", needs_context=True)
+def only_read_by(ctx, x, ops):
+    """True if x's node has consumers and every one of them is one of `ops`."""
+    consumers = ctx.graph.consumers(x.node)
+    wanted = {op.decode() if isinstance(op, bytes) else op for op in ops}
+    return bool(consumers) and all(c.op in wanted for c in consumers)
+
+
+@register_function(args=("tensor", "tensor"), returns="bool", needs_context=True)
+def eight_bit_broadcast(ctx, x, y):
+    """True if QuantizedAdd/QuantizedMul compute x op y as the float op does: equal static shapes,
+    a single-element operand, or a vector along the last dimension. (Other broadcasts TensorFlow's
+    eight-bit kernels reject, or repeat the smaller operand by index modulo its size.)"""
+    from gtt_rules.rules.functions import tensor_shape
+
+    a, b = tensor_shape(ctx, x), tensor_shape(ctx, y)
+    if a is None or b is None:
+        return False
+    if a == b or int(np.prod(a)) == 1 or int(np.prod(b)) == 1:
+        return True
+    small, large = (a, b) if np.prod(a) < np.prod(b) else (b, a)
+    return (len(large) >= 1 and int(np.prod(small)) == large[-1] and len(small) <= len(large)
+            and all(d == 1 for d in small[:-1]) and tuple(np.broadcast_shapes(a, b)) == tuple(large))

@@ -99,6 +99,48 @@ CASES = {
         "test t:\n    given:\n        a = Const(1.0)\n    expect:\n        a = Const(1.0)\n"
         "test t:\n    given:\n        a = Const(1.0)\n    expect:\n        a = Const(1.0)\n",
         9, 6, "duplicate test name 't' (first at line 4)", None),
+    "named node never read": (
+        "rule r:\n    n = Relu(x)\n    => q = Neg(x), n -> x\n",
+        3, 8, "'q' is built but never used", None),
+    "named node built from itself": (
+        "rule r:\n    n = Relu(x)\n    => q = Neg(q), n -> q\n",
+        3, 8, "'q' is built from itself", None),
+    "binding a pattern node again": (
+        "rule r:\n    n = Relu(x)\n    => n = x\n",
+        3, 8, "'n' is a node of the pattern, so it cannot be bound again", "to replace it, write 'n -> ...'"),
+    "replacement of bindings only": (
+        "rule r:\n    n = Relu(x)\n    => q = Neg(x)\n    => p = Neg(q)\n",
+        3, 8, "a replacement needs at least one 'n -> SOURCE' or 'remove n'", None),
+    "computing with a named node": (
+        "rule r:\n    n = Relu(x)\n    => q = Neg(x), n -> Const(value(q))\n",
+        3, 37, "'q' is a node the replacement builds: it can be an input of a node, but has no value to "
+               "compute with", None),
+    "template argument count": (
+        "define f(a, b):\n    => AddV2(a, b)\nrule r:\n    n = Relu(x)\n    => n -> f(x)\n",
+        5, 13, "template 'f' takes 2 arguments, not 1", None),
+    "spread of a tensor": (
+        "define f(a):\n    => Neg(a)\nrule r:\n    n = Relu(x)\n    => n -> f(x...)\n",
+        5, 15, "'x...' needs 'x' to be a list of tensors", None),
+    "spread outside a template call": (
+        "rule r:\n    n = AddN(xs...)\n    => n -> Neg(xs...)\n",
+        3, 17, "'xs...' can only be an argument of a template call", None),
+    "template calling itself": (
+        "define f(a):\n    => f(a)\nrule r:\n    n = Relu(x)\n    => n -> f(x)\n",
+        1, 8, "template 'f' calls itself", None),
+    "template with an unknown op": (
+        "define f(a):\n    => Negg(a)\n",
+        2, 8, "unknown op 'Negg'", "did you mean 'Neg'?"),
+    "template reading a name it lacks": (
+        "define f(a):\n    => AddV2(a, b)\n",
+        2, 17, "unbound name 'b'", None),
+    "include of an unknown rule set": (
+        "ruleset s:\n    include t\n",
+        2, 13, "no rule set 't' before this line in this file", None),
+    "include of a rule set with parameters": (
+        "ruleset t(k: int = 1):\n    rule a:\n        n = Relu(x)\n        => n -> x\n"
+        "ruleset s:\n    include t\n",
+        6, 13, "rule set 't' has parameters, so it cannot be included; list it as a pipeline stage instead",
+        None),
 }
 
 
