@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gtt_rules.cli_run import register as register_run_commands
     register_run_commands(commands)
+    from gtt_rules.cli_calibrate import register as register_calibrate
+    register_calibrate(commands)
     return parser
 
 

@@ -391,3 +391,18 @@ def _concat_fold_plan(graph: Graph, bn):
 
 def _output_channels(layer, weights) -> int:
     return weights.shape[2] * weights.shape[3] if layer.op == "DepthwiseConv2dNative" else weights.shape[3]
+
+
+@register_pass("freeze_requantization_ranges", Param("min_max_log_file", "str", False, ""),
+               Param("min_percentile", "float", False, 5.0), Param("max_percentile", "float", False, 5.0))
+def freeze_requantization_ranges(graph: Graph, ctx: PassContext) -> None:
+    """Replace each RequantizationRange in a GTT-format min/max log with Consts of its logged range."""
+    from gtt_rules.engine import calibration
+
+    log = ctx.params["min_max_log_file"]
+    if not log:
+        raise UsageError("freeze_requantization_ranges needs min_max_log_file")
+    records = calibration.read_min_max_log(log)
+    low, high = ctx.params["min_percentile"], ctx.params["max_percentile"]
+    calibration.freeze_ranges(graph, {name: calibration.chosen_range(observed, low, high)
+                                      for name, observed in records.items()})

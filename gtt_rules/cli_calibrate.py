@@ -1,0 +1,137 @@
+"""`gtt-rules calibrate`: run an eight-bit graph on sample inputs and freeze its requantization ranges."""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import zipfile
+from typing import Iterator
+
+import numpy as np
+
+from gtt_rules.console import console
+from gtt_rules.errors import GttRulesError, UsageError
+
+
+def register(commands) -> None:
+    """Add the `calibrate` subcommand to an argparse subparsers object."""
+    from gtt_rules.cli import _add_graph_output
+
+    parser = commands.add_parser(
+        "calibrate", help="freeze an eight-bit graph's requantization ranges from sample inputs",
+        description="Run GRAPH (made by quantize_nodes) on sample inputs, record the range every "
+                    "RequantizationRange computes, and write OUT with each replaced by two Consts, "
+                    "so the runtime no longer scans each 32-bit result for its range.")
+    parser.add_argument("graph", metavar="GRAPH", help="a .pb or .pbtxt GraphDef file")
+    _add_graph_output(parser)
+    parser.add_argument("--outputs", metavar="A,B", help="comma-separated outputs the graph computes "
+                                                         "(default: its likely outputs)")
+    parser.add_argument("--inputs", metavar="A,B", help="accepted for GTT-style command lines; the "
+                                                        "inputs are the graph's Placeholders")
+    samples = parser.add_mutually_exclusive_group()
+    samples.add_argument("--feed-dir", metavar="DIR", help="one .npz per sample, one array per input, "
+                                                           "keyed by the input's name")
+    samples.add_argument("--random", type=int, metavar="N", default=None,
+                         help="N seeded random samples of each input's dtype and shape (default 10 "
+                              "when no --feed-dir)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first random sample (default 0)")
+    parser.add_argument("--min-percentile", type=float, default=0.0, metavar="P",
+                        help="per node, take the min at P%% from the bottom of the sorted mins "
+                             "(default 0: the smallest seen)")
+    parser.add_argument("--max-percentile", type=float, default=0.0, metavar="P",
+                        help="per node, take the max at P%% from the top of the sorted maxes "
+                             "(default 0: the largest seen)")
+    parser.add_argument("--log", metavar="FILE",
+                        help="also write the recorded ranges as a GTT min/max log, for "
+                             "freeze_requantization_ranges(min_max_log_file=FILE)")
+    parser.set_defaults(run=calibrate_command)
+
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    from gtt_rules.cli import _output_path
+    from gtt_rules.cli_run import parse_outputs
+    from gtt_rules.engine import calibration
+    from gtt_rules.engine.graph import Graph
+
+    output = _output_path(args, args.graph)
+    for name in ("min_percentile", "max_percentile"):
+        if not 0.0 <= getattr(args, name) < 100.0:
+            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 100)")
+    if args.random is not None and args.random < 1:
+        raise UsageError("--random needs at least 1 sample")
+    graph = Graph.load(args.graph)
+    outputs = parse_outputs(args.outputs, graph)
+    if args.feed_dir:
+        files = _sample_files(pathlib.Path(args.feed_dir))
+        samples, count = _file_samples(files, graph), len(files)
+    else:
+        count = args.random or 10
+        samples = _random_samples(graph, args.seed, count)
+    progress = _progress(count)
+    try:
+        records = calibration.record_ranges(graph, samples, outputs, on_sample=progress)
+    except GttRulesError as error:
+        raise error.located(args.graph) from None
+    finally:
+        progress(None)
+    ranges = {name: calibration.chosen_range(observed, args.min_percentile, args.max_percentile)
+              for name, observed in records.items()}
+    calibration.freeze_ranges(graph, ranges)
+    if args.log:
+        from gtt_rules.engine.graph import write_atomically
+        text = calibration.min_max_log(records).encode()
+        write_atomically(pathlib.Path(args.log), lambda f: f.write(text))
+    graph.save(output, text=True if args.output_as_text else None)
+    console(stderr=True).print(f"froze {len(ranges)} requantization range{'s' if len(ranges) != 1 else ''} "
+                               f"over {count} sample{'s' if count != 1 else ''} -> {output}")
+    return 0
+
+
+def _sample_files(folder: pathlib.Path) -> list[pathlib.Path]:
+    if not folder.is_dir():
+        raise UsageError("no such folder", path=str(folder))
+    files = sorted(folder.glob("*.npz"))
+    if not files:
+        raise UsageError("holds no .npz sample files", path=str(folder))
+    return files
+
+
+def _file_samples(files: list[pathlib.Path], graph) -> Iterator[dict[str, np.ndarray]]:
+    inputs = {node.name for node in graph.placeholders()}
+    for path in files:
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                sample = {key: archive[key] for key in archive.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UsageError(f"not a readable .npz sample: {reason}", path=str(path)) from None
+        missing = sorted(inputs - set(sample))
+        if missing:
+            raise UsageError(f"has no array for input{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+                             path=str(path))
+        yield sample
+
+
+def _random_samples(graph, seed: int, count: int) -> Iterator[dict[str, np.ndarray]]:
+    from gtt_rules.engine.evaluator import random_feeds
+
+    for i in range(count):
+        yield random_feeds(graph, seed + i)
+
+
+def _progress(total: int):
+    """A callback showing samples done on a terminal (silent otherwise); call with None to finish."""
+    if not sys.stderr.isatty():
+        return lambda done: None
+    from rich.progress import Progress
+
+    bar = Progress(console=console(stderr=True), transient=True)
+    task = bar.add_task("calibrating", total=total)
+    bar.start()
+
+    def update(done):
+        if done is None:
+            bar.stop()
+        else:
+            bar.update(task, completed=done)
+    return update
