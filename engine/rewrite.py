@@ -333,7 +333,8 @@ class _Planner:
             return [self._instantiate(producer.template, args[:producer.spread] + [item] +
                                       args[producer.spread + 1:]) for item in items]
         items = self._input(producer)
-        return items if isinstance(producer, TensorOf) and len(items) != 1 else items[0]
+        is_list = isinstance(producer, TensorOf) and isinstance(self.ctx.bindings.get(producer.var), list)
+        return items if is_list else items[0]
 
     def _instantiate(self, template: Template, args: list[Any]) -> Any:
         caller, self.env = self.env, _Env(dict(template.bindings), dict(zip(template.params, args)))

@@ -909,6 +909,112 @@ def test_whole_node_rerouting_to_a_new_multi_output_node():
     assert graph["sp"].get_attr("num_split") == 2
 
 
+def test_named_node_is_built_once_and_read_at_several_ports():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [4]}
+        ax = Const(0)
+        out = Relu(x) {T: float}
+    """)
+    report = run(graph, """
+        rule halves:
+            n = Relu(x)
+            => s = Split(Const(0), x) {num_split: 2}
+            => n -> ConcatV2(Neg(s:1), Neg(s), Const(0))
+    """, protected=["x", "out"])
+    assert report.fires["halves"] == 1
+    splits = [n for n in graph if n.op == "Split"]
+    assert len(splits) == 1                                   # built once, read twice
+    negs = [n for n in graph if n.op == "Neg"]
+    assert sorted(str(r.inputs[0]) for r in negs) == [splits[0].name, f"{splits[0].name}:1"]
+    assert graph["out"].op == "ConcatV2"
+
+
+_TEMPLATES = """
+    define twice(a):
+        => AddV2(a, a)
+
+    define doubled_then_negated(a):
+        d = twice(a)
+        => Neg(d)
+
+    rule expand:
+        n = AddN(xs...)
+        => ys = doubled_then_negated(xs...)
+        => n -> Pack(ys)
+"""
+
+
+def test_template_call_builds_its_nodes_and_nests():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        out = AddN(x) {T: float, N: 1}
+    """)
+    report = run(graph, _TEMPLATES, protected=["x", "out"])
+    assert report.fires["expand"] == 1
+    assert graph["out"].op == "Pack"
+    neg = graph[graph["out"].inputs[0].node]
+    add = graph[neg.inputs[0].node]
+    assert (neg.op, add.op, [str(r) for r in add.inputs]) == ("Neg", "AddV2", ["x", "x"])
+
+
+def test_spread_template_call_applies_to_each_tensor_of_the_list():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        y = Placeholder {dtype: float, shape: [2]}
+        z = Placeholder {dtype: float, shape: [2]}
+        out = AddN(x, y, z) {T: float, N: 3}
+    """)
+    run(graph, _TEMPLATES, protected=["x", "y", "z", "out"])
+    out = graph["out"]
+    assert out.get_attr("N") == 3
+    sources = [graph[graph[r.node].inputs[0].node] for r in out.inputs]   # AddV2 behind each Neg
+    assert [[str(i) for i in s.inputs] for s in sources] == [["x", "x"], ["y", "y"], ["z", "z"]]
+    x = np.array([1.0, 2.0], np.float32)
+    from gtt_rules.engine.evaluator import evaluate
+    (value,) = evaluate(graph, {"x": x, "y": 2 * x, "z": 3 * x}, ["out"])
+    np.testing.assert_allclose(value, [-2 * x, -4 * x, -6 * x])
+
+
+def test_ruleset_include_runs_the_included_rules_in_the_same_fixed_point():
+    rules = compile_rules("""
+        rule drop-identity:
+            n = Identity(x)
+            => n -> x
+
+        ruleset s:
+            include t
+            rule neg-neg:
+                n = Neg(Neg(x))
+                => n -> x
+    """, ruleset="s")
+    assert sorted(r.name for r in rules) == ["drop-identity", "neg-neg"]
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Neg(x) {T: float}
+        b = Identity(a) {T: float}
+        c = Neg(b) {T: float}
+        out = Relu(c) {T: float}
+    """)
+    apply_rules(graph, rules, protected=["x", "out"])
+    assert structure(graph)["out"] == ("Relu", ["x"])
+
+
+def test_protected_node_changed_in_place_by_a_copy_keeps_its_name():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        out = Relu(x) {T: float}
+    """)
+    report = run(graph, """
+        rule half-input:
+            p = Placeholder {dtype: float}
+            => p -> Cast(p {dtype: half}) {DstT: float}
+    """, protected=["x", "out"])
+    assert report.fires["half-input"] == 1
+    assert graph["x"].op == "Placeholder" and graph["x"].get_attr("dtype") == HALF
+    cast = graph[graph["out"].inputs[0].node]
+    assert cast.op == "Cast" and [str(r) for r in cast.inputs] == ["x"]
+
+
 def test_remove_deletes_a_node_without_consumers():
     graph = fixture_graph("""
         x = Placeholder {dtype: float, shape: [4]}
