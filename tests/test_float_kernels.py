@@ -242,6 +242,41 @@ def test_batch_matmul_v2(tf, adj_x, adj_y, batch_a, batch_b):
     check(tf, "BatchMatMulV2", [x, y], dict(x=x, y=y, adj_x=adj_x, adj_y=adj_y), adj_x=adj_x, adj_y=adj_y)
 
 
+EINSUM_EQUATIONS = ["ij,jk->ik", "bij,bjk->bik", "ij->ji", "ij->", "ij->j", "i,j->ij", "i,i->",
+                    "ii->i", "ii->", "bhqd,bhkd->bhqk", "abc,cd->abd", "ijk->kji",
+                    "...ij,...jk->...ik", "b...i,bi->b..."]
+
+
+@pytest.mark.parametrize("equation", EINSUM_EQUATIONS)
+@pytest.mark.parametrize("dtype", [F32, np.float64, np.int32], ids=lambda d: np.dtype(d).name)
+def test_einsum(tf, equation, dtype):
+    rng = rng_for("einsum", equation, np.dtype(dtype).name)
+    size = {label: int(rng.integers(1, 6)) for label in equation if label.isalpha()}
+    # An ellipsis is two batch dimensions in the first operand; in the second, fewer or of size 1,
+    # so that they broadcast.
+    batch = tuple(int(d) for d in rng.integers(2, 4, size=2))
+    batches = [batch, batch[1:] if rng.random() < 0.5 else (1, batch[1])]
+    inputs = []
+    for labels, ellipsis in zip(equation.split("->")[0].split(","), batches):
+        shape = []
+        for label in labels.replace("...", "."):
+            shape.extend(ellipsis if label == "." else [size[label]])
+        if np.dtype(dtype).kind == "i":
+            inputs.append(rng.integers(-5, 5, size=shape).astype(dtype))
+        else:
+            inputs.append(randn(rng, *shape, dtype=dtype))
+    check(tf, "Einsum", inputs, dict(inputs=inputs, equation=equation), equation=equation)
+
+
+def test_einsum_needs_an_explicit_output(tf):
+    x = randn(rng_for("einsum_implicit"), 3, 4)
+    y = randn(rng_for("einsum_implicit", 2), 4, 5)
+    with pytest.raises(Exception, match="one '->'"):
+        theirs(tf, "Einsum", inputs=[x, y], equation="ij,jk")
+    with pytest.raises(EvaluationError, match="one '->'"):
+        ours("Einsum", [x, y], equation="ij,jk")
+
+
 @pytest.mark.parametrize("data_format,shape", [("NHWC", (2, 3, 4, 5)), ("NCHW", (2, 5, 3, 4)),
                                                ("NHWC", (3, 5)), ("NCHW", (2, 5, 7))])
 def test_bias_add(tf, data_format, shape):
@@ -312,6 +347,23 @@ def test_unary_extremes(tf):
         check(tf, op, [x], {arg: x})
 
 
+@pytest.mark.parametrize("dtype,rtol", [(F32, 1e-5), (np.float64, 1e-12), (np.float16, 1e-3)],
+                         ids=["float32", "float64", "float16"])
+def test_erf(tf, dtype, rtol):
+    rng = rng_for("erf", np.dtype(dtype).name)
+    for rank in range(4):
+        x = (randn(rng, *rng.integers(1, 6, size=rank)) * F32(2.5)).astype(dtype)
+        check(tf, "Erf", [x], dict(x=x), rtol=rtol)
+    # Both sides of the switch from series to continued fraction at |x| = 2, tiny values (where
+    # erf(x) ~ 1.128 x), values that round to +-1, and nan.
+    edges = [0, -0.0, 1e-30, -1e-7, 0.3, 1.999, 2.0, -2.001, 3.5, 3.9, -4.5, 6, 30, np.nan]
+    if dtype != np.float64:
+        # TensorFlow's float64 kernel gives nan for erf(+-inf); its float32 one gives +-1, as here.
+        edges += [np.inf, -np.inf]
+    x = np.asarray(edges, np.float64).astype(dtype)
+    check(tf, "Erf", [x], dict(x=x), rtol=rtol)
+
+
 @pytest.mark.parametrize("alpha", [0.2, 0.01, 1.5])
 def test_leaky_relu(tf, alpha):
     x = randn(rng_for("leaky", alpha), 4, 7)
@@ -363,6 +415,30 @@ def test_reduce_int32_and_int64_axes(tf, op):
     x = rng.integers(-20, 20, size=(4, 6)).astype(np.int32)
     axis = np.asarray([1], np.int64)
     check(tf, op, [x, axis], dict(input=x, axis=axis))
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [F32, np.float64, np.int32, np.int64], ids=lambda d: np.dtype(d).name)
+def test_cumsum(tf, exclusive, reverse, dtype):
+    rng = rng_for("cumsum", exclusive, reverse, np.dtype(dtype).name)
+    attrs = dict(exclusive=exclusive, reverse=reverse)
+    for _ in range(6):
+        shape = tuple(int(d) for d in rng.integers(1, 7, size=int(rng.integers(1, 5))))
+        if np.dtype(dtype).kind == "i":
+            x = rng.integers(-100, 100, size=shape).astype(dtype)
+        else:
+            x = randn(rng, *shape, dtype=dtype)
+        rank = len(shape)
+        axis = np.asarray(rng.integers(-rank, rank), rng.choice([np.int32, np.int64]))
+        check(tf, "Cumsum", [x, axis], dict(x=x, axis=axis, **attrs), **attrs)
+
+
+def test_cumsum_of_an_empty_axis(tf):
+    x = np.zeros((3, 0, 2), F32)
+    for exclusive in (False, True):
+        check(tf, "Cumsum", [x, np.int32(1)], dict(x=x, axis=np.int32(1), exclusive=exclusive),
+              exclusive=exclusive)
 
 
 @pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])

@@ -235,6 +235,26 @@ def _selu(x):
     return (scale * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))).astype(x.dtype, copy=False)
 
 
+def _erf(x):
+    """erf in float64, rounded to x's dtype (numpy has no erf): a Taylor series below |x| = 2,
+    Laplace's continued fraction for erfc above; both within 2e-15 relative of math.erf."""
+    a = np.abs(np.asarray(x, np.float64)).reshape(-1)    # 1-d, so that masks also index scalars
+    out = np.empty_like(a)
+    near = a < 2
+    s = a[near]
+    term, total, z = s, s, -s * s
+    for n in range(1, 32):      # the terms fall below 1e-16 of the sum by n = 31 at |x| = 2
+        term = term * z / n
+        total = total + term / (2 * n + 1)
+    out[near] = total * (2 / math.sqrt(math.pi))
+    far = a[~near]              # also inf (erfc 0) and nan (stays nan)
+    fraction = far
+    for k in range(40, 0, -1):  # evaluated from its tail; 40 levels converge for |x| >= 2
+        fraction = far + (k / 2) / fraction
+    out[~near] = 1 - np.exp(-far * far) / (math.sqrt(math.pi) * fraction)
+    return np.copysign(out.reshape(np.shape(x)), x).astype(x.dtype, copy=False)
+
+
 _BINARY = {
     "Add": np.add, "AddV2": np.add, "Sub": np.subtract, "Mul": np.multiply,
     "RealDiv": _div, "Div": _div, "TruncateDiv": _truncate_div, "FloorDiv": _floor_div,
@@ -253,6 +273,7 @@ _UNARY = {
     "Relu": lambda x: np.maximum(x, np.zeros((), x.dtype)),
     "Relu6": lambda x: np.clip(x, np.zeros((), x.dtype), np.asarray(6, x.dtype)),
     "Elu": _elu, "Selu": _selu, "Softplus": _softplus, "Softsign": lambda x: x / (1 + np.abs(x)),
+    "Erf": _erf,
     "LogicalNot": np.logical_not, "IsNan": np.isnan, "IsInf": np.isinf, "IsFinite": np.isfinite,
 }
 for _op, _fn in _BINARY.items():
@@ -359,6 +380,19 @@ def batch_matmul(node, inputs):
         raise ValueError(f"BatchMatMul (v1) needs equal batch dimensions, got {list(a.shape)} "
                          f"and {list(b.shape)}")
     return _matmul(a, b)
+
+
+@kernel("Einsum")
+def einsum(node, inputs):
+    equation = node.get_attr("equation")
+    # numpy reads TensorFlow's equations as they are ("...", repeated labels); only numpy's
+    # implicit form, with no output given, TensorFlow refuses.
+    if equation.count("->") != 1:
+        raise ValueError(f"expecting exactly one '->' in einsum equation: {equation}")
+    dtype = inputs[0].dtype
+    work = _accumulation_dtype(dtype)
+    out = np.einsum(equation, *(x.astype(work, copy=False) for x in inputs), optimize=True)
+    return np.asarray(out).astype(dtype, copy=False)
 
 
 # ---- convolutions and pooling --------------------------------------------------------------------
@@ -530,6 +564,23 @@ kernel("Min")(_reduce(lambda x, a, k: np.min(x, axis=a, keepdims=k) if x.size el
                       np.full(_reduced_shape(x, a, k), _highest(x.dtype), x.dtype)))
 kernel("All")(_reduce(lambda x, a, k: np.all(x, axis=a, keepdims=k)))
 kernel("Any")(_reduce(lambda x, a, k: np.any(x, axis=a, keepdims=k)))
+
+
+@kernel("Cumsum")
+def cumsum(node, inputs):
+    x, axis = inputs
+    axis = _axis(axis, x.ndim)
+    reverse, exclusive = node.get_attr("reverse", False), node.get_attr("exclusive", False)
+    if reverse:
+        x = np.flip(x, axis)
+    # TensorFlow adds one element after another in the input's type, as np.cumsum does.
+    total = np.cumsum(x, axis=axis, dtype=x.dtype)
+    if exclusive:
+        before = (slice(None),) * axis
+        shifted = np.zeros_like(total)
+        shifted[before + (slice(1, None),)] = total[before + (slice(None, -1),)]
+        total = shifted
+    return np.flip(total, axis) if reverse else total
 
 
 def _reduced_shape(x, axes, keep):
