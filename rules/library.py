@@ -7,7 +7,9 @@ of rules that runs to its own fixed point.
 """
 from __future__ import annotations
 
+import functools
 import pathlib
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -100,7 +102,8 @@ class Library:
             self.load_file(path)
 
     def find(self, name: str) -> RuleSet | PipelineDef | GraphPass | None:
-        """A rule set, pipeline or pass by name: loaded files first, then the standard library."""
+        """A rule set, pipeline or pass by name: loaded files first, then the standard library
+        (only the file that defines the name, and what it imports)."""
         for compiled in self.files.values():
             if name in compiled.rulesets:
                 return compiled.rulesets[name]
@@ -108,6 +111,10 @@ class Library:
                 return compiled.pipelines[name]
         if name in load_standard_passes():
             return PASSES[name]
+        path = _stdlib_index().get(name)
+        if path is not None and str(path.resolve()) not in self.files:
+            self.load_file(path)
+            return self.find(name)
         if not self._stdlib_loaded:
             self.load_stdlib()
             return self.find(name)
@@ -150,6 +157,21 @@ class Library:
         for stage in target.stages:
             stages += self.call(stage, depth + 1)
         return stages
+
+
+_DEFINITION = re.compile(r"^\s*(?:ruleset|pipeline)\s+([a-z][A-Za-z0-9_]*)", re.MULTILINE)
+
+
+@functools.lru_cache(maxsize=None)
+def _stdlib_index() -> dict[str, pathlib.Path]:
+    """Which standard library file defines each name, read without parsing (parsing every file
+    would be most of a short command's time); a file's top-level rule set is named after it."""
+    index: dict[str, pathlib.Path] = {}
+    for path in sorted(_stdlib_dir().glob("*.rules")):
+        index.setdefault(path.stem, path)
+        for name in _DEFINITION.findall(path.read_text(encoding="utf-8")):
+            index.setdefault(name, path)
+    return index
 
 
 def stdlib_names() -> list[str]:

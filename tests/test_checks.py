@@ -1,6 +1,8 @@
 """Static checks: each error names the line and column, shows the line, and says what is wrong."""
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
 from gtt_rules.errors import RulesCheckError
@@ -196,3 +198,18 @@ def test_every_stdlib_file_passes_its_checks():
     library = Library()
     library.load_stdlib()
     assert {"cleanup", "batch_norm", "quantization"} <= set(library.names())
+
+
+def test_stdlib_names_load_only_the_file_that_defines_them():
+    everything = Library()
+    everything.load_stdlib()
+    names = {name: str(pathlib.Path(f.path).resolve()) for f in everything.files.values()
+             for name in [*f.rulesets, *f.pipelines]}
+    for name, path in names.items():
+        library = Library()
+        found = library.find(name)
+        assert found is not None and type(found) is type(everything.find(name)), name
+        assert path in library.files
+    weights = Library()
+    weights.find("quantize_weights")
+    assert [pathlib.Path(p).name for p in weights.files] == ["weights.rules"]
