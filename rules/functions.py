@@ -25,6 +25,7 @@ import numpy as np
 
 from gtt_rules.engine.graph import TensorRef
 from gtt_rules.engine.pattern import MatchContext, NotApplicable
+from gtt_rules.engine.shapes import infer_shape
 
 KINDS = ("tensor", "value", "string", "bool", "dtype", "list", "any")
 
@@ -85,21 +86,14 @@ def tensor_value(ctx: MatchContext, x: Any) -> Any:
 
 
 def tensor_shape(ctx: MatchContext, x: Any) -> tuple[int, ...] | None:
-    """The static shape of a tensor where the graph tells it (Consts, Placeholders, _output_shapes)."""
+    """The static shape of a tensor where every dim of it is known: from Consts, Placeholders and
+    `_output_shapes`, and inferred through the ops in between (see engine/shapes.py)."""
     if not isinstance(x, TensorRef):
         return tuple(np.shape(x))
-    node = ctx.graph[x.node]
-    if node.op == "Const":
-        value = node.attr["value"].tensor
-        return tuple(d.size for d in value.tensor_shape.dim)
-    if node.op in ("Placeholder", "PlaceholderWithDefault"):
-        shape = node.get_attr("shape", None)
-        if shape is not None and all(d >= 0 for d in shape):
-            return tuple(shape)
-    shapes = node.get_attr("_output_shapes", None)
-    if shapes and x.port < len(shapes) and shapes[x.port] is not None and all(d >= 0 for d in shapes[x.port]):
-        return tuple(shapes[x.port])
-    return None
+    shape = infer_shape(ctx.graph, x)
+    if shape is None or None in shape:
+        return None
+    return shape
 
 
 def _known_shape(ctx, x) -> tuple[int, ...]:
