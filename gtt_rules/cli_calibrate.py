@@ -61,6 +61,13 @@ def calibrate_command(args: argparse.Namespace) -> int:
         raise UsageError("--random needs at least 1 sample")
     graph = Graph.load(args.graph)
     outputs = parse_outputs(args.outputs, graph)
+    if not calibration.requantization_ranges(graph):
+        # Nothing measures a range at run time (no quantize_nodes, or fixed fallback ranges): the
+        # graph is already what calibration would make of it.
+        graph.save(output, text=True if args.output_as_text else None)
+        console(stderr=True).print(f"{args.graph} has no RequantizationRange: nothing to freeze; "
+                                   f"written unchanged -> {output}")
+        return 0
     if args.feed_dir:
         files = _sample_files(pathlib.Path(args.feed_dir))
         samples, count = _file_samples(files, graph), len(files)

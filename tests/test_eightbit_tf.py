@@ -1,0 +1,402 @@
+"""quantize_nodes, the cancellation rules, calibration and the eightbit pipeline, on graphs that
+TensorFlow built, with TensorFlow running every result.
+
+What must hold for an eight-bit graph:
+- TensorFlow imports and runs it, and its outputs stay close to the float graph's;
+- every float op of the converted kinds is gone, and no Dequantize feeds a QuantizeV2;
+- each eight-bit node, run by our kernel on the very inputs TensorFlow gave it, yields TensorFlow's
+  outputs bit for bit (so the evaluator and TensorFlow differ only in the float islands).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import fixture_path, fixture_spec, random_feeds, tf_run
+from gtt_rules.cli import main
+from gtt_rules.engine import calibration
+from gtt_rules.engine.evaluator import evaluate, run_kernel
+from gtt_rules.engine.graph import Graph
+from gtt_rules.rules.library import load_rules
+
+CONVERTED = {"Conv2D", "MatMul", "BiasAdd", "Relu", "Relu6", "MaxPool", "AvgPool", "ConcatV2", "Concat",
+             "ResizeBilinear"}
+MUST_GO = {"Conv2D", "MatMul", "Relu", "Relu6", "MaxPool", "AvgPool"}  # issue #6's list
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def transform(graph: Graph, spec: str, inputs: list[str], outputs: list[str]) -> Graph:
+    for stage in load_rules([spec]):
+        stage.run(graph, inputs=inputs, outputs=outputs)
+    return graph
+
+
+def dequantize_feeding_quantize(graph: Graph) -> list[str]:
+    return [n.name for n in graph if n.op == "QuantizeV2" and graph[n.inputs[0].node].op == "Dequantize"]
+
+
+def assert_eight_bit_nodes_match_tensorflow(graph: Graph, feeds: dict[str, np.ndarray]) -> int:
+    """Run each eight-bit node's kernel on the inputs TensorFlow computed; compare with TF's outputs."""
+    nodes = [n for n in graph if n.op.startswith("Quantize") or n.op in ("Requantize", "RequantizationRange",
+                                                                          "Dequantize")]
+    fetches = sorted({str(r) if r.port else r.node for n in nodes for r in n.inputs} |
+                     {f"{n.name}:{p}" for n in nodes for p in range(graph.num_outputs(n))})
+    values = dict(zip(fetches, tf_run(graph.to_bytes(), feeds, fetches)))
+    for node in nodes:
+        inputs = [values[str(r) if r.port else r.node] for r in node.inputs]
+        ours = run_kernel(node, inputs)
+        for port, value in enumerate(ours):
+            theirs = values[f"{node.name}:{port}"]
+            assert np.asarray(value).tobytes() == np.asarray(theirs).astype(np.asarray(value).dtype).tobytes(), \
+                f"{node.name}:{port} ({node.op}) differs from TensorFlow"
+    return len(nodes)
+
+
+# ---- one op family at a time, on TF1 graphs ------------------------------------------------------
+
+def _tf1_graph(build) -> tuple[bytes, dict[str, np.ndarray]]:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(7)
+    with tf.Graph().as_default() as g:
+        feeds = build(tf, rng)
+    return g.as_graph_def().SerializeToString(), feeds
+
+
+def _placeholder(tf, rng, feeds, shape, name="x"):
+    feeds[name] = rng.standard_normal(shape).astype(np.float32)
+    return tf.compat.v1.placeholder(tf.float32, shape, name=name)
+
+
+def _weights(tf, rng, shape):
+    return tf.constant((rng.standard_normal(shape) * 0.3).astype(np.float32))
+
+
+def conv_bias_relu(tf, rng):
+    feeds = {}
+    x = _placeholder(tf, rng, feeds, [2, 9, 9, 3])
+    y = tf.nn.conv2d(x, _weights(tf, rng, [3, 3, 3, 8]), strides=2, padding="SAME")
+    y = tf.nn.relu(tf.nn.bias_add(y, _weights(tf, rng, [8])))
+    y = tf.nn.max_pool2d(y, 2, 1, "VALID")
+    tf.nn.avg_pool2d(y, 2, 2, "SAME", name="out")
+    return feeds
+
+
+def matmul_relu6(tf, rng):
+    feeds = {}
+    x = _placeholder(tf, rng, feeds, [4, 16])
+    y = tf.nn.relu6(tf.matmul(x, _weights(tf, rng, [16, 8])) * 4.0)
+    tf.matmul(y, _weights(tf, rng, [5, 8]), transpose_b=True, name="out")
+    return feeds
+
+
+def add_mul_broadcasts(tf, rng):
+    feeds = {}
+    x = _placeholder(tf, rng, feeds, [2, 4, 4, 6])
+    y = _placeholder(tf, rng, feeds, [2, 4, 4, 6], name="y")
+    s = tf.add(x, y)                              # equal shapes
+    s = tf.multiply(s, _weights(tf, rng, [6]))    # a vector along the last dimension
+    tf.add(s, tf.constant(0.5), name="out")       # a scalar
+    return feeds
+
+
+def concat_reshape_resize(tf, rng):
+    feeds = {}
+    x = _placeholder(tf, rng, feeds, [1, 4, 4, 3])
+    y = _placeholder(tf, rng, feeds, [1, 4, 4, 5], name="y")
+    c = tf.concat([tf.nn.relu(x), y], axis=3)
+    r = tf.compat.v1.image.resize_bilinear(c, [7, 7], align_corners=True)
+    tf.reshape(r, [1, -1], name="out")
+    return feeds
+
+
+FAMILIES = {
+    "conv_bias_relu": (conv_bias_relu, {"QuantizedConv2D", "QuantizedBiasAdd", "QuantizedRelu",
+                                        "QuantizedMaxPool", "QuantizedAvgPool"}),
+    "matmul_relu6": (matmul_relu6, {"QuantizedMatMul", "QuantizedRelu6", "QuantizedMul"}),
+    "add_mul_broadcasts": (add_mul_broadcasts, {"QuantizedAdd", "QuantizedMul"}),
+    "concat_reshape_resize": (concat_reshape_resize, {"QuantizedConcat", "QuantizedResizeBilinear",
+                                                      "QuantizedReshape", "QuantizedRelu"}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_quantize_nodes_converts_each_op_family(family):
+    build, expected_ops = FAMILIES[family]
+    data, feeds = _tf1_graph(build)
+    graph = transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"])
+    ops = {n.op for n in graph}
+    assert expected_ops <= ops, expected_ops - ops
+    assert not ops & CONVERTED - {"ConcatV2"} and not {"Add", "AddV2", "Mul"} & ops
+    assert not dequantize_feeding_quantize(graph)
+    assert graph["out"].op == "Dequantize"                        # the output keeps its name
+    (float_out,) = tf_run(data, feeds, ["out"])
+    (eight_out,) = tf_run(graph.to_bytes(), feeds, ["out"])
+    assert eight_out.shape == float_out.shape
+    assert cosine(eight_out, float_out) >= 0.99
+    # No float islands: our evaluator gives TensorFlow's eight-bit result exactly.
+    (ours,) = evaluate(graph, feeds, ["out"])
+    np.testing.assert_array_equal(ours, eight_out)
+    assert assert_eight_bit_nodes_match_tensorflow(graph, feeds) > 5
+
+
+def test_ignore_op_keeps_that_op_float():
+    data, feeds = _tf1_graph(conv_bias_relu)
+    graph = transform(Graph.from_bytes(data), 'quantize_nodes(ignore_op=["Relu", "MaxPool"])', list(feeds), ["out"])
+    ops = {n.op for n in graph}
+    assert {"Relu", "MaxPool", "QuantizedConv2D", "QuantizedAvgPool"} <= ops
+    assert not {"QuantizedRelu", "QuantizedMaxPool"} & ops
+    (eight_out,) = tf_run(graph.to_bytes(), feeds, ["out"])
+    assert cosine(eight_out, tf_run(data, feeds, ["out"])[0]) >= 0.99
+
+
+def test_fallback_range_replaces_every_measured_range():
+    data, feeds = _tf1_graph(matmul_relu6)
+    graph = transform(Graph.from_bytes(data), "quantize_nodes(fallback_min=-8.0, fallback_max=8.0)",
+                      list(feeds), ["out"])
+    assert not [n for n in graph if n.op == "RequantizationRange"]
+    requantizes = [n for n in graph if n.op == "Requantize"]
+    assert requantizes
+    for node in requantizes:
+        assert [float(graph[r.node].get_attr("value")) for r in node.inputs[3:]] == [-8.0, 8.0]
+    (eight_out,) = tf_run(graph.to_bytes(), feeds, ["out"])
+    assert cosine(eight_out, tf_run(data, feeds, ["out"])[0]) >= 0.99
+
+
+def test_placeholders_become_eight_bit_inputs_with_the_given_range():
+    data, feeds = _tf1_graph(conv_bias_relu)
+    graph = transform(Graph.from_bytes(data), "quantize_nodes(input_min=-4.0, input_max=4.0)", ["x"], ["out"])
+    assert graph["x"].op == "Placeholder" and graph["x"].get_attr("dtype") == 12  # quint8, same name
+    conv = next(n for n in graph if n.op == "QuantizedConv2D")
+    assert conv.inputs[0].node == "x"                                           # read directly
+    codes = np.clip(np.round((feeds["x"] + 4.0) * 255.0 / 8.0), 0, 255).astype(np.uint8)
+    import tensorflow as tf
+    gd = tf.compat.v1.GraphDef.FromString(graph.to_bytes())
+    with tf.Graph().as_default() as g:
+        tf.graph_util.import_graph_def(gd, name="")
+        with tf.compat.v1.Session(graph=g) as session:
+            eight_out = session.run("out:0", {"x:0": codes})
+    float_in = {"x": (codes.astype(np.float32) * 8.0 / 255.0 - 4.0).astype(np.float32)}
+    assert cosine(eight_out, tf_run(data, float_in, ["out"])[0]) >= 0.99
+    np.testing.assert_array_equal(evaluate(graph, {"x": codes}, ["out"])[0], eight_out)
+
+
+def test_gtt_style_quantize_nodes_output_cancels_too():
+    """A graph converted twice (GTT's own layout on the second pass) ends with no float detours."""
+    data, feeds = _tf1_graph(conv_bias_relu)
+    once = transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"])
+    twice = transform(Graph.from_bytes(once.to_bytes()), "quantize_nodes", list(feeds), ["out"])
+    assert twice.to_bytes() == once.to_bytes()
+
+
+# ---- the eightbit pipeline on frozen Keras models ------------------------------------------------
+
+@pytest.fixture(scope="module", params=["keras_mobilenet_tiny", "keras_bn_frozen"])
+def eightbit_model(request):
+    name = request.param
+    spec = fixture_spec(name)
+    inputs = [i["name"] for i in spec["inputs"]]
+    outputs = [o.split(":")[0] for o in spec["outputs"]]
+    graph = transform(Graph.load(fixture_path(name)), "eightbit", inputs, outputs)
+    return name, spec, graph, outputs
+
+
+def test_eightbit_pipeline_leaves_no_float_compute_op_and_no_detour(eightbit_model):
+    name, spec, graph, _ = eightbit_model
+    ops = {n.op for n in graph}
+    assert not ops & MUST_GO, ops & MUST_GO
+    assert not dequantize_feeding_quantize(graph)
+    assert "QuantizedConv2D" in ops
+
+
+def test_eightbit_pipeline_runs_in_tensorflow_close_to_float(eightbit_model):
+    name, spec, graph, _ = eightbit_model
+    for seed in (0, 1):
+        feeds = random_feeds(spec, seed=seed)
+        (expected,) = tf_run(fixture_path(name).read_bytes(), feeds, spec["outputs"])
+        (actual,) = tf_run(graph.to_bytes(), feeds, spec["outputs"])
+        assert actual.shape == expected.shape
+        assert cosine(actual, expected) >= 0.98, cosine(actual, expected)
+
+
+def test_eightbit_pipeline_every_eight_bit_node_is_bit_exact(eightbit_model):
+    name, spec, graph, _ = eightbit_model
+    assert assert_eight_bit_nodes_match_tensorflow(graph, random_feeds(spec, seed=3)) > 10
+
+
+def test_eightbit_pipeline_evaluator_agrees_with_tensorflow(eightbit_model):
+    name, spec, graph, outputs = eightbit_model
+    feeds = random_feeds(spec, seed=4)
+    (theirs,) = tf_run(graph.to_bytes(), feeds, spec["outputs"])
+    (ours,) = evaluate(graph, feeds, spec["outputs"])
+    assert cosine(ours, theirs) >= 0.9999
+
+
+# ---- calibration ---------------------------------------------------------------------------------
+
+def test_calibrate_freezes_every_range_and_stays_close(eightbit_model, tmp_path):
+    name, spec, graph, outputs = eightbit_model
+    source, frozen, log = tmp_path / "eight.pb", tmp_path / "calibrated.pb", tmp_path / "ranges.log"
+    graph.save(source)
+    assert main(["calibrate", str(source), "-o", str(frozen), "--random", "4", "--outputs", ",".join(outputs),
+                 "--log", str(log)]) == 0
+    calibrated = Graph.load(frozen)
+    assert not [n for n in calibrated if n.op == "RequantizationRange"]
+    if not calibration.requantization_ranges(graph):
+        # Every 32-bit result here goes straight to float: nothing to freeze, nothing changes.
+        assert name != "keras_mobilenet_tiny" and frozen.read_bytes() == source.read_bytes()
+        return
+    feeds = random_feeds(spec, seed=9)
+    (expected,) = tf_run(fixture_path(name).read_bytes(), feeds, spec["outputs"])
+    (actual,) = tf_run(frozen.read_bytes(), feeds, spec["outputs"])
+    assert cosine(actual, expected) >= 0.98, cosine(actual, expected)
+    # The GTT spelling, fed the log the command wrote, freezes the same graph.
+    again = tmp_path / "again.pb"
+    assert main(["apply", str(source), "-o", str(again), "--outputs", ",".join(outputs), "--transforms",
+                 f"freeze_requantization_ranges(min_max_log_file={log}, min_percentile=0, max_percentile=0)"]) == 0
+    assert again.read_bytes() == frozen.read_bytes()
+
+
+def test_recorded_ranges_are_what_tensorflow_computes():
+    data, feeds = _tf1_graph(conv_bias_relu)
+    graph = transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"])
+    records = calibration.record_ranges(graph, [feeds], ["out"])
+    names = sorted(records)
+    theirs = tf_run(graph.to_bytes(), feeds, [f"{n}:{p}" for n in names for p in (0, 1)])
+    assert [r for n in names for r in records[n][0]] == [float(v) for v in theirs]
+
+
+def test_requantize_rounds_its_output_offset_like_tensorflow(tf):
+    """Found by the per-node check on MobileNet: with this range the fixed-point output offset is
+    -8221124.7; truncating it (as TensorFlow's older source did) gives code 127 for input 483,
+    TensorFlow 2.21 gives 128."""
+    from gtt_rules.engine.kernels import quantization as Q
+
+    codes = np.arange(-3000, 3000, dtype=np.int32)
+    ranges = [np.float32(v) for v in (-60282.73828125, 60282.73828125, -0.827416718006134, 0.8545336127281189)]
+    theirs = tf.raw_ops.Requantize(input=tf.bitcast(tf.constant(codes), tf.qint32), input_min=ranges[0],
+                                   input_max=ranges[1], requested_output_min=ranges[2],
+                                   requested_output_max=ranges[3], out_type=tf.quint8)[0]
+    ours = Q.requantize_eigen(codes, *ranges, Q.DT_QINT32, Q.DT_QUINT8)
+    np.testing.assert_array_equal(ours, np.frombuffer(theirs.numpy().tobytes(), np.uint8))
+    assert ours[3000 + 483] == 128
+
+
+def conv_fake_quant(tf, rng):
+    feeds = {}
+    x = _placeholder(tf, rng, feeds, [1, 8, 8, 3])
+    y = tf.nn.bias_add(tf.nn.conv2d(x, _weights(tf, rng, [3, 3, 3, 4]), 1, "SAME"), _weights(tf, rng, [4]))
+    y = tf.quantization.fake_quant_with_min_max_vars(y, tf.constant(-2.5), tf.constant(3.0))
+    tf.nn.relu(y, name="out")
+    return feeds
+
+
+def test_fake_quant_range_is_used_and_its_requantize_merges():
+    data, feeds = _tf1_graph(conv_fake_quant)
+    graph = transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"])
+    ops = [n.op for n in graph]
+    assert "FakeQuantWithMinMaxVars" not in ops and not dequantize_feeding_quantize(graph)
+    bias_add = next(n for n in graph if n.op == "QuantizedBiasAdd")
+    (merged,) = [n for n in graph.consumers(bias_add.name) if n.op == "Requantize"]
+    assert [float(graph[r.node].get_attr("value")) for r in merged.inputs[3:]] == [-2.5, 3.0]
+    (eight_out,) = tf_run(graph.to_bytes(), feeds, ["out"])
+    (float_out,) = tf_run(data, feeds, ["out"])
+    assert cosine(eight_out, float_out) >= 0.99
+    np.testing.assert_array_equal(evaluate(graph, feeds, ["out"])[0], eight_out)
+
+
+def test_results_read_by_a_relu_are_narrowed_over_what_the_relu_keeps():
+    data, feeds = _tf1_graph(conv_bias_relu)
+    graph = transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"])
+    relu = next(n for n in graph if n.op == "QuantizedRelu")
+    requantize = graph[relu.inputs[0].node]
+    assert requantize.op == "Requantize"
+    assert float(graph[requantize.inputs[3].node].get_attr("value")) == 0.0
+    # Narrower than the bias add's full range, so finer codes: closer to float than GTT's layout.
+    (ours,) = tf_run(graph.to_bytes(), feeds, ["out"])
+    (float_out,) = tf_run(data, feeds, ["out"])
+    assert np.max(np.abs(ours - float_out)) < 0.02 * np.max(np.abs(float_out))
+
+
+# ---- bad input: one line naming the file and the problem, exit 2, nothing written ----------------
+
+@pytest.fixture(scope="module")
+def eight_bit_file(tmp_path_factory):
+    data, feeds = _tf1_graph(conv_bias_relu)
+    path = tmp_path_factory.mktemp("eight") / "eight.pb"
+    transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"]).save(path)
+    return path
+
+
+def _bad(args, tmp_path, capsys, message):
+    out = tmp_path / "out.pb"
+    assert main([*args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_calibrate_rejects_a_missing_sample_folder(eight_bit_file, tmp_path, capsys):
+    _bad(["calibrate", str(eight_bit_file), "--feed-dir", str(tmp_path / "none")], tmp_path, capsys,
+         f"{tmp_path / 'none'}: no such folder")
+
+
+def test_calibrate_rejects_a_sample_without_an_input(eight_bit_file, tmp_path, capsys):
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    np.savez(samples / "a.npz", other=np.zeros(3, np.float32))
+    _bad(["calibrate", str(eight_bit_file), "--feed-dir", str(samples)], tmp_path, capsys,
+         f"{samples / 'a.npz'}: has no array for input x")
+
+
+def test_calibrate_rejects_an_unreadable_sample(eight_bit_file, tmp_path, capsys):
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "a.npz").write_bytes(b"not a zip")
+    _bad(["calibrate", str(eight_bit_file), "--feed-dir", str(samples)], tmp_path, capsys,
+         f"{samples / 'a.npz'}: not a readable .npz sample")
+
+
+def test_calibrate_refuses_to_overwrite_its_input(eight_bit_file, tmp_path, capsys):
+    before = eight_bit_file.read_bytes()
+    assert main(["calibrate", str(eight_bit_file), "-o", str(eight_bit_file)]) == 2
+    assert "refusing to write over the input graph" in capsys.readouterr().err
+    assert eight_bit_file.read_bytes() == before
+
+
+def test_calibrate_samples_from_files_match_the_same_random_inputs(eight_bit_file, tmp_path):
+    graph = Graph.load(eight_bit_file)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    from gtt_rules.engine.evaluator import random_feeds as graph_feeds
+    for seed in range(3):
+        np.savez(samples / f"{seed}.npz", **graph_feeds(graph, seed))
+    from_files, from_random = tmp_path / "files.pb", tmp_path / "random.pb"
+    assert main(["calibrate", str(eight_bit_file), "-o", str(from_files), "--feed-dir", str(samples)]) == 0
+    assert main(["calibrate", str(eight_bit_file), "-o", str(from_random), "--random", "3"]) == 0
+    assert from_files.read_bytes() == from_random.read_bytes()
+
+
+@pytest.mark.parametrize("log_text, message", [
+    (None, "cannot read the min/max log"),
+    ("nothing useful here\n", "no min/max records found"),
+    ("ghost__print__;__requant_min_max:[-1.0][1.0]\n", "'ghost' has a recorded range but is not in the graph"),
+])
+def test_freeze_requantization_ranges_bad_logs(eight_bit_file, tmp_path, capsys, log_text, message):
+    log = tmp_path / "ranges.log"
+    if log_text is not None:
+        log.write_text(log_text)
+    _bad(["apply", str(eight_bit_file), "--outputs", "out", "--transforms",
+          f"freeze_requantization_ranges(min_max_log_file={log})"], tmp_path, capsys, message)
+
+
+def test_gtt_percentiles_choose_like_gtt():
+    observed = [(-float(i), float(i)) for i in range(1, 21)]   # 20 runs
+    assert calibration.chosen_range(observed, 0.0, 0.0) == (-20.0, 20.0)
+    # 5%: index round(20 * 0.05) = 1 from the bottom of the mins, round(20 * 0.95) = 19 of the maxes.
+    assert calibration.chosen_range(observed, 5.0, 5.0) == (-19.0, 20.0)
+    assert calibration.chosen_range(observed, 10.0, 10.0) == (-18.0, 19.0)   # indices 2 and 18
