@@ -146,3 +146,100 @@ def test_optimize_for_inference_leaves_no_more_nodes_than_grappler(real_models, 
     ours = len(model.optimized())
     grappler = len(grappler_optimize(model.path.read_bytes(), model.outputs).node)
     assert ours <= grappler, (ours, grappler)
+
+
+# ---- issue #6: eight-bit versions of the same models ---------------------------------------------
+
+EIGHT_BIT_MODELS = ["mobilenet_v2", "resnet50"]
+FLOAT_COMPUTE = {"Conv2D", "MatMul", "Relu", "Relu6", "MaxPool", "AvgPool"}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def eight_bit(model: RealModel) -> Graph:
+    """The model through `--pipeline eightbit` (a fresh copy)."""
+    if "eightbit" not in model.cache:
+        graph = Graph.load(model.path)
+        gtt_rules.apply(graph, gtt_rules.load_rules(["eightbit"]),
+                        inputs=[item["name"] for item in model.spec["inputs"]],
+                        outputs=[o.split(":")[0] for o in model.outputs])
+        model.cache["eightbit"] = graph.to_bytes()
+    return Graph.from_bytes(model.cache["eightbit"])
+
+
+def logits_cosines(model: RealModel, graph: Graph, seeds=(0, 1, 2)) -> list[float]:
+    """Cosine of the eight-bit graph's logits (run by TensorFlow) to the float model's, per input."""
+    original = model.path.read_bytes()
+    (float_logits,) = [model.fetches(Graph.from_bytes(original))[-1]]
+    (eight_logits,) = [model.fetches(graph)[-1]]
+    result = []
+    for seed in seeds:
+        feeds = random_feeds(model.spec, seed=seed)
+        (want,) = tf_run(original, feeds, [float_logits])
+        (got,) = tf_run(graph.to_bytes(), feeds, [eight_logits])
+        result.append(cosine(got, want))
+    return result
+
+
+@pytest.mark.parametrize("name", EIGHT_BIT_MODELS)
+def test_eightbit_leaves_no_float_compute_and_no_round_trip(real_models, name):
+    from test_eightbit_tf import dequantize_feeding_quantize
+
+    graph = eight_bit(real_models(name))
+    ops = Counter(node.op for node in graph)
+    assert not FLOAT_COMPUTE & set(ops), FLOAT_COMPUTE & set(ops)
+    assert ops["QuantizedConv2D"] > 30 and ops["QuantizedAdd"] > 5
+    assert not dequantize_feeding_quantize(graph)
+
+
+@pytest.mark.parametrize("name", EIGHT_BIT_MODELS)
+def test_eightbit_stays_close_to_the_float_model_in_tensorflow(real_models, name):
+    # Logits, not probabilities: these random networks' softmax is near one-hot (ResNet50's logits
+    # reach a few hundred), so a probability vector's cosine only says whether top-1 flipped.
+    cosines = logits_cosines(real_models(name), eight_bit(real_models(name)))
+    assert min(cosines) >= 0.98, cosines
+
+
+@pytest.mark.parametrize("name", EIGHT_BIT_MODELS)
+def test_eightbit_is_bit_exact_node_by_node_and_the_evaluator_agrees(real_models, name):
+    from test_eightbit_tf import assert_eight_bit_nodes_match_tensorflow
+
+    model = real_models(name)
+    graph = eight_bit(model)
+    assert assert_eight_bit_nodes_match_tensorflow(graph, model.feeds) > 100
+    fetches = model.fetches(graph)
+    theirs = tf_run(graph.to_bytes(), model.feeds, fetches)
+    ours = gtt_rules.evaluate(graph, model.feeds, fetches)
+    for got, want in zip(ours, theirs):      # only the float islands may differ, by float rounding
+        assert cosine(got, want) >= 0.99999
+
+
+@pytest.mark.parametrize("name", EIGHT_BIT_MODELS)
+def test_calibrated_eightbit_has_no_range_scan_and_stays_close(real_models, name):
+    from gtt_rules.engine import calibration
+
+    model = real_models(name)
+    graph = eight_bit(model)
+    outputs = [o.split(":")[0] for o in model.outputs]
+    records = calibration.record_ranges(graph, (random_feeds(model.spec, seed=s) for s in (10, 11, 12)),
+                                        outputs)
+    assert records
+    calibration.freeze_ranges(graph, {n: calibration.chosen_range(r, 0.0, 0.0) for n, r in records.items()})
+    assert not [node for node in graph if node.op == "RequantizationRange"]
+    cosines = logits_cosines(model, graph)
+    assert min(cosines) >= 0.98, cosines
+
+
+def test_quantize_weights_on_inception_is_a_quarter_and_keeps_the_outputs(real_models):
+    model = real_models("inception_v3")
+    graph = Graph.load(model.path)
+    gtt_rules.apply(graph, gtt_rules.load_rules(["quantize_weights"]), inputs=["input"],
+                    outputs=[o.split(":")[0] for o in model.outputs])
+    data = graph.to_bytes()
+    assert len(data) <= 0.27 * model.path.stat().st_size, len(data) / model.path.stat().st_size
+    fetches = model.fetches(graph)
+    for got, want in zip(tf_run(data, model.feeds, fetches), model.expected()):
+        assert cosine(got, want) >= 0.999
