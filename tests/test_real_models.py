@@ -65,15 +65,15 @@ class RealModel:
             self.cache["expected"] = tf_run(original, self.feeds, self.fetches(Graph.from_bytes(original)))
         return self.cache["expected"]
 
-    def optimized(self) -> Graph:
-        """The model after optimize_for_inference (a fresh copy: tests may not change it)."""
-        if "optimized" not in self.cache:
+    def through(self, pipeline: str) -> Graph:
+        """The model after a pipeline, computed once (a fresh copy: tests may change it)."""
+        if pipeline not in self.cache:
             graph = Graph.load(self.path)
-            gtt_rules.apply(graph, gtt_rules.load_rules(["optimize_for_inference"]),
+            gtt_rules.apply(graph, gtt_rules.load_rules([pipeline]),
                             inputs=[item["name"] for item in self.spec["inputs"]],
                             outputs=[o.split(":")[0] for o in self.outputs])
-            self.cache["optimized"] = graph.to_bytes()
-        return Graph.from_bytes(self.cache["optimized"])
+            self.cache[pipeline] = graph.to_bytes()
+        return Graph.from_bytes(self.cache[pipeline])
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +124,7 @@ def test_optimize_for_inference_folds_every_batch_norm(real_models, name):
     model = real_models(name)
     before = Counter(node.op for node in Graph.load(model.path))
     assert before["Rsqrt"] > 0, before      # Keras froze each batch norm with an Rsqrt
-    graph = model.optimized()
+    graph = model.through("optimize_for_inference")
     ops = Counter(node.op for node in graph)
     assert not BATCH_NORM_OPS & set(ops), ops
     assert ops["Rsqrt"] == 0, ops
@@ -135,7 +135,7 @@ def test_optimize_for_inference_folds_every_batch_norm(real_models, name):
 @pytest.mark.parametrize("name", MODELS)
 def test_optimize_for_inference_keeps_tensorflow_outputs(real_models, name):
     model = real_models(name)
-    graph = model.optimized()
+    graph = model.through("optimize_for_inference")
     actual = tf_run(graph.to_bytes(), model.feeds, model.fetches(graph))
     assert_close(actual, model.expected())
 
@@ -143,7 +143,7 @@ def test_optimize_for_inference_keeps_tensorflow_outputs(real_models, name):
 @pytest.mark.parametrize("name", MODELS)
 def test_optimize_for_inference_leaves_no_more_nodes_than_grappler(real_models, name):
     model = real_models(name)
-    ours = len(model.optimized())
+    ours = len(model.through("optimize_for_inference"))
     grappler = len(grappler_optimize(model.path.read_bytes(), model.outputs).node)
     assert ours <= grappler, (ours, grappler)
 
@@ -157,17 +157,6 @@ FLOAT_COMPUTE = {"Conv2D", "MatMul", "Relu", "Relu6", "MaxPool", "AvgPool"}
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def eight_bit(model: RealModel) -> Graph:
-    """The model through `--pipeline eightbit` (a fresh copy)."""
-    if "eightbit" not in model.cache:
-        graph = Graph.load(model.path)
-        gtt_rules.apply(graph, gtt_rules.load_rules(["eightbit"]),
-                        inputs=[item["name"] for item in model.spec["inputs"]],
-                        outputs=[o.split(":")[0] for o in model.outputs])
-        model.cache["eightbit"] = graph.to_bytes()
-    return Graph.from_bytes(model.cache["eightbit"])
 
 
 def logits_cosines(model: RealModel, graph: Graph, seeds=(0, 1, 2)) -> list[float]:
@@ -188,7 +177,7 @@ def logits_cosines(model: RealModel, graph: Graph, seeds=(0, 1, 2)) -> list[floa
 def test_eightbit_leaves_no_float_compute_and_no_round_trip(real_models, name):
     from test_eightbit_tf import dequantize_feeding_quantize
 
-    graph = eight_bit(real_models(name))
+    graph = real_models(name).through("eightbit")
     ops = Counter(node.op for node in graph)
     assert not FLOAT_COMPUTE & set(ops), FLOAT_COMPUTE & set(ops)
     assert ops["QuantizedConv2D"] > 30 and ops["QuantizedAdd"] > 5
@@ -199,7 +188,7 @@ def test_eightbit_leaves_no_float_compute_and_no_round_trip(real_models, name):
 def test_eightbit_stays_close_to_the_float_model_in_tensorflow(real_models, name):
     # Logits, not probabilities: these random networks' softmax is near one-hot (ResNet50's logits
     # reach a few hundred), so a probability vector's cosine only says whether top-1 flipped.
-    cosines = logits_cosines(real_models(name), eight_bit(real_models(name)))
+    cosines = logits_cosines(real_models(name), real_models(name).through("eightbit"))
     assert min(cosines) >= 0.98, cosines
 
 
@@ -208,7 +197,7 @@ def test_eightbit_is_bit_exact_node_by_node_and_the_evaluator_agrees(real_models
     from test_eightbit_tf import assert_eight_bit_nodes_match_tensorflow
 
     model = real_models(name)
-    graph = eight_bit(model)
+    graph = model.through("eightbit")
     assert assert_eight_bit_nodes_match_tensorflow(graph, model.feeds) > 100
     fetches = model.fetches(graph)
     theirs = tf_run(graph.to_bytes(), model.feeds, fetches)
@@ -222,7 +211,7 @@ def test_calibrated_eightbit_has_no_range_scan_and_stays_close(real_models, name
     from gtt_rules.engine import calibration
 
     model = real_models(name)
-    graph = eight_bit(model)
+    graph = model.through("eightbit")
     outputs = [o.split(":")[0] for o in model.outputs]
     records = calibration.record_ranges(graph, (random_feeds(model.spec, seed=s) for s in (10, 11, 12)),
                                         outputs)
