@@ -257,6 +257,8 @@ class _Planner:
             value = self._build(producer)
             if isinstance(value, list):
                 raise RewriteError(f"'{self.rule_name}' replaces one node with a list of nodes")
+            if all_ports and isinstance(value, tuple) and value[1] == 0:
+                return value[0]         # `n:* -> q`: every output of the node q names
             return value
         tensors = self._computed_tensors(producer)
         if tensors is not None and len(tensors) == 1:

@@ -929,6 +929,24 @@ def test_named_node_is_built_once_and_read_at_several_ports():
     assert graph["out"].op == "ConcatV2"
 
 
+def test_named_node_takes_over_every_output_with_all_ports():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [4]}
+        ax = Const(0)
+        sp = Split(ax, x) {num_split: 2, T: float}
+        out = AddV2(sp, sp:1) {T: float}
+    """)
+    run(graph, """
+        rule split-of-abs:
+            s = Split(ax, x)
+            where op(x) != "Abs"
+            => t = s(ax, Abs(x))
+            => s:* -> t
+    """, protected=["x", "out"])
+    assert graph["sp"].op == "Split" and structure(graph)["out"] == ("AddV2", ["sp", "sp:1"])
+    assert graph[graph["sp"].inputs[1].node].op == "Abs"
+
+
 _TEMPLATES = """
     define twice(a):
         => AddV2(a, a)
