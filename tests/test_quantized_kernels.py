@@ -629,6 +629,271 @@ def test_exact_int_matmul_uses_every_path():
         assert np.array_equal(got, wrap)
 
 
+# ---- chunked, threaded and fast paths ------------------------------------------------------------
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 1000 elements spread over 3 threads from 3000 elements on: the paths that large
+    tensors take, exercised (with several chunks, uneven last chunks and thread hand-offs) on
+    tensors small enough for many cases."""
+    from gtt_rules.engine.kernels import chunked
+    monkeypatch.setattr(chunked, "CHUNK", 1000)
+    monkeypatch.setattr(chunked, "PARALLEL_MIN", 3000)
+    monkeypatch.setattr(chunked, "THREADS", 3)
+
+
+def adversarial_floats(rng, lo, hi, size, nan: bool):
+    """Random bit patterns (infinities, subnormals, huge values), values around the range, and
+    exact ties and their neighbours for every scale the modes derive from it."""
+    bits = rng.integers(0, 2 ** 32, size // 4, dtype=np.uint64).astype(np.uint32).view(F32)
+    if not nan:
+        bits = bits[~np.isnan(bits)]
+    span = max(abs(lo), abs(hi), 1e-3)
+    with np.errstate(over="ignore"):
+        near = (rng.standard_normal(size // 4) * span * 1.3).astype(F32)
+    a, b = (np.float64(v) for v in Q.adjusted_range(lo, hi))
+    ties = []
+    for steps in (255.0, 127.0, 127.5, 65535.0, 32767.0):
+        t = (rng.integers(-300, 300, size // 20) + 0.5) * (b - a) / steps
+        ties += [a + t, -t, t]
+    with np.errstate(over="ignore"):      # ties of huge ranges overflow to infinity: wanted too
+        ties = np.concatenate(ties).astype(F32)
+    ties = np.concatenate([ties, np.nextafter(ties, F32(np.inf)), np.nextafter(ties, -F32(np.inf))])
+    special = np.array([np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, lo, hi, a, b, 3e38, -3e38], F32)
+    x = np.concatenate([bits, near, ties, special])
+    rng.shuffle(x)
+    return x
+
+
+FAST_RANGES = [(-3.5, 4.25), (0.0, 6.0), (-1.0, 1.0), (-2.0, -0.5), (5.0, 6.0), (0.0, 0.0),
+               (-1e-4, 1e-4), (-1000.0, 3.0), (1e-30, 2e-30), (-3e38, 3e38)]
+
+
+@pytest.mark.parametrize("dt,mode,round_mode,narrow", [
+    case for case in QUANTIZE_CASES if Q.qtype(case[0]).bits <= 16])
+def test_quantize_v2_in_threaded_chunks(tf, small_chunks, dt, mode, round_mode, narrow):
+    # NaN codes depend on where TensorFlow's threads split the tensor for the signed types'
+    # MIN_COMBINED and SCALED (the scalar tail of each block stores 0); elsewhere NaN is code 0.
+    nan = mode == "MIN_FIRST" or not Q.qtype(dt).signed
+    rng = np.random.default_rng(dt * 31 + len(mode) + len(round_mode) + narrow)
+    for lo, hi in FAST_RANGES:
+        with np.errstate(over="ignore"):
+            if not nan and np.isinf(F32(hi) - F32(lo)):
+                continue                      # an infinite span makes NaN from any value
+        x = adversarial_floats(rng, F32(lo), F32(hi), 12_000, nan)
+        if nan:
+            x[-3:] = np.nan                  # in the scalar tail too
+        theirs = tf.raw_ops.QuantizeV2(input=x, min_range=lo, max_range=hi, T=tf_dtype(tf, dt),
+                                       mode=mode, round_mode=round_mode, narrow_range=narrow)
+        ours = run("QuantizeV2", [x, F32(lo), F32(hi)], T=dt, mode=mode, round_mode=round_mode,
+                   narrow_range=narrow)
+        assert_outputs(ours, theirs, tf)
+        # ensure_minimum_range 0 lets an empty range through: infinite scales, non-finite
+        # values before the cast (where TensorFlow's block tails differ, as for NaN above).
+        if lo == hi and nan:
+            theirs = tf.raw_ops.QuantizeV2(input=x, min_range=lo, max_range=hi,
+                                           T=tf_dtype(tf, dt), mode=mode, round_mode=round_mode,
+                                           narrow_range=narrow, ensure_minimum_range=0.0)
+            ours = run("QuantizeV2", [x, F32(lo), F32(hi)], T=dt, mode=mode,
+                       round_mode=round_mode, narrow_range=narrow, ensure_minimum_range=0.0)
+            assert_outputs(ours, theirs, tf)
+
+
+@pytest.mark.parametrize("dt", [QUINT8, QINT8, QUINT16, QINT16])
+@pytest.mark.parametrize("mode", ["MIN_COMBINED", "MIN_FIRST", "SCALED"])
+def test_dequantize_in_threaded_chunks(tf, small_chunks, dt, mode):
+    rng = np.random.default_rng(dt + len(mode))
+    codes = random_codes(rng, (7, 1429), dt)
+    codes[0, :2] = [Q.qtype(dt).lowest, Q.qtype(dt).highest]
+    for lo, hi in FAST_RANGES:
+        for narrow in (False, True) if mode == "SCALED" else (False,):
+            theirs = tf.raw_ops.Dequantize(input=tq(tf, codes, dt), min_range=lo, max_range=hi,
+                                           mode=mode, narrow_range=narrow)
+            ours = run("Dequantize", [codes, F32(lo), F32(hi)], T=dt, mode=mode,
+                       narrow_range=narrow)
+            assert_outputs(ours, (theirs,), tf)
+
+
+REQUANTIZE_PATHS = [
+    # (input range, requested output range, code spread, extra codes): codes within 2^24 (exact
+    # widening), beyond it (through float, int32 cast), at the very top (int64 cast), outputs so
+    # narrow that one code step skips output codes (no window), products that wrap int64.
+    ((-50.0, 50.0), (-3.0, 4.0), 2 ** 20, []),
+    ((-50.0, 50.0), (-3.0, 4.0), 2 ** 28, [2 ** 24 + 1, -(2 ** 24) - 3]),
+    ((-50.0, 50.0), (-30.0, 40.0), 2 ** 31 - 1, [2 ** 31 - 1, 2 ** 31 - 64, -(2 ** 31)]),
+    ((-4195.9, 4195.9), (0.0, 4e-4), 500, []),
+    ((-1.0, 1.0), (-1e-6, 1e-6), 2 ** 31 - 1, [2 ** 31 - 1]),
+    ((0.0, 6.0), (0.0, 6.0), 2 ** 31 - 1, [2 ** 31 - 1, -(2 ** 31)]),
+    ((-1e-3, 1e-3), (-1e-5, 0.0), 2 ** 16, []),
+    ((2.0, 1.0), (-1.0, 1.0), 2 ** 20, []),
+]
+
+
+@pytest.mark.parametrize("in_range,out_range,spread,extra", REQUANTIZE_PATHS)
+def test_requantize_paths_in_threaded_chunks(tf, small_chunks, in_range, out_range, spread,
+                                             extra):
+    rng = np.random.default_rng(spread % 1000)
+    x = random_int32(rng, spread, 9_001)
+    x[:len(extra)] = extra
+    x[-len(extra) or len(x):] = extra
+    lo, hi = (F32(v) for v in in_range)
+    theirs = tf.raw_ops.Requantize(input=tq(tf, x, QINT32), input_min=lo, input_max=hi,
+                                   requested_output_min=F32(out_range[0]),
+                                   requested_output_max=F32(out_range[1]), out_type=tf.quint8)
+    ours = run("Requantize", [x, lo, hi, F32(out_range[0]), F32(out_range[1])], Tinput=QINT32,
+               out_type=QUINT8)
+    assert_outputs(ours, theirs, tf)
+    theirs = tf.raw_ops.QuantizeDownAndShrinkRange(input=tq(tf, x, QINT32), input_min=lo,
+                                                   input_max=hi, out_type=tf.quint8)
+    ours = run("QuantizeDownAndShrinkRange", [x, lo, hi], Tinput=QINT32, out_type=QUINT8)
+    assert_outputs(ours, theirs, tf)
+
+
+@pytest.mark.parametrize("dt", [QUINT8, QINT8])
+def test_quantized_bias_add_in_threaded_chunks(tf, small_chunks, dt):
+    rng = np.random.default_rng(dt)
+    for shape in [(3, 7, 11, 37), (9000, 1), (2, 5000)]:
+        x = random_codes(rng, shape, dt)
+        bias = random_codes(rng, shape[-1:], dt)
+        ranges = [*random_range(rng), *random_range(rng)]
+        theirs = tf.raw_ops.QuantizedBiasAdd(input=tq(tf, x, dt), bias=tq(tf, bias, dt),
+                                             min_input=ranges[0], max_input=ranges[1],
+                                             min_bias=ranges[2], max_bias=ranges[3],
+                                             out_type=tf.qint32)
+        ours = run("QuantizedBiasAdd", [x, bias, *ranges], T1=dt, T2=dt, out_type=QINT32)
+        assert_outputs(ours, theirs, tf)
+
+
+def test_quantized_avg_pool_wide_windows(tf):
+    # Windows of more than 128 codes sum in int32 rather than int16.
+    rng = np.random.default_rng(3)
+    x = random_codes(rng, (2, 30, 27, 3), QUINT8)
+    x[0] = 255
+    for k, s, padding in [(12, 5, "SAME"), (13, 13, "VALID"), (11, 1, "SAME")]:
+        theirs = tf.raw_ops.QuantizedAvgPool(input=tq(tf, x, QUINT8), min_input=F32(-1),
+                                             max_input=F32(1), ksize=[1, k, k, 1],
+                                             strides=[1, s, s, 1], padding=padding)
+        ours = run("QuantizedAvgPool", [x, F32(-1), F32(1)], T=QUINT8, ksize=[1, k, k, 1],
+                   strides=[1, s, s, 1], padding=padding)
+        assert_outputs(ours, theirs, tf)
+
+
+# Offsets at the extremes (zero at code 0 or 255) with the farthest codes make every product
+# 255 * 255, the largest partial sums: K then splits into several exact float32 chunks.
+EXTREME = {"zero at 0": ((0.0, 1.0), 255), "zero at 255": ((-1.0, 0.0), 0)}
+
+
+@pytest.mark.parametrize("a_case", sorted(EXTREME))
+@pytest.mark.parametrize("b_case", sorted(EXTREME))
+@pytest.mark.parametrize("k", [257, 258, 259, 1031, 40_000])
+def test_quantized_mat_mul_extreme_offsets(tf, a_case, b_case, k):
+    (a_range, a_far), (b_range, b_far) = EXTREME[a_case], EXTREME[b_case]
+    rng = np.random.default_rng(k)
+    a = random_codes(rng, (3, k), QUINT8)
+    b = random_codes(rng, (k, 4), QUINT8)
+    a[:2] = a_far                 # rows and columns of nothing but the largest products
+    b[:, :2] = b_far
+    ranges = [F32(v) for v in (*a_range, *b_range)]
+    theirs = tf.raw_ops.QuantizedMatMul(a=tq(tf, a, QUINT8), b=tq(tf, b, QUINT8), min_a=ranges[0],
+                                        max_a=ranges[1], min_b=ranges[2], max_b=ranges[3])
+    ours = run("QuantizedMatMul", [a, b, *ranges], T1=QUINT8, T2=QUINT8, Toutput=QINT32)
+    assert_outputs(ours, theirs, tf)       # K = 40000 wraps int32, as TensorFlow's sums do
+
+
+@pytest.mark.parametrize("a_case", sorted(EXTREME))
+@pytest.mark.parametrize("b_case", sorted(EXTREME))
+def test_quantized_conv2d_extreme_offsets_long_k(tf, a_case, b_case):
+    (a_range, a_far), (b_range, b_far) = EXTREME[a_case], EXTREME[b_case]
+    rng = np.random.default_rng(len(a_case) + 3 * len(b_case))
+    x = random_codes(rng, (1, 6, 5, 300), QUINT8)
+    f = random_codes(rng, (3, 3, 300, 3), QUINT8)
+    x[:, :3] = a_far
+    f[..., 0] = b_far
+    ranges = [F32(v) for v in (*a_range, *b_range)]
+    for padding in ("SAME", "VALID"):
+        theirs = tf.raw_ops.QuantizedConv2D(input=tq(tf, x, QUINT8), filter=tq(tf, f, QUINT8),
+                                            min_input=ranges[0], max_input=ranges[1],
+                                            min_filter=ranges[2], max_filter=ranges[3],
+                                            strides=[1, 1, 1, 1], padding=padding)
+        ours = run("QuantizedConv2D", [x, f, *ranges], Tinput=QUINT8, Tfilter=QUINT8,
+                   out_type=QINT32, strides=[1, 1, 1, 1], padding=padding)
+        assert_outputs(ours, theirs, tf)
+
+
+def test_weights_reused_changed_or_transposed(tf):
+    # The K splits of a weight array are remembered between calls: the same array again, with
+    # other ranges, transposed, or changed in place must all still give TensorFlow's results.
+    rng = np.random.default_rng(11)
+    x = random_codes(rng, (1, 5, 4, 600), QUINT8)
+    f = random_codes(rng, (2, 2, 600, 3), QUINT8)
+    a = random_codes(rng, (3, 1200), QUINT8)
+    w = random_codes(rng, (1200, 1200), QUINT8)
+    for step in range(4):
+        if step == 3:
+            f[..., 1] = 0                        # in place: offsets far from these codes
+            w[:, :600] = 255
+        ranges = [F32(0.0), F32(1.0), F32(-1.0 + step * 0.4), F32(step * 0.3)]
+        theirs = tf.raw_ops.QuantizedConv2D(input=tq(tf, x, QUINT8), filter=tq(tf, f, QUINT8),
+                                            min_input=ranges[0], max_input=ranges[1],
+                                            min_filter=ranges[2], max_filter=ranges[3],
+                                            strides=[1, 1, 1, 1], padding="SAME")
+        for _ in range(2):                       # the second call finds its K splits known
+            ours = run("QuantizedConv2D", [x, f, *ranges], Tinput=QUINT8, Tfilter=QUINT8,
+                       out_type=QINT32, strides=[1, 1, 1, 1], padding="SAME")
+            assert_outputs(ours, theirs, tf)
+        for transpose_b in (False, True, False):
+            theirs = tf.raw_ops.QuantizedMatMul(a=tq(tf, a, QUINT8), b=tq(tf, w, QUINT8),
+                                                min_a=ranges[0], max_a=ranges[1],
+                                                min_b=ranges[2], max_b=ranges[3],
+                                                transpose_b=transpose_b)
+            ours = run("QuantizedMatMul", [a, w, *ranges], T1=QUINT8, T2=QUINT8,
+                       Toutput=QINT32, transpose_b=transpose_b)
+            assert_outputs(ours, theirs, tf)
+
+
+@pytest.mark.parametrize("k", [1, 257, 258, 259, 1031, 5000])
+@pytest.mark.parametrize("bound", [128, 255, 1530, 70_000])
+def test_exact_matmul_int32(k, bound):
+    rng = np.random.default_rng(k + bound)
+    a = rng.integers(-bound, bound, (4, k), endpoint=True)
+    b = rng.integers(-255, 255, (k, 5), endpoint=True)
+    a[0], b[:, 0] = bound, 255            # the largest partial sums
+    a[1], b[:, 1] = -bound, 255
+    exact = (a.astype(object) @ b.astype(object)) % 2 ** 32
+    chunks = Q.k_chunks(b.astype(F32), bound)
+    assert all(bound * np.abs(b[s:e]).sum(axis=0).max() <= 2 ** 24 for s, e in chunks)
+    assert [s for s, _ in chunks[1:]] == [e for _, e in chunks[:-1]]
+    got = Q.exact_matmul_int32(a.astype(F32), bound, b.astype(F32))
+    assert got.dtype == np.int32
+    assert np.array_equal(got.astype(np.int64) % 2 ** 32, exact.astype(np.int64))
+
+
+def test_for_chunks_covers_each_element_once_and_reports_errors(monkeypatch):
+    from gtt_rules.engine.kernels import chunked
+    monkeypatch.setattr(chunked, "PARALLEL_MIN", 10)
+    monkeypatch.setattr(chunked, "THREADS", 3)
+    for n, chunk in [(0, 7), (1, 7), (10, 3), (1000, 7), (1001, 1000)]:
+        seen = np.zeros(n, np.int64)
+        workers = []
+
+        def worker():
+            workers.append(1)
+
+            def step(start, stop):
+                seen[start:stop] += 1
+            return step
+        chunked.for_chunks(n, worker, chunk=chunk)
+        assert np.all(seen == 1) and 1 <= len(workers) <= 3
+
+    def failing():
+        def step(start, stop):
+            if start >= 500:
+                raise ValueError("chunk failed")
+        return step
+    with pytest.raises(ValueError, match="chunk failed"):
+        chunked.for_chunks(1000, failing, chunk=100)
+
+
 # ---- TensorFlow without oneDNN -------------------------------------------------------------------
 
 _REFERENCE_SCRIPT = textwrap.dedent("""

@@ -22,15 +22,22 @@ What the TensorFlow binary does beyond its sources, all measured against 2.21 an
 - A qint32 converts to int64 or double through float (`widen_codes`).
 - Eigen's float -> small-integer casts saturate in vector code but wrap in the scalar tail
   (`_store_cast`).
+
+Large tensors are processed in cache-sized chunks over a small thread pool (`chunked.py`), and
+the common 8- and 16-bit cases take shortcuts that make fewer numpy passes but give the same
+bits: clamping before rounding (rounding is monotonic), integer tricks for half-away rounding,
+and exact-integer bounds (`_quantize_eigen_8bit`, `_quantize_small`, `_affine`,
+`_requantize_32_to_8_no_wrap`, `exact_matmul_int32`); each says why it is exact.
 """
 from __future__ import annotations
 
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
 import numpy as np
+
+from .chunked import buffer, filled, for_chunks
 
 F32 = np.float32
 F64 = np.float64
@@ -108,6 +115,17 @@ def _flush_subnormals(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def _daz(values: np.ndarray, scale) -> np.ndarray:
+    """values, with subnormals read as zero if `scale` could lift one to a code step.
+
+    TensorFlow's kernels run with DAZ set, so subnormal inputs count as zero; at ordinary scales
+    (below 2^100) a subnormal times the scale still rounds to zero, and nothing needs doing.
+    """
+    if abs(F32(scale)) < F32(2.0 ** 100):
+        return values
+    return _flush_subnormals(np.array(values, dtype=F32))
+
+
 # ---- rounding ------------------------------------------------------------------------------------
 
 _PREV_HALF_F32 = F32(0.49999997)            # the float just below 0.5
@@ -183,9 +201,25 @@ def float_to_quantized_unclamped(values, range_min, range_max, dtype) -> np.ndar
     number_of_steps, range_adjust = _steps(t)
     range_ = F64(range_max - range_min) * range_adjust
     range_scale = number_of_steps / range_
+    if values.ndim == 0:
+        # One value (a zero point, a clamp code): the same double arithmetic on Python floats,
+        # many times faster than numpy's scalar machinery.
+        scale = float(range_scale)
+        # round() returns doubles and TensorFlow subtracts them as doubles.
+        difference = (_round_half_away_float(float(values) * scale)
+                      - _round_half_away_float(float(range_min) * scale))
+        if abs(difference) < 2.0 ** 62:
+            return np.int64(int(difference) + t.lowest)
     quantized = (round_half_away(values.astype(F64) * range_scale)
                  - _round_f64(F64(range_min) * range_scale))
     return quantized.astype(np.int64) + t.lowest
+
+
+def _round_half_away_float(value: float) -> float:
+    """round_half_away for one double (Python floats are IEEE doubles); NaN stays NaN."""
+    if not math.isfinite(value):
+        return value
+    return float(math.trunc(value + math.copysign(0.49999999999999994, value)))
 
 
 def float_to_quantized(values, range_min, range_max, dtype) -> np.ndarray:
@@ -273,6 +307,7 @@ class _QuantizeParams(NamedTuple):
     upper: np.float32
 
 
+@np.errstate(all="ignore")   # empty or infinite ranges give inf/NaN silently, as in C
 def _quantize_params(range_min, range_max, t: QType) -> _QuantizeParams:
     """FloatToQuantizedStruct<T>."""
     range_min, range_max = F32(range_min), F32(range_max)
@@ -297,8 +332,51 @@ def quantize_eigen(values, range_min, range_max, dtype, out: np.ndarray | None =
     p = _quantize_params(range_min, range_max, t)
     if out is None:
         out = np.empty(values.shape, dtype=t.holder)
-    _parallel(values.size, lambda s: _quantize_eigen_chunk(values.reshape(-1)[s], p, out.reshape(-1)[s]))
+    flat_in, flat_out = _daz(values.reshape(-1), p.range_scale), out.reshape(-1)
+    if not _quantize_eigen_8bit(flat_in, p, t, flat_out):
+        _parallel(values.size, lambda s: _quantize_eigen_chunk(flat_in[s], p, flat_out[s]))
     return out
+
+
+def _quantize_eigen_8bit(x: np.ndarray, p: _QuantizeParams, t: QType, out: np.ndarray) -> bool:
+    """QUANTIZE_WITH_EIGEN to an 8-bit type in half the passes; False when it does not apply.
+
+    Rounding is monotonic, so clamping y = x * scale to [offset + lowest, offset + highest] first
+    gives the same codes and keeps everything small (NaN is patched afterwards: numpy's fmax
+    treats signaling NaNs differently in its vector and scalar loops). The rounding is done on
+    A = trunc(2y), an int16: round_half_away(y) = (A + 1) >> 1 for A >= 0 and A >> 1 below, i.e.
+    (A + 1 + (A >> 15)) >> 1. 2y is computed as x * (2 * scale), which doubles exactly.
+    """
+    offset, scale2 = p.offset, F32(2) * p.range_scale
+    if (t.bits != 8 or not np.isfinite(scale2) or not np.isfinite(offset)
+            or abs(offset) > 8192 or offset != np.trunc(offset)):
+        return False
+    lo = filled(F32(2) * F32(offset + t.lowest), F32, x.size)
+    hi = filled(F32(2) * F32(offset + t.highest), F32, x.size)
+    shift = np.int16(1 - 2 * int(offset))
+    one, fifteen = np.int16(1), np.int16(15)
+
+    def worker():
+        y, a, sign = buffer(F32, x.size), buffer(np.int16, x.size), buffer(np.int16, x.size, 1)
+
+        def step(start: int, stop: int) -> None:
+            n = stop - start
+            yn, an, sn = y[:n], a[:n], sign[:n]
+            np.multiply(x[start:stop], scale2, out=yn)
+            np.maximum(yn, lo[:n], out=yn)      # keeps NaN, for the patch below
+            np.minimum(yn, hi[:n], out=yn)
+            an[...] = yn
+            np.right_shift(an, fifteen, out=sn)
+            np.add(an, sn, out=an)
+            np.add(an, shift, out=an)
+            np.right_shift(an, one, out=an)
+            out[start:stop] = an
+            if np.isnan(yn.min()):
+                out[start:stop][np.isnan(yn)] = 0      # NaN truncates to INT32_MIN: low byte 0
+        return step
+
+    for_chunks(x.size, worker)
+    return True
 
 
 def _quantize_eigen_chunk(x: np.ndarray, p: _QuantizeParams, out: np.ndarray) -> None:
@@ -329,6 +407,7 @@ class _DequantizeParams(NamedTuple):
     offset: np.float32           # range_min_rounded - lowest * range_scale
 
 
+@np.errstate(all="ignore")   # empty or infinite ranges give inf/NaN silently, as in C
 def _dequantize_params(range_min, range_max, t: QType) -> _DequantizeParams:
     """QuantizedToFloatStruct<T>."""
     range_min, range_max = F32(range_min), F32(range_max)
@@ -349,18 +428,42 @@ def dequantize_eigen(codes, range_min, range_max, dtype, out: np.ndarray | None 
     p = _dequantize_params(range_min, range_max, t)
     if out is None:
         out = np.empty(codes.shape, dtype=F32)
-    flat_in, flat_out = codes.reshape(-1), out.reshape(-1)
-
-    def chunk(s):
-        o = flat_out[s]
-        o[...] = flat_in[s]       # a plain cast first: numpy's casting ufunc loops are slow
-        np.multiply(o, p.range_scale, out=o)
-        np.add(o, p.offset, out=o)
-
-    _parallel(codes.size, chunk)
+    _affine(codes.reshape(-1), p.range_scale, p.offset, out.reshape(-1))
     if 0 < abs(p.range_scale) < _TINY_SCALE:
         _flush_subnormals(out)
     return out
+
+
+def _affine(codes: np.ndarray, scale, offset, out: np.ndarray, flip: int = 0) -> None:
+    """out = float32(codes ^ flip) * scale + offset, two roundings as in TensorFlow (no FMA).
+
+    `flip` (the sign bit of a signed type, applied to the codes' unsigned view) turns code c
+    into c + 2^(bits-1), exactly, in the cheap byte domain rather than as a float addition.
+    A 256-entry table would be exact too, but numpy's gather costs twice these three passes.
+    """
+    if flip:
+        codes = codes.view(np.dtype(codes.dtype.str.replace("i", "u")))
+    if offset is not None and offset == 0 and (np.signbit(offset) or scale > 0):
+        offset = None       # adding zero changes no bits here (it would turn -0.0 into +0.0)
+
+    def worker():
+        flipped = buffer(codes.dtype, codes.size) if flip else None
+
+        def step(start: int, stop: int) -> None:
+            o = out[start:stop]
+            if flip:
+                c = flipped[:stop - start]
+                np.bitwise_xor(codes[start:stop], codes.dtype.type(flip), out=c)
+                o[...] = c
+            else:
+                o[...] = codes[start:stop]     # a plain cast first: casting ufunc loops are slow
+            np.multiply(o, scale, out=o)
+            if offset is not None:
+                np.add(o, offset, out=o)
+
+        return step
+
+    for_chunks(codes.size, worker)
 
 
 def requantize_eigen(codes, min_input, max_input, min_output, max_output, dtype_in,
@@ -404,6 +507,23 @@ def _requantize_32_to_8(codes, min_input, max_input, min_output, max_output) -> 
     scale = np.int64(wrap_int64(range_scale_fp))
     out = np.empty(codes.shape, dtype=np.uint8)
     flat_in, flat_out = codes.reshape(-1), out.reshape(-1)
+    if flat_in.size and scale >= 0:
+        smallest, largest = int(flat_in.min()), int(flat_in.max())
+        biggest = max(-smallest, largest)
+        # Codes widen through float32: exactly below 2^24, by at most 128 above.
+        widest = biggest + (128 if biggest > 1 << 24 else 0)
+        if widest * int(scale) + abs(int(constant)) * (1 << 32) < 1 << 62:
+            window = _codes_to_8bit_window(int(scale), int(constant), smallest, largest)
+            clip = window is not None and window != (smallest, largest)
+            if window is not None:         # the codes' own range, as the clamp will leave it
+                smallest, largest = window
+            # Below 2^24 the float32 round trip that widens qint32 changes nothing; below
+            # 2^31 - 64 it cannot round up to 2^31, so float32 -> int32 is a safe cast.
+            widen = ("exact" if max(-smallest, largest) <= 1 << 24
+                     else "int32" if largest < (1 << 31) - 64 else "int64")
+            _requantize_32_to_8_no_wrap(flat_in, int(scale), int(constant), window, clip,
+                                        widen, flat_out)
+            return out
 
     def chunk(s):
         wide = widen_codes(flat_in[s], DT_QINT32)
@@ -416,6 +536,100 @@ def _requantize_32_to_8(codes, min_input, max_input, min_output, max_output) -> 
 
     _parallel(codes.size, chunk)
     return out
+
+
+def _requantize_32_to_8_no_wrap(codes: np.ndarray, scale: int, constant: int,
+                                window: tuple[int, int] | None, clip: bool, widen: str,
+                                out: np.ndarray) -> None:
+    """_requantize_32_to_8 when no code * scale wraps: (v * scale + constant * 2^32) >> 48.
+
+    Without wrapping, ((v * scale) >> 32 + constant) >> 16 is that single shift (floors
+    compose), and it is monotonic in v: with a `window` (see _codes_to_8bit_window) the codes
+    are clamped to it first if `clip` (else they all lie in it already), and the results then
+    lie within [0, 255]; without one the results, well within int16, are clamped there.
+    `widen` says how codes (once clamped) go through float32 to int64: "exact" (no change),
+    "int32" or "int64" (the slow cast).
+    """
+    scale64, shifted, by = np.int64(scale), np.int64(constant << 32), np.int64(48)
+    if window is not None:
+        lo, hi = np.int32(window[0]), np.int32(window[1])
+    else:
+        lo, hi = np.int16(0), np.int16(255)
+
+    def worker():
+        narrow, wide, small, floats = (buffer(dtype, codes.size)
+                                       for dtype in (np.int32, np.int64, np.int16, F32))
+
+        def step(start: int, stop: int) -> None:
+            n = stop - start
+            v, w = codes[start:stop], wide[:n]
+            if clip:
+                v = np.clip(v, lo, hi, out=narrow[:n])
+            if widen == "exact":
+                w[...] = v
+            elif widen == "int32":
+                f = floats[:n]
+                f[...] = v
+                narrow[:n] = f
+                w[...] = narrow[:n]
+            else:
+                w[...] = v.astype(F32)
+            np.multiply(w, scale64, out=w)
+            np.add(w, shifted, out=w)
+            np.right_shift(w, by, out=w)
+            if window is not None:
+                out[start:stop] = w
+            else:
+                s = small[:n]
+                s[...] = w
+                np.clip(s, lo, hi, out=s)
+                out[start:stop] = s
+
+        return step
+
+    for_chunks(codes.size, worker)
+
+
+def _codes_to_8bit_window(scale: int, constant: int, smallest: int,
+                          largest: int) -> tuple[int, int] | None:
+    """A range of int32 codes to clamp codes in [smallest, largest] to, after which
+    (float32(v) * scale + constant * 2^32) >> 48 lies in [0, 255] and equals what clamping that
+    result would give; None if there is none.
+
+    The value is non-decreasing in v (scale >= 0), so the codes that map into [0, 255] form an
+    interval. Its ends solve v * scale + constant * 2^32 >= 0 and < 2^56 exactly where codes
+    are exact in float32 (within 2^24), and are otherwise found by binary search among the
+    given codes. Clamping to it is right if the ends that bind map to 0 and 255 (a scale
+    above 2^48 steps over codes).
+    """
+    shifted = constant << 32
+
+    def code(v: int) -> int:
+        return (int(F32(v)) * scale + shifted) >> 48
+
+    def first(predicate, lo: int, hi: int) -> int:   # the smallest v in [lo, hi) passing, or hi
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if predicate(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    if scale <= 0:
+        return None
+    if code(smallest) >= 0 and code(largest) <= 255:
+        return smallest, largest                       # nothing to clamp
+    low, high = -(shifted // scale), ((1 << 56) - shifted - 1) // scale
+    if max(-low, high) > 1 << 24:
+        low = first(lambda v: code(v) >= 0, smallest, largest + 1)
+        high = first(lambda v: code(v) > 255, smallest, largest + 1) - 1
+    low, high = max(low, smallest), min(high, largest)
+    if low > high:
+        return None
+    if (low > smallest and code(low) != 0) or (high < largest and code(high) != 255):
+        return None
+    return low, high
 
 
 def wrap_int64(value: int) -> int:
@@ -569,6 +783,7 @@ def _check_quantize_modes(mode: str, round_mode: str) -> None:
                          f"but mode is '{mode}'.")
 
 
+@np.errstate(all="ignore")   # empty or infinite ranges give inf/NaN silently, as in C
 def _quantize_slice(x: np.ndarray, min_range, max_range, t: QType, mode: str, round_mode: str,
                     narrow_range: bool, out: np.ndarray) -> tuple[np.float32, np.float32]:
     """QuantizeSlice of quantize_op.cc for MIN_COMBINED and SCALED, on an already adjusted range."""
@@ -577,9 +792,12 @@ def _quantize_slice(x: np.ndarray, min_range, max_range, t: QType, mode: str, ro
         with np.errstate(all="ignore"):       # an empty range gives an infinite scale, as in C
             scale_factor = F32((float(t.highest) - float(t.lowest))
                                / F64(F32(max_range - min_range)))
+        half_range = F32((float(t.highest) - float(t.lowest) + 1) / 2.0) if t.signed else None
+        x = _daz(x, scale_factor)
+        if _quantize_small(x, t, min_range, max_range, min_range, scale_factor, half_range,
+                           "HALF_AWAY_FROM_ZERO" if t.signed else "ADD_HALF", out):
+            return min_range, max_range
         if t.signed:
-            half_range = F32((float(t.highest) - float(t.lowest) + 1) / 2.0)
-
             def chunk(s):
                 # Eigen clamps with min then max; the same as clip for min <= max.
                 v = np.clip(x[s], min_range, max_range)
@@ -610,6 +828,9 @@ def _quantize_slice(x: np.ndarray, min_range, max_range, t: QType, mode: str, ro
     scale_factor = F32(min(scale_from_min, scale_from_max))
     min_range = _ftz(F32(min_output_value) / scale_factor)
     max_range = _ftz(F32(max_output_value) / scale_factor)
+    x = _daz(x, scale_factor)
+    if _quantize_small(x, t, min_range, max_range, F32(0), scale_factor, None, round_mode, out):
+        return min_range, max_range
 
     def chunk(s):
         v = np.clip(x[s], min_range, max_range)
@@ -621,6 +842,78 @@ def _quantize_slice(x: np.ndarray, min_range, max_range, t: QType, mode: str, ro
         _store_cast(v, out[s], t, x.size - x.size % 8 - s.start)
     _parallel(x.size, chunk)
     return min_range, max_range
+
+
+def _quantize_small(x: np.ndarray, t: QType, lo, hi, shift, scale, half, rounding: str,
+                    out: np.ndarray) -> bool:
+    """QuantizeSlice's arithmetic for 8- and 16-bit types in few passes; False if it does not apply.
+
+    The float before the cast is (clamp(x, lo, hi) - shift) * scale - half, then rounded
+    ("HALF_AWAY_FROM_ZERO", "HALF_TO_EVEN") or, for MIN_COMBINED's unsigned types, plus 0.5
+    ("ADD_HALF"). The clamps come first and bound every value, so numpy's truncating float ->
+    integer cast stores exactly what TensorFlow's (truncate, saturate) does, and half-away
+    rounding is x + copysign(0.49999997, x) followed by that truncation. NaN codes are patched
+    in afterwards.
+    """
+    if t.bits > 16 or not all(np.isfinite(v) for v in (lo, hi, scale)):
+        return False
+    if rounding == "HALF_AWAY_FROM_ZERO" and half is None and lo >= shift and scale >= 0:
+        rounding = "HALF_AWAY_POSITIVE"       # no negative values: no sign to look at
+    # Every clamped value lies between the results for lo and hi: check those two fit the type.
+    with np.errstate(all="ignore"):
+        ends = [np.trunc(_small_code(np.array([v], F32), shift, scale, half, rounding)[0])
+                for v in (lo, hi)]
+    if not all(np.isfinite(e) and t.lowest <= e <= t.highest for e in ends):
+        return False
+    lo_full, hi_full = filled(lo, F32, x.size), filled(hi, F32, x.size)
+
+    def worker():
+        v, bits = buffer(F32, x.size), buffer(np.uint32, x.size)
+
+        def step(start: int, stop: int) -> None:
+            n = stop - start
+            vn = v[:n]
+            np.maximum(x[start:stop], lo_full[:n], out=vn)     # keeps NaN, patched below
+            np.minimum(vn, hi_full[:n], out=vn)
+            _small_code(vn, shift, scale, half, rounding, bits[:n])
+            out[start:stop] = vn
+            if np.isnan(vn.min()):
+                # NaN: vector code stores the lowest code, the scalar tail (see below) 0.
+                out[start:stop][np.isnan(vn)] = t.lowest
+
+        return step
+
+    for_chunks(x.size, worker)
+    # The scalar loop for the last n % 8 elements keeps the low bits of INT32_MIN: 0.
+    tail = x.size - x.size % 8
+    if tail < x.size:
+        nan = np.isnan(x[tail:])
+        if nan.any():
+            out[tail:][nan] = 0
+    return True
+
+
+def _small_code(v: np.ndarray, shift, scale, half, rounding: str,
+                bits: np.ndarray | None = None) -> np.ndarray:
+    """In place: the float whose truncation is the code (see _quantize_small)."""
+    if shift != 0:
+        np.subtract(v, shift, out=v)
+    np.multiply(v, scale, out=v)
+    if half is not None:
+        np.subtract(v, half, out=v)
+    if rounding == "ADD_HALF":
+        np.add(v, F32(0.5), out=v)
+    elif rounding == "HALF_TO_EVEN":
+        np.rint(v, out=v)
+    elif rounding == "HALF_AWAY_POSITIVE":
+        np.add(v, _PREV_HALF_F32, out=v)
+    else:
+        if bits is None:
+            bits = np.empty(v.shape, np.uint32)
+        np.bitwise_and(v.view(np.uint32), np.uint32(0x80000000), out=bits)
+        np.bitwise_or(bits, np.uint32(0x3EFFFFFF), out=bits)     # +-0.49999997
+        np.add(v, bits.view(F32), out=v)
+    return v
 
 
 def _store_cast(v: np.ndarray, out: np.ndarray, t: QType, tail_start: int) -> None:
@@ -697,6 +990,7 @@ def dequantize_per_axis(codes, range_mins, range_maxs, dtype, axis: int,
     return np.moveaxis(out, 0, axis)
 
 
+@np.errstate(all="ignore")   # empty or infinite ranges give inf/NaN silently, as in C
 def _dequantize_slice(q: np.ndarray, range_min, range_max, t: QType, mode: str, narrow_range: bool,
                       out: np.ndarray) -> None:
     range_min, range_max = F32(range_min), F32(range_max)
@@ -704,14 +998,17 @@ def _dequantize_slice(q: np.ndarray, range_min, range_max, t: QType, mode: str, 
         steps = F32(F32(t.highest) - F32(t.lowest))
         scale_factor = _ftz(F32(range_max - range_min) / steps)
         half_range = F32(F32(steps + F32(1)) / F32(2)) if t.signed else F32(0)
-
-        def chunk(s):
-            o = out[s]
-            o[...] = q[s]
-            if half_range:
+        if t.bits <= 16:
+            # ((code + half_range) * scale) + min; code + half_range is exact on the bits.
+            _affine(q, scale_factor, range_min, out, (1 << (t.bits - 1)) if t.signed else 0)
+        else:
+            def chunk(s):
+                o = out[s]
+                o[...] = q[s]
                 np.add(o, half_range, out=o)
-            np.multiply(o, scale_factor, out=o)
-            np.add(o, range_min, out=o)
+                np.multiply(o, scale_factor, out=o)
+                np.add(o, range_min, out=o)
+            _parallel(q.size, chunk)
     elif mode == "SCALED":
         min_output_value = t.lowest + (1 if narrow_range else 0)
         if t.lowest == 0:
@@ -719,21 +1016,47 @@ def _dequantize_slice(q: np.ndarray, range_min, range_max, t: QType, mode: str, 
         else:
             scale_factor = _ftz(max(range_min / F32(min_output_value),
                                     range_max / F32(t.highest)))
-
-        def chunk(s):
-            codes = q[s]
-            if t.bits == 32:
+        if t.bits <= 16:
+            _affine(q, scale_factor, None, out)
+        else:
+            def chunk(s):
                 # cast<int>() of a qint32 goes through float, and float 2^31 truncates to
                 # INT32_MIN: the largest codes dequantize to -max.
-                codes = _cast_float_to_int32(codes.astype(F32))
-            o = out[s]
-            o[...] = codes
-            np.multiply(o, scale_factor, out=o)
+                o = out[s]
+                o[...] = _cast_float_to_int32(q[s].astype(F32))
+                np.multiply(o, scale_factor, out=o)
+            _parallel(q.size, chunk)
     else:
         raise ValueError(f"Mode string must be 'MIN_COMBINED', 'MIN_FIRST', or 'SCALED', is '{mode}'")
-    _parallel(q.size, chunk)
     if 0 < abs(scale_factor) < _TINY_SCALE or 0 < abs(range_min) < _TINY_SCALE:
         _flush_subnormals(out)
+
+
+def requantize_table_8_to_32(dtype, min_input, max_input, min_output, max_output) -> np.ndarray:
+    """requantize_eigen of all 256 codes of an 8-bit type into qint32, indexed by the code's byte
+    (its unsigned view, so qint8 -1 is entry 255): a lookup table for ops that requantize codes.
+
+    The same float32 arithmetic as requantize_eigen, without its chunking (256 values).
+    """
+    t = qtype(dtype)
+    codes = np.arange(256, dtype=np.uint8).view(t.holder)
+    dq = _dequantize_params(min_input, max_input, t)
+    values = codes.astype(F32)
+    np.multiply(values, dq.range_scale, out=values)
+    np.add(values, dq.offset, out=values)
+    if 0 < abs(dq.range_scale) < _TINY_SCALE:
+        _flush_subnormals(values)
+    q32 = qtype(DT_QINT32)
+    p = _quantize_params(min_output, max_output, q32)
+    with np.errstate(all="ignore"):
+        values = _daz(values, p.range_scale)
+        np.multiply(values, p.range_scale, out=values)
+        _round_half_away_inplace(values)
+        np.subtract(values, p.offset, out=values)
+        np.clip(values, p.lower, p.upper, out=values)
+        if np.isnan(values).any():
+            return _cast_float_to_int32(values)
+        return values.astype(np.int32)          # clamped to int32's range: a plain cast
 
 
 # ---- ranges of the ops that combine two inputs -----------------------------------------------------
@@ -775,34 +1098,70 @@ def _chunked_matmul(a: np.ndarray, b: np.ndarray, chunk: int, dtype) -> np.ndarr
     return total
 
 
+def exact_matmul_int32(a: np.ndarray, bound_a: int, b: np.ndarray,
+                       chunks: list[tuple[int, int]] | None = None,
+                       out: np.ndarray | None = None) -> np.ndarray:
+    """a @ b modulo 2^32 as int32, for integer-valued float32 a (|a| <= bound_a) and b.
+
+    A float32 sum is exact, in any order and with or without FMA, while every partial sum stays
+    within 2^24; here each is at most bound_a times the column sum of |b| over its K-chunk, so K
+    is split where those sums would pass 2^24 (usually not at all: one sgemm, cast straight to
+    int32). Chunk results (exact integers) add up in int32, which wraps like TensorFlow's
+    accumulators. When even one row of b is too large, the float64/int64 path takes over.
+    `chunks` may pass k_chunks(b, bound_a), computed once for a b used many times.
+    """
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), np.int32)
+    chunks = chunks or k_chunks(b, bound_a)
+    if not chunks:
+        bound_b = int(np.abs(b).max(initial=0))
+        out[...] = exact_int_matmul(a, b, bound_a, bound_b).astype(np.int32)
+        return out
+    if len(chunks) == 1 and out.flags.c_contiguous:
+        # The float32 product goes straight into out's memory and is converted there, a block
+        # at a time: no product-sized temporary (fresh memory costs page faults).
+        np.matmul(a, b, out=out.view(F32))
+        flat = out.reshape(-1)
+        floats = flat.view(F32)
+        for start in range(0, flat.size, 1 << 16):
+            flat[start:start + (1 << 16)] = floats[start:start + (1 << 16)]
+        return out
+    for i, (start, stop) in enumerate(chunks):
+        part = np.matmul(a[:, start:stop], b[start:stop])
+        if i == 0:
+            out[...] = part                   # exact integers: the cast loses nothing
+        else:
+            out += part.astype(np.int32)
+    return out
+
+
+_EXACT_F32 = float(1 << 24)
+
+
+def k_chunks(b: np.ndarray, bound_a: int) -> list[tuple[int, int]]:
+    """K-ranges whose bound_a * sum_k |b[k, j]| stays within 2^24 for every column j ([]: none).
+
+    The sums are float32: exact up to 2^24, far above the limit they are compared with.
+    """
+    abs_b = np.abs(b)
+    k = abs_b.shape[0]
+    if k == 0 or bound_a * float(abs_b.sum(axis=0).max(initial=0)) <= _EXACT_F32:
+        return [(0, k)]
+    if bound_a * float(abs_b.max()) > _EXACT_F32:
+        return []
+    # Equal parts, as few as the column sums allow (a part always fits once it is one row).
+    parts = 2
+    while True:
+        bounds = [(i * k // parts, (i + 1) * k // parts) for i in range(parts)]
+        # (A sum per part: np.add.reduceat along axis 0 is many times slower.)
+        if all(bound_a * float(abs_b[lo:hi].sum(axis=0).max()) <= _EXACT_F32
+               for lo, hi in bounds):
+            return bounds
+        parts = min(k, parts * 2)
+
+
 # ---- parallel elementwise work ---------------------------------------------------------------------
-
-# numpy releases the GIL inside ufunc loops, so cache-sized chunks spread over threads run in
-# parallel and each pass over a chunk stays in cache.
-_CHUNK = 1 << 16
-_PARALLEL_MIN = 1 << 18
-_THREADS = max(1, min(8, os.cpu_count() or 1))
-_pool: ThreadPoolExecutor | None = None
-
 
 def _parallel(n: int, fn: Callable[[slice], None]) -> None:
     """Run fn(slice) over [0, n) in cache-sized chunks, on all cores when n is large."""
-    global _pool
-    if n < _PARALLEL_MIN or _THREADS == 1:
-        with np.errstate(all="ignore"):
-            for start in range(0, max(n, 1), _CHUNK):
-                fn(slice(start, min(start + _CHUNK, n)))
-        return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="gtt-kernels")
-    per_thread = -(-n // _THREADS)
-
-    def run(lo: int, hi: int) -> None:
-        # errstate is per thread; NaN and infinity flow through silently, as in TensorFlow.
-        with np.errstate(all="ignore"):
-            for start in range(lo, hi, _CHUNK):
-                fn(slice(start, min(start + _CHUNK, hi)))
-
-    futures = [_pool.submit(run, lo, min(lo + per_thread, n)) for lo in range(0, n, per_thread)]
-    for f in futures:
-        f.result()
+    for_chunks(n, lambda: lambda start, stop: fn(slice(start, stop)))
