@@ -42,33 +42,28 @@ def _io(graph: Graph) -> tuple[list[str], list[str]]:
     return [n.name for n in graph.placeholders()], [n.name for n in graph.sinks()]
 
 
-def quantize_weights_ours(path: pathlib.Path, out: pathlib.Path, specs: list[str]) -> None:
+def quantize_weights_ours(path: pathlib.Path, out: pathlib.Path, specs: list[str], io) -> None:
     """Load, rewrite and save in this process, the rules read afresh (a new Library each time)."""
     from gtt_rules.rules.library import Library, load_rules as load_with
 
     graph = Graph.load(path)
-    inputs, outputs = _io(graph)
-    apply(graph, load_with(specs, Library()), inputs=inputs, outputs=outputs)
+    apply(graph, load_with(specs, Library()), inputs=io[0], outputs=io[1])
     graph.save(out)
 
 
-def quantize_weights_cli(path: pathlib.Path, out: pathlib.Path, specs: list[str]) -> None:
+def quantize_weights_cli(path: pathlib.Path, out: pathlib.Path, specs: list[str], io) -> None:
     """The same as a user runs it: a fresh `gtt-rules apply` process, imports and all."""
-    graph = Graph.load(path)
-    inputs, outputs = _io(graph)
     command = [sys.executable, "-m", "gtt_rules", "apply", str(path), "-o", str(out),
-               "--inputs", ",".join(inputs), "--outputs", ",".join(outputs)]
+               "--inputs", ",".join(io[0]), "--outputs", ",".join(io[1])]
     for spec in specs:
         command += ["--rules", spec]
     subprocess.run(command, check=True, capture_output=True)
 
 
-def quantize_weights_tflite(path: pathlib.Path, out: pathlib.Path) -> None:
+def quantize_weights_tflite(path: pathlib.Path, out: pathlib.Path, io) -> None:
     import tensorflow as tf
 
-    graph = Graph.load(path)
-    inputs, outputs = _io(graph)
-    shapes = {name: [max(d, 1) for d in graph[name].get_attr("shape")] for name in inputs}
+    inputs, outputs, shapes = io
     converter = tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(str(path), inputs, outputs, shapes)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     out.write_bytes(converter.convert())
@@ -81,15 +76,19 @@ WEIGHT_FLOWS = {"quantize_weights": ["quantize_weights"],
 def bench_weights(path: pathlib.Path, runs: int, workdir: pathlib.Path) -> list[dict]:
     """One row per flow of ours; TensorFlow Lite's converter timed alongside, runs alternating."""
     tflite_out = workdir / "weights.tflite"
+    graph = Graph.load(path)            # inputs, outputs and input shapes, read once, outside the clocks
+    inputs, outputs = _io(graph)
+    io = (inputs, outputs, {name: [max(d, 1) for d in graph[name].get_attr("shape")] for name in inputs})
+    del graph
     times = {"tflite": []}
     for label in WEIGHT_FLOWS:
         times[label], times[label + " (cli)"] = [], []
     for _ in range(runs):
-        times["tflite"].append(timed(lambda: quantize_weights_tflite(path, tflite_out))[0])
+        times["tflite"].append(timed(lambda: quantize_weights_tflite(path, tflite_out, io))[0])
         for label, specs in WEIGHT_FLOWS.items():
             out = workdir / f"weights_{len(specs)}.pb"
-            times[label].append(timed(lambda: quantize_weights_ours(path, out, specs))[0])
-            times[label + " (cli)"].append(timed(lambda: quantize_weights_cli(path, out, specs))[0])
+            times[label].append(timed(lambda: quantize_weights_ours(path, out, specs, io))[0])
+            times[label + " (cli)"].append(timed(lambda: quantize_weights_cli(path, out, specs, io))[0])
     tflite = statistics.median(times["tflite"])
     rows = []
     for label, specs in WEIGHT_FLOWS.items():

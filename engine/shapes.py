@@ -74,8 +74,7 @@ def infer_shape(graph: Graph, ref: TensorRef | str) -> Shape:
     ref = ref if isinstance(ref, TensorRef) else TensorRef.parse(ref)
     node = graph.get(ref.node)
     if node is not None and node.op == "Const" and ref.port == 0 and "value" in node.proto.attr:
-        # The common question (the shape of some weights) needs no walk and no cache entry.
-        return tuple(d.size for d in node.proto.attr["value"].tensor.tensor_shape.dim)
+        return _const(node, (), ())   # the common question (weights) needs no walk, no cache entry
     return _resolve(graph, ref.node).shape(ref.port)
 
 

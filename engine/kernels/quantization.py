@@ -499,7 +499,7 @@ def _requantize_32_to_8(codes, min_input, max_input, min_output, max_output) -> 
         # Rounded half away from zero: TensorFlow 2.21's kernel does so (its older source
         # truncated); truncation is one code low whenever the fraction passes one half.
         offset = (1 << fp_shift) * (F64(min_output) * 255.0) / F64(output_range)
-        output_offset_fp = int(math.copysign(math.floor(abs(offset) + 0.5), offset))
+        output_offset_fp = int(_round_half_away_float(offset))
     # float32 throughout: rezero * recip * 65536 are all floats in TensorFlow's source.
     input_offset_fp = int(math.trunc(float(F32(input_rezero * recip_output_range)
                                            * F32(1 << fp_shift))))
