@@ -135,6 +135,7 @@ def tf_cases(tf, rng):
     qtypes = {QUINT8: (tf.quint8, np.uint8, 0, 255), QINT8: (tf.qint8, np.int8, -128, 127)}
     for label, shape in (("1x224x224x3", (1, 224, 224, 3)), ("4M", (4 * 1024 * 1024,))):
         x = (rng.standard_normal(shape) * 2).astype(F32)
+        tx = tf.constant(x)     # TensorFlow's kernel gets its own tensor, as ours gets its array
         for dtype in (QUINT8, QINT8):
             tf_type, holder, lowest, highest = qtypes[dtype]
             q = rng.integers(lowest, highest, shape, endpoint=True).astype(holder)
@@ -145,8 +146,8 @@ def tf_cases(tf, rng):
                 name = f"{mode} {'' if dtype == QUINT8 else 'qint8 '}{label}"
                 yield (f"QuantizeV2 {name}", 1.0,
                        ours("QuantizeV2", [x, lo, hi], T=dtype, mode=mode),
-                       lambda x=x, m=mode, t=tf_type: tf.raw_ops.QuantizeV2(
-                           input=x, min_range=lo, max_range=hi, T=t, mode=m))
+                       lambda tx=tx, m=mode, t=tf_type: tf.raw_ops.QuantizeV2(
+                           input=tx, min_range=lo, max_range=hi, T=t, mode=m))
                 yield (f"Dequantize {name}", 1.0,
                        ours("Dequantize", [q, lo, hi], T=dtype, mode=mode),
                        lambda tq=tq, m=mode: tf.raw_ops.Dequantize(
