@@ -8,14 +8,15 @@ from __future__ import annotations
 import ast as python_ast
 import functools
 import pathlib
+import threading
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark import Lark, Token, Transformer
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.indenter import DedentError, Indenter
 
 from gtt_rules.errors import RulesSyntaxError
 
-from . import ast
+from . import ast, cache
 
 GRAMMAR = pathlib.Path(__file__).with_name("rules.lark")
 
@@ -31,8 +32,10 @@ class _RulesIndenter(Indenter):
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
-    return Lark(GRAMMAR.read_text(), parser="lalr", postlex=_RulesIndenter(), propagate_positions=True,
-                maybe_placeholders=False, cache=False)
+    # The LALR parser calls _ToAst as it reduces, so no parse tree is built and walked again, and
+    # positions come from tokens: lark's propagate_positions alone cost 40% of the parse.
+    return cache.lark(GRAMMAR.read_text(), parser="lalr", postlex=_RulesIndenter(), transformer=_to_ast,
+                      maybe_placeholders=False)
 
 
 # Friendly messages for common mistakes: each is shown when a parse fails the way its examples do.
@@ -66,24 +69,12 @@ SYNTAX_HINTS: dict[str, list[str]] = {
 
 def parse(text: str, path: str = "<string>") -> ast.Module:
     """Parse .rules source text; raises RulesSyntaxError with the position of the problem."""
-    if not text.endswith("\n"):
-        text += "\n"
-    try:
-        tree = _parser().parse(text)
-    except UnexpectedInput as error:
-        raise _syntax_error(error, text, path) from None
-    except DedentError as error:
-        raise RulesSyntaxError(f"inconsistent indentation: {error}", path=path) from None
-    try:
-        return _ToAst(path, text).transform(tree)
-    except VisitError as error:
-        if isinstance(error.orig_exc, RulesSyntaxError):
-            raise error.orig_exc from None
-        raise
+    text = _with_final_newline(text)
+    return _module(path, text, _parse_items(text, path))
 
 
 def parse_file(path: str | pathlib.Path) -> ast.Module:
-    """Read and parse a .rules file."""
+    """Read and parse a .rules file (from the on-disk cache when it was parsed before)."""
     path = pathlib.Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -91,7 +82,50 @@ def parse_file(path: str | pathlib.Path) -> ast.Module:
         raise RulesSyntaxError("no such rules file", path=str(path)) from None
     except (OSError, UnicodeDecodeError) as error:
         raise RulesSyntaxError(f"cannot read rules file: {error}", path=str(path)) from None
-    return parse(text, str(path))
+    text = _with_final_newline(text)
+    entry = cache.entry_name("module", text)
+    items = cache.load(entry)
+    if items is None:
+        items = _parse_items(text, str(path))
+        cache.store(entry, items)
+    return _module(str(path), text, items)
+
+
+def _with_final_newline(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
+
+
+_parsing = threading.Lock()  # _ToAst keeps state for one parse at a time
+
+
+def _parse_items(text: str, path: str) -> list:
+    """The top-level items of a file, in order."""
+    parser = _parser()
+    with _parsing:
+        try:
+            items = parser.parse(text)
+        except UnexpectedInput as error:
+            raise _syntax_error(error, text, path) from None
+        except DedentError as error:
+            raise RulesSyntaxError(f"inconsistent indentation: {error}", path=path) from None
+        finally:
+            _to_ast.parens.clear()
+    tests = [test for item in items for test in (item.tests if isinstance(item, ast.Ruleset) else [item])
+             if isinstance(test, ast.Test)]
+    for test in sorted(tests, key=lambda test: (test.pos.line, test.pos.column)):
+        if not test.given or not test.expect:
+            raise RulesSyntaxError("a test needs a 'given:' block and an 'expect:' block",
+                                   path=path, line=test.pos.line, column=test.pos.column)
+    return items
+
+
+def _module(path: str, source: str, items: list) -> ast.Module:
+    module = ast.Module(path, source)
+    groups = {ast.Import: module.imports, ast.Rule: module.rules, ast.Ruleset: module.rulesets,
+              ast.Pipeline: module.pipelines, ast.Template: module.templates, ast.Test: module.tests}
+    for item in items:
+        groups[type(item)].append(item)
+    return module
 
 
 def source_excerpt(source: str, line: int, column: int) -> str:
@@ -145,10 +179,6 @@ def _token_label(name: str) -> str:
     return labels.get(name, name.lower() if name.isupper() and not name.startswith("_") else name)
 
 
-def _pos(meta) -> ast.Pos:
-    return ast.Pos(getattr(meta, "line", 0), getattr(meta, "column", 0))
-
-
 def _tok_pos(token: Token) -> ast.Pos:
     return ast.Pos(token.line, token.column)
 
@@ -165,41 +195,44 @@ def _split_port(token: Token) -> tuple[str, int]:
     return name, int(port)
 
 
-@v_args(meta=True)
 class _ToAst(Transformer):
-    """Lark tree -> grammar.ast dataclasses."""
+    """Lark rule callbacks: each gets the children of a rule and returns grammar.ast objects.
 
-    def __init__(self, path: str, source: str):
+    A construct's position is that of its first token (keywords and brackets are named tokens in
+    the grammar so that they are kept). A binary operation starts at its left operand's "(" when
+    that operand is parenthesized, while the operand keeps its own position: `parens` records those
+    "(" during one parse (the object is kept too, so that its id stays unique).
+    """
+
+    def __init__(self):
         super().__init__()
-        self.path = path
-        self.source = source
+        self.parens: dict[int, tuple[object, ast.Pos]] = {}
+
+    def _start(self, operand) -> ast.Pos:
+        paren = self.parens.get(id(operand))
+        return paren[1] if paren else operand.pos
 
     # files
-    def start(self, meta, items):
-        module = ast.Module(self.path, self.source)
-        for item in items:
-            {ast.Import: module.imports, ast.Rule: module.rules, ast.Ruleset: module.rulesets,
-             ast.Pipeline: module.pipelines, ast.Template: module.templates,
-             ast.Test: module.tests}[type(item)].append(item)
-        return module
+    def start(self, children):
+        return children
 
-    def import_(self, meta, children):
-        (token,) = children
+    def import_(self, children):
+        keyword, token = children
         if token.type == "STRING":
-            return ast.Import(python_ast.literal_eval(str(token)), True, _pos(meta))
-        return ast.Import(str(token), False, _pos(meta))
+            return ast.Import(python_ast.literal_eval(str(token)), True, _tok_pos(keyword))
+        return ast.Import(str(token), False, _tok_pos(keyword))
 
-    def rule(self, meta, children):
+    def rule(self, children):
         name = children[0]
         priority = children[1] if len(children) == 3 else 0
         body = children[-1]
         return ast.Rule(str(name), priority, *body, pos=_tok_pos(name))
 
-    def priority(self, meta, children):
+    def priority(self, children):
         value = int(_number(str(children[-1])))
         return -value if len(children) == 2 or str(children[0]) == "-" else value
 
-    def rule_body(self, meta, children):
+    def rule_body(self, children):
         patterns = tuple(c for c in children if isinstance(c, ast.PatternStmt))
         clauses = []
         for c in children:
@@ -210,7 +243,7 @@ class _ToAst(Transformer):
         actions = tuple(a for c in children if isinstance(c, tuple) and c and c[0] == "actions" for a in c[1])
         return patterns, tuple(clauses), actions
 
-    def ruleset(self, meta, children):
+    def ruleset(self, children):
         name = children[0]
         params = children[1] if len(children) > 1 and isinstance(children[1], tuple) else ()
         rules = tuple(c for c in children if isinstance(c, ast.Rule))
@@ -218,217 +251,224 @@ class _ToAst(Transformer):
         includes = tuple(c for c in children if isinstance(c, ast.Include))
         return ast.Ruleset(str(name), params, rules, tests, _tok_pos(name), includes)
 
-    def include(self, meta, children):
+    def include(self, children):
         return ast.Include(str(children[0]), _tok_pos(children[0]))
 
-    def params(self, meta, children):
+    def params(self, children):
         return tuple(children)
 
-    def param(self, meta, children):
+    def param(self, children):
         name, (type_name, is_list) = children[0], children[1]
         default = children[2] if len(children) > 2 else None
         return ast.Param(str(name), type_name, is_list, default, _tok_pos(name))
 
-    def scalar_type(self, meta, children):
+    def scalar_type(self, children):
         return str(children[0]), False
 
-    def list_type(self, meta, children):
+    def list_type(self, children):
         return str(children[0]), True
 
-    def pipeline(self, meta, children):
+    def pipeline(self, children):
         return ast.Pipeline(str(children[0]), tuple(children[1:]), _tok_pos(children[0]))
 
-    def call_stage(self, meta, children):
+    def call_stage(self, children):
         return ast.Stage(str(children[0]), tuple(children[1:]), _tok_pos(children[0]))
 
-    def kwarg(self, meta, children):
+    def kwarg(self, children):
         return str(children[0]), children[1]
 
-    def template(self, meta, children):
+    def template(self, children):
         name, *rest = children
         params = tuple(str(c) for c in rest if isinstance(c, Token))
         bindings = tuple(c for c in rest if isinstance(c, ast.NodeStmt))
         return ast.Template(str(name), params, bindings, rest[-1], _tok_pos(name))
 
     # patterns
-    def pattern_stmt(self, meta, children):
+    def pattern_stmt(self, children):
         return ast.PatternStmt(str(children[0]), children[1], _tok_pos(children[0]))
 
-    def node_pattern(self, meta, children):
-        ops = children[0]
+    def node_pattern(self, children):
+        ops = children[0]  # the OP tokens, or the "*" token for any op
+        names, first = (None, ops) if isinstance(ops, Token) else (tuple(str(op) for op in ops), ops[0])
         args = next((c for c in children[1:] if isinstance(c, tuple) and c and c[0] == "args"), None)
         attrs = next((c for c in children[1:] if isinstance(c, list)), [])
-        return ast.NodePattern(ops, None if args is None else args[1], tuple(attrs), _pos(meta))
+        return ast.NodePattern(names, None if args is None else args[1], tuple(attrs), _tok_pos(first))
 
-    def ops(self, meta, children):
-        return tuple(str(c) for c in children)
+    def ops(self, children):
+        return tuple(children)
 
-    def any_op(self, meta, children):
-        return None
+    def any_op(self, children):
+        return children[0]
 
-    def pattern_args(self, meta, children):
+    def pattern_args(self, children):
         return ("args", tuple(children))
 
-    def arg_var(self, meta, children):
+    def arg_var(self, children):
         return ast.ArgVar(str(children[0]), _tok_pos(children[0]))
 
-    def arg_port(self, meta, children):
+    def arg_port(self, children):
         name, port = _split_port(children[0])
         return ast.ArgPort(name, port, _tok_pos(children[0]))
 
-    def arg_bound(self, meta, children):
+    def arg_bound(self, children):
         return ast.ArgBound(str(children[0]), children[1], _tok_pos(children[0]))
 
-    def arg_variadic(self, meta, children):
+    def arg_variadic(self, children):
         return ast.ArgVariadic(str(children[0]), children[1] if len(children) > 1 else None, _tok_pos(children[0]))
 
-    def arg_nested(self, meta, children):
+    def arg_nested(self, children):
         return ast.ArgNested(children[0], children[0].pos)
 
-    def arg_literal(self, meta, children):
+    def arg_literal(self, children):
         value = _number(str(children[-1]))
-        return ast.ArgLiteral(-value if len(children) == 2 else value, _pos(meta))
+        return ast.ArgLiteral(-value if len(children) == 2 else value, _tok_pos(children[0]))
 
-    def attr_block(self, meta, children):
+    def attr_block(self, children):
         return list(children)
 
-    def attr_item(self, meta, children):
+    def attr_item(self, children):
         return ast.AttrItem(str(children[0]), children[1], _tok_pos(children[0]))
 
-    def where(self, meta, children):
-        return ast.Where(children[0], _pos(meta))
+    def where(self, children):
+        return ast.Where(children[1], _tok_pos(children[0]))
 
-    def let(self, meta, children):
+    def let(self, children):
         return list(children)
 
-    def binding(self, meta, children):
+    def binding(self, children):
         return ast.Let(str(children[0]), children[1], _tok_pos(children[0]))
 
     # replacements
-    def action_line(self, meta, children):
+    def action_line(self, children):
         return ("actions", tuple(children))
 
-    def reroute(self, meta, children):
-        return ast.Reroute(children[0], children[1], _pos(meta))
+    def reroute(self, children):
+        return ast.Reroute(children[0], children[1], children[0].pos)
 
-    def remove(self, meta, children):
-        return ast.Remove(str(children[0]), _pos(meta))
+    def remove(self, children):
+        return ast.Remove(str(children[1]), _tok_pos(children[0]))
 
-    def bind(self, meta, children):
+    def bind(self, children):
         return ast.Bind(str(children[0]), children[1], _tok_pos(children[0]))
 
-    def target_node(self, meta, children):
+    def target_node(self, children):
         return ast.Target(str(children[0]), None, False, _tok_pos(children[0]))
 
-    def target_port(self, meta, children):
+    def target_port(self, children):
         name, port = _split_port(children[0])
         return ast.Target(name, port, False, _tok_pos(children[0]))
 
-    def target_all(self, meta, children):
+    def target_all(self, children):
         return ast.Target(str(children[0]).split(":")[0], None, True, _tok_pos(children[0]))
 
     # fixtures
-    def test(self, meta, children):
+    def test(self, children):
+        # A test without given or expect is reported once the whole file has parsed (_parse_items),
+        # so that a syntax error anywhere in the file is reported first.
         name = children[0]
         using = next((c for c in children if isinstance(c, ast.Stage)), None)
         parts = [c for c in children[1:] if isinstance(c, tuple)]
         given = next((p[1] for p in parts if p[0] == "given"), ())
         expect = next((p[1] for p in parts if p[0] == "expect"), ())
         outputs = next((p[1] for p in parts if p[0] == "outputs"), ())
-        if not given or not expect:
-            raise RulesSyntaxError("a test needs a 'given:' block and an 'expect:' block",
-                                   path=self.path, line=name.line, column=name.column)
         return ast.Test(str(name), using, given, expect, outputs, _tok_pos(name))
 
-    def using(self, meta, children):
+    def using(self, children):
         return children[0]
 
-    def given(self, meta, children):
+    def given(self, children):
         return ("given", tuple(children))
 
-    def expect(self, meta, children):
+    def expect(self, children):
         return ("expect", tuple(children))
 
-    def outputs(self, meta, children):
+    def outputs(self, children):
         return ("outputs", tuple(str(c) for c in children))
 
-    def node_stmt(self, meta, children):
+    def node_stmt(self, children):
         return ast.NodeStmt(str(children[0]), children[1], _tok_pos(children[0]))
 
     # expressions
-    def or_(self, meta, children):
-        return self._bool_op("or", children, meta)
+    def or_(self, children):
+        return self._bool_op("or", children)
 
-    def and_(self, meta, children):
-        return self._bool_op("and", children, meta)
+    def and_(self, children):
+        return self._bool_op("and", children)
 
-    @staticmethod
-    def _bool_op(op, children, meta):
+    def _bool_op(self, op, children):
         left, right = children
         items = left.items if isinstance(left, ast.BoolOp) and left.op == op else (left,)
-        return ast.BoolOp(op, items + (right,), _pos(meta))
+        return ast.BoolOp(op, items + (right,), self._start(left))
 
-    def not_(self, meta, children):
-        return ast.Unary("not", children[0], _pos(meta))
+    def not_(self, children):
+        return ast.Unary("not", children[1], _tok_pos(children[0]))
 
-    def compare(self, meta, children):
+    def compare(self, children):
         left, op, right = children
-        return ast.BinOp(" ".join(str(op).split()), left, right, _pos(meta))
+        return ast.BinOp(" ".join(str(op).split()), left, right, self._start(left))
 
-    def arith(self, meta, children):
-        result = children[0]
+    def arith(self, children):
+        result, pos = children[0], self._start(children[0])
         for op, operand in zip(children[1::2], children[2::2]):
-            result = ast.BinOp(str(op), result, operand, _pos(meta))
+            result = ast.BinOp(str(op), result, operand, pos)
         return result
 
-    def neg(self, meta, children):
-        operand = children[0]
+    def neg(self, children):
+        sign, operand = children
         if isinstance(operand, ast.Number):
-            return ast.Number(-operand.value, _pos(meta))
-        return ast.Unary("-", operand, _pos(meta))
+            return ast.Number(-operand.value, _tok_pos(sign))
+        return ast.Unary("-", operand, _tok_pos(sign))
 
-    def pow_(self, meta, children):
-        return ast.BinOp("**", children[0], children[1], _pos(meta))
+    def pow_(self, children):
+        return ast.BinOp("**", children[0], children[1], self._start(children[0]))
 
-    def index(self, meta, children):
-        return ast.Index(children[0], children[1], _pos(meta))
+    def index(self, children):
+        return ast.Index(children[0], children[1], self._start(children[0]))
 
-    def var(self, meta, children):
+    def paren(self, children):
+        bracket, expr = children
+        self.parens[id(expr)] = (expr, _tok_pos(bracket))
+        return expr
+
+    def var(self, children):
         return ast.Var(str(children[0]), _tok_pos(children[0]))
 
-    def port(self, meta, children):
+    def port(self, children):
         name, port = _split_port(children[0])
         return ast.Port(name, port, _tok_pos(children[0]))
 
-    def call(self, meta, children):
+    def call(self, children):
         return ast.Call(str(children[0]), children[1], _tok_pos(children[0]))
 
-    def copy_node(self, meta, children):
+    def copy_node(self, children):
         args = children[1] if len(children) == 3 else None
         return ast.CopyNode(str(children[0]), args, tuple(children[-1]), _tok_pos(children[0]))
 
-    def new_node(self, meta, children):
+    def new_node(self, children):
         args = next((c for c in children[1:] if isinstance(c, tuple)), None)
         attrs = next((c for c in children[1:] if isinstance(c, list)), [])
         return ast.NewNode(str(children[0]), args, tuple(attrs), _tok_pos(children[0]))
 
-    def call_args(self, meta, children):
+    def call_args(self, children):
         return tuple(children)
 
-    def spread(self, meta, children):
+    def spread(self, children):
         return ast.Spread(str(children[0]), _tok_pos(children[0]))
 
-    def list_(self, meta, children):
-        return ast.ListExpr(tuple(children), _pos(meta))
+    def list_(self, children):
+        return ast.ListExpr(tuple(children[1:]), _tok_pos(children[0]))
 
-    def number(self, meta, children):
+    def number(self, children):
         return ast.Number(_number(str(children[0])), _tok_pos(children[0]))
 
-    def string(self, meta, children):
+    def string(self, children):
         return ast.String(python_ast.literal_eval(str(children[0])), _tok_pos(children[0]))
 
-    def true(self, meta, children):
-        return ast.Bool(True, _pos(meta))
+    def true(self, children):
+        return ast.Bool(True, _tok_pos(children[0]))
 
-    def false(self, meta, children):
-        return ast.Bool(False, _pos(meta))
+    def false(self, children):
+        return ast.Bool(False, _tok_pos(children[0]))
+
+
+_to_ast = _ToAst()

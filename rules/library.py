@@ -178,8 +178,13 @@ def stdlib_names() -> list[str]:
     return sorted(p.stem for p in _stdlib_dir().glob("*.rules"))
 
 
+_NAME = re.compile(r"[a-z][A-Za-z0-9_]*")
+
+
 def parse_call(spec: str) -> tuple[str, dict[str, Any]]:
     """`name` or `name(key=value, ...)` with values written as in .rules files."""
+    if _NAME.fullmatch(spec.strip()):  # a plain name: no need to load the parser
+        return spec.strip(), {}
     text = f"pipeline command_line:\n    {spec.strip()}\n"
     try:
         module = parse(text, "<command line>")

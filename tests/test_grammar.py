@@ -109,3 +109,24 @@ def test_test_block_without_expect_is_an_error():
         parse("test t:\n    given:\n        a = Const(1.0)\n", "t.rules")
     assert caught.value.message == "a test needs a 'given:' block and an 'expect:' block"
     assert caught.value.line == 1
+
+
+def test_expression_positions():
+    # An operation starts where its left operand starts, at its "(" if it has one; keywords, signs
+    # and brackets give their own position.
+    module = parse("rule r:\n    n = *(x)\n"
+                   "    where (a + b) * c > [1][0] and not -x or true\n"
+                   "    => remove n\n")
+    (rule,) = module.rules
+    where = rule.clauses[0]
+    assert where.pos == ast.Pos(3, 5) and rule.patterns[0].node.pos == ast.Pos(2, 9)
+    either = where.expr
+    both, true = either.items
+    compare, negation = both.items
+    assert (either.pos, both.pos, compare.pos) == (ast.Pos(3, 11),) * 3
+    product = compare.left
+    assert product.pos == ast.Pos(3, 11) and product.left.pos == ast.Pos(3, 12)
+    assert compare.right.pos == compare.right.target.pos == ast.Pos(3, 25)
+    assert negation.pos == ast.Pos(3, 36) and negation.operand.pos == ast.Pos(3, 40)
+    assert true == ast.Bool(True, ast.Pos(3, 46))
+    assert rule.actions[0].pos == ast.Pos(4, 8)

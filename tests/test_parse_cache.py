@@ -1,0 +1,101 @@
+"""The on-disk cache of parsed .rules files and parser tables: used when current, never stale."""
+from __future__ import annotations
+
+import pytest
+
+from gtt_rules.errors import RulesSyntaxError
+from gtt_rules.grammar import cache, parser
+from gtt_rules.grammar.parser import parse, parse_file
+
+RULES = "rule r:\n    n = Relu(x)\n    where (a + b) * 2 > 1\n    => n -> x\n"
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("GTT_RULES_CACHE_DIR", str(folder))
+    return folder
+
+
+def _entries(folder):
+    return sorted(p.name for p in folder.glob("module-*")) if folder.is_dir() else []
+
+
+def _no_parsing(monkeypatch):
+    def fail(text, path):
+        raise AssertionError("parsed, though the cache had the file")
+    monkeypatch.setattr(parser, "_parse_items", fail)
+
+
+def test_a_parsed_file_is_loaded_from_the_cache_the_second_time(cache_dir, tmp_path, monkeypatch):
+    path = tmp_path / "a.rules"
+    path.write_text(RULES)
+    first = parse_file(path)
+    assert first == parse(RULES, str(path))
+    assert len(_entries(cache_dir)) == 1
+    _no_parsing(monkeypatch)
+    assert parse_file(path) == first
+    # The same text under another name: the module names the file it was read from.
+    other = tmp_path / "b.rules"
+    other.write_text(RULES)
+    assert parse_file(other).path == str(other)
+
+
+def test_a_changed_file_is_parsed_again(cache_dir, tmp_path):
+    path = tmp_path / "a.rules"
+    path.write_text(RULES)
+    parse_file(path)
+    path.write_text(RULES.replace("Relu", "Tanh"))
+    assert parse_file(path).rules[0].patterns[0].node.ops == ("Tanh",)
+    assert len(_entries(cache_dir)) == 2
+
+
+def test_entries_depend_on_the_parser_sources(cache_dir, monkeypatch):
+    name = cache.entry_name("module", RULES)
+    monkeypatch.setattr(cache, "_fingerprint", lambda: b"other parser")
+    assert cache.entry_name("module", RULES) != name
+
+
+def test_a_damaged_entry_is_rebuilt(cache_dir, tmp_path):
+    path = tmp_path / "a.rules"
+    path.write_text(RULES)
+    expected = parse_file(path)
+    (entry,) = cache_dir.glob("module-*")
+    entry.write_bytes(b"not a pickle")
+    assert parse_file(path) == expected
+    assert entry.read_bytes() != b"not a pickle"
+
+
+def test_syntax_errors_are_not_cached(cache_dir, tmp_path):
+    path = tmp_path / "bad.rules"
+    path.write_text("rule r:\n    n = Relu(x) %\n    => n -> x\n")
+    for _ in range(2):
+        with pytest.raises(RulesSyntaxError) as caught:
+            parse_file(path)
+        assert (caught.value.line, caught.value.column) == (2, 17)
+    assert _entries(cache_dir) == []
+
+
+@pytest.mark.parametrize("setting", ["", "file"])
+def test_no_cache_when_off_or_not_writable(tmp_path, monkeypatch, setting):
+    if setting == "file":  # a directory that cannot be created, even by root
+        (tmp_path / "file").write_text("")
+        setting = str(tmp_path / "file" / "cache")
+    monkeypatch.setenv("GTT_RULES_CACHE_DIR", setting)
+    path = tmp_path / "a.rules"
+    path.write_text(RULES)
+    assert parse_file(path) == parse(RULES, str(path))
+    assert parse_file(path) == parse(RULES, str(path))
+    assert cache.lark(parser.GRAMMAR.read_text(), parser="lalr") is not None
+
+
+def test_parser_tables_are_cached(cache_dir):
+    grammar = parser.GRAMMAR.read_text()
+    options = dict(parser="lalr", postlex=parser._RulesIndenter(), transformer=parser._to_ast,
+                   maybe_placeholders=False)
+    built = cache.lark(grammar, **options)
+    (entry,) = cache_dir.glob("parser-*")
+    assert list(cache_dir.glob(".*")) == []  # no temporary file left behind
+    loaded = cache.lark(grammar, **options)
+    assert loaded.parse(RULES) == built.parse(RULES)
+    parser._to_ast.parens.clear()
