@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .proto import graph_def_pb2 as pb
-from .tensors import decode_tensor, encode_tensor, shape_from_proto, shape_to_proto
+from .tensors import decode_tensor, encode_tensor_into, shape_from_proto, shape_to_proto
 
 
 def _decode_string(raw: bytes) -> str | bytes:
@@ -94,7 +94,10 @@ def encode_attr(value: Any, kind: str | None = None) -> pb.AttrValue:
     elif kind == "shape":
         out.shape.CopyFrom(shape_to_proto(value))
     elif kind == "tensor":
-        out.tensor.CopyFrom(value if isinstance(value, pb.TensorProto) else encode_tensor(np.asarray(value)))
+        if isinstance(value, pb.TensorProto):
+            out.tensor.CopyFrom(value)
+        else:
+            encode_tensor_into(out.tensor, np.asarray(value))
     elif kind == "func":
         out.func.name = value
     else:
@@ -116,7 +119,7 @@ def _append(items: pb.AttrValue.ListValue, inner: str, element: Any) -> None:
     elif inner == "shape":
         items.shape.add().CopyFrom(shape_to_proto(element))
     elif inner == "tensor":
-        items.tensor.add().CopyFrom(encode_tensor(np.asarray(element)))
+        encode_tensor_into(items.tensor.add(), np.asarray(element))
     elif inner == "func":
         items.func.add().name = element
     else:

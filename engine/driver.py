@@ -118,6 +118,8 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
     worklist = collections.deque(node.name for node in graph if dispatch.rules_for(node.op))
     queued = set(worklist)
     clock = time.perf_counter
+    seconds = report.seconds
+    rewrites = 0  # report.rewrites, kept here: it is read before every try
     while worklist:
         name = worklist.popleft()
         queued.discard(name)
@@ -127,9 +129,9 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
         report.visits += 1
         for rule in dispatch.rules_for(node.op):
             started = clock()
-            at_limit = report.rewrites >= max_rewrites
-            result = _try(graph, rule, node, protected, undo=at_limit)
-            report.seconds[rule.name] += clock() - started
+            at_limit = rewrites >= max_rewrites
+            result = _try(graph, rule, node, protected, at_limit)
+            seconds[rule.name] += clock() - started
             if result is None:
                 continue
             if at_limit:  # one rewrite too many: it was undone, the graph holds exactly the limit
@@ -137,6 +139,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
                 report.nodes_after = len(graph)
                 raise _cycle_error(sorted(set(report.fires) | {rule.name}), None, report.rewrites, report, graph)
             report.fires[rule.name] += 1
+            rewrites += 1
             application = Application(rule.name, rule.location, name, result.created, result.removed)
             if trace:
                 report.applications.append(application)
@@ -160,7 +163,7 @@ class _Undo(Exception):
     pass
 
 
-def _try(graph: Graph, rule: Rule, node, protected, *, undo: bool = False) -> RewriteResult | None:
+def _try(graph: Graph, rule: Rule, node, protected, undo: bool = False) -> RewriteResult | None:
     """Match and rewrite; with `undo`, only say whether a rewrite would happen (graph unchanged)."""
     if undo:
         try:

@@ -7,11 +7,14 @@ keeps the parsed data and control edges in step with the NodeDef `input` strings
 from __future__ import annotations
 
 import contextlib
+import functools
+import mmap
 import os
 import pathlib
 import tempfile
 from typing import Any, Iterable, Iterator, NamedTuple
 
+import numpy as np
 from google.protobuf import message as protobuf_message
 from google.protobuf import text_format, unknown_fields
 
@@ -53,19 +56,41 @@ class Node:
 
     # name and op are read on every match; kept as plain attributes, as reading them from the
     # protobuf message each time costs more than all the matching around it.
-    __slots__ = ("proto", "inputs", "control_inputs", "_name", "_op")
+    __slots__ = ("_proto", "inputs", "control_inputs", "_name", "_op", "_decoded", "_canonical",
+                 "_borrowed", "_lent")
 
     def __init__(self, proto: pb.NodeDef):
-        self.proto = proto
+        self._proto = proto
         self._name = proto.name
         self._op = proto.op
         self.inputs: list[TensorRef] = []
         self.control_inputs: list[str] = []
+        # Decoded attr values, so a weight read by several guards and kernels is decoded once.
+        self._decoded: dict[str, Any] = {}
+        # True once `input` is written from the lists, with no control input repeated: as the
+        # file wrote it, it may differ (`x:0`), and every edit rewrites it.
+        self._canonical = False
+        # Attrs shared with another node instead of copied (`Graph.copy_attrs`): the AttrValues
+        # this node reads from that node's NodeDef, and the nodes reading this one's.
+        self._borrowed: dict[str, pb.AttrValue] | None = None
+        self._lent: list[Node] | None = None
         for text in proto.input:
             if text.startswith("^"):
                 self.control_inputs.append(text[1:])
             else:
                 self.inputs.append(TensorRef.parse(text))
+
+    @property
+    def proto(self) -> pb.NodeDef:
+        """The NodeDef. Edit its attrs only through `attr` or `set_attr`, which first give the
+        nodes sharing them their own copies."""
+        if self._borrowed is not None:
+            self._settle()
+        return self._proto
+
+    @proto.setter
+    def proto(self, value: pb.NodeDef) -> None:
+        self._proto = value
 
     @property
     def name(self) -> str:
@@ -77,26 +102,42 @@ class Node:
 
     @op.setter
     def op(self, value: str) -> None:
-        self.proto.op = self._op = value
+        self._proto.op = self._op = value
 
     @property
     def device(self) -> str:
-        return self.proto.device
+        return self._proto.device
 
     @device.setter
     def device(self, value: str) -> None:
-        self.proto.device = value
+        self._proto.device = value
 
     @property
     def attr(self):
-        """The raw AttrValue map of the NodeDef."""
+        """The raw AttrValue map of the NodeDef. The caller may edit it, so reading it forgets
+        the decoded values `get_attr` keeps, and gives the nodes sharing the attrs their copies."""
+        self._decoded.clear()
+        self._unshare()
         return self.proto.attr
 
     def get_attr(self, name: str, default: Any = _MISSING) -> Any:
-        """The decoded value of attr `name`, else the op's registered default, else `default`."""
-        if name in self.proto.attr:
-            return decode_attr(self.proto.attr[name])
-        op_def = op_registry.get_op(self.proto.op)
+        """The decoded value of attr `name`, else the op's registered default, else `default`.
+
+        A decoded value is kept until the attr changes: arrays come back read-only, and lists
+        (which callers may edit) are decoded afresh each time.
+        """
+        value = self._decoded.get(name, _MISSING)
+        if value is not _MISSING:
+            return value
+        attrs = self.proto.attr
+        if name in attrs:
+            value = decode_attr(attrs[name])
+            if not isinstance(value, list):
+                if isinstance(value, np.ndarray):
+                    value.flags.writeable = False
+                self._decoded[name] = value
+            return value
+        op_def = op_registry.get_op(self._op)
         if op_def is not None and name in op_def.attrs and op_def.attrs[name].has_default:
             return op_def.attrs[name].default
         if default is _MISSING:
@@ -106,17 +147,32 @@ class Node:
     def set_attr(self, name: str, value: Any, kind: str | None = None) -> None:
         """Set attr `name`; its type comes from the op registry when `kind` is not given."""
         if kind is None:
-            op_def = op_registry.get_op(self.proto.op)
+            op_def = op_registry.get_op(self._op)
             if op_def is not None and name in op_def.attrs:
                 kind = op_def.attrs[name].type
-        if isinstance(value, pb.AttrValue):
-            self.proto.attr[name].CopyFrom(value)
-        else:
-            self.proto.attr[name].CopyFrom(encode_attr(value, kind))
+        encoded = value if isinstance(value, pb.AttrValue) else encode_attr(value, kind)
+        self._decoded.pop(name, None)
+        self._unshare()
+        self.proto.attr[name].CopyFrom(encoded)
+
+    def _settle(self) -> None:
+        """Copy the attrs this node shares with another into its own NodeDef."""
+        borrowed, self._borrowed = self._borrowed, None
+        for key, value in borrowed.items():
+            self._proto.attr[key].CopyFrom(value)
+
+    def _unshare(self) -> None:
+        """Before this node's attrs change: the nodes sharing them take their own copies."""
+        lent, self._lent = self._lent, None
+        for node in lent or ():
+            if node._borrowed is not None:
+                node._settle()
 
     def _write_inputs(self) -> None:
-        del self.proto.input[:]
-        self.proto.input.extend([str(ref) for ref in self.inputs] + ["^" + c for c in self.control_inputs])
+        texts = [ref.node if ref.port == 0 else f"{ref.node}:{ref.port}" for ref in self.inputs]
+        texts += ["^" + c for c in self.control_inputs]
+        self._proto.input[:] = texts
+        self._canonical = len(set(self.control_inputs)) == len(self.control_inputs)
 
     def __repr__(self) -> str:
         return f"Node({self.name!r}, {self.op!r})"
@@ -125,24 +181,27 @@ class Node:
 class Graph:
     """A TensorFlow graph: nodes in file order, a consumer index, and the GraphDef's other fields."""
 
-    def __init__(self, graph_def: pb.GraphDef | None = None, *, validate: bool = True):
+    def __init__(self, graph_def: pb.GraphDef | None = None, *, validate: bool = True,
+                 node_defs: Iterable[pb.NodeDef] | None = None):
+        """`node_defs`: the nodes, when they were parsed apart from `graph_def`, which has none."""
         self._graph_def = graph_def if graph_def is not None else pb.GraphDef()
         self._nodes: dict[str, Node] = {}
-        for proto in self._graph_def.node:
+        for proto in self._graph_def.node if node_defs is None else node_defs:
             node = Node(proto)
             if node.name in self._nodes:
                 raise GraphError(f"duplicate node name '{node.name}'", node=node.name)
             self._nodes[node.name] = node
-        self._membership_changed = False
+        self._membership_changed = node_defs is not None  # the GraphDef lacks the nodes
         # File position of each node, as an increasing number: a node added or renamed goes last.
         self._sequence = {name: i for i, name in enumerate(self._nodes)}
         self._next_sequence = len(self._sequence)
         self._journal: list | None = None  # undo steps while a transaction is open
         self._consumers: dict[str, set[str]] = {name: set() for name in self._nodes}
         for node in self._nodes.values():
-            for name in {ref.node for ref in node.inputs} | set(node.control_inputs):
-                if name in self._consumers:
-                    self._consumers[name].add(node.name)
+            for producer in [ref.node for ref in node.inputs] + node.control_inputs:
+                consumers = self._consumers.get(producer)
+                if consumers is not None:
+                    consumers.add(node._name)
         if validate:
             self.validate()
 
@@ -152,8 +211,11 @@ class Graph:
     def load(cls, path: str | os.PathLike) -> "Graph":
         """Read a `.pb` (binary) or `.pbtxt` (text) GraphDef file."""
         path = pathlib.Path(path)
+        text = path.suffix.lower() in TEXT_SUFFIXES
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                parsed = None if text else _parse_mapped(f)
+                data = f.read() if parsed is None else b""
         except FileNotFoundError:
             raise GraphError("no such file", path=str(path)) from None
         except IsADirectoryError:
@@ -161,7 +223,9 @@ class Graph:
         except OSError as e:
             raise GraphError(f"cannot read: {e.strerror}", path=str(path)) from None
         try:
-            return cls.from_bytes(data, text=path.suffix.lower() in TEXT_SUFFIXES)
+            if parsed is not None:
+                return cls(parsed[0], node_defs=parsed[1])
+            return cls.from_bytes(data, text=text)
         except GraphError as e:
             raise e.located(str(path)) from None
 
@@ -226,8 +290,19 @@ class Graph:
         if text:
             write_atomically(path, lambda f: f.write(self.to_bytes(text=True)))
         else:
-            graph_def = self.to_graph_def()
-            write_atomically(path, lambda f: _write_binary(f, graph_def))
+            write_atomically(path, self._write_binary)
+
+    def _write_binary(self, f) -> None:
+        """Serialize node by node: the same bytes as `to_bytes`, without building the whole message
+        (a copy of every node) or holding all its bytes (peak memory above 3x the file size)."""
+        if len(unknown_fields.UnknownFieldSet(self._graph_def)):
+            f.write(self.to_bytes())  # keep unknown fields in place
+            return
+        for node in self._nodes.values():
+            body = node.proto.SerializeToString(deterministic=True)
+            f.write(_NODE_TAG + _varint(len(body)))
+            f.write(body)
+        f.write(_without_nodes(self._graph_def).SerializeToString(deterministic=True))
 
     # ---- queries ----
 
@@ -285,7 +360,11 @@ class Graph:
         if signature is not None:
             return len(signature.output_arg)
         op_def = op_registry.get_op(node.op)
-        return None if op_def is None else op_registry.num_outputs(op_def, lambda a: node.get_attr(a))
+        if op_def is None:
+            return None
+        if not any(arg.number_attr or arg.type_list_attr for arg in op_def.outputs):
+            return len(op_def.outputs)  # no attr sizes them
+        return op_registry.num_outputs(op_def, lambda a: node.get_attr(a))
 
     def output_dtypes(self, node: Node) -> list[int] | None:
         """The DataType of each output of `node`, where the op registry can tell."""
@@ -327,25 +406,30 @@ class Graph:
 
     def validate(self) -> None:
         """Raise GraphError naming the first problem: bad names, dangling inputs, cycles, bad tensors."""
+        counts: dict[str, int | None] = {}  # outputs of each producer, counted once
         for node in self._nodes.values():
             if not node.name:
                 raise GraphError("a node has an empty name")
             if not node.op:
                 raise GraphError("node has no op", node=node.name)
             for ref in node.inputs:
-                producer = self._nodes.get(ref.node)
-                if producer is None:
-                    raise GraphError(f"input '{ref}' names a missing node", node=node.name)
-                count = self.num_outputs(producer)
+                count = counts.get(ref.node, _MISSING)
+                if count is _MISSING:
+                    producer = self._nodes.get(ref.node)
+                    if producer is None:
+                        raise GraphError(f"input '{ref}' names a missing node", node=node.name)
+                    count = counts[ref.node] = self.num_outputs(producer)
                 if count is not None and ref.port >= count:
+                    producer = self._nodes[ref.node]
                     raise GraphError(f"input '{ref}' asks for output {ref.port}, but "
                                      f"'{producer.name}' ({producer.op}) has {count} output"
                                      f"{'' if count == 1 else 's'}", node=node.name)
             for name in node.control_inputs:
                 if name not in self._nodes:
                     raise GraphError(f"control input '^{name}' names a missing node", node=node.name)
-            for attr_name, value in node.proto.attr.items():
-                _check_attr(node, attr_name, value)
+            attrs = node.proto.attr
+            for attr_name in attrs:
+                _check_attr(node, attr_name, attrs[attr_name])
         self.topological_order()
 
     def _kahn(self) -> tuple[list[Node], set[str]]:
@@ -423,11 +507,18 @@ class Graph:
 
     def add_node(self, name: str, op: str, inputs: Iterable[TensorRef | str] = (),
                  control_inputs: Iterable[str] = (), attrs: dict[str, Any] | None = None,
-                 device: str = "") -> Node:
-        """Add a node; its inputs must name nodes already in the graph."""
+                 device: str = "", proto: pb.NodeDef | None = None) -> Node:
+        """Add a node; its inputs must name nodes already in the graph.
+
+        `proto`, a NodeDef with no inputs, gives attrs already encoded: the node takes it over
+        (name, op and device set here) rather than copying it.
+        """
         if name in self._nodes:
             raise GraphError(f"a node named '{name}' already exists", node=name)
-        proto = pb.NodeDef(name=name, op=op, device=device)
+        if proto is None:
+            proto = pb.NodeDef(name=name, op=op, device=device)
+        else:
+            proto.name, proto.op, proto.device = name, op, device
         node = Node(proto)
         node.inputs = [ref if isinstance(ref, TensorRef) else TensorRef.parse(ref) for ref in inputs]
         node.control_inputs = list(control_inputs)
@@ -470,6 +561,7 @@ class Graph:
         missing = [name for name in after - before if name not in self._consumers]
         if missing:
             node.inputs, node.control_inputs = [], []  # leave the index consistent before failing
+            node._canonical = False
             self._unlink_names(node.name, before)
             raise GraphError(f"input '{missing[0]}' names a missing node", node=node.name)
         # Only the edges that changed are re-indexed: a NoOp waiting on hundreds of nodes is common.
@@ -486,6 +578,77 @@ class Graph:
                 continue
             self.set_inputs(consumer, [new if ref == old else ref for ref in consumer.inputs])
 
+    def replace_node(self, old: str, new: str) -> None:
+        """Remove node `old` and give its name to node `new`, which nothing reads yet: whatever read
+        output `p` of `old` reads output `p` of `new`, with no input renamed.
+
+        The same as rerouting every consumer of `old` to `new`, removing `old` and renaming `new`,
+        without rewriting each consumer twice (a NoOp waiting on hundreds of nodes is common). The
+        consumers end up as rerouting leaves them, to the byte, and are undone as it undoes them:
+        an `input` list still as the file wrote it is written out, and a consumer waiting on `old`
+        loses repeated control inputs.
+        """
+        if self._consumers[new]:
+            raise GraphError(f"cannot replace '{old}' by '{new}': '{new}' is already used", node=new)
+        node, heir = self._nodes[old], self._nodes[new]
+        for consumer in [self._nodes[name] for name in self._consumers[old]]:
+            if consumer._canonical:
+                continue
+            control = consumer.control_inputs
+            if old in control and len(set(control)) < len(control):
+                self.set_inputs(consumer, consumer.inputs, control)  # drops the repeats
+            else:
+                self._record(functools.partial(self.set_inputs, consumer, list(consumer.inputs),
+                                               list(control)))
+                consumer._write_inputs()
+        consumers = self._consumers.pop(old)
+        self._detach(node)
+        self._rename(heir, old)
+        self._consumers[old] = consumers
+        self._record(lambda: self._undo_replace(node, heir, new))
+
+    def _undo_replace(self, node: Node, heir: Node, name: str) -> None:
+        consumers, self._consumers[heir.name] = self._consumers[heir.name], set()
+        self._rename(heir, name)
+        self._insert(node)
+        self._consumers[node.name] = consumers
+
+    def _detach(self, node: Node) -> None:
+        """Take `node` out of the maps; its consumers' entry is the caller's."""
+        del self._nodes[node.name], self._sequence[node.name]
+        self._unlink(node)
+        self._membership_changed = True
+
+    def _rename(self, node: Node, name: str) -> None:
+        """Give `node`, which nothing reads, another name; it goes last in file order."""
+        del self._consumers[node.name]
+        self._detach(node)
+        node._proto.name = node._name = name
+        self._insert(node)
+
+    def copy_attrs(self, node: Node, source: Node, keys: Iterable[str]) -> None:
+        """Give `node` the attrs `keys` of node `source`, which `node` does not have.
+
+        They are shared rather than copied until either node's attrs change or `node`'s NodeDef
+        is read: a copy of a big Const often leaves the graph before anything reads it (frozen
+        Keras graphs read each weight through an Identity that rules replace with such a copy).
+        """
+        attrs = source.proto.attr
+        borrowed = {key: attrs[key] for key in keys}
+        if not borrowed:
+            return
+        if node._borrowed is not None:
+            node._settle()
+        node._borrowed = borrowed
+        source._lent = (source._lent or []) + [node]
+
+        def undo():
+            if node._borrowed is not None:
+                node._borrowed = None
+            else:
+                _delete_attrs(node._proto, list(borrowed))
+        self._record(undo)
+
     def rename_node(self, old: str, new: str) -> None:
         """Rename a node and every input that names it."""
         if new in self._nodes:
@@ -494,7 +657,7 @@ class Graph:
         consumers = self.consumers(old)
         # The renamed node moves to the end of the file order; keeping its place would cost O(n).
         self._nodes[new] = self._nodes.pop(old)
-        node.proto.name = node._name = new
+        node._proto.name = node._name = new
         self._consumers[new] = self._consumers.pop(old)
         for producer in {ref.node for ref in node.inputs} | set(node.control_inputs):
             self._consumers[producer].discard(old)
@@ -571,6 +734,11 @@ def _check_attr(node: Node, name: str, value: pb.AttrValue) -> None:
                 raise GraphError(f"attr '{name}': {e.message}", node=node.name) from None
 
 
+def _delete_attrs(proto: pb.NodeDef, keys: list[str]) -> None:
+    for key in keys:
+        del proto.attr[key]
+
+
 def _parse_text(data: bytes, graph_def: pb.GraphDef) -> None:
     try:
         text_format.Parse(data.decode("utf-8"), graph_def, allow_unknown_field=False)
@@ -580,16 +748,72 @@ def _parse_text(data: bytes, graph_def: pb.GraphDef) -> None:
         raise GraphError(f"not a text GraphDef: {e}") from None
 
 
-def _write_binary(f, graph_def: pb.GraphDef) -> None:
-    """Serialize node by node: the same bytes as SerializeToString, without a second copy of
-    the whole graph in memory (which would put peak memory above 3x the file size)."""
-    if len(unknown_fields.UnknownFieldSet(graph_def)):
-        f.write(graph_def.SerializeToString(deterministic=True))  # keep unknown fields in place
-        return
-    for node in graph_def.node:
-        body = node.SerializeToString(deterministic=True)
-        f.write(_NODE_TAG + _varint(len(body)) + body)
-    f.write(_without_nodes(graph_def).SerializeToString(deterministic=True))
+def _parse_mapped(f) -> tuple[pb.GraphDef, list[pb.NodeDef]] | None:
+    """The binary GraphDef in file `f`, parsed node by node from a memory map: its bytes are never
+    copied whole into memory, a copy that costs a big model as much time as the parse itself.
+
+    The other fields are parsed together, so the result is what parsing the whole file gives. None
+    if the file is empty, has no nodes or is not a plain binary GraphDef: the caller then reads and
+    parses it whole, and reports any problem as it always has.
+    """
+    try:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # an empty file, a pipe
+        return None
+    with mapped:
+        view = memoryview(mapped)
+        try:
+            return _parse_fields(view)
+        except (IndexError, protobuf_message.DecodeError):
+            return None
+        finally:
+            view.release()
+
+
+def _parse_fields(view: memoryview) -> tuple[pb.GraphDef, list[pb.NodeDef]] | None:
+    """A binary GraphDef's other fields as a GraphDef, and its nodes, each parsed on its own."""
+    nodes: list[pb.NodeDef] = []
+    rest = bytearray()  # every field but the nodes, as written
+    pos, end = 0, len(view)
+    while pos < end:
+        start = pos
+        key, pos = _read_varint(view, pos)
+        wire_type = key & 7
+        if key >> 3 == 0 or wire_type not in (0, 1, 2, 5):
+            return None  # groups are long gone from TensorFlow's protos: not a GraphDef
+        if wire_type == 0:
+            pos = _read_varint(view, pos)[1]
+        elif wire_type == 2:
+            length, pos = _read_varint(view, pos)
+            if key >> 3 == _NODE_FIELD and pos + length <= end:
+                node = pb.NodeDef()
+                node.ParseFromString(view[pos:pos + length])
+                nodes.append(node)
+                pos += length
+                continue
+            pos += length
+        else:
+            pos += 8 if wire_type == 1 else 4
+        if pos > end:
+            return None
+        rest += view[start:pos]
+    if not nodes:
+        return None
+    return pb.GraphDef.FromString(bytes(rest)), nodes
+
+
+def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
+    """The varint at `pos` and the position after it (IndexError past the end)."""
+    value = shift = 0
+    while True:
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise protobuf_message.DecodeError("varint too long")
 
 
 def _without_nodes(graph_def: pb.GraphDef) -> pb.GraphDef:

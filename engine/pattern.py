@@ -68,9 +68,16 @@ class Pattern:
     root_var: str
     statements: dict[str, NodePattern]
     root_ops: frozenset[str] | None = field(init=False)
+    checks_attrs: bool = field(init=False)  # some attr is compared with an expression
 
     def __post_init__(self):
         object.__setattr__(self, "root_ops", self.statements[self.root_var].ops)
+        object.__setattr__(self, "checks_attrs", any(_checks_attrs(s) for s in self.statements.values()))
+
+
+def _checks_attrs(node: NodePattern | None) -> bool:
+    return node is not None and (any(a.expected is not None for a in node.attrs)
+                                 or any(_checks_attrs(i.node) for i in node.inputs or ()))
 
 
 class MatchContext:
@@ -89,13 +96,14 @@ def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iter
     """Yield each set of bindings under which `pattern` matches at `root`."""
     start = {pattern.root_var: TensorRef(root.name, 0)}
     for bindings in _match_node(pattern, pattern.statements[pattern.root_var], root, start, graph):
-        ctx.bindings = bindings
-        try:
-            accepted = all(_truthy(ok) for ok in _deferred_checks(pattern, bindings, graph, ctx))
-        except NotApplicable:
-            accepted = False
-        if accepted:
-            yield bindings
+        if pattern.checks_attrs:
+            ctx.bindings = bindings
+            try:
+                if not all(_truthy(ok) for ok in _deferred_checks(pattern, bindings, graph, ctx)):
+                    continue
+            except NotApplicable:
+                continue
+        yield bindings
 
 
 def _truthy(value: Any) -> bool:
@@ -155,7 +163,7 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
                     return
             else:
                 bindings = {**bindings, attr.var: value}
-        elif attr.expected is not None and attr.key not in node.attr and _attr_value(node, attr.key) is _NO_ATTR:
+        elif attr.expected is not None and attr.key not in node.proto.attr and _attr_value(node, attr.key) is _NO_ATTR:
             return
     if node_pattern.inputs is None:
         yield bindings
@@ -181,12 +189,22 @@ def _match_variadic(pattern, wanted, at, inputs, bindings, graph) -> Iterator[di
         return
     end = len(inputs) - after
     fixed_wanted, fixed_inputs = wanted[:at] + wanted[at + 1:], inputs[:at] + inputs[end:]
+    tail = inputs[at:end]
+    tail_matches = None  # the same for every head: checked once, when first needed
     for head in _match_inputs(pattern, fixed_wanted, fixed_inputs, 0, bindings, graph):
-        tail = inputs[at:end]
         if rest.node is not None:
-            if not all(any(True for _ in _match_node(pattern, rest.node, graph[ref.node], {}, graph)) for ref in tail):
+            if tail_matches is None:
+                tail_matches = all(_matches(pattern, rest.node, graph[ref.node], graph) for ref in tail)
+            if not tail_matches:
                 continue
         yield {**head, rest.var: list(tail)} if rest.var else head
+
+
+def _matches(pattern: Pattern, node_pattern: NodePattern, node: Node, graph: Graph) -> bool:
+    """True if `node` matches `node_pattern` with nothing bound."""
+    if node_pattern.inputs is None and not node_pattern.attrs:
+        return node_pattern.ops is None or node.op in node_pattern.ops
+    return any(True for _ in _match_node(pattern, node_pattern, node, {}, graph))
 
 
 def _match_inputs(pattern: Pattern, wanted, inputs, index: int, bindings: dict, graph: Graph) -> Iterator[dict]:

@@ -26,7 +26,8 @@ from . import op_registry
 from .dtypes import dtype_for_array
 from .graph import Graph, Node, TensorRef
 from .pattern import Expression, MatchContext
-from .tensors import encode_tensor
+from .proto import graph_def_pb2 as pb
+from .tensors import encode_tensor_into
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,13 @@ class _Planned:
     name: str
     op: str
     inputs: list[Any]  # TensorRef or (_Planned, port)
-    attrs: dict[str, Any]
-    attr_protos: dict[str, Any] = field(default_factory=dict)
+    attrs: dict[str, Any]  # computed and inferred attr values
+    copied: dict[str, None] = field(default_factory=dict)  # attrs that come from the matched node
     control_inputs: list[str] = field(default_factory=list)
     device: str = ""
     dtypes: list[int] | None = None
-    copy_of: str | None = None  # the matched node this is a copy of
+    source: Node | None = None  # the matched node this is a copy of
+    proto: pb.NodeDef | None = None  # the attrs, encoded: the new node takes this NodeDef over
 
 
 def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: MatchContext,
@@ -225,7 +227,8 @@ class _Planner:
         # A protected node keeps its name: a copy of it in the replacement takes it over.
         for target in heirs:
             if target in self.ctx.protected:
-                heirs[target] = next((p for p in self.planned if p.copy_of == target), heirs[target])
+                heirs[target] = next((p for p in self.planned if p.source and p.source.name == target),
+                                     heirs[target])
         return reroutes, heirs, removals
 
     def _bound_node(self, var: str) -> str:
@@ -309,14 +312,15 @@ class _Planner:
             inputs = list(source.inputs) if source is not None else []
         planned = _Planned(self._name(op), op, inputs, {}, device=self.root.device)
         if source is not None:
-            planned.copy_of = source.name
-            planned.attr_protos = {k: v for k, v in source.attr.items()}
+            planned.source = source
+            planned.copied = dict.fromkeys(source.proto.attr)
             planned.control_inputs = list(source.control_inputs)
             planned.device = source.device
         for key, expression in producer.attrs:
             planned.attrs[key] = expression(self.ctx)
-            planned.attr_protos.pop(key, None)
+            planned.copied.pop(key, None)
         self._infer_type_attrs(planned)
+        planned.proto = _node_def(planned)
         self.planned.append(planned)
         return planned
 
@@ -347,10 +351,13 @@ class _Planner:
 
     def _const(self, value: Any, dtype: int | None) -> _Planned:
         array = _const_array(value, dtype)
-        planned = _Planned(self._name("Const"), "Const", [], {}, device=self.root.device)
         dt = dtype if dtype is not None else dtype_for_array(array)
-        planned.attrs = {"dtype": dt, "value": encode_tensor(array, dt)}
-        planned.dtypes = [dt]
+        # Encoded straight into the new node's NodeDef: a new weight's bytes are not copied again.
+        proto = pb.NodeDef(op="Const")
+        proto.attr["dtype"].type = dt
+        encode_tensor_into(proto.attr["value"].tensor, array, dt)
+        planned = _Planned(self._name("Const"), "Const", [], {"dtype": dt}, device=self.root.device,
+                           dtypes=[dt], proto=proto)
         self.planned.append(planned)
         return planned
 
@@ -368,7 +375,7 @@ class _Planner:
         op_def = op_registry.get_op(planned.op)
         if op_def is None:
             return
-        given = set(planned.attrs) | set(planned.attr_protos)
+        given = set(planned.attrs) | set(planned.copied)
         dtypes = [self._dtype_of(source) for source in planned.inputs]
         planned.attrs.update(op_registry.infer_input_attrs(op_def, dtypes, given))
 
@@ -381,6 +388,16 @@ class _Planner:
             op_def = op_registry.get_op(planned.op)
             planned.dtypes = op_registry.output_dtypes(op_def, planned.attrs) if op_def else None
         return planned.dtypes[port] if planned.dtypes and port < len(planned.dtypes) else None
+
+
+def _node_def(planned: _Planned) -> pb.NodeDef:
+    """A NodeDef holding a planned node's computed attrs (a copy shares the matched node's
+    others: `Graph.copy_attrs`)."""
+    proto = pb.NodeDef(op=planned.op)
+    node = Node(proto)
+    for key, value in planned.attrs.items():
+        node.set_attr(key, value)
+    return proto
 
 
 def _const_array(value: Any, dtype: int | None) -> np.ndarray:
@@ -426,14 +443,20 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     result = RewriteResult()
     for planned in planner.planned:
         node = graph.add_node(planned.name, planned.op, [_resolve(r) for r in planned.inputs],
-                              planned.control_inputs, device=planned.device)
-        for key, proto in planned.attr_protos.items():
-            node.attr[key].CopyFrom(proto)
-        for key, value in planned.attrs.items():
-            node.set_attr(key, value)
+                              planned.control_inputs, device=planned.device, proto=planned.proto)
+        if planned.source is not None:
+            graph.copy_attrs(node, planned.source, planned.copied)
         result.created.append(planned.name)
     rerouted_consumers: dict[str, set[str]] = {}
     created = set(result.created)
+    in_place = _in_place_target(graph, reroutes, heirs, removals, created)
+    if in_place is not None:
+        # Its consumers are left as they are: the heir takes the target's place below.
+        readers = {c.name for c in graph.consumers(in_place) if any(r.node == in_place for r in c.inputs)}
+        if readers:
+            rerouted_consumers[in_place] = readers
+            result.touched |= readers
+        reroutes = ()
     for old, new in reroutes:
         new_ref = _resolve(new)
         if new_ref == old:
@@ -450,20 +473,23 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     # Heirs take over the replaced nodes (and their names) before anything is swept.
     renames: list[tuple[str, str]] = []
     for target, planned in heirs.items():
-        if graph.uses(target):
+        if target != in_place and graph.uses(target):
             continue  # some output of the target is still read: it stays, and keeps its name
         heir = graph[planned.name]
-        for consumer in [c for c in graph.consumers(target) if target in c.control_inputs]:
-            graph.set_inputs(consumer, consumer.inputs,
-                             [planned.name if c == target else c for c in consumer.control_inputs])
-            result.touched.add(consumer.name)
+        waiting = [c for c in graph.consumers(target) if target in c.control_inputs]
+        result.touched.update(c.name for c in waiting)
+        if target != in_place:  # in place, they wait on the heir as they are
+            for consumer in waiting:
+                graph.set_inputs(consumer, consumer.inputs,
+                                 [planned.name if c == target else c for c in consumer.control_inputs])
         extra = [c for c in graph[target].control_inputs if c not in heir.control_inputs]
         if extra:
             graph.set_inputs(heir, heir.inputs, heir.control_inputs + extra)
-        _remove(graph, target, result)
+        _remove(graph, target, result, heir=planned.name if target == in_place else None)
         renames.append((planned.name, target))
     for temp, final in renames:
-        graph.rename_node(temp, final)
+        if final != in_place:  # in place, the heir has its name already
+            graph.rename_node(temp, final)
         result.created[result.created.index(temp)] = final
     # Sweep what the rewrite left unused, walking up from the nodes it touched.
     seeds = [name for name in removals] + list(rerouted_consumers) + [
@@ -477,9 +503,33 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     return result
 
 
-def _remove(graph: Graph, name: str, result: RewriteResult) -> None:
+def _in_place_target(graph: Graph, reroutes, heirs, removals, created: set[str]) -> str | None:
+    """The target of the rewrite's one heir if the heir can simply take its place (see
+    `Graph.replace_node`): every reroute sends an output of the target to the same output of the
+    heir, every read of the target is rerouted, and no new node reads the target or the heir."""
+    if len(heirs) != 1:
+        return None
+    (target, planned), = heirs.items()
+    if target in removals or graph.consumers(planned.name):
+        return None
+    ports = set()
+    for old, new in reroutes:
+        if old.node != target or _resolve(new) != TensorRef(planned.name, old.port):
+            return None
+        ports.add(old.port)
+    for consumer in graph.consumers(target):
+        if consumer.name in created or any(r.node == target and r.port not in ports for r in consumer.inputs):
+            return None
+    return target
+
+
+def _remove(graph: Graph, name: str, result: RewriteResult, heir: str | None = None) -> None:
+    """Remove node `name`; or, with `heir`, put that node in its place (`Graph.replace_node`)."""
     producers = {r.node for r in graph[name].inputs} | set(graph[name].control_inputs)
-    graph.remove_node(name)
+    if heir is None:
+        graph.remove_node(name)
+    else:
+        graph.replace_node(name, heir)
     result.removed.append(name)
     result.touched.update(p for p in producers if p in graph)
 

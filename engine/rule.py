@@ -14,7 +14,9 @@ class Rule:
 
     `guard` runs the rule's `where` and `let` clauses in order: it returns False to reject a match
     and stores each `let` value in the context's bindings. `params` are the values of the rule
-    set's parameters that the guard and the replacement read.
+    set's parameters that the guard and the replacement read. `op_filter` says which root ops the
+    guard lets through at its very first test (`where op(n) in [...]`): the ops themselves, or the
+    name of the list parameter that holds them.
     """
 
     name: str
@@ -24,11 +26,18 @@ class Rule:
     priority: int = 0
     location: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    op_filter: tuple[str, ...] | str | None = None
 
     @property
     def root_ops(self) -> frozenset[str] | None:
-        """The ops the root node may have (None: any op), for dispatch."""
-        return self.pattern.root_ops
+        """The ops the root node may have (None: any op), for dispatch: other nodes are not even
+        matched, which `remove_nodes(op=[...])` over every node of a big graph makes worth it."""
+        ops = self.pattern.root_ops
+        if self.op_filter is None:
+            return ops
+        allowed = frozenset(self.params[self.op_filter] if isinstance(self.op_filter, str) else self.op_filter)
+        return allowed if ops is None else ops & allowed
 
     def with_params(self, params: dict[str, Any]) -> "Rule":
-        return Rule(self.name, self.pattern, self.guard, self.actions, self.priority, self.location, params)
+        return Rule(self.name, self.pattern, self.guard, self.actions, self.priority, self.location, params,
+                    self.op_filter)

@@ -24,6 +24,7 @@ types as their integer codes, strings as object arrays of bytes).
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import numpy as np
@@ -75,42 +76,42 @@ def _validate(tp: pb.TensorProto, content: bytes, max_bytes: int,
     def fail(message: str):
         raise GraphError(message, node=node)
 
-    row = dtypes.dtype_info(tp.dtype)
-    if row is None or tp.dtype == dtypes.DT_INVALID:
-        fail(f"tensor has {dtypes.dtype_name(tp.dtype)}" if tp.dtype else "tensor has no dtype")
+    dtype = tp.dtype
+    row = dtypes.dtype_info(dtype)
+    if row is None or dtype == dtypes.DT_INVALID:
+        fail(f"tensor has {dtypes.dtype_name(dtype)}" if dtype else "tensor has no dtype")
     if row.holder is None:
         fail(f"tensors of dtype {row.name} are not supported")
-    if tp.tensor_shape.unknown_rank:
+    shape_proto = tp.tensor_shape
+    if shape_proto.unknown_rank:
         fail("tensor shape has unknown rank; a tensor value needs a fully known shape")
-    dims = tensor_shape(tp)
-    shape = _format_shape(dims)
+    dims = tuple([d.size for d in shape_proto.dim])
     if len(dims) > _MAX_RANK:
         fail(f"tensor has rank {len(dims)}; TensorFlow allows at most {_MAX_RANK}")
-    if any(d < 0 for d in dims):
-        fail(f"tensor shape {shape} has a negative dimension")
-    count = 1
-    for d in dims:                      # Python ints: no overflow while checking for overflow
-        count *= d
+    if dims and min(dims) < 0:
+        fail(f"tensor shape {_format_shape(dims)} has a negative dimension")
+    count = math.prod(dims)             # Python ints: no overflow while checking for overflow
     if count > _MAX_ELEMENTS:
-        fail(f"tensor shape {shape} has {count} elements, more than TensorFlow can index")
+        fail(f"tensor shape {_format_shape(dims)} has {count} elements, more than TensorFlow can "
+             f"index")
     # Checked before anything is allocated, so a tiny file claiming a huge shape costs nothing.
     decoded = count * row.holder.itemsize
     if decoded > max_bytes:
-        fail(f"tensor shape {shape} of {row.name} needs {decoded} bytes when decoded, "
-             f"over the limit of {max_bytes}")
+        fail(f"tensor shape {_format_shape(dims)} of {row.name} needs {decoded} bytes when "
+             f"decoded, over the limit of {max_bytes}")
 
     if content:
         if row.enum == DT_STRING:
             # Each string takes at least its one-byte length; the rest is checked when decoding.
             if count == 0:
-                fail(f"tensor_content has {len(content)} bytes, but shape {shape} of string "
-                     f"holds no elements")
+                fail(f"tensor_content has {len(content)} bytes, but shape {_format_shape(dims)} "
+                     f"of string holds no elements")
             if len(content) < count:
-                fail(f"tensor_content has {len(content)} bytes, too few for shape {shape} "
-                     f"of string")
+                fail(f"tensor_content has {len(content)} bytes, too few for shape "
+                     f"{_format_shape(dims)} of string")
         elif len(content) != count * row.wire_size:
-            fail(f"tensor_content has {len(content)} bytes, but shape {shape} of {row.name} "
-                 f"needs {count * row.wire_size}")
+            fail(f"tensor_content has {len(content)} bytes, but shape {_format_shape(dims)} of "
+                 f"{row.name} needs {count * row.wire_size}")
     else:
         given = len(getattr(tp, row.val_field))
         if row.kind == "complex":
@@ -118,8 +119,8 @@ def _validate(tp: pb.TensorProto, content: bytes, max_bytes: int,
                 fail(f"{row.val_field} has {given} numbers; complex values are (real, imag) pairs")
             given //= 2
         if given > count:
-            fail(f"{row.val_field} has {given} values, but shape {shape} of {row.name} "
-                 f"holds only {count}")
+            fail(f"{row.val_field} has {given} values, but shape {_format_shape(dims)} of "
+                 f"{row.name} holds only {count}")
     return row, dims, count
 
 
@@ -259,6 +260,14 @@ def encode_tensor(array, dtype: int | None = None) -> pb.TensorProto:
     (like every one-element tensor) go to their `*_val` field; an empty tensor has neither. bfloat16
     values are rounded from float32 to nearest-even.
     """
+    tp = pb.TensorProto()
+    encode_tensor_into(tp, array, dtype)
+    return tp
+
+
+def encode_tensor_into(tp: pb.TensorProto, array, dtype: int | None = None) -> None:
+    """`encode_tensor` into `tp`, an empty TensorProto such as a new node's attr: building it in
+    place spares copying the bytes again."""
     a = np.asarray(array)
     if a.dtype.kind in "SU" and not isinstance(array, np.ndarray):
         # numpy's fixed-width bytes drop trailing NULs; keep Python strings as they are.
@@ -271,16 +280,16 @@ def encode_tensor(array, dtype: int | None = None) -> pb.TensorProto:
     if row is None or row.holder is None:
         raise ValueError(f"cannot encode values of dtype {dtypes.dtype_name(dtype)}")
 
-    tp = pb.TensorProto(dtype=row.enum)
+    tp.dtype = row.enum
     tp.tensor_shape.SetInParent()       # TensorFlow writes the (empty) shape of a scalar too
     for d in a.shape:
         tp.tensor_shape.dim.add(size=d)
     if a.size == 0:
-        return tp
+        return
 
     if row.kind == "string":
         getattr(tp, row.val_field).extend(_as_bytes(v) for v in a.reshape(-1).tolist())
-        return tp
+        return
     if row.enum == DT_BFLOAT16:
         if a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:
             values = np.ascontiguousarray(a).view(np.uint16)   # already bfloat16 (ml_dtypes)
@@ -295,7 +304,7 @@ def encode_tensor(array, dtype: int | None = None) -> pb.TensorProto:
             raise GraphError(f"tensor of shape {_format_shape(a.shape)} needs {wire.nbytes} "
                              f"bytes; protobuf messages are limited to 2 GB")
         tp.tensor_content = wire.tobytes()   # tobytes writes C order whatever the layout
-        return tp
+        return
 
     flat = np.ascontiguousarray(values).reshape(-1)
     if row.enum == DT_HALF:
@@ -303,4 +312,3 @@ def encode_tensor(array, dtype: int | None = None) -> pb.TensorProto:
     elif row.kind == "complex":
         flat = flat.view(np.float32 if row.holder == np.complex64 else np.float64)
     getattr(tp, row.val_field).extend(flat.tolist())
-    return tp

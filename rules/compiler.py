@@ -7,6 +7,7 @@ names, unknown functions and wrong argument counts, type errors in expressions, 
 from __future__ import annotations
 
 import difflib
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -338,7 +339,8 @@ class Compiler:
             return None
         location = f"{self.module.path}:{rule.pos.line}"
         guard = _make_guard(rule.name, location, pattern.root_var, steps) if steps else None
-        return Rule(rule.name, pattern, guard, actions, rule.priority, location)
+        op_filter = _op_filter(rule.clauses, pattern, scope)
+        return Rule(rule.name, pattern, guard, actions, rule.priority, location, op_filter=op_filter)
 
     def _pattern(self, rule: ast.Rule, scope: _Scope) -> Pattern | None:
         for stmt in rule.patterns:
@@ -673,8 +675,8 @@ class Compiler:
         if isinstance(expr, ast.BoolOp):
             fns = [self.value(item, scope)[0] for item in expr.items]
             if expr.op == "and":
-                return (lambda ctx: all(_truthy(f(ctx)) for f in fns)), "bool"
-            return (lambda ctx: any(_truthy(f(ctx)) for f in fns)), "bool"
+                return (lambda ctx: _all_true(fns, ctx)), "bool"
+            return (lambda ctx: _any_true(fns, ctx)), "bool"
         if isinstance(expr, ast.Unary):
             fn, kind = self.value(expr.operand, scope)
             if expr.op == "not":
@@ -727,10 +729,7 @@ class Compiler:
             if want == "value" and kind in ("tensor", "any"):
                 fn = (lambda f: lambda ctx: tensor_value(ctx, f(ctx)))(fn)  # a Const's value, not its name
             compiled.append(fn)
-        impl = function.impl
-        if function.needs_context:
-            return (lambda ctx: impl(ctx, *[f(ctx) for f in compiled])), function.returns
-        return (lambda ctx: impl(*[f(ctx) for f in compiled])), function.returns
+        return _caller(function.impl, compiled, function.needs_context), function.returns
 
     def _want_value(self, expr: ast.Expr, kind: str, op: str) -> None:
         if kind in ("string", "dtype", "list"):
@@ -764,6 +763,10 @@ _COMPARISON = {
     "==": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater,
     ">=": np.greater_equal,
 }
+_PYTHON_COMPARISON = {
+    np.equal: operator.eq, np.not_equal: operator.ne, np.less: operator.lt,
+    np.less_equal: operator.le, np.greater: operator.gt, np.greater_equal: operator.ge,
+}
 
 
 def _names_in(node: Any) -> set[str]:
@@ -796,6 +799,34 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
+def _all_true(fns, ctx) -> bool:
+    for fn in fns:
+        if not _truthy(fn(ctx)):
+            return False
+    return True
+
+
+def _any_true(fns, ctx) -> bool:
+    for fn in fns:
+        if _truthy(fn(ctx)):
+            return True
+    return False
+
+
+def _caller(impl: Callable[..., Any], args: list, needs_context: bool) -> Callable[[MatchContext], Any]:
+    """`impl` called on the values of `args` (and the context first, if it needs it). Guards run
+    on every node a rule is tried at, so the common arities get a closure of their own."""
+    if len(args) == 1:
+        (a,) = args
+        return (lambda ctx: impl(ctx, a(ctx))) if needs_context else (lambda ctx: impl(a(ctx)))
+    if len(args) == 2:
+        a, b = args
+        return (lambda ctx: impl(ctx, a(ctx), b(ctx))) if needs_context else (lambda ctx: impl(a(ctx), b(ctx)))
+    if needs_context:
+        return lambda ctx: impl(ctx, *[f(ctx) for f in args])
+    return lambda ctx: impl(*[f(ctx) for f in args])
+
+
 def _num(ctx, value: Any) -> Any:
     value = tensor_value(ctx, value)
     return np.asarray(value) if isinstance(value, list) else value
@@ -817,6 +848,8 @@ def _member(item: Any, items: Any) -> bool:
 
 
 def _compare(ctx, fn, a: Any, b: Any) -> bool:
+    if type(a) is type(b) and type(a) in (int, float):  # the common `size(w) >= 1024`: no numpy
+        return _PYTHON_COMPARISON[fn](a, b)
     if isinstance(a, TensorRef) and isinstance(b, TensorRef):
         return fn(0 if a == b else 1, 0) if fn in (np.equal, np.not_equal) else False
     if isinstance(a, (str, bytes)) or isinstance(b, (str, bytes)):
@@ -832,6 +865,27 @@ def _compare(ctx, fn, a: Any, b: Any) -> bool:
     if a is None or b is None:
         return (a is b) == (fn is np.equal)
     return bool(np.all(fn(a, b)))
+
+
+def _op_filter(clauses, pattern: Pattern, scope: _Scope) -> tuple[str, ...] | str | None:
+    """The ops a rule's first test `where op(root) in LIST [and ...]` lets through: the list's
+    strings, or the name of the list parameter. None if the guard starts otherwise, or if the
+    pattern checks attrs against expressions (which could fail on a node the test rejects)."""
+    if not clauses or not isinstance(clauses[0], ast.Where) or pattern.checks_attrs:
+        return None
+    test = clauses[0].expr
+    if isinstance(test, ast.BoolOp) and test.op == "and":
+        test = test.items[0]
+    if not (isinstance(test, ast.BinOp) and test.op == "in" and isinstance(test.left, ast.Call)
+            and test.left.func == "op" and len(test.left.args) == 1
+            and isinstance(test.left.args[0], ast.Var) and test.left.args[0].name == pattern.root_var):
+        return None
+    items = test.right
+    if isinstance(items, ast.Var) and scope.params.get(items.name) == "list":
+        return items.name
+    if isinstance(items, ast.ListExpr) and all(isinstance(item, ast.String) for item in items.items):
+        return tuple(item.value for item in items.items)
+    return None
 
 
 def _make_guard(rule_name: str, location: str, root_var: str, steps):

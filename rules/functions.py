@@ -23,9 +23,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gtt_rules.engine import op_registry
 from gtt_rules.engine.graph import TensorRef
+from gtt_rules.engine.kernels import KERNELS, load_all
 from gtt_rules.engine.pattern import MatchContext, NotApplicable
 from gtt_rules.engine.shapes import infer_shape
+from gtt_rules.errors import EvaluationError
 
 KINDS = ("tensor", "value", "string", "bool", "dtype", "list", "any")
 
@@ -312,9 +315,6 @@ _NEVER_FOLD = frozenset({
 @register_function(args=("tensor",), returns="bool", needs_context=True)
 def foldable(ctx, n):
     """True if n's node can be computed now: a kernel exists, the op is pure, all inputs are Consts."""
-    from gtt_rules.engine import op_registry
-    from gtt_rules.engine.kernels import KERNELS, load_all
-
     node = ctx.graph[n.node]
     if node.op in _NEVER_FOLD or not node.inputs:
         return False
@@ -330,8 +330,7 @@ def foldable(ctx, n):
 @register_function("eval", args=("tensor",), returns="list", needs_context=True)
 def eval_node(ctx, n):
     """The output values of n's node, computed from its constant inputs by the engine's kernels."""
-    from gtt_rules.engine.evaluator import run_kernel
-    from gtt_rules.errors import EvaluationError
+    from gtt_rules.engine.evaluator import run_kernel  # imports every kernel: only when folding
 
     node = ctx.graph[n.node]
     inputs = [tensor_value(ctx, ref) for ref in node.inputs]

@@ -278,8 +278,9 @@ def merge_duplicate_nodes(graph: Graph, ctx: PassContext) -> None:
 
 def _cheap_key(node) -> tuple:
     attrs = []
-    for key in sorted(node.attr):
-        value = node.attr[key]
+    values = node.proto.attr  # read only: `node.attr` would drop the node's decoded values
+    for key in sorted(values):
+        value = values[key]
         if value.WhichOneof("value") == "tensor":
             tensor = value.tensor
             attrs.append((key, tensor.dtype, tuple(d.size for d in tensor.tensor_shape.dim)))
@@ -289,7 +290,8 @@ def _cheap_key(node) -> tuple:
 
 
 def _same_attrs(a, b) -> bool:
-    return all(a.attr[key] == b.attr[key] for key in a.attr)
+    ours, theirs = a.proto.attr, b.proto.attr
+    return all(ours[key] == theirs[key] for key in ours)
 
 
 @register_pass("remove_trivial_control_dependencies")
