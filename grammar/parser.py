@@ -98,6 +98,23 @@ def _with_final_newline(text: str) -> str:
 _parsing = threading.Lock()  # _ToAst keeps state for one parse at a time
 
 
+class _BadString(Exception):
+    """A string literal whose escapes do not decode (raised while parsing, located after)."""
+
+    def __init__(self, message: str, token):
+        super().__init__(message)
+        self.token = token
+
+
+def _string_value(token) -> str:
+    """The value of a STRING token, written with Python's escapes."""
+    try:
+        return python_ast.literal_eval(str(token))
+    except (SyntaxError, ValueError) as error:
+        reason = str(getattr(error, "msg", error)).removeprefix("(unicode error) ")
+        raise _BadString(f"bad string literal: {reason}", token) from None
+
+
 def _parse_items(text: str, path: str) -> list:
     """The top-level items of a file, in order."""
     parser = _parser()
@@ -106,6 +123,11 @@ def _parse_items(text: str, path: str) -> list:
             items = parser.parse(text)
         except UnexpectedInput as error:
             raise _syntax_error(error, text, path) from None
+        except _BadString as error:
+            located = RulesSyntaxError(str(error), path=path, line=error.token.line,
+                                       column=error.token.column)
+            located.excerpt = source_excerpt(text, error.token.line, error.token.column)
+            raise located from None
         except DedentError as error:
             raise RulesSyntaxError(f"inconsistent indentation: {error}", path=path) from None
         finally:
@@ -219,7 +241,7 @@ class _ToAst(Transformer):
     def import_(self, children):
         keyword, token = children
         if token.type == "STRING":
-            return ast.Import(python_ast.literal_eval(str(token)), True, _tok_pos(keyword))
+            return ast.Import(_string_value(token), True, _tok_pos(keyword))
         return ast.Import(str(token), False, _tok_pos(keyword))
 
     def rule(self, children):
@@ -462,7 +484,7 @@ class _ToAst(Transformer):
         return ast.Number(_number(str(children[0])), _tok_pos(children[0]))
 
     def string(self, children):
-        return ast.String(python_ast.literal_eval(str(children[0])), _tok_pos(children[0]))
+        return ast.String(_string_value(children[0]), _tok_pos(children[0]))
 
     def true(self, children):
         return ast.Bool(True, _tok_pos(children[0]))

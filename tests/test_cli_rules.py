@@ -121,6 +121,15 @@ def test_check_reports_syntax_errors_with_a_caret(tmp_path):
     assert result.stderr.splitlines()[0] == f"gtt-rules: error: {bad}:1:7: missing ':' at the end of the header line"
 
 
+def test_a_bad_string_escape_is_a_one_line_error_not_a_traceback(tmp_path):
+    bad = tmp_path / "escape.rules"
+    bad.write_text('rule r:\n    n = Identity(x)\n    where op(n) == "a\\x"\n    => n -> x\n')
+    result = run_cli("check", str(bad))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0].startswith(f"gtt-rules: error: {bad}:3:20: bad string literal: ")
+
+
 def test_test_command_passes_the_stdlib_and_fails_a_wrong_fixture(tmp_path):
     result = run_cli("test", "stdlib_rules")
     assert result.returncode == 0, result.stdout + result.stderr

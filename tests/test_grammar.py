@@ -39,6 +39,17 @@ def test_syntax_error_names_file_line_column_and_shows_a_caret():
     assert error.excerpt.splitlines() == ["        n = Relu(x) %", "                    ^"]
 
 
+@pytest.mark.parametrize("literal", [r'"a\x"', r'"\N{no such name}"', r'"\u12"'])
+def test_a_bad_escape_in_a_string_is_a_located_syntax_error(literal):
+    text = f"rule r:\n    n = Identity(x)\n    where op(n) == {literal}\n    => n -> x\n"
+    with pytest.raises(RulesSyntaxError) as caught:
+        parse(text, "esc.rules")
+    error = caught.value
+    assert (error.path, error.line, error.column) == ("esc.rules", 3, 20)
+    assert error.message.startswith("bad string literal: ") and "\n" not in error.message
+    assert error.excerpt.splitlines()[1] == " " * 23 + "^"
+
+
 def test_a_rule_parses_to_positions_and_parts():
     module = parse(
         "# header\n"
