@@ -360,11 +360,7 @@ class Graph:
         if signature is not None:
             return len(signature.output_arg)
         op_def = op_registry.get_op(node.op)
-        if op_def is None:
-            return None
-        if not any(arg.number_attr or arg.type_list_attr for arg in op_def.outputs):
-            return len(op_def.outputs)  # no attr sizes them
-        return op_registry.num_outputs(op_def, lambda a: node.get_attr(a))
+        return None if op_def is None else op_registry.num_outputs(op_def, lambda a: node.get_attr(a))
 
     def output_dtypes(self, node: Node) -> list[int] | None:
         """The DataType of each output of `node`, where the op registry can tell."""

@@ -183,9 +183,10 @@ _NAME = re.compile(r"[a-z][A-Za-z0-9_]*")
 
 def parse_call(spec: str) -> tuple[str, dict[str, Any]]:
     """`name` or `name(key=value, ...)` with values written as in .rules files."""
-    if _NAME.fullmatch(spec.strip()):  # a plain name: no need to load the parser
-        return spec.strip(), {}
-    text = f"pipeline command_line:\n    {spec.strip()}\n"
+    spec = spec.strip()
+    if _NAME.fullmatch(spec):  # a plain name: no need to load the parser
+        return spec, {}
+    text = f"pipeline command_line:\n    {spec}\n"
     try:
         module = parse(text, "<command line>")
     except RulesCheckError:
