@@ -29,6 +29,15 @@ class _RulesIndenter(Indenter):
     DEDENT_type = "_DEDENT"
     tab_len = 4
 
+    def handle_NL(self, token: Token):
+        # lark's DedentError names no line: report where the badly indented line starts.
+        try:
+            yield from super().handle_NL(token)
+        except DedentError:
+            column = len(token.rsplit("\n", 1)[1]) + 1
+            raise _Problem("unindent does not match any outer indentation level",
+                           token.end_line, column) from None
+
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
@@ -77,11 +86,20 @@ def parse_file(path: str | pathlib.Path) -> ast.Module:
     """Read and parse a .rules file (from the on-disk cache when it was parsed before)."""
     path = pathlib.Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise RulesSyntaxError("no such rules file", path=str(path)) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise RulesSyntaxError(f"cannot read rules file: {error}", path=str(path)) from None
+    except OSError as error:
+        raise RulesSyntaxError(f"cannot read rules file: {error.strerror or error}", path=str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        # Located like a syntax error: the line and column of the first byte that is not UTF-8.
+        before = data[:error.start]
+        line = before.count(b"\n") + 1
+        column = len(before.rsplit(b"\n", 1)[-1].decode("utf-8", "replace")) + 1
+        raise RulesSyntaxError(f"not UTF-8 text: byte 0x{data[error.start]:02x} cannot be decoded",
+                               path=str(path), line=line, column=column) from None
     text = _with_final_newline(text)
     entry = cache.entry_name("module", text)
     items = cache.load(entry)
@@ -97,13 +115,18 @@ def _with_final_newline(text: str) -> str:
 
 _parsing = threading.Lock()  # _ToAst keeps state for one parse at a time
 
+# Deeper syntax trees overflow Python's stack in what reads them (the compiler, the cache's pickle,
+# compiled guards), so the parser refuses them; no hand-written rule comes near.
+MAX_NESTING = 100
 
-class _BadString(Exception):
-    """A string literal whose escapes do not decode (raised while parsing, located after)."""
 
-    def __init__(self, message: str, token):
+class _Problem(Exception):
+    """Bad input found while parsing (a string that does not decode, a bad priority, a bad
+    indentation), raised from inside lark and made a located RulesSyntaxError by _parse_items."""
+
+    def __init__(self, message: str, line: int, column: int):
         super().__init__(message)
-        self.token = token
+        self.line, self.column = line, column
 
 
 def _string_value(token) -> str:
@@ -112,7 +135,7 @@ def _string_value(token) -> str:
         return python_ast.literal_eval(str(token))
     except (SyntaxError, ValueError) as error:
         reason = str(getattr(error, "msg", error)).removeprefix("(unicode error) ")
-        raise _BadString(f"bad string literal: {reason}", token) from None
+        raise _Problem(f"bad string literal: {reason}", token.line, token.column) from None
 
 
 def _parse_items(text: str, path: str) -> list:
@@ -123,15 +146,14 @@ def _parse_items(text: str, path: str) -> list:
             items = parser.parse(text)
         except UnexpectedInput as error:
             raise _syntax_error(error, text, path) from None
-        except _BadString as error:
-            located = RulesSyntaxError(str(error), path=path, line=error.token.line,
-                                       column=error.token.column)
-            located.excerpt = source_excerpt(text, error.token.line, error.token.column)
-            raise located from None
-        except DedentError as error:
-            raise RulesSyntaxError(f"inconsistent indentation: {error}", path=path) from None
+        except _Problem as error:
+            raise _located(str(error), text, path, error.line, error.column) from None
         finally:
             _to_ast.parens.clear()
+    deep = _too_deep(items)
+    if deep is not None:
+        raise _located(f"nested more than {MAX_NESTING} levels deep; split it up (with 'let', or "
+                       f"more pattern lines)", text, path, deep.line, deep.column)
     tests = [test for item in items for test in (item.tests if isinstance(item, ast.Ruleset) else [item])
              if isinstance(test, ast.Test)]
     for test in sorted(tests, key=lambda test: (test.pos.line, test.pos.column)):
@@ -139,6 +161,27 @@ def _parse_items(text: str, path: str) -> list:
             raise RulesSyntaxError("a test needs a 'given:' block and an 'expect:' block",
                                    path=path, line=test.pos.line, column=test.pos.column)
     return items
+
+
+def _located(message: str, text: str, path: str, line: int, column: int) -> RulesSyntaxError:
+    error = RulesSyntaxError(message, path=path, line=line, column=column)
+    error.excerpt = source_excerpt(text, line, column)
+    return error
+
+
+def _too_deep(items: list) -> ast.Pos | None:
+    """Where a construct nested more than MAX_NESTING levels starts, if one is (walked with a
+    stack of its own, since the tree may be too deep for recursion)."""
+    stack = [(item, 0) for item in reversed(items)]
+    while stack:  # children are pushed last first, so the first one found is the leftmost
+        node, depth = stack.pop()
+        if isinstance(node, tuple):
+            stack += [(child, depth) for child in reversed(node)]
+        elif hasattr(node, "__dataclass_fields__") and not isinstance(node, ast.Pos):
+            if depth > MAX_NESTING:
+                return node.pos
+            stack += [(child, depth + 1) for child in reversed(vars(node).values())]
+    return None
 
 
 def _module(path: str, source: str, items: list) -> ast.Module:
@@ -251,7 +294,10 @@ class _ToAst(Transformer):
         return ast.Rule(str(name), priority, *body, pos=_tok_pos(name))
 
     def priority(self, children):
-        value = int(_number(str(children[-1])))
+        number = children[-1]
+        value = _number(str(number))
+        if not isinstance(value, int):
+            raise _Problem(f"a priority is a whole number, not {number}", number.line, number.column)
         return -value if len(children) == 2 or str(children[0]) == "-" else value
 
     def rule_body(self, children):

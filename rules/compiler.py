@@ -265,6 +265,7 @@ class Compiler:
                 continue
             stages = tuple(self._stage(s) for s in pipeline.stages)
             out.pipelines[pipeline.name] = PipelineDef(pipeline.name, stages, self.module.path, pipeline.pos.line)
+        self._pipeline_cycles()
         for name in self.templates:
             self._template(name)
         test_names: dict[str, ast.Pos] = {}
@@ -273,6 +274,23 @@ class Compiler:
                 self.error(test.pos, f"duplicate test name '{test.name}' (first at line {test_names[test.name].line})")
             test_names.setdefault(test.name, test.pos)
         return out
+
+    def _pipeline_cycles(self) -> None:
+        """A pipeline that reaches itself through this file's pipelines would never finish: report
+        the stage that leads back (cycles through other files are caught when a pipeline runs)."""
+        pipelines = {p.name: p for p in self.module.pipelines}
+        for pipeline in pipelines.values():
+            for stage in pipeline.stages:
+                seen, pending = set(), [stage.name]
+                while pending and pipeline.name not in seen:
+                    name = pending.pop()
+                    if name not in seen and name in pipelines:
+                        seen.add(name)
+                        pending += [s.name for s in pipelines[name].stages]
+                if pipeline.name in seen:
+                    through = "" if stage.name == pipeline.name else f" (through '{stage.name}')"
+                    self.error(stage.pos, f"pipeline '{pipeline.name}' calls itself{through}")
+                    break
 
     def _params(self, block: ast.Ruleset) -> tuple[Param, ...]:
         params = []
@@ -301,13 +319,16 @@ class Compiler:
                 args[key] = (value if isinstance(value, list) else [value]) + [self.constant(expr)]
             else:
                 args[key] = self.constant(expr)
-        return StageCall(stage.name, args, f"{self.module.path}:{stage.pos.line}")
+        return StageCall(stage.name, args, f"{self.module.path}:{stage.pos.line}:{stage.pos.column}")
 
     def constant(self, expr: ast.Expr) -> Any:
         """The value of an expression that needs no match (parameter defaults, stage arguments)."""
         fn, _ = self.value(expr, _Scope())
         try:
-            return fn(None)
+            # numpy would print its overflow and divide-by-zero warnings; the inf or nan they
+            # produce is reported (or used) like any other value instead.
+            with np.errstate(all="ignore"):
+                return fn(None)
         except Exception as error:
             self.error(expr.pos, f"cannot compute this value: {error}")
             return None
@@ -898,9 +919,9 @@ def _make_guard(rule_name: str, location: str, root_var: str, steps):
             except Exception as error:
                 root = ctx.bindings.get(root_var)
                 what = f"let '{name}'" if kind == "let" else "where"
-                raise RewriteError(f"{location.rsplit(':', 1)[0]}:{pos.line}: rule '{rule_name}' at node "
-                                   f"'{root.node if root else '?'}': {what} failed: "
-                                   f"{type(error).__name__}: {error}") from error
+                raise RewriteError(f"rule '{rule_name}' at node '{root.node if root else '?'}': {what} "
+                                   f"failed: {type(error).__name__}: {error}",
+                                   path=location.rsplit(":", 1)[0], line=pos.line, column=pos.column) from error
             if kind == "let":
                 ctx.bindings[name] = result
             elif not _truthy(result):

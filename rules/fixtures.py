@@ -21,7 +21,7 @@ from gtt_rules.errors import GttRulesError, RulesCheckError
 from gtt_rules.grammar import ast
 from gtt_rules.grammar.parser import source_excerpt
 
-from .compiler import Compiler, StageCall, _Scope
+from .compiler import Compiler, StageCall
 from .library import Library
 
 
@@ -52,18 +52,20 @@ def run_file(path: str | pathlib.Path, library: Library | None = None) -> list[F
 
 
 def run_test(test: ast.Test, owner: str, path: str, source: str, library: Library) -> FixtureResult:
-    """Apply the test's rules to its `given` graph and compare with `expect`."""
+    """Apply the test's rules to its `given` graph and compare with `expect`.
+
+    A malformed test block (a graph that cannot be built, an unknown `using`) is bad input and
+    raises; only what the rules do to the graph makes a failing result."""
     def fail(message: str) -> FixtureResult:
         return FixtureResult(test.name, path, test.pos.line, False, message)
 
     module = ast.Module(path, source)
+    given = build_graph(test.given, module)
+    expected = build_graph(test.expect, module, base=test.given)
+    stages = library.call(_stage_call(test, owner, module))
+    outputs = list(test.outputs) or [n.name for n in given.sinks()]
+    inputs = [n.name for n in given.placeholders()]
     try:
-        given = build_graph(test.given, module)
-        expected = build_graph(test.expect, module, base=test.given)
-        call = _stage_call(test, owner, module)
-        stages = library.call(call)
-        outputs = list(test.outputs) or [n.name for n in given.sinks()]
-        inputs = [n.name for n in given.placeholders()]
         actual = Graph.from_bytes(given.to_bytes())
         for stage in stages:
             stage.run(actual, inputs=inputs, outputs=outputs)
@@ -77,7 +79,7 @@ def run_test(test: ast.Test, owner: str, path: str, source: str, library: Librar
 
 def _stage_call(test: ast.Test, owner: str, module: ast.Module) -> StageCall:
     if test.using is None:
-        return StageCall(owner, {}, f"{module.path}:{test.pos.line}")
+        return StageCall(owner, {}, f"{module.path}:{test.pos.line}:{test.pos.column}")
     compiler = Compiler(module)
     call = compiler._stage(test.using)
     if compiler.errors:
@@ -129,28 +131,26 @@ def _add_statement(graph_def: pb.GraphDef, stmt: ast.NodeStmt, compiler: Compile
     _add_node(graph_def, stmt.var, expr, compiler)
 
 
-def _constant(compiler: Compiler, expr) -> Any:
-    fn, _ = compiler.value(expr, _Scope())
-    return fn(None)
-
-
 def _add_node(graph_def: pb.GraphDef, name: str, expr: ast.NewNode, compiler: Compiler) -> None:
     proto = graph_def.node.add(name=name, op=expr.op)
     node = Node(proto)
     attrs = {item.key: item for item in expr.attrs}
     if expr.op == "Const":
-        value = _constant(compiler, expr.args[0]) if expr.args else None
-        dtype = _constant(compiler, expr.args[1]) if expr.args and len(expr.args) > 1 else (
-            _constant(compiler, attrs["dtype"].value) if "dtype" in attrs else None)
+        value = compiler.constant(expr.args[0]) if expr.args else None
+        dtype = compiler.constant(expr.args[1]) if expr.args and len(expr.args) > 1 else (
+            compiler.constant(attrs["dtype"].value) if "dtype" in attrs else None)
         if value is None:
             compiler.error(expr.pos, "a fixture Const needs its value: Const(value[, dtype])")
             return
         from gtt_rules.engine.dtypes import dtype_for_array
         from gtt_rules.engine.rewrite import _const_array
-        array = _const_array(value, dtype)
-        dt = dtype if dtype is not None else dtype_for_array(array)
-        node.set_attr("dtype", dt)
-        node.set_attr("value", encode_tensor(array, dt))
+        try:  # strings, ragged lists, out-of-range numbers, unknown dtypes
+            array = _const_array(value, dtype)
+            dt = dtype if dtype is not None else dtype_for_array(array)
+            node.set_attr("dtype", dt)
+            node.set_attr("value", encode_tensor(array, dt))
+        except (TypeError, ValueError, OverflowError) as error:
+            compiler.error(expr.pos, f"bad fixture Const: {error}")
         return
     for index, arg in enumerate(expr.args or ()):
         if isinstance(arg, ast.Var):
@@ -169,8 +169,8 @@ def _add_node(graph_def: pb.GraphDef, name: str, expr: ast.NewNode, compiler: Co
             compiler.error(arg.pos, "a fixture input is a node name, name:port, a number or a node")
     for key, item in attrs.items():
         try:
-            node.set_attr(key, _constant(compiler, item.value))
-        except (TypeError, ValueError) as error:
+            node.set_attr(key, compiler.constant(item.value))
+        except (TypeError, ValueError, OverflowError) as error:
             compiler.error(item.pos, f"bad value for attr '{key}': {error}")
     _infer_types(Node(proto), graph_def)  # a fresh Node: `node` was made before the inputs
 

@@ -86,7 +86,7 @@ class Library:
 
     def _resolve_import(self, item: ast.Import, importer: pathlib.Path, module: ast.Module) -> pathlib.Path:
         candidate = (importer.parent / item.target) if item.is_path else _stdlib_dir() / f"{item.target}.rules"
-        if not candidate.is_file():
+        if not _is_file(candidate):
             from gtt_rules.grammar.parser import source_excerpt
             what = f"no file {candidate}" if item.is_path else \
                 f"no standard library file '{item.target}' (have: {', '.join(stdlib_names())})"
@@ -129,8 +129,8 @@ class Library:
     def stages(self, spec: str) -> list[Stage]:
         """The stages a rule spec stands for (a file path, a name, or `name(key=value, ...)`)."""
         path = pathlib.Path(spec)
-        if spec.endswith(".rules") or path.is_file():
-            if not path.is_file():
+        if spec.endswith(".rules") or _is_file(path):
+            if not _is_file(path):
                 raise UsageError(f"{spec}: no such rules file")
             compiled = self.load_file(path)
             stem = path.stem
@@ -143,20 +143,29 @@ class Library:
     def call(self, call: StageCall, depth: int = 0) -> list[Stage]:
         if depth > 20:
             raise RulesCheckError(f"{call.location}: pipelines nest too deeply (a pipeline calls itself?)")
+        # A call from a file (a pipeline stage, a test's `using`) is located at file:line:column.
+        where = "" if call.location == "command line" else f"{call.location}: "
         target = self.find(call.name)
         if target is None:
-            raise UsageError(f"unknown rule set or pipeline '{call.name}' (known: {', '.join(self.names())})")
-        where = "" if call.location == "command line" else f"{call.location}: "
+            raise UsageError(f"{where}unknown rule set or pipeline '{call.name}' (known: {', '.join(self.names())})")
         if isinstance(target, RuleSet):
             return [Stage(call.name, target.instantiate(call.args, where=where))]
         if isinstance(target, GraphPass):
             return [Stage(call.name, graph_pass=target, params=target.bind(call.args, where=where))]
         if call.args:
-            raise UsageError(f"pipeline '{call.name}' takes no arguments")
+            raise UsageError(f"{where}pipeline '{call.name}' takes no arguments")
         stages = []
         for stage in target.stages:
             stages += self.call(stage, depth + 1)
         return stages
+
+
+def _is_file(path: pathlib.Path) -> bool:
+    """Path.is_file, but False for a name the system refuses (too long, say) instead of OSError."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 _DEFINITION = re.compile(r"^\s*(?:ruleset|pipeline)\s+([a-z][A-Za-z0-9_]*)", re.MULTILINE)
@@ -186,6 +195,8 @@ def parse_call(spec: str) -> tuple[str, dict[str, Any]]:
     spec = spec.strip()
     if _NAME.fullmatch(spec):  # a plain name: no need to load the parser
         return spec, {}
+    if "\n" in spec or "\r" in spec:  # it is parsed as one line of a pipeline; more would be more stages
+        raise UsageError(f"cannot read rule spec {spec!r}: a rule spec is one line")
     text = f"pipeline command_line:\n    {spec}\n"
     try:
         module = parse(text, "<command line>")

@@ -42,7 +42,10 @@ class RulesTestItem(pytest.Item):
         self.test, self.owner, self.source, self.library, self.run = test, owner, source, library, run
 
     def runtest(self):
-        result = self.run(self.test, self.owner, str(self.path), self.source, self.library)
+        try:  # a malformed test block: its located one-line error, not a traceback
+            result = self.run(self.test, self.owner, str(self.path), self.source, self.library)
+        except GttRulesError as error:
+            raise RulesFileError(str(error)) from None
         if not result.passed:
             raise RulesFileError(f"{result.location}: test '{result.name}' failed: {result.message}")
 

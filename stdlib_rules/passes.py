@@ -70,9 +70,14 @@ def _parse_shape(text: str):
     if not text:
         return None
     try:
-        return [int(d) for d in text.split(",")]
+        shape = [int(d) for d in text.split(",")]
     except ValueError:
-        raise UsageError(f"bad shape '{text}': write comma-separated sizes, like \"1,224,224,3\"") from None
+        shape = None
+    # A TensorShapeProto holds int64 sizes, and -1 is the only negative one (unknown).
+    if shape is None or not all(-1 <= d < 2 ** 63 for d in shape):
+        raise UsageError(f"bad shape '{text}': write comma-separated sizes, like \"1,224,224,3\" "
+                         f"(-1 for an unknown size)")
+    return shape
 
 
 def _replace_with_placeholder(graph: Graph, name: str, dtype: int, shape) -> None:
