@@ -83,6 +83,7 @@ class _Dispatch:
                 for op in rule.root_ops:
                     self.by_op[op].append(rule)
         self.order = {id(rule): i for i, (_, rule) in enumerate(ordered)}
+        self.rules = [rule for _, rule in ordered]
         self._cache: dict[str, list[Rule]] = {}
 
     def rules_for(self, op: str) -> list[Rule]:
@@ -137,7 +138,8 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
             if at_limit:  # one rewrite too many: it was undone, the graph holds exactly the limit
                 report.stop_reason = REWRITE_LIMIT
                 report.nodes_after = len(graph)
-                raise _cycle_error(sorted(set(report.fires) | {rule.name}), None, report.rewrites, report, graph)
+                raise _cycle_error(dispatch, set(report.fires) | {rule.name}, None, report.rewrites, report,
+                                   graph)
             report.fires[rule.name] += 1
             rewrites += 1
             application = Application(rule.name, rule.location, name, result.created, result.removed)
@@ -148,8 +150,8 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
             per_node[name] += 1
             history[name].append(rule.name)
             if per_node[name] > limits.max_rewrites_per_node:
-                cycling = sorted(set(history[name][-limits.max_rewrites_per_node:]))
-                raise _cycle_error(cycling, name, per_node[name], report, graph)
+                cycling = set(history[name][-limits.max_rewrites_per_node:])
+                raise _cycle_error(dispatch, cycling, name, per_node[name], report, graph)
             for again in _neighbourhood(graph, name, result):
                 if again not in queued and dispatch.rules_for(graph[again].op):
                     queued.add(again)
@@ -202,9 +204,14 @@ def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> list[str]:
     return [n for n in dict.fromkeys(around) if n in graph]
 
 
-def _cycle_error(rules: list[str], node: str | None, count: int, report: Report, graph: Graph) -> RewriteError:
+def _cycle_error(dispatch: _Dispatch, rules: set[str], node: str | None, count: int, report: Report,
+                 graph: Graph) -> RewriteError:
     report.nodes_after = len(graph)
     where = f"node '{node}' was rewritten {count} times" if node else f"{count} rewrites"
-    error = RewriteError(f"the rules do not terminate ({where}); rules involved: {', '.join(rules)}")
+    # Each rule with the file and line it was written at, so that the loop can be found.
+    located = {rule.name: rule.location for rule in dispatch.rules if rule.name in rules}
+    involved = ", ".join(f"{name} ({located[name]})" if located.get(name) else name
+                         for name in sorted(rules))
+    error = RewriteError(f"the rules do not terminate ({where}); rules involved: {involved}")
     error.report = report
     return error
