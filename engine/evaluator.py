@@ -10,6 +10,7 @@ values with their loop frame and iteration, as TensorFlow's executor does.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Callable, Iterable, Mapping
 
@@ -21,6 +22,7 @@ from .dtypes import DT_BFLOAT16, dtype_info, dtype_name, numpy_dtype
 from .graph import Graph, Node, TensorRef
 from .kernels import KERNELS, load_all
 from .kernels.float_ops import round_to_bfloat16
+from .tensors import DEFAULT_MAX_BYTES
 
 CONTROL_FLOW_OPS = frozenset({"Switch", "Merge", "Enter", "Exit", "NextIteration", "LoopCond",
                               "RefSwitch", "RefMerge", "RefEnter", "RefExit", "RefNextIteration"})
@@ -58,12 +60,18 @@ def _call(fn, node: Node, inputs: list[np.ndarray], bfloat16_ports: tuple[int, .
     except EvaluationError:
         raise
     except Exception as error:  # noqa: BLE001 - any kernel failure becomes one clear message
-        raise EvaluationError(f"{node.op} failed: {error}", node=node.name) from error
+        raise _failed(node, error) from error
     values = [np.asarray(v) for v in result] if isinstance(result, (tuple, list)) else [np.asarray(result)]
     for port in bfloat16_ports:
         if port < len(values) and values[port].dtype == np.float32:
             values[port] = round_to_bfloat16(values[port])    # bfloat16 is held as float32
     return values
+
+
+def _failed(node: Node, error: Exception) -> EvaluationError:
+    # A KeyError's str() is its argument's repr: the quotes would be noise in the message.
+    reason = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return EvaluationError(f"{node.op} failed: {reason}", node=node.name)
 
 
 def _bfloat16_ports(output_dtypes: list[int] | None) -> tuple[int, ...]:
@@ -225,7 +233,10 @@ class Evaluator:
         fed = self.fed
         with np.errstate(all="ignore"):     # TensorFlow gives inf/nan silently, so do we
             for node, fn, inputs, bfloat16_ports in plan:
-                args = [values[ref] for ref in inputs]
+                try:
+                    args = [values[ref] for ref in inputs]
+                except KeyError as error:   # its producer gave fewer outputs than the graph says
+                    raise _not_produced(self.graph, error.args[0]) from None
                 results = args[:1] if fn is None else _call(fn, node, args, bfloat16_ports)
                 for port, value in enumerate(results):
                     ref = TensorRef(node.name, port)
@@ -242,10 +253,9 @@ class Evaluator:
                     on_node(node, values)
         if kept is not None and self._constants is None:
             self._constants = kept
-        missing = [str(ref) for ref in self.outputs if ref not in values]
+        missing = [ref for ref in self.outputs if ref not in values]
         if missing:
-            raise EvaluationError(f"node '{missing[0].split(':')[0]}' produced no output "
-                                  f"'{missing[0]}'")
+            raise _not_produced(self.graph, missing[0])
         return [values[ref] for ref in self.outputs]
 
     def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[TensorRef, np.ndarray]:
@@ -257,8 +267,13 @@ class Evaluator:
             if ref in values:
                 raise EvaluationError(f"'{ref}' is fed twice")
             if self.reads.get(ref, 0) or ref in self.outputs:
-                values[ref] = _check_feed(self.graph, ref, text, value)
+                values[ref] = check_feed(self.graph, ref, text, value)
         return values
+
+
+def _not_produced(graph: Graph, ref: TensorRef) -> EvaluationError:
+    return EvaluationError(f"{graph[ref.node].op} produced no output {ref.port}, which the graph "
+                           f"reads", node=ref.node)
 
 
 def _describe_placeholder(node: Node) -> str:
@@ -268,8 +283,9 @@ def _describe_placeholder(node: Node) -> str:
     return f"{dtype_name(node.get_attr('dtype', 0))}, {dims}"
 
 
-def _check_feed(graph: Graph, ref: TensorRef, text: str, value) -> np.ndarray:
-    """The fed value in the tensor's dtype; EvaluationError if its dtype or shape cannot fit."""
+def check_feed(graph: Graph, ref: TensorRef, text: str, value) -> np.ndarray:
+    """The value fed to `ref` (written `text`) in the tensor's dtype; EvaluationError if its dtype
+    or shape cannot fit."""
     node = graph[ref.node]
     try:
         array = np.asarray(value)
@@ -323,6 +339,11 @@ def random_feeds(graph: Graph, seed: int = 0, overrides: Mapping[str, np.ndarray
         if info is None or info.holder is None or info.kind in ("string", "handle"):
             continue
         holder = info.holder
+        size = math.prod(shape) * holder.itemsize
+        if size > DEFAULT_MAX_BYTES:    # checked before allocating: the shape may be absurd
+            raise EvaluationError(f"placeholder '{node.name}' ({_describe_placeholder(node)}) is "
+                                  f"too big for a random value ({size} bytes, over the limit of "
+                                  f"{DEFAULT_MAX_BYTES}); feed it instead", node=node.name)
         if info.kind == "float":
             value = rng.standard_normal(shape).astype(holder)
         elif info.kind == "complex":
@@ -415,6 +436,14 @@ class _Dataflow:
         return entry
 
     def _try(self, name: str, tag: Tag) -> None:
+        try:
+            self._step(name, tag)
+        except EvaluationError:
+            raise
+        except Exception as error:  # noqa: BLE001 - as in `_call`: a malformed control-flow node
+            raise _failed(self.graph[name], error) from error
+
+    def _step(self, name: str, tag: Tag) -> None:
         if (name, tag) in self.fired:
             return
         node = self.graph[name]

@@ -11,6 +11,7 @@ import functools
 import mmap
 import os
 import pathlib
+import stat
 import tempfile
 from typing import Any, Iterable, Iterator, NamedTuple
 
@@ -22,6 +23,7 @@ from gtt_rules.errors import GraphError
 
 from . import op_registry
 from .attrs import decode_attr, encode_attr
+from .dtypes import REF_OFFSET as _REF_OFFSET, dtype_name
 from .proto import graph_def_pb2 as pb
 from .tensors import check_tensor
 
@@ -209,11 +211,13 @@ class Graph:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Graph":
-        """Read a `.pb` (binary) or `.pbtxt` (text) GraphDef file."""
+        """Read a `.pb` (binary) or `.pbtxt` (text) GraphDef file, validated and its dtypes checked."""
         path = pathlib.Path(path)
         text = path.suffix.lower() in TEXT_SUFFIXES
         try:
             with open(path, "rb") as f:
+                if stat.S_ISCHR(os.fstat(f.fileno()).st_mode):  # /dev/zero would never end
+                    raise GraphError("is a device, not a graph file", path=str(path))
                 parsed = None if text else _parse_mapped(f)
                 data = f.read() if parsed is None else b""
         except FileNotFoundError:
@@ -223,11 +227,12 @@ class Graph:
         except OSError as e:
             raise GraphError(f"cannot read: {e.strerror}", path=str(path)) from None
         try:
-            if parsed is not None:
-                return cls(parsed[0], node_defs=parsed[1])
-            return cls.from_bytes(data, text=text)
+            graph = cls(parsed[0], node_defs=parsed[1]) if parsed is not None else \
+                cls.from_bytes(data, text=text)
+            graph.check_dtypes()
         except GraphError as e:
             raise e.located(str(path)) from None
+        return graph
 
     @classmethod
     def from_bytes(cls, data: bytes, *, text: bool = False) -> "Graph":
@@ -402,12 +407,20 @@ class Graph:
 
     def validate(self) -> None:
         """Raise GraphError naming the first problem: bad names, dangling inputs, cycles, bad tensors."""
-        counts: dict[str, int | None] = {}  # outputs of each producer, counted once
+        # Every node's attrs first: counting a producer's outputs reads its attrs.
         for node in self._nodes.values():
             if not node.name:
                 raise GraphError("a node has an empty name")
             if not node.op:
                 raise GraphError("node has no op", node=node.name)
+            attrs = node.proto.attr
+            for attr_name in attrs:
+                _check_attr(node, attr_name, attrs[attr_name])
+            op_def = op_registry.get_op(node.op)
+            if op_def is not None:
+                _check_against_op(node, op_def, attrs)
+        counts: dict[str, int | None] = {}  # outputs of each producer, counted once
+        for node in self._nodes.values():
             for ref in node.inputs:
                 count = counts.get(ref.node, _MISSING)
                 if count is _MISSING:
@@ -423,10 +436,41 @@ class Graph:
             for name in node.control_inputs:
                 if name not in self._nodes:
                     raise GraphError(f"control input '^{name}' names a missing node", node=node.name)
-            attrs = node.proto.attr
-            for attr_name in attrs:
-                _check_attr(node, attr_name, attrs[attr_name])
         self.topological_order()
+
+    def check_dtypes(self) -> None:
+        """Raise GraphError if a data input has another dtype than its node's op takes there, as
+        TensorFlow's importer does. Dtypes the op registry cannot tell pass.
+
+        Apart from `validate`, as graphs built in tests and rule fixtures may mix dtypes freely.
+        """
+        # Nodes of one op with the same dtype attrs have the same signature: work it out once.
+        signatures: dict[tuple, tuple] = {}
+
+        def signature(node: Node) -> tuple:
+            op_def = op_registry.get_op(node.op)
+            if op_def is None:
+                return None, None
+            attrs = node.proto.attr
+            key = (node.op, *(attrs[a].SerializeToString() if a in attrs else None
+                              for a in _dtype_attrs(op_def)))
+            found = signatures.get(key)
+            if found is None:
+                found = signatures[key] = (op_registry.input_dtypes(op_def, node.get_attr),
+                                           self.output_dtypes(node))
+            return found
+
+        for node in self._nodes.values():
+            if not node.inputs:
+                continue
+            for ref, want in zip(node.inputs, signature(node)[0] or ()):
+                have = signature(self._nodes[ref.node])[1]
+                if have is None or ref.port >= len(have):
+                    continue
+                # A reference (a TF1 variable) is read as the value it refers to.
+                if have[ref.port] != want and have[ref.port] != want + _REF_OFFSET:
+                    raise GraphError(f"input '{ref}' is {dtype_name(have[ref.port])}, but "
+                                     f"{node.op} takes {dtype_name(want)} there", node=node.name)
 
     def _kahn(self) -> tuple[list[Node], set[str]]:
         nodes, consumers, position = self._nodes, self._consumers, self._position
@@ -712,7 +756,9 @@ _KNOWN_DTYPES = frozenset(pb.DataType.values())
 
 def _check_attr(node: Node, name: str, value: pb.AttrValue) -> None:
     kind = value.WhichOneof("value")
-    if kind == "tensor":
+    if kind == "shape":
+        _check_shape(node, name, value.shape)
+    elif kind == "tensor":
         try:
             check_tensor(value.tensor)
         except GraphError as e:
@@ -728,6 +774,104 @@ def _check_attr(node: Node, name: str, value: pb.AttrValue) -> None:
                 check_tensor(tensor)
             except GraphError as e:
                 raise GraphError(f"attr '{name}': {e.message}", node=node.name) from None
+        for shape in value.list.shape:
+            _check_shape(node, name, shape)
+
+
+_DTYPE_ATTRS: dict[str, tuple[str, ...]] = {}
+
+
+def _dtype_attrs(op_def) -> tuple[str, ...]:
+    """The attrs that set the dtypes and counts of an op's inputs and outputs."""
+    names = _DTYPE_ATTRS.get(op_def.name)
+    if names is None:
+        names = _DTYPE_ATTRS[op_def.name] = tuple(sorted(
+            {a for arg in (*op_def.inputs, *op_def.outputs)
+             for a in (arg.type_attr, arg.number_attr, arg.type_list_attr) if a}))
+    return names
+
+
+def _check_shape(node: Node, name: str, shape: pb.TensorShapeProto) -> None:
+    dims = [d.size for d in shape.dim]
+    if shape.unknown_rank and dims:
+        raise GraphError(f"attr '{name}': a shape of unknown rank has dimensions", node=node.name)
+    if dims and min(dims) < -1:
+        raise GraphError(f"attr '{name}': shape [{', '.join(map(str, dims))}] has a dimension "
+                         f"below -1 (-1 is unknown)", node=node.name)
+
+
+# The AttrValue field that holds each attr type of an op definition, bare or in a list.
+_ATTR_FIELDS = {"string": "s", "int": "i", "float": "f", "bool": "b", "type": "type",
+                "shape": "shape", "tensor": "tensor", "func": "func"}
+_OP_CHECKS: dict[str, tuple] = {}
+
+
+def _attr_type(value: pb.AttrValue) -> str:
+    """The attr type an AttrValue holds, in an op definition's terms ("int", "list(type)")."""
+    kind = value.WhichOneof("value")
+    if kind == "list":
+        held = [t for t, f in _ATTR_FIELDS.items() if len(getattr(value.list, f))]
+        return f"list({'/'.join(held)})" if held else "an empty list"
+    return {f: t for t, f in _ATTR_FIELDS.items()}.get(kind, kind or "empty")
+
+
+def _op_checks(op_def) -> tuple:
+    """Per attr of `op_def`: (name, declared type, is a list, AttrValue field, allowed values);
+    and its input count when no attr sets it. Made once per op: validation is on the load path."""
+    checks = _OP_CHECKS.get(op_def.name)
+    if checks is None:
+        attrs = []
+        for name, attr_def in op_def.attrs.items():
+            is_list = attr_def.type.startswith("list(")
+            field = _ATTR_FIELDS[attr_def.type[5:-1] if is_list else attr_def.type]
+            allowed = attr_def.allowed_values if field in ("type", "s") else None
+            attrs.append((name, attr_def.type, is_list, field, allowed))
+        fixed = not any(arg.number_attr or arg.type_list_attr for arg in op_def.inputs)
+        checks = _OP_CHECKS[op_def.name] = (attrs, len(op_def.inputs) if fixed else None)
+    return checks
+
+
+def _check_against_op(node: Node, op_def, attrs) -> None:
+    """TensorFlow's checks of a NodeDef against its op, which its importer makes too: each attr
+    the op declares holds the declared type, within the allowed values, and the node has as many
+    inputs as the op takes. Kernels, shape functions and rules then get attrs of the types they
+    expect."""
+    def fail(message: str):
+        raise GraphError(message, node=node.name)
+
+    checks, expected = _op_checks(op_def)
+    for name, want, is_list, field, allowed in checks:
+        if name not in attrs:
+            continue  # rules' test graphs leave out attrs; whatever reads one reports it missing
+        value = attrs[name]
+        kind = value.WhichOneof("value")
+        if is_list:
+            if kind is None:
+                continue  # an empty list, as GraphDefs before version 5 wrote it
+            items = getattr(value.list, field)
+            if kind != "list" or len(value.list.ListFields()) > (1 if len(items) else 0):
+                fail(f"attr '{name}' is {_attr_type(value)}, but {node.op} takes {want}")
+        elif kind != field:
+            fail(f"attr '{name}' is {_attr_type(value)}, but {node.op} takes {want}")
+        else:
+            items = (getattr(value, field),)
+        if field == "type":
+            for dtype in items:
+                if dtype == pb.DT_INVALID or dtype > _REF_OFFSET:
+                    shown = "DT_INVALID" if dtype == pb.DT_INVALID else dtype_name(dtype)
+                    fail(f"attr '{name}' is {shown}; {node.op} takes a value type")
+        if allowed is not None:
+            show = dtype_name if field == "type" else repr
+            for item in items:
+                item = item.decode("utf-8", "replace") if field == "s" else item
+                if item not in allowed:
+                    fail(f"attr '{name}' is {show(item)}, but {node.op} allows only "
+                         f"{', '.join(show(a) for a in allowed)}")
+    if expected is None:
+        expected = op_registry.input_count(op_def, node.get_attr)
+    if expected is not None and expected != len(node.inputs):
+        fail(f"{node.op} takes {expected} input{'' if expected == 1 else 's'}, but the node has "
+             f"{len(node.inputs)}")
 
 
 def _delete_attrs(proto: pb.NodeDef, keys: list[str]) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "dtype_name",
     "get_op",
     "input_count",
+    "input_dtypes",
     "num_outputs",
     "output_dtypes",
 ]
@@ -275,6 +276,14 @@ def output_dtypes(op_def: OpDef, attr: AttrLookup | Mapping[str, Any]) -> list[i
     """
     try:
         return [d for arg in op_def.outputs for d in _arg_dtypes(op_def, arg, attr)]
+    except _Undetermined:
+        return None
+
+
+def input_dtypes(op_def: OpDef, attr: AttrLookup | Mapping[str, Any]) -> list[int] | None:
+    """The DataType enum value every data input of a node of `op_def` takes (see `output_dtypes`)."""
+    try:
+        return [d for arg in op_def.inputs for d in _arg_dtypes(op_def, arg, attr)]
     except _Undetermined:
         return None
 

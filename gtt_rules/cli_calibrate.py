@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import zipfile
 from typing import Iterator
 
 import numpy as np
@@ -16,6 +15,7 @@ from gtt_rules.errors import GttRulesError, UsageError
 def register(commands) -> None:
     """Add the `calibrate` subcommand to an argparse subparsers object."""
     from gtt_rules.cli import _add_graph_output
+    from gtt_rules.cli_run import parse_seed
 
     parser = commands.add_parser(
         "calibrate", help="freeze an eight-bit graph's requantization ranges from sample inputs",
@@ -34,7 +34,7 @@ def register(commands) -> None:
     samples.add_argument("--random", type=int, metavar="N", default=None,
                          help="N seeded random samples of each input's dtype and shape (default 10 "
                               "when no --feed-dir)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first random sample (default 0)")
+    parser.add_argument("--seed", type=parse_seed, default=0, help="seed of the first random sample (default 0)")
     parser.add_argument("--min-percentile", type=float, default=0.0, metavar="P",
                         help="per node, take the min at P%% from the bottom of the sorted mins "
                              "(default 0: the smallest seen)")
@@ -49,7 +49,7 @@ def register(commands) -> None:
 
 def calibrate_command(args: argparse.Namespace) -> int:
     from gtt_rules.cli import _output_path
-    from gtt_rules.cli_run import parse_outputs
+    from gtt_rules.cli_run import check_output_path, parse_outputs
     from gtt_rules.engine import calibration
     from gtt_rules.engine.graph import Graph
 
@@ -59,6 +59,11 @@ def calibrate_command(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be in [0, 100)")
     if args.random is not None and args.random < 1:
         raise UsageError("--random needs at least 1 sample")
+    log = None
+    if args.log:
+        log = check_output_path(args.log, args.graph)
+        if log.resolve() == output.resolve():
+            raise UsageError("--log and -o name the same file", path=args.log)
     graph = Graph.load(args.graph)
     outputs = parse_outputs(args.outputs, graph)
     if not calibration.requantization_ranges(graph):
@@ -84,10 +89,10 @@ def calibrate_command(args: argparse.Namespace) -> int:
     ranges = {name: calibration.chosen_range(observed, args.min_percentile, args.max_percentile)
               for name, observed in records.items()}
     calibration.freeze_ranges(graph, ranges)
-    if args.log:
+    if log is not None:
         from gtt_rules.engine.graph import write_atomically
         text = calibration.min_max_log(records).encode()
-        write_atomically(pathlib.Path(args.log), lambda f: f.write(text))
+        write_atomically(log, lambda f: f.write(text))
     graph.save(output, text=True if args.output_as_text else None)
     console(stderr=True).print(f"froze {len(ranges)} requantization range{'s' if len(ranges) != 1 else ''} "
                                f"over {count} sample{'s' if count != 1 else ''} -> {output}")
@@ -104,18 +109,27 @@ def _sample_files(folder: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _file_samples(files: list[pathlib.Path], graph) -> Iterator[dict[str, np.ndarray]]:
+    from gtt_rules.cli_run import load_npz
+    from gtt_rules.engine.evaluator import check_feed
+    from gtt_rules.engine.graph import TensorRef
+
     inputs = {node.name for node in graph.placeholders()}
     for path in files:
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                sample = {key: archive[key] for key in archive.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise UsageError(f"not a readable .npz sample: {reason}", path=str(path)) from None
+        sample = load_npz(path)
         missing = sorted(inputs - set(sample))
         if missing:
             raise UsageError(f"has no array for input{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
                              path=str(path))
+        # Checked here, so that an error names the sample's file rather than the graph's.
+        for name, value in sample.items():
+            ref = TensorRef.parse(name)
+            if ref.node not in graph:
+                raise UsageError(f"has an array '{name}', but the graph has no node of that name",
+                                 path=str(path))
+            try:
+                check_feed(graph, ref, name, value)
+            except GttRulesError as error:
+                raise UsageError(error.message, path=str(path)) from None
         yield sample
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pathlib
+import tokenize
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -57,7 +60,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy",
                         help="feed the tensor NAME from a .npy file (repeatable); inputs not fed "
                              "get seeded random values of their dtype and shape")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    parser.add_argument("--seed", type=parse_seed, default=0, help="seed of the random inputs (default 0)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -83,15 +86,62 @@ def _load_npy(path: pathlib.Path) -> np.ndarray:
     if path.is_dir():
         raise UsageError("is a directory, not a .npy file", path=str(path))
     try:
-        value = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UsageError(f"not a readable .npy array: {reason}", path=str(path)) from None
-    if not isinstance(value, np.ndarray):
-        value.close()
-        raise UsageError("holds several arrays (.npz); give one array per --feed as a .npy file",
-                         path=str(path))
-    return value
+        with open(path, "rb") as f:
+            if f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
+                raise UsageError("holds several arrays (.npz); give one array per --feed as a .npy "
+                                 "file", path=str(path))
+            f.seek(0)
+            return read_array(f, os.fstat(f.fileno()).st_size)
+    except _ARRAY_ERRORS as error:
+        raise UsageError(f"not a readable .npy array: {_reason(error)}", path=str(path)) from None
+
+
+def load_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """The arrays of a .npz file by name, each read as `read_array` reads it; UsageError naming
+    the file (and the array) for anything unreadable."""
+    arrays: dict[str, np.ndarray] = {}
+    member = None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                member = info.filename
+                if not member.endswith(".npy"):
+                    raise ValueError("not a .npy array")
+                with archive.open(info) as f:
+                    arrays[member[:-len(".npy")]] = read_array(f, info.file_size)
+    except (*_ARRAY_ERRORS, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as error:
+        where = f"'{member}': " if member else ""
+        raise UsageError(f"not a readable .npz sample: {where}{_reason(error)}", path=str(path)) from None
+    return arrays
+
+
+def read_array(stream, size: int) -> np.ndarray:
+    """The array in .npy format in `stream` (`size` bytes), never unpickled. Its header is checked
+    against the bytes that follow before anything is allocated: a tiny file can claim any shape.
+
+    Raises one of `_ARRAY_ERRORS`: MemoryError too, as a .npz member's size can lie.
+    """
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+        np.lib.format.read_array_header_2_0     # 3.0 differs only in how field names are encoded
+    shape, _, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise ValueError(f"holds Python objects (dtype {dtype}), which only unpickling could load")
+    needed, left = math.prod(shape) * dtype.itemsize, size - stream.tell()
+    if needed > left:
+        raise ValueError(f"its header claims shape {list(shape)} of {dtype} ({needed} bytes), but "
+                         f"{left} bytes follow it")
+    stream.seek(0)
+    return np.lib.format.read_array(stream, allow_pickle=False)
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+# numpy's header parser lets tokenize's error through, for a header cut short inside brackets.
+_ARRAY_ERRORS = (ValueError, OSError, EOFError, MemoryError, tokenize.TokenError)
+
+
+def _reason(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def parse_outputs(text: str | None, graph) -> list[str]:
@@ -129,13 +179,30 @@ def _feeds_for(graph, path: str, seed: int, given: dict[str, np.ndarray]) -> dic
         raise error.located(path) from None
 
 
-def _check_save_path(text: str) -> pathlib.Path:
+def check_output_path(text: str, *inputs: str) -> pathlib.Path:
+    """A file to write, checked before any work: not a folder, in a folder that exists, and none
+    of the `inputs` the command reads, which writing it would destroy."""
     path = pathlib.Path(text)
     if path.is_dir():
-        raise UsageError("is a directory; give a file name for the .npz", path=text)
+        raise UsageError("is a directory; give a file name", path=text)
     if str(path.parent) and not path.parent.exists():
         raise UsageError(f"the folder {path.parent} does not exist", path=text)
+    for source in inputs:
+        if path.exists() and os.path.exists(source) and os.path.samefile(path, source):
+            raise UsageError(f"refusing to write over {source}, an input of this command",
+                             path=text)
     return path
+
+
+def parse_seed(text: str) -> int:
+    """An argparse type: numpy seeds random generators with non-negative integers only."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, not '{text}'") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"a seed must not be negative, not {seed}")
+    return seed
 
 
 def save_npz(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
@@ -176,8 +243,9 @@ def summarize_array(name: str, value: np.ndarray) -> dict[str, Any]:
 
 def run_command(args: argparse.Namespace) -> int:
     """`gtt-rules run`: evaluate GRAPH and print (and optionally save) its outputs."""
-    save_path = _check_save_path(args.save) if args.save else None
     given = load_feed_files(args.feed)
+    feed_files = [spec.partition("=")[2].strip() for spec in args.feed]
+    save_path = check_output_path(args.save, args.graph, *feed_files) if args.save else None
     graph = _load_graph(args.graph)
     outputs = parse_outputs(args.outputs, graph)
     feeds = _feeds_for(graph, args.graph, args.seed, given)
@@ -281,8 +349,8 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> di
 def compare_command(args: argparse.Namespace) -> int:
     """`gtt-rules compare`: run A and B on the same inputs; exit 1 if any output differs too much."""
     from gtt_rules.engine.graph import TensorRef
-    if args.rtol < 0 or args.atol < 0:
-        raise UsageError("--rtol and --atol must not be negative")
+    if not (args.rtol >= 0 and args.atol >= 0):     # NaN too: nothing would be within it
+        raise UsageError("--rtol and --atol must be numbers, not negative")
     given = load_feed_files(args.feed)
     graph_a = _load_graph(args.graph_a)
     graph_b = _load_graph(args.graph_b)

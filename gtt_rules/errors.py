@@ -35,7 +35,15 @@ class GttRulesError(Exception):
             where += ": "
         if self.node is not None:
             where += f"node '{self.node}': "
-        return where + self.message
+        return _one_line(where + self.message)
+
+
+def _one_line(text: str) -> str:
+    """`text` with control characters and line breaks escaped: names read from a broken file can
+    hold any character, and the error must stay one line that cannot rewrite the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class RulesSyntaxError(GttRulesError):
