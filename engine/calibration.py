@@ -91,6 +91,8 @@ def freeze_ranges(graph: Graph, ranges: Mapping[str, tuple[float, float]]) -> No
 def read_min_max_log(path: str | pathlib.Path) -> Records:
     """The records of a GTT-format log; lines of other shapes are skipped, as GTT does."""
     path = pathlib.Path(path)
+    if path.is_char_device():    # /dev/zero would never end
+        raise UsageError("is a device, not a min/max log", path=str(path))
     try:
         text = path.read_text(errors="replace")
     except OSError as error:

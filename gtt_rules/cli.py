@@ -181,10 +181,12 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _names(text: str | None) -> list[str] | None:
+def _tensors(text: str | None) -> list | None:
+    """The TensorRefs of a comma-separated --inputs/--outputs list (`name` or `name:port`)."""
+    from gtt_rules.engine.graph import TensorRef
     if text is None:
         return None
-    return [name.strip().split(":")[0] for name in text.split(",") if name.strip()]
+    return [TensorRef.parse(name.strip()) for name in text.split(",") if name.strip()]
 
 
 def _apply(args: argparse.Namespace) -> int:
@@ -195,11 +197,17 @@ def _apply(args: argparse.Namespace) -> int:
     output = _output_path(args, source)
     steps = _steps(args.steps or [])  # rules are checked before the graph is read
     graph = Graph.load(source)
-    inputs = _names(args.inputs)
-    outputs = _names(args.outputs)
-    for name in (inputs or []) + (outputs or []):
-        if name not in graph:
-            raise UsageError(f"{source}: no node named '{name}' (from --inputs/--outputs)")
+    inputs, outputs = _tensors(args.inputs), _tensors(args.outputs)
+    for ref in (inputs or []) + (outputs or []):
+        if ref.node not in graph:
+            raise UsageError(f"{source}: no node named '{ref.node}' (from --inputs/--outputs)")
+        count = graph.num_outputs(graph[ref.node])
+        if count is not None and ref.port >= count:
+            raise UsageError(f"{source}: node '{ref.node}' has no output {ref.port} (it has {count}; "
+                             f"from --inputs/--outputs)")
+    # The rules keep whole nodes: a port only picks which node.
+    inputs = None if inputs is None else [ref.node for ref in inputs]
+    outputs = None if outputs is None else [ref.node for ref in outputs]
     inputs = inputs if inputs is not None else [n.name for n in graph.placeholders()]
     outputs = outputs if outputs is not None else [n.name for n in graph.sinks()]
     limits = Limits(max_rewrites=args.max_rewrites)

@@ -158,6 +158,24 @@ def test_a_device_is_refused_before_reading(capsys):
     assert error_line(capsys) == "gtt-rules: error: /dev/null: is a device, not a graph file"
 
 
+
+def test_a_device_as_min_max_log_is_refused_before_reading(tmp_path, capsys):
+    source = fixture_copy(tmp_path, "quantized_ops")
+    assert main(["apply", str(source), "-o", str(tmp_path / "out.pb"), "--rules",
+                 'freeze_requantization_ranges(min_max_log_file="/dev/null")']) == 2
+    error_line(capsys, "/dev/null: is a device, not a min/max log")
+    assert_only(tmp_path, source.name)
+
+
+def test_apply_refuses_an_output_port_the_node_does_not_have(tmp_path, capsys):
+    source = fixture_copy(tmp_path, "quantized_ops")
+    output = Graph.load(source).sinks()[0].name
+    assert main(["apply", str(source), "-o", str(tmp_path / "out.pb"), "--outputs", f"{output}:7"]) == 2
+    error_line(capsys, f"node '{output}' has no output 7")
+    assert_only(tmp_path, source.name)
+    # A port the node has picks that node.
+    assert main(["apply", str(source), "-o", str(tmp_path / "out.pb"), "--outputs", f"{output}:0"]) == 0
+
 # ---- feeds and samples ---------------------------------------------------------------------------
 
 def npy_header(shape, descr: str = "<f4", header_text: str | None = None) -> bytes:
