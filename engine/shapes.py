@@ -368,9 +368,9 @@ def _windowed(size: int | None, window: int | None, stride: int, dilation: int, 
         span = size + pads[0] + pads[1] - reach + stride
     else:
         raise _Unknown
-    if span < 0:
+    if span <= -stride:     # TensorFlow refuses it; a smaller overshoot truncates to 0 outputs
         raise _Unknown
-    return span // stride
+    return max(span, 0) // stride
 
 
 def _explicit_pads(node: Node, axis: int) -> tuple[int, int]:

@@ -78,10 +78,13 @@ def _window(size: int, k: int, stride: int, dilation: int, padding: str,
         before, after = explicit
     else:
         raise ValueError(f"padding {padding!r} is not supported")
-    if size + before + after - reach + stride < 0:
+    # TensorFlow divides in C++, truncating toward zero: a window that overshoots the padded
+    # input by less than a stride gives an empty output; only a larger overshoot is an error.
+    span = size + before + after - reach + stride
+    if span <= -stride:
         raise ValueError(f"computed output size would be negative (input size {size}, "
                          f"window {reach}, stride {stride})")
-    return (size + before + after - reach) // stride + 1, before, after
+    return max(span, 0) // stride, before, after
 
 
 def _explicit_pads(node, nchw: bool) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -525,6 +528,8 @@ def max_pool(node, inputs):
     lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     xp = _pad_spatial(x, pads, lowest)
     out = None
+    if 0 in out_hw:     # the slices in _taps assume at least one output per dimension
+        return _nhwc_out(node, np.zeros((x.shape[0], *out_hw, x.shape[3]), x.dtype))
     for _, _, seen in _taps(xp, kh, kw, strides, (1, 1), out_hw):
         out = seen.copy() if out is None else np.maximum(out, seen, out=out)
     return _nhwc_out(node, out)
@@ -533,8 +538,10 @@ def max_pool(node, inputs):
 @kernel("AvgPool")
 def avg_pool(node, inputs):
     x, (kh, kw), strides, pads, out_hw = _pool_window(node, inputs)
-    xp = _pad_spatial(x, pads)
     total = np.zeros((x.shape[0], *out_hw, x.shape[3]), x.dtype)
+    if 0 in out_hw:     # the slices in _taps assume at least one output per dimension
+        return _nhwc_out(node, total)
+    xp = _pad_spatial(x, pads)
     for _, _, seen in _taps(xp, kh, kw, strides, (1, 1), out_hw):
         total += seen
     # TensorFlow averages over the window's elements inside the input, not over padding.
@@ -559,8 +566,12 @@ def _reduce(fn):
 def _mean(x, axes, keep):
     if x.dtype.kind in "iub":
         count = math.prod(x.shape[a] for a in axes)
-        total = np.sum(x, axis=axes, keepdims=keep, dtype=x.dtype)
-        return _int_div(total, np.asarray(count, x.dtype)) if count else total
+        # TensorFlow sums integers narrower than 64 bits in a 64-bit integer of the same
+        # signedness (so int8 or int32 means do not wrap), then divides and narrows.
+        wide = np.dtype(np.uint64 if x.dtype.kind == "u" else np.int64) if x.dtype.kind != "b" else x.dtype
+        total = np.sum(x, axis=axes, keepdims=keep, dtype=wide)
+        mean = _int_div(total, np.asarray(count, wide)) if count else total
+        return mean.astype(x.dtype)
     return np.mean(x, axis=axes, keepdims=keep, dtype=_accumulation_dtype(x.dtype)).astype(x.dtype)
 
 
@@ -616,7 +627,14 @@ def arg_max(node, inputs):
 @kernel("Reshape")
 def reshape(node, inputs):
     x, shape = inputs
-    return x.reshape(_ints(shape))
+    sizes = _ints(shape)
+    if -1 in sizes and 0 in sizes and x.size == 0:
+        # TensorFlow leaves zero-sized dims out of both products when inferring -1, so that
+        # e.g. [0, -1] of a (0, 3) input is (0, 3) rather than ambiguous.
+        known = math.prod(d for d in sizes if d > 0)
+        missing = math.prod(d for d in x.shape if d > 0) // known
+        sizes[sizes.index(-1)] = missing
+    return x.reshape(sizes)
 
 
 @kernel("Squeeze")
@@ -715,7 +733,14 @@ def pad(node, inputs):
 def mirror_pad(node, inputs):
     x, paddings = inputs
     mode = {"REFLECT": "reflect", "SYMMETRIC": "symmetric"}[node.get_attr("mode")]
-    return np.pad(x, _paddings(paddings, x), mode=mode)
+    pairs = _paddings(paddings, x)
+    # numpy reflects again past the edge; TensorFlow refuses paddings beyond one reflection.
+    limit_offset = 1 if mode == "reflect" else 0
+    for dim, (size, (before, after)) in enumerate(zip(x.shape, pairs)):
+        if min(before, after) < 0 or max(before, after) > size - limit_offset:
+            raise ValueError(f"paddings {before}, {after} of dimension {dim} are out of range for "
+                             f"size {size} in {node.get_attr('mode')} mode")
+    return np.pad(x, pairs, mode=mode)
 
 
 @kernel("Shape")
@@ -853,6 +878,13 @@ def gather(node, inputs):
         batch_dims = int(node.get_attr("batch_dims", 0))
         if batch_dims < 0:
             batch_dims += indices.ndim
+        # Without these checks the batched gather below broadcasts or misreads the axes.
+        if not 0 <= batch_dims <= min(axis, indices.ndim):
+            raise ValueError(f"batch_dims {batch_dims} must be in [0, min(axis {axis}, rank of "
+                             f"indices {indices.ndim})]")
+        if params.shape[:batch_dims] != indices.shape[:batch_dims]:
+            raise ValueError(f"the first {batch_dims} dims of params {list(params.shape)} and "
+                             f"indices {list(indices.shape)} must match")
     if indices.size and (indices.min() < 0 or indices.max() >= params.shape[axis]):
         bad = indices.min() if indices.min() < 0 else indices.max()
         raise ValueError(f"index {bad} is not in [0, {params.shape[axis]})")
@@ -968,6 +1000,8 @@ def resize_nearest_neighbor(node, inputs):
     out_h, out_w = _ints(size)
     align = bool(node.get_attr("align_corners", False))
     half = bool(node.get_attr("half_pixel_centers", False))
+    if align and half:
+        raise ValueError("align_corners and half_pixel_centers cannot both be true")
     rows = _nearest_indices(images.shape[1], out_h, align, half)
     columns = _nearest_indices(images.shape[2], out_w, align, half)
     return images[:, rows][:, :, columns]
@@ -1033,6 +1067,10 @@ def batch_to_space_nd(node, inputs):
     m = len(block)
     crops = np.asarray(crops).reshape(m, 2).tolist()
     total = math.prod(block)
+    for i, (a, b) in enumerate(crops):
+        if min(a, b) < 0 or a + b > x.shape[1 + i] * block[i]:
+            raise ValueError(f"crops {a}, {b} of spatial dimension {i} are negative or larger "
+                             f"than its size {x.shape[1 + i] * block[i]}")
     if x.shape[0] % total:
         raise ValueError(f"batch {x.shape[0]} is not a multiple of the block size product {total}")
     n = x.shape[0] // total

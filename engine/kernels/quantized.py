@@ -49,14 +49,15 @@ def _window_output_size(size: int, window: int, stride: int, padding: str) -> in
     if stride <= 0:
         raise ValueError(f"stride must be positive, got {stride}")
     if padding == "VALID":
-        out = (size - window + stride) // stride
+        span = size - window + stride
     elif padding == "SAME":
-        out = (size + stride - 1) // stride
+        span = size + stride - 1
     else:
         raise ValueError(f"padding must be SAME or VALID, got {padding!r}")
-    if out < 0:
-        raise ValueError(f"computed output size would be negative: {out}")
-    return out
+    # C++ division truncates toward zero: an overshoot of less than a stride gives 0 outputs.
+    if span <= -stride:
+        raise ValueError(f"computed output size would be negative: {int(span / stride)}")
+    return max(span, 0) // stride
 
 
 def _sliding_windows(padded: np.ndarray, out_h: int, out_w: int, window_h: int, window_w: int,
@@ -545,6 +546,9 @@ def _window_reduce(values: np.ndarray, node, fill, dtype, combine):
     arrays (numpy's reductions over small strided window axes are several times slower)."""
     k_h, k_w, s_h, s_w, out_h, out_w, top, left = _pool_geometry(node, values.shape)
     batch, in_h, in_w, depth = values.shape
+    if out_h == 0 or out_w == 0:    # the tap slices below assume at least one output
+        return (np.full((batch, out_h, out_w, depth), fill, dtype),
+                (k_h, k_w, s_h, s_w, out_h, out_w, top, left))
     need_h = (out_h - 1) * s_h + k_h
     need_w = (out_w - 1) * s_w + k_w
     padded = np.full((batch, max(need_h, top + in_h), max(need_w, left + in_w), depth), fill,

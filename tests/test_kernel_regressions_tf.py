@@ -1,0 +1,138 @@
+"""Regressions found by differential fuzzing of the kernels against TensorFlow's own kernels.
+
+Each test runs the minimized input in both and compares; where TensorFlow rejects the input, ours
+must raise EvaluationError.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gtt_rules.errors import EvaluationError
+from test_float_kernels import assert_close, ours, theirs
+from test_quantized_kernels import QUINT8, assert_outputs, run, tq
+
+F32 = np.float32
+I32 = np.int32
+
+
+def expect_both_reject(tf, op, tf_kwargs, inputs, **attrs):
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        theirs(tf, op, **tf_kwargs)
+    with pytest.raises(EvaluationError):
+        ours(op, inputs, **attrs)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32],
+                         ids=lambda d: np.dtype(d).name)
+def test_mean_of_small_ints_does_not_wrap(tf, dtype):
+    # TensorFlow sums in 64 bits: the mean of [100, 100, 100] in int8 is 100, not 300 wrapped / 3.
+    info = np.iinfo(dtype)
+    x = np.array([[info.max, info.max, info.max - 3], [info.min, 7, info.min + 1]], dtype)
+    for axes in ([0], [1], [0, 1]):
+        a = np.asarray(axes, I32)
+        assert_close(ours("Mean", [x, a]), theirs(tf, "Mean", input=x, axis=a))
+
+
+@pytest.mark.parametrize("source,target", [((0, 3), [0, -1]), ((0, 3, 3), [2, -1, 0]),
+                                           ((0, 1, 1), [-1, 0]), ((2, 0), [-1, 0, 5])], ids=str)
+def test_reshape_infers_minus_one_beside_a_zero(tf, source, target):
+    x = np.zeros(source, F32)
+    shape = np.asarray(target, I32)
+    assert_close(ours("Reshape", [x, shape]), theirs(tf, "Reshape", tensor=x, shape=shape))
+
+
+@pytest.mark.parametrize("op", ["Conv2D", "DepthwiseConv2dNative", "MaxPool", "AvgPool"])
+@pytest.mark.parametrize("shape,window,stride", [((2, 7, 2, 3), (2, 5), 2), ((1, 1, 4, 2), (4, 3), 2),
+                                                 ((2, 3, 5, 1), (6, 6), (3, 2))], ids=str)
+def test_window_overshooting_by_less_than_a_stride_is_empty(tf, op, shape, window, stride):
+    # TensorFlow's output size (in + pads - window + stride) / stride truncates toward zero.
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(F32)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    attrs = dict(strides=[1, sh, sw, 1], padding="VALID")
+    if op in ("MaxPool", "AvgPool"):
+        attrs["ksize"] = [1, *window, 1]
+        arg = "input" if op == "MaxPool" else "value"
+        assert_close(ours(op, [x], **attrs), theirs(tf, op, **{arg: x}, **attrs))
+        return
+    w = rng.standard_normal((*window, shape[3], 1 if op != "Conv2D" else 2)).astype(F32)
+    if op == "DepthwiseConv2dNative" and sh != sw:
+        return      # its reference kernel takes equal strides only
+    assert_close(ours(op, [x, w], **attrs), theirs(tf, op, input=x, filter=w, **attrs))
+
+
+def test_window_overshooting_by_a_stride_is_still_an_error(tf):
+    x = np.zeros((1, 1, 4, 2), F32)
+    w = np.zeros((5, 3, 2, 1), F32)
+    attrs = dict(strides=[1, 2, 2, 1], padding="VALID")
+    expect_both_reject(tf, "Conv2D", dict(input=x, filter=w, **attrs), [x, w], **attrs)
+    pool = dict(ksize=[1, 5, 3, 1], **attrs)
+    expect_both_reject(tf, "MaxPool", dict(input=x, **pool), [x], **pool)
+
+
+@pytest.mark.parametrize("op", ["QuantizedMaxPool", "QuantizedAvgPool"])
+@pytest.mark.parametrize("ksize,strides", [([1, 5, 5, 1], [1, 1, 3, 1]), ([1, 2, 5, 1], [1, 3, 2, 1]),
+                                           ([1, 6, 4, 1], [1, 3, 2, 1])], ids=str)
+def test_quantized_pool_with_an_empty_output(tf, op, ksize, strides):
+    x = np.random.default_rng(0).integers(0, 256, (2, 6, 3, 1)).astype(np.uint8)
+    lo, hi = F32(-1), F32(1)
+    want = getattr(tf.raw_ops, op)(input=tq(tf, x, QUINT8), min_input=lo, max_input=hi,
+                                   ksize=ksize, strides=strides, padding="VALID")
+    got = run(op, [x, lo, hi], T=QUINT8, ksize=ksize, strides=strides, padding="VALID")
+    assert_outputs(got, want, tf)
+
+
+@pytest.mark.parametrize("mode", ["REFLECT", "SYMMETRIC"])
+@pytest.mark.parametrize("paddings", [[[0, 3]], [[2, 0]], [[1, 1]], [[0, 2]]], ids=str)
+def test_mirror_pad_beyond_one_reflection(tf, mode, paddings):
+    x = np.arange(2, dtype=F32)
+    p = np.asarray(paddings, I32)
+    try:
+        want = theirs(tf, "MirrorPad", input=x, paddings=p, mode=mode)
+    except tf.errors.InvalidArgumentError:
+        with pytest.raises(EvaluationError, match="out of range"):
+            ours("MirrorPad", [x, p], mode=mode)
+        return
+    assert_close(ours("MirrorPad", [x, p], mode=mode), want)
+
+
+@pytest.mark.parametrize("shape,crops", [((4, 1), [[1, 2]]), ((1, 2), [[2, 2]]),
+                                         ((4, 1, 1, 2), [[2, 1], [0, 1]]), ((4, 1), [[1, 1]])], ids=str)
+def test_batch_to_space_crops_larger_than_the_space(tf, shape, crops):
+    x = np.random.default_rng(2).standard_normal(shape).astype(F32)
+    c = np.asarray(crops, I32)
+    block = np.full(len(crops), 2 if shape[0] % 2 == 0 else 1, I32)
+    try:
+        want = theirs(tf, "BatchToSpaceND", input=x, block_shape=block, crops=c)
+    except tf.errors.InvalidArgumentError:
+        with pytest.raises(EvaluationError, match="crops"):
+            ours("BatchToSpaceND", [x, block, c])
+        return
+    assert_close(ours("BatchToSpaceND", [x, block, c]), want)
+
+
+@pytest.mark.parametrize("params_shape,index_shape,axis,batch_dims",
+                         [((2, 3, 4), (2, 1), 0, 1), ((2, 2, 4), (2, 2, 3), -2, 2),
+                          ((4, 1, 2), (1, 2), -2, -1), ((3, 1), (1, 1), -1, -1),
+                          ((2, 3, 4), (2, 3), 2, -1)], ids=str)
+def test_gather_v2_checks_batch_dims(tf, params_shape, index_shape, axis, batch_dims):
+    params = np.random.default_rng(3).standard_normal(params_shape).astype(F32)
+    indices = np.zeros(index_shape, I32)
+    a = np.int32(axis)
+    kwargs = dict(params=params, indices=indices, axis=a, batch_dims=batch_dims)
+    try:
+        want = theirs(tf, "GatherV2", **kwargs)
+    except tf.errors.InvalidArgumentError:
+        with pytest.raises(EvaluationError, match="batch_dims|must match"):
+            ours("GatherV2", [params, indices, a], batch_dims=batch_dims)
+        return
+    assert_close(ours("GatherV2", [params, indices, a], batch_dims=batch_dims), want)
+
+
+def test_resize_nearest_neighbor_refuses_both_flags(tf):
+    x = np.zeros((1, 3, 3, 1), F32)
+    size = np.asarray([5, 5], I32)
+    flags = dict(align_corners=True, half_pixel_centers=True)
+    expect_both_reject(tf, "ResizeNearestNeighbor", dict(images=x, size=size, **flags), [x, size],
+                       **flags)
