@@ -354,10 +354,25 @@ def cast(node, inputs):
         return round_to_bfloat16(x.astype(np.float32))
     dtype = numpy_dtype(target)
     if x.dtype.kind == "f" and dtype.kind in "iu":
-        # C++ casts truncate toward zero; out-of-range values are undefined there, so clamp them.
-        info = np.iinfo(dtype)
-        x = np.clip(np.nan_to_num(np.trunc(x)), info.min, info.max)
+        return _saturating_cast(x, dtype)
     return x.astype(dtype)
+
+
+def _saturating_cast(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float to integer: truncated toward zero, out-of-range values saturated, NaN to 0.
+
+    C++ leaves out-of-range casts undefined, and TensorFlow's x86 build gives different results
+    for one value in a vector loop (saturated or INT_MIN) and in its scalar tail (wrapped), so
+    no single answer matches it; saturation is what ARM gives. The bounds are compared in float64,
+    where int32's are exact and 2^63 and 2^64 are too (int64's max itself would round up to 2^63).
+    """
+    info = np.iinfo(dtype)
+    t = np.trunc(x.astype(np.float64))
+    high, low = t >= float(info.max), t <= float(info.min)
+    out = np.where(high | low | np.isnan(t), 0, t).astype(dtype)
+    out[high] = info.max
+    out[low] = info.min
+    return out
 
 
 # ---- matrix products -----------------------------------------------------------------------------
