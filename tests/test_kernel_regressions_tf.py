@@ -10,7 +10,7 @@ import pytest
 
 from gtt_rules.errors import EvaluationError
 from test_float_kernels import assert_close, ours, theirs
-from test_quantized_kernels import QUINT8, assert_outputs, run, tq
+from test_quantized_kernels import QINT8, QINT32, QUINT8, assert_outputs, random_codes, run, tq
 
 F32 = np.float32
 I32 = np.int32
@@ -159,3 +159,33 @@ def test_cast_to_int_truncates_like_tensorflow_and_saturates_out_of_range(tf, so
                   DstT=tf.as_dtype(target).as_datatype_enum)
     assert got.dtype == target
     assert got.tolist() == [want for _, want in cases]
+
+
+def test_eight_bit_kernels_on_empty_tensors(tf):
+    # The chunked loops ran one step over no elements, whose NaN check took the min of nothing.
+    empty_f, empty_32 = np.zeros((0, 3), F32), np.zeros((0,), I32)
+    lows, highs = np.full(3, -1, F32), np.full(3, 1, F32)
+    assert_outputs(run("QuantizeV2", [empty_f, F32(-1), F32(1)], T=QUINT8),
+                   tf.raw_ops.QuantizeV2(input=empty_f, min_range=F32(-1), max_range=F32(1), T=tf.quint8), tf)
+    assert_outputs(run("QuantizeV2", [empty_f, lows, highs], T=QINT8, axis=1),
+                   tf.raw_ops.QuantizeV2(input=empty_f, min_range=lows, max_range=highs, T=tf.qint8, axis=1), tf)
+    assert_outputs(run("Requantize", [empty_32, F32(0), F32(0.1), F32(-1e-3), F32(2e-3)], Tinput=QINT32,
+                       out_type=QINT8),
+                   tf.raw_ops.Requantize(input=tq(tf, empty_32, QINT32), input_min=F32(0), input_max=F32(0.1),
+                                         requested_output_min=F32(-1e-3), requested_output_max=F32(2e-3),
+                                         out_type=tf.qint8), tf)
+
+
+@pytest.mark.parametrize("dt", [QUINT8, QINT32], ids=["quint8", "qint32"])
+@pytest.mark.parametrize("sizes", [(2, 0, 1), (0, 2, 1), (2, 1, 0), (0, 0)], ids=str)
+def test_quantized_concat_with_empty_inputs(tf, dt, sizes):
+    # TensorFlow's copier numbers only the non-empty inputs but reads every input's range: after
+    # an empty input, each input is requantized from the range of the input before it.
+    rng = np.random.default_rng(len(sizes) + sum(sizes))
+    codes = [random_codes(rng, (size,), dt) for size in sizes]
+    mins = [F32(m) for m in (-1, 1e-7, -0.0939)[:len(sizes)]]
+    maxes = [F32(m) for m in (-1, 1e-7, 31.31)[:len(sizes)]]
+    want = tf.raw_ops.QuantizedConcat(concat_dim=0, values=[tq(tf, c, dt) for c in codes],
+                                      input_mins=mins, input_maxes=maxes)
+    got = run("QuantizedConcat", [np.int32(0), *codes, *mins, *maxes], T=dt, N=len(sizes))
+    assert_outputs(got, want, tf)

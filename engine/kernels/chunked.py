@@ -41,10 +41,12 @@ def for_chunks(n: int, worker: Callable[[], Callable[[int, int], None]],
     """
     chunk = chunk or CHUNK
     count = -(-n // chunk)
+    if n == 0:      # an empty tensor: no step would see an element (and a min() of none fails)
+        return
     if n < PARALLEL_MIN or THREADS == 1 or count < 2:
         with np.errstate(all="ignore"):
             step = worker()
-            for start in range(0, max(n, 1), chunk):
+            for start in range(0, n, chunk):
                 step(start, min(start + chunk, n))
         return
     job = _Job(worker, n, chunk, count)

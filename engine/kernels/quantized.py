@@ -606,9 +606,12 @@ def quantized_concat(node, inputs):
         out_min, out_max = F32(-largest), F32(largest)
     else:
         out_min, out_max = overall_min, overall_max
+    # TensorFlow's copier numbers only the non-empty inputs but reads the ranges of all of them:
+    # after an empty input, each input is requantized from the range of the one before it.
+    present = [v for v in values if v.size] or values
     parts = [v if (lo == out_min and hi == out_max)
              else Q.requantize_eigen(v, lo, hi, out_min, out_max, t, t)
-             for v, lo, hi in zip(values, mins, maxes)]
+             for v, lo, hi in zip(present, mins, maxes)]
     return np.concatenate(parts, axis=axis), _scalar_out(out_min), _scalar_out(out_max)
 
 
