@@ -189,3 +189,14 @@ def test_quantized_concat_with_empty_inputs(tf, dt, sizes):
                                       input_mins=mins, input_maxes=maxes)
     got = run("QuantizedConcat", [np.int32(0), *codes, *mins, *maxes], T=dt, N=len(sizes))
     assert_outputs(got, want, tf)
+
+
+@pytest.mark.parametrize("op", ["Sum", "Mean", "Max", "Min", "Prod"])
+@pytest.mark.parametrize("axes", [[1, 1], [0, -2], [1, -1, 0]], ids=str)
+def test_reductions_refuse_a_dimension_named_twice(tf, op, axes):
+    x = np.arange(6, dtype=F32).reshape(2, 3)
+    a = np.asarray(axes, I32)
+    expect_both_reject(tf, op, dict(input=x, axis=a), [x, a])
+    # Named once each, the same axes reduce as TensorFlow does.
+    once = np.asarray(sorted({d % 2 for d in axes}), I32)
+    assert_close(ours(op, [x, once]), theirs(tf, op, input=x, axis=once))

@@ -573,6 +573,9 @@ def _reduce(fn):
     def run(node, inputs):
         x, axes = inputs
         keep = node.get_attr("keep_dims", False)
+        if x.ndim and len(_ints(axes)) != len(_axes(axes, x.ndim)):
+            # Squeeze lets a dim be named twice; TensorFlow's reductions refuse it.
+            raise ValueError(f"axes {_ints(axes)} name a dimension twice")
         axes = _axes(axes, x.ndim) if x.ndim else ()
         return fn(x, axes, keep)
     return run
