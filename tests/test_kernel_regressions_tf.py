@@ -200,3 +200,11 @@ def test_reductions_refuse_a_dimension_named_twice(tf, op, axes):
     # Named once each, the same axes reduce as TensorFlow does.
     once = np.asarray(sorted({d % 2 for d in axes}), I32)
     assert_close(ours(op, [x, once]), theirs(tf, op, input=x, axis=once))
+
+
+@pytest.mark.parametrize("bounds", [(3, 3), (1, 2), (0, 1)], ids=str)
+def test_quantize_v2_without_an_axis_takes_one_range(tf, bounds):
+    x = np.ones((2, 3), F32)
+    low, high = np.full(bounds[0], -1, F32), np.full(bounds[1], 1, F32)
+    expect_both_reject(tf, "QuantizeV2", dict(input=x, min_range=low, max_range=high, T=tf.quint8),
+                       [x, low, high], T=QUINT8)

@@ -86,6 +86,11 @@ def quantize_v2(node, inputs):
         raise ValueError(f"Axis must be less than input dimension({values.ndim}), got {axis}")
     # Only axis > -1 selects per-slice ranges; other negative values mean one range.
     slices = values.shape[axis] if axis > -1 else 1
+    if axis <= -1:
+        for name, bound in (("min_range", min_range), ("max_range", max_range)):
+            if np.size(bound) != 1:
+                raise ValueError(f"If axis is not specified, {name} must contain a single float "
+                                 f"element, but it contains {np.size(bound)} elements")
     if slices == 1:
         # TensorFlow's oneDNN pass leaves per-axis and narrow-range quantization on its own kernel.
         onednn = Q.ONEDNN and axis == -1 and not narrow_range
