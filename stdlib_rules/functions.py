@@ -50,16 +50,28 @@ def dilate_filter(ctx, w, rate_h, rate_w):
 
 
 @register_function(args=("tensor", "tensor"), returns="bool", needs_context=True)
-def channel_vector(ctx, c, layer_weights):
-    """True if constant c holds one value per output channel, broadcasting like a bias: every
-    dimension is 1 but the last, and its rank is at most that of the layer's output (so
-    `[1, 1, 1, C]` after a Conv2D qualifies, as Keras freezes batch-norm scales)."""
+def channel_vector(ctx, c, layer):
+    """True if constant c holds one value per output channel of `layer` (a Conv2D,
+    DepthwiseConv2dNative or MatMul with constant weights), broadcasting like a bias: every
+    dimension is 1 but the last, which is the layer's channel count, and its rank is at most that
+    of the layer's output (so `[1, 1, 1, C]` after a Conv2D qualifies, as Keras freezes batch-norm
+    scales). A scalar qualifies too."""
     from gtt_rules.rules.functions import tensor_shape
 
-    shape, weights = tensor_shape(ctx, c), tensor_shape(ctx, layer_weights)
-    if shape is None or weights is None:
+    node = ctx.graph[layer.node]
+    shape, weights = tensor_shape(ctx, c), tensor_shape(ctx, node.inputs[1])
+    # Channels first, the last dimension is the width: a [W] constant broadcasts along it.
+    if shape is None or weights is None or node.get_attr("data_format", "NHWC") != "NHWC":
         return False
-    return len(shape) <= len(weights) and all(d == 1 for d in shape[:-1])
+    if node.op == "DepthwiseConv2dNative":
+        channels = weights[2] * weights[3]
+    elif node.op == "MatMul" and node.get_attr("transpose_b", False):
+        channels = weights[0]
+    else:
+        channels = weights[-1]
+    # A [1] constant broadcasts, but a bias made of it would not: BiasAdd wants C values.
+    return not shape or (len(shape) <= len(weights) and all(d == 1 for d in shape[:-1])
+                         and shape[-1] == channels)
 
 
 @register_function(args=("tensor",), returns="bool", needs_context=True)

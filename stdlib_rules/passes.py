@@ -227,20 +227,28 @@ def obfuscate_names(graph: Graph, ctx: PassContext) -> None:
     """Give every node but the inputs and outputs a short meaningless name."""
     keep = ctx.protected
     graph_names = [node.name for node in graph]
-    taken = set(graph_names)
     renames: dict[str, str] = {}
     counter = 0
     for name in graph_names:
         if name in keep:
             continue
+        # Like the GTT, avoid only the names that stay: a second run then names every node as
+        # the first did and changes nothing.
         while True:
             counter += 1
             short = _short_name(counter)
-            if short not in taken:
+            if short not in keep:
                 break
-        taken.add(short)
-        renames[name] = short
-    _rename(graph, renames)  # new names avoid every old one, so no rename collides
+        if short != name:
+            renames[name] = short
+    # A new name may still be an old one, renamed later: go by a name no node has first.
+    if set(renames.values()) & set(graph_names):
+        suffix = "_"
+        while any(name.endswith(suffix) for name in graph_names):
+            suffix += "_"
+        _rename(graph, {old: new + suffix for old, new in renames.items()})
+        renames = {new + suffix: new for new in renames.values()}
+    _rename(graph, renames)
 
 
 def _short_name(n: int) -> str:
@@ -341,22 +349,23 @@ def fold_batch_norms_after_concat(graph: Graph, ctx: PassContext) -> None:
                 start += channels
                 if layer.op == "DepthwiseConv2dNative":
                     piece = piece.reshape(weights.shape[2], weights.shape[3])
-                folded = graph.add_node(f"{layer.name}/folded_weights", "Const",
+                folded = graph.add_node(_free_name(graph, f"{layer.name}/folded_weights"), "Const",
                                         attrs={"dtype": DT_FLOAT, "value": (weights * piece).astype(np.float32)})
-                copy = graph.add_node(f"{layer.name}/folded", layer.op, [layer.inputs[0], TensorRef(folded.name)],
-                                      device=layer.device)
+                copy = graph.add_node(_free_name(graph, f"{layer.name}/folded"), layer.op,
+                                      [layer.inputs[0], TensorRef(folded.name)], device=layer.device)
                 for key, value in layer.attr.items():
                     copy.attr[key].CopyFrom(value)
                 new_inputs.append(TensorRef(copy.name))
                 renames[copy.name] = layer.name
             axis = concat.inputs[-1]
-            new_concat = graph.add_node(f"{concat.name}/folded", "ConcatV2", new_inputs + [axis],
-                                        attrs={"N": len(new_inputs), "T": DT_FLOAT,
-                                               "Tidx": concat.get_attr("Tidx")})
+            new_concat = graph.add_node(_free_name(graph, f"{concat.name}/folded"), "ConcatV2",
+                                        new_inputs + [axis], attrs={"N": len(new_inputs), "T": DT_FLOAT,
+                                                                    "Tidx": concat.get_attr("Tidx")})
             renames[new_concat.name] = concat.name
-            bias = graph.add_node(f"{bn.name}/offset", "Const", attrs={"dtype": DT_FLOAT,
-                                                                     "value": offset.astype(np.float32)})
-            heir = graph.add_node(f"{bn.name}/folded", "BiasAdd", [TensorRef(new_concat.name), TensorRef(bias.name)],
+            bias = graph.add_node(_free_name(graph, f"{bn.name}/offset"), "Const",
+                                  attrs={"dtype": DT_FLOAT, "value": offset.astype(np.float32)})
+            heir = graph.add_node(_free_name(graph, f"{bn.name}/folded"), "BiasAdd",
+                                  [TensorRef(new_concat.name), TensorRef(bias.name)],
                                   attrs={"T": DT_FLOAT}, device=bn.device)
             graph.replace_uses(TensorRef(bn.name), TensorRef(heir.name))
             name = bn.name
@@ -368,6 +377,16 @@ def fold_batch_norms_after_concat(graph: Graph, ctx: PassContext) -> None:
             renames[heir.name] = name
             for temporary, final in renames.items():
                 graph.rename_node(temporary, final)
+
+
+def _free_name(graph: Graph, name: str) -> str:
+    """`name`, or `name_1`, `name_2` ... if a node has it (TensorFlow names a FusedBatchNorm's
+    offset input `NAME/offset` when it makes that Const itself)."""
+    candidate, n = name, 0
+    while candidate in graph:
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
 
 
 def _concat_fold_plan(graph: Graph, bn):
