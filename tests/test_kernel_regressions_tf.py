@@ -208,3 +208,36 @@ def test_quantize_v2_without_an_axis_takes_one_range(tf, bounds):
     low, high = np.full(bounds[0], -1, F32), np.full(bounds[1], 1, F32)
     expect_both_reject(tf, "QuantizeV2", dict(input=x, min_range=low, max_range=high, T=tf.quint8),
                        [x, low, high], T=QUINT8)
+
+
+@pytest.mark.parametrize("mode", ["REFLECT", "SYMMETRIC"])
+@pytest.mark.parametrize("padding, stride", [("VALID", 1), ("SAME", 2)])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_fused_resize_pad_and_conv_run_as_tensorflow_runs_them(tf, mode, padding, stride, align_corners):
+    # What fuse_pad_and_conv and fuse_resize_pad_and_conv emit had no kernel: the evaluator could
+    # not run their results. TensorFlow's fused kernels are right only for one image per batch
+    # and strides up to 2 (stdlib_rules/convolutions.rules), so that is where they are compared.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 5, 6, 3)).astype(F32)
+    w = rng.standard_normal((3, 2, 3, 4)).astype(F32)
+    size, pads = np.array([7, 9], I32), np.array([[0, 0], [1, 2], [2, 1], [0, 0]], I32)
+    attrs = dict(mode=mode, strides=[1, stride, stride, 1], padding=padding)
+    assert_close(ours("FusedResizeAndPadConv2D", [x, size, pads, w], resize_align_corners=align_corners, **attrs),
+                 theirs(tf, "FusedResizeAndPadConv2D", input=x, size=size, paddings=pads, filter=w,
+                        resize_align_corners=align_corners, **attrs), rtol=1e-4)
+    assert_close(ours("FusedPadConv2D", [x, pads, w], **attrs),
+                 theirs(tf, "FusedPadConv2D", input=x, paddings=pads, filter=w, **attrs), rtol=1e-4)
+
+
+
+def test_fused_pad_conv_computes_the_pad_and_conv_it_stands_for_at_any_batch(tf):
+    # TensorFlow's own fused kernel goes wrong from the second image on; ours is what its
+    # MirrorPad and Conv2D compute.
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 5, 6, 2)).astype(F32)
+    w = rng.standard_normal((3, 3, 2, 2)).astype(F32)
+    pads = np.array([[0, 0], [2, 1], [1, 2], [0, 0]], I32)
+    (padded,) = theirs(tf, "MirrorPad", input=x, paddings=pads, mode="SYMMETRIC")
+    want = theirs(tf, "Conv2D", input=padded, filter=w, strides=[1, 1, 1, 1], padding="VALID")
+    assert_close(ours("FusedPadConv2D", [x, pads, w], mode="SYMMETRIC", strides=[1, 1, 1, 1], padding="VALID"),
+                 want, rtol=1e-4)

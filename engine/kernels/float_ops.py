@@ -747,6 +747,33 @@ def pad(node, inputs):
     return np.pad(x, _paddings(paddings, x), constant_values=np.asarray(value, x.dtype))
 
 
+class _AttrView:
+    """A node as a kernel sees it, with some attrs given here: lets the fused ops below run the
+    kernels of the ops they fuse."""
+
+    def __init__(self, node, **attrs):
+        self.node, self.attrs = node, attrs
+        self.name, self.op = node.name, node.op
+
+    def get_attr(self, name, *default):
+        return self.attrs[name] if name in self.attrs else self.node.get_attr(name, *default)
+
+
+@kernel("FusedResizeAndPadConv2D", "FusedPadConv2D")
+def fused_resize_pad_conv2d(node, inputs):
+    """What fuse_resize_pad_and_conv and fuse_pad_and_conv make: an optional bilinear resize
+    (legacy sampling, no half-pixel centers), a mirror pad, then an NHWC convolution."""
+    x, *middle, w = inputs
+    if node.op == "FusedResizeAndPadConv2D":
+        size, paddings = middle
+        x = resize_bilinear(_AttrView(node, align_corners=bool(node.get_attr("resize_align_corners", False)),
+                                      half_pixel_centers=False), [x, size]).astype(x.dtype, copy=False)
+    else:
+        (paddings,) = middle
+    x = mirror_pad(node, [x, paddings])
+    return conv2d(_AttrView(node, data_format="NHWC", dilations=[1, 1, 1, 1], explicit_paddings=[]), [x, w])
+
+
 @kernel("MirrorPad")
 def mirror_pad(node, inputs):
     x, paddings = inputs
