@@ -131,7 +131,7 @@ class _ChainBuilder:
             attr = nd.attr[key]
             if isinstance(value, bool):
                 attr.b = value
-            elif isinstance(value, int) and key in ("T", "dtype", "Tinput", "out_type", "Tshape"):
+            elif isinstance(value, int) and key in ("T", "U", "dtype", "Tinput", "out_type", "Tshape"):
                 attr.type = value
             elif isinstance(value, int):
                 attr.i = value
