@@ -453,7 +453,7 @@ class Graph:
                 return None, None
             attrs = node.proto.attr
             key = (node.op, *(attrs[a].SerializeToString() if a in attrs else None
-                              for a in _dtype_attrs(op_def)))
+                              for a in _op_checks(op_def)[2]))
             found = signatures.get(key)
             if found is None:
                 found = signatures[key] = (op_registry.input_dtypes(op_def, node.get_attr),
@@ -778,19 +778,6 @@ def _check_attr(node: Node, name: str, value: pb.AttrValue) -> None:
             _check_shape(node, name, shape)
 
 
-_DTYPE_ATTRS: dict[str, tuple[str, ...]] = {}
-
-
-def _dtype_attrs(op_def) -> tuple[str, ...]:
-    """The attrs that set the dtypes and counts of an op's inputs and outputs."""
-    names = _DTYPE_ATTRS.get(op_def.name)
-    if names is None:
-        names = _DTYPE_ATTRS[op_def.name] = tuple(sorted(
-            {a for arg in (*op_def.inputs, *op_def.outputs)
-             for a in (arg.type_attr, arg.number_attr, arg.type_list_attr) if a}))
-    return names
-
-
 def _check_shape(node: Node, name: str, shape: pb.TensorShapeProto) -> None:
     dims = [d.size for d in shape.dim]
     if shape.unknown_rank and dims:
@@ -817,7 +804,8 @@ def _attr_type(value: pb.AttrValue) -> str:
 
 def _op_checks(op_def) -> tuple:
     """Per attr of `op_def`: (name, declared type, is a list, AttrValue field, allowed values);
-    and its input count when no attr sets it. Made once per op: validation is on the load path."""
+    its input count when no attr sets it; and the attrs that set its inputs' and outputs' dtypes
+    and counts. Made once per op: validation is on the load path."""
     checks = _OP_CHECKS.get(op_def.name)
     if checks is None:
         attrs = []
@@ -827,7 +815,9 @@ def _op_checks(op_def) -> tuple:
             allowed = attr_def.allowed_values if field in ("type", "s") else None
             attrs.append((name, attr_def.type, is_list, field, allowed))
         fixed = not any(arg.number_attr or arg.type_list_attr for arg in op_def.inputs)
-        checks = _OP_CHECKS[op_def.name] = (attrs, len(op_def.inputs) if fixed else None)
+        dtype_attrs = tuple(sorted({a for arg in (*op_def.inputs, *op_def.outputs)
+                                    for a in (arg.type_attr, arg.number_attr, arg.type_list_attr) if a}))
+        checks = _OP_CHECKS[op_def.name] = (attrs, len(op_def.inputs) if fixed else None, dtype_attrs)
     return checks
 
 
@@ -839,7 +829,7 @@ def _check_against_op(node: Node, op_def, attrs) -> None:
     def fail(message: str):
         raise GraphError(message, node=node.name)
 
-    checks, expected = _op_checks(op_def)
+    checks, expected, _ = _op_checks(op_def)
     for name, want, is_list, field, allowed in checks:
         if name not in attrs:
             continue  # rules' test graphs leave out attrs; whatever reads one reports it missing

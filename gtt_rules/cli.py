@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 from typing import Callable, Sequence
@@ -376,14 +375,9 @@ def _input_path(args: argparse.Namespace) -> str:
 
 def _output_path(args: argparse.Namespace, source: str) -> pathlib.Path:
     """Check OUT before any work, so a bad OUT fails fast and the input stays safe."""
-    output = pathlib.Path(args.output)
-    if output.is_dir():
-        raise UsageError(f"{output}: is a directory; give a file name for the output")
-    if not output.parent.exists() and str(output.parent):
-        raise UsageError(f"{output}: the folder {output.parent} does not exist")
-    if output.exists() and os.path.exists(source) and os.path.samefile(output, source) and not args.overwrite:
-        raise UsageError(f"{output}: refusing to write over the input graph; pass --overwrite to allow it")
-    return output
+    from gtt_rules.cli_run import check_output_path
+    return check_output_path(args.output, *([] if args.overwrite else [source]),
+                             refusal="refusing to write over the input graph; pass --overwrite to allow it")
 
 
 def _print_error(error: GttRulesError) -> None:

@@ -179,9 +179,10 @@ def _feeds_for(graph, path: str, seed: int, given: dict[str, np.ndarray]) -> dic
         raise error.located(path) from None
 
 
-def check_output_path(text: str, *inputs: str) -> pathlib.Path:
+def check_output_path(text: str, *inputs: str, refusal: str | None = None) -> pathlib.Path:
     """A file to write, checked before any work: not a folder, in a folder that exists, and none
-    of the `inputs` the command reads, which writing it would destroy."""
+    of the `inputs` the command reads, which writing it would destroy (`refusal` says so instead
+    of the default message)."""
     path = pathlib.Path(text)
     if path.is_dir():
         raise UsageError("is a directory; give a file name", path=text)
@@ -189,7 +190,7 @@ def check_output_path(text: str, *inputs: str) -> pathlib.Path:
         raise UsageError(f"the folder {path.parent} does not exist", path=text)
     for source in inputs:
         if path.exists() and os.path.exists(source) and os.path.samefile(path, source):
-            raise UsageError(f"refusing to write over {source}, an input of this command",
+            raise UsageError(refusal or f"refusing to write over {source}, an input of this command",
                              path=text)
     return path
 

@@ -573,10 +573,11 @@ def _reduce(fn):
     def run(node, inputs):
         x, axes = inputs
         keep = node.get_attr("keep_dims", False)
-        if x.ndim and len(_ints(axes)) != len(_axes(axes, x.ndim)):
+        named = _ints(axes)
+        axes = _axes(named, x.ndim) if x.ndim else ()
+        if x.ndim and len(axes) != len(named):
             # Squeeze lets a dim be named twice; TensorFlow's reductions refuse it.
-            raise ValueError(f"axes {_ints(axes)} name a dimension twice")
-        axes = _axes(axes, x.ndim) if x.ndim else ()
+            raise ValueError(f"axes {named} name a dimension twice")
         return fn(x, axes, keep)
     return run
 
