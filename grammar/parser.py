@@ -102,10 +102,10 @@ def parse_file(path: str | pathlib.Path) -> ast.Module:
                                path=str(path), line=line, column=column) from None
     text = _with_final_newline(text)
     entry = cache.entry_name("module", text)
-    items = cache.load(entry)
+    items = cache.load_syntax(entry)
     if items is None:
         items = _parse_items(text, str(path))
-        cache.store(entry, items)
+        cache.store_syntax(entry, items)
     return _module(str(path), text, items)
 
 
@@ -115,7 +115,7 @@ def _with_final_newline(text: str) -> str:
 
 _parsing = threading.Lock()  # _ToAst keeps state for one parse at a time
 
-# Deeper syntax trees overflow Python's stack in what reads them (the compiler, the cache's pickle,
+# Deeper syntax trees overflow Python's stack in what reads them (the compiler, the cache's JSON,
 # compiled guards), so the parser refuses them; no hand-written rule comes near.
 MAX_NESTING = 100
 

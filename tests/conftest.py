@@ -1,9 +1,12 @@
 """Shared test helpers: the committed real-TensorFlow fixtures and TensorFlow as the oracle."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,6 +15,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The oracle is TensorFlow's reference kernels, as on ARM phones and boards; x86 builds would
 # otherwise reroute some eight-bit ops to oneDNN kernels that round differently.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# The suite (and every command it starts) keeps out of the user's rules cache: a fresh one per run.
+os.environ["GTT_RULES_CACHE_DIR"] = tempfile.mkdtemp(prefix="gtt-rules-cache-")
+atexit.register(shutil.rmtree, os.environ["GTT_RULES_CACHE_DIR"], ignore_errors=True)
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "graphs"
 

@@ -1,5 +1,7 @@
-"""The on-disk cache of parsed .rules files and parser tables: used when current, never stale."""
+"""The on-disk cache of parsed .rules files and parser tables (plain JSON): used when current, never stale."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -99,3 +101,40 @@ def test_parser_tables_are_cached(cache_dir):
     loaded = cache.lark(grammar, **options)
     assert loaded.parse(RULES) == built.parse(RULES)
     parser._to_ast.parens.clear()
+
+
+def test_entries_are_plain_json(cache_dir, tmp_path):
+    path = tmp_path / "a.rules"
+    path.write_text(RULES)
+    parse_file(path)
+    cache.lark(parser.GRAMMAR.read_text(), parser="lalr", postlex=parser._RulesIndenter(),
+               maybe_placeholders=False)
+    entries = sorted(cache_dir.iterdir())
+    assert [entry.name.split("-")[0] for entry in entries] == ["module", "parser"]
+    for entry in entries:
+        assert json.loads(entry.read_bytes())[0] == cache.FORMAT
+
+
+class _NoBuilding(cache.Lark):
+    def __init__(self, *args, **kwargs):
+        raise AssertionError("built the parser tables, though the cache had them")
+
+
+def test_parser_tables_from_the_cache_report_the_same_syntax_errors(cache_dir, monkeypatch):
+    def messages():
+        found = []
+        for examples in parser.SYNTAX_HINTS.values():
+            for text in examples + ["rule r:\n    n = Relu(x) %\n    => n -> x\n"]:
+                with pytest.raises(RulesSyntaxError) as caught:
+                    parse(text)
+                found.append((str(caught.value), caught.value.excerpt))
+        return found
+
+    parser._parser.cache_clear()
+    try:
+        built = messages()  # with tables built here, and stored
+        parser._parser.cache_clear()
+        monkeypatch.setattr(cache, "Lark", _NoBuilding)  # the tables must now come from the cache
+        assert messages() == built
+    finally:
+        parser._parser.cache_clear()
