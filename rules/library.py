@@ -17,9 +17,9 @@ from typing import Any, Iterable
 from gtt_rules.engine.driver import Limits, Report, apply_rules
 from gtt_rules.engine.graph import Graph
 from gtt_rules.engine.rule import Rule
-from gtt_rules.errors import RulesCheckError, UsageError
+from gtt_rules.errors import RulesCheckError, RulesSyntaxError, UsageError
 from gtt_rules.grammar import ast
-from gtt_rules.grammar.parser import parse, parse_file
+from gtt_rules.grammar.parser import parse, parse_file, source_excerpt
 
 from .compiler import CompiledFile, PipelineDef, RuleSet, StageCall, compile_module
 from .passes import PASSES, GraphPass, PassContext, load_standard_passes
@@ -74,27 +74,38 @@ class Library:
 
     def load_file(self, path: str | pathlib.Path) -> CompiledFile:
         """Parse, check and compile a .rules file and (recursively) what it imports."""
-        key = str(pathlib.Path(path).resolve())
+        return self._load(pathlib.Path(path), imported=False)
+
+    def _load(self, path: pathlib.Path, imported: bool) -> CompiledFile:
+        key = str(path.resolve())
         if key in self.files:
             return self.files[key]
-        module = parse_file(path)
+        try:
+            module = parse_file(path)
+        except RulesSyntaxError as error:
+            if imported:  # reached through someone else's import, and not rules source: show none of it
+                error.excerpt = None
+            raise
         compiled = compile_module(module)
         self.files[key] = compiled
         for item in module.imports:
-            self.load_file(self._resolve_import(item, pathlib.Path(path), module))
+            self._load(self._resolve_import(item, path, module), imported=True)
         return compiled
 
     def _resolve_import(self, item: ast.Import, importer: pathlib.Path, module: ast.Module) -> pathlib.Path:
         candidate = (importer.parent / item.target) if item.is_path else _stdlib_dir() / f"{item.target}.rules"
-        if not _is_file(candidate):
-            from gtt_rules.grammar.parser import source_excerpt
-            what = f"no file {candidate}" if item.is_path else \
+        if not (candidate.suffix == ".rules" and _resolved(candidate).suffix == ".rules"):
+            # Only rules source is read, so an import cannot show a line of a secret or a device.
+            problem = "only .rules files can be imported"
+        elif not _is_file(candidate):
+            problem = f"no file {candidate}" if item.is_path else \
                 f"no standard library file '{item.target}' (have: {', '.join(stdlib_names())})"
-            error = RulesCheckError(f"cannot import '{item.target}': {what}", path=module.path,
-                                    line=item.pos.line, column=item.pos.column)
-            error.excerpt = source_excerpt(module.source, item.pos.line, item.pos.column)
-            raise error
-        return candidate
+        else:
+            return candidate
+        error = RulesCheckError(f"cannot import '{item.target}': {problem}", path=module.path,
+                                line=item.pos.line, column=item.pos.column)
+        error.excerpt = source_excerpt(module.source, item.pos.line, item.pos.column)
+        raise error
 
     def load_stdlib(self) -> None:
         self._stdlib_loaded = True
@@ -158,6 +169,14 @@ class Library:
         for stage in target.stages:
             stages += self.call(stage, depth + 1)
         return stages
+
+
+def _resolved(path: pathlib.Path) -> pathlib.Path:
+    """The file a path leads to through symlinks (the path itself when that cannot be worked out)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path
 
 
 def _is_file(path: pathlib.Path) -> bool:

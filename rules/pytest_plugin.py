@@ -1,7 +1,11 @@
 """pytest plugin: every `test` block in a collected .rules file is a test item.
 
-Registered through the `pytest11` entry point, so `pytest stdlib_rules/` (or any folder with
-.rules files) runs the fixtures next to the rules they test.
+Registered through the `pytest11` entry point, so it is active in every pytest run; other tools
+use the `.rules` suffix too (Firebase's `firestore.rules`), so it collects only the .rules files
+that a project opts in, under the paths of its `gtt_rules_paths` ini option:
+
+    [tool.pytest.ini_options]
+    gtt_rules_paths = ["stdlib_rules"]
 """
 from __future__ import annotations
 
@@ -10,10 +14,19 @@ import pytest
 from gtt_rules.errors import GttRulesError
 
 
+def pytest_addoption(parser):
+    parser.addini("gtt_rules_paths", type="paths", default=[],
+                  help="folders (or files) whose .rules files are collected as gtt-rules tests")
+
+
 def pytest_collect_file(file_path, parent):
-    if file_path.suffix == ".rules":
+    if file_path.suffix == ".rules" and _opted_in(file_path, parent.config.getini("gtt_rules_paths")):
         return RulesFile.from_parent(parent, path=file_path)
     return None
+
+
+def _opted_in(path, roots) -> bool:
+    return any(path == root or root in path.parents for root in roots)
 
 
 class RulesFileError(Exception):
