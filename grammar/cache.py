@@ -1,8 +1,8 @@
 """An on-disk cache of what is slow to rebuild from .rules text: the parser tables and parsed files.
 
-Entries hold plain data (JSON), never code: reading a damaged or hostile entry is a cache miss.
+Entries hold plain data (JSON), never code: an entry that is damaged or not of our making is a miss.
 Without the cache, building the parser tables takes ~60 ms and parsing the standard library
-~120 ms; from here they take ~7 ms and ~10 ms. Each entry is named by a hash of its input and of
+~120 ms; from here they take ~8 ms and ~20 ms. Each entry is named by a hash of its input and of
 everything else that shapes it: the sources of this package's grammar, parser, syntax tree and
 cache, lark's version and Python's. That is stricter than the package version (an editable
 install keeps its version while the code changes), so an entry is never stale.
