@@ -70,12 +70,7 @@ def check_output(text: str, *inputs: str, refusal: str | None = None) -> str:
         raise UsageError(f"{parent} is not a folder" if target.parent.exists() else
                          f"the folder {parent} does not exist", path=text)
     if target.exists():
-        if _guard is None or not _guard.allow:
-            for source in inputs:
-                if os.path.exists(source) and os.path.samefile(target, source):
-                    raise UsageError(refusal or f"refusing to write over {source}, an input of this "
-                                     f"command; pass --overwrite to allow it", path=text)
-        _refuse_inputs(text, target.stat(), UsageError)
+        _refuse_inputs(text, target.stat(), inputs, refusal, UsageError)
     return text
 
 
@@ -123,18 +118,21 @@ def _on_audit_event(event: str, args: tuple) -> None:
         guard.paths[path] = None
 
 
-def _refuse_inputs(shown: str, existing: os.stat_result, error=OutputError) -> None:
-    if _guard is None or _guard.allow:
+def _refuse_inputs(shown: str, existing: os.stat_result, inputs=(), refusal: str | None = None,
+                   error=OutputError) -> None:
+    """Raise `error` if `existing` is the same file as one of `inputs` (said with `refusal`) or of
+    the files read so far, unless the command allows it."""
+    if _guard is not None and _guard.allow:
         return
-    for path in list(_guard.paths):
+    for source in [*inputs, *(_guard.paths if _guard is not None else ())]:
         try:
-            read = os.stat(path)
+            read = os.stat(source)
         except OSError:
             continue
         if (read.st_dev, read.st_ino) == (existing.st_dev, existing.st_ino):
-            source = os.fsdecode(path)
-            raise error(f"refusing to write over {source}, an input of this command; pass --overwrite "
-                        f"to allow it", path=shown)
+            raise error(refusal if refusal and source in inputs else
+                        f"refusing to write over {os.fsdecode(source)}, an input of this command; pass "
+                        f"--overwrite to allow it", path=shown)
 
 
 # ---- the atomic replace -------------------------------------------------------------------------

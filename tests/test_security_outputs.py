@@ -179,21 +179,18 @@ def _refused(capsys, args, target, tmp_path, *names):
     assert listing(tmp_path) == sorted(names)
 
 
-def test_a_rules_file_is_not_overwritten(tmp_path, capsys):
-    rules = tmp_path / "mine.rules"
-    rules.write_text(RULES)
-    _refused(capsys, ["apply", str(GRAPH), "-o", str(rules), "--rules", str(rules)], rules, tmp_path,
-             "mine.rules")
-    assert main(["apply", str(GRAPH), "-o", str(rules), "--rules", str(rules), "--overwrite"]) == 0
-    assert len(Graph.from_bytes(rules.read_bytes())) == len(Graph.load(GRAPH)) - 1   # one Identity less
-
-
-def test_an_imported_rules_file_is_not_overwritten(tmp_path, capsys):
+def test_rules_files_and_the_graph_are_not_overwritten(tmp_path, capsys):
     (tmp_path / "shared.rules").write_text(RULES)
     (tmp_path / "mine.rules").write_text('import "shared.rules"\n')
-    _refused(capsys, ["apply", str(GRAPH), "-o", str(tmp_path / "shared.rules"), "--rules",
-                      str(tmp_path / "mine.rules")], tmp_path / "shared.rules", tmp_path,
-             "mine.rules", "shared.rules")
+    (tmp_path / "model.pb").write_bytes(GRAPH.read_bytes())
+    (tmp_path / "link.pb").symlink_to("model.pb")
+    files = "link.pb", "mine.rules", "model.pb", "shared.rules"
+    for out in ("mine.rules", "shared.rules", "link.pb"):      # named, imported, the graph
+        args = ["apply", str(tmp_path / "model.pb"), "-o", str(tmp_path / out), "--rules", str(tmp_path / "mine.rules")]
+        _refused(capsys, args, tmp_path / out, tmp_path, *files)
+    assert main(args[:-2] + ["--rules", str(tmp_path / "shared.rules"), "--overwrite"]) == 0
+    assert len(Graph.load(tmp_path / "model.pb")) == len(Graph.load(GRAPH)) - 1   # one Identity less
+    assert (tmp_path / "link.pb").is_symlink()
 
 
 def test_a_min_max_log_is_not_overwritten(tmp_path, capsys):
@@ -222,14 +219,6 @@ def test_a_sample_is_not_overwritten(tmp_path, capsys):
         assert listing(tmp_path) == ["samples"] and listing(samples) == ["a.npz"]
 
 
-def test_the_graph_is_not_overwritten(tmp_path, capsys):
-    graph = tmp_path / "model.pb"
-    graph.write_bytes(GRAPH.read_bytes())
-    link = tmp_path / "link.pb"
-    link.symlink_to("model.pb")
-    _refused(capsys, ["apply", str(graph), "-o", str(link)], link, tmp_path, "model.pb", "link.pb")
-
-
 # ---- signals and OS errors leave nothing behind -------------------------------------------------
 
 _SLOW_SAVE = """
@@ -249,21 +238,21 @@ graph.save(sys.argv[2])
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_mid_write_leaves_no_temp_file(tmp_path, signum):
+def test_a_signal_mid_write_leaves_no_temp_file(tmp_path):
     out = tmp_path / "out.pb"
-    child = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(GRAPH), str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert child.stdout.readline() == b"writing\n"
-        assert len(listing(tmp_path)) == 1      # the temp file, mid-write
-        child.send_signal(signum)
-        child.wait(timeout=60)
-    finally:
-        child.kill()
-        child.wait()
-    assert child.returncode == -signum      # the signal still ends the process, as it would have
-    assert listing(tmp_path) == []
+    for signum in (signal.SIGTERM, signal.SIGINT):      # what `timeout` and Ctrl-C send
+        child = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(GRAPH), str(out)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert child.stdout.readline() == b"writing\n"
+            assert len(listing(tmp_path)) == 1      # the temp file, mid-write
+            child.send_signal(signum)
+            child.wait(timeout=60)
+        finally:
+            child.kill()
+            child.wait()
+        assert child.returncode == -signum      # the signal still ends the process, as it would have
+        assert listing(tmp_path) == []
 
 
 def _limited_file_size():
@@ -428,10 +417,10 @@ def test_compare_an_infinity_against_a_number_fails():
     assert compare_arrays(inf, inf.copy(), 0.0, 0.0)["within_tolerance"]
 
 
-@pytest.mark.parametrize("args", [["list"], ["summarize", GRAPH], ["summarize", GRAPH, "--json"]])
-def test_a_closed_pipe_ends_quietly(args):
-    child = subprocess.Popen([sys.executable, "-m", "gtt_rules", *map(str, args)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env={**os.environ, "GTT_RULES_CACHE_DIR": ""})
-    child.stdout.close()        # `| head` that has read its line and gone
-    err = child.stderr.read()
-    assert child.wait(timeout=120) == 0 and err == b""
+def test_a_closed_pipe_ends_quietly():
+    for args in (["list"], ["summarize", GRAPH], ["summarize", GRAPH, "--json"]):
+        child = subprocess.Popen([sys.executable, "-m", "gtt_rules", *map(str, args)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, env={**os.environ, "GTT_RULES_CACHE_DIR": ""})
+        child.stdout.close()        # `| head` that has read its line and gone
+        err = child.stderr.read()
+        assert (child.wait(timeout=120), err) == (0, b""), args
