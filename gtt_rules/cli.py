@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: out of memory", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as error:    # what no reader or writer turned into a located error
-        where = f"{plain(os.fsdecode(error.filename))}: " if error.filename is not None else ""
+        where = f"{plain(error.filename)}: " if error.filename is not None else ""
         print(f"{PROG}: error: {where}{plain(error.strerror or error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return code
