@@ -12,7 +12,6 @@ import mmap
 import os
 import pathlib
 import stat
-import tempfile
 from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
@@ -24,6 +23,7 @@ from gtt_rules.errors import GraphError
 from . import op_registry
 from .attrs import decode_attr, encode_attr
 from .dtypes import REF_OFFSET as _REF_OFFSET, dtype_name
+from .output import write_output
 from .proto import graph_def_pb2 as pb
 from .tensors import check_tensor
 
@@ -285,17 +285,14 @@ class Graph:
         return graph_def.SerializeToString(deterministic=True)
 
     def save(self, path: str | os.PathLike, *, text: bool | None = None) -> None:
-        """Write atomically: a temp file beside `path`, renamed over it only once complete.
+        """Write through the one output writer (`engine/output.py`): atomically for a regular file,
+        to its target for a symlink, directly to a device, a FIFO or `-` (stdout).
 
         Text format is chosen by `text`, or else by a `.pbtxt`/`.txt` suffix.
         """
-        path = pathlib.Path(path)
         if text is None:
-            text = path.suffix.lower() in TEXT_SUFFIXES
-        if text:
-            write_atomically(path, lambda f: f.write(self.to_bytes(text=True)))
-        else:
-            write_atomically(path, self._write_binary)
+            text = pathlib.Path(path).suffix.lower() in TEXT_SUFFIXES
+        write_output(path, (lambda f: f.write(self.to_bytes(text=True))) if text else self._write_binary)
 
     def _write_binary(self, f) -> None:
         """Serialize node by node: the same bytes as `to_bytes`, without building the whole message
@@ -978,19 +975,3 @@ def _varint(n: int) -> bytes:
             out.append(byte)
             return bytes(out)
 
-
-def write_atomically(path: pathlib.Path, write) -> None:
-    """Call `write(file)` on a temp file beside `path`, then rename it over `path`; a failure
-    leaves nothing behind."""
-    directory = path.parent if str(path.parent) else pathlib.Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 from typing import Callable, Sequence
 
-from gtt_rules.console import console
+from gtt_rules.console import console, markup, plain
 from gtt_rules.errors import GttRulesError, UsageError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -46,12 +47,12 @@ class _Step(argparse.Action):
 
 def _add_graph_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", "--out_graph", dest="output", required=True, metavar="OUT",
-                        help="where to write the result (.pb binary, .pbtxt text)")
+                        help="where to write the result (.pb binary, .pbtxt text; '-': stdout)")
     parser.add_argument("--output_as_text", "--output-as-text", dest="output_as_text", nargs="?", const=True,
                         default=False, type=_bool_flag, metavar="BOOL",
                         help="write text format whatever the suffix (also =true / =false, as in GTT)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="allow OUT to be the input file itself")
+                        help="allow OUT to be the input graph, or any other file this command reads")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +143,7 @@ def _print_summary(path: str, summary: dict) -> None:
 
     out = console()
     params = summary["parameters"]
-    out.print(f"[bold]{path}[/bold]: {summary['nodes']:,} nodes, "
+    out.print(f"[bold]{markup(path)}[/bold]: {summary['nodes']:,} nodes, "
                   f"{params['count']:,} parameters in {params['consts']:,} Consts "
                   f"({_human_bytes(params['bytes'])}), {summary['control_edges']:,} control edges, "
                   f"{summary['functions']} library functions")
@@ -160,7 +161,7 @@ def _print_summary(path: str, summary: dict) -> None:
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, count in summary["ops"].items():
-        ops.add_row(op, str(count))
+        ops.add_row(markup(op), str(count))
     out.print(ops)
 
 
@@ -168,8 +169,8 @@ def _cell(value) -> str:
     if value is None:
         return "?"
     if isinstance(value, list):
-        return "[" + ", ".join("?" if v is None or v == -1 else str(v) for v in value) + "]"
-    return str(value)
+        return markup("[" + ", ".join("?" if v is None or v == -1 else str(v) for v in value) + "]")
+    return markup(value)
 
 
 def _human_bytes(n: int) -> str:
@@ -191,10 +192,12 @@ def _tensors(text: str | None) -> list | None:
 def _apply(args: argparse.Namespace) -> int:
     from gtt_rules.engine.driver import Limits
     from gtt_rules.engine.graph import Graph
+    from gtt_rules.engine.output import STDOUT
 
     source = _input_path(args)
-    output = _output_path(args, source)
     steps = _steps(args.steps or [])  # rules are checked before the graph is read
+    output = _output_path(args, source)     # after the rules: they are inputs too
+    report_to = sys.stderr if output == STDOUT else sys.stdout   # stdout may hold the graph
     graph = Graph.load(source)
     inputs, outputs = _tensors(args.inputs), _tensors(args.outputs)
     for ref in (inputs or []) + (outputs or []):
@@ -210,7 +213,7 @@ def _apply(args: argparse.Namespace) -> int:
     inputs = inputs if inputs is not None else [n.name for n in graph.placeholders()]
     outputs = outputs if outputs is not None else [n.name for n in graph.sinks()]
     limits = Limits(max_rewrites=args.max_rewrites)
-    on_apply = _print_application if args.trace and not args.json else None
+    on_apply = (lambda a: _print_application(a, report_to)) if args.trace and not args.json else None
     reports = []
     for label, stages, ignore_errors in steps:
         before = graph.to_bytes() if ignore_errors else None
@@ -222,14 +225,15 @@ def _apply(args: argparse.Namespace) -> int:
         except GttRulesError as error:
             if not ignore_errors:
                 raise
-            print(f"{PROG}: warning: {label} failed and was skipped (ignore_errors): {error}", file=sys.stderr)
+            print(f"{PROG}: warning: {plain(label)} failed and was skipped (ignore_errors): {error}",
+                  file=sys.stderr)
             graph = Graph.from_bytes(before)
     graph.save(output, text=True if args.output_as_text else None)
     if args.json:
         print(json.dumps({"output": str(output), "stages": [
             {"name": name, **report.to_json(),
              **({"trace": [vars(a) for a in report.applications]} if args.trace else {})}
-            for name, report in reports]}, indent=2))
+            for name, report in reports]}, indent=2), file=report_to)
     elif reports:
         _print_reports(reports)
     return EXIT_OK
@@ -250,11 +254,11 @@ def _steps(options: list[tuple[str, str]]) -> list[tuple[str, list, bool]]:
     return steps
 
 
-def _print_application(application) -> None:
+def _print_application(application, stream) -> None:
     created = ", ".join(application.created) or "-"
     removed = ", ".join(application.removed) or "-"
-    print(f"{application.location}: {application.rule} at '{application.root}': "
-          f"created {created}; removed {removed}")
+    print(plain(f"{application.location}: {application.rule} at '{application.root}': "
+                f"created {created}; removed {removed}"), file=stream)
 
 
 def _print_reports(reports) -> None:
@@ -264,16 +268,16 @@ def _print_reports(reports) -> None:
     for name, report in reports:
         if not report.fires:
             milliseconds = sum(report.seconds.values()) * 1000
-            out.print(f"{name}: {report.nodes_before:,} -> {report.nodes_after:,} nodes "
+            out.print(f"{markup(name)}: {report.nodes_before:,} -> {report.nodes_after:,} nodes "
                           f"({report.stop_reason}, {milliseconds:.1f} ms)")
             continue
-        table = Table(title=f"{name}: {report.nodes_before:,} -> {report.nodes_after:,} nodes, "
+        table = Table(title=f"{markup(name)}: {report.nodes_before:,} -> {report.nodes_after:,} nodes, "
                             f"{report.rewrites:,} rewrites, {report.stop_reason}", title_justify="left")
         table.add_column("rule")
         table.add_column("fires", justify="right")
         table.add_column("ms", justify="right")
         for rule in sorted(set(report.fires) | set(report.seconds)):
-            table.add_row(rule, str(report.fires[rule]), f"{report.seconds[rule] * 1000:.1f}")
+            table.add_row(markup(rule), str(report.fires[rule]), f"{report.seconds[rule] * 1000:.1f}")
         out.print(table)
 
 
@@ -291,7 +295,7 @@ def _check(args: argparse.Namespace) -> int:
                 _print_error(each)
             continue
         rules = sum(len(rs.rules) for rs in compiled.rulesets.values())
-        print(f"{path}: ok ({rules} rules, {len(compiled.rulesets)} rule sets, "
+        print(f"{plain(path)}: ok ({rules} rules, {len(compiled.rulesets)} rule sets, "
               f"{len(compiled.pipelines)} pipelines, {len(compiled.tests)} tests)")
     return EXIT_BAD_INPUT if failed else EXIT_OK
 
@@ -316,10 +320,10 @@ def _test(args: argparse.Namespace) -> int:
         for result in run_file(path):
             if result.passed:
                 passed += 1
-                print(f"PASS {result.location} {result.name}")
+                print(plain(f"PASS {result.location} {result.name}"))
             else:
                 failed += 1
-                print(f"FAIL {result.location} {result.name}: {result.message}")
+                print(plain(f"FAIL {result.location} {result.name}: {result.message}"))
     print(f"{passed} passed, {failed} failed")
     return EXIT_CHECK_FAILED if failed else EXIT_OK
 
@@ -359,7 +363,7 @@ def _list(args: argparse.Namespace) -> int:
     for entry in entries:
         params = ", ".join(f"{p['name']}: {p['type']} = {p['default']!r}" for p in entry.get("params", []))
         contents = entry.get("doc") or ", ".join(entry.get("rules") or entry.get("stages") or [])
-        table.add_row(entry["name"], entry["kind"], params or "-", contents)
+        table.add_row(markup(entry["name"]), entry["kind"], markup(params or "-"), markup(contents))
     console().print(table)
     return EXIT_OK
 
@@ -373,11 +377,11 @@ def _input_path(args: argparse.Namespace) -> str:
     return source
 
 
-def _output_path(args: argparse.Namespace, source: str) -> pathlib.Path:
+def _output_path(args: argparse.Namespace, source: str) -> str:
     """Check OUT before any work, so a bad OUT fails fast and the input stays safe."""
-    from gtt_rules.cli_run import check_output_path
-    return check_output_path(args.output, *([] if args.overwrite else [source]),
-                             refusal="refusing to write over the input graph; pass --overwrite to allow it")
+    from gtt_rules.engine.output import check_output
+    return check_output(args.output, source,
+                        refusal="refusing to write over the input graph; pass --overwrite to allow it")
 
 
 def _print_error(error: GttRulesError) -> None:
@@ -385,21 +389,24 @@ def _print_error(error: GttRulesError) -> None:
     print(f"{PROG}: error: {error}", file=sys.stderr)
     excerpt = getattr(error, "excerpt", None)
     if excerpt:
-        print(excerpt, file=sys.stderr)
+        print("\n".join(map(plain, excerpt.splitlines())), file=sys.stderr)
     hint = getattr(error, "hint", None)
     if hint:
-        print(f"    hint: {hint}", file=sys.stderr)
+        print(f"    hint: {plain(hint)}", file=sys.stderr)
 
 
 # ---- entry point ----
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (also used as the console script)."""
+    from gtt_rules.engine.output import inputs_protected
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         run: Callable[[argparse.Namespace], int] = args.run
-        code = run(args)
+        with inputs_protected(allow=getattr(args, "overwrite", False)):
+            code = run(args)
     except GttRulesError as error:
         _print_error(error)
         return EXIT_BAD_INPUT
@@ -407,8 +414,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        _silence_stdout()
         return EXIT_OK
+    except MemoryError:
+        print(f"{PROG}: error: out of memory", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:    # what no reader or writer turned into a located error
+        where = f"{plain(error.filename)}: " if error.filename is not None else ""
+        print(f"{PROG}: error: {where}{plain(error.strerror or error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return code
+
+
+def _silence_stdout() -> None:
+    """The reader of our stdout went away (`| head`): it has what it wanted. Point stdout at
+    /dev/null, so that Python's flush at exit does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):   # stdout is not a file (captured in tests)
+        pass
 
 
 if __name__ == "__main__":

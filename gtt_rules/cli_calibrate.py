@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 from typing import Iterator
 
 import numpy as np
 
-from gtt_rules.console import console
+from gtt_rules.console import console, markup
 from gtt_rules.errors import GttRulesError, UsageError
 
 
@@ -49,11 +50,13 @@ def register(commands) -> None:
 
 def calibrate_command(args: argparse.Namespace) -> int:
     from gtt_rules.cli import _output_path
-    from gtt_rules.cli_run import check_output_path, parse_outputs
+    from gtt_rules.cli_run import parse_outputs
     from gtt_rules.engine import calibration
     from gtt_rules.engine.graph import Graph
+    from gtt_rules.engine.output import check_output, write_output
 
-    output = _output_path(args, args.graph)
+    files = _sample_files(pathlib.Path(args.feed_dir)) if args.feed_dir else []
+    output = check_output(_output_path(args, args.graph), *map(str, files))
     for name in ("min_percentile", "max_percentile"):
         if not 0.0 <= getattr(args, name) < 100.0:
             raise UsageError(f"--{name.replace('_', '-')} must be in [0, 100)")
@@ -61,8 +64,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
         raise UsageError("--random needs at least 1 sample")
     log = None
     if args.log:
-        log = check_output_path(args.log, args.graph)
-        if log.resolve() == output.resolve():
+        log = check_output(args.log, args.graph, *map(str, files))
+        if os.path.realpath(log) == os.path.realpath(output):
             raise UsageError("--log and -o name the same file", path=args.log)
     graph = Graph.load(args.graph)
     outputs = parse_outputs(args.outputs, graph)
@@ -70,11 +73,10 @@ def calibrate_command(args: argparse.Namespace) -> int:
         # Nothing measures a range at run time (no quantize_nodes, or fixed fallback ranges): the
         # graph is already what calibration would make of it.
         graph.save(output, text=True if args.output_as_text else None)
-        console(stderr=True).print(f"{args.graph} has no RequantizationRange: nothing to freeze; "
-                                   f"written unchanged -> {output}")
+        console(stderr=True).print(f"{markup(args.graph)} has no RequantizationRange: nothing to freeze; "
+                                   f"written unchanged -> {markup(output)}")
         return 0
     if args.feed_dir:
-        files = _sample_files(pathlib.Path(args.feed_dir))
         samples, count = _file_samples(files, graph), len(files)
     else:
         count = args.random or 10
@@ -90,12 +92,11 @@ def calibrate_command(args: argparse.Namespace) -> int:
               for name, observed in records.items()}
     calibration.freeze_ranges(graph, ranges)
     if log is not None:
-        from gtt_rules.engine.graph import write_atomically
         text = calibration.min_max_log(records).encode()
-        write_atomically(log, lambda f: f.write(text))
+        write_output(log, lambda f: f.write(text))
     graph.save(output, text=True if args.output_as_text else None)
     console(stderr=True).print(f"froze {len(ranges)} requantization range{'s' if len(ranges) != 1 else ''} "
-                               f"over {count} sample{'s' if count != 1 else ''} -> {output}")
+                               f"over {count} sample{'s' if count != 1 else ''} -> {markup(output)}")
     return 0
 
 

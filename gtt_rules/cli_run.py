@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 import tokenize
 import zipfile
 import zlib
@@ -18,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from gtt_rules.console import console
+from gtt_rules.console import console, markup
 from gtt_rules.errors import GttRulesError, UsageError
 
 EXIT_OK, EXIT_CHECK_FAILED = 0, 1
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-4, 1e-5
 _PREVIEW = 6   # how many leading values the summary shows
+MAX_SAMPLE_BYTES = 2**30   # one .npz sample's arrays, by the sizes it declares
 
 
 def register(commands) -> None:
@@ -35,7 +37,9 @@ def register(commands) -> None:
     _add_run_options(run)
     run.add_argument("--save", metavar="OUT.npz",
                      help="write the outputs to OUT.npz, one array per output, keyed by its name "
-                          "as given in --outputs")
+                          "as given in --outputs ('-': stdout, and the summary goes to stderr)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="allow OUT.npz to be one of the files this command reads")
     run.set_defaults(run=run_command)
 
     compare = commands.add_parser("compare", help="run two graphs on the same inputs and compare",
@@ -50,6 +54,8 @@ def register(commands) -> None:
                          help=f"relative tolerance (default {DEFAULT_RTOL})")
     compare.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                          help=f"absolute tolerance (default {DEFAULT_ATOL})")
+    compare.add_argument("--nan-fails", action="store_true",
+                         help="a NaN fails the comparison (by default NaNs in the same places agree)")
     compare.set_defaults(run=compare_command)
 
 
@@ -96,14 +102,24 @@ def _load_npy(path: pathlib.Path) -> np.ndarray:
         raise UsageError(f"not a readable .npy array: {_reason(error)}", path=str(path)) from None
 
 
-def load_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+def load_npz(path: pathlib.Path, max_bytes: int = MAX_SAMPLE_BYTES) -> dict[str, np.ndarray]:
     """The arrays of a .npz file by name, each read as `read_array` reads it; UsageError naming
-    the file (and the array) for anything unreadable."""
+    the file (and the array) for anything unreadable.
+
+    The sizes the archive declares are checked against `max_bytes` before anything is
+    decompressed: a few megabytes of zip can unpack to gigabytes. A member never unpacks to more
+    than it declares (zipfile stops there), and `read_array` holds its .npy header to that size.
+    """
     arrays: dict[str, np.ndarray] = {}
     member = None
     try:
         with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
+            members = archive.infolist()
+            declared = sum(info.file_size for info in members)
+            if declared > max_bytes:
+                raise UsageError(f"its arrays unpack to {declared} bytes, over the limit of {max_bytes} "
+                                 f"bytes for one sample", path=str(path))
+            for info in members:
                 member = info.filename
                 if not member.endswith(".npy"):
                     raise ValueError("not a .npy array")
@@ -179,22 +195,6 @@ def _feeds_for(graph, path: str, seed: int, given: dict[str, np.ndarray]) -> dic
         raise error.located(path) from None
 
 
-def check_output_path(text: str, *inputs: str, refusal: str | None = None) -> pathlib.Path:
-    """A file to write, checked before any work: not a folder, in a folder that exists, and none
-    of the `inputs` the command reads, which writing it would destroy (`refusal` says so instead
-    of the default message)."""
-    path = pathlib.Path(text)
-    if path.is_dir():
-        raise UsageError("is a directory; give a file name", path=text)
-    if str(path.parent) and not path.parent.exists():
-        raise UsageError(f"the folder {path.parent} does not exist", path=text)
-    for source in inputs:
-        if path.exists() and os.path.exists(source) and os.path.samefile(path, source):
-            raise UsageError(refusal or f"refusing to write over {source}, an input of this command",
-                             path=text)
-    return path
-
-
 def parse_seed(text: str) -> int:
     """An argparse type: numpy seeds random generators with non-negative integers only."""
     try:
@@ -206,10 +206,10 @@ def parse_seed(text: str) -> int:
     return seed
 
 
-def save_npz(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write the arrays into one .npz atomically: complete, or not at all."""
-    from gtt_rules.engine.graph import write_atomically
-    write_atomically(path, lambda file: np.savez(file, **arrays))
+def save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write the arrays into one .npz through the one output writer: complete, or not at all."""
+    from gtt_rules.engine.output import write_output
+    write_output(path, lambda file: np.savez(file, **arrays))
 
 
 def _finite(value: float) -> float | None:
@@ -225,18 +225,16 @@ def summarize_array(name: str, value: np.ndarray) -> dict[str, Any]:
     except ValueError:
         dtype = str(value.dtype)
     summary: dict[str, Any] = {"name": name, "shape": list(value.shape), "dtype": dtype}
-    flat = value.reshape(-1)
+    # No whole-array copy (a float64 one, or a flattening of a strided view): outputs can be huge.
+    first = value.flat[:_PREVIEW].tolist()
     if value.dtype.kind in "biuf" and value.size:
-        numbers = flat.astype(np.float64)
-        summary.update(min=_finite(numbers.min()), max=_finite(numbers.max()),
-                       mean=_finite(numbers.mean()))
-        first = flat[:_PREVIEW].tolist()
+        summary.update(min=_finite(float(value.min())), max=_finite(float(value.max())),
+                       mean=_finite(float(np.mean(value, dtype=np.float64))))
         summary["first"] = [_finite(v) if isinstance(v, float) else v for v in first]
     elif value.dtype.kind == "c" and value.size:
-        summary["first"] = [[_finite(v.real), _finite(v.imag)] for v in flat[:_PREVIEW].tolist()]
+        summary["first"] = [[_finite(v.real), _finite(v.imag)] for v in first]
     else:
-        summary["first"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-                            for v in flat[:_PREVIEW].tolist()]
+        summary["first"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in first]
     return summary
 
 
@@ -244,9 +242,10 @@ def summarize_array(name: str, value: np.ndarray) -> dict[str, Any]:
 
 def run_command(args: argparse.Namespace) -> int:
     """`gtt-rules run`: evaluate GRAPH and print (and optionally save) its outputs."""
+    from gtt_rules.engine.output import STDOUT, check_output
     given = load_feed_files(args.feed)
     feed_files = [spec.partition("=")[2].strip() for spec in args.feed]
-    save_path = check_output_path(args.save, args.graph, *feed_files) if args.save else None
+    save_path = check_output(args.save, args.graph, *feed_files) if args.save else None
     graph = _load_graph(args.graph)
     outputs = parse_outputs(args.outputs, graph)
     feeds = _feeds_for(graph, args.graph, args.seed, given)
@@ -254,24 +253,25 @@ def run_command(args: argparse.Namespace) -> int:
     if save_path is not None:
         save_npz(save_path, dict(zip(outputs, values)))
     summaries = [summarize_array(name, value) for name, value in zip(outputs, values)]
+    to_stderr = save_path == STDOUT    # stdout holds the saved arrays
     if args.json:
         print(json.dumps({"graph": args.graph, "seed": args.seed,
                           "fed": sorted(given), "random": sorted(set(feeds) - set(given)),
-                          "outputs": summaries, "saved": str(save_path) if save_path else None},
-                         indent=2))
+                          "outputs": summaries, "saved": save_path},
+                         indent=2), file=sys.stderr if to_stderr else sys.stdout)
         return EXIT_OK
-    _print_run(args.graph, summaries, given, feeds, args.seed, save_path)
+    _print_run(args.graph, summaries, given, feeds, args.seed, save_path, to_stderr)
     return EXIT_OK
 
 
-def _print_run(path, summaries, given, feeds, seed, save_path) -> None:
+def _print_run(path, summaries, given, feeds, seed, save_path, to_stderr) -> None:
     from rich.table import Table
 
-    out = console()
+    out = console(stderr=to_stderr)
     random_names = sorted(set(feeds) - set(given))
-    inputs = [f"{name} (file)" for name in sorted(given)] + \
-             [f"{name} (random, seed {seed})" for name in random_names]
-    out.print(f"[bold]{path}[/bold]: inputs {', '.join(inputs) if inputs else 'none'}")
+    inputs = [f"{markup(name)} (file)" for name in sorted(given)] + \
+             [f"{markup(name)} (random, seed {seed})" for name in random_names]
+    out.print(f"[bold]{markup(path)}[/bold]: inputs {', '.join(inputs) if inputs else 'none'}")
     table = Table(title="Outputs", title_justify="left")
     widest = max((len(s["name"]) for s in summaries), default=6)
     table.add_column("output", min_width=min(widest, 32), overflow="fold")
@@ -280,13 +280,13 @@ def _print_run(path, summaries, given, feeds, seed, save_path) -> None:
         table.add_column(column, justify=justify, no_wrap=True)
     table.add_column("first values", overflow="fold")
     for s in summaries:
-        table.add_row(s["name"], _shape(s["shape"]), s["dtype"], _number(s.get("min"), 4),
+        table.add_row(markup(s["name"]), _shape(s["shape"]), markup(s["dtype"]), _number(s.get("min"), 4),
                       _number(s.get("max"), 4), _number(s.get("mean"), 4),
-                      " ".join(_number(v, 4) if isinstance(v, (int, float)) or v is None else str(v)
-                               for v in s["first"][:3]))
+                      markup(" ".join(_number(v, 4) if isinstance(v, (int, float)) or v is None else str(v)
+                                      for v in s["first"][:3])))
     out.print(table)
     if save_path is not None:
-        out.print(f"saved {len(summaries)} array{'' if len(summaries) == 1 else 's'} to {save_path}")
+        out.print(f"saved {len(summaries)} array{'' if len(summaries) == 1 else 's'} to {markup(save_path)}")
 
 
 def _number(value, digits: int = 6) -> str:
@@ -303,10 +303,12 @@ def _shape(dims: list[int]) -> str:
 
 # ---- compare -------------------------------------------------------------------------------------
 
-def compare_arrays(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> dict[str, Any]:
+def compare_arrays(a: np.ndarray, b: np.ndarray, rtol: float, atol: float,
+                   nan_fails: bool = False) -> dict[str, Any]:
     """Max absolute and relative error (relative to `a`), cosine similarity, top-1 agreement.
 
-    Within tolerance means same shape and |a - b| <= atol + rtol * |a| everywhere (NaN matches NaN).
+    Within tolerance means same shape and, everywhere, equal values (the same infinity; NaN and
+    NaN, unless `nan_fails`) or finite ones with |a - b| <= atol + rtol * |a|.
     Top-1 agreement is the fraction of rows (all axes but the last) whose argmax agrees.
     """
     result: dict[str, Any] = {"shape_a": list(a.shape), "shape_b": list(b.shape),
@@ -324,26 +326,29 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> di
         return result
     x = a.astype(np.complex128 if a.dtype.kind == "c" else np.float64).reshape(-1)
     y = b.astype(np.complex128 if b.dtype.kind == "c" else np.float64).reshape(-1)
-    both_nan = np.isnan(x) & np.isnan(y)
-    diff = np.where(both_nan, 0.0, np.abs(x - y))
-    if x.size:
-        max_abs = float(np.max(diff))
-        with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):     # infinities and NaNs are compared, not warned about
+        same = x == y           # inf - inf is NaN: equal infinities must not count as a difference
+        if not nan_fails:
+            same |= np.isnan(x) & np.isnan(y)
+        diff = np.where(same, 0.0, np.abs(x - y))
+        if x.size:
+            result["max_abs_error"] = _finite(float(np.max(diff)))
             rel = np.where(diff == 0, 0.0, diff / np.abs(x))
-        result["max_abs_error"] = _finite(max_abs)
-        result["max_rel_error"] = _finite(float(np.max(rel)))
-        norm = float(np.linalg.norm(x) * np.linalg.norm(y))
-        if norm == 0:
-            cosine = 1.0 if not np.any(x) and not np.any(y) else 0.0
-        else:
-            cosine = float(np.real(np.vdot(x, y))) / norm
-        result["cosine_similarity"] = _finite(cosine)
-        if a.ndim >= 1 and a.shape[-1] > 1 and a.dtype.kind != "c":
-            agree = np.argmax(a.reshape(-1, a.shape[-1]), axis=1) == np.argmax(b.reshape(-1, b.shape[-1]), axis=1)
-            result["top1_agreement"] = float(np.mean(agree))
-    within = bool(np.all((diff <= atol + rtol * np.abs(x)) | both_nan)) and \
-        bool(np.array_equal(np.isnan(x), np.isnan(y)))
+            result["max_rel_error"] = _finite(float(np.max(rel)))
+            norm = float(np.linalg.norm(x) * np.linalg.norm(y))
+            if norm == 0:
+                cosine = 1.0 if not np.any(x) and not np.any(y) else 0.0
+            else:
+                cosine = float(np.real(np.vdot(x, y))) / norm
+            result["cosine_similarity"] = _finite(cosine)
+            if a.ndim >= 1 and a.shape[-1] > 1 and a.dtype.kind != "c":
+                agree = np.argmax(a.reshape(-1, a.shape[-1]), axis=1) == np.argmax(b.reshape(-1, b.shape[-1]), axis=1)
+                result["top1_agreement"] = float(np.mean(agree))
+        # An infinity against anything else differs by inf (or NaN), never within a tolerance.
+        within = bool(np.all(same | (np.isfinite(diff) & (diff <= atol + rtol * np.abs(x)))))
     result["within_tolerance"] = within
+    if not within and nan_fails and (np.isnan(x).any() or np.isnan(y).any()):
+        result["problem"] = "NaN (--nan-fails)"
     return result
 
 
@@ -364,11 +369,12 @@ def compare_command(args: argparse.Namespace) -> int:
     values_b = run_graph(graph_b, args.graph_b, outputs, feeds_b)
     rows = []
     for name, a, b in zip(outputs, values_a, values_b):
-        rows.append({"name": name, **compare_arrays(a, b, args.rtol, args.atol)})
+        rows.append({"name": name, **compare_arrays(a, b, args.rtol, args.atol, args.nan_fails)})
     within = all(row["within_tolerance"] for row in rows)
     if args.json:
         print(json.dumps({"a": args.graph_a, "b": args.graph_b, "seed": args.seed, "rtol": args.rtol,
-                          "atol": args.atol, "within_tolerance": within, "outputs": rows}, indent=2))
+                          "atol": args.atol, "nan_fails": args.nan_fails, "within_tolerance": within,
+                          "outputs": rows}, indent=2))
     else:
         _print_compare(args, rows, within)
     return EXIT_OK if within else EXIT_CHECK_FAILED
@@ -378,7 +384,7 @@ def _print_compare(args, rows, within) -> None:
     from rich.table import Table
 
     out = console()
-    out.print(f"[bold]A[/bold] {args.graph_a}\n[bold]B[/bold] {args.graph_b}\n"
+    out.print(f"[bold]A[/bold] {markup(args.graph_a)}\n[bold]B[/bold] {markup(args.graph_b)}\n"
                   f"rtol {args.rtol:g}, atol {args.atol:g}, inputs seed {args.seed}")
     table = Table()
     widest = max((len(row["name"]) for row in rows), default=6)
@@ -392,8 +398,8 @@ def _print_compare(args, rows, within) -> None:
             shape += " vs " + _shape(row["shape_b"])
         top1 = "-" if row["top1_agreement"] is None else f"{row['top1_agreement']:.1%}"
         status = "[green]ok[/green]" if row["within_tolerance"] else \
-            f"[red]{row.get('problem', 'beyond tolerance')}[/red]"
-        table.add_row(row["name"], shape, _number(row["max_abs_error"], 4),
+            f"[red]{markup(row.get('problem', 'beyond tolerance'))}[/red]"
+        table.add_row(markup(row["name"]), shape, _number(row["max_abs_error"], 4),
                       _number(row["max_rel_error"], 4), _number(row["cosine_similarity"], 6), top1, status)
     out.print(table)
     out.print("[green]all outputs within tolerance[/green]" if within else

@@ -5,6 +5,8 @@ prints one line that tells the user where the problem is.
 """
 from __future__ import annotations
 
+from gtt_rules.console import plain
+
 
 class GttRulesError(Exception):
     """Base class: a problem with the user's input, reported without a traceback."""
@@ -35,15 +37,9 @@ class GttRulesError(Exception):
             where += ": "
         if self.node is not None:
             where += f"node '{self.node}': "
-        return _one_line(where + self.message)
-
-
-def _one_line(text: str) -> str:
-    """`text` with control characters and line breaks escaped: names read from a broken file can
-    hold any character, and the error must stay one line that cannot rewrite the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        # Names read from a broken file can hold any character; the error must stay one line
+        # that cannot rewrite the terminal.
+        return plain(where + self.message)
 
 
 class RulesSyntaxError(GttRulesError):
@@ -68,3 +64,7 @@ class EvaluationError(GttRulesError):
 
 class UsageError(GttRulesError):
     """The command line is wrong."""
+
+
+class OutputError(GttRulesError):
+    """An output cannot be written, or writing it would destroy an input."""
