@@ -2,8 +2,10 @@
 
 A pattern is plain data compiled from a rule's left-hand side. Matching starts at a root node
 (the driver dispatches by its op) and walks up the inputs, binding names to tensors. A name bound
-twice must be the same tensor. Commutative binary ops also try their inputs swapped, which costs
-at most 2^k tries for k commutative nodes in the pattern, never anything in the graph's size.
+twice must be the same tensor, also across the elements of a variadic input (`AddN(ms...: Mul(x, *))`
+is a sum of products with the common factor x). Commutative binary ops also try their inputs
+swapped, which costs at most 2^k tries for k commutative nodes in the pattern, never anything in
+the graph's size.
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ from .graph import Graph, Node, TensorRef
 from .shapes import infer_shape
 
 class NotApplicable(Exception):
-    """An expression asked something that does not hold for this match (e.g. the value of a
-    non-Const): the match is rejected, not reported as an error."""
+    """An expression asked something this match cannot answer (e.g. the value of a non-Const):
+    the answer is unknown, so a guard that rests on it does not fire; no error is reported."""
 
 
 # A check or value computed from the match so far (compiled from a rule's expression).
 Expression = Callable[["MatchContext"], Any]
+
+_NESTED = "\0nested:"  # binding keys of anonymous nodes whose attrs are checked after the match
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ def _deferred_checks(pattern: Pattern, bindings: dict, graph: Graph, ctx: MatchC
             continue
         yield from _attr_expectations(node_pattern, graph[bindings[var].node], ctx)
     for key, value in bindings.items():
-        if key.startswith("\0nested:"):
+        if key.startswith(_NESTED):
             node_pattern, node_name = value
             yield from _attr_expectations(node_pattern, graph[node_name], ctx)
 
@@ -214,7 +218,7 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
         found: list[dict] = []
         for state in states if producer is not None else ():
             if checks_attrs:
-                state = {**state, f"\0nested:{id(element)}:{ref.node}": (element, ref.node)}
+                state = {**state, f"{_NESTED}{id(element)}:{ref.node}": (element, ref.node)}
             for extended in _match_node(pattern, element, producer, state, graph):
                 if not any(_same_bindings(extended, other) for other in found):
                     found.append(extended)
@@ -235,7 +239,12 @@ def _names(node_pattern: NodePattern) -> set[str]:
 
 
 def _same_bindings(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(a[k] is b[k] or _values_equal(a[k], b[k]) for k in a)
+    # Ways that differ only in which anonymous nodes still owe an attr check count as one (the
+    # first is kept): a rare pattern may then miss a match, never take a wrong one, and the ways
+    # stay as few as the first element allows.
+    names = [k for k in a if not k.startswith(_NESTED)]
+    return (len(names) == sum(1 for k in b if not k.startswith(_NESTED))
+            and all(k in b and (a[k] is b[k] or _values_equal(a[k], b[k])) for k in names))
 
 
 def _match_inputs(pattern: Pattern, wanted, inputs, index: int, bindings: dict, graph: Graph,
@@ -277,7 +286,7 @@ def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings:
         return
     if want.node is not None:
         if any(a.expected is not None for a in want.node.attrs):
-            bindings = {**bindings, f"\0nested:{id(want.node)}:{ref.node}": (want.node, ref.node)}
+            bindings = {**bindings, f"{_NESTED}{id(want.node)}:{ref.node}": (want.node, ref.node)}
         yield from _match_node(pattern, want.node, producer, bindings, graph)
         return
     yield bindings

@@ -703,7 +703,7 @@ class Compiler:
             if expr.op == "not":
                 return (lambda ctx: _kleene_not(_truth(fn, ctx))), "bool"
             self._want_value(expr.operand, kind, "-")
-            return (lambda ctx: _arithmetic(np.negative, _num(ctx, fn(ctx)))), "value"
+            return (lambda ctx: _arithmetic(operator.neg, _num(ctx, fn(ctx)))), "value"
         if isinstance(expr, ast.Index):
             target, _ = self.value(expr.target, scope)
             index, _ = self.value(expr.index, scope)

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import tf_run
 from gtt_rules.engine.driver import apply_rules
+from gtt_rules.engine.pattern import MatchContext, match
 from gtt_rules.engine.graph import Graph
 from gtt_rules.errors import RewriteError
 from gtt_rules.grammar.parser import parse
@@ -399,3 +400,22 @@ def test_a_literal_as_a_sole_input_matches_only_a_scalar():
             out = AddV2(x, n)
         """)
         assert fires(graph, rules) == expected, const
+
+
+def test_element_matches_stay_few_when_anonymous_nodes_check_attrs():
+    # Each Mul matches `Mul(Cast {DstT: float}, *)` both ways round. Kept apart, the ways would
+    # double at every element: 2^10 matches of one node here, 2^40 with 40 elements.
+    count = 10
+    lines = ["x = Placeholder {dtype: half, shape: [2]}"]
+    for i in range(count):
+        lines += [f"a{i} = Cast(x) {{SrcT: half, DstT: float}}", f"b{i} = Cast(x) {{SrcT: half, DstT: float}}",
+                  f"m{i} = Mul(a{i}, b{i})"]
+    lines.append("out = AddN(" + ", ".join(f"m{i}" for i in range(count)) + ")")
+    graph = fixture_graph("\n".join(lines))
+    rule, = compile_rules("""
+        rule sum-of-products-of-casts:
+            n = AddN(ms...: Mul(Cast {DstT: float}, *))
+            => n -> Neg(x)
+    """.replace("Neg(x)", "n {}"))
+    matches = list(match(rule.pattern, graph, graph["out"], MatchContext(graph, {}, frozenset())))
+    assert len(matches) == 1
