@@ -2,10 +2,12 @@
 
 A pattern is plain data compiled from a rule's left-hand side. Matching starts at a root node
 (the driver dispatches by its op) and walks up the inputs, binding names to tensors. A name bound
-twice must be the same tensor, also across the elements of a variadic input (`AddN(ms...: Mul(x, *))`
-is a sum of products with the common factor x). Commutative binary ops also try their inputs
-swapped, which costs at most 2^k tries for k commutative nodes in the pattern, never anything in
-the graph's size.
+twice must be the same tensor. Commutative binary ops also try their inputs swapped, which costs
+at most 2^k tries for k commutative nodes in the pattern, never anything in the graph's size.
+
+A name inside a variadic element pattern is one tensor for every element (`AddN(ms...: Mul(x, *))`
+is a sum of products sharing the factor x). A literal matches only a Const whose broadcast cannot
+change what its node computes.
 """
 from __future__ import annotations
 
