@@ -961,8 +961,9 @@ def _compare(ctx, fn, a: Any, b: Any) -> Any:
 def _compare_partial(fn, a: Any, b: Any) -> Any:
     """A comparison with a list that has unknown elements (a shape with unknown dims), element by
     element: a known difference decides, otherwise an unknown element leaves it unknown."""
+    a, b = (x.tolist() if isinstance(x, np.ndarray) else list(x) if isinstance(x, tuple) else x for x in (a, b))
     if fn in (np.equal, np.not_equal):
-        if not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))) or len(a) != len(b):
+        if not (isinstance(a, list) and isinstance(b, list)) or len(a) != len(b):
             return fn is np.not_equal  # a list of another length, or not a list: known to differ
         equal = _kleene_all(UNKNOWN if x is UNKNOWN or y is UNKNOWN else _compare(None, np.equal, x, y)
                             for x, y in zip(a, b))

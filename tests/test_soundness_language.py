@@ -242,6 +242,25 @@ def test_guards_know_what_is_known(guard, expected):
     assert guard_fires(guard) is expected
 
 
+@pytest.mark.parametrize("guard, vector, expected", [
+    ("shape(x) == value(s) or not shape(x) == value(s)", "[1, 16, 16, 3]", 0),
+    ("not shape(x) == value(s) and shape(x) != value(s)", "[1, 16, 16, 4]", 1),
+    ("not shape(x) == value(s)", "[1, 16, 16]", 1),
+])
+def test_a_shape_with_unknown_dims_compares_with_a_constant_shape_vector(guard, vector, expected):
+    graph = fixture_graph(f"""
+        x   = Placeholder {{dtype: float, shape: [-1, 16, 16, 3]}}
+        s   = Const({vector})
+        out = Reshape(x, s)
+    """)
+    assert fires(graph, f"""
+        rule reshape-to-own-shape:
+            n = Reshape(x, s: Const)
+            where {guard}
+            => n -> Identity(x)
+    """) == expected
+
+
 def test_a_known_zero_dim_makes_the_size_known():
     assert guard_fires("size(x) == 0", """
         x   = Placeholder {dtype: float, shape: [-1, 0, 3]}
