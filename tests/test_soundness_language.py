@@ -157,6 +157,52 @@ def test_a_name_shared_with_a_fixed_input_is_the_same_tensor():
     assert fires(other, rules, protected=("x", "y", "out")) == 0
 
 
+def test_a_name_in_elements_before_a_fixed_input_is_one_tensor(tf):
+    rules = """
+        rule concat-of-one-relu:
+            n = ConcatV2(xs...: Relu(x), axis: Const)
+            => n -> Relu(ConcatV2(x, x, axis))
+    """
+    same = fixture_graph("""
+        x   = Placeholder {dtype: float, shape: [2]}
+        r   = Relu(x)
+        out = ConcatV2(r, Relu(x), Const(0))
+    """)
+    original = same.to_bytes()
+    assert fires(same, rules) == 1
+    feeds = {"x": np.array([-1.0, 2.0], np.float32)}
+    np.testing.assert_array_equal(tf_run(same.to_bytes(), feeds, ["out"])[0],
+                                  tf_run(original, feeds, ["out"])[0])
+    other = fixture_graph("""
+        x   = Placeholder {dtype: float, shape: [2]}
+        y   = Placeholder {dtype: float, shape: [2]}
+        out = ConcatV2(Relu(x), Relu(y), Const(0))
+    """)
+    assert fires(other, rules, protected=("x", "y", "out")) == 0
+
+
+def test_a_pattern_line_used_in_every_element_is_one_node():
+    rules = """
+        rule shared-conv:
+            conv = Relu(x)
+            n    = AddN(ms...: Mul(conv, *))
+            => n -> Neg(conv)
+    """
+    same = fixture_graph("""
+        x   = Placeholder {dtype: float, shape: [2]}
+        y   = Placeholder {dtype: float, shape: [2]}
+        r   = Relu(x)
+        out = AddN(Mul(r, y), Mul(y, r))
+    """)
+    assert fires(same, rules, protected=("x", "y", "out")) == 1
+    other = fixture_graph("""
+        x   = Placeholder {dtype: float, shape: [2]}
+        y   = Placeholder {dtype: float, shape: [2]}
+        out = AddN(Mul(Relu(x), y), Mul(Relu(y), x))
+    """)
+    assert fires(other, rules, protected=("x", "y", "out")) == 0
+
+
 def test_an_empty_list_does_not_match_an_element_pattern_that_binds_a_name():
     # With no element, y would be unbound: the match fails instead of the rewrite.
     graph = fixture_graph("""
