@@ -178,7 +178,7 @@ def attr(ctx, x, name):
 
 @register_function(args=("any",), returns="list", needs_context=True)
 def shape(ctx, x):
-    """The static shape of x, as a list: an unknown dim is unknown, and so is the whole shape if the rank is."""
+    """The static shape of x, as a list; an unknown dim is unknown (all of it, if the rank is)."""
     dims = partial_shape(ctx, x)
     return UNKNOWN if dims is None else [UNKNOWN if d is None else d for d in dims]
 
@@ -192,7 +192,7 @@ def rank(ctx, x):
 
 @register_function(args=("any", "value"), returns="value", needs_context=True)
 def dim(ctx, x, axis):
-    """The size of x's dimension `axis` (negative: from the last); no such dimension: the guard is false."""
+    """The size of dimension `axis` of x (negative: from the last); unknown if not known."""
     dims = partial_shape(ctx, x)
     if dims is None:
         return UNKNOWN
