@@ -4,6 +4,10 @@ A pattern is plain data compiled from a rule's left-hand side. Matching starts a
 (the driver dispatches by its op) and walks up the inputs, binding names to tensors. A name bound
 twice must be the same tensor. Commutative binary ops also try their inputs swapped, which costs
 at most 2^k tries for k commutative nodes in the pattern, never anything in the graph's size.
+
+A name inside a variadic element pattern is one tensor for every element (`AddN(ms...: Mul(x, *))`
+is a sum of products sharing the factor x). A literal matches only a Const whose broadcast cannot
+change what its node computes.
 """
 from __future__ import annotations
 
@@ -13,14 +17,17 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .graph import Graph, Node, TensorRef
+from .shapes import infer_shape
 
 class NotApplicable(Exception):
-    """An expression asked something that does not hold for this match (e.g. the value of a
-    non-Const): the match is rejected, not reported as an error."""
+    """An expression asked something this match cannot answer (e.g. the value of a non-Const):
+    the answer is unknown, so a guard that rests on it does not fire; no error is reported."""
 
 
 # A check or value computed from the match so far (compiled from a rule's expression).
 Expression = Callable[["MatchContext"], Any]
+
+_NESTED = "\0nested:"  # binding keys of anonymous nodes whose attrs are checked after the match
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,8 @@ class InputPattern:
     - `port`: the input must be this output of its producer.
     - `node`: a pattern the producer must match; `node_var` names a shared pattern statement
       (a DAG pattern): it is matched once, then every later use must be the same node.
-    - `literal`: the producer is a Const whose elements all equal this number.
+    - `literal`: the producer is a Const whose elements all equal this number, and whose broadcast
+      cannot change what the node computes (see `_literal_matches`).
     """
 
     var: str | None = None
@@ -120,7 +128,7 @@ def _deferred_checks(pattern: Pattern, bindings: dict, graph: Graph, ctx: MatchC
             continue
         yield from _attr_expectations(node_pattern, graph[bindings[var].node], ctx)
     for key, value in bindings.items():
-        if key.startswith("\0nested:"):
+        if key.startswith(_NESTED):
             node_pattern, node_name = value
             yield from _attr_expectations(node_pattern, graph[node_name], ctx)
 
@@ -190,32 +198,69 @@ def _match_variadic(pattern, wanted, at, inputs, bindings, graph) -> Iterator[di
     end = len(inputs) - after
     fixed_wanted, fixed_inputs = wanted[:at] + wanted[at + 1:], inputs[:at] + inputs[end:]
     tail = inputs[at:end]
-    tail_matches = None  # the same for every head: checked once, when first needed
-    for head in _match_inputs(pattern, fixed_wanted, fixed_inputs, 0, bindings, graph):
-        if rest.node is not None:
-            if tail_matches is None:
-                tail_matches = all(_matches(pattern, rest.node, graph[ref.node], graph) for ref in tail)
-            if not tail_matches:
-                continue
-        yield {**head, rest.var: list(tail)} if rest.var else head
+    for head in _match_inputs(pattern, fixed_wanted, fixed_inputs, 0, bindings, graph, inputs):
+        states = [head] if rest.node is None else _match_elements(pattern, rest.node, tail, head, graph)
+        for state in states:
+            yield {**state, rest.var: list(tail)} if rest.var else state
 
 
-def _matches(pattern: Pattern, node_pattern: NodePattern, node: Node, graph: Graph) -> bool:
-    """True if `node` matches `node_pattern` with nothing bound."""
-    if node_pattern.inputs is None and not node_pattern.attrs:
-        return node_pattern.ops is None or node.op in node_pattern.ops
-    return any(True for _ in _match_node(pattern, node_pattern, node, {}, graph))
+def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict, graph: Graph) -> list[dict]:
+    """Every way all of `tail` matches `element` under one set of bindings: a name in the element
+    pattern is the same tensor in every element. Duplicates are dropped, so once the first element
+    has bound the names, each further element can only confirm or drop a way: never multiply them."""
+    if element.inputs is None and not element.attrs:  # ops alone: nothing to bind
+        matched = element.ops is None or all(graph[ref.node].op in element.ops for ref in tail)
+        return [bindings] if matched else []
+    if not tail:  # no element binds the names: a match would leave them unbound
+        return [bindings] if _names(element) <= bindings.keys() else []
+    checks_attrs = any(a.expected is not None for a in element.attrs)
+    states = [bindings]
+    for ref in tail:
+        producer = graph.get(ref.node)
+        found: list[dict] = []
+        for state in states if producer is not None else ():
+            if checks_attrs:
+                state = {**state, f"{_NESTED}{id(element)}:{ref.node}": (element, ref.node)}
+            for extended in _match_node(pattern, element, producer, state, graph):
+                if not any(_same_bindings(extended, other) for other in found):
+                    found.append(extended)
+        states = found
+        if not states:
+            break
+    return states
 
 
-def _match_inputs(pattern: Pattern, wanted, inputs, index: int, bindings: dict, graph: Graph) -> Iterator[dict]:
+def _names(node_pattern: NodePattern) -> set[str]:
+    """Every name a node pattern binds (tensors, lists, attrs, shared statements)."""
+    names = {a.var for a in node_pattern.attrs if a.var}
+    for want in node_pattern.inputs or ():
+        names |= {n for n in (want.var, want.node_var) if n}
+        if want.node is not None:
+            names |= _names(want.node)
+    return names
+
+
+def _same_bindings(a: dict, b: dict) -> bool:
+    # Ways that differ only in which anonymous nodes still owe an attr check count as one (the
+    # first is kept): a rare pattern may then miss a match, never take a wrong one, and the ways
+    # stay as few as the first element allows.
+    names = [k for k in a if not k.startswith(_NESTED)]
+    return (len(names) == sum(1 for k in b if not k.startswith(_NESTED))
+            and all(k in b and (a[k] is b[k] or _values_equal(a[k], b[k])) for k in names))
+
+
+def _match_inputs(pattern: Pattern, wanted, inputs, index: int, bindings: dict, graph: Graph,
+                  operands=None) -> Iterator[dict]:
+    # `operands`: all the node's inputs, when `inputs` are some of them (beside a variadic run).
     if index == len(wanted):
         yield bindings
         return
-    for extended in _match_input(pattern, wanted[index], inputs[index], bindings, graph):
-        yield from _match_inputs(pattern, wanted, inputs, index + 1, extended, graph)
+    for extended in _match_input(pattern, wanted[index], inputs[index], bindings, graph, operands or inputs):
+        yield from _match_inputs(pattern, wanted, inputs, index + 1, extended, graph, operands)
 
 
-def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings: dict, graph: Graph) -> Iterator[dict]:
+def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings: dict, graph: Graph,
+                 operands) -> Iterator[dict]:
     if want.port is not None and ref.port != want.port:
         return
     if want.var is not None:
@@ -229,7 +274,7 @@ def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings:
     if producer is None:
         return
     if want.literal is not None:
-        if not _is_constant_equal(producer, want.literal):
+        if not _literal_matches(graph, producer, want.literal, ref, operands):
             return
     if want.node_var is not None:
         bound = bindings.get(want.node_var)
@@ -243,17 +288,33 @@ def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings:
         return
     if want.node is not None:
         if any(a.expected is not None for a in want.node.attrs):
-            bindings = {**bindings, f"\0nested:{id(want.node)}:{ref.node}": (want.node, ref.node)}
+            bindings = {**bindings, f"{_NESTED}{id(want.node)}:{ref.node}": (want.node, ref.node)}
         yield from _match_node(pattern, want.node, producer, bindings, graph)
         return
     yield bindings
 
 
-def _is_constant_equal(node: Node, number: float) -> bool:
+def _literal_matches(graph: Graph, node: Node, number: float, ref: TensorRef, operands) -> bool:
+    """A literal stands for a Const whose every element equals `number` and whose broadcast
+    cannot change what the node computes: a scalar, or a Const whose shape broadcasts into the
+    static shape of each of the node's other inputs and leaves it as it is."""
     if node.op != "Const":
         return False
     try:
         value = node.get_attr("value")
     except Exception:
         return False
-    return value.size > 0 and value.dtype.kind in "biuf" and bool(np.all(value == number))
+    if value.size == 0 or value.dtype.kind not in "biuf" or not np.all(value == number):
+        return False
+    if value.ndim == 0:
+        return True
+    others = list(operands)
+    others.remove(ref)
+    return bool(others) and all(_broadcasts_into(value.shape, infer_shape(graph, other)) for other in others)
+
+
+def _broadcasts_into(small: tuple[int, ...], shape) -> bool:
+    # Each dim, counted from the last, must be 1 or a dim `shape` is known to have.
+    if shape is None or len(small) > len(shape):
+        return False
+    return all(dim == 1 or dim == known for dim, known in zip(reversed(small), reversed(shape)))

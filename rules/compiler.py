@@ -23,7 +23,7 @@ from gtt_rules.errors import RewriteError, RulesCheckError
 from gtt_rules.grammar import ast
 from gtt_rules.grammar.parser import source_excerpt
 
-from .functions import FUNCTIONS, NotApplicable, load_standard_functions, tensor_value
+from .functions import FUNCTIONS, UNKNOWN, NotApplicable, is_unknown, load_standard_functions, tensor_value
 
 # Ops whose two inputs commute although TensorFlow's registry does not flag them (Add also
 # concatenates strings, which is not commutative, but rules match numeric graphs).
@@ -572,13 +572,13 @@ class Compiler:
                 return None
             args = expr.args
             inputs = None if args is None else tuple(p for p in (self.producer(a, scope) for a in args) if p)
-            attrs = tuple((item.key, self.value(item.value, scope)[0]) for item in getattr(expr, "attrs", ()))
+            attrs = tuple((item.key, _known(self.value(item.value, scope)[0])) for item in getattr(expr, "attrs", ()))
             return rw.NewNode(None, inputs, attrs, copy_of=var)
         fn, kind = self.value(expr, scope)
         if kind in ("string", "dtype"):
             self.error(expr.pos, f"a {kind} cannot be a tensor here")
             return None
-        return rw.ConstNode(fn)
+        return rw.ConstNode(_known(fn))
 
     def _is_list(self, expr: ast.Expr, scope: _Scope) -> bool:
         """True if an input expression spreads into several inputs (a list binding or result)."""
@@ -653,7 +653,7 @@ class Compiler:
                 self.error(expr.args[0].pos, f"type error: a Const value cannot be a {kind}")
             dtype_expr = expr.args[1] if len(expr.args) == 2 else (attr_items["dtype"].value if "dtype" in attr_items else None)
             dtype_fn = self.value(dtype_expr, scope)[0] if dtype_expr is not None else None
-            return rw.ConstNode(value_fn, dtype_fn)
+            return rw.ConstNode(_known(value_fn), dtype_fn and _known(dtype_fn))
         self._check_attrs(expr.op, op_def, expr.attrs)
         inputs = ()
         if expr.args is not None:
@@ -662,7 +662,7 @@ class Compiler:
             inputs = tuple(p for p in (self.producer(a, scope) for a in expr.args) if p)
         elif op_def.inputs:
             self._check_input_count(expr.op, op_def, 0, expr.pos)
-        attrs = tuple((item.key, self.value(item.value, scope)[0]) for item in expr.attrs)
+        attrs = tuple((item.key, _known(self.value(item.value, scope)[0])) for item in expr.attrs)
         return rw.NewNode(expr.op, inputs, attrs)
 
     # -- expressions --
@@ -696,14 +696,14 @@ class Compiler:
         if isinstance(expr, ast.BoolOp):
             fns = [self.value(item, scope)[0] for item in expr.items]
             if expr.op == "and":
-                return (lambda ctx: _all_true(fns, ctx)), "bool"
-            return (lambda ctx: _any_true(fns, ctx)), "bool"
+                return (lambda ctx: _kleene_and(fns, ctx)), "bool"
+            return (lambda ctx: _kleene_or(fns, ctx)), "bool"
         if isinstance(expr, ast.Unary):
             fn, kind = self.value(expr.operand, scope)
             if expr.op == "not":
-                return (lambda ctx: not _truthy(fn(ctx))), "bool"
+                return (lambda ctx: _kleene_not(_truth(fn, ctx))), "bool"
             self._want_value(expr.operand, kind, "-")
-            return (lambda ctx: -_num(ctx, fn(ctx))), "value"
+            return (lambda ctx: _arithmetic(operator.neg, _num(ctx, fn(ctx)))), "value"
         if isinstance(expr, ast.Index):
             target, _ = self.value(expr.target, scope)
             index, _ = self.value(expr.index, scope)
@@ -750,7 +750,8 @@ class Compiler:
             if want == "value" and kind in ("tensor", "any"):
                 fn = (lambda f: lambda ctx: tensor_value(ctx, f(ctx)))(fn)  # a Const's value, not its name
             compiled.append(fn)
-        return _caller(function.impl, compiled, function.needs_context), function.returns
+        return (_caller(function.impl, compiled, function.needs_context, not function.accepts_unknown),
+                function.returns)
 
     def _want_value(self, expr: ast.Expr, kind: str, op: str) -> None:
         if kind in ("string", "dtype", "list"):
@@ -764,12 +765,13 @@ class Compiler:
             self._want_value(expr.left, lkind, op)
             self._want_value(expr.right, rkind, op)
             fn = _ARITHMETIC[op]
-            return (lambda ctx: fn(_num(ctx, left(ctx)), _num(ctx, right(ctx)))), "value"
+            return (lambda ctx: _arithmetic(fn, _num(ctx, left(ctx)), _num(ctx, right(ctx)))), "value"
         if op in ("in", "not in"):
             if rkind not in ("list", "any"):
                 self.error(expr.right.pos, f"type error: '{op}' needs a list on its right, not a {rkind}")
-            negate = op == "not in"
-            return (lambda ctx: (_member(left(ctx), right(ctx))) != negate), "bool"
+            if op == "not in":
+                return (lambda ctx: _kleene_not(_member(left(ctx), right(ctx)))), "bool"
+            return (lambda ctx: _member(left(ctx), right(ctx))), "bool"
         if op in ("<", "<=", ">", ">="):
             self._want_value(expr.left, lkind, op)
             self._want_value(expr.right, rkind, op)
@@ -820,40 +822,99 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def _all_true(fns, ctx) -> bool:
+# Three-valued (Kleene) logic: an operand that is unknown, or that asks what does not hold for
+# this match (NotApplicable: the value of a non-Const), decides nothing on its own.
+
+def _truth(fn, ctx) -> Any:
+    """True, False or UNKNOWN."""
+    try:
+        value = fn(ctx)
+    except NotApplicable:
+        return UNKNOWN
+    return UNKNOWN if value is UNKNOWN else _truthy(value)
+
+
+def _kleene_and(fns, ctx) -> Any:
+    result = True
     for fn in fns:
-        if not _truthy(fn(ctx)):
+        value = _truth(fn, ctx)
+        if value is False:
             return False
-    return True
+        if value is UNKNOWN:
+            result = UNKNOWN
+    return result
 
 
-def _any_true(fns, ctx) -> bool:
+def _kleene_or(fns, ctx) -> Any:
+    result = False
     for fn in fns:
-        if _truthy(fn(ctx)):
+        value = _truth(fn, ctx)
+        if value is True:
             return True
-    return False
+        if value is UNKNOWN:
+            result = UNKNOWN
+    return result
 
 
-def _caller(impl: Callable[..., Any], args: list, needs_context: bool) -> Callable[[MatchContext], Any]:
-    """`impl` called on the values of `args` (and the context first, if it needs it). Guards run
+def _kleene_not(value: Any) -> Any:
+    return UNKNOWN if value is UNKNOWN else not _truthy(value)
+
+
+def _kleene_all(values) -> Any:
+    result = True
+    for value in values:
+        if value is UNKNOWN:
+            result = UNKNOWN
+        elif not _truthy(value):
+            return False
+    return result
+
+
+def _caller(impl: Callable[..., Any], args: list, needs_context: bool, strict: bool) -> Callable[[MatchContext], Any]:
+    """`impl` called on the values of `args` (and the context first, if it needs it); if `strict`,
+    an argument that is (or holds) UNKNOWN makes the result unknown without a call. Guards run
     on every node a rule is tried at, so the common arities get a closure of their own."""
     if len(args) == 1:
         (a,) = args
-        return (lambda ctx: impl(ctx, a(ctx))) if needs_context else (lambda ctx: impl(a(ctx)))
+
+        def call_one(ctx):
+            x = a(ctx)
+            if strict and is_unknown(x):
+                return UNKNOWN
+            return impl(ctx, x) if needs_context else impl(x)
+        return call_one
     if len(args) == 2:
         a, b = args
-        return (lambda ctx: impl(ctx, a(ctx), b(ctx))) if needs_context else (lambda ctx: impl(a(ctx), b(ctx)))
-    if needs_context:
-        return lambda ctx: impl(ctx, *[f(ctx) for f in args])
-    return lambda ctx: impl(*[f(ctx) for f in args])
+
+        def call_two(ctx):
+            x, y = a(ctx), b(ctx)
+            if strict and (is_unknown(x) or is_unknown(y)):
+                return UNKNOWN
+            return impl(ctx, x, y) if needs_context else impl(x, y)
+        return call_two
+
+    def call(ctx):
+        values = [f(ctx) for f in args]
+        if strict and any(is_unknown(v) for v in values):
+            return UNKNOWN
+        return impl(ctx, *values) if needs_context else impl(*values)
+    return call
 
 
 def _num(ctx, value: Any) -> Any:
     value = tensor_value(ctx, value)
+    if is_unknown(value):
+        return UNKNOWN
     return np.asarray(value) if isinstance(value, list) else value
 
 
+def _arithmetic(fn, *operands) -> Any:
+    return UNKNOWN if any(x is UNKNOWN for x in operands) else fn(*operands)
+
+
 def _index(ctx, target: Any, index: Any) -> Any:
+    if target is UNKNOWN or index is UNKNOWN:
+        return UNKNOWN
     if isinstance(target, TensorRef):
         target = tensor_value(ctx, target)
     try:
@@ -862,15 +923,22 @@ def _index(ctx, target: Any, index: Any) -> Any:
         raise NotApplicable(f"index {index} is out of range") from None
 
 
-def _member(item: Any, items: Any) -> bool:
+def _member(item: Any, items: Any) -> Any:
+    if item is UNKNOWN or items is UNKNOWN:
+        return UNKNOWN
     if isinstance(item, bytes):
         item = item.decode("utf-8", "replace")
-    return item in list(items)
+    known = [x for x in items if x is not UNKNOWN]
+    if item in known:
+        return True
+    return UNKNOWN if len(known) < len(items) else False
 
 
-def _compare(ctx, fn, a: Any, b: Any) -> bool:
+def _compare(ctx, fn, a: Any, b: Any) -> Any:
     if type(a) is type(b) and type(a) in (int, float):  # the common `size(w) >= 1024`: no numpy
         return _PYTHON_COMPARISON[fn](a, b)
+    if a is UNKNOWN or b is UNKNOWN:
+        return UNKNOWN
     if isinstance(a, TensorRef) and isinstance(b, TensorRef):
         return fn(0 if a == b else 1, 0) if fn in (np.equal, np.not_equal) else False
     if isinstance(a, (str, bytes)) or isinstance(b, (str, bytes)):
@@ -878,6 +946,8 @@ def _compare(ctx, fn, a: Any, b: Any) -> bool:
         b = b.decode() if isinstance(b, bytes) else b
         return bool(fn(0 if a == b else 1, 0)) if fn in (np.equal, np.not_equal) else False
     a, b = tensor_value(ctx, a), tensor_value(ctx, b)
+    if is_unknown(a) or is_unknown(b):
+        return _compare_partial(fn, a, b)
     if fn in (np.equal, np.not_equal) and (isinstance(a, (list, tuple)) or isinstance(b, (list, tuple))):
         # A shape or list compares as a whole: equal shapes and equal elements.
         left, right = np.asarray(a), np.asarray(b)
@@ -886,6 +956,25 @@ def _compare(ctx, fn, a: Any, b: Any) -> bool:
     if a is None or b is None:
         return (a is b) == (fn is np.equal)
     return bool(np.all(fn(a, b)))
+
+
+def _compare_partial(fn, a: Any, b: Any) -> Any:
+    """A comparison with a list that has unknown elements (a shape with unknown dims), element by
+    element: a known difference decides, otherwise an unknown element leaves it unknown."""
+    a, b = (x.tolist() if isinstance(x, np.ndarray) else list(x) if isinstance(x, tuple) else x for x in (a, b))
+    if fn in (np.equal, np.not_equal):
+        if not (isinstance(a, list) and isinstance(b, list)) or len(a) != len(b):
+            return fn is np.not_equal  # a list of another length, or not a list: known to differ
+        equal = _kleene_all(UNKNOWN if x is UNKNOWN or y is UNKNOWN else _compare(None, np.equal, x, y)
+                            for x, y in zip(a, b))
+        return equal if fn is np.equal else _kleene_not(equal)
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            raise ValueError(f"cannot compare lists of {len(a)} and {len(b)} elements")
+        pairs = zip(a, b)
+    else:
+        pairs = ((x, b) for x in a) if isinstance(a, list) else ((a, y) for y in b)
+    return _kleene_all(_compare(None, fn, x, y) for x, y in pairs)
 
 
 def _op_filter(clauses, pattern: Pattern, scope: _Scope) -> tuple[str, ...] | str | None:
@@ -909,6 +998,18 @@ def _op_filter(clauses, pattern: Pattern, scope: _Scope) -> tuple[str, ...] | st
     return None
 
 
+def _known(fn: Callable[[MatchContext], Any]) -> Callable[[MatchContext], Any]:
+    """A value a replacement builds from: an unknown one fails the rewrite (a `let` would have
+    rejected the match instead)."""
+    def known(ctx):
+        value = fn(ctx)
+        if is_unknown(value):
+            raise ValueError("a value the replacement needs is not known statically; compute it in "
+                             "a 'let', which rejects the match when it is unknown")
+        return value
+    return known
+
+
 def _make_guard(rule_name: str, location: str, root_var: str, steps):
     def guard(ctx: MatchContext) -> bool:
         for kind, name, fn, pos in steps:
@@ -922,6 +1023,8 @@ def _make_guard(rule_name: str, location: str, root_var: str, steps):
                 raise RewriteError(f"rule '{rule_name}' at node '{root.node if root else '?'}': {what} "
                                    f"failed: {type(error).__name__}: {error}",
                                    path=location.rsplit(":", 1)[0], line=pos.line, column=pos.column) from error
+            if is_unknown(result):
+                return False  # a guard that ends unknown does not fire; nor does a let that is unknown
             if kind == "let":
                 ctx.bindings[name] = result
             elif not _truthy(result):

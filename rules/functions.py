@@ -7,6 +7,10 @@ function declares the kinds of its arguments and result, which the static checke
 - `value`: a number or numpy array (a tensor bound to a Const is read as its value);
 - `string`, `bool`, `dtype`, `list`, `any`.
 
+Guards are three-valued: a fact that cannot be known statically (the size of an unknown dim) is
+`UNKNOWN`, not false. A function never sees an unknown argument unless it is registered with
+`accepts_unknown`: its result is then unknown without calling it.
+
 Register a function for your own rules:
 
     from gtt_rules.rules.functions import register_function
@@ -33,6 +37,24 @@ from gtt_rules.errors import EvaluationError
 KINDS = ("tensor", "value", "string", "bool", "dtype", "list", "any")
 
 
+class Unknown:
+    """The value of a fact that cannot be known statically: neither true nor false."""
+
+    def __repr__(self) -> str:
+        return "unknown"
+
+    def __bool__(self) -> bool:
+        raise TypeError("an unknown fact is neither true nor false")
+
+
+UNKNOWN = Unknown()
+
+
+def is_unknown(value: Any) -> bool:
+    """True if `value` is unknown, or a list with an unknown element (a shape with unknown dims)."""
+    return value is UNKNOWN or (type(value) is list and any(v is UNKNOWN for v in value))
+
+
 @dataclass(frozen=True)
 class Function:
     name: str
@@ -42,6 +64,7 @@ class Function:
     returns: str
     needs_context: bool
     doc: str
+    accepts_unknown: bool = False  # called with unknown arguments too (else: unknown without a call)
 
     @property
     def arity(self) -> tuple[int, int]:
@@ -58,11 +81,12 @@ def load_standard_functions() -> dict[str, Function]:
 
 
 def register_function(name: str | None = None, *, args: tuple[str, ...] = (), returns: str = "any",
-                      optional: int = 0, needs_context: bool = False):
+                      optional: int = 0, needs_context: bool = False, accepts_unknown: bool = False):
     """Make a Python function callable from .rules expressions as `name(...)`.
 
     `args` and `returns` are kinds (see the module docstring). With `needs_context`, the function
-    receives the MatchContext (graph, bindings, parameters) as its first argument.
+    receives the MatchContext (graph, bindings, parameters) as its first argument. With
+    `accepts_unknown`, it is called even when an argument is (or holds) `UNKNOWN`.
     """
     for kind in (*args, returns):
         if kind not in KINDS:
@@ -71,7 +95,8 @@ def register_function(name: str | None = None, *, args: tuple[str, ...] = (), re
     def decorate(impl: Callable[..., Any]) -> Callable[..., Any]:
         fname = name or impl.__name__
         doc = (impl.__doc__ or "").strip().splitlines()[0] if impl.__doc__ else ""
-        FUNCTIONS[fname] = Function(fname, impl, tuple(args), optional, returns, needs_context, doc)
+        FUNCTIONS[fname] = Function(fname, impl, tuple(args), optional, returns, needs_context, doc,
+                                    accepts_unknown)
         return impl
     return decorate
 
@@ -88,15 +113,19 @@ def tensor_value(ctx: MatchContext, x: Any) -> Any:
     return x
 
 
-def tensor_shape(ctx: MatchContext, x: Any) -> tuple[int, ...] | None:
-    """The static shape of a tensor where every dim of it is known: from Consts, Placeholders and
-    `_output_shapes`, and inferred through the ops in between (see engine/shapes.py)."""
+def partial_shape(ctx: MatchContext, x: Any) -> tuple[int | None, ...] | None:
+    """The static shape of x, None for each unknown dim, or None if even the rank is unknown:
+    from Consts, Placeholders and `_output_shapes`, inferred through the ops in between (see
+    engine/shapes.py)."""
     if not isinstance(x, TensorRef):
         return tuple(np.shape(x))
-    shape = infer_shape(ctx.graph, x)
-    if shape is None or None in shape:
-        return None
-    return shape
+    return infer_shape(ctx.graph, x)
+
+
+def tensor_shape(ctx: MatchContext, x: Any) -> tuple[int, ...] | None:
+    """The static shape of x where every dim of it is known, else None."""
+    shape = partial_shape(ctx, x)
+    return None if shape is None or None in shape else shape
 
 
 def _known_shape(ctx, x) -> tuple[int, ...]:
@@ -149,20 +178,39 @@ def attr(ctx, x, name):
 
 @register_function(args=("any",), returns="list", needs_context=True)
 def shape(ctx, x):
-    """The static shape of x, as a list."""
-    return list(_known_shape(ctx, x))
+    """The static shape of x, as a list; an unknown dim is unknown (all of it, if the rank is)."""
+    dims = partial_shape(ctx, x)
+    return UNKNOWN if dims is None else [UNKNOWN if d is None else d for d in dims]
 
 
 @register_function(args=("any",), returns="value", needs_context=True)
 def rank(ctx, x):
-    """The number of dimensions of x."""
-    return len(_known_shape(ctx, x))
+    """The number of dimensions of x (known even where some dims are not)."""
+    dims = partial_shape(ctx, x)
+    return UNKNOWN if dims is None else len(dims)
+
+
+@register_function(args=("any", "value"), returns="value", needs_context=True)
+def dim(ctx, x, axis):
+    """The size of dimension `axis` of x (negative: from the last); unknown if not known."""
+    dims = partial_shape(ctx, x)
+    if dims is None:
+        return UNKNOWN
+    axis = int(axis)
+    if not -len(dims) <= axis < len(dims):
+        raise NotApplicable(f"'{x}' has no dimension {axis}")
+    return UNKNOWN if dims[axis] is None else dims[axis]
 
 
 @register_function(args=("any",), returns="value", needs_context=True)
 def size(ctx, x):
-    """The number of elements of x."""
-    return math.prod(_known_shape(ctx, x))
+    """The number of elements of x (0 if some dim is known to be 0)."""
+    dims = partial_shape(ctx, x)
+    if dims is None:
+        return UNKNOWN
+    if 0 in dims:
+        return 0
+    return UNKNOWN if None in dims else math.prod(dims)
 
 
 @register_function(args=("tensor",), returns="bool", needs_context=True)
@@ -273,10 +321,10 @@ def cast(ctx, x, to):
     return np.asarray(tensor_value(ctx, x)).astype(numpy_dtype(to))
 
 
-@register_function("len", args=("any",), returns="value")
+@register_function("len", args=("any",), returns="value", accepts_unknown=True)
 def len_(x):
-    """The length of a list."""
-    return len(x)
+    """The length of a list (of a shape: known where the rank is)."""
+    return UNKNOWN if x is UNKNOWN else len(x)
 
 
 @register_function(args=("value", "tensor"), returns="value", needs_context=True)
