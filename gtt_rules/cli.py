@@ -257,11 +257,18 @@ def _print_application(application) -> None:
           f"created {created}; removed {removed}")
 
 
+_NOTES_SHOWN = 20  # per stage; --json has them all
+
+
 def _print_reports(reports) -> None:
     from rich.table import Table
 
     out = console(stderr=True)
     for name, report in reports:
+        for note in report.notes[:_NOTES_SHOWN]:
+            out.print(f"{name}: {note}", markup=False, highlight=False)
+        if len(report.notes) > _NOTES_SHOWN:
+            out.print(f"{name}: ... and {len(report.notes) - _NOTES_SHOWN} more (--json lists all)")
         if not report.fires:
             milliseconds = sum(report.seconds.values()) * 1000
             out.print(f"{name}: {report.nodes_before:,} -> {report.nodes_after:,} nodes "

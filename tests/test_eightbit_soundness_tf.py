@@ -1,0 +1,129 @@
+"""Eight-bit graphs that always run: a float op becomes eight-bit only when TensorFlow's kernel takes
+that exact node (and the report says why the others stayed float); calibrated graphs have static
+ranges; weights and nodes can be kept float. TensorFlow (oneDNN off, see conftest) runs every result.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tf_run
+from gtt_rules.cli import main
+from gtt_rules.engine.evaluator import evaluate
+from gtt_rules.engine.graph import Graph
+
+
+def _build(tf, shape, body, seed=0):
+    """A TF1 graph x -> body(x) -> out, and a random feed for x."""
+    rng = np.random.default_rng(seed)
+
+    def weights(*dims):
+        return tf.constant((rng.standard_normal(dims) * 0.3).astype(np.float32))
+
+    with tf.Graph().as_default() as graph:
+        x = tf.compat.v1.placeholder(tf.float32, shape, name="x")
+        tf.identity(body(tf, x, weights), name="out")
+    return graph.as_graph_def().SerializeToString(), {"x": rng.standard_normal(shape).astype(np.float32)}
+
+
+def _eightbit(tmp_path, data, *extra):
+    source, target = tmp_path / "float.pb", tmp_path / "eight.pb"
+    source.write_bytes(data)
+    assert main(["apply", str(source), "-o", str(target), "--inputs", "x", "--outputs", "out",
+                 "--pipeline", "eightbit", "--json", *extra]) == 0
+    return Graph.load(target), target
+
+
+def _report_notes(capsys) -> list[str]:
+    report = json.loads(capsys.readouterr().out)
+    return [note for stage in report["stages"] for note in stage["notes"]]
+
+
+# Nodes whose float op has an eight-bit kernel that refuses them, or computes something else.
+REFUSED = {
+    "row_stride_only": ([1, 9, 9, 3], lambda tf, x, w: tf.nn.conv2d(x, w(3, 3, 3, 4), [1, 1, 2, 1], "SAME"),
+                        "Conv2D", "equal row and column strides"),
+    "column_stride_only": ([1, 9, 9, 3], lambda tf, x, w: tf.nn.conv2d(x, w(3, 3, 3, 4), [1, 2, 1, 1], "VALID"),
+                           "Conv2D", "equal row and column strides"),
+    "dilated": ([1, 9, 9, 3], lambda tf, x, w: tf.nn.conv2d(x, w(3, 3, 3, 4), 1, "SAME", dilations=2),
+                "Conv2D", "no dilations"),
+    "explicit_padding": ([1, 9, 9, 3], lambda tf, x, w: tf.nn.conv2d(x, w(3, 3, 3, 4), 1, [[0, 0], [1, 2], [0, 1], [0, 0]]),
+                         "Conv2D", "SAME or VALID padding only"),
+    "valid_windows_off": ([1, 8, 8, 2], lambda tf, x, w: tf.nn.conv2d(x, w(1, 1, 2, 3), 4, "VALID"),
+                          "Conv2D", "places its windows off"),
+    "add_broadcast_inside": ([2, 3, 4], lambda tf, x, w: x + w(3, 1), "AddV2", "does not broadcast"),
+}
+
+# Odd nodes the kernels do take, converted.
+ACCEPTED = {
+    "valid_stride_3": ([1, 11, 11, 3], lambda tf, x, w: tf.nn.conv2d(x, w(3, 3, 3, 4), 3, "VALID"), "QuantizedConv2D"),
+    "uneven_pool": ([1, 9, 9, 3], lambda tf, x, w: tf.nn.max_pool(x, [1, 2, 3, 1], [1, 1, 2, 1], "SAME"),
+                    "QuantizedMaxPool"),
+    "transposed_matmul": ([16, 4], lambda tf, x, w: tf.matmul(x, w(16, 8), transpose_a=True), "QuantizedMatMul"),
+    "half_pixel_resize": ([1, 4, 5, 3], lambda tf, x, w: tf.compat.v1.image.resize_bilinear(
+        tf.nn.relu(x), [7, 9], half_pixel_centers=True), "QuantizedResizeBilinear"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_node_the_kernel_refuses_stays_float_and_is_reported(tf, tmp_path, capsys, case):
+    shape, body, op, reason = REFUSED[case]
+    data, feeds = _build(tf, shape, body)
+    graph, path = _eightbit(tmp_path, data)
+    assert op in {n.op for n in graph}
+    notes = _report_notes(capsys)
+    assert any(reason in note and "stays float" in note for note in notes), notes
+    (expected,) = tf_run(data, feeds, ["out"])
+    (theirs,) = tf_run(path.read_bytes(), feeds, ["out"])
+    (ours,) = evaluate(graph, feeds, ["out"])
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_allclose(theirs, expected, atol=0.05 * np.abs(expected).max())
+
+
+def test_pooling_across_channels_stays_float(tf, tmp_path, capsys):
+    # TensorFlow's float MaxPool pools across channels (its AvgPool does not); our evaluator does
+    # neither, so TensorFlow alone runs the result.
+    data, feeds = _build(tf, [1, 4, 4, 6], lambda tf, x, w: tf.nn.max_pool(x, [1, 1, 1, 2], [1, 1, 1, 2], "VALID"))
+    graph, path = _eightbit(tmp_path, data)
+    assert "MaxPool" in {n.op for n in graph} and "QuantizedMaxPool" not in {n.op for n in graph}
+    assert any("across channels" in note for note in _report_notes(capsys))
+    np.testing.assert_array_equal(tf_run(path.read_bytes(), feeds, ["out"])[0], tf_run(data, feeds, ["out"])[0])
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_an_odd_node_the_kernel_takes_is_converted_and_bit_exact(tf, tmp_path, case):
+    shape, body, op = ACCEPTED[case]
+    data, feeds = _build(tf, shape, body)
+    graph, path = _eightbit(tmp_path, data)
+    assert op in {n.op for n in graph}
+    (expected,) = tf_run(data, feeds, ["out"])
+    (theirs,) = tf_run(path.read_bytes(), feeds, ["out"])
+    (ours,) = evaluate(graph, feeds, ["out"])
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_allclose(theirs, expected, atol=0.05 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("size, window, stride", [(11, 3, 3), (8, 1, 4), (13, 2, 5)])
+def test_quantized_conv2d_places_valid_windows_as_tensorflow_does(tf, size, window, stride):
+    """TensorFlow 2.21 adds 1 before halving a VALID slack: with 11x11, 3x3, stride 3 the windows
+    start at 0 (our kernel started them at 1, shifted down and right)."""
+    from gtt_rules.engine.evaluator import run_kernel
+    from gtt_rules.engine.graph import Node
+    from gtt_rules.engine.proto import graph_def_pb2 as pb
+
+    rng = np.random.default_rng(size)
+    x = rng.integers(0, 256, (1, size, size, 2)).astype(np.uint8)
+    w = rng.integers(0, 256, (window, window, 2, 3)).astype(np.uint8)
+    ranges = [np.float32(v) for v in (-1.0, 2.0, -0.5, 0.5)]
+    theirs = tf.raw_ops.QuantizedConv2D(input=tf.bitcast(tf.constant(x), tf.quint8),
+                                        filter=tf.bitcast(tf.constant(w), tf.quint8), min_input=ranges[0],
+                                        max_input=ranges[1], min_filter=ranges[2], max_filter=ranges[3],
+                                        strides=[1, stride, stride, 1], padding="VALID")[0]
+    node = Node(pb.NodeDef(name="conv", op="QuantizedConv2D"))
+    for name, value in {"Tinput": 12, "Tfilter": 12, "out_type": 13, "strides": [1, stride, stride, 1],
+                        "padding": "VALID"}.items():
+        node.set_attr(name, value)
+    ours = run_kernel(node, [x, w, *ranges])[0]
+    np.testing.assert_array_equal(ours, np.frombuffer(theirs.numpy().tobytes(), np.int32).reshape(theirs.shape))
