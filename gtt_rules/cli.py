@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--trace", action="store_true", help="print every rule application")
     apply.add_argument("--json", action="store_true", help="print the report as JSON")
     apply.add_argument("--max-rewrites", type=int, metavar="N", help="stop with an error after N rewrites")
+    from gtt_rules.cli_calibrate import add_sample_options
+    add_sample_options(apply, default_random=None)
     apply.set_defaults(run=_apply)
 
     check = commands.add_parser("check", help="check .rules files for errors",
@@ -195,6 +197,8 @@ def _apply(args: argparse.Namespace) -> int:
     source = _input_path(args)
     output = _output_path(args, source)
     steps = _steps(args.steps or [])  # rules are checked before the graph is read
+    from gtt_rules.cli_calibrate import calibrate_after_apply, check_sample_options
+    check_sample_options(args)
     graph = Graph.load(source)
     inputs, outputs = _tensors(args.inputs), _tensors(args.outputs)
     for ref in (inputs or []) + (outputs or []):
@@ -224,6 +228,7 @@ def _apply(args: argparse.Namespace) -> int:
                 raise
             print(f"{PROG}: warning: {label} failed and was skipped (ignore_errors): {error}", file=sys.stderr)
             graph = Graph.from_bytes(before)
+    calibrate_after_apply(graph, args, outputs, str(source))
     graph.save(output, text=True if args.output_as_text else None)
     if args.json:
         print(json.dumps({"output": str(output), "stages": [

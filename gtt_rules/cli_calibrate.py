@@ -1,4 +1,4 @@
-"""`gtt-rules calibrate`: run an eight-bit graph on sample inputs and freeze its requantization ranges."""
+"""`gtt-rules calibrate`: run an eight-bit graph on sample inputs and freeze the ranges it computes at run time."""
 from __future__ import annotations
 
 import argparse
@@ -15,36 +15,113 @@ from gtt_rules.errors import GttRulesError, UsageError
 def register(commands) -> None:
     """Add the `calibrate` subcommand to an argparse subparsers object."""
     from gtt_rules.cli import _add_graph_output
-    from gtt_rules.cli_run import parse_seed
 
     parser = commands.add_parser(
-        "calibrate", help="freeze an eight-bit graph's requantization ranges from sample inputs",
-        description="Run GRAPH (made by quantize_nodes) on sample inputs, record the range every "
-                    "RequantizationRange computes, and write OUT with each replaced by two Consts, "
-                    "so the runtime no longer scans each 32-bit result for its range.")
+        "calibrate", help="freeze the ranges an eight-bit graph computes at run time, from sample inputs",
+        description="Run GRAPH (made by quantize_nodes or --pipeline eightbit) on sample inputs, record "
+                    "every range it computes when it runs (the Min and Max a QuantizeV2 quantizes over, "
+                    "the range a RequantizationRange finds for a Requantize), and write OUT with each "
+                    "replaced by Consts: static ranges, so an input's result no longer depends on what "
+                    "else is in its batch, and no scans at run time.")
     parser.add_argument("graph", metavar="GRAPH", help="a .pb or .pbtxt GraphDef file")
     _add_graph_output(parser)
     parser.add_argument("--outputs", metavar="A,B", help="comma-separated outputs the graph computes "
                                                          "(default: its likely outputs)")
     parser.add_argument("--inputs", metavar="A,B", help="accepted for GTT-style command lines; the "
                                                         "inputs are the graph's Placeholders")
-    samples = parser.add_mutually_exclusive_group()
-    samples.add_argument("--feed-dir", metavar="DIR", help="one .npz per sample, one array per input, "
-                                                           "keyed by the input's name")
-    samples.add_argument("--random", type=int, metavar="N", default=None,
-                         help="N seeded random samples of each input's dtype and shape (default 10 "
-                              "when no --feed-dir)")
-    parser.add_argument("--seed", type=parse_seed, default=0, help="seed of the first random sample (default 0)")
+    add_sample_options(parser, default_random=10)
     parser.add_argument("--min-percentile", type=float, default=0.0, metavar="P",
-                        help="per node, take the min at P%% from the bottom of the sorted mins "
-                             "(default 0: the smallest seen)")
+                        help="per node, take the min at P%% from the bottom of the sorted per-sample mins "
+                             "(GTT's freeze_requantization_ranges; default 0: the smallest seen)")
     parser.add_argument("--max-percentile", type=float, default=0.0, metavar="P",
-                        help="per node, take the max at P%% from the top of the sorted maxes "
+                        help="per node, take the max at P%% from the top of the sorted per-sample maxes "
                              "(default 0: the largest seen)")
     parser.add_argument("--log", metavar="FILE",
                         help="also write the recorded ranges as a GTT min/max log, for "
                              "freeze_requantization_ranges(min_max_log_file=FILE)")
     parser.set_defaults(run=calibrate_command)
+
+
+def add_sample_options(parser: argparse.ArgumentParser, *, default_random: int | None) -> None:
+    """The options that name calibration samples and how ranges are estimated from them (shared by
+    `calibrate` and `apply`, whose --pipeline eightbit then writes a calibrated graph)."""
+    from gtt_rules.cli_run import parse_seed
+
+    when = f"default {default_random} when no other samples are given" if default_random else \
+        "calibrates the result"
+    samples = parser.add_mutually_exclusive_group()
+    samples.add_argument("--feed-dir", metavar="DIR", help="calibration samples: one .npz per sample, one "
+                                                           "array per input, keyed by the input's name")
+    samples.add_argument("--samples", metavar="FILE.npz", help="calibration samples stacked: one array per "
+                                                               "input, whose first axis is the sample index")
+    samples.add_argument("--random", type=int, metavar="N", default=None,
+                         help=f"N seeded random calibration samples of each input's dtype and shape ({when})")
+    parser.add_argument("--seed", type=parse_seed, default=0, help="seed of the first random sample (default 0)")
+    parser.add_argument("--estimator", choices=calibration_estimators(), default="minmax",
+                        help="how a range is chosen from the samples: minmax (smallest min, largest max; "
+                             "the default), percentile (per sample, the values between the (100-P)th and Pth "
+                             "percentiles, then minmax), moving-average (of per-sample mins and maxes, decay "
+                             "0.9, as quantization-aware training tracks ranges)")
+    parser.add_argument("--percentile", type=float, metavar="P", default=None,
+                        help="P for --estimator percentile (default 99.99)")
+
+
+def calibration_estimators() -> tuple[str, ...]:
+    from gtt_rules.engine.calibration import ESTIMATORS
+    return ESTIMATORS
+
+
+def samples_given(args: argparse.Namespace) -> bool:
+    """True if the command line names calibration samples."""
+    return bool(args.feed_dir or args.samples or args.random is not None)
+
+
+def check_sample_options(args: argparse.Namespace) -> None:
+    """UsageError for sample options that cannot work, before anything is read."""
+    if args.random is not None and args.random < 1:
+        raise UsageError("--random needs at least 1 sample")
+    if args.percentile is not None:
+        if args.estimator != "percentile":
+            raise UsageError("--percentile needs --estimator percentile")
+        if not 50.0 < args.percentile <= 100.0:
+            raise UsageError("--percentile must be in (50, 100]")
+
+
+def calibrate(graph, args: argparse.Namespace, outputs: list[str], label: str, *,
+              min_percentile: float = 0.0, max_percentile: float = 0.0):
+    """Freeze every range `graph` computes at run time from the samples the options name; returns
+    the records and the number of samples. Errors name `label` (the graph's file)."""
+    from gtt_rules.engine import calibration
+
+    if args.feed_dir:
+        files = _sample_files(pathlib.Path(args.feed_dir))
+        samples, count = _file_samples(files, graph), len(files)
+    elif args.samples:
+        samples, count = _stacked_samples(pathlib.Path(args.samples), graph)
+    else:
+        count = args.random or 10
+        samples = _random_samples(graph, args.seed, count)
+    percentile = None
+    if args.estimator == "percentile":
+        percentile = args.percentile if args.percentile is not None else 99.99
+    progress = _progress(count)
+    try:
+        records = calibration.record_ranges(graph, samples, outputs, percentile=percentile,
+                                            on_sample=progress)
+    except GttRulesError as error:
+        raise error.located(label) from None
+    finally:
+        progress(None)
+    ranges = {name: calibration.estimate(observed, args.estimator, min_percentile=min_percentile,
+                                         max_percentile=max_percentile)
+              for name, observed in records.items()}
+    calibration.freeze_ranges(graph, ranges, protected=outputs)
+    # The widening of each frozen range around zero is constant now: computed once, here.
+    from gtt_rules.rules.library import load_rules
+    inputs = [node.name for node in graph.placeholders()]
+    for stage in load_rules(['fold_constants(exclude_op=["Dequantize"])']):
+        stage.run(graph, inputs=inputs, outputs=outputs)
+    return records, count
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
@@ -57,8 +134,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     for name in ("min_percentile", "max_percentile"):
         if not 0.0 <= getattr(args, name) < 100.0:
             raise UsageError(f"--{name.replace('_', '-')} must be in [0, 100)")
-    if args.random is not None and args.random < 1:
-        raise UsageError("--random needs at least 1 sample")
+    check_sample_options(args)
     log = None
     if args.log:
         log = check_output_path(args.log, args.graph)
@@ -66,37 +142,72 @@ def calibrate_command(args: argparse.Namespace) -> int:
             raise UsageError("--log and -o name the same file", path=args.log)
     graph = Graph.load(args.graph)
     outputs = parse_outputs(args.outputs, graph)
-    if not calibration.requantization_ranges(graph):
-        # Nothing measures a range at run time (no quantize_nodes, or fixed fallback ranges): the
-        # graph is already what calibration would make of it.
+    if not calibration.runtime_ranges(graph):
+        # Nothing measures a range at run time (no quantize_nodes, fixed fallback ranges, or
+        # calibrated already): the graph is already what calibration would make of it.
         graph.save(output, text=True if args.output_as_text else None)
-        console(stderr=True).print(f"{args.graph} has no RequantizationRange: nothing to freeze; "
+        console(stderr=True).print(f"{args.graph} computes no range at run time: nothing to freeze; "
                                    f"written unchanged -> {output}")
         return 0
-    if args.feed_dir:
-        files = _sample_files(pathlib.Path(args.feed_dir))
-        samples, count = _file_samples(files, graph), len(files)
-    else:
-        count = args.random or 10
-        samples = _random_samples(graph, args.seed, count)
-    progress = _progress(count)
-    try:
-        records = calibration.record_ranges(graph, samples, outputs, on_sample=progress)
-    except GttRulesError as error:
-        raise error.located(args.graph) from None
-    finally:
-        progress(None)
-    ranges = {name: calibration.chosen_range(observed, args.min_percentile, args.max_percentile)
-              for name, observed in records.items()}
-    calibration.freeze_ranges(graph, ranges)
+    records, count = calibrate(graph, args, outputs, args.graph, min_percentile=args.min_percentile,
+                               max_percentile=args.max_percentile)
     if log is not None:
         from gtt_rules.engine.graph import write_atomically
         text = calibration.min_max_log(records).encode()
         write_atomically(log, lambda f: f.write(text))
     graph.save(output, text=True if args.output_as_text else None)
-    console(stderr=True).print(f"froze {len(ranges)} requantization range{'s' if len(ranges) != 1 else ''} "
-                               f"over {count} sample{'s' if count != 1 else ''} -> {output}")
+    console(stderr=True).print(f"froze {_ranges(len(records))} over {count} sample{'s' if count != 1 else ''} "
+                               f"-> {output}")
     return 0
+
+
+def calibrate_after_apply(graph, args: argparse.Namespace, outputs: list[str], label: str) -> None:
+    """What `apply` does after its steps: calibrate when samples are named; otherwise say that the
+    graph it writes computes ranges at run time, if it does."""
+    from gtt_rules.engine import calibration
+
+    out = console(stderr=True)
+    if samples_given(args):
+        records, count = calibrate(graph, args, outputs, label)
+        out.print(f"calibrated: froze {_ranges(len(records))} over {count} sample{'s' if count != 1 else ''}")
+        return
+    dynamic = len(calibration.runtime_ranges(graph))
+    if dynamic:
+        out.print(f"note: {_ranges(dynamic)} computed at run time (answers depend on batch mates); "
+                  f"calibrate with --samples, --feed-dir or --random, or run `gtt-rules calibrate`")
+
+
+def _ranges(count: int) -> str:
+    return f"{count} range{'s' if count != 1 else ''}"
+
+
+def _stacked_samples(path: pathlib.Path, graph):
+    """Samples from one .npz whose arrays' first axis is the sample index; a sample keeps a batch
+    axis of 1 where the input's rank is the array's."""
+    from gtt_rules.cli_run import load_npz
+
+    arrays = load_npz(path)
+    inputs = [node for node in graph.placeholders() if node.op == "Placeholder"]
+    missing = sorted(node.name for node in inputs if node.name not in arrays)
+    if missing:
+        raise UsageError(f"has no array for input{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+                         path=str(path))
+    extra = sorted(set(arrays) - {node.name for node in inputs})
+    if extra:
+        raise UsageError(f"has an array '{extra[0]}', but the graph has no input of that name", path=str(path))
+    counts = {name: (value.shape[0] if value.ndim else 0) for name, value in arrays.items()}
+    count = min(counts.values())
+    if count < 1 or len(set(counts.values())) > 1:
+        raise UsageError(f"arrays must stack the same number of samples (at least 1) along their first "
+                         f"axis; got {', '.join(f'{n}: {c}' for n, c in sorted(counts.items()))}", path=str(path))
+    ranks = {}
+    for node in inputs:
+        shape = node.get_attr("shape", None)
+        ranks[node.name] = None if shape is None else len(shape)
+
+    def sample(i):
+        return {name: value[i:i + 1] if ranks[name] == value.ndim else value[i] for name, value in arrays.items()}
+    return _checked((sample(i) for i in range(count)), graph, path), count
 
 
 def _sample_files(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -110,8 +221,6 @@ def _sample_files(folder: pathlib.Path) -> list[pathlib.Path]:
 
 def _file_samples(files: list[pathlib.Path], graph) -> Iterator[dict[str, np.ndarray]]:
     from gtt_rules.cli_run import load_npz
-    from gtt_rules.engine.evaluator import check_feed
-    from gtt_rules.engine.graph import TensorRef
 
     inputs = {node.name for node in graph.placeholders()}
     for path in files:
@@ -120,7 +229,16 @@ def _file_samples(files: list[pathlib.Path], graph) -> Iterator[dict[str, np.nda
         if missing:
             raise UsageError(f"has no array for input{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
                              path=str(path))
-        # Checked here, so that an error names the sample's file rather than the graph's.
+        yield from _checked([sample], graph, path)
+
+
+def _checked(samples, graph, path: pathlib.Path) -> Iterator[dict[str, np.ndarray]]:
+    """Each sample, checked against the graph's inputs so that an error names the sample's file
+    rather than the graph's."""
+    from gtt_rules.engine.evaluator import check_feed
+    from gtt_rules.engine.graph import TensorRef
+
+    for sample in samples:
         for name, value in sample.items():
             ref = TensorRef.parse(name)
             if ref.node not in graph:

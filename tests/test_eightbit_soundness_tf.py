@@ -25,7 +25,8 @@ def _build(tf, shape, body, seed=0):
     with tf.Graph().as_default() as graph:
         x = tf.compat.v1.placeholder(tf.float32, shape, name="x")
         tf.identity(body(tf, x, weights), name="out")
-    return graph.as_graph_def().SerializeToString(), {"x": rng.standard_normal(shape).astype(np.float32)}
+    feed_shape = [2 if d is None else d for d in shape]
+    return graph.as_graph_def().SerializeToString(), {"x": rng.standard_normal(feed_shape).astype(np.float32)}
 
 
 def _eightbit(tmp_path, data, *extra):
@@ -127,3 +128,125 @@ def test_quantized_conv2d_places_valid_windows_as_tensorflow_does(tf, size, wind
         node.set_attr(name, value)
     ours = run_kernel(node, [x, w, *ranges])[0]
     np.testing.assert_array_equal(ours, np.frombuffer(theirs.numpy().tobytes(), np.int32).reshape(theirs.shape))
+
+
+# ---- static ranges: calibration ------------------------------------------------------------------
+
+def small_cnn(tf, x, w):
+    """Conv, bias, Relu6, a residual add, pooling and a dense head: every range kind quantize_nodes
+    makes (QuantizeV2 over Min/Max, Requantize over RequantizationRange, narrowed for activations).
+    The add stays float: with an unknown batch, QuantizedAdd might not broadcast as AddV2 does."""
+    y = tf.nn.relu6(tf.nn.bias_add(tf.nn.conv2d(x, w(3, 3, 3, 8), 2, "SAME"), w(8)))
+    z = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(y, w(1, 1, 8, 8), 1, "SAME"), w(8)))
+    y = tf.nn.max_pool2d(y + z, 2, 2, "VALID")
+    y = tf.nn.relu(tf.matmul(tf.reshape(y, [-1, 3 * 3 * 8]), w(3 * 3 * 8, 16)))
+    return tf.matmul(y, w(16, 5)) + w(5)
+
+
+def _cnn_and_samples(tf, tmp_path, count=8):
+    data, _ = _build(tf, [None, 12, 12, 3], small_cnn)
+    stacked = np.random.default_rng(1).standard_normal((count, 12, 12, 3)).astype(np.float32)
+    np.savez(tmp_path / "samples.npz", x=stacked)
+    return data, stacked
+
+
+def _alone_and_in_batch(run, stacked):
+    """The first sample's output run alone, and run inside a batch with all the others."""
+    return run({"x": stacked[:1]})[0], run({"x": stacked})[0][:1]
+
+
+def test_calibrated_graph_gives_one_input_the_same_answer_alone_and_in_a_batch(tf, tmp_path, capsys):
+    from gtt_rules.engine import calibration
+
+    data, stacked = _cnn_and_samples(tf, tmp_path)
+    graph, path = _eightbit(tmp_path, data)
+    assert "computed at run time" in capsys.readouterr().err
+    dynamic = calibration.runtime_ranges(graph)
+    assert {graph[n].op for n in dynamic} == {"Min", "Max", "RequantizationRange"}
+    # Uncalibrated, the answer depends on the batch mates (so the check below can fail).
+    alone, inside = _alone_and_in_batch(lambda f: tf_run(path.read_bytes(), f, ["out"]), stacked)
+    assert not np.array_equal(alone, inside)
+
+    frozen = tmp_path / "calibrated.pb"
+    assert main(["calibrate", str(path), "-o", str(frozen), "--samples", str(tmp_path / "samples.npz")]) == 0
+    calibrated = Graph.load(frozen)
+    assert not calibration.runtime_ranges(calibrated)
+    assert not {"Min", "Max", "RequantizationRange"} & {n.op for n in calibrated}
+    for run in (lambda f: tf_run(frozen.read_bytes(), f, ["out"]), lambda f: evaluate(calibrated, f, ["out"])):
+        alone, inside = _alone_and_in_batch(run, stacked)
+        assert alone.tobytes() == inside.tobytes()
+    (theirs,) = tf_run(frozen.read_bytes(), {"x": stacked}, ["out"])
+    np.testing.assert_array_equal(evaluate(calibrated, {"x": stacked}, ["out"])[0], theirs)
+    (expected,) = tf_run(data, {"x": stacked}, ["out"])
+    assert (theirs.argmax(1) == expected.argmax(1)).mean() >= 0.75
+    np.testing.assert_allclose(theirs, expected, atol=0.05 * np.abs(expected).max())
+
+
+def test_eightbit_pipeline_with_samples_equals_apply_then_calibrate(tf, tmp_path):
+    data, stacked = _cnn_and_samples(tf, tmp_path)
+    samples = str(tmp_path / "samples.npz")
+    graph, path = _eightbit(tmp_path, data)
+    two_steps = tmp_path / "two.pb"
+    assert main(["calibrate", str(path), "-o", str(two_steps), "--samples", samples, "--outputs", "out"]) == 0
+    one_step = tmp_path / "one.pb"
+    assert main(["apply", str(tmp_path / "float.pb"), "-o", str(one_step), "--inputs", "x", "--outputs", "out",
+                 "--pipeline", "eightbit", "--samples", samples]) == 0
+    assert one_step.read_bytes() == two_steps.read_bytes()
+
+
+def _frozen_ranges(path) -> dict[str, tuple[float, float]]:
+    """The constant range each QuantizeV2 and Requantize of the graph takes, by node name."""
+    graph = Graph.load(path)
+    ports = {"QuantizeV2": slice(1, 3), "Requantize": slice(3, 5)}
+    return {node.name: tuple(float(graph[r.node].get_attr("value")) for r in node.inputs[ports[node.op]])
+            for node in graph if node.op in ports}
+
+
+def test_estimators_choose_ranges_inside_the_minmax_one(tf, tmp_path):
+    data, stacked = _cnn_and_samples(tf, tmp_path)
+    graph, path = _eightbit(tmp_path, data)
+    chosen = {}
+    for estimator, extra in [("minmax", []), ("percentile", ["--percentile", "90"]), ("moving-average", [])]:
+        out = tmp_path / f"{estimator}.pb"
+        assert main(["calibrate", str(path), "-o", str(out), "--samples", str(tmp_path / "samples.npz"),
+                     "--estimator", estimator, *extra]) == 0
+        chosen[estimator] = _frozen_ranges(out)
+        (theirs,) = tf_run(out.read_bytes(), {"x": stacked}, ["out"])
+        np.testing.assert_array_equal(evaluate(Graph.load(out), {"x": stacked}, ["out"])[0], theirs)
+    assert len(chosen["minmax"]) >= 4
+    for other in ("percentile", "moving-average"):
+        assert chosen[other].keys() == chosen["minmax"].keys()
+        for name, (lo, hi) in chosen[other].items():
+            mlo, mhi = chosen["minmax"][name]
+            assert mlo <= lo <= 0.0 <= hi <= mhi, (other, name)
+        assert chosen[other] != chosen["minmax"]
+
+
+def test_moving_average_and_minmax_estimates():
+    from gtt_rules.engine import calibration
+
+    observed = [(-1.0, 1.0), (-3.0, 2.0), (-2.0, 0.5)]
+    assert calibration.estimate(observed, "minmax") == (-3.0, 2.0)
+    # Decay 0.9 from the first sample: -1 -> -1.2 -> -1.28, and 1 -> 1.1 -> 1.04.
+    low, high = calibration.estimate(observed, "moving-average")
+    assert low == pytest.approx(-1.28) and high == pytest.approx(1.04)
+
+
+@pytest.mark.parametrize("arrays, extra, message", [
+    ({"x": np.zeros((0, 12, 12, 3), np.float32)}, [], "at least 1"),
+    ({"y": np.zeros((2, 12, 12, 3), np.float32)}, [], "has no array for input x"),
+    ({"x": np.zeros((2, 12, 12, 4), np.float32)}, [], "samples.npz"),
+    ({"x": np.zeros((2, 12, 12, 3), np.float32)}, ["--percentile", "99"], "--percentile needs --estimator percentile"),
+    ({"x": np.zeros((2, 12, 12, 3), np.float32)}, ["--estimator", "percentile", "--percentile", "30"],
+     "--percentile must be in (50, 100]"),
+])
+def test_calibrate_bad_samples_and_options(tf, tmp_path, capsys, arrays, extra, message):
+    data, _ = _build(tf, [None, 12, 12, 3], small_cnn)
+    graph, path = _eightbit(tmp_path, data)
+    capsys.readouterr()
+    np.savez(tmp_path / "samples.npz", **arrays)
+    out = tmp_path / "out.pb"
+    assert main(["calibrate", str(path), "-o", str(out), "--samples", str(tmp_path / "samples.npz"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
+    assert not out.exists()
