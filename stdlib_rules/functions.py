@@ -276,3 +276,74 @@ def excluded(ctx, n, node_patterns, op_patterns, more_op_patterns=None):
     ops = _names(op_patterns) + _names(more_op_patterns)
     return (any(fnmatchcase(node.name, p) for p in _names(node_patterns))
             or any(fnmatchcase(node.op, p) for p in ops))
+
+
+# ---- quantize_weights: what eight bits cannot hold, and what the user keeps float ---------------
+
+_BATCH_NORMS = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3", "BatchNormWithGlobalNormalization")
+_PASS_THROUGH = ("Identity", "Add", "AddV2")   # a variance reaches its Rsqrt through `+ epsilon`
+
+
+def _readers(graph, name: str, through=("Identity",), passed: list | None = None):
+    """(reader node, input port) for each data input that reads `name`, looking past `through` ops
+    (which go to `passed`, if given)."""
+    found, stack, seen = [], [name], set()
+    while stack:
+        current = stack.pop()
+        for consumer in graph.consumers(current):
+            for port, ref in enumerate(consumer.inputs):
+                if ref.node != current or (consumer.name, port) in seen:
+                    continue
+                seen.add((consumer.name, port))
+                if consumer.op in through:
+                    stack.append(consumer.name)
+                    if passed is not None:
+                        passed.append(consumer)
+                else:
+                    found.append((consumer, port))
+    return found
+
+
+def weight_refusal(graph, node) -> str | None:
+    """Why eight-bit codes (256 levels from min to max, 0 on a code) cannot stand for this float
+    Const, or None. Batch-norm statistics and variances feed a reciprocal square root, where a value
+    near zero that becomes zero explodes. And when half of the nonzero values are smaller than half
+    a step, (max - min) / 510, they all become 0: the codes keep only the outliers."""
+    for reader, port in _readers(graph, node.name):
+        if reader.op in _BATCH_NORMS and port >= 1:
+            return f"batch-norm statistic ({reader.op} '{reader.name}' input {port})"
+    for reader, _ in _readers(graph, node.name, _PASS_THROUGH):
+        if reader.op in ("Rsqrt", "Sqrt"):
+            return f"read by {reader.op} '{reader.name}' (a variance: small values must stay distinct)"
+    values = np.abs(np.asarray(node.get_attr("value"), np.float64)).reshape(-1)
+    values = values[values > 0]
+    if values.size:
+        low, high = min(float(np.min(node.get_attr("value"))), 0.0), max(float(np.max(node.get_attr("value"))), 0.0)
+        typical = float(np.median(values))
+        if typical * 510.0 < high - low:
+            return (f"most values would round to 0: range {high - low:.3g} over 256 codes, "
+                    f"median |value| {typical:.3g}")
+    return None
+
+
+@register_function(args=("tensor",), returns="bool", needs_context=True)
+def eight_bits_hold(ctx, w):
+    """True if eight-bit codes can stand for float Const w (see `weight_refusal`); otherwise the
+    reason goes to the report, and w stays float."""
+    reason = weight_refusal(ctx.graph, ctx.graph[w.node])
+    if reason is not None:
+        ctx.notes[w.node] = f"stays float: {reason}"
+    return reason is None
+
+
+@register_function(args=("tensor", "list", "list"), returns="bool", needs_context=True)
+def weight_excluded(ctx, w, node_patterns, op_patterns):
+    """True if Const w's name, or the name of a node that reads it (or of an Identity between),
+    matches one of node_patterns, or such a reader's op one of op_patterns (`*`, `?` wildcards)."""
+    from fnmatch import fnmatchcase
+
+    identities: list = []
+    readers = [reader for reader, _ in _readers(ctx.graph, w.node, passed=identities)]
+    names = [w.node] + [node.name for node in identities + readers]
+    return (any(fnmatchcase(name, p) for name in names for p in _names(node_patterns))
+            or any(fnmatchcase(reader.op, p) for reader in readers for p in _names(op_patterns)))

@@ -250,3 +250,105 @@ def test_calibrate_bad_samples_and_options(tf, tmp_path, capsys, arrays, extra, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
     assert not out.exists()
+
+
+# ---- mixed precision: exclude_node, exclude_op, and what eight bits cannot hold -------------------
+
+def _apply(tmp_path, data, transforms, name="out.pb"):
+    source, target = tmp_path / "float.pb", tmp_path / name
+    source.write_bytes(data)
+    assert main(["apply", str(source), "-o", str(target), "--inputs", "x", "--outputs", "out",
+                 "--transforms", transforms, "--json"]) == 0
+    return Graph.load(target), target
+
+
+def two_convs_and_a_dense(tf, x, w):
+    with tf.compat.v1.variable_scope("conv1"):
+        y = tf.nn.relu(tf.nn.conv2d(x, tf.identity(w(5, 5, 8, 64), name="kernel"), 1, "SAME"))
+    with tf.compat.v1.variable_scope("conv2"):
+        y = tf.nn.relu(tf.nn.conv2d(y, tf.identity(w(3, 3, 64, 64), name="kernel"), 2, "SAME"))
+    return tf.matmul(tf.reshape(y, [1, -1]), w(4 * 4 * 64, 16))
+
+
+def _kind(graph, name):
+    """'float' or 'eight-bit': how the weights that `name` reads are stored."""
+    return "eight-bit" if graph[name].op == "Dequantize" else "float"
+
+
+def test_quantize_weights_exclude_node_and_op_keep_those_weights_float(tf, tmp_path, capsys):
+    data, feeds = _build(tf, [1, 8, 8, 8], two_convs_and_a_dense)
+    float_graph = Graph.from_bytes(data)
+    weights = sorted(n.name for n in float_graph if n.op == "Const" and n.get_attr("value").size >= 1024)
+    conv1, conv2, dense = (next(w for w in weights if w.startswith(p) or graph_reader(float_graph, w).startswith(p))
+                           for p in ("conv1/", "conv2/", "MatMul"))
+    everything, _ = _apply(tmp_path, data, "quantize_weights", "all.pb")
+    assert {_kind(everything, w) for w in (conv1, conv2, dense)} == {"eight-bit"}
+    mixed, path = _apply(tmp_path, data, "quantize_weights(exclude_node=conv?/kern*, exclude_op=MatMul)")
+    assert [_kind(mixed, w) for w in (conv1, conv2, dense)] == ["float", "float", "float"]
+    only_conv1, path = _apply(tmp_path, data, "quantize_weights(exclude_node=conv1/*)", "conv1.pb")
+    assert [_kind(only_conv1, w) for w in (conv1, conv2, dense)] == ["float", "eight-bit", "eight-bit"]
+    (expected,) = tf_run(data, feeds, ["out"])
+    (theirs,) = tf_run(path.read_bytes(), feeds, ["out"])
+    (quantized,) = tf_run((tmp_path / "all.pb").read_bytes(), feeds, ["out"])
+    assert np.abs(theirs - expected).max() < np.abs(quantized - expected).max()
+
+
+def graph_reader(graph, name):
+    """The name of the first node reading `name`."""
+    return graph.consumers(name)[0].name
+
+
+def test_quantize_nodes_exclude_node_keeps_that_layer_float(tf, tmp_path):
+    data, feeds = _build(tf, [1, 8, 8, 8], two_convs_and_a_dense)
+    graph, path = _apply(tmp_path, data, "quantize_nodes(exclude_node=conv1/*)")
+    ops = {n.name: n.op for n in graph}
+    assert ops["conv1/Conv2D"] == "Conv2D" and ops["conv1/Relu"] == "Relu"
+    assert "QuantizedConv2D" in ops.values() and "QuantizedMatMul" in ops.values()
+    graph, path = _apply(tmp_path, data, "quantize_nodes(exclude_op=Conv*, exclude_op=MatMul)", "ops.pb")
+    assert not {"QuantizedConv2D", "QuantizedMatMul"} & {n.op for n in graph}
+    assert "QuantizedRelu" in {n.op for n in graph}
+    (expected,) = tf_run(data, feeds, ["out"])
+    np.testing.assert_allclose(tf_run(path.read_bytes(), feeds, ["out"])[0], expected,
+                               atol=0.05 * np.abs(expected).max())
+
+
+def test_batch_norm_statistics_and_variances_stay_float(tf, tmp_path, capsys):
+    channels = 1024
+
+    def batch_norms(tf, x, w):
+        rng = np.random.default_rng(3)
+        stat = lambda v: tf.constant(v.astype(np.float32))  # noqa: E731
+        # The statistics of a trained TF1 music tagger's batch norm: variances from 1e-27 to 374.
+        variance = 10.0 ** rng.uniform(-27, 2.5, channels)
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, stat(rng.uniform(0.5, 2, channels)), stat(rng.uniform(-1, 1, channels)),
+                                                   mean=stat(rng.uniform(-1, 1, channels)), variance=stat(variance),
+                                                   is_training=False)
+        return tf.compat.v1.nn.batch_normalization(y, stat(rng.uniform(-1, 1, channels)), stat(variance),
+                                                   None, None, 1e-3)
+
+    data, feeds = _build(tf, [1, 2, 2, channels], batch_norms)
+    graph, path = _apply(tmp_path, data, "quantize_weights")
+    notes = _report_notes(capsys)
+    assert sum("batch-norm statistic (FusedBatchNormV3" in n for n in notes) == 4, notes
+    assert sum("read by Rsqrt" in n for n in notes) == 1, notes
+    assert "Dequantize" in {n.op for n in graph}        # the second batch norm's mean is quantized
+    (expected,) = tf_run(data, feeds, ["out"])
+    np.testing.assert_allclose(tf_run(path.read_bytes(), feeds, ["out"])[0], expected,
+                               atol=0.01 * np.abs(expected).max())
+
+
+def test_values_most_of_which_would_round_to_zero_stay_float(tf, tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    outliers = rng.standard_normal(2048).astype(np.float32) * 1e-3
+    outliers[:3] = [40.0, -25.0, 31.0]                      # a step of 65/255 = 0.25 rounds the rest to 0
+    pruned = rng.standard_normal(2048).astype(np.float32)
+    pruned[::2] = 0.0                                       # zeros are exact: nothing is lost
+
+    def body(tf, x, w):
+        return x * tf.constant(outliers, name="outliers") + x * tf.constant(pruned, name="pruned")
+
+    data, feeds = _build(tf, [2048], body)
+    graph, path = _apply(tmp_path, data, "quantize_weights")
+    assert graph["outliers"].op == "Const" and graph["pruned"].op == "Dequantize"
+    (note,) = [n for n in _report_notes(capsys) if "'outliers'" in n]
+    assert "most values would round to 0" in note
