@@ -242,7 +242,12 @@ def eight_bit_refusal(ctx, node) -> str | None:
     if node.op in ("MaxPool", "AvgPool"):
         return _pool_refusal(node)
     if node.op in ("Add", "AddV2", "Mul") and not eight_bit_broadcast(ctx, *node.inputs[:2]):
-        return f"Quantized{'Mul' if node.op == 'Mul' else 'Add'} does not broadcast these shapes as {node.op} does"
+        from gtt_rules.rules.functions import tensor_shape
+
+        kernel = f"Quantized{'Mul' if node.op == 'Mul' else 'Add'}"
+        if any(tensor_shape(ctx, ref) is None for ref in node.inputs[:2]):
+            return f"operand shapes not fully known, and {kernel} broadcasts only some shapes as {node.op} does"
+        return f"{kernel} does not broadcast these shapes as {node.op} does"
     return None
 
 
