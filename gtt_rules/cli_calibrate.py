@@ -167,12 +167,14 @@ def calibrate_after_apply(graph, args: argparse.Namespace, outputs: list[str], l
     from gtt_rules.engine import calibration
 
     out = console(stderr=True)
+    dynamic = len(calibration.runtime_ranges(graph))
     if samples_given(args):
+        if not dynamic:
+            out.print("calibration samples given, but the graph computes no range at run time: nothing to freeze")
+            return
         records, count = calibrate(graph, args, outputs, label)
         out.print(f"calibrated: froze {_ranges(len(records))} over {count} sample{'s' if count != 1 else ''}")
-        return
-    dynamic = len(calibration.runtime_ranges(graph))
-    if dynamic:
+    elif dynamic:
         out.print(f"note: {_ranges(dynamic)} computed at run time (answers depend on batch mates); "
                   f"calibrate with --samples, --feed-dir or --random, or run `gtt-rules calibrate`")
 

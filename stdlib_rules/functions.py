@@ -320,11 +320,11 @@ def weight_refusal(graph, node) -> str | None:
     for reader, _ in _readers(graph, node.name, _PASS_THROUGH):
         if reader.op in ("Rsqrt", "Sqrt"):
             return f"read by {reader.op} '{reader.name}' (a variance: small values must stay distinct)"
-    values = np.abs(np.asarray(node.get_attr("value"), np.float64)).reshape(-1)
-    values = values[values > 0]
-    if values.size:
-        low, high = min(float(np.min(node.get_attr("value"))), 0.0), max(float(np.max(node.get_attr("value"))), 0.0)
-        typical = float(np.median(values))
+    values = np.asarray(node.get_attr("value"), np.float32).reshape(-1)
+    magnitudes = np.abs(values[values != 0])
+    if magnitudes.size:
+        low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+        typical = float(np.median(magnitudes))
         if typical * 510.0 < high - low:
             return (f"most values would round to 0: range {high - low:.3g} over 256 codes, "
                     f"median |value| {typical:.3g}")

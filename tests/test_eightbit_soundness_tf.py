@@ -355,3 +355,13 @@ def test_values_most_of_which_would_round_to_zero_stay_float(tf, tmp_path, capsy
     assert graph["outliers"].op == "Const" and graph["pruned"].op == "Dequantize"
     (note,) = [n for n in _report_notes(capsys) if "'outliers'" in n]
     assert "most values would round to 0" in note
+
+
+def test_apply_with_samples_on_a_graph_without_runtime_ranges_changes_nothing_more(tf, tmp_path, capsys):
+    data, _ = _build(tf, [1, 8, 8, 8], two_convs_and_a_dense)
+    plain, _ = _apply(tmp_path, data, "fold_constants", "plain.pb")
+    source = tmp_path / "float.pb"
+    sampled = tmp_path / "sampled.pb"
+    assert main(["apply", str(source), "-o", str(sampled), "--transforms", "fold_constants", "--random", "2"]) == 0
+    assert "nothing to freeze" in capsys.readouterr().err
+    assert sampled.read_bytes() == (tmp_path / "plain.pb").read_bytes()
