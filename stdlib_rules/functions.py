@@ -312,8 +312,8 @@ def _readers(graph, name: str, through=("Identity",), passed: list | None = None
 def weight_refusal(graph, node) -> str | None:
     """Why eight-bit codes (256 levels from min to max, 0 on a code) cannot stand for this float
     Const, or None. Batch-norm statistics and variances feed a reciprocal square root, where a value
-    near zero that becomes zero explodes. And when half of the nonzero values are smaller than half
-    a step, (max - min) / 510, they all become 0: the codes keep only the outliers."""
+    near zero that becomes zero explodes. And when more than half of the nonzero values are smaller
+    than half a step, (max - min) / 510, they all become 0: the codes keep only the outliers."""
     for reader, port in _readers(graph, node.name):
         if reader.op in _BATCH_NORMS and port >= 1:
             return f"batch-norm statistic ({reader.op} '{reader.name}' input {port})"
@@ -321,13 +321,15 @@ def weight_refusal(graph, node) -> str | None:
         if reader.op in ("Rsqrt", "Sqrt"):
             return f"read by {reader.op} '{reader.name}' (a variance: small values must stay distinct)"
     values = np.asarray(node.get_attr("value"), np.float32).reshape(-1)
-    magnitudes = np.abs(values[values != 0])
-    if magnitudes.size:
-        low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
-        typical = float(np.median(magnitudes))
-        if typical * 510.0 < high - low:
-            return (f"most values would round to 0: range {high - low:.3g} over 256 codes, "
-                    f"median |value| {typical:.3g}")
+    low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    half_step = np.float32((high - low) / 510.0)
+    # Counted, not a median: one pass each, and the weights of a big model are large.
+    magnitudes = np.abs(values)
+    nonzero = int(np.count_nonzero(magnitudes))
+    to_zero = int(np.count_nonzero(magnitudes < half_step)) - (values.size - nonzero)
+    if nonzero and 2 * to_zero > nonzero:
+        return (f"most values would round to 0: {to_zero} of {nonzero} nonzero values are under half "
+                f"a step ({half_step:.3g}) of a range of {high - low:.3g}")
     return None
 
 
