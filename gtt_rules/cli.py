@@ -228,7 +228,7 @@ def _apply(args: argparse.Namespace) -> int:
                 raise
             print(f"{PROG}: warning: {label} failed and was skipped (ignore_errors): {error}", file=sys.stderr)
             graph = Graph.from_bytes(before)
-    calibrate_after_apply(graph, args, outputs, str(source))
+    calibrated = calibrate_after_apply(graph, args, outputs, str(source))
     graph.save(output, text=True if args.output_as_text else None)
     if args.json:
         print(json.dumps({"output": str(output), "stages": [
@@ -237,6 +237,8 @@ def _apply(args: argparse.Namespace) -> int:
             for name, report in reports]}, indent=2))
     elif reports:
         _print_reports(reports)
+    if calibrated:
+        console(stderr=True).print(calibrated, markup=False, highlight=False)
     return EXIT_OK
 
 

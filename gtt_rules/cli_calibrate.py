@@ -161,22 +161,21 @@ def calibrate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def calibrate_after_apply(graph, args: argparse.Namespace, outputs: list[str], label: str) -> None:
-    """What `apply` does after its steps: calibrate when samples are named; otherwise say that the
-    graph it writes computes ranges at run time, if it does."""
+def calibrate_after_apply(graph, args: argparse.Namespace, outputs: list[str], label: str) -> str | None:
+    """What `apply` does after its steps: calibrate when samples are named. Returns what to tell
+    the user: what was frozen, or that the graph computes ranges at run time, if it does."""
     from gtt_rules.engine import calibration
 
-    out = console(stderr=True)
     dynamic = len(calibration.runtime_ranges(graph))
     if samples_given(args):
         if not dynamic:
-            out.print("calibration samples given, but the graph computes no range at run time: nothing to freeze")
-            return
+            return "calibration samples given, but the graph computes no range at run time: nothing to freeze"
         records, count = calibrate(graph, args, outputs, label)
-        out.print(f"calibrated: froze {_ranges(len(records))} over {count} sample{'s' if count != 1 else ''}")
-    elif dynamic:
-        out.print(f"note: {_ranges(dynamic)} computed at run time (answers depend on batch mates); "
-                  f"calibrate with --samples, --feed-dir or --random, or run `gtt-rules calibrate`")
+        return f"calibrated: froze {_ranges(len(records))} over {count} sample{'s' if count != 1 else ''}"
+    if dynamic:
+        return (f"note: {_ranges(dynamic)} computed at run time (answers depend on batch mates); "
+                f"calibrate with --samples, --feed-dir or --random, or run `gtt-rules calibrate`")
+    return None
 
 
 def _ranges(count: int) -> str:
