@@ -365,3 +365,28 @@ def test_apply_with_samples_on_a_graph_without_runtime_ranges_changes_nothing_mo
     assert main(["apply", str(source), "-o", str(sampled), "--transforms", "fold_constants", "--random", "2"]) == 0
     assert "nothing to freeze" in capsys.readouterr().err
     assert sampled.read_bytes() == (tmp_path / "plain.pb").read_bytes()
+
+
+@pytest.mark.parametrize("op, attrs, message", [
+    ("QuantizedConv2D", {"strides": [1, 1, 2, 1]}, "equal length strides"),
+    ("QuantizedConv2D", {"strides": [1, 1, 1, 1], "dilations": [1, 2, 2, 1]}, "dilated rate as 1"),
+    ("QuantizedAvgPool", {"ksize": [1, 1, 1, 2], "strides": [1, 1, 1, 2]}, "Non-spatial pooling"),
+])
+def test_evaluator_refuses_in_one_line_what_tensorflow_refuses(tf, tmp_path, capsys, op, attrs, message):
+    with tf.Graph().as_default() as graph:
+        x = tf.constant(np.zeros((1, 4, 4, 2), np.uint8), dtype=tf.quint8)
+        lo, hi = tf.constant(-1.0), tf.constant(1.0)
+        if op == "QuantizedConv2D":
+            w = tf.constant(np.zeros((1, 1, 2, 3), np.uint8), dtype=tf.quint8)
+            out = tf.raw_ops.QuantizedConv2D(input=x, filter=w, min_input=lo, max_input=hi, min_filter=lo,
+                                             max_filter=hi, padding="VALID", **attrs)[0]
+        else:
+            out = tf.raw_ops.QuantizedAvgPool(input=x, min_input=lo, max_input=hi, padding="VALID", **attrs)[0]
+        tf.identity(out, name="out")
+    path = tmp_path / "refused.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    with pytest.raises(tf.errors.OpError, match=message):
+        tf_run(path.read_bytes(), {}, ["out"])
+    assert main(["run", str(path), "--outputs", "out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
