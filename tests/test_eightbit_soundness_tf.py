@@ -50,7 +50,8 @@ REFUSED = {
                            "Conv2D", "equal row and column strides"),
     "dilated": ([1, 9, 9, 3], lambda tf, x, w: tf.nn.conv2d(x, w(3, 3, 3, 4), 1, "SAME", dilations=2),
                 "Conv2D", "no dilations"),
-    "explicit_padding": ([1, 9, 9, 3], lambda tf, x, w: tf.nn.conv2d(x, w(3, 3, 3, 4), 1, [[0, 0], [1, 2], [0, 1], [0, 0]]),
+    "explicit_padding": ([1, 9, 9, 3],
+                         lambda tf, x, w: tf.nn.conv2d(x, w(3, 3, 3, 4), 1, [[0, 0], [1, 2], [0, 1], [0, 0]]),
                          "Conv2D", "SAME or VALID padding only"),
     "valid_windows_off": ([1, 8, 8, 2], lambda tf, x, w: tf.nn.conv2d(x, w(1, 1, 2, 3), 4, "VALID"),
                           "Conv2D", "places its windows off"),
@@ -273,12 +274,17 @@ def two_convs_and_a_dense(tf, x, w):
     return tf.matmul(tf.reshape(y, [1, -1]), w(4 * 4 * 64, 16))
 
 
+def graph_reader(graph, name):
+    """The name of the first node reading `name`."""
+    return graph.consumers(name)[0].name
+
+
 def _kind(graph, name):
     """'float' or 'eight-bit': how the weights that `name` reads are stored."""
     return "eight-bit" if graph[name].op == "Dequantize" else "float"
 
 
-def test_quantize_weights_exclude_node_and_op_keep_those_weights_float(tf, tmp_path, capsys):
+def test_quantize_weights_exclude_node_and_op_keep_those_weights_float(tf, tmp_path):
     data, feeds = _build(tf, [1, 8, 8, 8], two_convs_and_a_dense)
     float_graph = Graph.from_bytes(data)
     weights = sorted(n.name for n in float_graph if n.op == "Const" and n.get_attr("value").size >= 1024)
@@ -294,11 +300,6 @@ def test_quantize_weights_exclude_node_and_op_keep_those_weights_float(tf, tmp_p
     (theirs,) = tf_run(path.read_bytes(), feeds, ["out"])
     (quantized,) = tf_run((tmp_path / "all.pb").read_bytes(), feeds, ["out"])
     assert np.abs(theirs - expected).max() < np.abs(quantized - expected).max()
-
-
-def graph_reader(graph, name):
-    """The name of the first node reading `name`."""
-    return graph.consumers(name)[0].name
 
 
 def test_quantize_nodes_exclude_node_keeps_that_layer_float(tf, tmp_path):
@@ -323,7 +324,8 @@ def test_batch_norm_statistics_and_variances_stay_float(tf, tmp_path, capsys):
         stat = lambda v: tf.constant(v.astype(np.float32))  # noqa: E731
         # The statistics of a trained TF1 music tagger's batch norm: variances from 1e-27 to 374.
         variance = 10.0 ** rng.uniform(-27, 2.5, channels)
-        y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, stat(rng.uniform(0.5, 2, channels)), stat(rng.uniform(-1, 1, channels)),
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, stat(rng.uniform(0.5, 2, channels)),
+                                                   stat(rng.uniform(-1, 1, channels)),
                                                    mean=stat(rng.uniform(-1, 1, channels)), variance=stat(variance),
                                                    is_training=False)
         return tf.compat.v1.nn.batch_normalization(y, stat(rng.uniform(-1, 1, channels)), stat(variance),
