@@ -220,3 +220,49 @@ def min_max_log(records: Records) -> str:
     """Records as a GTT-format log, one line per node and run."""
     return "".join(f"{name}__print__;__requant_min_max:[{low!r}][{high!r}]\n"
                    for name, observed in records.items() for low, high in observed)
+
+
+def layer_errors(float_graph: Graph, graph: Graph, samples: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """The error each converted layer adds, measured on the samples: for each Dequantize of `graph`
+    whose name `float_graph` computes too (not a weight), its relative RMS error to the float
+    graph's value, channel by channel along the last axis and averaged (so that a channel far
+    larger than the rest does not hide what eight bits do to the others), minus the largest such
+    error among the nearest such layers before it. Keyed by name, in `graph`'s order."""
+    shared = [node.name for node in graph if node.op == "Dequantize" and node.name in float_graph
+              and float_graph[node.name].op != "Const"]
+    if not shared or not samples:
+        return {}
+    errors: dict[str, np.ndarray] = {}
+    scale: dict[str, np.ndarray] = {}
+    ours = Evaluator(graph, shared, fed=list(samples[0]), cache_constants=True)
+    theirs = Evaluator(float_graph, shared, fed=list(samples[0]), cache_constants=True)
+    for feeds in samples:
+        for name, got, want in zip(shared, ours.run(feeds), theirs.run(feeds)):
+            want = np.asarray(want, np.float64)
+            want = want.reshape(-1, want.shape[-1]) if want.ndim else want.reshape(1, 1)
+            got = np.asarray(got, np.float64).reshape(want.shape)
+            errors[name] = errors.get(name, 0.0) + np.sum((got - want) ** 2, axis=0)
+            scale[name] = scale.get(name, 0.0) + np.sum(want ** 2, axis=0)
+    relative = {}
+    for name in shared:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_channel = np.where(scale[name] > 0, np.sqrt(errors[name] / scale[name]), np.sqrt(errors[name]))
+        relative[name] = float(np.mean(per_channel)) if per_channel.size else 0.0
+    return {name: relative[name] - max((relative[m] for m in _nearest(graph, name, relative)), default=0.0)
+            for name in shared}
+
+
+def _nearest(graph: Graph, name: str, among: Mapping[str, float]) -> set[str]:
+    """The nodes of `among` that `name` reads through nodes not in `among`."""
+    found, seen = set(), set()
+    stack = [ref.node for ref in graph[name].inputs]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current in among:
+            found.add(current)
+        else:
+            stack.extend(ref.node for ref in graph[current].inputs)
+    return found

@@ -197,7 +197,7 @@ def _apply(args: argparse.Namespace) -> int:
     source = _input_path(args)
     output = _output_path(args, source)
     steps = _steps(args.steps or [])  # rules are checked before the graph is read
-    from gtt_rules.cli_calibrate import calibrate_after_apply, check_sample_options
+    from gtt_rules.cli_calibrate import calibrate_after_apply, check_sample_options, with_float
     check_sample_options(args)
     graph = Graph.load(source)
     inputs, outputs = _tensors(args.inputs), _tensors(args.outputs)
@@ -215,20 +215,28 @@ def _apply(args: argparse.Namespace) -> int:
     outputs = outputs if outputs is not None else [n.name for n in graph.sinks()]
     limits = Limits(max_rewrites=args.max_rewrites)
     on_apply = _print_application if args.trace and not args.json else None
-    reports = []
-    for label, stages, ignore_errors in steps:
-        before = graph.to_bytes() if ignore_errors else None
-        try:
-            for stage in stages:
-                report = stage.run(graph, inputs=inputs, outputs=outputs, limits=limits,
-                                   trace=args.trace, on_apply=on_apply)
-                reports.append((stage.name, report))
-        except GttRulesError as error:
-            if not ignore_errors:
-                raise
-            print(f"{PROG}: warning: {label} failed and was skipped (ignore_errors): {error}", file=sys.stderr)
-            graph = Graph.from_bytes(before)
-    calibrated = calibrate_after_apply(graph, args, outputs, str(source))
+
+    def run_steps(graph, steps):
+        reports = []
+        for label, stages, ignore_errors in steps:
+            before = graph.to_bytes() if ignore_errors else None
+            try:
+                for stage in stages:
+                    report = stage.run(graph, inputs=inputs, outputs=outputs, limits=limits,
+                                       trace=args.trace, on_apply=on_apply)
+                    reports.append((stage.name, report))
+            except GttRulesError as error:
+                if not ignore_errors:
+                    raise
+                print(f"{PROG}: warning: {label} failed and was skipped (ignore_errors): {error}", file=sys.stderr)
+                graph = Graph.from_bytes(before)
+        return graph, reports
+
+    original = graph.to_bytes() if args.keep_float_above is not None else None
+    graph, reports = run_steps(graph, steps)
+    # With --keep-float-above, the steps run again from the original, keeping layers float.
+    rerun = None if original is None else lambda kept: run_steps(Graph.from_bytes(original), with_float(steps, kept))
+    graph, reports, calibrated = calibrate_after_apply(graph, reports, args, outputs, str(source), original, rerun)
     graph.save(output, text=True if args.output_as_text else None)
     if args.json:
         print(json.dumps({"output": str(output), "stages": [

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 from typing import Iterator
@@ -64,6 +65,12 @@ def add_sample_options(parser: argparse.ArgumentParser, *, default_random: int |
                              "0.9, as quantization-aware training tracks ranges)")
     parser.add_argument("--percentile", type=float, metavar="P", default=None,
                         help="P for --estimator percentile (default 99.99)")
+    if default_random is None:     # apply: it has the float graph and the steps to run again
+        parser.add_argument("--keep-float-above", type=float, metavar="ERR", default=None,
+                            help="after calibrating, measure the error each converted layer adds against "
+                                 "the float graph on the samples (relative RMS, averaged over channels), "
+                                 "keep the worst float "
+                                 "(exclude_node), convert again, and repeat until none adds more than ERR")
 
 
 def calibration_estimators() -> tuple[str, ...]:
@@ -80,6 +87,12 @@ def check_sample_options(args: argparse.Namespace) -> None:
     """UsageError for sample options that cannot work, before anything is read."""
     if args.random is not None and args.random < 1:
         raise UsageError("--random needs at least 1 sample")
+    bound = getattr(args, "keep_float_above", None)
+    if bound is not None:
+        if not samples_given(args):
+            raise UsageError("--keep-float-above needs calibration samples (--samples, --feed-dir or --random)")
+        if not bound > 0.0:
+            raise UsageError("--keep-float-above must be above 0")
     if args.percentile is not None:
         if args.estimator != "percentile":
             raise UsageError("--percentile needs --estimator percentile")
@@ -87,20 +100,25 @@ def check_sample_options(args: argparse.Namespace) -> None:
             raise UsageError("--percentile must be in (50, 100]")
 
 
-def calibrate(graph, args: argparse.Namespace, outputs: list[str], label: str, *,
-              min_percentile: float = 0.0, max_percentile: float = 0.0):
-    """Freeze every range `graph` computes at run time from the samples the options name; returns
-    the records and the number of samples. Errors name `label` (the graph's file)."""
-    from gtt_rules.engine import calibration
-
+def sample_feeds(args: argparse.Namespace, graph):
+    """The samples the options name, checked against the graph's inputs as they are read, and
+    their count."""
     if args.feed_dir:
         files = _sample_files(pathlib.Path(args.feed_dir))
-        samples, count = _file_samples(files, graph), len(files)
-    elif args.samples:
-        samples, count = _stacked_samples(pathlib.Path(args.samples), graph)
-    else:
-        count = args.random or 10
-        samples = _random_samples(graph, args.seed, count)
+        return _file_samples(files, graph), len(files)
+    if args.samples:
+        return _stacked_samples(pathlib.Path(args.samples), graph)
+    count = args.random or 10
+    return _random_samples(graph, args.seed, count), count
+
+
+def calibrate(graph, args: argparse.Namespace, outputs: list[str], label: str, *, samples=None,
+              min_percentile: float = 0.0, max_percentile: float = 0.0):
+    """Freeze every range `graph` computes at run time from `samples` (default: those the options
+    name); returns the records and the number of samples. Errors name `label` (the graph's file)."""
+    from gtt_rules.engine import calibration
+
+    samples, count = sample_feeds(args, graph) if samples is None else (samples, len(samples))
     percentile = None
     if args.estimator == "percentile":
         percentile = args.percentile if args.percentile is not None else 99.99
@@ -161,21 +179,70 @@ def calibrate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def calibrate_after_apply(graph, args: argparse.Namespace, outputs: list[str], label: str) -> str | None:
-    """What `apply` does after its steps: calibrate when samples are named. Returns what to tell
-    the user: what was frozen, or that the graph computes ranges at run time, if it does."""
+def calibrate_after_apply(graph, reports: list, args: argparse.Namespace, outputs: list[str], label: str,
+                          original: bytes | None = None, rerun=None):
+    """What `apply` does after its steps: calibrate when samples are named, and with
+    --keep-float-above keep layers float, measured against the `original` graph, through
+    `rerun(kept_names) -> (graph, reports)`. Returns
+    the graph, the reports, and what to tell the user: what was frozen and kept float, or that the
+    graph computes ranges at run time, if it does."""
     from gtt_rules.engine import calibration
 
     dynamic = len(calibration.runtime_ranges(graph))
-    if samples_given(args):
-        if not dynamic:
-            return "calibration samples given, but the graph computes no range at run time: nothing to freeze"
+    if not samples_given(args):
+        return graph, reports, (f"note: {_ranges(dynamic)} computed at run time (answers depend on batch mates); "
+                                f"calibrate with --samples, --feed-dir or --random, or run `gtt-rules calibrate`"
+                                if dynamic else None)
+    if not dynamic:
+        return graph, reports, "calibration samples given, but the graph computes no range at run time: nothing to freeze"
+    if rerun is None:
         records, count = calibrate(graph, args, outputs, label)
-        return f"calibrated: froze {_ranges(len(records))} over {count} sample{'s' if count != 1 else ''}"
-    if dynamic:
-        return (f"note: {_ranges(dynamic)} computed at run time (answers depend on batch mates); "
-                f"calibrate with --samples, --feed-dir or --random, or run `gtt-rules calibrate`")
-    return None
+        return graph, reports, f"calibrated: froze {_ranges(len(records))} over {count} sample{'s' if count != 1 else ''}"
+    return _keep_float_above(graph, reports, args, outputs, label, original, rerun)
+
+
+def _keep_float_above(graph, reports, args, outputs, label, original: bytes, rerun):
+    """Calibrate, measure the error each converted layer adds against the float graph, keep the
+    worst float and convert again, until no layer adds more than the bound (TFLite's quantization
+    debugger builds its deny-list in the same spirit)."""
+    from gtt_rules.engine import calibration
+    from gtt_rules.engine.graph import Graph
+
+    samples, count = sample_feeds(args, graph)
+    samples = list(samples)
+    float_graph = Graph.from_bytes(original)
+    kept: list[str] = []
+    while True:
+        records, _ = calibrate(graph, args, outputs, label, samples=samples)
+        added = calibration.layer_errors(float_graph, graph, samples)
+        over = {name: error for name, error in added.items() if error > args.keep_float_above and name not in kept}
+        if not over:
+            break
+        kept.append(max(over, key=over.get))
+        graph, reports = rerun(kept)
+    worst = max(added.values(), default=0.0)
+    lines = [f"calibrated: froze {_ranges(len(records))} over {count} sample{'s' if count != 1 else ''}"]
+    lines += [f"kept float (error added above {args.keep_float_above:g}): '{name}'" for name in kept]
+    lines.append(f"largest error a converted layer adds now: {worst:.3g} (relative RMS, averaged over channels)")
+    return graph, reports, "\n".join(lines)
+
+
+def with_float(steps: list, kept: list[str]) -> list:
+    """apply's steps with the nodes named in `kept` added to every quantize_nodes and quantize_weights
+    stage's exclude_node."""
+    if not kept:
+        return steps
+    changed = []
+    for label, stages, ignore_errors in steps:
+        again = []
+        for stage in stages:
+            if stage.rules and stage.name in ("quantize_nodes", "quantize_weights"):
+                params = dict(stage.rules[0].params)
+                params["exclude_node"] = list(params.get("exclude_node") or []) + list(kept)
+                stage = dataclasses.replace(stage, rules=[rule.with_params(params) for rule in stage.rules])
+            again.append(stage)
+        changed.append((label, again, ignore_errors))
+    return changed
 
 
 def _ranges(count: int) -> str:

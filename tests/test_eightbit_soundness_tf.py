@@ -392,3 +392,61 @@ def test_evaluator_refuses_in_one_line_what_tensorflow_refuses(tf, tmp_path, cap
     assert main(["run", str(path), "--outputs", "out"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
+
+
+# ---- keeping the layers that lose most float: apply --keep-float-above ---------------------------
+
+def sensitive_first_layer(tf, x, w):
+    """conv1's output has one channel a thousand times the others: over the range that channel
+    needs, eight bits leave the rest a few codes, so conv1 loses most."""
+    scale = np.ones(16, np.float32)
+    scale[0] = 1000.0
+    with tf.compat.v1.variable_scope("conv1"):
+        y = tf.nn.relu(tf.nn.conv2d(x, w(3, 3, 4, 16) * scale, 1, "SAME") + w(16))
+    with tf.compat.v1.variable_scope("conv2"):
+        y = tf.nn.relu(tf.nn.conv2d(y * (1.0 / scale), w(3, 3, 16, 16), 1, "SAME") + w(16))
+    return tf.matmul(tf.reshape(y, [-1, 8 * 8 * 16]), w(8 * 8 * 16, 10))
+
+
+def test_keep_float_above_keeps_the_layer_that_loses_most_float(tf, tmp_path, capsys):
+    from gtt_rules.engine import calibration
+
+    data, _ = _build(tf, [None, 8, 8, 4], sensitive_first_layer)
+    stacked = np.random.default_rng(2).standard_normal((8, 8, 8, 4)).astype(np.float32)
+    np.savez(tmp_path / "samples.npz", x=stacked)
+    source = tmp_path / "float.pb"
+    source.write_bytes(data)
+    plain, kept = tmp_path / "plain.pb", tmp_path / "kept.pb"
+    common = ["--inputs", "x", "--outputs", "out", "--pipeline", "eightbit", "--samples", str(tmp_path / "samples.npz")]
+    assert main(["apply", str(source), "-o", str(plain), *common]) == 0
+    samples = [{"x": stacked[i:i + 1]} for i in range(len(stacked))]
+    before = calibration.layer_errors(Graph.from_bytes(data), Graph.load(plain), samples)
+    worst = max(before, key=before.get)
+    assert worst.startswith("conv1/"), before
+    capsys.readouterr()
+    assert main(["apply", str(source), "-o", str(kept), *common, "--keep-float-above", "0.05"]) == 0
+    err = capsys.readouterr().err
+    assert f"kept float (error added above 0.05): '{worst}'" in err, err
+    graph = Graph.load(kept)
+    assert graph[worst].op != "Dequantize" and "QuantizedConv2D" in {n.op for n in graph}
+    after = calibration.layer_errors(Graph.from_bytes(data), graph, samples)
+    assert after and max(after.values()) <= 0.05
+    (expected,) = tf_run(data, {"x": stacked}, ["out"])
+    errors = [np.abs(tf_run(path.read_bytes(), {"x": stacked}, ["out"])[0] - expected).max() for path in (plain, kept)]
+    assert errors[1] < errors[0], errors
+    np.testing.assert_allclose(evaluate(graph, {"x": stacked}, ["out"])[0],
+                               tf_run(kept.read_bytes(), {"x": stacked}, ["out"])[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--keep-float-above", "0.1"], "--keep-float-above needs calibration samples"),
+    (["--keep-float-above", "0", "--random", "2"], "--keep-float-above must be above 0"),
+])
+def test_keep_float_above_bad_usage(tf, tmp_path, capsys, extra, message):
+    data, _ = _build(tf, [1, 8, 8, 8], two_convs_and_a_dense)
+    source, out = tmp_path / "float.pb", tmp_path / "out.pb"
+    source.write_bytes(data)
+    assert main(["apply", str(source), "-o", str(out), "--pipeline", "eightbit", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
