@@ -1,10 +1,13 @@
-"""Calibration: what each RequantizationRange computes on sample inputs, frozen into constants.
+"""Calibration: the ranges an eight-bit graph computes when it runs, measured on sample inputs and
+frozen into constants.
 
-An eight-bit graph from `quantize_nodes` measures the range of every 32-bit result each time it
-runs (RequantizationRange scans the whole tensor). Running it on representative inputs, recording
-those ranges and replacing each RequantizationRange with two Consts makes the runtime skip the
-scan. Records can also come from, and go to, logs in the Graph Transform Tool's format, where a
-line holds `NAME__print__;__requant_min_max:[MIN][MAX]`.
+An eight-bit graph from `quantize_nodes` measures ranges each time it runs: a QuantizeV2 quantizes
+over the Min and Max of its input, and a Requantize narrows over what a RequantizationRange finds
+in a 32-bit result. Such answers depend on the other inputs in the batch, and the scans cost time.
+Running the graph on representative inputs, recording what each of those nodes computes and
+replacing it with Consts gives static ranges. Records can also come from, and go to, logs in the
+Graph Transform Tool's format, where a line holds `NAME__print__;__requant_min_max:[MIN][MAX]`
+(a Min or Max node logs its one value as both).
 """
 from __future__ import annotations
 
@@ -22,9 +25,39 @@ from .evaluator import Evaluator
 from .graph import Graph, TensorRef
 from .tensors import encode_tensor
 
-Records = dict[str, list[tuple[float, float]]]  # RequantizationRange name -> (min, max) per run
+Records = dict[str, list[tuple[float, float]]]  # range node name -> (min, max) per sample
 
 _LOG_RECORD = re.compile(r"(?:^|;)([^;]*)__print__;__requant_min_max:\[([^\]\[]*)\]\[([^\]\[]*)\]")
+
+# Where eight-bit ops take a range that may be computed at run time (input ports), ...
+_RANGE_INPUTS = {"QuantizeV2": (1, 2), "Requantize": (3, 4)}
+# ... the nodes that measure one, ...
+_MEASURING_OPS = ("Min", "Max", "RequantizationRange")
+# ... and the scalar arithmetic between them (the widening around zero of a measured range).
+_RANGE_ARITHMETIC = ("Minimum", "Maximum", "Identity", "Add", "AddV2", "Sub", "Mul", "Neg")
+
+ESTIMATORS = ("minmax", "percentile", "moving-average")
+MOVING_AVERAGE_DECAY = 0.9
+
+
+def runtime_ranges(graph: Graph) -> list[str]:
+    """The Min, Max and RequantizationRange nodes whose result an eight-bit op takes as a range,
+    in file order: what makes a range depend on the batch, and what calibration freezes."""
+    stack = [ref.node for node in graph if node.op in _RANGE_INPUTS
+             for port, ref in enumerate(node.inputs) if port in _RANGE_INPUTS[node.op]]
+    seen: set[str] = set()
+    found: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = graph[name]
+        if node.op in _MEASURING_OPS:
+            found.add(name)
+        elif node.op in _RANGE_ARITHMETIC:
+            stack.extend(ref.node for ref in node.inputs)
+    return [node.name for node in graph if node.name in found]
 
 
 def requantization_ranges(graph: Graph) -> list[str]:
@@ -33,23 +66,73 @@ def requantization_ranges(graph: Graph) -> list[str]:
 
 
 def record_ranges(graph: Graph, samples: Iterable[Mapping[str, np.ndarray]], outputs: list[str], *,
-                  on_sample: Callable[[int], None] | None = None) -> Records:
-    """Run the graph on each sample (feeds keyed by input name) and record every range it computes."""
-    names = requantization_ranges(graph)
-    fetches = [f"{name}:{port}" for name in names for port in (0, 1)]
+                  percentile: float | None = None, on_sample: Callable[[int], None] | None = None) -> Records:
+    """Run the graph on each sample (feeds keyed by input name) and record, per sample, what each
+    node of `runtime_ranges` computes. With `percentile` P, each records the P-th percentile of
+    the values it measures (and the (100 - P)-th for a minimum) instead of their extremes."""
+    names = runtime_ranges(graph)
+    fetches = {name: _fetches(graph[name], percentile is not None) for name in names}
+    flat = [f for name in names for f in fetches[name]]
     evaluator = None
     records: Records = {name: [] for name in names}
     for count, feeds in enumerate(samples, 1):
         if evaluator is None:
-            evaluator = Evaluator(graph, list(outputs) + fetches, fed=list(feeds), cache_constants=True)
-        values = evaluator.run(feeds)[len(outputs):]
-        for i, name in enumerate(names):
-            records[name].append((float(values[2 * i]), float(values[2 * i + 1])))
+            evaluator = Evaluator(graph, list(outputs) + flat, fed=list(feeds), cache_constants=True)
+        values = iter(evaluator.run(feeds)[len(outputs):])
+        for name in names:
+            got = [next(values) for _ in fetches[name]]
+            records[name].append(_measured(graph[name], got, percentile))
         if on_sample is not None:
             on_sample(count)
     if evaluator is None:
         raise UsageError("no calibration samples were given")
     return records
+
+
+def _fetches(node, percentile: bool) -> list[str]:
+    if not percentile:
+        return [f"{node.name}:{port}" for port in range(2 if node.op == "RequantizationRange" else 1)]
+    return [str(ref) for ref in node.inputs[:3 if node.op == "RequantizationRange" else 1]]
+
+
+def _measured(node, values: list, percentile: float | None) -> tuple[float, float]:
+    if percentile is None:
+        if node.op == "RequantizationRange":
+            return float(values[0]), float(values[1])
+        return float(values[0]), float(values[0])
+    if node.op == "RequantizationRange":
+        from .kernels.quantized import requantization_range
+
+        codes = np.asarray(values[0]).reshape(-1)
+        if codes.size:   # the range of the codes between the percentiles, as the kernel measures it
+            codes = codes.view(np.int32) if codes.dtype != np.int32 else codes
+            kept = np.array([np.percentile(codes, 100.0 - percentile, method="lower"),
+                             np.percentile(codes, percentile, method="higher")], np.int32)
+            low, high = requantization_range(node, [kept, values[1], values[2]])
+            return float(low), float(high)
+        low, high = requantization_range(node, values)
+        return float(low), float(high)
+    measured = np.asarray(values[0], np.float32).reshape(-1)
+    if not measured.size:
+        return (math.inf, math.inf) if node.op == "Min" else (-math.inf, -math.inf)
+    value = float(np.percentile(measured, percentile if node.op == "Max" else 100.0 - percentile))
+    return value, value
+
+
+def estimate(observed: list[tuple[float, float]], estimator: str = "minmax", *,
+             min_percentile: float = 0.0, max_percentile: float = 0.0) -> tuple[float, float]:
+    """The range kept for one node from its per-sample records: `minmax` (the smallest min and the
+    largest max, or GTT's percentiles of them, see `chosen_range`; `percentile` records are
+    reduced the same way) or `moving-average` (an exponential moving average of the per-sample
+    mins and maxes in sample order, decay MOVING_AVERAGE_DECAY, as TensorFlow's
+    quantization-aware training tracks ranges)."""
+    if estimator == "moving-average":
+        low, high = observed[0]
+        for lo, hi in observed[1:]:
+            low = MOVING_AVERAGE_DECAY * low + (1.0 - MOVING_AVERAGE_DECAY) * lo
+            high = MOVING_AVERAGE_DECAY * high + (1.0 - MOVING_AVERAGE_DECAY) * hi
+        return low, high
+    return chosen_range(observed, min_percentile, max_percentile)
 
 
 def chosen_range(observed: list[tuple[float, float]], min_percentile: float, max_percentile: float
@@ -65,19 +148,28 @@ def chosen_range(observed: list[tuple[float, float]], min_percentile: float, max
     return mins[min(low, len(mins) - 1)], maxs[max(high, 0)]
 
 
-def freeze_ranges(graph: Graph, ranges: Mapping[str, tuple[float, float]]) -> None:
-    """Replace each named RequantizationRange with Consts `NAME/frozen_min` and `NAME/frozen_max`."""
+def freeze_ranges(graph: Graph, ranges: Mapping[str, tuple[float, float]], *,
+                  protected: Iterable[str] = ()) -> None:
+    """Replace each named range node with Consts of its range: a RequantizationRange with
+    `NAME/frozen_min` and `NAME/frozen_max`, a Min with `NAME/frozen` holding the range's min, a Max
+    with one holding its max. What only fed them (the flattening Reshape) goes too."""
     for name in ranges:
         node = graph.get(name)
         if node is None:
             raise GraphError(f"'{name}' has a recorded range but is not in the graph")
-        if node.op != "RequantizationRange":
-            raise GraphError(f"'{name}' has a recorded range but is a {node.op}, not a RequantizationRange")
+        if node.op not in _MEASURING_OPS:
+            raise GraphError(f"'{name}' has a recorded range but is a {node.op}, not a "
+                             f"RequantizationRange, Min or Max")
+    keep = set(protected)
     with graph.transaction():
         for name, (low, high) in ranges.items():
             node = graph[name]
+            if node.op == "RequantizationRange":
+                frozen = [("frozen_min", low), ("frozen_max", high)]
+            else:
+                frozen = [("frozen", low if node.op == "Min" else high)]
             consts = []
-            for suffix, value in (("frozen_min", low), ("frozen_max", high)):
+            for suffix, value in frozen:
                 const = graph.add_node(f"{name}/{suffix}", "Const", [], [], device=node.device)
                 const.set_attr("dtype", DT_FLOAT)
                 const.set_attr("value", encode_tensor(np.asarray(value, np.float32), DT_FLOAT))
@@ -85,7 +177,20 @@ def freeze_ranges(graph: Graph, ranges: Mapping[str, tuple[float, float]]) -> No
             for consumer in graph.consumers(name):
                 graph.set_inputs(consumer, [consts[r.port] if r.node == name else r for r in consumer.inputs],
                                  [c for c in consumer.control_inputs if c != name])
+            inputs = [ref.node for ref in node.inputs]
             graph.remove_node(name)
+            _remove_unused(graph, inputs, keep)
+
+
+def _remove_unused(graph: Graph, names: list[str], keep: set[str]) -> None:
+    """Remove each named node that nothing reads any more, and then its inputs the same way."""
+    while names:
+        name = names.pop()
+        node = graph.get(name)
+        if node is None or name in keep or node.op == "Placeholder" or graph.consumers(name):
+            continue
+        names.extend(ref.node for ref in node.inputs)
+        graph.remove_node(name)
 
 
 def read_min_max_log(path: str | pathlib.Path) -> Records:
@@ -115,3 +220,49 @@ def min_max_log(records: Records) -> str:
     """Records as a GTT-format log, one line per node and run."""
     return "".join(f"{name}__print__;__requant_min_max:[{low!r}][{high!r}]\n"
                    for name, observed in records.items() for low, high in observed)
+
+
+def layer_errors(float_graph: Graph, graph: Graph, samples: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """The error each converted layer adds, measured on the samples: for each Dequantize of `graph`
+    whose name `float_graph` computes too (not a weight), its relative RMS error to the float
+    graph's value, channel by channel along the last axis and averaged (so that a channel far
+    larger than the rest does not hide what eight bits do to the others), minus the largest such
+    error among the nearest such layers before it. Keyed by name, in `graph`'s order."""
+    shared = [node.name for node in graph if node.op == "Dequantize" and node.name in float_graph
+              and float_graph[node.name].op != "Const"]
+    if not shared or not samples:
+        return {}
+    errors: dict[str, np.ndarray] = {}
+    scale: dict[str, np.ndarray] = {}
+    ours = Evaluator(graph, shared, fed=list(samples[0]), cache_constants=True)
+    theirs = Evaluator(float_graph, shared, fed=list(samples[0]), cache_constants=True)
+    for feeds in samples:
+        for name, got, want in zip(shared, ours.run(feeds), theirs.run(feeds)):
+            want = np.asarray(want, np.float64)
+            want = want.reshape(-1, want.shape[-1]) if want.ndim else want.reshape(1, 1)
+            got = np.asarray(got, np.float64).reshape(want.shape)
+            errors[name] = errors.get(name, 0.0) + np.sum((got - want) ** 2, axis=0)
+            scale[name] = scale.get(name, 0.0) + np.sum(want ** 2, axis=0)
+    relative = {}
+    for name in shared:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_channel = np.where(scale[name] > 0, np.sqrt(errors[name] / scale[name]), np.sqrt(errors[name]))
+        relative[name] = float(np.mean(per_channel)) if per_channel.size else 0.0
+    return {name: relative[name] - max((relative[m] for m in _nearest(graph, name, relative)), default=0.0)
+            for name in shared}
+
+
+def _nearest(graph: Graph, name: str, among: Mapping[str, float]) -> set[str]:
+    """The nodes of `among` that `name` reads through nodes not in `among`."""
+    found, seen = set(), set()
+    stack = [ref.node for ref in graph[name].inputs]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current in among:
+            found.add(current)
+        else:
+            stack.extend(ref.node for ref in graph[current].inputs)
+    return found

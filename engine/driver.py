@@ -52,6 +52,7 @@ class Report:
     visits: int = 0
     stop_reason: str = SATURATED
     applications: list[Application] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was left as it was, and why
 
     @property
     def rewrites(self) -> int:
@@ -64,6 +65,7 @@ class Report:
             "rewrites": self.rewrites,
             "visits": self.visits,
             "stop_reason": self.stop_reason,
+            "notes": self.notes,
             "rules": {name: {"fires": self.fires[name], "seconds": round(self.seconds[name], 6)}
                       for name in sorted(set(self.fires) | set(self.seconds))},
         }
@@ -111,6 +113,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
     max_rewrites = limits.max_rewrites if limits.max_rewrites is not None else 10 * len(graph) + 10_000
     per_node: collections.Counter = collections.Counter()
     history: dict[str, list[str]] = collections.defaultdict(list)
+    notes: dict[str, str] = {}
 
     # Only nodes some rule could root at are visited: the rest cost nothing per rule set. File
     # order, not topological order: frozen graphs are mostly sorted already, and a node visited
@@ -131,7 +134,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
         for rule in dispatch.rules_for(node.op):
             started = clock()
             at_limit = rewrites >= max_rewrites
-            result = _try(graph, rule, node, protected, at_limit)
+            result = _try(graph, rule, node, protected, at_limit, notes)
             seconds[rule.name] += clock() - started
             if result is None:
                 continue
@@ -158,6 +161,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
                     worklist.append(again)
             break
     report.nodes_after = len(graph)
+    report.notes = [f"'{name}': {reason}" for name, reason in notes.items() if name in graph]
     return report
 
 
@@ -165,18 +169,19 @@ class _Undo(Exception):
     pass
 
 
-def _try(graph: Graph, rule: Rule, node, protected, undo: bool = False) -> RewriteResult | None:
+def _try(graph: Graph, rule: Rule, node, protected, undo: bool = False,
+         notes: dict[str, str] | None = None) -> RewriteResult | None:
     """Match and rewrite; with `undo`, only say whether a rewrite would happen (graph unchanged)."""
     if undo:
         try:
             with graph.transaction():
-                result = _try(graph, rule, node, protected)
+                result = _try(graph, rule, node, protected, notes=notes)
                 if result is not None:
                     raise _Undo
         except _Undo:
             return result
         return None
-    ctx = MatchContext(graph, rule.params, protected)
+    ctx = MatchContext(graph, rule.params, protected, notes)
     for bindings in match(rule.pattern, graph, node, ctx):
         ctx.bindings = dict(bindings)
         if rule.guard is not None and not rule.guard(ctx):

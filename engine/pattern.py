@@ -89,15 +89,18 @@ def _checks_attrs(node: NodePattern | None) -> bool:
 
 
 class MatchContext:
-    """What guards and computed values see: the graph, the bindings so far, the rule set's parameters."""
+    """What guards and computed values see: the graph, the bindings so far, the rule set's parameters,
+    and `notes`, where a guard may say why it left a node as it was (node name -> reason)."""
 
-    __slots__ = ("graph", "bindings", "params", "protected")
+    __slots__ = ("graph", "bindings", "params", "protected", "notes")
 
-    def __init__(self, graph: Graph, params: dict[str, Any], protected: frozenset[str] | set[str]):
+    def __init__(self, graph: Graph, params: dict[str, Any], protected: frozenset[str] | set[str],
+                 notes: dict[str, str] | None = None):
         self.graph = graph
         self.bindings: dict[str, Any] = {}
         self.params = params
         self.protected = protected
+        self.notes = notes if notes is not None else {}
 
 
 def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iterator[dict[str, Any]]:

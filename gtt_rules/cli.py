@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--trace", action="store_true", help="print every rule application")
     apply.add_argument("--json", action="store_true", help="print the report as JSON")
     apply.add_argument("--max-rewrites", type=int, metavar="N", help="stop with an error after N rewrites")
+    from gtt_rules.cli_calibrate import add_sample_options
+    add_sample_options(apply, default_random=None)
     apply.set_defaults(run=_apply)
 
     check = commands.add_parser("check", help="check .rules files for errors",
@@ -198,6 +200,8 @@ def _apply(args: argparse.Namespace) -> int:
     steps = _steps(args.steps or [])  # rules are checked before the graph is read
     output = _output_path(args, source)     # after the rules: they are inputs too
     report_to = sys.stderr if output == STDOUT else sys.stdout   # stdout may hold the graph
+    from gtt_rules.cli_calibrate import calibrate_after_apply, check_sample_options, with_float
+    check_sample_options(args)
     graph = Graph.load(source)
     inputs, outputs = _tensors(args.inputs), _tensors(args.outputs)
     for ref in (inputs or []) + (outputs or []):
@@ -214,20 +218,29 @@ def _apply(args: argparse.Namespace) -> int:
     outputs = outputs if outputs is not None else [n.name for n in graph.sinks()]
     limits = Limits(max_rewrites=args.max_rewrites)
     on_apply = (lambda a: _print_application(a, report_to)) if args.trace and not args.json else None
-    reports = []
-    for label, stages, ignore_errors in steps:
-        before = graph.to_bytes() if ignore_errors else None
-        try:
-            for stage in stages:
-                report = stage.run(graph, inputs=inputs, outputs=outputs, limits=limits,
-                                   trace=args.trace, on_apply=on_apply)
-                reports.append((stage.name, report))
-        except GttRulesError as error:
-            if not ignore_errors:
-                raise
-            print(f"{PROG}: warning: {plain(label)} failed and was skipped (ignore_errors): {error}",
-                  file=sys.stderr)
-            graph = Graph.from_bytes(before)
+
+    def run_steps(graph, steps):
+        reports = []
+        for label, stages, ignore_errors in steps:
+            before = graph.to_bytes() if ignore_errors else None
+            try:
+                for stage in stages:
+                    report = stage.run(graph, inputs=inputs, outputs=outputs, limits=limits,
+                                       trace=args.trace, on_apply=on_apply)
+                    reports.append((stage.name, report))
+            except GttRulesError as error:
+                if not ignore_errors:
+                    raise
+                print(f"{PROG}: warning: {plain(label)} failed and was skipped (ignore_errors): {error}",
+                      file=sys.stderr)
+                graph = Graph.from_bytes(before)
+        return graph, reports
+
+    original = graph.to_bytes() if args.keep_float_above is not None else None
+    graph, reports = run_steps(graph, steps)
+    # With --keep-float-above, the steps run again from the original, keeping layers float.
+    rerun = None if original is None else lambda kept: run_steps(Graph.from_bytes(original), with_float(steps, kept))
+    graph, reports, calibrated = calibrate_after_apply(graph, reports, args, outputs, str(source), original, rerun)
     graph.save(output, text=True if args.output_as_text else None)
     if args.json:
         print(json.dumps({"output": str(output), "stages": [
@@ -236,6 +249,8 @@ def _apply(args: argparse.Namespace) -> int:
             for name, report in reports]}, indent=2), file=report_to)
     elif reports:
         _print_reports(reports)
+    if calibrated:
+        console(stderr=True).print(plain(calibrated), markup=False, highlight=False)
     return EXIT_OK
 
 
@@ -261,11 +276,18 @@ def _print_application(application, stream) -> None:
                 f"created {created}; removed {removed}"), file=stream)
 
 
+_NOTES_SHOWN = 20  # per stage; --json has them all
+
+
 def _print_reports(reports) -> None:
     from rich.table import Table
 
     out = console(stderr=True)
     for name, report in reports:
+        for note in report.notes[:_NOTES_SHOWN]:
+            out.print(plain(f"{name}: {note}"), markup=False, highlight=False)
+        if len(report.notes) > _NOTES_SHOWN:
+            out.print(f"{name}: ... and {len(report.notes) - _NOTES_SHOWN} more (--json lists all)")
         if not report.fires:
             milliseconds = sum(report.seconds.values()) * 1000
             out.print(f"{markup(name)}: {report.nodes_before:,} -> {report.nodes_after:,} nodes "

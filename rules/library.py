@@ -58,7 +58,9 @@ class Stage:
                                trace=trace, on_apply=on_apply)
         report = Report(nodes_before=len(graph))
         started = time.perf_counter()
-        self.graph_pass.fn(graph, PassContext(self.params, inputs, outputs))
+        context = PassContext(self.params, inputs, outputs)
+        self.graph_pass.fn(graph, context)
+        report.notes = context.notes
         report.seconds[self.name] = time.perf_counter() - started
         report.nodes_after = len(graph)
         report.stop_reason = "pass done"

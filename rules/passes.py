@@ -13,7 +13,7 @@ does: in `--rules`, in pipelines and in GTT transform strings.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gtt_rules.engine.graph import Graph
@@ -28,6 +28,7 @@ class PassContext:
     params: dict[str, Any]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    notes: list[str] = field(default_factory=list)  # what the pass left as it was, and why
 
     @property
     def protected(self) -> frozenset[str]:

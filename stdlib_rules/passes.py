@@ -422,7 +422,8 @@ def _output_channels(layer, weights) -> int:
 @register_pass("freeze_requantization_ranges", Param("min_max_log_file", "str", False, ""),
                Param("min_percentile", "float", False, 5.0), Param("max_percentile", "float", False, 5.0))
 def freeze_requantization_ranges(graph: Graph, ctx: PassContext) -> None:
-    """Replace each RequantizationRange in a GTT-format min/max log with Consts of its logged range."""
+    """Replace each RequantizationRange (or range-measuring Min or Max) in a GTT-format min/max log
+    with Consts of its logged range."""
     from gtt_rules.engine import calibration
 
     log = ctx.params["min_max_log_file"]
@@ -431,4 +432,4 @@ def freeze_requantization_ranges(graph: Graph, ctx: PassContext) -> None:
     records = calibration.read_min_max_log(log)
     low, high = ctx.params["min_percentile"], ctx.params["max_percentile"]
     calibration.freeze_ranges(graph, {name: calibration.chosen_range(observed, low, high)
-                                      for name, observed in records.items()})
+                                      for name, observed in records.items()}, protected=ctx.protected)

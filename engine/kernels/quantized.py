@@ -282,8 +282,9 @@ def quantized_conv2d(node, inputs):
     """QuantizedConv2D: NHWC quint8 input and HWIO quint8 filter -> qint32.
 
     TensorFlow's kernel differs from Conv2D in ways that are reproduced here:
-    - the window origin is ((out - 1) * stride + filter - in) / 2 rounded toward zero, also for
-      VALID padding, so a stride that does not divide evenly shifts VALID windows right/down;
+    - the window origin is ((out - 1) * stride + filter - in) / 2 rounded toward zero (with 1 added
+      before halving for VALID), also for VALID padding, so a large stride that does not divide
+      evenly shifts VALID windows right/down;
     - dilations other than 1 are refused;
     - padding holds the input's zero code; when zero is not representable (offset < 0) padding
       adds nothing, and when the offset is above 255 the padding holds the offset's low byte.
@@ -327,9 +328,11 @@ def quantized_conv2d(node, inputs):
 
     input_offset = _offset(min_input, max_input, tin)
     filter_offset = _offset(min_filter, max_filter, tfilter)
-    # C division truncates toward zero; Python's // floors, so divide the magnitude.
-    top = _trunc_div((out_h - 1) * stride + f_h - in_h, 2)
-    left = _trunc_div((out_w - 1) * stride + f_w - in_w, 2)
+    # C division truncates toward zero; Python's // floors, so divide the magnitude. VALID adds 1
+    # before halving (TensorFlow 2.21's im2col), so only a slack of 3 or more shifts its windows.
+    valid = int(padding == "VALID")
+    top = _trunc_div((out_h - 1) * stride + f_h - in_h + valid, 2)
+    left = _trunc_div((out_w - 1) * stride + f_w - in_w + valid, 2)
     pad_code = input_offset & 0xFF if input_offset > 255 else input_offset
     centre = _gemm_centre(input_offset, filter_offset)
     pad_value = pad_code - centre
