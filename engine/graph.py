@@ -910,6 +910,9 @@ def _parse_text(data: bytes, graph_def: pb.GraphDef) -> None:
         raise GraphError("not a text GraphDef (not UTF-8 text)") from None
     except text_format.ParseError as e:
         raise GraphError(f"not a text GraphDef: {e}") from None
+    except RecursionError:  # protobuf's text parser recurses once per nested message
+        raise GraphError("not a text GraphDef: messages nested too deeply (protobuf reads at most "
+                         "100 levels)") from None
 
 
 def _parse_mapped(f) -> tuple[pb.GraphDef, list[pb.NodeDef]] | None:

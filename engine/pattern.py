@@ -2,8 +2,10 @@
 
 A pattern is plain data compiled from a rule's left-hand side. Matching starts at a root node
 (the driver dispatches by its op) and walks up the inputs, binding names to tensors. A name bound
-twice must be the same tensor. Commutative binary ops also try their inputs swapped, which costs
-at most 2^k tries for k commutative nodes in the pattern, never anything in the graph's size.
+twice must be the same tensor. Commutative binary ops also try their inputs swapped. A
+commutative pattern node that failed at a graph node, under the same bindings of its own names,
+is not tried there again, so nested commutative patterns cost what the distinct (pattern node,
+graph node) pairs cost, not 2^k tries for k commutative nodes.
 """
 from __future__ import annotations
 
@@ -94,7 +96,7 @@ class MatchContext:
 
 def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iterator[dict[str, Any]]:
     """Yield each set of bindings under which `pattern` matches at `root`."""
-    start = {pattern.root_var: TensorRef(root.name, 0)}
+    start = {pattern.root_var: TensorRef(root.name, 0), _FAILED: set()}
     for bindings in _match_node(pattern, pattern.statements[pattern.root_var], root, start, graph):
         if pattern.checks_attrs:
             ctx.bindings = bindings
@@ -175,11 +177,54 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
         return
     if len(inputs) != len(wanted):
         return
-    orders = [inputs]
     if node.op in node_pattern.commutative and len(inputs) == 2 and inputs[0] != inputs[1]:
-        orders.append([inputs[1], inputs[0]])
-    for ordered in orders:
-        yield from _match_inputs(pattern, wanted, ordered, 0, bindings, graph)
+        yield from _match_commutative(pattern, node_pattern, node, bindings, graph)
+        return
+    yield from _match_inputs(pattern, wanted, inputs, 0, bindings, graph)
+
+
+# The bindings key of the set of (pattern node, graph node, bindings it depends on) that failed.
+_FAILED = "\0failed"
+
+
+def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
+    failed, names = bindings.get(_FAILED), _names(node_pattern)
+    key = None if names is None or failed is None else (id(node_pattern), node.name, *(bindings.get(n) for n in names))
+    try:
+        if key in failed:
+            return
+    except TypeError:   # a bound attr value that is a list or an array: not remembered
+        key = None
+    found = False
+    inputs = node.inputs
+    for ordered in (inputs, [inputs[1], inputs[0]]):
+        for extended in _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph):
+            found = True
+            yield extended
+    if not found and key is not None:
+        failed.add(key)
+
+
+_NAMES: dict[int, tuple[NodePattern, tuple[str, ...] | None]] = {}
+
+
+def _names(node_pattern: NodePattern) -> tuple[str, ...] | None:
+    """Every name a node pattern binds or reads, nested patterns included: all its match depends
+    on besides the graph. None if it uses a shared statement, whose names are elsewhere."""
+    cached = _NAMES.get(id(node_pattern))
+    if cached is not None and cached[0] is node_pattern:
+        return cached[1]
+    names: list[str] | None = [attr.var for attr in node_pattern.attrs if attr.var]
+    for want in node_pattern.inputs or ():
+        nested = _names(want.node) if want.node is not None else ()
+        if want.node_var is not None or nested is None:
+            names = None
+            break
+        names += [want.var] if want.var else []
+        names += nested
+    names = None if names is None else tuple(dict.fromkeys(names))
+    _NAMES[id(node_pattern)] = (node_pattern, names)
+    return names
 
 
 def _match_variadic(pattern, wanted, at, inputs, bindings, graph) -> Iterator[dict]:

@@ -15,7 +15,7 @@ from gtt_rules.errors import GttRulesError, UsageError
 def register(commands) -> None:
     """Add the `calibrate` subcommand to an argparse subparsers object."""
     from gtt_rules.cli import _add_graph_output
-    from gtt_rules.cli_run import parse_seed
+    from gtt_rules.cli_run import add_max_memory_option, parse_seed
 
     parser = commands.add_parser(
         "calibrate", help="freeze an eight-bit graph's requantization ranges from sample inputs",
@@ -35,6 +35,7 @@ def register(commands) -> None:
                          help="N seeded random samples of each input's dtype and shape (default 10 "
                               "when no --feed-dir)")
     parser.add_argument("--seed", type=parse_seed, default=0, help="seed of the first random sample (default 0)")
+    add_max_memory_option(parser)
     parser.add_argument("--min-percentile", type=float, default=0.0, metavar="P",
                         help="per node, take the min at P%% from the bottom of the sorted mins "
                              "(default 0: the smallest seen)")
