@@ -431,11 +431,14 @@ class _Dataflow:
     other; deadness flows through every op but Merge, which forwards the first live input.
     Enter moves a value into a frame at iteration 0, NextIteration to the next iteration, Exit
     back to the parent frame. Loop-invariant Enters (is_constant) are visible at every iteration.
-    Values are kept until the run ends.
+    Values are kept until the run ends, and all of them count against the memory budget.
     """
 
     def __init__(self, plan: Evaluator, fed: dict[TensorRef, np.ndarray]):
         self.plan = plan
+        self.static_bytes = {step[0].name: step[4] for step in plan._plan}
+        self.budget = max_memory()
+        self.live = sum(value.nbytes for value in fed.values())
         self.graph = plan.graph
         self.needed = {node.name for node in plan.steps}
         self.fed = fed
@@ -529,7 +532,14 @@ class _Dataflow:
         elif node.op in CONTROL_FLOW_OPS:
             self._finish(node, tag, [values[0]], False)
         else:
-            self._finish(node, tag, run_kernel(node, values, self.plan._dtypes.get(name)), False)
+            if self.live + self.static_bytes[name] > self.budget:
+                raise _over_budget(node, self.static_bytes[name], self.live, self.budget)
+            outputs = run_kernel(node, values, self.plan._dtypes.get(name))
+            made = sum(value.nbytes for value in outputs)
+            if self.live + made > self.budget:
+                raise _over_budget(node, made, self.live, self.budget)
+            self.live += made
+            self._finish(node, tag, outputs, False)
 
     def _can_arrive(self, producer: str, tag: Tag) -> bool:
         """Whether a loop Merge can still get a value from `producer` at `tag`."""

@@ -11,6 +11,7 @@ import functools
 import mmap
 import os
 import pathlib
+import re
 import stat
 import tempfile
 from typing import Any, Iterable, Iterator, NamedTuple
@@ -903,16 +904,40 @@ def _delete_attrs(proto: pb.NodeDef, keys: list[str]) -> None:
         del proto.attr[key]
 
 
+# What can open or close a message in text format, and what can hide a brace: strings, comments.
+_TEXT_NESTING = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|([{}<>])')
+_MAX_NESTING = 100      # protobuf's limit when it reads the binary form
+
+
+def _text_nesting(text: str) -> int:
+    """How deep messages nest in a text-format message."""
+    depth = deepest = 0
+    for found in _TEXT_NESTING.finditer(text):
+        token = found.group(1)
+        if token is None:
+            continue
+        if token in ("{", "<"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in ("}", ">"):
+            depth -= 1
+    return deepest
+
+
 def _parse_text(data: bytes, graph_def: pb.GraphDef) -> None:
     try:
-        text_format.Parse(data.decode("utf-8"), graph_def, allow_unknown_field=False)
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise GraphError("not a text GraphDef (not UTF-8 text)") from None
+    # Python's text parser recurses once per message, and what it would read could not be
+    # written as a binary GraphDef anyone can read back.
+    if _text_nesting(text) > _MAX_NESTING:
+        raise GraphError(f"not a text GraphDef: messages nested more than {_MAX_NESTING} levels "
+                         f"deep (protobuf reads at most {_MAX_NESTING})")
+    try:
+        text_format.Parse(text, graph_def, allow_unknown_field=False)
     except text_format.ParseError as e:
         raise GraphError(f"not a text GraphDef: {e}") from None
-    except RecursionError:  # protobuf's text parser recurses once per nested message
-        raise GraphError("not a text GraphDef: messages nested too deeply (protobuf reads at most "
-                         "100 levels)") from None
 
 
 def _parse_mapped(f) -> tuple[pb.GraphDef, list[pb.NodeDef]] | None:

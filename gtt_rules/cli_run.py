@@ -244,9 +244,9 @@ def summarize_array(name: str, value: np.ndarray) -> dict[str, Any]:
     summary: dict[str, Any] = {"name": name, "shape": list(value.shape), "dtype": dtype}
     flat = value.reshape(-1)
     if value.dtype.kind in "biuf" and value.size:
-        numbers = flat.astype(np.float64)
-        summary.update(min=_finite(numbers.min()), max=_finite(numbers.max()),
-                       mean=_finite(numbers.mean()))
+        # Summed in float64 a block at a time: a float64 copy of a big output would double it.
+        summary.update(min=_finite(float(flat.min())), max=_finite(float(flat.max())),
+                       mean=_finite(float(flat.mean(dtype=np.float64))))
         first = flat[:_PREVIEW].tolist()
         summary["first"] = [_finite(v) if isinstance(v, float) else v for v in first]
     elif value.dtype.kind == "c" and value.size:

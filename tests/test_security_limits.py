@@ -270,4 +270,9 @@ def test_pbtxt_nested_200_deep_is_refused_clearly(tmp_path, capsys):
         inner = f'func {{ name: "f" attr {{ key: "a" value {{ {inner} }} }} }}'
     path = write(tmp_path, "deep.pbtxt", [f'node {{ name: "n" op: "NoOp" attr {{ key: "g" value {{ {inner} }} }} }}'])
     assert main(["summarize", str(path)]) == 2
-    one_line(capsys, "error", "deep.pbtxt", "nested too deeply")
+    one_line(capsys, "error", "deep.pbtxt", "nested more than 100 levels deep")
+    # Braces in strings and comments open nothing.
+    braces = "{" * 150
+    path = write(tmp_path, "braces.pbtxt", [f"# {braces}", placeholder("x", [2]),
+                                            f'node {{ name: "n" op: "NoOp" attr {{ key: "s" value {{ s: "{braces}\\"}}\'" }} }} }}'])
+    assert main(["summarize", str(path), "--json"]) == 0
