@@ -71,10 +71,17 @@ class Pattern:
     statements: dict[str, NodePattern]
     root_ops: frozenset[str] | None = field(init=False)
     checks_attrs: bool = field(init=False)  # some attr is compared with an expression
+    commutative: bool = field(init=False)   # some node may match its inputs swapped
 
     def __post_init__(self):
         object.__setattr__(self, "root_ops", self.statements[self.root_var].ops)
         object.__setattr__(self, "checks_attrs", any(_checks_attrs(s) for s in self.statements.values()))
+        object.__setattr__(self, "commutative", any(_commutative(s) for s in self.statements.values()))
+
+
+def _commutative(node: NodePattern | None) -> bool:
+    return node is not None and (bool(node.commutative)
+                                 or any(_commutative(i.node) for i in node.inputs or ()))
 
 
 def _checks_attrs(node: NodePattern | None) -> bool:
@@ -96,7 +103,9 @@ class MatchContext:
 
 def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iterator[dict[str, Any]]:
     """Yield each set of bindings under which `pattern` matches at `root`."""
-    start = {pattern.root_var: TensorRef(root.name, 0), _FAILED: set()}
+    start = {pattern.root_var: TensorRef(root.name, 0)}
+    if pattern.commutative:
+        start[_FAILED] = set()
     for bindings in _match_node(pattern, pattern.statements[pattern.root_var], root, start, graph):
         if pattern.checks_attrs:
             ctx.bindings = bindings
