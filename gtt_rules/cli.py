@@ -415,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         run: Callable[[argparse.Namespace], int] = args.run
         with warnings.catch_warnings():
+            warnings.simplefilter("default", LimitWarning)     # each one once, whatever else filters
             warnings.showwarning = _show_warning
             with memory_budget(getattr(args, "max_memory", None) or max_memory()):
                 code = run(args)
