@@ -5,7 +5,8 @@ A pattern is plain data compiled from a rule's left-hand side. Matching starts a
 twice must be the same tensor. Commutative binary ops also try their inputs swapped. A
 commutative pattern node that failed at a graph node, under the same bindings of its own names,
 is not tried there again, so nested commutative patterns cost what the distinct (pattern node,
-graph node) pairs cost, not 2^k tries for k commutative nodes.
+graph node) pairs cost, not 2^k tries for k commutative nodes. A pattern that matches in
+exponentially many ways still could; past `MAX_COMMUTATIVE_TRIES` at one root it is an error.
 """
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from gtt_rules.errors import RewriteError
+
 from .graph import Graph, Node, TensorRef
+
+MAX_COMMUTATIVE_TRIES = 10_000
+
+class MatchLimitError(RewriteError):
+    """A pattern's commutative nodes could match one root in too many ways to try them all."""
+
 
 class NotApplicable(Exception):
     """An expression asked something that does not hold for this match (e.g. the value of a
@@ -105,7 +114,7 @@ def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iter
     """Yield each set of bindings under which `pattern` matches at `root`."""
     start = {pattern.root_var: TensorRef(root.name, 0)}
     if pattern.commutative:
-        start[_FAILED] = set()
+        start[_SEARCH] = _Search(root.name)
     for bindings in _match_node(pattern, pattern.statements[pattern.root_var], root, start, graph):
         if pattern.checks_attrs:
             ctx.bindings = bindings
@@ -192,26 +201,48 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
     yield from _match_inputs(pattern, wanted, inputs, 0, bindings, graph)
 
 
-# The bindings key of the set of (pattern node, graph node, bindings it depends on) that failed.
-_FAILED = "\0failed"
+# The bindings key of the commutative search at one root, shared by every copy of the bindings.
+_SEARCH = "\0search"
+
+
+class _Search:
+    """(pattern node, graph node, bindings it depends on) that failed, and how many tries so far."""
+
+    __slots__ = ("root", "failed", "tries")
+
+    def __init__(self, root: str):
+        self.root, self.failed, self.tries = root, set(), 0
 
 
 def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
-    failed, names = bindings.get(_FAILED), _names(node_pattern)
-    key = None if names is None or failed is None else (id(node_pattern), node.name, *(bindings.get(n) for n in names))
+    search, names = bindings.get(_SEARCH), _names(node_pattern)
+    if search is None:      # matched apart from a root (a variadic run's pattern): no memo
+        yield from _both_orders(pattern, node_pattern, node, bindings, graph)
+        return
+    search.tries += 1
+    if search.tries > MAX_COMMUTATIVE_TRIES:
+        raise MatchLimitError(f"matching at node '{search.root}' took more than "
+                              f"{MAX_COMMUTATIVE_TRIES:,} tries of commutative inputs; the pattern "
+                              f"matches in too many ways")
+    failed = search.failed
+    key = None if names is None else (id(node_pattern), node.name, *(bindings.get(n) for n in names))
     try:
         if key in failed:
             return
     except TypeError:   # a bound attr value that is a list or an array: not remembered
         key = None
     found = False
-    inputs = node.inputs
-    for ordered in (inputs, [inputs[1], inputs[0]]):
-        for extended in _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph):
-            found = True
-            yield extended
+    for extended in _both_orders(pattern, node_pattern, node, bindings, graph):
+        found = True
+        yield extended
     if not found and key is not None:
         failed.add(key)
+
+
+def _both_orders(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
+    inputs = node.inputs
+    for ordered in (inputs, [inputs[1], inputs[0]]):
+        yield from _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph)
 
 
 _NAMES: dict[int, tuple[NodePattern, tuple[str, ...] | None]] = {}

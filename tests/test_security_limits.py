@@ -185,6 +185,24 @@ def test_nested_commutative_patterns_cost_pairs_not_powers_of_two(tmp_path, caps
     assert len(Graph.load(out)) == 81
 
 
+def test_a_pattern_matching_in_exponentially_many_ways_is_capped_naming_the_rule(tmp_path, capsys):
+    # Fresh names at every level: each of 2^20 ways to pair the inputs is a match, and the guard
+    # refuses each one. Remembering failures cannot help; the search is capped.
+    pattern = "AddV2(x0, y0)"
+    for i in range(1, 21):
+        pattern = f"AddV2({pattern}, x{i})"
+    rules = tmp_path / "many.rules"
+    rules.write_text(f"rule many:\n    n = {pattern}\n    where uses(x1) == 99\n    => n -> Identity(x1)\n")
+    lines = [placeholder("p"), placeholder("q"), op("a0", "AddV2", "p", "q"), op("b0", "AddV2", "q", "p")]
+    for i in range(1, 21):
+        lines += [op(f"a{i}", "AddV2", f"a{i-1}", f"b{i-1}"), op(f"b{i}", "AddV2", f"b{i-1}", f"a{i-1}")]
+    path = write(tmp_path, "adds.pbtxt", lines)
+    out = tmp_path / "out.pb"
+    assert main(["apply", str(path), "--rules", str(rules), "-o", str(out)]) == 2
+    one_line(capsys, "error", "many.rules:1: rule 'many': matching at node ", "more than 10,000 tries")
+    assert not out.exists()
+
+
 def test_commutative_matching_still_finds_swapped_inputs(tmp_path, capsys):
     rules = tmp_path / "swap.rules"
     rules.write_text("rule swap:\n    n = AddV2(AddV2(Sqrt(x), y), z)\n    => n -> Identity(x)\n")
