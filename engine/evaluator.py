@@ -6,8 +6,9 @@ Only the nodes the outputs need run, each once, in topological order. Every inte
 is freed as soon as its last consumer has run, so memory follows the widest point of the graph,
 not its size. The tensors live at once must fit the memory budget (`limits.max_memory()`, raised
 with --max-memory): each node's outputs are checked before its kernel runs where their shapes are
-known statically, and every value is counted once it exists. Control edges carry no data and are ignored, except in TF1 control flow
-(Switch/Merge/Enter/Exit/NextIteration), which runs on a small dataflow interpreter that tags
+known statically, and every value is counted once it exists (a view of another counts again: the
+budget errs on the safe side). Control edges carry no data and are ignored, except in TF1 control
+flow (Switch/Merge/Enter/Exit/NextIteration), which runs on a small dataflow interpreter that tags
 values with their loop frame and iteration, as TensorFlow's executor does.
 """
 from __future__ import annotations

@@ -21,6 +21,7 @@ from .graph import Graph, Node, TensorRef
 
 MAX_COMMUTATIVE_TRIES = 10_000
 
+
 class MatchLimitError(RewriteError):
     """A pattern's commutative nodes could match one root in too many ways to try them all."""
 
