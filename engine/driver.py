@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 from gtt_rules.errors import RewriteError
 
 from .graph import Graph
-from .pattern import MatchContext, match
+from .pattern import MatchContext, MatchLimitError, match
 from .rewrite import RewriteResult, rewrite_or_none
 from .rule import Rule
 
@@ -182,7 +182,7 @@ def _try(graph: Graph, rule: Rule, node, protected, undo: bool = False,
             return result
         return None
     ctx = MatchContext(graph, rule.params, protected, notes)
-    for bindings in match(rule.pattern, graph, node, ctx):
+    for bindings in _matches(rule, graph, node, ctx):
         ctx.bindings = dict(bindings)
         if rule.guard is not None and not rule.guard(ctx):
             continue
@@ -194,6 +194,16 @@ def _try(graph: Graph, rule: Rule, node, protected, undo: bool = False,
         if result is not None:
             return result
     return None
+
+
+def _matches(rule: Rule, graph: Graph, node, ctx: MatchContext):
+    """The rule's matches at `node`; a search that hits its limit names the rule."""
+    try:
+        yield from match(rule.pattern, graph, node, ctx)
+    except MatchLimitError as error:
+        error.message = f"{rule.location}: rule '{rule.name}': {error.message}" if rule.location \
+            else f"rule '{rule.name}': {error.message}"
+        raise
 
 
 def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> list[str]:

@@ -4,8 +4,11 @@
 
 Only the nodes the outputs need run, each once, in topological order. Every intermediate tensor
 is freed as soon as its last consumer has run, so memory follows the widest point of the graph,
-not its size. Control edges carry no data and are ignored, except in TF1 control flow
-(Switch/Merge/Enter/Exit/NextIteration), which runs on a small dataflow interpreter that tags
+not its size. The tensors live at once must fit the memory budget (`limits.max_memory()`, raised
+with --max-memory): each node's outputs are checked before its kernel runs where their shapes are
+known statically, and every value is counted once it exists (a view of another counts again: the
+budget errs on the safe side). Control edges carry no data and are ignored, except in TF1 control
+flow (Switch/Merge/Enter/Exit/NextIteration), which runs on a small dataflow interpreter that tags
 values with their loop frame and iteration, as TensorFlow's executor does.
 """
 from __future__ import annotations
@@ -22,12 +25,16 @@ from .dtypes import DT_BFLOAT16, dtype_info, dtype_name, numpy_dtype
 from .graph import Graph, Node, TensorRef
 from .kernels import KERNELS, load_all
 from .kernels.float_ops import round_to_bfloat16
+from .limits import format_size, max_memory
+from .shapes import infer_shape
 from .tensors import DEFAULT_MAX_BYTES
 
 CONTROL_FLOW_OPS = frozenset({"Switch", "Merge", "Enter", "Exit", "NextIteration", "LoopCond",
                               "RefSwitch", "RefMerge", "RefEnter", "RefExit", "RefNextIteration"})
 FUNCTION_CALL_OPS = frozenset({"While", "StatelessWhile", "If", "StatelessIf", "Case",
                                "StatelessCase", "PartitionedCall", "StatefulPartitionedCall"})
+
+MAX_RANK = 64   # numpy's limit (TensorFlow's shapes allow 254)
 
 OnNode = Callable[[Node, Mapping[TensorRef, np.ndarray]], None]
 
@@ -137,7 +144,20 @@ class Evaluator:
 
     def _prepare(self, node: Node):
         fn = None if node.op in _ALIASES else KERNELS.get(node.op)   # control flow: no kernel
-        return node, fn, node.inputs, _bfloat16_ports(self._dtypes[node.name])
+        return node, fn, node.inputs, _bfloat16_ports(self._dtypes[node.name]), \
+            0 if fn is None else self._static_bytes(node)
+
+    def _static_bytes(self, node: Node) -> int:
+        """The bytes `node`'s outputs take, counting those whose shape is known statically."""
+        total = 0
+        for port, dt in enumerate(self._dtypes[node.name] or ()):
+            shape = infer_shape(self.graph, TensorRef(node.name, port))
+            if shape is not None and None not in shape:
+                try:
+                    total += math.prod(shape) * numpy_dtype(dt).itemsize
+                except (KeyError, ValueError):
+                    pass
+        return total
 
     def _plan_without_constants(self) -> None:
         """Split off the steps that depend only on Consts; keep the values the rest reads."""
@@ -151,7 +171,7 @@ class Evaluator:
             {ref for ref in self.outputs if ref.node in constant}
         self._later_plan = later
         self._later_reads = {}
-        for _, _, inputs, _ in later:
+        for _, _, inputs, _, _ in later:
             for ref in inputs:
                 self._later_reads[ref] = self._later_reads.get(ref, 0) + 1
         for ref in self.outputs:
@@ -231,17 +251,33 @@ class Evaluator:
             plan, reads = self._plan, dict(self.reads)
         kept = {} if self._kept else None
         fed = self.fed
+        budget = max_memory()
+        held = {ref: value.nbytes for ref, value in values.items()}   # what each live value counts
+        live = sum(held.values())
+        if live > budget:
+            raise EvaluationError(f"the inputs take {format_size(live)}, over the memory budget of "
+                                  f"{format_size(budget)}; raise it with --max-memory")
         with np.errstate(all="ignore"):     # TensorFlow gives inf/nan silently, so do we
-            for node, fn, inputs, bfloat16_ports in plan:
+            for node, fn, inputs, bfloat16_ports, static_bytes in plan:
+                if live + static_bytes > budget:    # before the kernel allocates anything
+                    raise _over_budget(node, static_bytes, live, budget)
                 try:
                     args = [values[ref] for ref in inputs]
                 except KeyError as error:   # its producer gave fewer outputs than the graph says
                     raise _not_produced(self.graph, error.args[0]) from None
-                results = args[:1] if fn is None else _call(fn, node, args, bfloat16_ports)
+                if fn is None:
+                    results = args[:1]      # the same array: it takes no more memory
+                else:
+                    results = _call(fn, node, args, bfloat16_ports)
+                    made = sum(value.nbytes for value in results)
+                    if live + made > budget:
+                        raise _over_budget(node, made, live, budget)
                 for port, value in enumerate(results):
                     ref = TensorRef(node.name, port)
                     if reads.get(ref, 0) > 0 and ref not in fed:
                         values[ref] = value
+                        size = held[ref] = 0 if fn is None else value.nbytes
+                        live += size
                         if kept is not None and ref in self._kept:
                             value.flags.writeable = False   # shared by every later run
                             kept[ref] = value
@@ -249,6 +285,7 @@ class Evaluator:
                     reads[ref] -= 1
                     if reads[ref] == 0:
                         del values[ref]
+                        live -= held.pop(ref, 0)
                 if on_node is not None:
                     on_node(node, values)
         if kept is not None and self._constants is None:
@@ -269,6 +306,12 @@ class Evaluator:
             if self.reads.get(ref, 0) or ref in self.outputs:
                 values[ref] = check_feed(self.graph, ref, text, value)
         return values
+
+
+def _over_budget(node: Node, size: int, live: int, budget: int) -> EvaluationError:
+    return EvaluationError(f"{node.op} needs {format_size(size)} for its outputs with "
+                           f"{format_size(live)} of tensors live, over the memory budget of "
+                           f"{format_size(budget)}; raise it with --max-memory", node=node.name)
 
 
 def _not_produced(graph: Graph, ref: TensorRef) -> EvaluationError:
@@ -329,12 +372,16 @@ def random_feeds(graph: Graph, seed: int = 0, overrides: Mapping[str, np.ndarray
     overridden = {TensorRef.parse(k).node for k in overrides}
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
+    budget, total = max_memory(), sum(np.asarray(v).nbytes for v in overrides.values())
     for node in graph.placeholders():
         if node.name in overridden or node.op != "Placeholder":
             continue
         dt = node.get_attr("dtype", 0)
         shape = node.get_attr("shape", None)
         shape = [1] if shape is None else [1 if d < 0 else d for d in shape]
+        if len(shape) > MAX_RANK:
+            raise EvaluationError(f"placeholder '{node.name}' has rank {len(shape)}; the evaluator's "
+                                  f"numpy arrays have at most {MAX_RANK} dimensions", node=node.name)
         info = dtype_info(dt)
         if info is None or info.holder is None or info.kind in ("string", "handle"):
             continue
@@ -344,6 +391,15 @@ def random_feeds(graph: Graph, seed: int = 0, overrides: Mapping[str, np.ndarray
             raise EvaluationError(f"placeholder '{node.name}' ({_describe_placeholder(node)}) is "
                                   f"too big for a random value ({size} bytes, over the limit of "
                                   f"{DEFAULT_MAX_BYTES}); feed it instead", node=node.name)
+        # Random numbers are drawn in 64 bits, then narrowed: both exist for a moment.
+        drawn = math.prod(shape) * {"float": 8, "complex": 32}.get(info.kind, 0)
+        if total + size + drawn > budget:
+            raise EvaluationError(f"a random value for placeholder '{node.name}' "
+                                  f"({_describe_placeholder(node)}) needs {format_size(size + drawn)} "
+                                  f"with {format_size(total)} of inputs made, over the memory budget "
+                                  f"of {format_size(budget)}; raise it with --max-memory or feed it",
+                                  node=node.name)
+        total += size
         if info.kind == "float":
             value = rng.standard_normal(shape).astype(holder)
         elif info.kind == "complex":
@@ -376,11 +432,14 @@ class _Dataflow:
     other; deadness flows through every op but Merge, which forwards the first live input.
     Enter moves a value into a frame at iteration 0, NextIteration to the next iteration, Exit
     back to the parent frame. Loop-invariant Enters (is_constant) are visible at every iteration.
-    Values are kept until the run ends.
+    Values are kept until the run ends, and all of them count against the memory budget.
     """
 
     def __init__(self, plan: Evaluator, fed: dict[TensorRef, np.ndarray]):
         self.plan = plan
+        self.static_bytes = {step[0].name: step[4] for step in plan._plan}
+        self.budget = max_memory()
+        self.live = sum(value.nbytes for value in fed.values())
         self.graph = plan.graph
         self.needed = {node.name for node in plan.steps}
         self.fed = fed
@@ -474,7 +533,14 @@ class _Dataflow:
         elif node.op in CONTROL_FLOW_OPS:
             self._finish(node, tag, [values[0]], False)
         else:
-            self._finish(node, tag, run_kernel(node, values, self.plan._dtypes.get(name)), False)
+            if self.live + self.static_bytes[name] > self.budget:
+                raise _over_budget(node, self.static_bytes[name], self.live, self.budget)
+            outputs = run_kernel(node, values, self.plan._dtypes.get(name))
+            made = sum(value.nbytes for value in outputs)
+            if self.live + made > self.budget:
+                raise _over_budget(node, made, self.live, self.budget)
+            self.live += made
+            self._finish(node, tag, outputs, False)
 
     def _can_arrive(self, producer: str, tag: Tag) -> bool:
         """Whether a loop Merge can still get a value from `producer` at `tag`."""

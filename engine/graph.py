@@ -11,6 +11,7 @@ import functools
 import mmap
 import os
 import pathlib
+import re
 import stat
 from typing import Any, Iterable, Iterator, NamedTuple
 
@@ -29,6 +30,28 @@ from .tensors import check_tensor
 
 _MISSING = object()
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
+
+
+class EditLog:
+    """Names of nodes whose definition changed (op, attrs, inputs, presence), in order, so that a
+    cache of facts derived from nodes (engine/shapes.py) invalidates only what changed instead of
+    re-checking everything it relies on. The log is trimmed now and then; a reader that fell
+    behind a trim (`epoch` changed) must check everything once."""
+
+    __slots__ = ("names", "epoch")
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.epoch = 0
+
+    def record(self, name: str) -> None:
+        self.names.append(name)
+        if len(self.names) > 1_000_000:
+            self.names = []
+            self.epoch += 1
+
+
+EDITS = EditLog()
 
 
 class TensorRef(NamedTuple):
@@ -93,6 +116,7 @@ class Node:
     @proto.setter
     def proto(self, value: pb.NodeDef) -> None:
         self._proto = value
+        EDITS.record(self._name)
 
     @property
     def name(self) -> str:
@@ -105,6 +129,7 @@ class Node:
     @op.setter
     def op(self, value: str) -> None:
         self._proto.op = self._op = value
+        EDITS.record(self._name)
 
     @property
     def device(self) -> str:
@@ -120,6 +145,7 @@ class Node:
         the decoded values `get_attr` keeps, and gives the nodes sharing the attrs their copies."""
         self._decoded.clear()
         self._unshare()
+        EDITS.record(self._name)
         return self.proto.attr
 
     def get_attr(self, name: str, default: Any = _MISSING) -> Any:
@@ -156,6 +182,7 @@ class Node:
         self._decoded.pop(name, None)
         self._unshare()
         self.proto.attr[name].CopyFrom(encoded)
+        EDITS.record(self._name)
 
     def _settle(self) -> None:
         """Copy the attrs this node shares with another into its own NodeDef."""
@@ -175,6 +202,7 @@ class Node:
         texts += ["^" + c for c in self.control_inputs]
         self._proto.input[:] = texts
         self._canonical = len(set(self.control_inputs)) == len(self.control_inputs)
+        EDITS.record(self._name)
 
     def __repr__(self) -> str:
         return f"Node({self.name!r}, {self.op!r})"
@@ -572,6 +600,7 @@ class Graph:
         self._link(node)
         self._membership_changed = True
         self._place_last(node.name)
+        EDITS.record(node.name)
 
     def remove_node(self, name: str) -> None:
         """Remove a node that nothing consumes any more."""
@@ -583,6 +612,7 @@ class Graph:
         del self._consumers[name]
         del self._sequence[name]
         self._membership_changed = True
+        EDITS.record(name)
         self._record(lambda: self._insert(node))
 
     def set_inputs(self, node: Node, inputs: Iterable[TensorRef], control_inputs: Iterable[str] | None = None) -> None:
@@ -655,6 +685,7 @@ class Graph:
         del self._nodes[node.name], self._sequence[node.name]
         self._unlink(node)
         self._membership_changed = True
+        EDITS.record(node.name)
 
     def _rename(self, node: Node, name: str) -> None:
         """Give `node`, which nothing reads, another name; it goes last in file order."""
@@ -678,12 +709,14 @@ class Graph:
             node._settle()
         node._borrowed = borrowed
         source._lent = (source._lent or []) + [node]
+        EDITS.record(node.name)
 
         def undo():
             if node._borrowed is not None:
                 node._borrowed = None
             else:
                 _delete_attrs(node._proto, list(borrowed))
+            EDITS.record(node.name)
         self._record(undo)
 
     def rename_node(self, old: str, new: str) -> None:
@@ -706,6 +739,8 @@ class Graph:
         del self._sequence[old]
         self._place_last(new)
         self._membership_changed = True
+        EDITS.record(old)
+        EDITS.record(new)
         self._record(lambda: self.rename_node(new, old))
 
     def rename_nodes(self, renames: dict[str, str]) -> None:
@@ -866,11 +901,38 @@ def _delete_attrs(proto: pb.NodeDef, keys: list[str]) -> None:
         del proto.attr[key]
 
 
+# What can open or close a message in text format, and what can hide a brace: strings, comments.
+_TEXT_NESTING = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|([{}<>])')
+_MAX_NESTING = 100      # protobuf's limit when it reads the binary form
+
+
+def _text_nesting(text: str) -> int:
+    """How deep messages nest in a text-format message."""
+    depth = deepest = 0
+    for found in _TEXT_NESTING.finditer(text):
+        token = found.group(1)
+        if token is None:
+            continue
+        if token in ("{", "<"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in ("}", ">"):
+            depth -= 1
+    return deepest
+
+
 def _parse_text(data: bytes, graph_def: pb.GraphDef) -> None:
     try:
-        text_format.Parse(data.decode("utf-8"), graph_def, allow_unknown_field=False)
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise GraphError("not a text GraphDef (not UTF-8 text)") from None
+    # Python's text parser recurses once per message, and what it would read could not be
+    # written as a binary GraphDef anyone can read back.
+    if _text_nesting(text) > _MAX_NESTING:
+        raise GraphError(f"not a text GraphDef: messages nested more than {_MAX_NESTING} levels "
+                         f"deep (protobuf reads at most {_MAX_NESTING})")
+    try:
+        text_format.Parse(text, graph_def, allow_unknown_field=False)
     except text_format.ParseError as e:
         raise GraphError(f"not a text GraphDef: {e}") from None
 

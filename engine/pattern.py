@@ -2,8 +2,11 @@
 
 A pattern is plain data compiled from a rule's left-hand side. Matching starts at a root node
 (the driver dispatches by its op) and walks up the inputs, binding names to tensors. A name bound
-twice must be the same tensor. Commutative binary ops also try their inputs swapped, which costs
-at most 2^k tries for k commutative nodes in the pattern, never anything in the graph's size.
+twice must be the same tensor. Commutative binary ops also try their inputs swapped. A
+commutative pattern node that failed at a graph node, under the same bindings of its own names,
+is not tried there again, so nested commutative patterns cost what the distinct (pattern node,
+graph node) pairs cost, not 2^k tries for k commutative nodes. A pattern that matches in
+exponentially many ways still could; past `MAX_COMMUTATIVE_TRIES` at one root it is an error.
 
 A name inside a variadic element pattern is one tensor for every element (`AddN(ms...: Mul(x, *))`
 is a sum of products sharing the factor x). A literal matches only a Const whose broadcast cannot
@@ -16,8 +19,17 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from gtt_rules.errors import RewriteError
+
 from .graph import Graph, Node, TensorRef
 from .shapes import infer_shape
+
+MAX_COMMUTATIVE_TRIES = 10_000
+
+
+class MatchLimitError(RewriteError):
+    """A pattern's commutative nodes could match one root in too many ways to try them all."""
+
 
 class NotApplicable(Exception):
     """An expression asked something this match cannot answer (e.g. the value of a non-Const):
@@ -77,10 +89,17 @@ class Pattern:
     statements: dict[str, NodePattern]
     root_ops: frozenset[str] | None = field(init=False)
     checks_attrs: bool = field(init=False)  # some attr is compared with an expression
+    commutative: bool = field(init=False)   # some node may match its inputs swapped
 
     def __post_init__(self):
         object.__setattr__(self, "root_ops", self.statements[self.root_var].ops)
         object.__setattr__(self, "checks_attrs", any(_checks_attrs(s) for s in self.statements.values()))
+        object.__setattr__(self, "commutative", any(_commutative(s) for s in self.statements.values()))
+
+
+def _commutative(node: NodePattern | None) -> bool:
+    return node is not None and (bool(node.commutative)
+                                 or any(_commutative(i.node) for i in node.inputs or ()))
 
 
 def _checks_attrs(node: NodePattern | None) -> bool:
@@ -106,6 +125,8 @@ class MatchContext:
 def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iterator[dict[str, Any]]:
     """Yield each set of bindings under which `pattern` matches at `root`."""
     start = {pattern.root_var: TensorRef(root.name, 0)}
+    if pattern.commutative:
+        start[_SEARCH] = _Search(root.name)
     for bindings in _match_node(pattern, pattern.statements[pattern.root_var], root, start, graph):
         if pattern.checks_attrs:
             ctx.bindings = bindings
@@ -186,11 +207,76 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
         return
     if len(inputs) != len(wanted):
         return
-    orders = [inputs]
     if node.op in node_pattern.commutative and len(inputs) == 2 and inputs[0] != inputs[1]:
-        orders.append([inputs[1], inputs[0]])
-    for ordered in orders:
-        yield from _match_inputs(pattern, wanted, ordered, 0, bindings, graph)
+        yield from _match_commutative(pattern, node_pattern, node, bindings, graph)
+        return
+    yield from _match_inputs(pattern, wanted, inputs, 0, bindings, graph)
+
+
+# The bindings key of the commutative search at one root, shared by every copy of the bindings.
+_SEARCH = "\0search"
+
+
+class _Search:
+    """(pattern node, graph node, bindings it depends on) that failed, and how many tries so far."""
+
+    __slots__ = ("root", "failed", "tries")
+
+    def __init__(self, root: str):
+        self.root, self.failed, self.tries = root, set(), 0
+
+
+def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
+    search, names = bindings.get(_SEARCH), _names(node_pattern)
+    if search is None:      # matched apart from a root (a variadic run's pattern): no memo
+        yield from _both_orders(pattern, node_pattern, node, bindings, graph)
+        return
+    search.tries += 1
+    if search.tries > MAX_COMMUTATIVE_TRIES:
+        raise MatchLimitError(f"matching at node '{search.root}' took more than "
+                              f"{MAX_COMMUTATIVE_TRIES:,} tries of commutative inputs; the pattern "
+                              f"matches in too many ways")
+    failed = search.failed
+    key = None if names is None else (id(node_pattern), node.name, *(bindings.get(n) for n in names))
+    try:
+        if key in failed:
+            return
+    except TypeError:   # a bound attr value that is a list or an array: not remembered
+        key = None
+    found = False
+    for extended in _both_orders(pattern, node_pattern, node, bindings, graph):
+        found = True
+        yield extended
+    if not found and key is not None:
+        failed.add(key)
+
+
+def _both_orders(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
+    inputs = node.inputs
+    for ordered in (inputs, [inputs[1], inputs[0]]):
+        yield from _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph)
+
+
+_NAMES: dict[int, tuple[NodePattern, tuple[str, ...] | None]] = {}
+
+
+def _names(node_pattern: NodePattern) -> tuple[str, ...] | None:
+    """Every name a node pattern binds or reads, nested patterns included: all its match depends
+    on besides the graph. None if it uses a shared statement, whose names are elsewhere."""
+    cached = _NAMES.get(id(node_pattern))
+    if cached is not None and cached[0] is node_pattern:
+        return cached[1]
+    names: list[str] | None = [attr.var for attr in node_pattern.attrs if attr.var]
+    for want in node_pattern.inputs or ():
+        nested = _names(want.node) if want.node is not None else ()
+        if want.node_var is not None or nested is None:
+            names = None
+            break
+        names += [want.var] if want.var else []
+        names += nested
+    names = None if names is None else tuple(dict.fromkeys(names))
+    _NAMES[id(node_pattern)] = (node_pattern, names)
+    return names
 
 
 def _match_variadic(pattern, wanted, at, inputs, bindings, graph) -> Iterator[dict]:

@@ -12,10 +12,14 @@ as in TensorFlow's own shape inference.
 
 Results are cached per graph and never go stale while rules and passes edit it. A node's cache
 entry holds its stamp (the serialized NodeDef: op, attrs and inputs) and the entries of its inputs
-it was computed from. A query walks up from the tensor asked about and reuses an entry only if its
-node's stamp is unchanged and each input's entry, checked the same way, is the very entry it was
-computed from; anything else is recomputed. Since a shape is a function of nothing but the node
-and its inputs' shapes and values, a reused entry is exactly what recomputing would give.
+it was computed from. An entry checked since its node and everything upstream last changed is
+"clean" and used as is; the graph's edit log (`graph.EDITS`) says which nodes changed, and each
+change makes the clean entries downstream of it dirty. A query walks up from the tensor asked
+about through dirty entries only, and reuses one if its node's stamp is unchanged and each
+input's entry, checked the same way, is the very entry it was computed from; anything else is
+recomputed. Since a shape is a function of nothing but the node and its inputs' shapes and values,
+a reused entry is exactly what recomputing would give, and a query costs what changed since the
+last one, not the size of what lies upstream (a chain of n Shape folds is linear, not quadratic).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import numpy as np
 from gtt_rules.errors import EvaluationError
 
 from .dtypes import DT_INT32, DT_INT64, numpy_dtype
-from .graph import Graph, Node, TensorRef
+from .graph import EDITS, Graph, Node, TensorRef
 
 Shape = tuple[int | None, ...] | None
 
@@ -65,7 +69,41 @@ class _Entry:
 
 
 _NOTHING_KNOWN = _Entry(None, (), (), ())
-_CACHES: "weakref.WeakKeyDictionary[Graph, dict[str, _Entry]]" = weakref.WeakKeyDictionary()
+
+
+class _Cache:
+    """One graph's entries, which of them are clean, and how far into the edit log it has read."""
+
+    __slots__ = ("entries", "clean", "read", "epoch")
+
+    def __init__(self):
+        self.entries: dict[str, _Entry] = {}
+        self.clean: set[str] = set()
+        self.read = len(EDITS.names)
+        self.epoch = EDITS.epoch
+
+    def catch_up(self, graph: Graph) -> None:
+        """Make dirty every clean entry at or downstream of a node edited since the last query."""
+        if self.epoch != EDITS.epoch:   # the log was trimmed past us: check everything once
+            self.clean.clear()
+            self.read, self.epoch = 0, EDITS.epoch
+        names = EDITS.names
+        if self.read == len(names):
+            return
+        edited, self.read = names[self.read:], len(names)
+        clean = self.clean
+        if not clean:
+            return
+        stack = [name for name in edited if name in clean]
+        while stack:
+            name = stack.pop()
+            if name in clean:
+                clean.discard(name)
+                if name in graph:
+                    stack.extend(c.name for c in graph.consumers(name) if c.name in clean)
+
+
+_CACHES: "weakref.WeakKeyDictionary[Graph, _Cache]" = weakref.WeakKeyDictionary()
 
 
 def infer_shape(graph: Graph, ref: TensorRef | str) -> Shape:
@@ -89,15 +127,21 @@ def _resolve(graph: Graph, target: str) -> _Entry:
     chains of thousands of nodes would overflow Python's recursion)."""
     if target not in graph:
         raise KeyError(f"no node named '{target}'")
-    cache = _CACHES.get(graph)
-    if cache is None:
-        cache = _CACHES[graph] = {}
+    state = _CACHES.get(graph)
+    if state is None:
+        state = _CACHES[graph] = _Cache()
+    state.catch_up(graph)
+    cache, clean = state.entries, state.clean
     fresh: dict[str, _Entry] = {}   # entries checked or computed in this query
     opened: set[str] = set()
     stack = [target]
     while stack:
         name = stack[-1]
         if name in fresh:
+            stack.pop()
+            continue
+        if name in clean:
+            fresh[name] = cache[name]
             stack.pop()
             continue
         node = graph.get(name)
@@ -128,9 +172,13 @@ def _resolve(graph: Graph, target: str) -> _Entry:
             else:
                 entry = cache[name] = computed
         fresh[name] = entry
+        # Clean only when everything it was computed from is: a later edit upstream reaches it.
+        if not reads_inputs or all(ref.node in clean for ref in node.inputs):
+            clean.add(name)
     if len(cache) > 2 * len(graph) + 1024:  # drop entries of nodes the graph no longer has
         for name in [n for n in cache if n not in graph]:
             del cache[name]
+            clean.discard(name)
     return fresh[target]
 
 

@@ -11,9 +11,11 @@ import json
 import os
 import pathlib
 import sys
+import warnings
 from typing import Callable, Sequence
 
 from gtt_rules.console import console, markup, plain
+from gtt_rules.engine.limits import LimitWarning, max_memory, memory_budget
 from gtt_rules.errors import GttRulesError, UsageError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -90,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--max-rewrites", type=int, metavar="N", help="stop with an error after N rewrites")
     from gtt_rules.cli_calibrate import add_sample_options
     add_sample_options(apply, default_random=None)
+    from gtt_rules.cli_run import add_max_memory_option
+    add_max_memory_option(apply)
     apply.set_defaults(run=_apply)
 
     check = commands.add_parser("check", help="check .rules files for errors",
@@ -417,6 +421,17 @@ def _print_error(error: GttRulesError) -> None:
         print(f"    hint: {plain(hint)}", file=sys.stderr)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings (a limit that skipped some work) on one line, as errors are."""
+    if issubclass(category, LimitWarning):
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 # ---- entry point ----
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -427,8 +442,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         run: Callable[[argparse.Namespace], int] = args.run
-        with inputs_protected(allow=getattr(args, "overwrite", False)):
-            code = run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", LimitWarning)     # each one once, whatever else filters
+            warnings.showwarning = _show_warning
+            with memory_budget(getattr(args, "max_memory", None) or max_memory()), \
+                    inputs_protected(allow=getattr(args, "overwrite", False)):
+                code = run(args)
     except GttRulesError as error:
         _print_error(error)
         return EXIT_BAD_INPUT

@@ -17,6 +17,7 @@ from gtt_rules.errors import GttRulesError, UsageError
 def register(commands) -> None:
     """Add the `calibrate` subcommand to an argparse subparsers object."""
     from gtt_rules.cli import _add_graph_output
+    from gtt_rules.cli_run import add_max_memory_option
 
     parser = commands.add_parser(
         "calibrate", help="freeze the ranges an eight-bit graph computes at run time, from sample inputs",
@@ -32,6 +33,7 @@ def register(commands) -> None:
     parser.add_argument("--inputs", metavar="A,B", help="accepted for GTT-style command lines; the "
                                                         "inputs are the graph's Placeholders")
     add_sample_options(parser, default_random=10)
+    add_max_memory_option(parser)
     parser.add_argument("--min-percentile", type=float, default=0.0, metavar="P",
                         help="per node, take the min at P%% from the bottom of the sorted per-sample mins "
                              "(GTT's freeze_requantization_ranges; default 0: the smallest seen)")

@@ -68,6 +68,23 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                              "get seeded random values of their dtype and shape")
     parser.add_argument("--seed", type=parse_seed, default=0, help="seed of the random inputs (default 0)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_max_memory_option(parser)
+
+
+def add_max_memory_option(parser: argparse.ArgumentParser) -> None:
+    """--max-memory, for every command that evaluates or folds: `main` puts it in force."""
+    from gtt_rules.engine.limits import DEFAULT_MAX_MEMORY, format_size
+    parser.add_argument("--max-memory", type=_size, metavar="SIZE",
+                        help=f"tensors an evaluation (or a constant fold) may hold at once, e.g. "
+                             f"8GB or 512MiB (default {format_size(DEFAULT_MAX_MEMORY)})")
+
+
+def _size(text: str) -> int:
+    from gtt_rules.engine.limits import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # ---- shared steps --------------------------------------------------------------------------------

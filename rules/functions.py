@@ -22,12 +22,14 @@ Register a function for your own rules:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from gtt_rules.engine import op_registry
+from gtt_rules.engine import limits, op_registry
+from gtt_rules.engine.dtypes import numpy_dtype
 from gtt_rules.engine.graph import TensorRef
 from gtt_rules.engine.kernels import KERNELS, load_all
 from gtt_rules.engine.pattern import MatchContext, NotApplicable
@@ -360,9 +362,10 @@ _NEVER_FOLD = frozenset({
 })
 
 
-@register_function(args=("tensor",), returns="bool", needs_context=True)
-def foldable(ctx, n):
-    """True if n's node can be computed now: a kernel exists, the op is pure, all inputs are Consts."""
+@register_function(args=("tensor", "value"), optional=1, returns="bool", needs_context=True)
+def foldable(ctx, n, max_bytes=None):
+    """True if n's node can be computed now: a kernel exists, the op is pure, all inputs are Consts,
+    and its outputs (at most `max_bytes` if given), inputs and cost are within the limits."""
     node = ctx.graph[n.node]
     if node.op in _NEVER_FOLD or not node.inputs:
         return False
@@ -372,7 +375,54 @@ def foldable(ctx, n):
     kernels = KERNELS if "Const" in KERNELS else load_all()
     if node.op not in kernels:
         return False
-    return all(ctx.graph[r.node].op == "Const" for r in node.inputs)
+    return all(ctx.graph[r.node].op == "Const" for r in node.inputs) and \
+        _within_limits(ctx.graph, node, max_bytes)
+
+
+def _within_limits(graph, node, max_bytes) -> bool:
+    """Whether folding `node` fits the limits, judged from static shapes before anything is
+    decoded or computed; a fold that does not is reported once and left undone."""
+    inputs = [_static(graph, ref) for ref in node.inputs]
+    outputs = [_static(graph, TensorRef(node.name, port)) for port in range(graph.num_outputs(node) or 1)]
+    in_bytes = sum(size or 0 for _, size in inputs)
+    if any(size is None for _, size in inputs + outputs):
+        # No shape function for this op (or a string tensor): a result is about as big as
+        # what it is computed from.
+        out_bytes, cost = None, None
+    else:
+        out_bytes = sum(size for _, size in outputs)
+        cost = limits.operations(node.op, [s for s, _ in inputs], [s for s, _ in outputs])
+    result_limit = limits.max_memory() if max_bytes is None else min(int(max_bytes), limits.max_memory())
+    if (in_bytes if out_bytes is None else out_bytes) > result_limit:
+        what = f"its output would take {limits.format_size(out_bytes)}" if out_bytes is not None \
+            else f"its inputs take {limits.format_size(in_bytes)}"
+        return _skip(node, f"{what}, over the limit of {limits.format_size(result_limit)}")
+    if in_bytes + (out_bytes or 0) > limits.max_memory():
+        return _skip(node, f"its inputs and output would take "
+                           f"{limits.format_size(in_bytes + (out_bytes or 0))}, over the memory budget "
+                           f"of {limits.format_size(limits.max_memory())} (raise it with --max-memory)")
+    if cost is not None and cost > limits.MAX_FOLD_OPERATIONS:
+        return _skip(node, f"it would take about {cost:.2g} operations, over the limit of "
+                           f"{limits.MAX_FOLD_OPERATIONS:.2g}")
+    return True
+
+
+def _static(graph, ref) -> tuple[tuple[int, ...], int] | tuple[None, None]:
+    """A tensor's static shape and size in bytes, or (None, None) where either is unknown."""
+    shape = infer_shape(graph, ref)
+    dtypes = graph.output_dtypes(graph[ref.node])
+    if shape is None or None in shape or not dtypes or ref.port >= len(dtypes):
+        return None, None
+    try:
+        itemsize = numpy_dtype(dtypes[ref.port]).itemsize
+    except (KeyError, ValueError):
+        return None, None
+    return shape, math.prod(shape) * itemsize
+
+
+def _skip(node, reason: str) -> bool:
+    warnings.warn(limits.LimitWarning(f"'{node.name}' ({node.op}) is not folded: {reason}"), stacklevel=2)
+    return False
 
 
 @register_function("eval", args=("tensor",), returns="list", needs_context=True)
