@@ -16,7 +16,9 @@ import math
 import re
 from typing import Iterator, Sequence
 
-DEFAULT_MAX_MEMORY = 4 * 2**30
+# Enough for inference on the models people ship to phones and boards, small enough that a hostile
+# file cannot take the machine: peaks stay near 1 GB. --max-memory raises it.
+DEFAULT_MAX_MEMORY = 2**30
 # Multiply-adds and element operations a fold may cost: about a second of numpy on one core.
 MAX_FOLD_OPERATIONS = 10**10
 

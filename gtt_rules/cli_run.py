@@ -25,7 +25,6 @@ from gtt_rules.errors import GttRulesError, UsageError
 EXIT_OK, EXIT_CHECK_FAILED = 0, 1
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-4, 1e-5
 _PREVIEW = 6   # how many leading values the summary shows
-MAX_SAMPLE_BYTES = 2**30   # one .npz sample's arrays, by the sizes it declares
 
 
 def register(commands) -> None:
@@ -119,14 +118,18 @@ def _load_npy(path: pathlib.Path) -> np.ndarray:
         raise UsageError(f"not a readable .npy array: {_reason(error)}", path=str(path)) from None
 
 
-def load_npz(path: pathlib.Path, max_bytes: int = MAX_SAMPLE_BYTES) -> dict[str, np.ndarray]:
+def load_npz(path: pathlib.Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """The arrays of a .npz file by name, each read as `read_array` reads it; UsageError naming
     the file (and the array) for anything unreadable.
 
-    The sizes the archive declares are checked against `max_bytes` before anything is
+    The sizes the archive declares are checked against `max_bytes` (default: the memory budget
+    in force, --max-memory) before anything is
     decompressed: a few megabytes of zip can unpack to gigabytes. A member never unpacks to more
     than it declares (zipfile stops there), and `read_array` holds its .npy header to that size.
     """
+    from gtt_rules.engine.limits import format_size, max_memory
+
+    max_bytes = max_memory() if max_bytes is None else max_bytes
     arrays: dict[str, np.ndarray] = {}
     member = None
     try:
@@ -134,8 +137,8 @@ def load_npz(path: pathlib.Path, max_bytes: int = MAX_SAMPLE_BYTES) -> dict[str,
             members = archive.infolist()
             declared = sum(info.file_size for info in members)
             if declared > max_bytes:
-                raise UsageError(f"its arrays unpack to {declared} bytes, over the limit of {max_bytes} "
-                                 f"bytes for one sample", path=str(path))
+                raise UsageError(f"its arrays unpack to {format_size(declared)}, over the memory budget of "
+                                 f"{format_size(max_bytes)} (--max-memory raises it)", path=str(path))
             for info in members:
                 member = info.filename
                 if not member.endswith(".npy"):

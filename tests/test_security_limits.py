@@ -90,7 +90,7 @@ def test_a_tiny_graph_asking_for_gigabytes_is_refused_before_allocating(tmp_path
     forbidden_kernel("Fill")
     path = write(tmp_path, "fill.pbtxt", fill("f", [2**30]) + [op("r", "Relu", "f")])
     assert main(["run", str(path)]) == 2
-    one_line(capsys, "error", "node 'f'", "Fill needs 4 GiB", "memory budget of 4 GiB")
+    one_line(capsys, "error", "node 'f'", "Fill needs 4 GiB", "memory budget of 1 GiB")
 
 
 def test_random_inputs_count_against_the_budget(tmp_path, capsys):
