@@ -134,22 +134,6 @@ def tflite_outputs(path: pathlib.Path, name: str, inputs: np.ndarray) -> list[np
     return [np.stack(column) for column in zip(*results)]
 
 
-def tf_outputs(path: pathlib.Path, name: str, inputs: np.ndarray, one_by_one: bool = False):
-    """TensorFlow's outputs of the graph at `path`: the whole batch in one run, or one sample a
-    run (one session), stacked."""
-    import tensorflow as tf
-
-    spec = real_models.SPECS[name]
-    with tf.Graph().as_default() as graph:
-        tf.import_graph_def(tf.compat.v1.GraphDef.FromString(path.read_bytes()), name="")
-    with tf.compat.v1.Session(graph=graph) as session:
-        fetches, entry = list(spec.outputs), f"{spec.input}:0"
-        if not one_by_one:
-            return session.run(fetches, {entry: inputs})
-        runs = [session.run(fetches, {entry: sample[None]}) for sample in inputs]
-    return [np.concatenate(column) for column in zip(*runs)]
-
-
 def time_inference(path: pathlib.Path, name: str, inputs: np.ndarray, runs: int) -> tuple[float, float]:
     """Median seconds of one batch in TensorFlow and in our evaluator, runs alternating."""
     import tensorflow as tf
@@ -189,13 +173,15 @@ def bench(name: str, directory: pathlib.Path, runs: int) -> dict:
     work.mkdir(exist_ok=True)
     row: dict = {"model": name, "float_size": path.stat().st_size}
 
+    scored = spec.outputs.index(spec.scored)
+
     def scores(label: str, outputs) -> None:
-        got = outputs[spec.outputs.index(spec.scored)]
+        got = outputs[scored]
         row[f"{label}_agree"] = real_models.agreement(spec.task, got, reference)
         if samples.labels is not None:
             row[f"{label}_acc"] = real_models.agreement(spec.task, got, samples.labels)
 
-    reference = tf_outputs(path, name, samples.inputs)[spec.outputs.index(spec.scored)]
+    reference = real_models.run_in_tensorflow(path, name, samples.inputs)[scored]
     scores("float", [reference if o == spec.scored else None for o in spec.outputs])
 
     ours = work / f"{name}.eightbit.pb"
@@ -205,15 +191,16 @@ def bench(name: str, directory: pathlib.Path, runs: int) -> dict:
     for _ in range(runs):
         ours_times.append(convert_ours(path, feeds, ours))
         try:
-            tflite_times.append(convert_tflite(path, feeds, tflite, int8_only=row["tflite_kind"] == "int8"))
+            int8_only = row["tflite_kind"] == "int8"
+            tflite_times.append(convert_tflite(path, feeds, tflite, int8_only=int8_only))
         except RuntimeError:
             row["tflite_kind"] = "mixed"
             tflite_times.append(convert_tflite(path, feeds, tflite, int8_only=False))
     row.update(ours_time=statistics.median(ours_times), tflite_time=statistics.median(tflite_times),
                ours_size=ours.stat().st_size, tflite_size=tflite.stat().st_size)
     try:
-        scores("ours", tf_outputs(ours, name, samples.inputs))
-        scores("ours1", tf_outputs(ours, name, samples.inputs, one_by_one=True))
+        scores("ours", real_models.run_in_tensorflow(ours, name, samples.inputs))
+        scores("ours1", real_models.run_in_tensorflow(ours, name, samples.inputs, one_by_one=True))
         batch = samples.inputs[:INFERENCE_BATCH]
         row["tf_infer"], row["ours_infer"] = time_inference(ours, name, batch, max(runs, 3))
     except Exception as error:     # TensorFlow refuses the graph: say so in the table
@@ -224,7 +211,7 @@ def bench(name: str, directory: pathlib.Path, runs: int) -> dict:
         out = work / f"{name}.{flow}.pb"
         run_command([sys.executable, "-m", "gtt_rules", "apply", str(path), "-o", str(out),
                      "--rules", flow])
-        scores(flow, tf_outputs(out, name, samples.inputs))
+        scores(flow, real_models.run_in_tensorflow(out, name, samples.inputs))
     dynamic = work / f"{name}.dynamic.tflite"
     convert_tflite(path, None, dynamic, int8_only=False)
     scores("dynamic", tflite_outputs(dynamic, name, samples.inputs))
@@ -248,8 +235,10 @@ def report(rows: list[dict]) -> None:
         print(" | ".join([
             r["model"], f"{r['float_size'] / 1e3:.0f}",
             f"{r['ours_size'] / 1e3:.0f} ({r['ours_size'] / r['float_size']:.0%})",
-            f"{r['tflite_size'] / 1e3:.0f} ({r['tflite_size'] / r['float_size']:.0%}, {r['tflite_kind']})",
-            f"{r['ours_time']:.1f}", f"{r['tflite_time']:.1f}", f"{r['tflite_time'] / r['ours_time']:.1f}x",
+            f"{r['tflite_size'] / 1e3:.0f} ({r['tflite_size'] / r['float_size']:.0%}, "
+            f"{r['tflite_kind']})",
+            f"{r['ours_time']:.1f}", f"{r['tflite_time']:.1f}",
+            f"{r['tflite_time'] / r['ours_time']:.1f}x",
             _score(r, "float"),
             _score(r, "ours") if "ours_error" not in r else f"TF refuses: {r['ours_error']}",
             _score(r, "ours1"), _score(r, "tflite")]))

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 import real_models
-from conftest import tf_run
 from gtt_rules import evaluate
 from gtt_rules.cli import main as cli
 from gtt_rules.engine.graph import Graph
@@ -63,9 +62,9 @@ class Trained:
     def feeds(self, count: int | None = None) -> dict[str, np.ndarray]:
         return {self.spec.input: self.samples.inputs[:count]}
 
-    def run(self, path: pathlib.Path) -> list[np.ndarray]:
+    def run(self, path: pathlib.Path, one_by_one: bool = False) -> list[np.ndarray]:
         """TensorFlow's outputs of the graph at `path` on all the scored inputs."""
-        return tf_run(path.read_bytes(), self.feeds(), list(self.spec.outputs))
+        return real_models.run_in_tensorflow(path, self.name, self.samples.inputs, one_by_one)
 
     def reference(self) -> list[np.ndarray]:
         """The float model's outputs in TensorFlow."""
@@ -147,15 +146,19 @@ def test_optimize_for_inference_keeps_tensorflow_outputs(trained, name):
     assert_close(model.run(model.through("optimize_for_inference")), model.reference())
 
 
-# Per model and flow: (least agreement with the float model, or with the labels less the float
-# model's own accuracy where labels exist; largest size as a fraction of the float file).
-# Measured 2026-12-07 (agreement; size):
-#   eightbit          digits 1.000, accuracy = float's; 0.315    fer 1.000; 0.419 (issue: <= 0.30)
+# Per model and flow: (least agreement with the float model, largest size as a fraction of the
+# float file). Where labels exist, accuracy must also stay within a point of the float model's.
+# Measured 2026-12-07 (agreement; size), for the eight-bit graph with the whole batch and one
+# sample at a time (its ranges are computed at run time, so an input's answer depends on its
+# batch mates: issue #16, item 2), and TFLite's numbers from benchmarks/bench_real_models.py:
+#   eightbit          digits 1.000, 0.999 alone; 0.315        fer 1.000, 0.960 alone; 0.419
+#                     (TFLite int8: digits 0.997, fer 0.930; 28%, 36%. Issue target: <= 30%)
 #   quantize_weights  digits 1.000; 0.314   fer 1.000; 0.491   basic_pitch F1 0.991; 0.647
 #   round_weights     digits 0.999; 1.000   fer 0.980; 1.000   basic_pitch F1 0.988; 1.000
+#                     (TFLite dynamic range: digits 0.999, fer 0.980, basic_pitch 0.981)
 EXPECTED = {
     ("digits_cnn", "eightbit"): (0.99, 0.33),
-    ("fer_emotion", "eightbit"): (0.97, 0.43),
+    ("fer_emotion", "eightbit"): (0.95, 0.43),
     ("basic_pitch", "eightbit"): (0.97, 0.75),
     ("digits_cnn", "quantize_weights"): (0.99, 0.33),
     ("fer_emotion", "quantize_weights"): (0.97, 0.50),
@@ -176,8 +179,10 @@ def flow_cases():
     for (name, flow) in EXPECTED:
         marks = ()
         if (name, flow) in UNRUNNABLE:
-            marks = pytest.mark.xfail(strict=True, raises=tf.errors.InvalidArgumentError, reason="issue #16 item 1: eight-bit conv with "
-                                      "unequal strides is written and TensorFlow refuses it")
+            marks = pytest.mark.xfail(
+                strict=True, raises=tf.errors.InvalidArgumentError,
+                reason="issue #16 item 1: eight-bit conv with unequal strides is written and "
+                       "TensorFlow refuses it")
         yield pytest.param(name, flow, marks=marks, id=f"{name}-{flow}")
 
 
@@ -186,9 +191,11 @@ def test_eight_bit_flow_keeps_the_task_and_shrinks_the_file(trained, name, flow)
     model = trained(name)
     least, largest = EXPECTED[name, flow]
     path = model.through(flow)
-    outputs = model.run(path)
-    assert model.agreement(outputs) >= least
-    if model.samples.labels is not None:
-        assert model.agreement(outputs, labels=True) >= model.agreement(model.reference(),
-                                                                         labels=True) - 0.01
+    labelled = model.samples.labels is not None
+    float_accuracy = model.agreement(model.reference(), labels=True) if labelled else None
+    for one_by_one in (False, True) if flow == "eightbit" else (False,):
+        outputs = model.run(path, one_by_one)
+        assert model.agreement(outputs) >= least, one_by_one
+        if float_accuracy is not None:
+            assert model.agreement(outputs, labels=True) >= float_accuracy - 0.01, one_by_one
     assert path.stat().st_size <= largest * model.path.stat().st_size
