@@ -203,8 +203,8 @@ def bench(name: str, directory: pathlib.Path, runs: int) -> dict:
         scores("ours1", real_models.run_in_tensorflow(ours, name, samples.inputs, one_by_one=True))
         batch = samples.inputs[:INFERENCE_BATCH]
         row["tf_infer"], row["ours_infer"] = time_inference(ours, name, batch, max(runs, 3))
-    except Exception as error:     # TensorFlow refuses the graph: say so in the table
-        row["ours_error"] = str(error).strip().splitlines()[0][:60]
+    except Exception as error:     # TensorFlow refuses the graph: say why in the table
+        row["ours_error"] = _reason(str(error))
     scores("tflite", tflite_outputs(tflite, name, samples.inputs))
 
     for flow in ("quantize_weights", "round_weights"):
@@ -216,6 +216,14 @@ def bench(name: str, directory: pathlib.Path, runs: int) -> dict:
     convert_tflite(path, None, dynamic, int8_only=False)
     scores("dynamic", tflite_outputs(dynamic, name, samples.inputs))
     return row
+
+
+def _reason(message: str) -> str:
+    """The line of a TensorFlow error that says what is wrong (not where it was detected)."""
+    context = ("Graph execution error", "Detected at node", "Node:", "Original stack")
+    lines = [line for line in message.splitlines()
+             if line.strip() and not line.startswith((*context, " ", "\t"))]
+    return (lines or message.splitlines() or ["?"])[0][:90]
 
 
 def _score(row: dict, label: str) -> str:
