@@ -406,7 +406,12 @@ def prune_constant_conds(graph_def) -> None:
                 forward[node.name, int(predicate.attr["value"].tensor.bool_val[0])] = node.input[0]
                 dead.add(node.name)
 
-    def is_dead(name: str, port: int) -> bool:
+    def is_dead(control: bool, name: str, port: int) -> bool:
+        """Whether this input never gets a value. As in TensorFlow's executor, a dead control
+        input kills a node too (a cond's constants hang on its branch's pivot by one); a
+        resolved Switch or Merge is no longer there to kill anything by control."""
+        if control:
+            return name in dead and not any((name, side) in forward for side in (0, 1))
         return name in dead and (name, port) not in forward
     changed = True
     while changed:
@@ -414,14 +419,17 @@ def prune_constant_conds(graph_def) -> None:
         for node in graph_def.node:
             if node.name in dead:
                 continue
-            data = [_parse_ref(ref) for ref in node.input if not ref.startswith("^")]
+            refs = [_parse_ref(ref) for ref in node.input]
             if node.op == "Merge":
-                live = [(name, port) for _, name, port in data if not is_dead(name, port)]
+                data = [ref for ref in refs if not ref[0]]
+                live = [(name, port) for control, name, port in data
+                        if not is_dead(control, name, port)]
                 if len(live) == 1 and len(data) > 1:
                     forward[node.name, 0] = "{}:{}".format(*live[0])
+                if len(live) <= 1 and len(data) > 1:
                     dead.add(node.name)
                     changed = True
-            elif any(is_dead(name, port) for _, name, port in data):
+            elif any(is_dead(*ref) for ref in refs):
                 dead.add(node.name)
                 changed = True
 

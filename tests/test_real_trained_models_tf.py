@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import real_models
+from conftest import tf_run
 from gtt_rules import evaluate
 from gtt_rules.cli import main as cli
 from gtt_rules.engine.graph import Graph
@@ -126,6 +127,37 @@ MIN_CLASSES = {"fer_emotion": 4, "musicnn_mtt": 2}
 # The float model's score against the labels (measured: digits 0.964 accuracy on the 797
 # held-out images, ONet 1.0 on face / not face, Basic Pitch 0.889 note F1).
 LEAST_SCORE = {"digits_cnn": 0.95, "mtcnn_onet": 0.99, "basic_pitch": 0.85}
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_prune_constant_conds_keeps_the_taken_branch(tf, training):
+    """A TF1 cond on a flag, as a batch norm or dropout builds it, with the flag a Const: after
+    pruning no Switch or Merge is left, nothing computed from the untaken side either (nor a
+    Const hanging on its pivot by a control edge), and TensorFlow computes the same values."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [2, 3], name="x")
+        flag = tf.constant(training, name="flag")
+        # Switch and Merge written out: TensorFlow 2 builds tf.cond as an If op.
+        off, on = tf.raw_ops.Switch(data=x, pred=tf.identity(flag))
+        pivot_off = tf.identity(off, name="pivot_off")
+        with tf.control_dependencies([pivot_off]):
+            one = tf.constant(1.0, name="one")
+        merged = tf.raw_ops.Merge(inputs=[tf.add(tf.nn.relu(off), one, name="rectified"),
+                                          tf.multiply(on, 2.0, name="doubled")])
+        tf.identity(merged.output * 3.0, name="out")
+    original = graph.as_graph_def()
+    graph_def = graph.as_graph_def()
+    real_models.prune_constant_conds(graph_def)
+    names = {node.name for node in graph_def.node}
+    assert not {"Switch", "Merge"} & {node.op for node in graph_def.node}
+    gone = {"rectified", "one", "pivot_off"} if training else {"doubled"}
+    assert not gone & names
+    assert ("doubled" if training else "rectified") in names
+    feeds = {"x": np.array([[-1.0, 2.0, -3.0], [4.0, -5.0, 6.0]], np.float32)}
+    (want,) = tf_run(original.SerializeToString(), feeds, ["out:0"])
+    (got,) = tf_run(graph_def.SerializeToString(), feeds, ["out:0"])
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("name", MODELS)
