@@ -9,9 +9,15 @@ Semantics (DESIGN.md, "Engine semantics"):
 - control inputs of a removed node move to its heir, or else to the consumers rerouted away from
   it; a node with control consumers and no heir is kept;
 - protected nodes (graph inputs and outputs) are never removed or renamed, only replaced by an
-  heir that takes their name; a replacement that holds a copy of the protected node makes the copy
-  the heir, so an input can be changed in place (a float Placeholder becoming an eight-bit one);
-- nodes left without consumers by the rewrite are swept.
+  heir that takes their name: the replacement's root, which computes what the old node computed,
+  never a copy nested inside it; only a graph input without data inputs (what is fed) hands its
+  name to its copy, so an input can be changed in place (a float Placeholder becoming an eight-bit
+  one);
+- nodes left without consumers by the rewrite are swept;
+- a rewrite that leaves the graph as it was (new nodes nothing reads, a node replaced by its own
+  likeness) is no change;
+- the nodes a rewrite makes or changes pass the loader's checks (op arity, attrs, dtypes, no
+  cycle), or the rewrite fails as the rule's error and leaves the graph as it was.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from gtt_rules.errors import GttRulesError, RewriteError
+from gtt_rules.errors import GraphError, GttRulesError, RewriteError
 
 from . import op_registry
 from .dtypes import dtype_for_array
@@ -155,11 +161,69 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
     except Exception as error:  # a computed value failed: report it against the rule, change nothing
         raise RewriteError(f"rule '{rule_name}' failed at node '{root.name}' while computing its "
                            f"replacement: {type(error).__name__}: {error}") from error
+    if _replaces_with_itself(graph, planner, reroutes, heirs, removals):
+        raise _NoChange()
     with graph.transaction():
         result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected)
+        _drop_unread(graph, result, ctx.protected)
         if not (result.created or result.removed or result.touched):
             raise _NoChange()
+        _check(graph, result, rule_name, root, reroutes, planner)
     return result
+
+
+def _drop_unread(graph: Graph, result: RewriteResult, protected) -> None:
+    """Remove the new nodes nothing reads: what a reroute of consumers that are gone (a port
+    rerouted before) built. A rewrite that only builds such nodes changes nothing."""
+    for name in reversed(list(result.created)):
+        if name not in protected and not graph.consumers(name):
+            graph.remove_node(name)
+            result.created.remove(name)
+
+
+def _replaces_with_itself(graph: Graph, planner: "_Planner", reroutes, heirs, removals) -> bool:
+    """True if the rewrite would put in a node's place one exactly like it (`n -> n(a, b)` with
+    n's own inputs, a commutative swap of equal inputs): the graph would stay as it was."""
+    if removals or len(planner.planned) != 1 or len(heirs) != 1:
+        return False
+    (target, planned), = heirs.items()
+    node = graph[target]
+    if planned.source is not node or planned.op != node.op or planned.device != node.device \
+            or [_resolve(r) for r in planned.inputs] != node.inputs \
+            or planned.control_inputs != node.control_inputs:
+        return False
+    if any(old.node != target or _resolve(new) != TensorRef(planned.name, old.port) for old, new in reroutes):
+        return False
+    ours = node.proto.attr
+    return all(key in ours and ours[key] == value for key, value in planned.proto.attr.items())
+
+
+def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, reroutes, planner) -> None:
+    """The loader's checks on the nodes the rewrite made or changed, and no new cycle."""
+    changed = list(dict.fromkeys(result.created + sorted(result.touched)))
+    try:
+        graph.check_nodes(changed)
+        if not _only_upstream(root, reroutes, planner):
+            graph.check_acyclic(changed)
+    except GraphError as error:
+        raise RewriteError(f"rule '{rule_name}' at '{root.name}' would write an invalid graph: "
+                           f"{'node ' + repr(error.node) + ': ' if error.node else ''}{error.message}") from None
+
+
+def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
+    """True if the rewrite cannot close a cycle: it reroutes only the root's consumers, and what
+    it reads besides its new nodes is bound by the match (all above the root, as the matcher
+    walks up from it). Other rewrites are checked by a walk over the graph."""
+    if any(old.node != root.name for old, _ in reroutes):
+        return False
+    bound = {root.name}
+    for value in planner.ctx.bindings.values():
+        for ref in value if isinstance(value, list) else [value]:
+            if isinstance(ref, TensorRef):
+                bound.add(ref.node)
+    read = [r for p in planner.planned for r in p.inputs if isinstance(r, TensorRef)]
+    read += [new for _, new in reroutes if isinstance(new, TensorRef)]
+    return all(ref.node in bound for ref in read)
 
 
 class _NoChange(Exception):
@@ -224,9 +288,11 @@ class _Planner:
                 reroutes.append((TensorRef(target, action.port), source))
                 if not isinstance(source, TensorRef) and action.port == 0 and source[1] == 0:
                     heirs.setdefault(target, source[0])
-        # A protected node keeps its name: a copy of it in the replacement takes it over.
+        # A protected node's name goes to the node that computes what it computed: the
+        # replacement's root. Only a graph input (what is fed: a node without data inputs)
+        # hands its name to its copy, so that an input can be retyped in place.
         for target in heirs:
-            if target in self.ctx.protected:
+            if target in self.ctx.protected and not self.graph[target].inputs:
                 heirs[target] = next((p for p in self.planned if p.source and p.source.name == target),
                                      heirs[target])
         return reroutes, heirs, removals
@@ -375,9 +441,16 @@ class _Planner:
         op_def = op_registry.get_op(planned.op)
         if op_def is None:
             return
-        given = set(planned.attrs) | set(planned.copied)
+        # The values of the attrs that size list arguments; for the rest, only whether they are set.
+        given = {key: planned.attrs[key] if key in planned.attrs else planned.source.get_attr(key)
+                 for key in _count_attrs(op_def) if key in planned.attrs or key in planned.copied}
+        given.update(dict.fromkeys(k for k in (*planned.attrs, *planned.copied) if k not in given))
         dtypes = [self._dtype_of(source) for source in planned.inputs]
-        planned.attrs.update(op_registry.infer_input_attrs(op_def, dtypes, given))
+        try:
+            planned.attrs.update(op_registry.infer_input_attrs(op_def, dtypes, given))
+        except op_registry.AmbiguousInputs as error:
+            raise RewriteError(f"rule '{self.rule_name}' builds a {planned.op} node: {error}",
+                               node=self.root.name) from None
 
     def _dtype_of(self, source: Any) -> int | None:
         if isinstance(source, TensorRef):
@@ -388,6 +461,10 @@ class _Planner:
             op_def = op_registry.get_op(planned.op)
             planned.dtypes = op_registry.output_dtypes(op_def, planned.attrs) if op_def else None
         return planned.dtypes[port] if planned.dtypes and port < len(planned.dtypes) else None
+
+
+def _count_attrs(op_def) -> list[str]:
+    return [a for arg in op_def.inputs for a in (arg.number_attr, arg.type_list_attr) if a]
 
 
 def _node_def(planned: _Planned) -> pb.NodeDef:
