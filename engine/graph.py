@@ -359,6 +359,38 @@ class Graph:
     def has_control_consumers(self, name: str) -> bool:
         return any(name in self._nodes[c].control_inputs for c in self._consumers.get(name, ()))
 
+    def orders_nothing(self, name: str, memo: dict[str, bool] | None = None) -> bool:
+        """True if a control edge from node `name` orders nothing (DESIGN.md, "Control edges"):
+        neither it nor anything it waits on, through data or control inputs, has a side effect.
+
+        Side effects: ops the registry marks stateful, ops writing through a reference (TF1
+        `Assign`), ops it does not know (library functions, custom ops), and TF1 control flow,
+        whose frames control edges join. `memo` keeps answers across calls on an unchanged graph.
+        """
+        memo = {} if memo is None else memo
+        stack, open_ = [(name, False)], set()
+        while stack:
+            current, expanded = stack.pop()
+            if current in memo:
+                continue
+            node = self._nodes.get(current)
+            if node is None or _has_effect(node):
+                memo[current] = False
+                continue
+            producers = self._producers(node)
+            if expanded:  # a producer still open closes a loop: counted as an effect
+                memo[current] = all(memo.get(p, False) for p in producers)
+                continue
+            open_.add(current)
+            stack.append((current, True))
+            stack.extend((p, False) for p in producers if p not in memo and p not in open_)
+        return memo[name]
+
+    def ordering(self, names: Iterable[str], memo: dict[str, bool] | None = None) -> list[str]:
+        """Of control inputs `names`, those that order something (see `orders_nothing`)."""
+        memo = {} if memo is None else memo
+        return [name for name in names if not self.orders_nothing(name, memo)]
+
     def op_def_of(self, node: Node):
         return op_registry.get_op(node.op)
 
@@ -812,6 +844,19 @@ class Graph:
         for name in {ref.node for ref in node.inputs} | set(node.control_inputs):
             if name in self._consumers:
                 self._consumers[name].discard(node.name)
+
+
+# TF1 control flow: a control edge from inside a loop joins a node to the loop's frame.
+_CONTROL_FLOW = frozenset({"Enter", "RefEnter", "Exit", "RefExit", "Switch", "RefSwitch", "Merge", "RefMerge",
+                           "NextIteration", "RefNextIteration", "LoopCond", "ControlTrigger"})
+
+
+def _has_effect(node: Node) -> bool:
+    """Whether running `node` does something besides computing its outputs (see `orders_nothing`)."""
+    if node.op in _CONTROL_FLOW:
+        return True
+    op_def = op_registry.get_op(node.op)
+    return op_def is None or op_def.is_stateful or any(arg.is_ref for arg in op_def.inputs)
 
 
 # Ops that end a graph without being an output people fetch.

@@ -8,6 +8,8 @@ Semantics (DESIGN.md, "Engine semantics"):
 - helper nodes get deterministic names `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ...;
 - control inputs of a removed node move to its heir, or else to the consumers rerouted away from
   it; a node with control consumers and no heir is kept;
+- but a control edge from a node without side effects, that waits on none, orders nothing
+  (`Graph.orders_nothing`): such edges are not carried over, and a node only they read is swept;
 - protected nodes (graph inputs and outputs) are never removed or renamed, only replaced by an
   heir that takes their name: the replacement's root, which computes what the old node computed,
   never a copy nested inside it; only a graph input without data inputs (what is fed) hands its
@@ -256,6 +258,7 @@ class _Planner:
         self.taken: set[str] = set()
         self.values: dict[int, Any] = {}
         self.env = _Env({}, {})
+        self.pure: dict[str, bool] = {}  # `Graph.orders_nothing` answers, as of the match
 
     def plan(self, actions):
         reroutes: list[tuple[TensorRef, Any]] = []  # old tensor -> TensorRef | (_Planned, port)
@@ -380,7 +383,7 @@ class _Planner:
         if source is not None:
             planned.source = source
             planned.copied = dict.fromkeys(source.proto.attr)
-            planned.control_inputs = list(source.control_inputs)
+            planned.control_inputs = self.graph.ordering(source.control_inputs, self.pure)
             planned.device = source.device
         for key, expression in producer.attrs:
             planned.attrs[key] = expression(self.ctx)
@@ -559,7 +562,8 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
             for consumer in waiting:
                 graph.set_inputs(consumer, consumer.inputs,
                                  [planned.name if c == target else c for c in consumer.control_inputs])
-        extra = [c for c in graph[target].control_inputs if c not in heir.control_inputs]
+        extra = [c for c in graph.ordering(graph[target].control_inputs, planner.pure)
+                 if c not in heir.control_inputs]
         if extra:
             graph.set_inputs(heir, heir.inputs, heir.control_inputs + extra)
         _remove(graph, target, result, heir=planned.name if target == in_place else None)
@@ -613,18 +617,29 @@ def _remove(graph: Graph, name: str, result: RewriteResult, heir: str | None = N
 
 def _sweep(graph: Graph, seeds, protected, keep: set[str], rerouted_consumers, result: RewriteResult,
            fallback=()) -> None:
+    """Remove what nothing reads any more, walking up from `seeds`. A node only control edges
+    read is dead too if those edges order nothing (`Graph.orders_nothing`): they go with it."""
     stack = list(dict.fromkeys(seeds))
+    pure: dict[str, bool] = {}
     while stack:
         name = stack.pop()
         node = graph.get(name)
-        if node is None or name in protected or name in keep or graph.consumers(name):
+        if node is None or name in protected or name in keep:
             continue
+        waiting = graph.consumers(name)
+        if waiting:
+            if graph.uses(name) or not graph.orders_nothing(name, pure):
+                continue
+            for consumer in waiting:
+                graph.set_inputs(consumer, consumer.inputs, [c for c in consumer.control_inputs if c != name])
+                result.touched.add(consumer.name)
         # A dead node's control inputs still order the consumers it was rerouted away from.
-        if node.control_inputs:
+        ordering = graph.ordering(node.control_inputs, pure)
+        if ordering:
             for consumer_name in rerouted_consumers.get(name) or fallback:
                 consumer = graph.get(consumer_name)
                 if consumer is not None:
-                    merged = list(dict.fromkeys(consumer.control_inputs + node.control_inputs))
+                    merged = list(dict.fromkeys(consumer.control_inputs + ordering))
                     graph.set_inputs(consumer, consumer.inputs, merged)
         inputs = [r.node for r in node.inputs] + node.control_inputs
         _remove(graph, name, result)

@@ -371,3 +371,74 @@ def test_a_test_whose_rule_never_fired_says_so(tmp_path):
     assert not result.passed
     assert "rule neg-neg never fired" in result.message
     assert "out = Neg(m)" in result.message  # the graph it got
+
+
+# ---- 4. liveness through control edges ----
+
+def _with_controls(graph: Graph, edges: dict[str, list[str]]) -> Graph:
+    for name, controls in edges.items():
+        graph.set_inputs(graph[name], graph[name].inputs, controls)
+    return graph
+
+
+def _keras_like_graph() -> Graph:
+    """A frozen Keras graph in miniature: the weight hangs on a NoOp the output waits on."""
+    return _with_controls(fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        w = Const([2.0, 3.0])
+        deps = NoOp()
+        m = Mul(x, w)
+        out = Identity(m)
+    """), {"deps": ["w"], "out": ["deps"]})
+
+
+def test_strip_unused_nodes_drops_what_only_pure_control_edges_reach():
+    graph = _keras_like_graph()
+    graph.add_node("c", "Const", attrs={"dtype": FLOAT, "value": np.float32(1.0)})
+    graph.add_node("unused", "NoOp", control_inputs=["c"])
+    graph.set_inputs(graph["m"], graph["m"].inputs, ["unused"])
+    gtt_rules.apply(graph, load_rules(["strip_unused_nodes"]), inputs=["x"], outputs=["out"])
+    assert "deps" not in graph and "unused" not in graph and "c" not in graph and "w" in graph
+    assert graph["out"].control_inputs == [] and graph["m"].control_inputs == []
+
+
+def test_control_edges_from_side_effects_stay():
+    graph = _with_controls(fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        ok = Const(true)
+        check = Assert(ok, x) {T: [float]}
+        deps = NoOp()
+        out = Neg(x)
+    """), {"deps": ["check"], "out": ["deps"]})
+    gtt_rules.apply(graph, load_rules(["strip_unused_nodes", "remove_trivial_control_dependencies"]),
+                    inputs=["x"], outputs=["out"])
+    assert graph["out"].control_inputs == ["deps"] and graph["deps"].control_inputs == ["check"]
+
+
+def test_a_rewrite_sweeps_a_weight_only_a_pure_control_edge_reads():
+    graph = _keras_like_graph()
+    report = run(graph, """
+        rule scale:
+            m = Mul(x, w: Const)
+            where min(value(w)) == 2.0
+            => m -> Mul(x, Const(value(w) * 2.0))
+    """, protected=["x", "out"])
+    assert report.fires["scale"] == 1
+    assert "w" not in graph and graph["deps"].control_inputs == []
+    feeds = {"x": np.array([1.0, 1.0], np.float32)}
+    np.testing.assert_allclose(evaluate(graph, feeds, ["out"])[0], [4.0, 6.0])
+
+
+def test_a_copy_does_not_carry_pure_control_edges():
+    graph = _with_controls(fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        c = Const(1.0)
+        n = Relu(x)
+        out = Neg(n)
+    """), {"n": ["c"]})
+    run(graph, """
+        rule relu6:
+            n = Relu(x)
+            => n -> Relu6(x)
+    """, protected=["x", "out"])
+    assert graph[graph["out"].inputs[0].node].control_inputs == [] and "c" not in graph
