@@ -527,8 +527,10 @@ class Graph:
                 raise GraphError(f"control input '^{name}' names a missing node", node=node.name)
 
     def _signatures(self):
-        """`signature(node)`: the dtypes its op takes and gives, worked out once per op and dtype attrs."""
-        signatures: dict[tuple, tuple] = {}
+        """`signature(node)`: the dtypes its op takes and gives, worked out once per op and dtype
+        attrs (and kept across calls: rewrites check a few nodes each, thousands of times)."""
+        if len(_SIGNATURES) > 100_000:
+            _SIGNATURES.clear()
 
         def signature(node: Node) -> tuple:
             op_def = op_registry.get_op(node.op)
@@ -537,10 +539,10 @@ class Graph:
             attrs = node.proto.attr
             key = (node.op, *(attrs[a].SerializeToString() if a in attrs else None
                               for a in _op_checks(op_def)[2]))
-            found = signatures.get(key)
+            found = _SIGNATURES.get(key)
             if found is None:
-                found = signatures[key] = (op_registry.input_dtypes(op_def, node.get_attr),
-                                           self.output_dtypes(node))
+                found = _SIGNATURES[key] = (op_registry.input_dtypes(op_def, node.get_attr),
+                                            self.output_dtypes(node))
             return found
         return signature
 
@@ -918,6 +920,7 @@ def _check_shape(node: Node, name: str, shape: pb.TensorShapeProto) -> None:
 _ATTR_FIELDS = {"string": "s", "int": "i", "float": "f", "bool": "b", "type": "type",
                 "shape": "shape", "tensor": "tensor", "func": "func"}
 _OP_CHECKS: dict[str, tuple] = {}
+_SIGNATURES: dict[tuple, tuple] = {}  # (op, dtype attrs as bytes) -> (input dtypes, output dtypes)
 
 
 def _attr_type(value: pb.AttrValue) -> str:

@@ -133,7 +133,8 @@ class RewriteResult:
 
     created: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
-    touched: set[str] = field(default_factory=set)  # nodes whose inputs changed
+    touched: set[str] = field(default_factory=set)  # nodes whose inputs changed, and their producers
+    changed: set[str] = field(default_factory=set)  # existing nodes that read other tensors now
 
 
 @dataclass
@@ -202,7 +203,7 @@ def _replaces_with_itself(graph: Graph, planner: "_Planner", reroutes, heirs, re
 
 def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, reroutes, planner) -> None:
     """The loader's checks on the nodes the rewrite made or changed, and no new cycle."""
-    changed = list(dict.fromkeys(result.created + sorted(result.touched)))
+    changed = list(dict.fromkeys(result.created + sorted(result.changed)))
     try:
         graph.check_nodes(changed)
         if not _only_upstream(root, reroutes, planner):
@@ -536,6 +537,7 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         if readers:
             rerouted_consumers[in_place] = readers
             result.touched |= readers
+            result.changed |= readers
         reroutes = ()
     for old, new in reroutes:
         new_ref = _resolve(new)
@@ -546,6 +548,7 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
                 continue
             graph.set_inputs(consumer, [new_ref if r == old else r for r in consumer.inputs])
             result.touched.add(consumer.name)
+            result.changed.add(consumer.name)
             rerouted_consumers.setdefault(old.node, set()).add(consumer.name)
     for name in removals:
         if graph.uses(name):
@@ -558,6 +561,7 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         heir = graph[planned.name]
         waiting = [c for c in graph.consumers(target) if target in c.control_inputs]
         result.touched.update(c.name for c in waiting)
+        result.changed.update(c.name for c in waiting)
         if target != in_place:  # in place, they wait on the heir as they are
             for consumer in waiting:
                 graph.set_inputs(consumer, consumer.inputs,
