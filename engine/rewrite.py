@@ -191,14 +191,16 @@ def _replaces_with_itself(graph: Graph, planner: "_Planner", reroutes, heirs, re
         return False
     (target, planned), = heirs.items()
     node = graph[target]
-    if planned.source is not node or planned.op != node.op or planned.device != node.device \
+    if planned.source not in (None, node) or planned.op != node.op or planned.device != node.device \
             or [_resolve(r) for r in planned.inputs] != node.inputs \
             or planned.control_inputs != node.control_inputs:
         return False
     if any(old.node != target or _resolve(new) != TensorRef(planned.name, old.port) for old, new in reroutes):
         return False
-    ours = node.proto.attr
-    return all(key in ours and ours[key] == value for key, value in planned.proto.attr.items())
+    theirs, ours = node.proto.attr, planned.proto.attr
+    if set(theirs) != set(ours) | set(planned.copied):  # a copy's other attrs are the node's own
+        return False
+    return all(theirs[key] == value for key, value in ours.items())
 
 
 def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, reroutes, planner) -> None:
