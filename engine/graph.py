@@ -531,8 +531,12 @@ class Graph:
         attrs (and kept across calls: rewrites check a few nodes each, thousands of times)."""
         if len(_SIGNATURES) > 100_000:
             _SIGNATURES.clear()
+        by_node: dict[str, tuple] = {}  # a producer read by many nodes is looked up once
 
         def signature(node: Node) -> tuple:
+            found = by_node.get(node.name)
+            if found is not None:
+                return found
             op_def = op_registry.get_op(node.op)
             if op_def is None:
                 return None, None
@@ -543,6 +547,7 @@ class Graph:
             if found is None:
                 found = _SIGNATURES[key] = (op_registry.input_dtypes(op_def, node.get_attr),
                                             self.output_dtypes(node))
+            by_node[node.name] = found
             return found
         return signature
 
