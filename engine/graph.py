@@ -366,6 +366,8 @@ class Graph:
         Side effects: ops the registry marks stateful, ops writing through a reference (TF1
         `Assign`), ops it does not know (library functions, custom ops), and TF1 control flow,
         whose frames control edges join. `memo` keeps answers across calls on an unchanged graph.
+        A walk past `_PURITY_WALK` nodes answers False: keeping an edge is always safe, and a
+        rewrite must not cost the graph's size.
         """
         memo = {} if memo is None else memo
         stack, open_ = [(name, False)], set()
@@ -380,6 +382,9 @@ class Graph:
             producers = self._producers(node)
             if expanded:  # a producer still open closes a loop: counted as an effect
                 memo[current] = all(memo.get(p, False) for p in producers)
+                continue
+            if any(memo.get(p, True) is False for p in producers) or len(open_) >= _PURITY_WALK:
+                memo[current] = False
                 continue
             open_.add(current)
             stack.append((current, True))
@@ -852,6 +857,8 @@ class Graph:
             if name in self._consumers:
                 self._consumers[name].discard(node.name)
 
+
+_PURITY_WALK = 10_000  # nodes `orders_nothing` looks at in one call before it keeps the edge
 
 # TF1 control flow: a control edge from inside a loop joins a node to the loop's frame.
 _CONTROL_FLOW = frozenset({"Enter", "RefEnter", "Exit", "RefExit", "Switch", "RefSwitch", "Merge", "RefMerge",

@@ -443,3 +443,18 @@ def test_a_copy_does_not_carry_pure_control_edges():
             => n -> Relu6(x)
     """, protected=["x", "out"])
     assert graph[graph["out"].inputs[0].node].control_inputs == [] and "c" not in graph
+
+
+def test_purity_walk_is_bounded_and_keeps_the_edge_past_its_bound(monkeypatch):
+    from gtt_rules.engine import graph as graph_module
+
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Relu(x)
+        b = Relu(a)
+        c = Relu(b)
+        d = Relu(c)
+    """)
+    assert graph.orders_nothing("d")
+    monkeypatch.setattr(graph_module, "_PURITY_WALK", 2)
+    assert not graph.orders_nothing("d")  # not known within the bound: the edge is kept
