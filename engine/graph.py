@@ -359,6 +359,23 @@ class Graph:
     def has_control_consumers(self, name: str) -> bool:
         return any(name in self._nodes[c].control_inputs for c in self._consumers.get(name, ()))
 
+    def live_nodes(self, outputs: Iterable[str], inputs: Iterable[str] = ()) -> set[str]:
+        """The nodes `outputs` need: what they read through data inputs and through control
+        edges that order something (`orders_nothing`), up to `inputs`, which are fed."""
+        fed, live, pure = set(inputs), set(), {}
+        stack = list(outputs)
+        while stack:
+            name = stack.pop()
+            if name in live:
+                continue
+            live.add(name)
+            if name in fed:
+                continue
+            node = self._nodes[name]
+            stack.extend(ref.node for ref in node.inputs)
+            stack.extend(self.ordering(node.control_inputs, pure))
+        return live
+
     def orders_nothing(self, name: str, memo: dict[str, bool] | None = None) -> bool:
         """True if a control edge from node `name` orders nothing (DESIGN.md, "Control edges"):
         neither it nor anything it waits on, through data or control inputs, has a side effect.

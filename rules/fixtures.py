@@ -258,7 +258,7 @@ def compare_graphs(actual: Graph, expected: Graph, outputs: list[str], fixed_nam
             stack.append((e_ref.node, a_ref.node))
         for e_ctl, a_ctl in zip(sorted(e.control_inputs), sorted(a.control_inputs)):
             stack.append((e_ctl, a_ctl))
-    reachable = _reachable(actual, outputs)
+    reachable = actual.live_nodes([o for o in outputs if o in actual])
     extra = sorted(reachable - set(used))
     if extra:
         return f"the result has nodes the expected graph does not: {', '.join(extra)}"
@@ -302,17 +302,3 @@ def _show(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return f"{value.dtype}{list(value.shape)} {np.array2string(value, threshold=8)}"
     return repr(value)
-
-
-def _reachable(graph: Graph, outputs: list[str]) -> set[str]:
-    seen: set[str] = set()
-    stack = [o for o in outputs if o in graph]
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        node = graph[name]
-        stack.extend(r.node for r in node.inputs)
-        stack.extend(node.control_inputs)
-    return seen

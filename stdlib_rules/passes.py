@@ -31,20 +31,7 @@ def strip_unused_nodes(graph: Graph, ctx: PassContext) -> None:
         raise UsageError("strip_unused_nodes needs the graph's outputs (--outputs)")
     settings = _placeholder_settings(ctx)
     inputs = set(ctx.inputs)
-    needed: set[str] = set()
-    pure: dict[str, bool] = {}
-    stack = list(ctx.outputs)
-    while stack:
-        name = stack.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        if name in inputs:
-            continue  # what feeds an input is not needed: the input is fed
-        node = graph[name]
-        stack.extend(ref.node for ref in node.inputs)
-        stack.extend(graph.ordering(node.control_inputs, pure))
-    needed |= inputs  # every graph input stays, needed or not, as in GTT
+    needed = graph.live_nodes(ctx.outputs, inputs) | inputs  # every graph input stays, as in GTT
     for node in graph:
         if node.name in needed and node.name not in inputs and any(c not in needed for c in node.control_inputs):
             graph.set_inputs(node, node.inputs, [c for c in node.control_inputs if c in needed])
