@@ -455,8 +455,8 @@ class _Planner:
         try:
             planned.attrs.update(op_registry.infer_input_attrs(op_def, dtypes, given))
         except op_registry.AmbiguousInputs as error:
-            raise RewriteError(f"rule '{self.rule_name}' builds a {planned.op} node: {error}",
-                               node=self.root.name) from None
+            raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}' builds a {planned.op} "
+                               f"node: {error}") from None
 
     def _dtype_of(self, source: Any) -> int | None:
         if isinstance(source, TensorRef):
