@@ -295,10 +295,11 @@ class _Planner:
                 if not isinstance(source, TensorRef) and action.port == 0 and source[1] == 0:
                     heirs.setdefault(target, source[0])
         # A protected node's name goes to the node that computes what it computed: the
-        # replacement's root. Only a graph input (what is fed: a node without data inputs)
-        # hands its name to its copy, so that an input can be retyped in place.
+        # replacement's root. Only a graph input (what is fed: a placeholder, or a node without
+        # data inputs) hands its name to its copy, so that an input can be retyped in place.
         for target in heirs:
-            if target in self.ctx.protected and not self.graph[target].inputs:
+            node = self.graph[target]
+            if target in self.ctx.protected and (not node.inputs or node.op == "PlaceholderWithDefault"):
                 heirs[target] = next((p for p in self.planned if p.source and p.source.name == target),
                                      heirs[target])
         return reroutes, heirs, removals
