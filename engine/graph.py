@@ -226,6 +226,7 @@ class Graph:
         self._sequence = {name: i for i, name in enumerate(self._nodes)}
         self._next_sequence = len(self._sequence)
         self._journal: list | None = None  # undo steps while a transaction is open
+        self._left: dict[str, int] = {}  # file positions of the nodes that left in the transaction
         self._consumers: dict[str, set[str]] = {name: set() for name in self._nodes}
         for node in self._nodes.values():
             for producer in [ref.node for ref in node.inputs] + node.control_inputs:
@@ -316,8 +317,10 @@ class Graph:
         """Write through the one output writer (`engine/output.py`): atomically for a regular file,
         to its target for a symlink, directly to a device, a FIFO or `-` (stdout).
 
-        Text format is chosen by `text`, or else by a `.pbtxt`/`.txt` suffix.
+        Text format is chosen by `text`, or else by a `.pbtxt`/`.txt` suffix. The graph is
+        checked first as loading checks it (`check`): an invalid graph is never written.
         """
+        self.check()
         if text is None:
             text = pathlib.Path(path).suffix.lower() in TEXT_SUFFIXES
         write_output(path, (lambda f: f.write(self.to_bytes(text=True))) if text else self._write_binary)
@@ -381,6 +384,60 @@ class Graph:
     def has_control_consumers(self, name: str) -> bool:
         return any(name in self._nodes[c].control_inputs for c in self._consumers.get(name, ()))
 
+    def live_nodes(self, outputs: Iterable[str], inputs: Iterable[str] = ()) -> set[str]:
+        """The nodes `outputs` need: what they read through data inputs and through control
+        edges that order something (`orders_nothing`), up to `inputs`, which are fed."""
+        fed, live, pure = set(inputs), set(), {}
+        stack = list(outputs)
+        while stack:
+            name = stack.pop()
+            if name in live:
+                continue
+            live.add(name)
+            if name in fed:
+                continue
+            node = self._nodes[name]
+            stack.extend(ref.node for ref in node.inputs)
+            stack.extend(self.ordering(node.control_inputs, pure))
+        return live
+
+    def orders_nothing(self, name: str, memo: dict[str, bool] | None = None) -> bool:
+        """True if a control edge from node `name` orders nothing (DESIGN.md, "Control edges"):
+        neither it nor anything it waits on, through data or control inputs, has a side effect.
+
+        Side effects: ops the registry marks stateful, ops writing through a reference (TF1
+        `Assign`), ops it does not know (library functions, custom ops), and TF1 control flow,
+        whose frames control edges join. `memo` keeps answers across calls on an unchanged graph.
+        A walk past `_PURITY_WALK` nodes answers False: keeping an edge is always safe, and a
+        rewrite must not cost the graph's size.
+        """
+        memo = {} if memo is None else memo
+        stack, open_ = [(name, False)], set()
+        while stack:
+            current, expanded = stack.pop()
+            if current in memo:
+                continue
+            node = self._nodes.get(current)
+            if node is None or _has_effect(node):
+                memo[current] = False
+                continue
+            producers = self._producers(node)
+            if expanded:  # a producer still open closes a loop: counted as an effect
+                memo[current] = all(memo.get(p, False) for p in producers)
+                continue
+            if any(memo.get(p, True) is False for p in producers) or len(open_) >= _PURITY_WALK:
+                memo[current] = False
+                continue
+            open_.add(current)
+            stack.append((current, True))
+            stack.extend((p, False) for p in producers if p not in memo and p not in open_)
+        return memo[name]
+
+    def ordering(self, names: Iterable[str], memo: dict[str, bool] | None = None) -> list[str]:
+        """Of control inputs `names`, those that order something (see `orders_nothing`)."""
+        memo = {} if memo is None else memo
+        return [name for name in names if not self.orders_nothing(name, memo)]
+
     def op_def_of(self, node: Node):
         return op_registry.get_op(node.op)
 
@@ -434,33 +491,10 @@ class Graph:
         """Raise GraphError naming the first problem: bad names, dangling inputs, cycles, bad tensors."""
         # Every node's attrs first: counting a producer's outputs reads its attrs.
         for node in self._nodes.values():
-            if not node.name:
-                raise GraphError("a node has an empty name")
-            if not node.op:
-                raise GraphError("node has no op", node=node.name)
-            attrs = node.proto.attr
-            for attr_name in attrs:
-                _check_attr(node, attr_name, attrs[attr_name])
-            op_def = op_registry.get_op(node.op)
-            if op_def is not None:
-                _check_against_op(node, op_def, attrs)
+            _check_node(node)
         counts: dict[str, int | None] = {}  # outputs of each producer, counted once
         for node in self._nodes.values():
-            for ref in node.inputs:
-                count = counts.get(ref.node, _MISSING)
-                if count is _MISSING:
-                    producer = self._nodes.get(ref.node)
-                    if producer is None:
-                        raise GraphError(f"input '{ref}' names a missing node", node=node.name)
-                    count = counts[ref.node] = self.num_outputs(producer)
-                if count is not None and ref.port >= count:
-                    producer = self._nodes[ref.node]
-                    raise GraphError(f"input '{ref}' asks for output {ref.port}, but "
-                                     f"'{producer.name}' ({producer.op}) has {count} output"
-                                     f"{'' if count == 1 else 's'}", node=node.name)
-            for name in node.control_inputs:
-                if name not in self._nodes:
-                    raise GraphError(f"control input '^{name}' names a missing node", node=node.name)
+            self._check_edges(node, counts)
         self.topological_order()
 
     def check_dtypes(self) -> None:
@@ -469,33 +503,110 @@ class Graph:
 
         Apart from `validate`, as graphs built in tests and rule fixtures may mix dtypes freely.
         """
-        # Nodes of one op with the same dtype attrs have the same signature: work it out once.
-        signatures: dict[tuple, tuple] = {}
+        signature = self._signatures()
+        for node in self._nodes.values():
+            if node.inputs:
+                self._check_input_dtypes(node, signature)
+
+    def check(self) -> None:
+        """Every check loading makes (`validate` and `check_dtypes`): what a graph passes before
+        it leaves the tool."""
+        self.validate()
+        self.check_dtypes()
+
+    def check_nodes(self, names: Iterable[str]) -> None:
+        """The checks of `check` for these nodes alone, but for cycles: what a rewrite checks of
+        the nodes it made or changed, at a cost that does not grow with the graph."""
+        signature, counts = self._signatures(), {}
+        for name in names:
+            node = self._nodes.get(name)
+            if node is None:
+                continue
+            _check_node(node)
+            self._check_edges(node, counts)
+            if node.inputs:
+                self._check_input_dtypes(node, signature)
+
+    def check_acyclic(self, names: Iterable[str]) -> None:
+        """Raise GraphError if a cycle (not through a NextIteration) runs through what these
+        nodes read: a walk up from them, which costs what lies above them, not the whole graph."""
+        done: set[str] = set()
+        for start in names:
+            if start in done or start not in self._nodes:
+                continue
+            path, on_path = [(start, iter(self._producer_names(start)))], {start}
+            while path:
+                name, producers = path[-1]
+                producer = next(producers, None)
+                if producer is None:
+                    path.pop()
+                    on_path.discard(name)
+                    done.add(name)
+                elif producer in on_path:
+                    cycle = [n for n, _ in path[[n for n, _ in path].index(producer):]] + [producer]
+                    raise GraphError(f"the graph has a cycle: {' -> '.join(reversed(cycle))}")
+                elif producer not in done and producer in self._nodes:
+                    path.append((producer, iter(self._producer_names(producer))))
+                    on_path.add(producer)
+
+    def _producer_names(self, name: str) -> list[str]:
+        """The nodes `name` waits on; a NextIteration closes a loop and is not waited on."""
+        node = self._nodes[name]
+        return [p for p in dict.fromkeys([r.node for r in node.inputs] + node.control_inputs)
+                if not self._is_back_edge(p)]
+
+    def _check_edges(self, node: Node, counts: dict[str, int | None]) -> None:
+        """Every input of `node` names an existing node, and an output that node has."""
+        for ref in node.inputs:
+            count = counts.get(ref.node, _MISSING)
+            if count is _MISSING:
+                producer = self._nodes.get(ref.node)
+                if producer is None:
+                    raise GraphError(f"input '{ref}' names a missing node", node=node.name)
+                count = counts[ref.node] = self.num_outputs(producer)
+            if count is not None and ref.port >= count:
+                producer = self._nodes[ref.node]
+                raise GraphError(f"input '{ref}' asks for output {ref.port}, but "
+                                 f"'{producer.name}' ({producer.op}) has {count} output"
+                                 f"{'' if count == 1 else 's'}", node=node.name)
+        for name in node.control_inputs:
+            if name not in self._nodes:
+                raise GraphError(f"control input '^{name}' names a missing node", node=node.name)
+
+    def _signatures(self):
+        """`signature(node)`: the dtypes its op takes and gives, worked out once per op and dtype
+        attrs (and kept across calls: rewrites check a few nodes each, thousands of times)."""
+        if len(_SIGNATURES) > 100_000:
+            _SIGNATURES.clear()
+        by_node: dict[str, tuple] = {}  # a producer read by many nodes is looked up once
 
         def signature(node: Node) -> tuple:
+            found = by_node.get(node.name)
+            if found is not None:
+                return found
             op_def = op_registry.get_op(node.op)
             if op_def is None:
                 return None, None
             attrs = node.proto.attr
             key = (node.op, *(attrs[a].SerializeToString() if a in attrs else None
                               for a in _op_checks(op_def)[2]))
-            found = signatures.get(key)
+            found = _SIGNATURES.get(key)
             if found is None:
-                found = signatures[key] = (op_registry.input_dtypes(op_def, node.get_attr),
-                                           self.output_dtypes(node))
+                found = _SIGNATURES[key] = (op_registry.input_dtypes(op_def, node.get_attr),
+                                            self.output_dtypes(node))
+            by_node[node.name] = found
             return found
+        return signature
 
-        for node in self._nodes.values():
-            if not node.inputs:
+    def _check_input_dtypes(self, node: Node, signature) -> None:
+        for ref, want in zip(node.inputs, signature(node)[0] or ()):
+            have = signature(self._nodes[ref.node])[1]
+            if have is None or ref.port >= len(have):
                 continue
-            for ref, want in zip(node.inputs, signature(node)[0] or ()):
-                have = signature(self._nodes[ref.node])[1]
-                if have is None or ref.port >= len(have):
-                    continue
-                # A reference (a TF1 variable) is read as the value it refers to.
-                if have[ref.port] != want and have[ref.port] != want + _REF_OFFSET:
-                    raise GraphError(f"input '{ref}' is {dtype_name(have[ref.port])}, but "
-                                     f"{node.op} takes {dtype_name(want)} there", node=node.name)
+            # A reference (a TF1 variable) is read as the value it refers to.
+            if have[ref.port] != want and have[ref.port] != want + _REF_OFFSET:
+                raise GraphError(f"input '{ref}' is {dtype_name(have[ref.port])}, but "
+                                 f"{node.op} takes {dtype_name(want)} there", node=node.name)
 
     def _kahn(self) -> tuple[list[Node], set[str]]:
         nodes, consumers, position = self._nodes, self._consumers, self._position
@@ -556,15 +667,30 @@ class Graph:
         if self._journal is not None:
             yield
             return
-        self._journal = []
+        self._journal, self._left = [], {}
         try:
             yield
         except BaseException:
             journal, self._journal = self._journal, None
             for undo in reversed(journal):
                 undo()
+            self._restore_order()
             raise
         self._journal = None
+
+    def _restore_order(self) -> None:
+        """After an undo: the nodes that left and came back go back to their file positions."""
+        left, self._left = self._left, {}
+        if not left:
+            return
+        for name, position in left.items():
+            if name in self._sequence:
+                self._sequence[name] = position
+        self._nodes = dict(sorted(self._nodes.items(), key=lambda item: self._sequence[item[0]]))
+
+    def _note_leaving(self, name: str) -> None:
+        if self._journal is not None:
+            self._left.setdefault(name, self._sequence[name])
 
     def _record(self, undo) -> None:
         if self._journal is not None:
@@ -607,6 +733,7 @@ class Graph:
         if self._consumers[name]:
             raise GraphError(f"cannot remove '{name}': still used by "
                              f"{', '.join(sorted(self._consumers[name]))}", node=name)
+        self._note_leaving(name)
         node = self._nodes.pop(name)
         self._unlink(node)
         del self._consumers[name]
@@ -682,6 +809,7 @@ class Graph:
 
     def _detach(self, node: Node) -> None:
         """Take `node` out of the maps; its consumers' entry is the caller's."""
+        self._note_leaving(node.name)
         del self._nodes[node.name], self._sequence[node.name]
         self._unlink(node)
         self._membership_changed = True
@@ -725,6 +853,7 @@ class Graph:
             raise GraphError(f"a node named '{new}' already exists", node=new)
         node = self._nodes[old]
         consumers = self.consumers(old)
+        self._note_leaving(old)
         # The renamed node moves to the end of the file order; keeping its place would cost O(n).
         self._nodes[new] = self._nodes.pop(old)
         node._proto.name = node._name = new
@@ -778,12 +907,41 @@ class Graph:
                 self._consumers[name].discard(node.name)
 
 
+_PURITY_WALK = 10_000  # nodes `orders_nothing` looks at in one call before it keeps the edge
+
+# TF1 control flow: a control edge from inside a loop joins a node to the loop's frame.
+_CONTROL_FLOW = frozenset({"Enter", "RefEnter", "Exit", "RefExit", "Switch", "RefSwitch", "Merge", "RefMerge",
+                           "NextIteration", "RefNextIteration", "LoopCond", "ControlTrigger"})
+
+
+def _has_effect(node: Node) -> bool:
+    """Whether running `node` does something besides computing its outputs (see `orders_nothing`)."""
+    if node.op in _CONTROL_FLOW:
+        return True
+    op_def = op_registry.get_op(node.op)
+    return op_def is None or op_def.is_stateful or any(arg.is_ref for arg in op_def.inputs)
+
+
 # Ops that end a graph without being an output people fetch.
 _NOT_OUTPUTS = frozenset({"Const", "NoOp", "Assert", "Placeholder", "PlaceholderWithDefault",
                           "VarHandleOp", "VariableV2", "Assign", "AssignVariableOp", "SaveV2", "RestoreV2"})
 
 
 _KNOWN_DTYPES = frozenset(pb.DataType.values())
+
+
+def _check_node(node: Node) -> None:
+    """A node's own checks: a name, an op, well-formed attrs, and what its op's definition asks."""
+    if not node.name:
+        raise GraphError("a node has an empty name")
+    if not node.op:
+        raise GraphError("node has no op", node=node.name)
+    attrs = node.proto.attr
+    for attr_name in attrs:
+        _check_attr(node, attr_name, attrs[attr_name])
+    op_def = op_registry.get_op(node.op)
+    if op_def is not None:
+        _check_against_op(node, op_def, attrs)
 
 
 def _check_attr(node: Node, name: str, value: pb.AttrValue) -> None:
@@ -823,6 +981,7 @@ def _check_shape(node: Node, name: str, shape: pb.TensorShapeProto) -> None:
 _ATTR_FIELDS = {"string": "s", "int": "i", "float": "f", "bool": "b", "type": "type",
                 "shape": "shape", "tensor": "tensor", "func": "func"}
 _OP_CHECKS: dict[str, tuple] = {}
+_SIGNATURES: dict[tuple, tuple] = {}  # (op, dtype attrs as bytes) -> (input dtypes, output dtypes)
 
 
 def _attr_type(value: pb.AttrValue) -> str:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Container
+from typing import Any
 
 __all__ = [
     "ArgDef",
@@ -27,6 +27,8 @@ __all__ = [
     "get_op",
     "input_count",
     "input_dtypes",
+    "AmbiguousInputs",
+    "infer_input_attrs",
     "num_outputs",
     "output_dtypes",
 ]
@@ -304,28 +306,82 @@ def input_count(op_def: OpDef, attr: AttrLookup | Mapping[str, Any]) -> int | No
         return None
 
 
-def infer_input_attrs(op_def: OpDef, input_dtypes: list[int | None], given: Container[str]) -> dict[str, Any]:
-    """Attr values a node's inputs imply, for the attrs not in `given`: each list argument's
-    length (`N`) and each type attr (`T`) from the dtype of the first input it covers."""
-    lists = [arg for arg in op_def.inputs if arg.number_attr or arg.type_list_attr]
-    spare = max(len(input_dtypes) - (len(op_def.inputs) - len(lists)), 0)
-    # Several lists of one length (QuantizedConcat's values, mins and maxes) share the spare inputs.
-    shared = len(lists) > 1 and len({arg.number_attr for arg in lists}) == 1 and lists[0].number_attr
-    list_length = spare // len(lists) if shared else spare
+class AmbiguousInputs(ValueError):
+    """A node's inputs cannot be split among its op's list arguments without more attrs."""
+
+
+def infer_input_attrs(op_def: OpDef, input_dtypes: list[int | None], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Attr values a node's inputs imply, for the attrs not in `given` (attr name -> decoded
+    value): each list argument's length (`N`, `num_args`) and each type attr (`T`, `TArgs`) from
+    the dtypes of the inputs it covers.
+
+    The lengths come from the attrs given, then from the input count. When that leaves more than
+    one length open, registry defaults settle all but one (as TensorFlow reads an absent attr);
+    if that is not enough, or the inputs do not fit, raises AmbiguousInputs rather than guess.
+    """
+    try:
+        lengths = _list_lengths(op_def, len(input_dtypes), given)
+    except _Undetermined:
+        return {}  # a given count attr is malformed: validation names it
     found: dict[str, Any] = {}
     index = 0  # the node input where this argument starts; a list argument spans several
     for arg in op_def.inputs:
         count = 1
-        if arg.number_attr or arg.type_list_attr:
-            count = list_length
+        variable = arg.number_attr or arg.type_list_attr
+        if variable:
+            count = lengths[variable]
             if arg.number_attr and arg.number_attr not in given:
                 found[arg.number_attr] = count
             if arg.type_list_attr and arg.type_list_attr not in given:
                 listed = input_dtypes[index:index + count]
-                if all(dt is not None for dt in listed):
+                if len(listed) == count and all(dt is not None for dt in listed):
                     found[arg.type_list_attr] = list(listed)
         if arg.type_attr and arg.type_attr not in given and arg.type_attr not in found and count \
                 and index < len(input_dtypes) and input_dtypes[index] is not None:
             found[arg.type_attr] = input_dtypes[index]
         index += count
     return found
+
+
+def _list_lengths(op_def: OpDef, inputs: int, given: Mapping[str, Any]) -> dict[str, int]:
+    """The length of each list argument's count attr (several arguments may share one)."""
+    uses: dict[str, int] = {}  # count attr -> how many arguments it sizes
+    for arg in op_def.inputs:
+        variable = arg.number_attr or arg.type_list_attr
+        if variable:
+            uses[variable] = uses.get(variable, 0) + 1
+    spare = inputs - (len(op_def.inputs) - sum(uses.values()))
+    lengths: dict[str, int] = {}
+    for variable in uses:
+        if variable in given:
+            value = given[variable]
+            if _is_number_attr(op_def, variable):
+                lengths[variable] = _as_int(value, variable)
+            elif isinstance(value, (list, tuple)):
+                lengths[variable] = len(value)
+            else:
+                raise _Undetermined(variable)
+            spare -= lengths[variable] * uses[variable]
+    open_ = [v for v in uses if v not in lengths]
+    if len(open_) > 1:
+        defaulted = [v for v in open_ if op_def.attrs[v].has_default and op_def.attrs[v].default is not None]
+        if len(open_) - len(defaulted) == 1:
+            for variable in defaulted:
+                default = op_def.attrs[variable].default
+                lengths[variable] = default if _is_number_attr(op_def, variable) else len(default)
+                spare -= lengths[variable] * uses[variable]
+            open_ = [v for v in open_ if v not in lengths]
+    if len(open_) > 1:
+        raise AmbiguousInputs(f"cannot tell how {inputs} inputs split among {op_def.name}'s list "
+                              f"arguments: give all but one of the attrs {', '.join(open_)}")
+    if open_:
+        (variable,) = open_
+        if spare < 0 or spare % uses[variable]:
+            raise AmbiguousInputs(f"{inputs} inputs do not fit {op_def.name}'s arguments "
+                                  f"({', '.join(a.name for a in op_def.inputs)})")
+        lengths[variable] = spare // uses[variable]
+    return lengths
+
+
+def _is_number_attr(op_def: OpDef, name: str) -> bool:
+    return op_def.attrs[name].type == "int"

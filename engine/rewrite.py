@@ -8,10 +8,18 @@ Semantics (DESIGN.md, "Engine semantics"):
 - helper nodes get deterministic names `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ...;
 - control inputs of a removed node move to its heir, or else to the consumers rerouted away from
   it; a node with control consumers and no heir is kept;
+- but a control edge from a node without side effects, that waits on none, orders nothing
+  (`Graph.orders_nothing`): such edges are not carried over, and a node only they read is swept;
 - protected nodes (graph inputs and outputs) are never removed or renamed, only replaced by an
-  heir that takes their name; a replacement that holds a copy of the protected node makes the copy
-  the heir, so an input can be changed in place (a float Placeholder becoming an eight-bit one);
-- nodes left without consumers by the rewrite are swept.
+  heir that takes their name: the replacement's root, which computes what the old node computed,
+  never a copy nested inside it; only a graph input without data inputs (what is fed) hands its
+  name to its copy, so an input can be changed in place (a float Placeholder becoming an eight-bit
+  one);
+- nodes left without consumers by the rewrite are swept;
+- a rewrite that leaves the graph as it was (new nodes nothing reads, a node replaced by its own
+  likeness) is no change;
+- the nodes a rewrite makes or changes pass the loader's checks (op arity, attrs, dtypes, no
+  cycle), or the rewrite fails as the rule's error and leaves the graph as it was.
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from gtt_rules.errors import GttRulesError, RewriteError
+from gtt_rules.errors import GraphError, GttRulesError, RewriteError
 
 from . import op_registry
 from .dtypes import dtype_for_array
@@ -125,7 +133,8 @@ class RewriteResult:
 
     created: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
-    touched: set[str] = field(default_factory=set)  # nodes whose inputs changed
+    touched: set[str] = field(default_factory=set)  # nodes whose inputs changed, and their producers
+    changed: set[str] = field(default_factory=set)  # existing nodes that read other tensors now
 
 
 @dataclass
@@ -155,11 +164,71 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
     except Exception as error:  # a computed value failed: report it against the rule, change nothing
         raise RewriteError(f"rule '{rule_name}' failed at node '{root.name}' while computing its "
                            f"replacement: {type(error).__name__}: {error}") from error
+    if _replaces_with_itself(graph, planner, reroutes, heirs, removals):
+        raise _NoChange()
     with graph.transaction():
         result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected)
+        _drop_unread(graph, result, ctx.protected)
         if not (result.created or result.removed or result.touched):
             raise _NoChange()
+        _check(graph, result, rule_name, root, reroutes, planner)
     return result
+
+
+def _drop_unread(graph: Graph, result: RewriteResult, protected) -> None:
+    """Remove the new nodes nothing reads: what a reroute of consumers that are gone (a port
+    rerouted before) built. A rewrite that only builds such nodes changes nothing."""
+    for name in reversed(list(result.created)):
+        if name not in protected and not graph.consumers(name):
+            graph.remove_node(name)
+            result.created.remove(name)
+
+
+def _replaces_with_itself(graph: Graph, planner: "_Planner", reroutes, heirs, removals) -> bool:
+    """True if the rewrite would put in a node's place one exactly like it (`n -> n(a, b)` with
+    n's own inputs, a commutative swap of equal inputs): the graph would stay as it was."""
+    if removals or len(planner.planned) != 1 or len(heirs) != 1:
+        return False
+    (target, planned), = heirs.items()
+    node = graph[target]
+    if planned.source not in (None, node) or planned.op != node.op or planned.device != node.device \
+            or [_resolve(r) for r in planned.inputs] != node.inputs \
+            or planned.control_inputs != node.control_inputs:
+        return False
+    if any(old.node != target or _resolve(new) != TensorRef(planned.name, old.port) for old, new in reroutes):
+        return False
+    theirs, ours = node.proto.attr, planned.proto.attr
+    if set(theirs) != set(ours) | set(planned.copied):  # a copy's other attrs are the node's own
+        return False
+    return all(theirs[key] == value for key, value in ours.items())
+
+
+def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, reroutes, planner) -> None:
+    """The loader's checks on the nodes the rewrite made or changed, and no new cycle."""
+    changed = list(dict.fromkeys(result.created + sorted(result.changed)))
+    try:
+        graph.check_nodes(changed)
+        if not _only_upstream(root, reroutes, planner):
+            graph.check_acyclic(changed)
+    except GraphError as error:
+        raise RewriteError(f"rule '{rule_name}' at '{root.name}' would write an invalid graph: "
+                           f"{'node ' + repr(error.node) + ': ' if error.node else ''}{error.message}") from None
+
+
+def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
+    """True if the rewrite cannot close a cycle: it reroutes only the root's consumers, and what
+    it reads besides its new nodes is bound by the match (all above the root, as the matcher
+    walks up from it). Other rewrites are checked by a walk over the graph."""
+    if any(old.node != root.name for old, _ in reroutes):
+        return False
+    bound = {root.name}
+    for value in planner.ctx.bindings.values():
+        for ref in value if isinstance(value, list) else [value]:
+            if isinstance(ref, TensorRef):
+                bound.add(ref.node)
+    read = [r for p in planner.planned for r in p.inputs if isinstance(r, TensorRef)]
+    read += [new for _, new in reroutes if isinstance(new, TensorRef)]
+    return all(ref.node in bound for ref in read)
 
 
 class _NoChange(Exception):
@@ -192,6 +261,7 @@ class _Planner:
         self.taken: set[str] = set()
         self.values: dict[int, Any] = {}
         self.env = _Env({}, {})
+        self.pure: dict[str, bool] = {}  # `Graph.orders_nothing` answers, as of the match
 
     def plan(self, actions):
         reroutes: list[tuple[TensorRef, Any]] = []  # old tensor -> TensorRef | (_Planned, port)
@@ -224,9 +294,12 @@ class _Planner:
                 reroutes.append((TensorRef(target, action.port), source))
                 if not isinstance(source, TensorRef) and action.port == 0 and source[1] == 0:
                     heirs.setdefault(target, source[0])
-        # A protected node keeps its name: a copy of it in the replacement takes it over.
+        # A protected node's name goes to the node that computes what it computed: the
+        # replacement's root. Only a graph input (what is fed: a placeholder, or a node without
+        # data inputs) hands its name to its copy, so that an input can be retyped in place.
         for target in heirs:
-            if target in self.ctx.protected:
+            node = self.graph[target]
+            if target in self.ctx.protected and (not node.inputs or node.op == "PlaceholderWithDefault"):
                 heirs[target] = next((p for p in self.planned if p.source and p.source.name == target),
                                      heirs[target])
         return reroutes, heirs, removals
@@ -314,7 +387,7 @@ class _Planner:
         if source is not None:
             planned.source = source
             planned.copied = dict.fromkeys(source.proto.attr)
-            planned.control_inputs = list(source.control_inputs)
+            planned.control_inputs = self.graph.ordering(source.control_inputs, self.pure)
             planned.device = source.device
         for key, expression in producer.attrs:
             planned.attrs[key] = expression(self.ctx)
@@ -375,9 +448,16 @@ class _Planner:
         op_def = op_registry.get_op(planned.op)
         if op_def is None:
             return
-        given = set(planned.attrs) | set(planned.copied)
+        # The values of the attrs that size list arguments; for the rest, only whether they are set.
+        given = {key: planned.attrs[key] if key in planned.attrs else planned.source.get_attr(key)
+                 for key in _count_attrs(op_def) if key in planned.attrs or key in planned.copied}
+        given.update(dict.fromkeys(k for k in (*planned.attrs, *planned.copied) if k not in given))
         dtypes = [self._dtype_of(source) for source in planned.inputs]
-        planned.attrs.update(op_registry.infer_input_attrs(op_def, dtypes, given))
+        try:
+            planned.attrs.update(op_registry.infer_input_attrs(op_def, dtypes, given))
+        except op_registry.AmbiguousInputs as error:
+            raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}' builds a {planned.op} "
+                               f"node: {error}") from None
 
     def _dtype_of(self, source: Any) -> int | None:
         if isinstance(source, TensorRef):
@@ -388,6 +468,10 @@ class _Planner:
             op_def = op_registry.get_op(planned.op)
             planned.dtypes = op_registry.output_dtypes(op_def, planned.attrs) if op_def else None
         return planned.dtypes[port] if planned.dtypes and port < len(planned.dtypes) else None
+
+
+def _count_attrs(op_def) -> list[str]:
+    return [a for arg in op_def.inputs for a in (arg.number_attr, arg.type_list_attr) if a]
 
 
 def _node_def(planned: _Planned) -> pb.NodeDef:
@@ -456,6 +540,7 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         if readers:
             rerouted_consumers[in_place] = readers
             result.touched |= readers
+            result.changed |= readers
         reroutes = ()
     for old, new in reroutes:
         new_ref = _resolve(new)
@@ -466,6 +551,7 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
                 continue
             graph.set_inputs(consumer, [new_ref if r == old else r for r in consumer.inputs])
             result.touched.add(consumer.name)
+            result.changed.add(consumer.name)
             rerouted_consumers.setdefault(old.node, set()).add(consumer.name)
     for name in removals:
         if graph.uses(name):
@@ -478,11 +564,13 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         heir = graph[planned.name]
         waiting = [c for c in graph.consumers(target) if target in c.control_inputs]
         result.touched.update(c.name for c in waiting)
+        result.changed.update(c.name for c in waiting)
         if target != in_place:  # in place, they wait on the heir as they are
             for consumer in waiting:
                 graph.set_inputs(consumer, consumer.inputs,
                                  [planned.name if c == target else c for c in consumer.control_inputs])
-        extra = [c for c in graph[target].control_inputs if c not in heir.control_inputs]
+        extra = [c for c in graph.ordering(graph[target].control_inputs, planner.pure)
+                 if c not in heir.control_inputs]
         if extra:
             graph.set_inputs(heir, heir.inputs, heir.control_inputs + extra)
         _remove(graph, target, result, heir=planned.name if target == in_place else None)
@@ -536,18 +624,29 @@ def _remove(graph: Graph, name: str, result: RewriteResult, heir: str | None = N
 
 def _sweep(graph: Graph, seeds, protected, keep: set[str], rerouted_consumers, result: RewriteResult,
            fallback=()) -> None:
+    """Remove what nothing reads any more, walking up from `seeds`. A node only control edges
+    read is dead too if those edges order nothing (`Graph.orders_nothing`): they go with it."""
     stack = list(dict.fromkeys(seeds))
+    pure: dict[str, bool] = {}
     while stack:
         name = stack.pop()
         node = graph.get(name)
-        if node is None or name in protected or name in keep or graph.consumers(name):
+        if node is None or name in protected or name in keep:
             continue
+        waiting = graph.consumers(name)
+        if waiting:
+            if graph.uses(name) or not graph.orders_nothing(name, pure):
+                continue
+            for consumer in waiting:
+                graph.set_inputs(consumer, consumer.inputs, [c for c in consumer.control_inputs if c != name])
+                result.touched.add(consumer.name)
         # A dead node's control inputs still order the consumers it was rerouted away from.
-        if node.control_inputs:
+        ordering = graph.ordering(node.control_inputs, pure)
+        if ordering:
             for consumer_name in rerouted_consumers.get(name) or fallback:
                 consumer = graph.get(consumer_name)
                 if consumer is not None:
-                    merged = list(dict.fromkeys(consumer.control_inputs + node.control_inputs))
+                    merged = list(dict.fromkeys(consumer.control_inputs + ordering))
                     graph.set_inputs(consumer, consumer.inputs, merged)
         inputs = [r.node for r in node.inputs] + node.control_inputs
         _remove(graph, name, result)

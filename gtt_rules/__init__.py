@@ -27,7 +27,8 @@ def apply(graph: Any, rules, *, inputs: Iterable[str] | None = None, outputs: It
     """Run stages (from `load_rules`) on a graph, in place; returns (graph, [(stage name, report)]).
 
     `graph` may be a Graph, any GraphDef message or serialized bytes. Inputs and outputs default
-    to the placeholders and the sinks; they are never removed or renamed.
+    to the placeholders and the sinks; they are never removed or renamed. The result passes the
+    checks loading makes (GraphError otherwise), as every graph that leaves gtt-rules does.
     """
     from gtt_rules.engine.graph import Graph
     if not isinstance(graph, Graph):
@@ -35,6 +36,7 @@ def apply(graph: Any, rules, *, inputs: Iterable[str] | None = None, outputs: It
     inputs = list(inputs) if inputs is not None else [n.name for n in graph.placeholders()]
     outputs = list(outputs) if outputs is not None else [n.name for n in graph.sinks()]
     reports = [(stage.name, stage.run(graph, inputs=inputs, outputs=outputs)) for stage in rules]
+    graph.check()
     return graph, reports
 
 

@@ -7,6 +7,7 @@ create may have any names; a node named in both `given` and `expect` must keep i
 """
 from __future__ import annotations
 
+import collections
 import pathlib
 from dataclasses import dataclass
 from typing import Any
@@ -65,16 +66,38 @@ def run_test(test: ast.Test, owner: str, path: str, source: str, library: Librar
     stages = library.call(_stage_call(test, owner, module))
     outputs = list(test.outputs) or [n.name for n in given.sinks()]
     inputs = [n.name for n in given.placeholders()]
+    fires: collections.Counter = collections.Counter()
     try:
         actual = Graph.from_bytes(given.to_bytes())
         for stage in stages:
-            stage.run(actual, inputs=inputs, outputs=outputs)
+            fires.update(stage.run(actual, inputs=inputs, outputs=outputs).fires)
+        actual.check()  # what a test block makes passes the loader's checks, as every output does
     except GttRulesError as error:
         return fail(str(error))
     problem = compare_graphs(actual, expected, outputs, fixed_names={s.var for s in test.given})
     if problem:
+        # A rule that never fired explains any difference: say so, and show what it was given.
+        rules = {rule.name for stage in stages for rule in stage.rules or ()}
+        if test.name in rules and not fires[test.name]:
+            return fail(f"rule {test.name} never fired; the graph it got:\n{render_graph(actual)}")
+        if not fires and all(stage.rules is not None for stage in stages):
+            what = test.using.name if test.using is not None else owner
+            return fail(f"no rule of {what} fired; the graph it got:\n{render_graph(actual)}")
         return fail(problem)
     return FixtureResult(test.name, path, test.pos.line, True)
+
+
+def render_graph(graph: Graph, indent: str = "    ") -> str:
+    """The graph in fixture notation, one node a line (attrs other than a Const's value left out)."""
+    lines = []
+    for node in graph.topological_order():
+        args = [str(ref) for ref in node.inputs] + ["^" + c for c in node.control_inputs]
+        if node.op == "Const":
+            value = node.get_attr("value", None)
+            args = [np.array2string(np.asarray(value), threshold=6, separator=", ")] + args \
+                if value is not None else args
+        lines.append(f"{indent}{node.name} = {node.op}({', '.join(args)})")
+    return "\n".join(lines)
 
 
 def _stage_call(test: ast.Test, owner: str, module: ast.Module) -> StageCall:
@@ -172,7 +195,10 @@ def _add_node(graph_def: pb.GraphDef, name: str, expr: ast.NewNode, compiler: Co
             node.set_attr(key, compiler.constant(item.value))
         except (TypeError, ValueError, OverflowError) as error:
             compiler.error(item.pos, f"bad value for attr '{key}': {error}")
-    _infer_types(Node(proto), graph_def)  # a fresh Node: `node` was made before the inputs
+    try:
+        _infer_types(Node(proto), graph_def)  # a fresh Node: `node` was made before the inputs
+    except ValueError as error:  # the inputs do not say how they split among list arguments
+        compiler.error(expr.pos, f"bad fixture node: {error}")
 
 
 def _infer_types(node: Node, graph_def: pb.GraphDef) -> None:
@@ -184,7 +210,8 @@ def _infer_types(node: Node, graph_def: pb.GraphDef) -> None:
         return
     by_name = {n.name: n for n in graph_def.node}
     dtypes = [_output_dtype(by_name, ref) for ref in node.inputs]
-    for key, value in op_registry.infer_input_attrs(op_def, dtypes, set(node.attr)).items():
+    given = {key: node.get_attr(key) for key in node.attr}
+    for key, value in op_registry.infer_input_attrs(op_def, dtypes, given).items():
         node.set_attr(key, value)
 
 
@@ -231,7 +258,7 @@ def compare_graphs(actual: Graph, expected: Graph, outputs: list[str], fixed_nam
             stack.append((e_ref.node, a_ref.node))
         for e_ctl, a_ctl in zip(sorted(e.control_inputs), sorted(a.control_inputs)):
             stack.append((e_ctl, a_ctl))
-    reachable = _reachable(actual, outputs)
+    reachable = actual.live_nodes([o for o in outputs if o in actual])
     extra = sorted(reachable - set(used))
     if extra:
         return f"the result has nodes the expected graph does not: {', '.join(extra)}"
@@ -275,17 +302,3 @@ def _show(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return f"{value.dtype}{list(value.shape)} {np.array2string(value, threshold=8)}"
     return repr(value)
-
-
-def _reachable(graph: Graph, outputs: list[str]) -> set[str]:
-    seen: set[str] = set()
-    stack = [o for o in outputs if o in graph]
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        node = graph[name]
-        stack.extend(r.node for r in node.inputs)
-        stack.extend(node.control_inputs)
-    return seen

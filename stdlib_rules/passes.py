@@ -21,24 +21,20 @@ def _list_param(name: str, kind: str) -> Param:
 @register_pass("strip_unused_nodes", Param("type", "dtype", False, DT_FLOAT), Param("shape", "str", False, ""),
                _list_param("name", "str"), _list_param("type_for_name", "dtype"), _list_param("shape_for_name", "str"))
 def strip_unused_nodes(graph: Graph, ctx: PassContext) -> None:
-    """Keep only what the outputs need; the inputs become Placeholders of the given type and shape."""
+    """Keep only what the outputs need; the inputs become Placeholders of the given type and shape.
+
+    A node the outputs reach only through control edges that order nothing (from Consts and
+    other nodes without side effects: frozen Keras graphs hang every weight on such a NoOp) is
+    not needed, and those edges go.
+    """
     if not ctx.outputs:
         raise UsageError("strip_unused_nodes needs the graph's outputs (--outputs)")
     settings = _placeholder_settings(ctx)
     inputs = set(ctx.inputs)
-    needed: set[str] = set()
-    stack = list(ctx.outputs)
-    while stack:
-        name = stack.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        if name in inputs:
-            continue  # what feeds an input is not needed: the input is fed
-        node = graph[name]
-        stack.extend(ref.node for ref in node.inputs)
-        stack.extend(node.control_inputs)
-    needed |= inputs  # every graph input stays, needed or not, as in GTT
+    needed = graph.live_nodes(ctx.outputs, inputs) | inputs  # every graph input stays, as in GTT
+    for node in graph:
+        if node.name in needed and node.name not in inputs and any(c not in needed for c in node.control_inputs):
+            graph.set_inputs(node, node.inputs, [c for c in node.control_inputs if c in needed])
     order = [node.name for node in graph]
     for name in ctx.inputs:
         node = graph[name]
@@ -309,18 +305,15 @@ def _same_attrs(a, b) -> bool:
 
 @register_pass("remove_trivial_control_dependencies")
 def remove_trivial_control_dependencies(graph: Graph, ctx: PassContext) -> None:
-    """Drop control edges that order nothing: from Consts, and from NoOps that wait on nothing.
+    """Drop control edges that order nothing: from nodes without side effects that wait on none.
 
     A Const has no side effect and is always ready, so waiting on it changes nothing; a NoOp
-    with no inputs is the same. Frozen Keras graphs keep such edges from variable reads, and they
-    hold otherwise dead weights alive.
+    that waits only on such nodes is the same. Frozen Keras graphs keep such edges from variable
+    reads, and they hold otherwise dead weights alive.
     """
-    def trivial(name: str) -> bool:
-        producer = graph[name]
-        return producer.op == "Const" or (producer.op == "NoOp" and not producer.inputs
-                                          and not producer.control_inputs)
+    pure: dict[str, bool] = {}
     for node in graph.topological_order():
-        kept = [name for name in node.control_inputs if not trivial(name)]
+        kept = graph.ordering(node.control_inputs, pure)
         if len(kept) != len(node.control_inputs):
             graph.set_inputs(node, node.inputs, kept)
 
