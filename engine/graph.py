@@ -44,6 +44,10 @@ class EditLog:
         self.names: list[str] = []
         self.epoch = 0
 
+    def mark(self) -> tuple[int, int]:
+        """Where the log is now: equal marks mean no node of any graph changed in between."""
+        return self.epoch, len(self.names)
+
     def record(self, name: str) -> None:
         self.names.append(name)
         if len(self.names) > 1_000_000:
@@ -226,6 +230,7 @@ class Graph:
         self._sequence = {name: i for i, name in enumerate(self._nodes)}
         self._next_sequence = len(self._sequence)
         self._journal: list | None = None  # undo steps while a transaction is open
+        self._checked_at: tuple[int, int] | None = None  # EDITS.mark() when `check` last passed
         self._left: dict[str, int] = {}  # file positions of the nodes that left in the transaction
         self._consumers: dict[str, set[str]] = {name: set() for name in self._nodes}
         for node in self._nodes.values():
@@ -261,6 +266,7 @@ class Graph:
             graph.check_dtypes()
         except GraphError as e:
             raise e.located(str(path)) from None
+        graph._checked_at = EDITS.mark()
         return graph
 
     @classmethod
@@ -510,9 +516,13 @@ class Graph:
 
     def check(self) -> None:
         """Every check loading makes (`validate` and `check_dtypes`): what a graph passes before
-        it leaves the tool."""
+        it leaves the tool. A graph that passed and has not changed since is not checked again
+        (saving what was just loaded costs no second validation)."""
+        if self._checked_at is not None and self._checked_at == EDITS.mark():
+            return
         self.validate()
         self.check_dtypes()
+        self._checked_at = EDITS.mark()
 
     def check_nodes(self, names: Iterable[str]) -> None:
         """The checks of `check` for these nodes alone, but for cycles: what a rewrite checks of

@@ -294,6 +294,20 @@ def test_save_refuses_an_invalid_graph(tmp_path):
     assert not (tmp_path / "out.pb").exists()
 
 
+def test_a_loaded_graph_edited_after_loading_is_checked_again_before_saving(tmp_path, monkeypatch):
+    _conv_graph().save(tmp_path / "in.pb")
+    graph = Graph.load(tmp_path / "in.pb")
+    checks = []
+    real_validate = Graph.validate
+    monkeypatch.setattr(Graph, "validate", lambda self: checks.append(1) or real_validate(self))
+    graph.save(tmp_path / "same.pb")        # unchanged since it was loaded and checked
+    assert checks == []
+    graph["c"].set_attr("padding", "NOWHERE")
+    with pytest.raises(GraphError, match="padding"):
+        graph.save(tmp_path / "out.pb")
+    assert checks == [1] and not (tmp_path / "out.pb").exists()
+
+
 def test_the_api_returns_only_valid_graphs():
     graph = _conv_graph()
     graph.add_node("odd", "Relu", [TensorRef("c")], attrs={"T": 3})  # reads a float as int32
