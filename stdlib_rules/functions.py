@@ -60,8 +60,10 @@ def channel_vector(ctx, c, layer):
 
     node = ctx.graph[layer.node]
     shape, weights = tensor_shape(ctx, c), tensor_shape(ctx, node.inputs[1])
+    if shape is None or weights is None:     # unknown, not false: `not channel_vector(...)` must not fire
+        raise NotApplicable("channel_vector needs the static shapes of the constant and the weights")
     # Channels first, the last dimension is the width: a [W] constant broadcasts along it.
-    if shape is None or weights is None or node.get_attr("data_format", "NHWC") != "NHWC":
+    if node.get_attr("data_format", "NHWC") != "NHWC":
         return False
     if node.op == "DepthwiseConv2dNative":
         channels = weights[2] * weights[3]
@@ -80,7 +82,9 @@ def all_ones_but_last(ctx, c):
     from gtt_rules.rules.functions import tensor_shape
 
     shape = tensor_shape(ctx, c)
-    return shape is not None and all(d == 1 for d in shape[:-1])
+    if shape is None:       # unknown, not false: `not all_ones_but_last(c)` must not fire
+        raise NotApplicable("all_ones_but_last needs c's static shape")
+    return all(d == 1 for d in shape[:-1])
 
 
 @register_function(args=("list",), returns="bool", needs_context=True)

@@ -484,3 +484,28 @@ def test_element_matches_stay_few_when_anonymous_nodes_check_attrs():
     """.replace("Neg(x)", "n {}"))
     matches = list(match(rule.pattern, graph, graph["out"], MatchContext(graph, {}, frozenset())))
     assert len(matches) == 1
+
+
+def test_standard_shape_predicates_are_unknown_not_false_on_unknown_shapes():
+    # `not all_ones_but_last(c)` must not fire when c's shape cannot be known.
+    import gtt_rules.stdlib_rules.functions  # noqa: F401  (registers the standard functions)
+    rules = """
+        rule t:
+            n = Mul(x, c)
+            where not all_ones_but_last(c)
+            => n -> Identity(x)
+    """
+    unknown = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [1, 4]}
+        c = Placeholder {dtype: float}
+        m = Mul(x, c)
+        out = Identity(m)
+    """)
+    assert fires(unknown, rules, protected=("x", "c", "out")) == 0
+    known = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2, 4]}
+        c = Placeholder {dtype: float, shape: [2, 4]}
+        m = Mul(x, c)
+        out = Identity(m)
+    """)
+    assert fires(known, rules, protected=("x", "c", "out")) == 1
