@@ -198,10 +198,14 @@ def html_page(rows: list[dict[str, Any]], float_path: str, eightbit_path: str, i
     lowest = worst(rows)
     summary = (f"{len(rows)} layers; lowest SQNR {sqnr_text(lowest)} dB at "
                f"<code>{html.escape(lowest['layer'])}</code>" if lowest else f"{len(rows)} layers")
+    # The folder every layer sits in (a model's scope) is said once, not on every bar and row.
+    common = os.path.commonprefix([row["layer"] for row in rows])
+    common = common[:common.rfind("/") + 1] if len(rows) > 1 else ""
     values = {
         "float_path": html.escape(float_path), "eightbit_path": html.escape(eightbit_path),
         "inputs": html.escape(inputs), "reference": html.escape(REFERENCE), "summary": summary,
-        "chart": _chart(rows, lowest), "table": _table(rows, lowest),
+        "scope": f" (names under <code>{html.escape(common)}</code>)" if common else "",
+        "chart": _chart(rows, lowest, common), "table": _table(rows, lowest, common),
     }
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
 
@@ -223,15 +227,12 @@ def _colour(row: dict[str, Any]) -> str:
     return f"#{red:02x}{green:02x}{40:02x}"
 
 
-def _chart(rows: list[dict[str, Any]], lowest) -> str:
+def _chart(rows: list[dict[str, Any]], lowest, common: str) -> str:
     if not rows:
         return "<p>No layers in common.</p>"
     finite = [row["sqnr_db"] for row in rows if row["sqnr_db"] is not None]
     top = max([10.0] + [math.ceil(v / 10.0) * 10.0 for v in finite])
     bars_width = _CHART_WIDTH - _LABEL_WIDTH - 70
-    # The folder every layer sits in (a model's scope) says nothing on each bar: it is dropped.
-    common = os.path.commonprefix([row["layer"] for row in rows])
-    common = common[:common.rfind("/") + 1] if len(rows) > 1 else ""
     height = 30 + len(rows) * _BAR_HEIGHT + 6
     parts = [f'<svg id="chart" xmlns="http://www.w3.org/2000/svg" width="{_CHART_WIDTH}" height="{height}" '
              f'role="img" aria-label="SQNR per layer">']
@@ -256,13 +257,14 @@ def _chart(rows: list[dict[str, Any]], lowest) -> str:
     return "".join(parts)
 
 
-def _table(rows: list[dict[str, Any]], lowest) -> str:
+def _table(rows: list[dict[str, Any]], lowest, common: str) -> str:
     lines = ['<table id="layers"><thead><tr><th>#</th><th>layer</th><th>op</th><th>shape</th>'
              '<th>SQNR (dB)</th><th>cosine</th><th>max abs error</th><th>range used</th></tr></thead><tbody>']
     for i, row in enumerate(rows, 1):
         mark = ' class="worst"' if row is lowest else ""
         lines.append(
-            f'<tr{mark}><td>{i}</td><td class="name">{html.escape(row["layer"])}</td>'
+            f'<tr{mark}><td>{i}</td><td class="name" title="{html.escape(row["layer"])}">'
+            f'{html.escape(row["layer"][len(common):])}</td>'
             f'<td>{html.escape(row["op"])}</td><td>{"×".join(map(str, row["shape"])) or "scalar"}</td>'
             f'<td class="num">{sqnr_text(row)}</td>'
             f'<td class="num">{format_number(row["cosine"], 6)}</td>'
