@@ -483,25 +483,27 @@ def _per_layer(args, graph_a, graph_b, feeds_a, feeds_b, given, html_path) -> in
 def _print_per_layer(args, rows, worst, inputs, html_path) -> None:
     from rich.table import Table
 
-    from gtt_rules.per_layer import format_number, format_range, sqnr_text
+    from gtt_rules import per_layer
 
     out = console(stderr=html_path == "-")
     out.print(f"[bold]float[/bold] {markup(args.graph_a)}\n[bold]eight-bit[/bold] {markup(args.graph_b)}\n"
               f"inputs {markup(inputs)}")
-    table = Table(title="Error per layer, in execution order", title_justify="left")
+    scope = per_layer.common_scope(rows)
+    title = "Error per layer, in execution order" + (f" (names under {markup(scope)})" if scope else "")
+    table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right", no_wrap=True, min_width=len(str(len(rows))))
-    table.add_column("layer", overflow="fold", min_width=min(max((len(r["layer"]) for r in rows), default=5), 48))
-    table.add_column("op", no_wrap=True)
+    table.add_column("layer", overflow="fold", min_width=24)
+    table.add_column("op", overflow="fold")
     for column in ("SQNR dB", "cosine", "max abs err", "range used"):
-        table.add_column(column, justify="right", no_wrap=True)
+        table.add_column(column, justify="right", overflow="fold")
     for i, row in enumerate(rows, 1):
         style = "bold red" if row is worst else None
-        table.add_row(str(i), markup(row["layer"]), markup(row["op"]), sqnr_text(row),
-                      format_number(row["cosine"], 6), format_number(row["max_abs_error"], 4),
-                      format_range(row), style=style)
+        table.add_row(str(i), markup(row["layer"][len(scope):]), markup(row["op"]), per_layer.sqnr_text(row),
+                      per_layer.format_number(row["cosine"], 6), per_layer.format_number(row["max_abs_error"], 4),
+                      per_layer.format_range(row), style=style)
     out.print(table)
     if worst is not None:
-        out.print(f"lowest SQNR: [bold]{markup(worst['layer'])}[/bold] ({sqnr_text(worst)} dB)")
+        out.print(f"lowest SQNR: [bold]{markup(worst['layer'])}[/bold] ({per_layer.sqnr_text(worst)} dB)")
     if html_path is not None:
         out.print(f"wrote the report page to {markup(html_path)}")
     out.print(f"[dim]{_reference()}[/dim]")

@@ -198,9 +198,7 @@ def html_page(rows: list[dict[str, Any]], float_path: str, eightbit_path: str, i
     lowest = worst(rows)
     summary = (f"{len(rows)} layers; lowest SQNR {sqnr_text(lowest)} dB at "
                f"<code>{html.escape(lowest['layer'])}</code>" if lowest else f"{len(rows)} layers")
-    # The folder every layer sits in (a model's scope) is said once, not on every bar and row.
-    common = os.path.commonprefix([row["layer"] for row in rows])
-    common = common[:common.rfind("/") + 1] if len(rows) > 1 else ""
+    common = common_scope(rows)
     values = {
         "float_path": html.escape(float_path), "eightbit_path": html.escape(eightbit_path),
         "inputs": html.escape(inputs), "reference": html.escape(REFERENCE), "summary": summary,
@@ -208,6 +206,12 @@ def html_page(rows: list[dict[str, Any]], float_path: str, eightbit_path: str, i
         "chart": _chart(rows, lowest, common), "table": _table(rows, lowest, common),
     }
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
+
+
+def common_scope(rows: list[dict[str, Any]]) -> str:
+    """The folder every layer sits in ("model/"), said once rather than on every bar and row."""
+    common = os.path.commonprefix([row["layer"] for row in rows])
+    return common[:common.rfind("/") + 1] if len(rows) > 1 else ""
 
 
 def sqnr_text(row: dict[str, Any]) -> str:
