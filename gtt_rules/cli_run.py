@@ -498,9 +498,10 @@ def _print_per_layer(args, rows, worst, inputs, html_path) -> None:
         table.add_column(column, justify="right", overflow="fold")
     for i, row in enumerate(rows, 1):
         style = "bold red" if row is worst else None
-        table.add_row(str(i), markup(row["layer"][len(scope):]), markup(row["op"]), per_layer.sqnr_text(row),
-                      per_layer.format_number(row["cosine"], 6), per_layer.format_number(row["max_abs_error"], 4),
-                      per_layer.format_range(row), style=style)
+        table.add_row(str(i), markup(row["layer"][len(scope):]), markup(row["op"]),
+                      per_layer.sqnr_text(row), per_layer.format_number(row["cosine"], 6),
+                      per_layer.format_number(row["max_abs_error"], 4), per_layer.format_range(row),
+                      style=style)
     out.print(table)
     if worst is not None:
         out.print(f"lowest SQNR: [bold]{markup(worst['layer'])}[/bold] ({per_layer.sqnr_text(worst)} dB)")

@@ -131,7 +131,8 @@ def measure(layers: list[Layer], run_float: Callable[[list[str]], list[np.ndarra
         return []
     wanted = run_float([layer.name for layer in layers])
     fetches = [str(layer.tensor) for layer in layers]
-    fetches = list(dict.fromkeys(fetches + [str(ref) for layer in layers if layer.range for ref in layer.range]))
+    fetches += [str(ref) for layer in layers if layer.range for ref in layer.range]
+    fetches = list(dict.fromkeys(fetches))
     got = dict(zip(fetches, run_eightbit(fetches)))
     rows = []
     for layer, want in zip(layers, wanted):
@@ -141,6 +142,8 @@ def measure(layers: list[Layer], run_float: Callable[[list[str]], list[np.ndarra
             lo, hi = (float(np.asarray(got[str(ref)]).reshape(-1)[0]) for ref in layer.range)
         if layer.codes is not None:
             value = dequantize(value, lo, hi, layer.codes, mode=_MODE)
+        if np.shape(value) != np.shape(want):
+            continue        # the same name for another value: not a layer the graphs share
         rows.append({"layer": layer.name, "op": layer.op, "eightbit_tensor": str(layer.tensor),
                      "held_as": "codes" if layer.codes is not None else "float",
                      "range_type": _type_name(layer.range_type) if layer.range else None,
@@ -158,12 +161,9 @@ def _type_name(dt) -> str | None:
 
 
 def errors(want: np.ndarray, got: np.ndarray) -> dict[str, Any]:
-    """SQNR in dB (None when the values are equal: infinite), cosine and max abs error of `got`
-    against `want`; all None when the shapes differ."""
+    """SQNR in dB (None when infinite: `exact` says whether the values are equal), cosine and max
+    abs error of `got` against `want`, arrays of one shape."""
     want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
-    if want.shape != got.shape:
-        return {"sqnr_db": None, "exact": False, "cosine": None, "max_abs_error": None,
-                "problem": "shapes differ"}
     noise = float(np.sum((want - got) ** 2))
     signal = float(np.sum(want ** 2))
     norms = float(np.linalg.norm(want) * np.linalg.norm(got))
@@ -253,7 +253,8 @@ def _chart(rows: list[dict[str, Any]], lowest, common: str) -> str:
         shown = sqnr_text(row)
         mark = ' class="worst"' if row is lowest else ""
         parts.append(f'<g{mark}><title>{html.escape(row["layer"])} ({html.escape(row["op"])}): {shown} dB'
-                     f'</title><text x="{_LABEL_WIDTH - 6}" y="{y + 12}" class="label">{html.escape(label)}</text>'
+                     f'</title><text x="{_LABEL_WIDTH - 6}" y="{y + 12}" class="label">'
+                     f'{html.escape(label)}</text>'
                      f'<rect x="{_LABEL_WIDTH}" y="{y + 2}" width="{width:.1f}" height="{_BAR_HEIGHT - 5}" '
                      f'fill="{_colour(row)}"/><text x="{_LABEL_WIDTH + width + 4:.1f}" y="{y + 12}" '
                      f'class="value">{shown}</text></g>')
