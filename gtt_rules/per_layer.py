@@ -247,7 +247,8 @@ def _chart(rows: list[dict[str, Any]], lowest, common: str) -> str:
     for i, row in enumerate(rows):
         y = 26 + i * _BAR_HEIGHT
         sqnr = row["sqnr_db"]
-        width = bars_width if row["exact"] else bars_width * max(sqnr or 0.0, 0.0) / top
+        # A layer at or below 0 dB (error as loud as the signal) still gets a visible red stub.
+        width = bars_width if row["exact"] else max(bars_width * max(sqnr or 0.0, 0.0) / top, 4.0)
         label = row["layer"][len(common):]
         label = label if len(label) <= _LABEL_CHARS else "…" + label[-(_LABEL_CHARS - 1):]
         shown = sqnr_text(row)
