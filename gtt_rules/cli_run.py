@@ -474,7 +474,8 @@ def _per_layer(args, graph_a, graph_b, feeds_a, feeds_b, given, html_path) -> in
     if args.json:
         print(json.dumps({"float": args.graph_a, "eightbit": args.graph_b, "seed": args.seed,
                           "inputs": inputs, "layers": rows, "worst": worst and worst["layer"],
-                          "html": html_path, "reference": _reference()}, indent=2))
+                          "html": html_path, "reference": _reference()}, indent=2),
+              file=sys.stderr if html_path == "-" else sys.stdout)    # stdout holds the page
         return EXIT_OK
     _print_per_layer(args, rows, worst, inputs, html_path)
     return EXIT_OK

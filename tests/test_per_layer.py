@@ -179,3 +179,10 @@ def test_real_trained_model_digits(capsys, tmp_path, tf):
     assert converted and set(converted) <= {row["layer"] for row in rows}
     assert all(math.isfinite(row["sqnr_db"]) and row["sqnr_db"] > 10 for row in rows)
     assert rows[-1]["layer"] == spec.outputs[0].split(":")[0] or rows[-1]["op"] in ("Softmax", "BiasAdd")
+
+
+def test_html_to_stdout_sends_the_report_to_stderr(capsys, eightbit):
+    assert cli("compare", EXAMPLE, eightbit, "--per-layer", "--json", "--html", "-") == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("<!DOCTYPE html>") and captured.out.rstrip().endswith("</html>")
+    assert json.loads(captured.err)["html"] == "-"
