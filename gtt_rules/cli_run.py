@@ -55,6 +55,15 @@ def register(commands) -> None:
                          help=f"absolute tolerance (default {DEFAULT_ATOL})")
     compare.add_argument("--nan-fails", action="store_true",
                          help="a NaN fails the comparison (by default NaNs in the same places agree)")
+    compare.add_argument("--per-layer", action="store_true",
+                         help="A is float and B its eight-bit conversion: line up the layers they "
+                              "share and show, in execution order, each one's SQNR (dB), cosine, max "
+                              "abs error and eight-bit range (exit 0)")
+    compare.add_argument("--html", metavar="REPORT.html",
+                         help="with --per-layer, also write a self-contained page that plots SQNR "
+                              "per layer beside the table")
+    compare.add_argument("--overwrite", action="store_true",
+                         help="allow REPORT.html to be one of the files this command reads")
     compare.set_defaults(run=compare_command)
 
 
@@ -375,16 +384,23 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, rtol: float, atol: float,
 def compare_command(args: argparse.Namespace) -> int:
     """`gtt-rules compare`: run A and B on the same inputs; exit 1 if any output differs too much."""
     from gtt_rules.engine.graph import TensorRef
+    from gtt_rules.engine.output import check_output
     if not (args.rtol >= 0 and args.atol >= 0):     # NaN too: nothing would be within it
         raise UsageError("--rtol and --atol must be numbers, not negative")
+    if args.html is not None and not args.per_layer:
+        raise UsageError("--html writes the per-layer report; add --per-layer")
     given = load_feed_files(args.feed)
+    feed_files = [spec.partition("=")[2].strip() for spec in args.feed]
+    html_path = check_output(args.html, args.graph_a, args.graph_b, *feed_files) if args.html else None
     graph_a = _load_graph(args.graph_a)
     graph_b = _load_graph(args.graph_b)
-    outputs = parse_outputs(args.outputs, graph_a)
     # The same values for both: B's own inputs first, then A's, then the files, each overriding.
     feeds_a = _feeds_for(graph_a, args.graph_a, args.seed, given)
     feeds_b = _feeds_for(graph_b, args.graph_b, args.seed, feeds_a)
     feeds_b = {name: value for name, value in feeds_b.items() if TensorRef.parse(name).node in graph_b}
+    if args.per_layer:
+        return _per_layer(args, graph_a, graph_b, feeds_a, feeds_b, given, html_path)
+    outputs = parse_outputs(args.outputs, graph_a)
     values_a = run_graph(graph_a, args.graph_a, outputs, feeds_a)
     values_b = run_graph(graph_b, args.graph_b, outputs, feeds_b)
     rows = []
@@ -394,7 +410,7 @@ def compare_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"a": args.graph_a, "b": args.graph_b, "seed": args.seed, "rtol": args.rtol,
                           "atol": args.atol, "nan_fails": args.nan_fails, "within_tolerance": within,
-                          "outputs": rows}, indent=2))
+                          "outputs": rows, "reference": _reference()}, indent=2))
     else:
         _print_compare(args, rows, within)
     return EXIT_OK if within else EXIT_CHECK_FAILED
@@ -424,3 +440,72 @@ def _print_compare(args, rows, within) -> None:
     out.print(table)
     out.print("[green]all outputs within tolerance[/green]" if within else
                   "[red]outputs differ beyond tolerance[/red]")
+    out.print(f"[dim]{_reference()}[/dim]")
+
+
+def _reference() -> str:
+    from gtt_rules.per_layer import REFERENCE
+    return REFERENCE[0].upper() + REFERENCE[1:]
+
+
+# ---- compare --per-layer -------------------------------------------------------------------------
+
+def _per_layer(args, graph_a, graph_b, feeds_a, feeds_b, given, html_path) -> int:
+    """`compare --per-layer`: A float, B eight-bit; each shared layer's error, in execution order."""
+    from gtt_rules import per_layer
+    from gtt_rules.engine.output import write_output
+
+    try:
+        layers = per_layer.match_layers(graph_a, graph_b)
+    except GttRulesError as error:
+        raise error.located(args.graph_b) from None
+    if not layers:
+        raise UsageError(f"'{args.graph_a}' and '{args.graph_b}' share no layer: no float tensor of A "
+                         f"is computed in B under its name or an eight-bit op named below it")
+    rows = per_layer.measure(layers, lambda names: run_graph(graph_a, args.graph_a, names, feeds_a),
+                             lambda names: run_graph(graph_b, args.graph_b, names, feeds_b))
+    random_names = sorted(set(feeds_a) - set(given))
+    inputs = ", ".join([f"{name} (file)" for name in sorted(given)] +
+                       [f"{name} (random, seed {args.seed})" for name in random_names]) or "none"
+    if html_path is not None:
+        page = per_layer.html_page(rows, args.graph_a, args.graph_b, inputs).encode("utf-8")
+        write_output(html_path, lambda file: file.write(page))
+    worst = per_layer.worst(rows)
+    if args.json:
+        print(json.dumps({"float": args.graph_a, "eightbit": args.graph_b, "seed": args.seed,
+                          "inputs": inputs, "layers": rows, "worst": worst and worst["layer"],
+                          "html": html_path, "reference": _reference()}, indent=2),
+              file=sys.stderr if html_path == "-" else sys.stdout)    # stdout holds the page
+        return EXIT_OK
+    _print_per_layer(args, rows, worst, inputs, html_path)
+    return EXIT_OK
+
+
+def _print_per_layer(args, rows, worst, inputs, html_path) -> None:
+    from rich.table import Table
+
+    from gtt_rules import per_layer
+
+    out = console(stderr=html_path == "-")
+    out.print(f"[bold]float[/bold] {markup(args.graph_a)}\n[bold]eight-bit[/bold] {markup(args.graph_b)}\n"
+              f"inputs {markup(inputs)}")
+    scope = per_layer.common_scope(rows)
+    title = "Error per layer, in execution order" + (f" (names under {markup(scope)})" if scope else "")
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right", no_wrap=True, min_width=len(str(len(rows))))
+    table.add_column("layer", overflow="fold", min_width=24)
+    table.add_column("op", overflow="fold")
+    for column in ("SQNR dB", "cosine", "max abs err", "range used"):
+        table.add_column(column, justify="right", overflow="fold")
+    for i, row in enumerate(rows, 1):
+        style = "bold red" if row is worst else None
+        table.add_row(str(i), markup(row["layer"][len(scope):]), markup(row["op"]),
+                      per_layer.sqnr_text(row), per_layer.format_number(row["cosine"], 6),
+                      per_layer.format_number(row["max_abs_error"], 4), per_layer.format_range(row),
+                      style=style)
+    out.print(table)
+    if worst is not None:
+        out.print(f"lowest SQNR: [bold]{markup(worst['layer'])}[/bold] ({per_layer.sqnr_text(worst)} dB)")
+    if html_path is not None:
+        out.print(f"wrote the report page to {markup(html_path)}")
+    out.print(f"[dim]{_reference()}[/dim]")

@@ -15,6 +15,7 @@ DATA_FILES = {
     "stdlib_rules": ("gtt_rules/stdlib_rules", "*.rules"),
     "engine/data": ("gtt_rules/engine/data", "*"),
     "engine/proto": ("gtt_rules/engine/proto", "*.proto"),
+    "gtt_rules": ("gtt_rules", "*.html"),      # the per-layer report page
 }
 
 

@@ -120,7 +120,7 @@ QUANTIZE_CASES = [
     for rm in (("HALF_AWAY_FROM_ZERO", "HALF_TO_EVEN") if mode == "SCALED" else ("HALF_AWAY_FROM_ZERO",))
     for narrow in ((False, True) if mode == "SCALED" else (False,))
     # TensorFlow's oneDNN pass sends qint32 SCALED + HALF_TO_EVEN to a kernel that does not exist.
-    if not (dt == QINT32 and mode == "SCALED" and (rm == "HALF_TO_EVEN" or Q.ONEDNN))
+    if not (dt == QINT32 and mode == "SCALED" and rm == "HALF_TO_EVEN")
 ]
 
 
@@ -202,9 +202,7 @@ def test_quantize_v2_rank0_and_big(tf):
 @pytest.mark.parametrize("dt,mode,narrow", [
     (dt, mode, narrow) for dt in (QUINT8, QINT8, QUINT16, QINT16, QINT32)
     for mode in ("MIN_COMBINED", "MIN_FIRST", "SCALED")
-    for narrow in ((False, True) if mode == "SCALED" else (False,))
-    # TensorFlow's oneDNN pass sends qint32 SCALED to a kernel that does not exist.
-    if not (dt == QINT32 and mode == "SCALED" and Q.ONEDNN)])
+    for narrow in ((False, True) if mode == "SCALED" else (False,))])
 def test_dequantize(tf, dt, mode, narrow):
     rng = np.random.default_rng(dt + 100)
     for lo, hi in EDGE_RANGES + [random_range(rng) for _ in range(4)]:
@@ -902,7 +900,7 @@ _REFERENCE_SCRIPT = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
     from gtt_rules.engine.kernels import quantization as Q
-    assert Q.ONEDNN == (os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1")
+    onednn = os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
     rng = np.random.default_rng(0)
     bad = 0
     for lo, hi in [(-1, 1), (-3.7, 0.2), (0, 6), (-2, -0.5), (0, 0), (-1e-4, 1e-4), (-1000, 3)]:
@@ -911,13 +909,13 @@ _REFERENCE_SCRIPT = textwrap.dedent("""
                  (tf.quint8, 12, "SCALED", "HALF_TO_EVEN"), (tf.qint8, 11, "SCALED", "HALF_TO_EVEN"),
                  (tf.qint32, 13, "SCALED", "HALF_TO_EVEN")]
         for tt, dt, mode, rm in cases:
-            if Q.ONEDNN and dt == 13:
+            if onednn and dt == 13:
                 continue  # TensorFlow with oneDNN has no kernel for qint32 SCALED
 
             r = tf.raw_ops.QuantizeV2(input=x, min_range=lo, max_range=hi, T=tt, mode=mode,
                                       round_mode=rm)
             plain = {12: tf.uint8, 11: tf.int8, 13: tf.int32}[dt]
-            codes, a, b = Q.quantize(x, lo, hi, dt, mode, rm)
+            codes, a, b = Q.quantize(x, lo, hi, dt, mode, rm, onednn=onednn)
             bad += not (np.array_equal(codes, tf.bitcast(r.output, plain).numpy())
                         and a == r.output_min.numpy() and b == r.output_max.numpy())
             if dt == 13:
@@ -927,7 +925,7 @@ _REFERENCE_SCRIPT = textwrap.dedent("""
                 for c in (codes, top):
                     d = tf.raw_ops.Dequantize(input=tf.constant(c, tf.qint32), min_range=a,
                                               max_range=b, mode=mode).numpy()
-                    ours = Q.dequantize(c, a, b, dt, mode)
+                    ours = Q.dequantize(c, a, b, dt, mode, onednn=onednn)
                     bad += not np.array_equal(ours.view(np.uint32), d.view(np.uint32))
     print("mismatches", bad)
     sys.exit(1 if bad else 0)
@@ -936,9 +934,57 @@ _REFERENCE_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("onednn", ["0", "1"])
 def test_both_semantics_match_tensorflow_with_the_same_onednn_setting(onednn):
-    """TF_ENABLE_ONEDNN_OPTS picks the same kernels in TensorFlow and in gtt-rules: the reference
-    ones (0, what the rest of the suite checks) or x86 oneDNN's (1)."""
+    """One QuantizeV2 or Dequantize equals TensorFlow's: the reference kernels with oneDNN off (0),
+    what the evaluator runs, and `onednn=True` with x86's oneDNN on (1)."""
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([sys.executable, "-c", _REFERENCE_SCRIPT], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+
+
+_EVALUATOR_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from gtt_rules.engine.graph import Node
+    from gtt_rules.engine.kernels import KERNELS, load_all
+    from gtt_rules.engine.proto import graph_def_pb2 as pb
+    load_all()
+    def node(op, **attrs):
+        made = Node(pb.NodeDef(name=op.lower(), op=op))
+        for name, value in attrs.items():
+            made.set_attr(name, value)
+        return made
+    x, codes = np.load(sys.argv[1]), np.load(sys.argv[2])
+    quantized = KERNELS["QuantizeV2"](node("QuantizeV2", T=12, mode="MIN_FIRST"),
+                                      [x, np.float32(-1.3), np.float32(2.9)])[0]
+    pooled = KERNELS["QuantizedAvgPool"](node("QuantizedAvgPool", T=12, ksize=[1, 2, 2, 1],
+                                              strides=[1, 2, 2, 1], padding="VALID"),
+                                         [codes, np.float32(0), np.float32(1)])[0]
+    np.savez(sys.argv[3], quantized=quantized, pooled=pooled)
+""")
+
+
+def test_the_evaluator_runs_the_reference_kernels_whatever_tf_enable_onednn_opts_says(tf, tmp_path):
+    """TF_ENABLE_ONEDNN_OPTS=1 does not switch the evaluator to (an incomplete mirror of) x86's
+    oneDNN kernels: a whole eight-bit graph under oneDNN differs in float ops too, so the
+    evaluator's numbers are always those of TensorFlow with oneDNN off."""
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1.3, 2.9, 4000).astype(F32)
+    codes = rng.integers(0, 256, (1, 8, 8, 3)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "codes.npy", codes)
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", _EVALUATOR_SCRIPT, str(tmp_path / "x.npy"),
+                             str(tmp_path / "codes.npy"), str(tmp_path / "out.npz")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = np.load(tmp_path / "out.npz")
+    # TensorFlow here runs with oneDNN off (conftest): the reference kernels.
+    want = tf.raw_ops.QuantizeV2(input=x, min_range=-1.3, max_range=2.9, T=tf.quint8, mode="MIN_FIRST")
+    assert np.array_equal(got["quantized"], tf_codes(tf, want.output))
+    pooled = tf.raw_ops.QuantizedAvgPool(input=tq(tf, codes, QUINT8), min_input=0.0, max_input=1.0,
+                                         ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding="VALID")
+    assert np.array_equal(got["pooled"], tf_codes(tf, pooled.output))
+    # ... which are not what oneDNN computes on these inputs.
+    onednn, _, _ = Q.quantize(x, F32(-1.3), F32(2.9), QUINT8, "MIN_FIRST", onednn=True)
+    assert not np.array_equal(onednn, got["quantized"])

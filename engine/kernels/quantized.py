@@ -92,10 +92,8 @@ def quantize_v2(node, inputs):
                 raise ValueError(f"If axis is not specified, {name} must contain a single float "
                                  f"element, but it contains {np.size(bound)} elements")
     if slices == 1:
-        # TensorFlow's oneDNN pass leaves per-axis and narrow-range quantization on its own kernel.
-        onednn = Q.ONEDNN and axis == -1 and not narrow_range
         codes, lo, hi = Q.quantize(values, _first(min_range), _first(max_range), dtype, mode,
-                                   round_mode, narrow_range, ensure_minimum_range, onednn=onednn)
+                                   round_mode, narrow_range, ensure_minimum_range)
         return codes, _scalar_out(lo), _scalar_out(hi)
     codes, lo, hi = Q.quantize_per_axis(values, min_range, max_range, dtype, axis, mode, round_mode,
                                         narrow_range, ensure_minimum_range)
@@ -511,7 +509,8 @@ def quantized_max_pool(node, inputs):
 @kernel("QuantizedAvgPool")
 def quantized_avg_pool(node, inputs):
     """QuantizedAvgPool: the sum of each window's valid codes over their count; the range passes
-    through. TensorFlow's kernel truncates the quotient; with oneDNN it rounds half to even."""
+    through. TensorFlow's reference kernel truncates the quotient (x86's oneDNN one rounds half to
+    even)."""
     values, min_input, max_input = inputs
     dtype = node.get_attr("T")
     t = Q.qtype(dtype)
@@ -529,11 +528,7 @@ def quantized_avg_pool(node, inputs):
     counts = (rows[:, None] * cols[None, :])[None, :, :, None]
     if (counts == 0).any():
         raise ValueError("a pooling window covers no input")
-    if Q.ONEDNN:
-        # oneDNN (which TensorFlow's x86 build uses here) multiplies by the float reciprocal of
-        # the count and rounds half to even.
-        out = np.rint(sums.astype(F32) * (F32(1) / counts.astype(F32)))
-    elif t.bits == 8:
+    if t.bits == 8:
         # TensorFlow's own kernel divides in int32, truncating toward zero. In float32 the sums
         # and counts are exact (< 2^24), and a correctly rounded quotient never crosses the
         # integer its exact value lies beyond, so truncating it gives the same.
@@ -541,9 +536,8 @@ def quantized_avg_pool(node, inputs):
         np.divide(out, counts.astype(F32), out=out)
         return (out.astype(t.holder), _scalar_out(_first(min_input)),
                 _scalar_out(_first(max_input)))
-    else:
-        quotient = np.abs(sums) // counts
-        out = np.where(sums < 0, -quotient, quotient)
+    quotient = np.abs(sums) // counts
+    out = np.where(sums < 0, -quotient, quotient)
     out = np.clip(out, t.lowest, t.highest).astype(t.holder)
     return out, _scalar_out(_first(min_input)), _scalar_out(_first(max_input))
 
