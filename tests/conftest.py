@@ -95,3 +95,31 @@ def grappler_optimize(graph_bytes: bytes, outputs: list[str]):
     rewrite.remapping = rewriter_config_pb2.RewriterConfig.ON
     rewrite.min_graph_nodes = -1
     return tf_optimizer.OptimizeGraph(config, meta_graph)
+
+
+# ---- rules and graphs from source text ----
+
+def compile_rules(text: str, ruleset: str = "t", args: dict | None = None):
+    """Parse and compile rules source text (as file t.rules); the instantiated rules of `ruleset`."""
+    import textwrap
+
+    from gtt_rules.grammar.parser import parse
+    from gtt_rules.rules.compiler import compile_module
+
+    module = parse(textwrap.dedent(text), "t.rules")
+    return compile_module(module).rulesets[ruleset].instantiate(args)
+
+
+def fixture_graph(text: str):
+    """A Graph from node lines in fixture notation: `name = Op(inputs) {attrs}`."""
+    import textwrap
+
+    from gtt_rules.grammar.parser import parse
+    from gtt_rules.rules.fixtures import build_graph
+
+    lines = textwrap.dedent(text).strip().splitlines()
+    source = ("test g:\n    given:\n" + "".join(f"        {line}\n" for line in lines)
+              + "    expect:\n        unused = NoOp()\n")
+    module = parse(source, "fixture.rules")
+    return build_graph(module.tests[0].given, module)
+

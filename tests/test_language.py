@@ -11,13 +11,13 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import compile_rules, fixture_graph
 from gtt_rules.engine.driver import Limits, apply_rules
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.engine.pattern import MatchContext, match
 from gtt_rules.errors import RewriteError, RulesCheckError
 from gtt_rules.grammar.parser import parse
 from gtt_rules.rules.compiler import compile_module
-from gtt_rules.rules.fixtures import build_graph
 from gtt_rules.rules.functions import FUNCTIONS, register_function
 from gtt_rules.rules.library import Library, load_rules, parse_call
 
@@ -25,21 +25,6 @@ FLOAT, INT32, HALF = 1, 3, 19  # TensorFlow DataType enum values
 
 
 # ---- helpers ----
-
-def compile_rules(text: str, ruleset: str = "t", args: dict | None = None):
-    """Parse and compile rules source text (as file t.rules); the instantiated rules of `ruleset`."""
-    module = parse(textwrap.dedent(text), "t.rules")
-    return compile_module(module).rulesets[ruleset].instantiate(args)
-
-
-def fixture_graph(text: str) -> Graph:
-    """A Graph from node lines in fixture notation: `name = Op(inputs) {attrs}`."""
-    lines = textwrap.dedent(text).strip().splitlines()
-    source = ("test g:\n    given:\n" + "".join(f"        {line}\n" for line in lines)
-              + "    expect:\n        unused = NoOp()\n")
-    module = parse(source, "fixture.rules")
-    return build_graph(module.tests[0].given, module)
-
 
 def run(graph: Graph, rules_text: str, protected, **kwargs):
     return apply_rules(graph, compile_rules(rules_text), protected=protected, **kwargs)

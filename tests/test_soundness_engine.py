@@ -11,31 +11,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import gtt_rules
+from conftest import compile_rules, fixture_graph
 from gtt_rules.cli import main
 from gtt_rules.engine import op_registry
 from gtt_rules.engine.driver import apply_rules
 from gtt_rules.engine.evaluator import evaluate
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.errors import GraphError, RewriteError
-from gtt_rules.grammar.parser import parse
-from gtt_rules.rules.compiler import compile_module
-from gtt_rules.rules.fixtures import build_graph, run_file
+from gtt_rules.rules.fixtures import run_file
 from gtt_rules.rules.library import load_rules
 
 FLOAT = 1
-
-
-def compile_rules(text: str, ruleset: str = "t"):
-    module = parse(textwrap.dedent(text), "t.rules")
-    return compile_module(module).rulesets[ruleset].instantiate(None)
-
-
-def fixture_graph(text: str) -> Graph:
-    lines = textwrap.dedent(text).strip().splitlines()
-    source = ("test g:\n    given:\n" + "".join(f"        {line}\n" for line in lines)
-              + "    expect:\n        unused = NoOp()\n")
-    module = parse(source, "fixture.rules")
-    return build_graph(module.tests[0].given, module)
 
 
 def run(graph: Graph, rules_text: str, protected):

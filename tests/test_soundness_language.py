@@ -8,32 +8,15 @@ TensorFlow runs the graphs before and after where a rewrite's meaning is at stak
 """
 from __future__ import annotations
 
-import textwrap
 
 import numpy as np
 import pytest
 
-from conftest import tf_run
+from conftest import compile_rules, fixture_graph, tf_run
 from gtt_rules.engine.driver import apply_rules
 from gtt_rules.engine.pattern import MatchContext, match
 from gtt_rules.engine.graph import Graph
 from gtt_rules.errors import RewriteError
-from gtt_rules.grammar.parser import parse
-from gtt_rules.rules.compiler import compile_module
-from gtt_rules.rules.fixtures import build_graph
-
-
-def compile_rules(text: str):
-    module = parse(textwrap.dedent(text), "t.rules")
-    return compile_module(module).rulesets["t"].instantiate({})
-
-
-def fixture_graph(text: str) -> Graph:
-    lines = textwrap.dedent(text).strip().splitlines()
-    source = ("test g:\n    given:\n" + "".join(f"        {line}\n" for line in lines)
-              + "    expect:\n        unused = NoOp()\n")
-    module = parse(source, "fixture.rules")
-    return build_graph(module.tests[0].given, module)
 
 
 def fires(graph: Graph, rules_text: str, protected=("x", "out")) -> int:
