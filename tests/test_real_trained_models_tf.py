@@ -224,12 +224,9 @@ EXPECTED = {
 }
 # Flows that fall short of issue #16's targets today, as strict xfails (they fail the test when
 # fixed, until the mark goes). Measured 2026-12-07:
-# - musicnn quantize_weights: top-1 agreement 0.042 against TFLite's dynamic range 0.792 (its batch
-#   norms stay unfolded, and a moving variance of 1506 values from 1e-27 to 374 goes to eight
-#   bits; after optimize_for_inference folds them, 0.833).
 # - basic_pitch eightbit (calibrated on 4 samples): note agreement 0.709 with float, label accuracy
 #   0.645 against float's 0.889; TFLite's full-integer model keeps 0.717 and 0.692.
-BELOW_TARGET = {("musicnn_mtt", "quantize_weights"), ("basic_pitch", "eightbit")}
+BELOW_TARGET = {("basic_pitch", "eightbit")}
 
 
 def flow_cases() -> list:
