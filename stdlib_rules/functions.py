@@ -313,19 +313,54 @@ def _readers(graph, name: str, through=("Identity",), passed: list | None = None
     return found
 
 
+def _from_rsqrt(graph, ref, depth: int = 4) -> bool:
+    """True if tensor `ref` is a reciprocal square root, or a product of one (through Identity and
+    Mul, a few steps up): a batch norm's scale gamma / sqrt(variance + epsilon)."""
+    node = graph[ref.node]
+    if node.op == "Rsqrt":
+        return True
+    if depth == 0 or node.op not in ("Identity", "Mul"):
+        return False
+    return any(_from_rsqrt(graph, r, depth - 1) for r in node.inputs)
+
+
+# Ops that sum the products of the weights with their inputs.
+_DOT_PRODUCTS = ("Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput", "MatMul",
+                 "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
+# Least signal-to-quantization-noise ratio of dot-product weights (the codes' error energy at most
+# 1% of the weights'): trained kernels measure 28-47 dB, pruned and dead channels included.
+_LEAST_SQNR_DB = 20.0
+
+
 def weight_refusal(graph, node) -> str | None:
     """Why eight-bit codes (256 levels from min to max, 0 on a code) cannot stand for this float
-    Const, or None. Batch-norm statistics and variances feed a reciprocal square root, where a value
-    near zero that becomes zero explodes. And when more than half of the nonzero values are smaller
-    than half a step, (max - min) / 510, they all become 0: the codes keep only the outliers."""
+    Const, or None.
+
+    - Batch-norm statistics, variances and means: a variance feeds a reciprocal square root, where a
+      value near zero that becomes zero explodes; a mean is multiplied by that reciprocal (unfolded,
+      `x * scale + (beta - mean * scale)`), so its rounding error comes out up to 1 / sqrt(epsilon)
+      times larger, at exactly the channels whose input sits at the mean.
+    - Weights of a dot product (convolution, matmul) sum their products: what counts is the error
+      energy against the weights' energy, so they stay float when the SQNR is under 20 dB. Values
+      near 0 that round to 0 carry little of it (pruned weights, dead channels).
+    - Any other reader takes each value alone: when more than half of the nonzero values are smaller
+      than half a step, (max - min) / 510, they all become 0, and the codes keep only the outliers.
+    """
     for reader, port in _readers(graph, node.name):
         if reader.op in _BATCH_NORMS and port >= 1:
             return f"batch-norm statistic ({reader.op} '{reader.name}' input {port})"
     for reader, _ in _readers(graph, node.name, _PASS_THROUGH):
         if reader.op in ("Rsqrt", "Sqrt"):
             return f"read by {reader.op} '{reader.name}' (a variance: small values must stay distinct)"
+    for reader, port in _readers(graph, node.name, ("Identity", "Neg")):   # beta - mean * scale,
+        if reader.op == "Mul" and _from_rsqrt(graph, reader.inputs[1 - port]):   # or -mean * scale
+            return (f"multiplied by a reciprocal square root in '{reader.name}' (a batch norm's mean "
+                    "or scale: its rounding error is multiplied by up to 1 / sqrt(epsilon))")
     values = np.asarray(node.get_attr("value"), np.float32).reshape(-1)
     low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    plain = _readers(graph, node.name)
+    if plain and all(reader.op in _DOT_PRODUCTS for reader, _ in plain):
+        return _dot_product_refusal(values, low, high)
     half_step = np.float32((high - low) / 510.0)
     # Counted, not a median: one pass each, and the weights of a big model are large.
     magnitudes = np.abs(values)
@@ -334,6 +369,22 @@ def weight_refusal(graph, node) -> str | None:
     if nonzero and 2 * to_zero > nonzero:
         return (f"most values would round to 0: {to_zero} of {nonzero} nonzero values are under half "
                 f"a step ({half_step:.3g}) of a range of {high - low:.3g}")
+    return None
+
+
+def _dot_product_refusal(values: np.ndarray, low: float, high: float) -> str | None:
+    if high == low:
+        return None
+    # The codes quantize_weights writes: 0 on a code, steps of `step` on either side.
+    zero = np.floor(-low * 255.0 / (high - low) + 0.5)
+    step = max(-low / max(zero, 1.0), high / max(255.0 - zero, 1.0))
+    restored = np.round(values / step) * step
+    noise = float(np.sum(np.square(restored - values, dtype=np.float64)))
+    signal = float(np.sum(np.square(values, dtype=np.float64)))
+    if noise and signal < noise * 10.0 ** (_LEAST_SQNR_DB / 10.0):
+        sqnr = 10.0 * np.log10(signal / noise) if signal else -np.inf
+        return (f"eight bits keep too little of these weights: SQNR {sqnr:.1f} dB, under "
+                f"{_LEAST_SQNR_DB:.0f} dB (a range of {high - low:.3g}: outliers far from the rest)")
     return None
 
 

@@ -336,10 +336,13 @@ def test_batch_norm_statistics_and_variances_stay_float(tf, tmp_path, capsys):
     notes = _report_notes(capsys)
     assert sum("batch-norm statistic (FusedBatchNormV3" in n for n in notes) == 4, notes
     assert sum("read by Rsqrt" in n for n in notes) == 1, notes
-    assert "Dequantize" in {n.op for n in graph}        # the second batch norm's mean is quantized
+    # The unfolded batch norm's mean, times 1 / sqrt(variance + epsilon): rounded to eight bits, it
+    # moved the outputs of the near-zero-variance channels by up to 31 steps (musicnn's tagger fell
+    # to 0.04 top-1 agreement so).
+    assert sum("multiplied by a reciprocal square root" in n for n in notes) == 1, notes
+    assert "Dequantize" not in {n.op for n in graph}
     (expected,) = tf_run(data, feeds, ["out"])
-    np.testing.assert_allclose(tf_run(path.read_bytes(), feeds, ["out"])[0], expected,
-                               atol=0.01 * np.abs(expected).max())
+    np.testing.assert_allclose(tf_run(path.read_bytes(), feeds, ["out"])[0], expected, rtol=1e-6)
 
 
 def test_values_most_of_which_would_round_to_zero_stay_float(tf, tmp_path, capsys):
@@ -357,6 +360,30 @@ def test_values_most_of_which_would_round_to_zero_stay_float(tf, tmp_path, capsy
     assert graph["outliers"].op == "Const" and graph["pruned"].op == "Dequantize"
     (note,) = [n for n in _report_notes(capsys) if "'outliers'" in n]
     assert "most values would round to 0" in note
+
+
+def test_dot_product_weights_stay_float_only_when_their_sqnr_is_low(tf, tmp_path, capsys):
+    """A convolution's weights sum their products: values near 0 that round to 0 carry little of
+    the energy. musicnn's kernels (dead channels at 1e-34, most live values under half a step)
+    measure 28-36 dB and lose no agreement as eight bits; they stayed float when counted."""
+    rng = np.random.default_rng(5)
+    kernel = rng.standard_normal((3, 3, 16, 32)).astype(np.float32) * 0.3
+    kernel[..., 16:] *= 1e-30                               # dead channels: half the values
+    dense = rng.standard_normal((4096, 16)).astype(np.float32) * 0.01
+    dense[0, 0] = 5.0                   # 500 standard deviations: steps of 0.02 leave three codes
+
+    def body(tf, x, w):
+        y = tf.nn.conv2d(x, tf.constant(kernel, name="kernel"), 1, "SAME")
+        return tf.matmul(tf.reshape(y, [1, 4096]), tf.constant(dense, name="dense"))
+
+    data, feeds = _build(tf, [1, 8, 16, 16], body)
+    graph, path = _apply(tmp_path, data, "quantize_weights")
+    assert graph["kernel"].op == "Dequantize" and graph["dense"].op == "Const"
+    (note,) = [n for n in _report_notes(capsys) if "'dense'" in n]
+    assert "dB, under 20 dB" in note, note
+    (expected,) = tf_run(data, feeds, ["out"])
+    (got,) = tf_run(path.read_bytes(), feeds, ["out"])
+    np.testing.assert_allclose(got, expected, atol=0.02 * np.abs(expected).max())
 
 
 def test_apply_with_samples_on_a_graph_without_runtime_ranges_changes_nothing_more(tf, tmp_path, capsys):
@@ -426,7 +453,7 @@ def test_keep_float_above_keeps_the_layer_that_loses_most_float(tf, tmp_path, ca
     capsys.readouterr()
     assert main(["apply", str(source), "-o", str(kept), *common, "--keep-float-above", "0.05"]) == 0
     err = capsys.readouterr().err
-    assert f"kept float (error added above 0.05): '{worst}'" in err, err
+    assert f"kept float (error added above 0.05): '{worst}'" in err.splitlines(), err
     graph = Graph.load(kept)
     assert graph[worst].op != "Dequantize" and "QuantizedConv2D" in {n.op for n in graph}
     after = calibration.layer_errors(Graph.from_bytes(data), graph, samples)
