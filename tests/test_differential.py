@@ -1,0 +1,189 @@
+"""Differential testing at scale (issue #11, item 8): random graphs, random rules and the standard
+library's pipelines, with three properties checked on every example:
+
+- what the engine leaves behind is a valid graph: it saves, loads back through `Graph.load` (op
+  arity, attrs, dtypes, cycles) and passes `Graph.validate()`;
+- rules and pipelines that keep what a graph computes do: the evaluator gives the same outputs
+  before and after;
+- the engine terminates, or stops with one of our named errors (a GttRulesError), never another
+  exception.
+
+CI runs a fixed, derandomized set of examples (about a minute in all on two cores);
+GTT_RULES_FUZZ_EXAMPLES=N runs N times as many. On a failure, hypothesis prints the shrunk graph
+(pbtxt) and rules text. Generator features that trip bugs known from issue #11 are switched off
+in `graph_generators.KNOWN_BUGS` until their fixes are merged.
+"""
+from __future__ import annotations
+
+import pathlib
+import tempfile
+
+import numpy as np
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+import os
+
+from hypothesis import Phase
+
+from graph_generators import SCALE, GraphCase, RuleCase, graphs, rule_sets
+from gtt_rules.engine.driver import Limits
+from gtt_rules.engine.evaluator import evaluate
+from gtt_rules.engine.graph import Graph
+from gtt_rules.errors import GttRulesError
+from gtt_rules.grammar.parser import parse
+from gtt_rules.rules.compiler import compile_module
+from gtt_rules.rules.gtt import transform_stages
+from gtt_rules.rules.library import Library, Stage, load_rules
+
+# Folds reassociate float arithmetic (a batch norm into conv weights): a few ulps of float32,
+# grown by the ops after them.
+RTOL, ATOL = 1e-4, 1e-4
+PHASES = [p for p in Phase if p != Phase.explain and
+          (p != Phase.shrink or not os.environ.get("GTT_RULES_FUZZ_NO_SHRINK"))]
+
+
+class InvalidGraph(AssertionError):
+    """The engine left a graph that our own loader or validation refuses."""
+
+
+class ChangedOutputs(AssertionError):
+    """A rewrite that keeps what the graph computes changed an output."""
+
+
+class DidNotTerminate(AssertionError):
+    """Rules that reach a fixed point by construction stopped with an error."""
+
+
+class PipelineFailed(AssertionError):
+    """A standard library pipeline refused a valid graph."""
+
+
+def fuzz_settings(examples: int):
+    """Deterministic (derandomized, no example database) and scaled by GTT_RULES_FUZZ_EXAMPLES."""
+    return settings(max_examples=examples * SCALE, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.filter_too_much], print_blob=False,
+                    phases=PHASES)
+
+
+def copy_of(case: GraphCase) -> Graph:
+    return Graph.from_bytes(case.graph.to_bytes())
+
+
+def check_valid(graph: Graph) -> None:
+    """(a): the graph saves, loads back through Graph.load, and validates."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = pathlib.Path(folder) / "written.pb"
+        try:
+            graph.save(path)
+            Graph.load(path).validate()
+            graph.validate()
+        except GttRulesError as error:
+            raise InvalidGraph(f"the written graph does not load: {error}") from error
+
+
+def check_same_outputs(case: GraphCase, graph: Graph) -> None:
+    """(b): the evaluator gives the outputs it gave on the original graph."""
+    expected = evaluate(case.graph, case.feeds, case.fetches)
+    missing = [name for name in case.fetches if name not in graph]
+    if missing:
+        raise ChangedOutputs(f"output '{missing[0]}' is gone")
+    actual = evaluate(graph, case.feeds, case.fetches)
+    for name, want, got in zip(case.fetches, expected, actual):
+        if want.shape != got.shape or want.dtype != got.dtype:
+            raise ChangedOutputs(f"output '{name}' was {want.dtype}{list(want.shape)}, "
+                                 f"is {got.dtype}{list(got.shape)}")
+        scale = max(1.0, float(np.max(np.abs(want), initial=0.0, where=np.isfinite(want))))
+        if not np.allclose(got, want, rtol=RTOL, atol=ATOL * scale, equal_nan=True):
+            raise ChangedOutputs(f"output '{name}' changed: max difference "
+                                 f"{np.max(np.abs(got - want))}")
+
+
+def compile_rules(text: str) -> list:
+    """The rules of `text`, a .rules file's source (compiled without the on-disk cache)."""
+    return compile_module(parse(text, "fuzz.rules")).rulesets["fuzz"].instantiate()
+
+
+def run_stages(graph: Graph, stages: list[Stage], case: GraphCase) -> GttRulesError | None:
+    """(c): run the stages; a GttRulesError is a named stop and is returned, anything else raises."""
+    try:
+        for stage in stages:
+            stage.run(graph, inputs=case.inputs, outputs=case.outputs, limits=Limits(max_rewrites=2_000))
+    except GttRulesError as error:
+        return error
+    return None
+
+
+def describe(case: GraphCase, rules_text: str | None = None) -> None:
+    note(f"graph (pbtxt), inputs {case.inputs}, outputs {case.outputs}:\n{case.pbtxt()}")
+    if rules_text is not None:
+        note(f"rules:\n{rules_text}")
+
+
+@fuzz_settings(examples=150)
+@given(data=st.data())
+def test_random_rules_on_random_graphs(data):
+    case: GraphCase = data.draw(graphs(), label="graph")
+    rules: RuleCase = data.draw(rule_sets(case.ops), label="rules")
+    describe(case, rules.text)
+    try:
+        compiled = compile_rules(rules.text)
+    except GttRulesError:
+        # Random sentences may be nonsense; the rules meant to preserve meaning must compile.
+        assert not rules.preserving, f"a generated preserving rule does not compile:\n{rules.text}"
+        return
+    graph = copy_of(case)
+    error = run_stages(graph, [Stage("fuzz", rules=compiled)], case)
+    note(f"stopped with: {error}")
+    # A stop, named or not, leaves the graph as the last complete rewrite made it.
+    check_valid(graph)
+    if rules.preserving:
+        check_same_outputs(case, graph)
+    if rules.terminates and error is not None:
+        raise DidNotTerminate(f"rules that saturate stopped with: {error}")
+
+
+# Each pipeline, and whether it keeps what a graph computes (the weight quantizers round).
+PIPELINES = {
+    "strip_unused_nodes": True,
+    "fold_constants": True,
+    "optimize_for_inference": True,
+    "fold_batch_norms": True,
+    "fold_old_batch_norms": True,
+    "remove_nodes(op=[\"Identity\", \"CheckNumerics\"])": True,
+    "simplify": True,
+    "merge_duplicate_nodes": True,
+    "sort_by_execution_order": True,
+    "remove_control_dependencies": True,
+    "remove_trivial_control_dependencies": True,
+    "backport_concatv2": True,
+    "flatten_atrous_conv": True,
+    "obfuscate_names": True,
+    "round_weights(num_steps=16)": False,
+    "quantize_weights(minimum_size=1)": False,
+    "eightbit": False,
+}
+# The Graph Transform Tool's recipe from the README, as transform_graph spells it.
+GTT_RECIPE = ("strip_unused_nodes remove_nodes(op=Identity, op=CheckNumerics) fold_constants(ignore_errors=true) "
+              "fold_batch_norms fold_old_batch_norms quantize_weights")
+
+
+def pipeline_stages(spec: str) -> list[Stage]:
+    if spec == GTT_RECIPE:
+        return [stage for _, stages in transform_stages(spec, Library()) for stage in stages]
+    return load_rules([spec])
+
+
+@fuzz_settings(examples=100)
+@given(case=graphs(), spec=st.sampled_from(sorted(PIPELINES) + [GTT_RECIPE]))
+def test_standard_pipelines_on_random_graphs(case: GraphCase, spec: str):
+    describe(case)
+    note(f"pipeline: {spec}")
+    graph = copy_of(case)
+    error = run_stages(graph, pipeline_stages(spec), case)
+    check_valid(graph)
+    if error is not None:
+        raise PipelineFailed(f"{spec} stopped with: {error}")
+    if PIPELINES.get(spec, False):
+        check_same_outputs(case, graph)
