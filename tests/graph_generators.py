@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import strategies as st
 
+from gtt_rules.engine import op_registry
+from gtt_rules.engine.dtypes import dtype_name
 from gtt_rules.engine.graph import Graph
 
 # True: the bug is still open, so the generator leaves out the feature that trips it.
@@ -41,8 +43,8 @@ KNOWN_BUGS = {
     # results, checked in test_differential, rather than a generator feature).
     "control_liveness": True,
     # What a rewrite writes is not validated: a rule may build a node with the wrong number of
-    # inputs or a wrong attr, or read a port its producer lacks (`n -> n()`, `Pack(x) {N: 0}`,
-    # `n:* -> n:3`), and apply writes it.
+    # inputs, a wrong attr or a float where the op takes int32, or read a port its producer lacks
+    # (`n -> n()`, `Pack(x) {N: 0}`, `Split(n, n)`, `n:* -> n:3`), and apply writes it.
     "unvalidated_writes": True,
     # Found by this fuzzer, not in issue #11: `n -> NewOp(...)` on a multi-output root whose other
     # ports are still read gives the root's name to NewOp, and the readers of `n:1` then read a
@@ -89,6 +91,25 @@ class GraphCase:
 
     def pbtxt(self) -> str:
         return self.graph.to_bytes(text=True).decode()
+
+    def sketch(self) -> str:
+        """One line a node, `name = Op(inputs, ^control) {attrs}`, Const values in full: a repro
+        to read (the pbtxt is the one to load)."""
+        lines = []
+        for node in self.graph:
+            inputs = [str(ref) for ref in node.inputs] + [f"^{c}" for c in node.control_inputs]
+            op_def = op_registry.get_op(node.op)
+            shown = []
+            for key in sorted(node.proto.attr):
+                value = node.get_attr(key)
+                if isinstance(value, np.ndarray):
+                    value = f"{value.tolist()} ({value.dtype})"
+                elif op_def is not None and key in op_def.attrs and op_def.attrs[key].type == "type":
+                    value = dtype_name(value)
+                shown.append(f"{key}: {value}")
+            shown = ", ".join(shown)
+            lines.append(f"{node.name} = {node.op}({', '.join(inputs)}) {{{shown}}}")
+        return "\n".join(lines)
 
 
 @dataclass
@@ -580,7 +601,6 @@ ATTR_VALUES = ("float", "t", "0", "1", "2", "-1", "\"SAME\"", "\"NHWC\"", "false
 
 def _signature(op: str) -> tuple[int, bool]:
     """(fixed data inputs, whether a list input comes last or among them)."""
-    from gtt_rules.engine import op_registry
     op_def = op_registry.get_op(op)
     if op_def is None:
         return 0, False
@@ -667,7 +687,6 @@ def _node_pattern(draw, names: _Names, depth: int, ops, forced=()) -> str:
         text += f"({', '.join(args)})"
     names.last_arity = arity
     if draw(st.integers(0, 3)) == 0:
-        from gtt_rules.engine import op_registry
         # Attrs every alternative has, mostly; sometimes one it lacks (the checker must say so).
         keys = set.intersection(*(set(op_registry.get_op(o).attrs) for o in alternatives)) if alternatives else set()
         keys = sorted(keys) if keys and draw(st.integers(0, 5)) else ["T", "padding"]
@@ -693,10 +712,14 @@ def _guard(draw, names: _Names, depth: int = 0) -> str:
     return atom
 
 
+# New ops with an int32 input (an axis, a shape, a permutation) where a bound float tensor may go.
+INT_INPUT_OPS = ("Split", "Reshape", "Transpose")
+
+
 def _new_node(draw, names: _Names, depth: int) -> str:
-    op = draw(st.sampled_from(NEW_OPS))
+    wild = not KNOWN_BUGS["unvalidated_writes"]   # input counts, attrs and dtypes the op refuses
+    op = draw(st.sampled_from([o for o in NEW_OPS if wild or o not in INT_INPUT_OPS]))
     fixed, variadic = _signature(op)
-    wild = not KNOWN_BUGS["unvalidated_writes"]   # input counts and attrs the op refuses
     count = fixed if not wild or draw(st.integers(0, 7)) else draw(st.integers(0, 3))
     args = [_source(draw, names, depth + 1) for _ in range(count)]
     if variadic:

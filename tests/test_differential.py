@@ -126,7 +126,8 @@ def run_stages(graph: Graph, stages: list[Stage], case: GraphCase) -> GttRulesEr
 
 
 def describe(case: GraphCase, rules_text: str | None = None) -> None:
-    note(f"graph (pbtxt), inputs {case.inputs}, outputs {case.outputs}:\n{case.pbtxt()}")
+    note(f"graph, inputs {case.inputs}, outputs {case.outputs}:\n{case.sketch()}")
+    note(f"the same graph as pbtxt:\n{case.pbtxt()}")
     if rules_text is not None:
         note(f"rules:\n{rules_text}")
 
