@@ -240,6 +240,10 @@ def _list_op(draw, b: _Builder, x: _Tensor) -> None:
     same = [t for t in b.pool if t.shape == x.shape]
     values = [x] + draw(st.lists(st.sampled_from(same), min_size=0 if op != "AddN" else 1, max_size=2))
     refs = [t.ref for t in values]
+    if draw(st.integers(0, 2)) == 0:   # elements of one op over a shared operand: a common factor
+        element = draw(st.sampled_from(("RealDiv", "RealDiv", "Mul", "AddV2")))
+        shared = b.const(np.full((), draw(st.sampled_from((2.0, -0.5))), np.float32))
+        refs = [b.node(element, [ref, shared], {"T": FLOAT}) for ref in refs]
     n = len(values)
     rank = len(x.shape)
     if op == "AddN":
@@ -262,6 +266,9 @@ def _multi_output(draw, b: _Builder, x: _Tensor) -> None:
     op = draw(st.sampled_from(choices))
     rank = len(x.shape)
     if op == "FusedBatchNormV3":
+        if draw(st.booleans()):   # a convolution first, as the batch-norm folds want
+            _conv2d(draw, b, x)
+            x = b.pool[-1]
         c = x.shape[-1]
         gamma, beta, mean = (b.float_const(draw, (c,)) for _ in range(3))
         var = b.const(np.abs(b.rng.standard_normal(c)).astype(np.float32) + 0.5)
@@ -368,6 +375,10 @@ class RuleCase:
     preserving: bool
     terminates: bool
 
+    @property
+    def refusable(self) -> bool:
+        return REFUSABLE in self.text
+
     def without_tautologies(self) -> str:
         """The text without the guards that always hold: the rules must rewrite just the same."""
         return "".join(line for line in self.text.splitlines(keepends=True) if ALWAYS_TRUE not in line)
@@ -388,6 +399,7 @@ def _alternatives(draw, op: str, others) -> str:
 
 
 ALWAYS_TRUE = "# always true"   # marks the guards that hold anyway, for a run without them
+REFUSABLE = "# the checker may refuse this rule"   # marks rules either outcome of a fix allows
 
 
 def _true_guard(draw, var: str) -> str:
@@ -511,7 +523,7 @@ def _nested_root_copy(draw, ops):
 def _variadic(draw, ops):
     op = _pick(draw, ("AddN", "ConcatV2", "Pack"), ops)
     if op == "AddN":
-        kind = draw(st.sampled_from(("spread", "one", "elements")))
+        kind = draw(st.sampled_from(("spread", "one", "elements", "elements")))
         if kind == "spread":
             return ("rule addn-of-two:\n    n = AddN(xs...)\n    where len(xs) == 2\n    let a = xs[0], b = xs[1]\n"
                     + draw(st.sampled_from(("    => n -> AddV2(a, b)\n", "    => n -> AddV2(xs)\n")))), True
@@ -520,8 +532,9 @@ def _variadic(draw, ops):
         if KNOWN_BUGS["variadic_element_names"]:
             return ("rule addn-of-negs:\n    n = AddN(ms...: Neg)\n    where len(ms) >= 2\n"
                     "    => n -> Neg(AddN(first_inputs(ms)))\n"), True
-        return ("rule addn-common-factor:\n    n = AddN(ms...: Mul(x, ys...))\n    where len(ms) >= 2\n"
-                "    => n -> Mul(x, AddN(ys))\n"), True
+        # x is one tensor across the elements; the checker may instead refuse names there.
+        return (f"rule addn-common-divisor:\n    {REFUSABLE}\n    n = AddN(ms...: RealDiv(y, x))\n"
+                "    where len(ms) >= 2\n    => n -> RealDiv(AddN(first_inputs(ms)), x)\n"), True
     if op == "ConcatV2":
         return ("rule concat-spread:\n    n = ConcatV2(xs...)\n    where not only_read_by(n, [\"Identity\"])\n"
                 "    let vs = but_last(xs), axis = last(xs)\n    => n -> Identity(ConcatV2(vs, axis))\n"), True
