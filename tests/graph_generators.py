@@ -9,7 +9,8 @@ they replace (x + 0 -> x, double Neg, transpose pairs, nested copies of the root
 properties only.
 
 A generator feature that trips a bug known from issue #11 is off while that bug is open: set its
-entry in KNOWN_BUGS to False once the fix is merged, and the feature is drawn again.
+entry in KNOWN_BUGS to False once the fix is merged, and the feature is drawn again (to try a fix
+first: GTT_RULES_FUZZ_FIXED=heir,port_reroute pytest tests/test_differential.py).
 """
 from __future__ import annotations
 
@@ -25,35 +26,42 @@ from gtt_rules.engine import op_registry
 from gtt_rules.engine.dtypes import dtype_name
 from gtt_rules.engine.graph import Graph
 
-# True: the bug is still open, so the generator leaves out the feature that trips it.
+# Bugs of issue #11 (and two this fuzzer found) that other branches fix. True: the bug is still
+# open, so the feature named after the colon is not drawn (or the property is not checked).
 KNOWN_BUGS = {
-    # A replacement nesting a copy of the matched root gives the protected name to the copy.
+    # A replacement nesting a copy of the matched root gives the protected name to the copy
+    # (item 2): the `nested_root_copy` rule template.
     "heir": True,
-    # Per-port rerouting of a node that stays alive never saturates (graphs reading bn:1).
+    # Rerouting one port of a node that stays alive never saturates (item 3): graphs that read
+    # `bn:1` and `bn:2` of a FusedBatchNormV3, which fold-fused-batch-norm loops on.
     "port_reroute": True,
-    # A literal in a pattern matches a Const of any shape, one that broadcasts the output larger.
+    # A literal in a pattern matches a Const of any shape (item 7): uniform Const operands that
+    # broadcast the result larger than the other operand, which `x + 0 -> x` then shrinks.
     "literal_shapes": True,
-    # Names inside a variadic element pattern are ignored: `AddN(ms...: Mul(x, y))`.
+    # Names inside a variadic element pattern are ignored (item 4): the `AddN(ms...: RealDiv(y, x))`
+    # rule template and named element patterns in arbitrary rules.
     "variadic_element_names": True,
-    # New nodes with two list inputs get their count attrs wrong.
+    # New nodes with two list inputs get wrong count attrs (item 1): arbitrary rules building
+    # `_FusedConv2D`.
     "count_attrs": True,
-    # Guards are false when one operand of `or` cannot be answered.
+    # Guards are false when one operand of `or` cannot be answered (item 6): always-true guards
+    # with such an operand.
     "three_valued_guards": True,
-    # Nodes reachable only through control edges are kept alive (a property of the pipelines'
-    # results, checked in test_differential, rather than a generator feature).
+    # Nodes reachable only through control edges are kept alive (item 5): the check that
+    # strip_unused_nodes and optimize_for_inference leave no node that no output needs.
     "control_liveness": True,
-    # What a rewrite writes is not validated: a rule may build a node with the wrong number of
-    # inputs, a wrong attr or a float where the op takes int32, or read a port its producer lacks
-    # (`n -> n()`, `Pack(x) {N: 0}`, `Split(n, n)`, `n:* -> n:3`), and apply writes it.
+    # What a rewrite writes is not validated (item 1): arbitrary rules that build a node with the
+    # wrong number of inputs, a wrong attr or a float where the op takes int32, or that read a port
+    # its producer lacks (`n -> n()`, `Pack(x) {N: 0}`, `Split(x, x)`, `n:* -> x:3`).
     "unvalidated_writes": True,
-    # Found by this fuzzer, not in issue #11: `n -> NewOp(...)` on a multi-output root whose other
-    # ports are still read gives the root's name to NewOp, and the readers of `n:1` then read a
-    # port NewOp does not have (`Relu|Unpack(v0)` => `n -> AddV2(v0, Neg(v0))` on an Unpack).
+    # Not in issue #11, found here: `n -> NewOp(...)` on a multi-output root whose other ports are
+    # still read gives n's name to NewOp, and the readers of `n:1` then read a port NewOp lacks
+    # (`n = Unpack(v) => n -> Neg(v)`; the graph is written, and loads no more): arbitrary rules
+    # whose root matches Split, Unpack, FusedBatchNormV3 or any op.
     "multi_output_heir": True,
 }
 
-# Switches named here (comma-separated) are off, to check a fix before editing KNOWN_BUGS:
-# GTT_RULES_FUZZ_FIXED=heir,literal_shapes
+# Bugs named here (comma-separated) count as fixed, to try a fix before editing KNOWN_BUGS.
 for _name in filter(None, os.environ.get("GTT_RULES_FUZZ_FIXED", "").split(",")):
     KNOWN_BUGS[_name.strip()] = False
 
@@ -172,10 +180,12 @@ def _binary(draw, b: _Builder, x: _Tensor) -> None:
     else:
         shapes = _broadcast_shapes(x.shape)
         if not KNOWN_BUGS["literal_shapes"]:
-            shapes.append((2,) + x.shape)   # broadcasts the result larger
+            shapes += [(2,) + x.shape] * 3   # broadcasts the result larger
         const_shape = draw(st.sampled_from(shapes))
         if op == "RealDiv":
             other = b.const(np.full(const_shape, draw(st.sampled_from((1.0, 2.0, -0.5))), np.float32))
+        elif len(const_shape) > len(x.shape):   # the op's identity element, which a literal matches
+            other = b.const(np.full(const_shape, 1.0 if op == "Mul" else 0.0, np.float32))
         else:
             other = b.float_const(draw, const_shape)
         shape = np.broadcast_shapes(x.shape, const_shape)
