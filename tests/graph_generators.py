@@ -26,39 +26,39 @@ from gtt_rules.engine import op_registry
 from gtt_rules.engine.dtypes import dtype_name
 from gtt_rules.engine.graph import Graph
 
-# Bugs of issue #11 (and two this fuzzer found) that other branches fix. True: the bug is still
+# Bugs of issue #11 (and two this fuzzer found). True: the bug is still
 # open, so the feature named after the colon is not drawn (or the property is not checked).
 KNOWN_BUGS = {
     # A replacement nesting a copy of the matched root gives the protected name to the copy
     # (item 2): the `nested_root_copy` rule template.
-    "heir": True,
+    "heir": False,
     # Rerouting one port of a node that stays alive never saturates (item 3): graphs that read
     # `bn:1` and `bn:2` of a FusedBatchNormV3, which fold-fused-batch-norm loops on.
-    "port_reroute": True,
+    "port_reroute": False,
     # A literal in a pattern matches a Const of any shape (item 7): uniform Const operands that
     # broadcast the result larger than the other operand, which `x + 0 -> x` then shrinks.
-    "literal_shapes": True,
+    "literal_shapes": False,
     # Names inside a variadic element pattern are ignored (item 4): the `AddN(ms...: RealDiv(y, x))`
     # rule template and named element patterns in arbitrary rules.
-    "variadic_element_names": True,
+    "variadic_element_names": False,
     # New nodes with two list inputs get wrong count attrs (item 1): arbitrary rules building
     # `_FusedConv2D`.
-    "count_attrs": True,
+    "count_attrs": False,
     # Guards are false when one operand of `or` cannot be answered (item 6): always-true guards
     # with such an operand.
-    "three_valued_guards": True,
+    "three_valued_guards": False,
     # Nodes reachable only through control edges are kept alive (item 5): the check that
     # strip_unused_nodes and optimize_for_inference leave no node that no output needs.
-    "control_liveness": True,
+    "control_liveness": False,
     # What a rewrite writes is not validated (item 1): arbitrary rules that build a node with the
     # wrong number of inputs, a wrong attr or a float where the op takes int32, or that read a port
     # its producer lacks (`n -> n()`, `Pack(x) {N: 0}`, `Split(x, x)`, `n:* -> x:3`).
-    "unvalidated_writes": True,
+    "unvalidated_writes": False,
     # Not in issue #11, found here: `n -> NewOp(...)` on a multi-output root whose other ports are
     # still read gives n's name to NewOp, and the readers of `n:1` then read a port NewOp lacks
     # (`n = Unpack(v) => n -> Neg(v)`; the graph is written, and loads no more): arbitrary rules
     # whose root matches Split, Unpack, FusedBatchNormV3 or any op.
-    "multi_output_heir": True,
+    "multi_output_heir": False,
     # Not in issue #11, found here: a new node whose input is a copy of a matched node gets no type
     # attr (`n = Tanh(x) => n -> Neg(n(x))` writes a Neg without T, which our loader accepts and
     # TensorFlow refuses), so a `dtype()` guard on it is false: a new node over a copy, unless the
