@@ -524,15 +524,19 @@ class Graph:
         self.check_dtypes()
         self._checked_at = EDITS.mark()
 
-    def check_nodes(self, names: Iterable[str]) -> None:
+    def check_nodes(self, names: Iterable[str], complete: Iterable[str] = ()) -> None:
         """The checks of `check` for these nodes alone, but for cycles: what a rewrite checks of
-        the nodes it made or changed, at a cost that does not grow with the graph."""
-        signature, counts = self._signatures(), {}
+        the nodes it made or changed, at a cost that does not grow with the graph. The nodes named
+        in `complete` (those a rewrite made) must also carry every attr their op gives no
+        default, as TensorFlow's importer demands (loading lets graphs of rules' tests leave them out)."""
+        signature, counts, complete = self._signatures(), {}, set(complete)
         for name in names:
             node = self._nodes.get(name)
             if node is None:
                 continue
             _check_node(node)
+            if name in complete:
+                _check_required_attrs(node)
             self._check_edges(node, counts)
             if node.inputs:
                 self._check_input_dtypes(node, signature)
@@ -952,6 +956,17 @@ def _check_node(node: Node) -> None:
     op_def = op_registry.get_op(node.op)
     if op_def is not None:
         _check_against_op(node, op_def, attrs)
+
+
+def _check_required_attrs(node: Node) -> None:
+    op_def = op_registry.get_op(node.op)
+    if op_def is None:
+        return
+    missing = [name for name, attr_def in op_def.attrs.items()
+               if not attr_def.has_default and name not in node.proto.attr]
+    if missing:
+        raise GraphError(f"{node.op} needs attr{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(repr(m) for m in missing)}, which has no default", node=node.name)
 
 
 def _check_attr(node: Node, name: str, value: pb.AttrValue) -> None:

@@ -207,7 +207,7 @@ def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, rero
     """The loader's checks on the nodes the rewrite made or changed, and no new cycle."""
     changed = list(dict.fromkeys(result.created + sorted(result.changed)))
     try:
-        graph.check_nodes(changed)
+        graph.check_nodes(changed, complete=result.created)
         if not _only_upstream(root, reroutes, planner):
             graph.check_acyclic(changed)
     except GraphError as error:
@@ -466,7 +466,10 @@ class _Planner:
         planned, port = source
         if planned.dtypes is None:
             op_def = op_registry.get_op(planned.op)
-            planned.dtypes = op_registry.output_dtypes(op_def, planned.attrs) if op_def else None
+            # A copy's type attrs are mostly the matched node's own, not in `attrs`.
+            attrs = planned.attrs if planned.source is None else \
+                {**{key: planned.source.get_attr(key) for key in planned.copied}, **planned.attrs}
+            planned.dtypes = op_registry.output_dtypes(op_def, attrs) if op_def else None
         return planned.dtypes[port] if planned.dtypes and port < len(planned.dtypes) else None
 
 

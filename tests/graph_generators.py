@@ -63,7 +63,7 @@ KNOWN_BUGS = {
     # attr (`n = Tanh(x) => n -> Neg(n(x))` writes a Neg without T, which our loader accepts and
     # TensorFlow refuses), so a `dtype()` guard on it is false: a new node over a copy, unless the
     # rule gives its T.
-    "copy_type_attrs": True,
+    "copy_type_attrs": False,
 }
 
 # Bugs named here (comma-separated) count as fixed, to try a fix before editing KNOWN_BUGS.

@@ -186,7 +186,7 @@ FUSED_RULES = """
     rule fuse:
         b = BiasAdd(c, bias)
         c = Conv2D(x, w) {strides: s, padding: p}
-        => b -> _FusedConv2D(x, w, bias) {strides: s, padding: p, fused_ops: ["BiasAdd"], T: float}
+        => b -> _FusedConv2D(x, w, bias) {strides: s, padding: p, fused_ops: ["BiasAdd"], num_args: 1, T: float}
 """
 
 
@@ -461,3 +461,27 @@ def test_purity_walk_is_bounded_and_keeps_the_edge_past_its_bound(monkeypatch):
     assert graph.orders_nothing("d")
     monkeypatch.setattr(graph_module, "_PURITY_WALK", 2)
     assert not graph.orders_nothing("d")  # not known within the bound: the edge is kept
+
+
+def test_a_new_node_over_a_copy_gets_its_type_attrs():
+    # Found by the differential fuzzer: the outer Neg read a copy of the matched Tanh and got no T,
+    # which TensorFlow refuses ("NodeDef missing attr 'T'"), and dtype() guards on it were false.
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        t = Tanh(x)
+        out = Square(t)
+    """)
+    run(graph, """
+        rule t:
+            n = Tanh(x)
+            where not only_read_by(n, ["Neg"])
+            => n -> Neg(n(Neg(x)))
+    """, protected=["x", "out"])
+    assert graph["t"].op == "Neg" and graph["t"].get_attr("T") == FLOAT
+
+
+def test_a_rule_leaving_out_an_attr_without_default_fails_naming_it():
+    graph = _conv_graph()
+    with pytest.raises(RewriteError, match="needs attr 'num_args', which has no default"):
+        run(graph, FUSED_RULES.replace("num_args: 1, ", ""), protected=["x", "out"])
+    assert graph["out"].op == "BiasAdd"
