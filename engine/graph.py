@@ -524,19 +524,22 @@ class Graph:
         self.check_dtypes()
         self._checked_at = EDITS.mark()
 
-    def check_nodes(self, names: Iterable[str], complete: Iterable[str] = ()) -> None:
-        """The checks of `check` for these nodes alone, but for cycles: what a rewrite checks of
-        the nodes it made or changed, at a cost that does not grow with the graph. The nodes named
-        in `complete` (those a rewrite made) must also carry every attr their op gives no
-        default, as TensorFlow's importer demands (loading lets graphs of rules' tests leave them out)."""
-        signature, counts, complete = self._signatures(), {}, set(complete)
-        for name in names:
+    def check_nodes(self, made: Iterable[str], rerouted: Iterable[str] = ()) -> None:
+        """The checks of `check`, but for cycles, for what a rewrite did, at a cost that does not
+        grow with the graph: the nodes it `made` get every check, and must also carry every attr
+        their op gives no default, as TensorFlow's importer demands (loading lets the graphs of
+        rules' tests leave them out); the nodes it `rerouted` (same attrs, other inputs) get the
+        checks of their inputs."""
+        signature, counts, made = self._signatures(), {}, list(made)
+        for name in made:
+            node = self._nodes.get(name)
+            if node is not None:
+                _check_node(node)
+                _check_required_attrs(node)
+        for name in dict.fromkeys([*made, *rerouted]):
             node = self._nodes.get(name)
             if node is None:
                 continue
-            _check_node(node)
-            if name in complete:
-                _check_required_attrs(node)
             self._check_edges(node, counts)
             if node.inputs:
                 self._check_input_dtypes(node, signature)

@@ -207,7 +207,7 @@ def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, rero
     """The loader's checks on the nodes the rewrite made or changed, and no new cycle."""
     changed = list(dict.fromkeys(result.created + sorted(result.changed)))
     try:
-        graph.check_nodes(changed, complete=result.created)
+        graph.check_nodes(result.created, sorted(result.changed))
         if not _only_upstream(root, reroutes, planner):
             graph.check_acyclic(changed)
     except GraphError as error:
