@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import numpy as np
+
 from gtt_rules.engine.driver import Limits, Report, apply_rules
 from gtt_rules.engine.graph import Graph
 from gtt_rules.engine.rule import Rule
@@ -54,8 +56,11 @@ class Stage:
             raise UsageError(f"{self.name}: no node named '{missing[0]}' (given in --inputs/--outputs; "
                              f"renamed or removed by an earlier step?)")
         if self.rules is not None:
-            return apply_rules(graph, self.rules, protected=inputs + outputs, limits=limits,
-                               trace=trace, on_apply=on_apply)
+            # A rule's arithmetic gives inf or nan as TensorFlow's would, silently; numpy would
+            # print a warning for it mid-run.
+            with np.errstate(all="ignore"):
+                return apply_rules(graph, self.rules, protected=inputs + outputs, limits=limits,
+                                   trace=trace, on_apply=on_apply)
         report = Report(nodes_before=len(graph))
         started = time.perf_counter()
         context = PassContext(self.params, inputs, outputs)

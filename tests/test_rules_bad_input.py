@@ -191,3 +191,20 @@ def test_bad_rule_specs_and_transforms_are_one_line_errors(capsys, tmp_path, opt
     error = _bad_input(capsys, ["apply", GRAPH, "-o", str(out), option, spec])
     assert message in error
     assert not out.exists()
+
+
+def test_overflow_in_a_rule_expression_prints_no_numpy_warning(tmp_path):
+    # value(c) * 1e38 overflows float32 to inf: that is the computed value, not a warning on stderr.
+    rules = tmp_path / "big.rules"
+    rules.write_text("rule big:\n    n = Mul(x, c: Const)\n    where value(c) < 1e30\n"
+                     "    => n -> Mul(x, Const(value(c) * 1e38))\n")
+    graph = tmp_path / "g.pbtxt"
+    graph.write_text(
+        'node { name: "x" op: "Placeholder" attr { key: "dtype" value { type: DT_FLOAT } } }\n'
+        'node { name: "c" op: "Const" attr { key: "dtype" value { type: DT_FLOAT } } attr { key: "value" '
+        'value { tensor { dtype: DT_FLOAT tensor_shape { } float_val: 1e10 } } } }\n'
+        'node { name: "m" op: "Mul" input: "x" input: "c" attr { key: "T" value { type: DT_FLOAT } } }\n'
+        'node { name: "out" op: "Identity" input: "m" attr { key: "T" value { type: DT_FLOAT } } }\n')
+    done = run_cli("apply", str(graph), "--rules", str(rules), "-o", str(tmp_path / "out.pb"))
+    assert done.returncode == 0, done.stderr
+    assert "overflow" not in done.stderr and "Warning" not in done.stderr, done.stderr
