@@ -15,43 +15,18 @@ import argparse
 import pathlib
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
-import zlib
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from test_security_limits import const, fill, op, placeholder  # noqa: E402  (the tests' builders)
+from test_security_limits import const, fill, nested_adds, op, placeholder, shape_chain, write  # noqa: E402
+from test_security_outputs import zip_bomb  # noqa: E402  (the tests' builders)
 
 
 def _write(folder: pathlib.Path, name: str, lines: list[str]) -> str:
-    path = folder / name
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
-
-
-def _nested_adds(folder: pathlib.Path, levels: int = 20) -> tuple[str, str]:
-    pattern = "Sqrt(x0)"
-    for i in range(1, levels + 1):
-        pattern = f"AddV2({pattern}, x{i})"
-    rules = folder / "deep.rules"
-    rules.write_text(f"rule deep:\n    n = {pattern}\n    => n -> Identity(x1)\n")
-    lines = [placeholder("p"), placeholder("q"), op("a0", "AddV2", "p", "q"), op("b0", "AddV2", "q", "p")]
-    for i in range(1, 39):
-        lines += [op(f"a{i}", "AddV2", f"a{i-1}", f"b{i-1}"), op(f"b{i}", "AddV2", f"b{i-1}", f"a{i-1}")]
-    lines.append(op("out", "AddV2", "a38", "b38"))
-    return _write(folder, "adds.pbtxt", lines), str(rules)
-
-
-def _shape_chain(folder: pathlib.Path, n: int) -> str:
-    float_attr = 'attr { key: "T" value { type: DT_FLOAT } }'
-    lines = [placeholder("y0", [2, 3])]
-    for i in range(1, n + 1):
-        lines += [f'node {{ name: "s{i}" op: "Shape" input: "y{i-1}" {float_attr} }}',
-                  f'node {{ name: "y{i}" op: "Reshape" input: "y{i-1}" input: "s{i}" {float_attr} }}']
-    return _write(folder, f"chain{n}.pbtxt", lines)
+    return str(write(folder, name, lines))
 
 
 def _nested_funcs(folder: pathlib.Path, depth: int = 200) -> str:
@@ -61,32 +36,17 @@ def _nested_funcs(folder: pathlib.Path, depth: int = 200) -> str:
     return _write(folder, "deep.pbtxt", [f'node {{ name: "n" op: "NoOp" attr {{ key: "g" value {{ {inner} }} }} }}'])
 
 
-def _zip_bomb(folder: pathlib.Path, size: int = 5 * 2**28) -> str:
-    """A .npz whose one member declares `size` bytes of zeros and deflates to about a thousandth."""
+def _zip_bomb(folder: pathlib.Path) -> str:
     samples = folder / "samples"
     samples.mkdir()
-    header = b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + \
-        ("{'descr': '<f4', 'fortran_order': False, 'shape': (%d,), }" % ((size - 128) // 4)).ljust(117).encode() + b"\n"
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    data = compressor.compress(header)
-    chunk = bytes(2**20)
-    for _ in range((size - len(header)) // len(chunk)):
-        data += compressor.compress(chunk)
-    data += compressor.compress(bytes((size - len(header)) % len(chunk))) + compressor.flush()
-    name = b"x.npy"
-    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, 0, len(data), size, len(name), 0)
-    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, 0, len(data), size,
-                          len(name), 0, 0, 0, 0, 0, 0)
-    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central) + len(name),
-                      len(local) + len(name) + len(data), 0)
-    (samples / "bomb.npz").write_bytes(local + name + data + central + name + end)
+    zip_bomb(samples / "bomb.npz", 5 * 2**28)
     return str(samples)
 
 
 def bombs(folder: pathlib.Path) -> dict[str, list[str]]:
     """Each bomb's command line (after the program name), its files made in `folder`."""
     eight_bit = str(HERE.parent / "tests" / "fixtures" / "graphs" / "quantized_ops.pb")
-    adds, deep_rules = _nested_adds(folder)
+    adds, deep_rules = map(str, nested_adds(folder))
     out = str(folder / "out.pb")
     return {
         "run: Fill of 4 GiB (tiny file)": ["run", _write(folder, "fill.pbtxt", fill("f", [2**30]) + [op("r", "Relu", "f")])],
@@ -100,8 +60,8 @@ def bombs(folder: pathlib.Path) -> dict[str, list[str]]:
                                                                            op("m", "MatMul", "a", "b")]),
                                  "--rules", "fold_constants", "-o", out, "--overwrite"],
         "match: 20 nested commutative AddV2": ["apply", adds, "--rules", deep_rules, "-o", out, "--overwrite"],
-        "shapes: chain of 2,000 Shape": ["apply", _shape_chain(folder, 2000), "--rules", "fold_constants", "-o", out, "--overwrite"],
-        "shapes: chain of 8,000 Shape": ["apply", _shape_chain(folder, 8000), "--rules", "fold_constants", "-o", out, "--overwrite"],
+        "shapes: chain of 2,000 Shape": ["apply", str(shape_chain(folder, 2000)), "--rules", "fold_constants", "-o", out, "--overwrite"],
+        "shapes: chain of 8,000 Shape": ["apply", str(shape_chain(folder, 8000)), "--rules", "fold_constants", "-o", out, "--overwrite"],
         "pbtxt: func attrs nested 200 deep": ["summarize", _nested_funcs(folder)],
         "run: placeholder of rank 65": ["run", _write(folder, "rank.pbtxt", [placeholder("x", [1] * 65), op("r", "Relu", "x")])],
         "calibrate: 1.3 MB .npz unpacking to 1.25 GiB": ["calibrate", eight_bit, "-o", out, "--overwrite",
@@ -135,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         cases = bombs(pathlib.Path(scratch))
-        print(f"| bomb | exit | wall s | peak MB | last line |\n|---|---|---:|---:|---|")
+        print("| bomb | exit | wall s | peak MB | last line |\n|---|---|---:|---:|---|")
         for name, argv in cases.items():
             if args.only and not any(part in name for part in args.only.split(",")):
                 continue

@@ -667,9 +667,7 @@ class Graph:
         start = min(remaining, key=self._position)
         path, seen = [start], {start: 0}
         while True:
-            node = self._nodes[path[-1]]
-            preds = [p for p in [r.node for r in node.inputs] + node.control_inputs if not self._is_back_edge(p)]
-            nxt = next(p for p in preds if p in remaining)
+            nxt = next(p for p in self._producer_names(path[-1]) if p in remaining)
             if nxt in seen:
                 cycle = path[seen[nxt]:] + [nxt]
                 return list(reversed(cycle))

@@ -51,6 +51,31 @@ def write(tmp_path, name: str, lines: list[str]):
     return path
 
 
+def nested_adds(folder, levels: int = 20):
+    """A rule of `levels` nested AddV2 under a Sqrt, and an 81-node graph where every node has two
+    AddV2 inputs and none is a Sqrt: each pattern node fails at each graph node. Returns the
+    graph's and the rules' paths."""
+    pattern = "Sqrt(x0)"
+    for i in range(1, levels + 1):
+        pattern = f"AddV2({pattern}, x{i})"
+    rules = folder / "deep.rules"
+    rules.write_text(f"rule deep:\n    n = {pattern}\n    => n -> Identity(x1)\n")
+    lines = [placeholder("p"), placeholder("q"), op("a0", "AddV2", "p", "q"), op("b0", "AddV2", "q", "p")]
+    for i in range(1, 39):
+        lines += [op(f"a{i}", "AddV2", f"a{i-1}", f"b{i-1}"), op(f"b{i}", "AddV2", f"b{i-1}", f"a{i-1}")]
+    lines.append(op("out", "AddV2", "a38", "b38"))
+    return write(folder, "adds.pbtxt", lines), rules
+
+
+def shape_chain(folder, n: int):
+    """y_i = Reshape(y_{i-1}, Shape(y_{i-1})) for i up to n: every Shape folds to [2, 3]."""
+    lines = [placeholder("y0", [2, 3])]
+    for i in range(1, n + 1):
+        lines += [f'node {{ name: "s{i}" op: "Shape" input: "y{i-1}" {FLOAT} }}',
+                  f'node {{ name: "y{i}" op: "Reshape" input: "y{i-1}" input: "s{i}" {FLOAT} }}']
+    return write(folder, f"chain{n}.pbtxt", lines)
+
+
 def one_line(capsys, kind: str, *needles: str) -> str:
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
@@ -169,16 +194,7 @@ def test_a_fold_within_the_limits_still_happens(tmp_path, capsys):
 def test_nested_commutative_patterns_cost_pairs_not_powers_of_two(tmp_path, capsys):
     # 20 nested AddV2 against a graph where every node has two AddV2 inputs: each pattern node
     # fails at each graph node, and swapping inputs doubled the tries per level (2^20 per root).
-    pattern = "Sqrt(x0)"
-    for i in range(1, 21):
-        pattern = f"AddV2({pattern}, x{i})"
-    rules = tmp_path / "deep.rules"
-    rules.write_text(f"rule deep:\n    n = {pattern}\n    => n -> Identity(x1)\n")
-    lines = [placeholder("p"), placeholder("q"), op("a0", "AddV2", "p", "q"), op("b0", "AddV2", "q", "p")]
-    for i in range(1, 39):
-        lines += [op(f"a{i}", "AddV2", f"a{i-1}", f"b{i-1}"), op(f"b{i}", "AddV2", f"b{i-1}", f"a{i-1}")]
-    lines.append(op("out", "AddV2", "a38", "b38"))
-    path = write(tmp_path, "adds.pbtxt", lines)
+    path, rules = nested_adds(tmp_path)
     out = tmp_path / "out.pb"
     with _CountedMatching(limit=81 * 21 * 4):   # (pattern node, graph node) pairs, not 2^20
         assert main(["apply", str(path), "--rules", str(rules), "-o", str(out)]) == 0
@@ -242,11 +258,7 @@ class _CountedMatching:
 def test_folding_a_chain_of_shapes_checks_each_node_a_bounded_number_of_times(tmp_path, monkeypatch):
     # y_i = Reshape(y_{i-1}, Shape(y_{i-1})): each Shape fold asked about the whole chain above it.
     n = 400
-    lines = [placeholder("y0", [2, 3])]
-    for i in range(1, n + 1):
-        lines += [f'node {{ name: "s{i}" op: "Shape" input: "y{i-1}" {FLOAT} }}',
-                  f'node {{ name: "y{i}" op: "Reshape" input: "y{i-1}" input: "s{i}" {FLOAT} }}']
-    path = write(tmp_path, "chain.pbtxt", lines)
+    path = shape_chain(tmp_path, n)
     checked = []
     original = shapes._stamp
     monkeypatch.setattr(shapes, "_stamp", lambda node: checked.append(node.name) or original(node))

@@ -313,7 +313,7 @@ def test_out_of_memory_is_one_error_line(capsys, monkeypatch):
     one_error_line(capsys.readouterr().err, "gtt-rules: error: out of memory")
 
 
-def _zip_bomb(path, unpacked: int) -> None:
+def zip_bomb(path, unpacked: int) -> None:
     """A .npz whose one member, an honest float32 array of `unpacked` bytes of zeros, deflates to
     about a thousandth of that: one compressed MB of zeros, repeated (each block is flushed whole,
     so every copy is the same bytes). Its CRC is left 0: zipfile checks it only after unpacking."""
@@ -339,7 +339,7 @@ def test_a_zip_bomb_sample_is_refused_before_it_unpacks(tmp_path, capsys):
     samples = tmp_path / "samples"
     samples.mkdir()
     bomb = samples / "bomb.npz"
-    _zip_bomb(bomb, 5 * 2**28)      # 1.25 GiB of zeros in about 1.3 MB
+    zip_bomb(bomb, 5 * 2**28)      # 1.25 GiB of zeros in about 1.3 MB
     assert bomb.stat().st_size < 2 * 2**20
     assert main(["calibrate", str(EIGHT_BIT), "-o", str(tmp_path / "out.pb"), "--feed-dir", str(samples)]) == 2
     one_error_line(capsys.readouterr().err, f"{bomb}: its arrays unpack to 1.25 GiB, over the memory "
