@@ -71,7 +71,23 @@ def check_output(text: str, *inputs: str, refusal: str | None = None) -> str:
                          f"the folder {parent} does not exist", path=text)
     if target.exists():
         _refuse_inputs(text, target.stat(), inputs, refusal, UsageError)
+    if target.exists() and not target.is_file():
+        if not os.access(target, os.W_OK):        # a device or a FIFO, opened in place later
+            raise UsageError("cannot write: Permission denied", path=text)
+    else:
+        _probe_folder(target.parent, text)
     return text
+
+
+def _probe_folder(folder: pathlib.Path, shown: str) -> None:
+    """Create and remove a file in `folder`, as the writer's temp file will be: permissions, a
+    read-only or full file system fail now, before the work, rather than after it."""
+    probe = folder / f".gtt-rules-probe-{secrets.token_hex(6)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except OSError as error:
+        raise UsageError(f"cannot write: {error.strerror or error}", path=shown) from None
+    probe.unlink()
 
 
 # ---- inputs -------------------------------------------------------------------------------------

@@ -405,7 +405,10 @@ def _input_path(args: argparse.Namespace) -> str:
 
 def _output_path(args: argparse.Namespace, source: str) -> str:
     """Check OUT before any work, so a bad OUT fails fast and the input stays safe."""
-    from gtt_rules.engine.output import check_output
+    from gtt_rules.engine.output import STDOUT, check_output
+    if args.output == STDOUT and not args.output_as_text and sys.stdout.isatty():
+        # Binary protobuf on a terminal is garbage on screen and can send it control sequences.
+        raise UsageError("refusing to write a binary graph to a terminal; redirect stdout, or pass --output_as_text")
     return check_output(args.output, source,
                         refusal="refusing to write over the input graph; pass --overwrite to allow it")
 

@@ -174,10 +174,11 @@ def calibrate_command(args: argparse.Namespace) -> int:
         return 0
     records, count = calibrate(graph, args, outputs, args.graph, min_percentile=args.min_percentile,
                                max_percentile=args.max_percentile)
+    # The graph first: its save checks it, and a graph that fails must not leave a log behind.
+    graph.save(output, text=True if args.output_as_text else None)
     if log is not None:
         text = calibration.min_max_log(records).encode()
         write_output(log, lambda f: f.write(text))
-    graph.save(output, text=True if args.output_as_text else None)
     console(stderr=True).print(f"froze {_ranges(len(records))} over {count} sample{'s' if count != 1 else ''} "
                                f"-> {markup(output)}")
     return 0

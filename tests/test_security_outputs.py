@@ -122,6 +122,35 @@ def test_dash_is_stdout(tmp_path):
     assert listing(tmp_path) == []
 
 
+def test_a_binary_graph_is_not_written_to_a_terminal(tmp_path):
+    import pty
+    leader, follower = pty.openpty()
+    shown = bytearray()
+
+    def drain():   # a terminal that nobody reads would block the writer
+        while True:
+            try:
+                chunk = os.read(leader, 1 << 16)
+            except OSError:
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        result = subprocess.run([sys.executable, "-m", "gtt_rules", "apply", str(GRAPH), "-o", "-", "--transforms",
+                                 "remove_nodes(op=Identity)"], stdout=follower, stderr=subprocess.PIPE, text=True,
+                                cwd=tmp_path, env={**os.environ, "GTT_RULES_CACHE_DIR": ""}, timeout=120)
+    finally:
+        os.close(follower)
+        reader.join(10)
+        os.close(leader)
+    assert result.returncode == 2
+    one_error_line(result.stderr, "refusing to write a binary graph to a terminal")
+    assert bytes(shown) == b"" and listing(tmp_path) == []
+
+
 def test_run_saves_to_stdout_and_summarizes_on_stderr(tmp_path):
     result = cli("run", GRAPH, "--save", "-", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -280,6 +309,27 @@ def test_an_unwritable_place_is_one_error_line(tmp_path, capsys, where):
     one_error_line(capsys.readouterr().err, f"{out}: ", message)
     assert not os.path.exists(out)
     assert listing(tmp_path) == (["file"] if where == "parent is a file" else [])
+
+
+def test_an_unwritable_place_fails_before_the_work(monkeypatch, capsys):
+    """Even as root, whom permission bits do not stop: the folder is probed before loading."""
+    def no_work(*args, **kwargs):
+        raise AssertionError("the graph was loaded before the output was checked")
+    monkeypatch.setattr(Graph, "load", no_work)
+    assert main(["apply", str(GRAPH), "-o", "/sys/out.pb", "--transforms", "remove_nodes(op=Identity)"]) == 2
+    one_error_line(capsys.readouterr().err, "/sys/out.pb: cannot write: Permission denied")
+    assert not [name for name in os.listdir("/sys") if name.startswith(".gtt-rules-probe")]
+
+
+def test_a_graph_that_fails_to_save_leaves_no_min_max_log(tmp_path, capsys, monkeypatch):
+    from gtt_rules.errors import GttRulesError
+    def refuse(self):
+        raise GttRulesError("the graph is invalid (simulated)")
+    monkeypatch.setattr(Graph, "check", refuse)
+    assert main(["calibrate", str(EIGHT_BIT), "-o", str(tmp_path / "calibrated.pb"), "--random", "1",
+                 "--log", str(tmp_path / "ranges.log")]) == 2
+    one_error_line(capsys.readouterr().err, "the graph is invalid (simulated)")
+    assert listing(tmp_path) == []
 
 
 def test_the_writer_names_os_errors_itself(tmp_path):
