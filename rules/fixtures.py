@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import pathlib
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from gtt_rules.engine.attrs import decode_attr
 from gtt_rules.engine.graph import Graph, Node, TensorRef
+from gtt_rules.engine.limits import LimitWarning
 from gtt_rules.engine.proto import graph_def_pb2 as pb
 from gtt_rules.engine.tensors import encode_tensor
 from gtt_rules.errors import GttRulesError, RulesCheckError
@@ -58,7 +60,7 @@ def run_test(test: ast.Test, owner: str, path: str, source: str, library: Librar
     A malformed test block (a graph that cannot be built, an unknown `using`) is bad input and
     raises; only what the rules do to the graph makes a failing result."""
     def fail(message: str) -> FixtureResult:
-        return FixtureResult(test.name, path, test.pos.line, False, message)
+        return FixtureResult(test.name, path, test.pos.line, False, message + limits_hit)
 
     module = ast.Module(path, source)
     given = build_graph(test.given, module)
@@ -67,13 +69,25 @@ def run_test(test: ast.Test, owner: str, path: str, source: str, library: Librar
     outputs = list(test.outputs) or [n.name for n in given.sinks()]
     inputs = [n.name for n in given.placeholders()]
     fires: collections.Counter = collections.Counter()
-    try:
-        actual = Graph.from_bytes(given.to_bytes())
-        for stage in stages:
-            fires.update(stage.run(actual, inputs=inputs, outputs=outputs).fires)
-        actual.check()  # what a test block makes passes the loader's checks, as every output does
-    except GttRulesError as error:
-        return fail(str(error))
+    # A limit a test sets on purpose is what it tests, not news for the run's summary: the
+    # warnings it raises are kept, and shown only if the test fails.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LimitWarning)
+        try:
+            actual = Graph.from_bytes(given.to_bytes())
+            for stage in stages:
+                fires.update(stage.run(actual, inputs=inputs, outputs=outputs).fires)
+            actual.check()  # what a test block makes passes the loader's checks, as every output does
+        except GttRulesError as error:
+            error_text = str(error)
+        else:
+            error_text = None
+    limits_hit = "".join(f"\n    ({w.message})" for w in caught if issubclass(w.category, LimitWarning))
+    for w in caught:
+        if not issubclass(w.category, LimitWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if error_text is not None:
+        return fail(error_text)
     problem = compare_graphs(actual, expected, outputs, fixed_names={s.var for s in test.given})
     if problem:
         # A rule that never fired explains any difference: say so, and show what it was given.

@@ -306,3 +306,30 @@ def test_pbtxt_nested_200_deep_is_refused_clearly(tmp_path, capsys):
     path = write(tmp_path, "braces.pbtxt", [f"# {braces}", placeholder("x", [2]),
                                             f'node {{ name: "n" op: "NoOp" attr {{ key: "s" value {{ s: "{braces}\\"}}\'" }} }} }}'])
     assert main(["summarize", str(path), "--json"]) == 0
+
+
+# ---- limits inside rule fixtures -----------------------------------------------------------------
+
+_LIMITED_FIXTURE = """
+test {name} using fold_constants(max_constant_size_in_bytes=4):
+    given:
+        a   = Const([1.0, 4.0])
+        out = Sqrt(a)
+    expect:
+        out = {expected}
+"""
+
+
+@pytest.mark.parametrize("expected, passes", [("Sqrt(a)", True), ("Const([1.0, 2.0])", False)])
+def test_a_fixture_keeps_the_limits_it_hits_to_itself(tmp_path, expected, passes):
+    """A limit a test sets on purpose is not a warning of the run; a failing test shows it."""
+    import warnings
+    from gtt_rules.rules.fixtures import run_file
+    path = tmp_path / "limited.rules"
+    path.write_text(_LIMITED_FIXTURE.format(name="kept", expected=expected))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (result,) = run_file(path)
+    assert result.passed is passes
+    if not passes:
+        assert "'out' (Sqrt) is not folded" in result.message
