@@ -126,8 +126,8 @@ class Evaluator:
             if node.op == "Placeholder":
                 raise EvaluationError(f"placeholder '{node.name}' ({_describe_placeholder(node)}) "
                                       f"needs a feed", node=node.name)
-            if node.op not in KERNELS and node.op not in CONTROL_FLOW_OPS:
-                raise _no_kernel(node)
+            if node.op not in KERNELS and node.op not in CONTROL_FLOW_OPS and not self.dataflow:
+                raise _no_kernel(node)      # under TF1 control flow, only if it runs: it may be dead
         # How many times each tensor is still to be read: once per consuming input, once per output.
         self.reads: dict[TensorRef, int] = {}
         for node in self.steps:

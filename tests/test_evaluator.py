@@ -148,6 +148,30 @@ def test_tf1_cond_and_nested_while_loops_match_tensorflow(tf):
         assert_matches(ours[0], theirs[0])
 
 
+def test_an_op_without_kernel_in_a_dead_branch_is_not_refused(tf):
+    """Unpruned dropout, as in trained TF1 models: the training branch's RandomUniform has no kernel
+    here, and never runs at inference; running it for real is still refused."""
+    from tensorflow.python.ops import control_flow_util
+
+    saved = control_flow_util.ENABLE_CONTROL_FLOW_V2
+    control_flow_util.ENABLE_CONTROL_FLOW_V2 = False
+    try:
+        with tf.Graph().as_default() as tf_graph:
+            x = tf.compat.v1.placeholder(tf.float32, [2, 3], name="x")
+            training = tf.compat.v1.placeholder_with_default(False, [], name="training")
+            y = tf.compat.v1.cond(training, lambda: tf.nn.dropout(x, rate=0.5), lambda: x * 2.0)
+            tf.identity(y, name="y")
+        data = tf_graph.as_graph_def().SerializeToString()
+    finally:
+        control_flow_util.ENABLE_CONTROL_FLOW_V2 = saved
+    graph = Graph.from_bytes(data)
+    assert "RandomUniform" in {n.op for n in graph} and "RandomUniform" not in KERNELS
+    x = np.random.default_rng(3).standard_normal((2, 3)).astype(F32)
+    assert_matches(evaluate(graph, {"x": x}, ["y"])[0], tf_run(data, {"x": x}, ["y:0"])[0])
+    with pytest.raises(EvaluationError, match="no kernel for op 'RandomUniform'"):
+        evaluate(graph, {"x": x, "training": np.array(True)}, ["y"])
+
+
 def test_function_library_graph_is_a_clear_error():
     name = "tf2_function_library"
     graph = Graph.load(fixture_path(name))
