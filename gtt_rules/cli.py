@@ -51,8 +51,9 @@ def _add_graph_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", "--out_graph", dest="output", required=True, metavar="OUT",
                         help="where to write the result (.pb binary, .pbtxt text; '-': stdout)")
     parser.add_argument("--output_as_text", "--output-as-text", dest="output_as_text", nargs="?", const=True,
-                        default=False, type=_bool_flag, metavar="BOOL",
-                        help="write text format whatever the suffix (also =true / =false, as in GTT)")
+                        default=None, type=_bool_flag, metavar="BOOL",
+                        help="write text format (=false: binary) whatever the suffix; by default the "
+                             "suffix decides")
     parser.add_argument("--overwrite", action="store_true",
                         help="allow OUT to be the input graph, or any other file this command reads")
 
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     summarize = commands.add_parser("summarize", help="show a graph's inputs, outputs, ops and size",
                                     description="Show a graph's likely inputs and outputs, op "
                                                 "histogram and parameter count, like summarize_graph.")
-    summarize.add_argument("graph", metavar="GRAPH", help="a .pb or .pbtxt GraphDef file")
+    summarize.add_argument("graph", metavar="GRAPH", nargs="?", help="a .pb or .pbtxt GraphDef file")
+    summarize.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
     summarize.add_argument("--json", action="store_true", help="print JSON instead of tables")
     summarize.set_defaults(run=_summarize)
 
@@ -136,11 +138,12 @@ def _summarize(args: argparse.Namespace) -> int:
     from gtt_rules.engine.graph import Graph
     from gtt_rules.engine.summary import summarize
 
-    summary = summarize(Graph.load(args.graph))
+    source = _input_path(args)
+    summary = summarize(Graph.load(source))
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
-    _print_summary(args.graph, summary)
+    _print_summary(source, summary)
     return EXIT_OK
 
 
@@ -201,7 +204,9 @@ def _apply(args: argparse.Namespace) -> int:
     from gtt_rules.engine.output import STDOUT
 
     source = _input_path(args)
-    steps = _steps(args.steps or [])  # rules are checked before the graph is read
+    if not args.steps:     # as in GTT: a run that would only copy the graph is a mistake
+        raise UsageError("no transform given: add --transforms, --rules or --pipeline")
+    steps = _steps(args.steps)  # rules are checked before the graph is read
     output = _output_path(args, source)     # after the rules: they are inputs too
     report_to = sys.stderr if output == STDOUT else sys.stdout   # stdout may hold the graph
     from gtt_rules.cli_calibrate import calibrate_after_apply, check_sample_options, with_float
@@ -245,7 +250,7 @@ def _apply(args: argparse.Namespace) -> int:
     # With --keep-float-above, the steps run again from the original, keeping layers float.
     rerun = None if original is None else lambda kept: run_steps(Graph.from_bytes(original), with_float(steps, kept))
     graph, reports, calibrated = calibrate_after_apply(graph, reports, args, outputs, str(source), original, rerun)
-    graph.save(output, text=True if args.output_as_text else None)
+    graph.save(output, text=args.output_as_text)
     if args.json:
         print(json.dumps({"output": str(output), "stages": [
             {"name": name, **report.to_json(),

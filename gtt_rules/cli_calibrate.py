@@ -168,7 +168,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     if not calibration.runtime_ranges(graph):
         # Nothing measures a range at run time (no quantize_nodes, fixed fallback ranges, or
         # calibrated already): the graph is already what calibration would make of it.
-        graph.save(output, text=True if args.output_as_text else None)
+        graph.save(output, text=args.output_as_text)
         console(stderr=True).print(f"{markup(args.graph)} computes no range at run time: nothing to freeze; "
                                    f"written unchanged -> {markup(output)}")
         return 0
@@ -177,7 +177,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     if log is not None:
         text = calibration.min_max_log(records).encode()
         write_output(log, lambda f: f.write(text))
-    graph.save(output, text=True if args.output_as_text else None)
+    graph.save(output, text=args.output_as_text)
     console(stderr=True).print(f"froze {_ranges(len(records))} over {count} sample{'s' if count != 1 else ''} "
                                f"-> {markup(output)}")
     return 0

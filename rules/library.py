@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from gtt_rules.engine.driver import Limits, Report, apply_rules
+from gtt_rules.engine.driver import Limits, Report, StopReason, apply_rules
 from gtt_rules.engine.graph import Graph
 from gtt_rules.engine.rule import Rule
 from gtt_rules.errors import RulesCheckError, RulesSyntaxError, UsageError
@@ -68,7 +68,7 @@ class Stage:
         report.notes = context.notes
         report.seconds[self.name] = time.perf_counter() - started
         report.nodes_after = len(graph)
-        report.stop_reason = "pass done"
+        report.stop_reason = StopReason.PASS_DONE
         return report
 
 
