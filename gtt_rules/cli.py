@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from gtt_rules.console import console, markup, plain
 from gtt_rules.engine.limits import LimitWarning, max_memory, memory_budget
-from gtt_rules.errors import GttRulesError, UsageError
+from gtt_rules.errors import GttRulesError, UsageError, did_you_mean
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -215,7 +215,8 @@ def _apply(args: argparse.Namespace) -> int:
     inputs, outputs = _tensors(args.inputs), _tensors(args.outputs)
     for ref in (inputs or []) + (outputs or []):
         if ref.node not in graph:
-            raise UsageError(f"{source}: no node named '{ref.node}' (from --inputs/--outputs)")
+            raise UsageError(f"{source}: no node named '{ref.node}' (from --inputs/--outputs)"
+                             f"{did_you_mean(ref.node, (n.name for n in graph))}")
         count = graph.num_outputs(graph[ref.node])
         if count is not None and ref.port >= count:
             raise UsageError(f"{source}: node '{ref.node}' has no output {ref.port} (it has {count}; "
