@@ -102,6 +102,9 @@ NEEDS_TENSORFLOW = {
     "fake_quantize_training":
         "it rewrites a training graph (its variables and their updates) with TensorFlow's own "
         "quantize-training rewriter in its runtime; gtt-rules rewrites frozen inference graphs",
+    "remove_ema":
+        "it simplifies only the moving-average subgraphs that fake_quantize_training makes, and "
+        "that transform needs TensorFlow's runtime",
 }
 
 

@@ -4,9 +4,12 @@ Each keeps the Graph Transform Tool's name and parameters, so GTT command lines 
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from gtt_rules.engine import op_registry
+from gtt_rules.engine.attrs import decode_attr
 from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.errors import UsageError
@@ -568,3 +571,72 @@ def _sparsifiable_weights(graph: Graph, gather, ctx: PassContext):
                          f"(found {list(value.shape)})")
         return None
     return weights
+
+
+@register_pass("inline_partitionedcall")
+def inline_partitionedcall(graph: Graph, ctx: PassContext) -> None:
+    """Replace each PartitionedCall by the nodes of the library function it calls, named
+    `CALL/NODE`; what read the call's outputs reads the function's results.
+
+    The library keeps the function. A call that is a graph input or output stays, with a note.
+    """
+    functions = {f.signature.name: f for f in graph.library.function}
+    for call in [n for n in graph if n.op == "PartitionedCall"]:
+        function = functions.get(call.get_attr("f", None) or "")
+        if function is None:
+            raise UsageError(f"inline_partitionedcall: '{call.name}' calls a function the graph's library "
+                             f"does not have")
+        if call.name in ctx.protected:
+            ctx.notes.append(f"'{call.name}': left as it is: it is a graph input or output")
+            continue
+        arguments = {arg.name: ref for arg, ref in zip(function.signature.input_arg, call.inputs)}
+        names = {body.name: _free_name(graph, f"{call.name}/{body.name}") for body in function.node_def}
+        ports = {body.name: _output_ports(body, functions) for body in function.node_def}
+
+        def outside(text: str) -> TensorRef:
+            """A tensor a body node names (`arg`, `node`, `node:out_arg:index`), in the graph."""
+            node, _, rest = text.partition(":")
+            if node in arguments and not rest:
+                return arguments[node]
+            arg, _, index = rest.partition(":")
+            port = ports[node].get(arg, 0) + int(index or 0) if arg else 0
+            return TensorRef(names[node], port)
+
+        with graph.transaction():
+            for body in function.node_def:
+                node = graph.add_node(names[body.name], body.op, device=body.device or call.device)
+                for key, value in body.attr.items():
+                    node.set_attr(key, value)
+            for body in function.node_def:
+                data = [outside(i) for i in body.input if not i.startswith("^")]
+                control = [names.get(i[1:]) or arguments[i[1:]].node for i in body.input if i.startswith("^")]
+                graph.set_inputs(graph[names[body.name]], data, control + call.control_inputs)
+            for k, arg in enumerate(function.signature.output_arg):
+                graph.replace_uses(TensorRef(call.name, k), outside(function.ret[arg.name]))
+            waiting = [c for c in graph.consumers(call.name) if call.name in c.control_inputs]
+            for consumer in waiting:   # what waited on the call waits on every node of its body
+                graph.set_inputs(consumer, consumer.inputs,
+                                 [c for c in consumer.control_inputs if c != call.name] + list(names.values()))
+            graph.set_inputs(call, [], [])
+            graph.remove_node(call.name)
+
+
+def _output_ports(body, functions) -> dict[str, int]:
+    """The first output port of each output argument of a function body's node."""
+    def attr(key: str):
+        if key not in body.attr:
+            raise KeyError(key)
+        return decode_attr(body.attr[key])
+
+    if body.op in functions:
+        return {arg.name: k for k, arg in enumerate(functions[body.op].signature.output_arg)}
+    op_def = op_registry.get_op(body.op)
+    if op_def is None:
+        return {}
+    first, ports = 0, {}
+    for k, arg in enumerate(op_def.outputs):
+        ports[arg.name] = first
+        # The ports before the next argument: those of the op cut after this one.
+        first = op_registry.num_outputs(replace(op_def, outputs=op_def.outputs[:k + 1]),
+                                        attr) or first + 1
+    return ports
