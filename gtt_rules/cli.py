@@ -102,12 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Parse and statically check .rules files: syntax, ops, "
                                             "attrs, input counts, names, functions and types.")
     check.add_argument("paths", nargs="+", metavar="PATH", help=".rules files")
+    check.add_argument("--json", action="store_true", help="print JSON: each file's counts or errors")
     check.set_defaults(run=_check)
 
     test = commands.add_parser("test", help="run the test blocks of .rules files",
                                description="Run every `test` block: apply the rules to the given "
                                            "graph and compare with the expected one.")
     test.add_argument("paths", nargs="+", metavar="PATH", help=".rules files or folders")
+    test.add_argument("--json", action="store_true", help="print JSON: every test's result")
     test.set_defaults(run=_test)
 
     listing = commands.add_parser("list", help="list the standard rule sets and pipelines",
@@ -317,19 +319,35 @@ def _check(args: argparse.Namespace) -> int:
     from gtt_rules.rules.library import Library
 
     failed = False
+    files = []
     for path in args.paths:
         library = Library()
         try:
             compiled = library.load_file(path)
         except GttRulesError as error:
             failed = True
-            for each in getattr(error, "all_errors", [error]):
-                _print_error(each)
+            errors = getattr(error, "all_errors", [error])
+            files.append({"path": str(path), "ok": False, "errors": [_error_json(e) for e in errors]})
+            if not args.json:
+                for each in errors:
+                    _print_error(each)
             continue
-        rules = sum(len(rs.rules) for rs in compiled.rulesets.values())
-        print(f"{plain(path)}: ok ({rules} rules, {len(compiled.rulesets)} rule sets, "
-              f"{len(compiled.pipelines)} pipelines, {len(compiled.tests)} tests)")
+        counts = {"rules": sum(len(rs.rules) for rs in compiled.rulesets.values()),
+                  "rule_sets": len(compiled.rulesets), "pipelines": len(compiled.pipelines),
+                  "tests": len(compiled.tests)}
+        files.append({"path": str(path), "ok": True, **counts})
+        if not args.json:
+            print(f"{plain(path)}: ok ({counts['rules']} rules, {counts['rule_sets']} rule sets, "
+                  f"{counts['pipelines']} pipelines, {counts['tests']} tests)")
+    if args.json:
+        print(json.dumps({"ok": not failed, "files": files}, indent=2))
     return EXIT_BAD_INPUT if failed else EXIT_OK
+
+
+def _error_json(error: GttRulesError) -> dict:
+    """An error's located fields, as `_print_error` shows them."""
+    return {"message": error.message, "path": error.path, "line": error.line, "column": error.column,
+            "node": error.node, "hint": getattr(error, "hint", None), "text": str(error)}
 
 
 def _rules_files(paths: list[str]) -> list[pathlib.Path]:
@@ -347,16 +365,17 @@ def _rules_files(paths: list[str]) -> list[pathlib.Path]:
 def _test(args: argparse.Namespace) -> int:
     from gtt_rules.rules.fixtures import run_file
 
-    passed = failed = 0
-    for path in _rules_files(args.paths):
-        for result in run_file(path):
-            if result.passed:
-                passed += 1
-                print(plain(f"PASS {result.location} {result.name}"))
-            else:
-                failed += 1
-                print(plain(f"FAIL {result.location} {result.name}: {result.message}"))
-    print(f"{passed} passed, {failed} failed")
+    results = [result for path in _rules_files(args.paths) for result in run_file(path)]
+    failed = sum(not result.passed for result in results)
+    if args.json:
+        print(json.dumps({"passed": len(results) - failed, "failed": failed, "tests": [
+            {"name": r.name, "location": r.location, "passed": r.passed, "message": None if r.passed else r.message}
+            for r in results]}, indent=2))
+        return EXIT_CHECK_FAILED if failed else EXIT_OK
+    for result in results:
+        print(plain(f"PASS {result.location} {result.name}" if result.passed else
+                    f"FAIL {result.location} {result.name}: {result.message}"))
+    print(f"{len(results) - failed} passed, {failed} failed")
     return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
@@ -378,7 +397,7 @@ def _list(args: argparse.Namespace) -> int:
             continue
         entry = {"name": name, "kind": "pass" if isinstance(item, GraphPass) else "ruleset", "file": item.path,
                  "params": [{"name": p.name, "type": f"[{p.type}]" if p.is_list else p.type,
-                             "default": p.default} for p in item.params]}
+                             "default": _param_default(p)} for p in item.params]}
         if isinstance(item, GraphPass):
             entry["doc"] = item.doc
         else:
@@ -393,11 +412,29 @@ def _list(args: argparse.Namespace) -> int:
     for column in ("name", "kind", "parameters (defaults)", "contents"):
         table.add_column(column)
     for entry in entries:
-        params = ", ".join(f"{p['name']}: {p['type']} = {p['default']!r}" for p in entry.get("params", []))
+        params = ", ".join(f"{p['name']}: {p['type']} = {_default_text(p)}" for p in entry.get("params", []))
         contents = entry.get("doc") or ", ".join(entry.get("rules") or entry.get("stages") or [])
         table.add_row(markup(entry["name"]), entry["kind"], markup(params or "-"), markup(contents))
     console().print(table)
     return EXIT_OK
+
+
+def _param_default(param):
+    """A parameter's default as a user writes it: a dtype by its name (`float`), not its enum number."""
+    from gtt_rules.engine.dtypes import dtype_name
+    if param.type != "dtype":
+        return param.default
+    if param.is_list:
+        return [dtype_name(d) for d in param.default]
+    return None if param.default is None else dtype_name(param.default)
+
+
+def _default_text(param: dict) -> str:
+    if param["type"] == "dtype":
+        return str(param["default"])
+    if param["type"] == "[dtype]":
+        return "[" + ", ".join(param["default"]) + "]"
+    return repr(param["default"])
 
 
 def _input_path(args: argparse.Namespace) -> str:

@@ -23,11 +23,16 @@ def markup(text: object) -> str:
     return escape(plain(text))
 
 
+# Off a terminal, the width tables are laid out in: wide enough that no cell is ever cut or folded.
+PIPE_WIDTH = 100_000
+
+
 def console(stderr: bool = False):
     """A rich console that never hard-wraps printed text, and lets a closed pipe end the command.
 
     Paths and input lists in header lines stay whole when stdout is a pipe or a narrow
-    terminal (rich assumes 80 columns off a terminal); tables still fit the width.
+    terminal. On a terminal tables fit its width; into a pipe or a file they print in full, as
+    plain text (rich assumes 80 columns there, and would cut names short).
     """
     from rich.console import Console
 
@@ -37,4 +42,7 @@ def console(stderr: bool = False):
             self.quiet = True
             raise BrokenPipeError
 
-    return _Console(stderr=stderr, soft_wrap=True)
+    out = _Console(stderr=stderr, soft_wrap=True)
+    if not out.is_terminal:
+        out = _Console(stderr=stderr, soft_wrap=True, width=PIPE_WIDTH, color_system=None)
+    return out
