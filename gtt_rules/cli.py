@@ -14,9 +14,9 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
-from gtt_rules.console import console, markup, plain
+from gtt_rules.console import capped, console, markup, plain
 from gtt_rules.engine.limits import LimitWarning, max_memory, memory_budget
-from gtt_rules.errors import GttRulesError, UsageError, did_you_mean
+from gtt_rules.errors import GttRulesError, GttRulesWarning, UsageError, did_you_mean
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -243,7 +243,7 @@ def _apply(args: argparse.Namespace) -> int:
             except GttRulesError as error:
                 if not ignore_errors:
                     raise
-                print(f"{PROG}: warning: {plain(label)} failed and was skipped (ignore_errors): {error}",
+                print(capped(f"{PROG}: warning: {plain(label)} failed and was skipped (ignore_errors): {error}"),
                       file=sys.stderr)
                 graph = Graph.from_bytes(before)
         return graph, reports
@@ -455,19 +455,19 @@ def _output_path(args: argparse.Namespace, source: str) -> str:
 
 def _print_error(error: GttRulesError) -> None:
     """One line naming the file, position and problem; then, for rules, the line and a hint."""
-    print(f"{PROG}: error: {error}", file=sys.stderr)
+    print(capped(f"{PROG}: error: {error}"), file=sys.stderr)
     excerpt = getattr(error, "excerpt", None)
     if excerpt:
-        print("\n".join(map(plain, excerpt.splitlines())), file=sys.stderr)
+        print("\n".join(capped(plain(line)) for line in excerpt.splitlines()), file=sys.stderr)
     hint = getattr(error, "hint", None)
     if hint:
-        print(f"    hint: {plain(hint)}", file=sys.stderr)
+        print(capped(f"    hint: {plain(hint)}"), file=sys.stderr)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Our own warnings (a limit that skipped some work) on one line, as errors are."""
-    if issubclass(category, LimitWarning):
-        print(f"{PROG}: warning: {message}", file=sys.stderr)
+    if issubclass(category, (LimitWarning, GttRulesWarning)):
+        print(capped(f"{PROG}: warning: {message}"), file=sys.stderr)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)
 
@@ -487,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run: Callable[[argparse.Namespace], int] = args.run
         with warnings.catch_warnings():
             warnings.simplefilter("default", LimitWarning)     # each one once, whatever else filters
+            warnings.simplefilter("default", GttRulesWarning)
             warnings.showwarning = _show_warning
             with memory_budget(getattr(args, "max_memory", None) or max_memory()), \
                     inputs_protected(allow=getattr(args, "overwrite", False)):

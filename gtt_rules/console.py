@@ -16,6 +16,17 @@ def plain(text: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+LINE_LIMIT = 400   # characters an error line may take; a cut-off .pbtxt could quote kilobytes of it
+
+
+def capped(line: str, limit: int = LINE_LIMIT) -> str:
+    """`line`, or its start and end around a note of how much was left out, when it is too long to read."""
+    if len(line) <= limit:
+        return line
+    head, tail = limit * 2 // 3, limit // 4
+    return f"{line[:head]} [... {len(line) - head - tail:,} characters ...] {line[-tail:]}"
+
+
 def markup(text: object) -> str:
     """`plain(text)`, escaped to show as itself inside rich markup."""
     from rich.markup import escape

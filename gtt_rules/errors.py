@@ -77,3 +77,11 @@ class UsageError(GttRulesError):
 
 class OutputError(GttRulesError):
     """An output cannot be written, or writing it would destroy an input."""
+
+
+class GttRulesWarning(UserWarning):
+    """Something in the input that works, but likely not as the user expects; shown on one line."""
+
+
+class UnknownOpWarning(GttRulesWarning):
+    """A graph uses ops that TensorFlow's op registry does not have."""
