@@ -10,7 +10,7 @@ import numpy as np
 
 from gtt_rules.engine import op_registry
 from gtt_rules.engine.attrs import decode_attr
-from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64
+from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64, REF_OFFSET
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.errors import UsageError
 from gtt_rules.rules.compiler import Param
@@ -466,8 +466,9 @@ def insert_logging(graph: Graph, ctx: PassContext) -> None:
     """Print the outputs of the nodes of the given ops (`op`) and name prefixes (`prefix`) when they
     run: a Print node passes output 0 through, and logs every output something reads.
 
-    Only nodes something reads get one (a Print nothing reads would never run). As in GTT, with
-    neither `op` nor `prefix` every such node is logged.
+    Only nodes whose output 0 something reads get one: a Print nothing reads would never run (GTT
+    also adds one where nothing reads it). As in GTT, with neither `op` nor `prefix` every such
+    node is logged.
     """
     params = ctx.params
     ops, prefixes = set(params["op"]), tuple(params["prefix"])
@@ -475,12 +476,11 @@ def insert_logging(graph: Graph, ctx: PassContext) -> None:
         if ops and node.op not in ops or prefixes and not node.name.startswith(prefixes):
             continue
         consumers = graph.consumers(node.name)
-        read = sorted({ref.port for c in consumers for ref in c.inputs if ref.node == node.name} |
-                      ({0} if any(node.name in c.control_inputs for c in consumers) else set()))
+        read = sorted({ref.port for c in consumers for ref in c.inputs if ref.node == node.name})
         dtypes = graph.output_dtypes(node)
-        if not read or not dtypes:      # nothing reads it, it has no outputs, or its types are unknown
+        if 0 not in read or not dtypes:      # the Print would not run, or the types are unknown
             continue
-        dtypes = [d % 100 for d in dtypes]   # a ref output is logged as the value it holds
+        dtypes = [d - REF_OFFSET if d > REF_OFFSET else d for d in dtypes]   # a ref is logged by value
         name = _free_name(graph, f"{node.name}__print__")
         message = (f";{node.op};" if params["show_op"] else "") + (f";{name};" if params["show_name"] else "")
         printer = graph.add_node(name, "Print", [TensorRef(node.name, 0)] + [TensorRef(node.name, p) for p in read],
