@@ -55,5 +55,5 @@ def console(stderr: bool = False):
 
     out = _Console(stderr=stderr, soft_wrap=True)
     if not out.is_terminal:
-        out = _Console(stderr=stderr, soft_wrap=True, width=PIPE_WIDTH, color_system=None)
+        out.width = PIPE_WIDTH
     return out
