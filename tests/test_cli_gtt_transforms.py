@@ -217,3 +217,17 @@ def test_inline_partitionedcall_puts_the_function_body_in_the_graph(tf, tmp_path
     for expected, actual in zip(tf_run(source.read_bytes(), feeds, ["top", "total"]),
                                 tf_run(out.read_bytes(), feeds, ["top", "total"])):
         np.testing.assert_array_equal(actual, expected)
+
+
+def test_sparsify_gather_of_a_variable_says_it_needs_the_checkpoint_reader(tf, tmp_path, capsys):
+    with tf.Graph().as_default() as graph:
+        ids = tf.compat.v1.placeholder(tf.int64, [None], name="ids")
+        weights = tf.raw_ops.VariableV2(shape=[4, 1], dtype=tf.float32, name="weights")
+        tf.identity(tf.raw_ops.Gather(params=tf.identity(weights, name="read"), indices=ids), name="out")
+    source, out = tmp_path / "variable.pb", tmp_path / "sparse.pb"
+    source.write_bytes(graph.as_graph_def().SerializeToString())
+    assert main(["apply", str(source), "-o", str(out), "--inputs", "ids", "--outputs", "out",
+                 "--transforms", "sparsify_gather(input_checkpoint=model.ckpt)"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "'weights' is a VariableV2: its values are in a checkpoint, which only TensorFlow's runtime reads" in line
+    assert not out.exists()
