@@ -7,6 +7,7 @@ matches (saturated) or at a limit; a node rewritten over and over names the rule
 from __future__ import annotations
 
 import collections
+import enum
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -18,8 +19,17 @@ from .pattern import MatchContext, MatchLimitError, match
 from .rewrite import RewriteResult, rewrite_or_none
 from .rule import Rule
 
-SATURATED = "saturated"
-REWRITE_LIMIT = "rewrite limit"
+
+
+class StopReason(enum.StrEnum):
+    """Why a run stopped, as egg names it: a fixed point, or the limit that ended it."""
+
+    SATURATED = "saturated"              # no rule matches any more
+    REWRITE_LIMIT = "rewrite limit"      # the caller's max_rewrites (--max-rewrites) was reached
+    NO_FIXED_POINT = "no fixed point"    # the default limit, scaled to the graph: the rules do not terminate
+    NODE_CYCLE = "node cycle"            # one node rewritten over and over
+    PASS_DONE = "pass done"              # a whole-graph pass ran once
+
 
 
 @dataclass
@@ -50,7 +60,7 @@ class Report:
     fires: collections.Counter = field(default_factory=collections.Counter)
     seconds: collections.Counter = field(default_factory=collections.Counter)
     visits: int = 0
-    stop_reason: str = SATURATED
+    stop_reason: StopReason = StopReason.SATURATED
     applications: list[Application] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was left as it was, and why
 
@@ -139,8 +149,11 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
             if result is None:
                 continue
             if at_limit:  # one rewrite too many: it was undone, the graph holds exactly the limit
-                report.stop_reason = REWRITE_LIMIT
                 report.nodes_after = len(graph)
+                if limits.max_rewrites is not None:
+                    report.stop_reason = StopReason.REWRITE_LIMIT
+                    raise _limit_error(dispatch, set(report.fires) | {rule.name}, max_rewrites, report)
+                report.stop_reason = StopReason.NO_FIXED_POINT
                 raise _cycle_error(dispatch, set(report.fires) | {rule.name}, None, report.rewrites, report,
                                    graph)
             report.fires[rule.name] += 1
@@ -154,6 +167,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
             history[name].append(rule.name)
             if per_node[name] > limits.max_rewrites_per_node:
                 cycling = set(history[name][-limits.max_rewrites_per_node:])
+                report.stop_reason = StopReason.NODE_CYCLE
                 raise _cycle_error(dispatch, cycling, name, per_node[name], report, graph)
             for again in _neighbourhood(graph, name, result):
                 if again not in queued and dispatch.rules_for(graph[again].op):
@@ -219,14 +233,23 @@ def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> list[str]:
     return [n for n in dict.fromkeys(around) if n in graph]
 
 
+def _located(dispatch: _Dispatch, rules: set[str]) -> str:
+    """Each rule with the file and line it was written at, so that a loop can be found."""
+    located = {rule.name: rule.location for rule in dispatch.rules if rule.name in rules}
+    return ", ".join(f"{name} ({located[name]})" if located.get(name) else name for name in sorted(rules))
+
+
 def _cycle_error(dispatch: _Dispatch, rules: set[str], node: str | None, count: int, report: Report,
                  graph: Graph) -> RewriteError:
     report.nodes_after = len(graph)
     where = f"node '{node}' was rewritten {count} times" if node else f"{count} rewrites"
-    # Each rule with the file and line it was written at, so that the loop can be found.
-    located = {rule.name: rule.location for rule in dispatch.rules if rule.name in rules}
-    involved = ", ".join(f"{name} ({located[name]})" if located.get(name) else name
-                         for name in sorted(rules))
-    error = RewriteError(f"the rules do not terminate ({where}); rules involved: {involved}")
+    error = RewriteError(f"the rules do not terminate ({where}); rules involved: {_located(dispatch, rules)}")
+    error.report = report
+    return error
+
+
+def _limit_error(dispatch: _Dispatch, rules: set[str], limit: int, report: Report) -> RewriteError:
+    error = RewriteError(f"stopped at the rewrite limit of {limit:,} (max_rewrites) with rules still "
+                         f"matching; rules involved: {_located(dispatch, rules)}")
     error.report = report
     return error

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from gtt_rules.errors import EvaluationError
+from gtt_rules.errors import EvaluationError, did_you_mean
 
 from .dtypes import DT_BFLOAT16, dtype_info, dtype_name, numpy_dtype
 from .graph import Graph, Node, TensorRef
@@ -184,7 +184,8 @@ class Evaluator:
         ref = TensorRef.parse(str(text).strip())
         node = self.graph.get(ref.node)
         if node is None:
-            raise EvaluationError(f"{role} '{text}' names no node in the graph")
+            names = (n.name for n in self.graph)
+            raise EvaluationError(f"{role} '{text}' names no node in the graph{did_you_mean(ref.node, names)}")
         count = self.graph.num_outputs(node)
         if count is not None and ref.port >= count:
             raise EvaluationError(f"{role} '{text}': node '{node.name}' ({node.op}) has {count} "

@@ -13,13 +13,14 @@ import os
 import pathlib
 import re
 import stat
+import warnings
 from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 from google.protobuf import message as protobuf_message
 from google.protobuf import text_format, unknown_fields
 
-from gtt_rules.errors import GraphError
+from gtt_rules.errors import GraphError, UnknownOpWarning
 
 from . import op_registry
 from .attrs import decode_attr, encode_attr
@@ -267,7 +268,19 @@ class Graph:
         except GraphError as e:
             raise e.located(str(path)) from None
         graph._checked_at = EDITS.mark()
+        graph._warn_unknown_ops(str(path))
         return graph
+
+    def _warn_unknown_ops(self, path: str) -> None:
+        """Warn of ops neither TensorFlow's registry nor the library defines: they load, rewrite
+        and save, but no kernel runs them, and a misspelt op otherwise shows only at `run`."""
+        functions = {f.signature.name for f in self._graph_def.library.function}
+        unknown = sorted(op for op in {node.op for node in self} if op not in functions
+                         and op_registry.get_op(op) is None)
+        if unknown:
+            shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            warnings.warn(UnknownOpWarning(f"{path}: ops unknown to TensorFlow's registry: {shown} (they are "
+                                           f"kept as they are, but `run` cannot evaluate them)"), stacklevel=3)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, text: bool = False) -> "Graph":

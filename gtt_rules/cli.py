@@ -14,9 +14,9 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
-from gtt_rules.console import console, markup, plain
+from gtt_rules.console import capped, console, markup, plain
 from gtt_rules.engine.limits import LimitWarning, max_memory, memory_budget
-from gtt_rules.errors import GttRulesError, UsageError
+from gtt_rules.errors import GttRulesError, GttRulesWarning, UsageError, did_you_mean
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -51,8 +51,9 @@ def _add_graph_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", "--out_graph", dest="output", required=True, metavar="OUT",
                         help="where to write the result (.pb binary, .pbtxt text; '-': stdout)")
     parser.add_argument("--output_as_text", "--output-as-text", dest="output_as_text", nargs="?", const=True,
-                        default=False, type=_bool_flag, metavar="BOOL",
-                        help="write text format whatever the suffix (also =true / =false, as in GTT)")
+                        default=None, type=_bool_flag, metavar="BOOL",
+                        help="write text format (=false: binary) whatever the suffix; by default the "
+                             "suffix decides")
     parser.add_argument("--overwrite", action="store_true",
                         help="allow OUT to be the input graph, or any other file this command reads")
 
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     summarize = commands.add_parser("summarize", help="show a graph's inputs, outputs, ops and size",
                                     description="Show a graph's likely inputs and outputs, op "
                                                 "histogram and parameter count, like summarize_graph.")
-    summarize.add_argument("graph", metavar="GRAPH", help="a .pb or .pbtxt GraphDef file")
+    summarize.add_argument("graph", metavar="GRAPH", nargs="?", help="a .pb or .pbtxt GraphDef file")
+    summarize.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
     summarize.add_argument("--json", action="store_true", help="print JSON instead of tables")
     summarize.set_defaults(run=_summarize)
 
@@ -100,12 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Parse and statically check .rules files: syntax, ops, "
                                             "attrs, input counts, names, functions and types.")
     check.add_argument("paths", nargs="+", metavar="PATH", help=".rules files")
+    check.add_argument("--json", action="store_true", help="print JSON: each file's counts or errors")
     check.set_defaults(run=_check)
 
     test = commands.add_parser("test", help="run the test blocks of .rules files",
                                description="Run every `test` block: apply the rules to the given "
                                            "graph and compare with the expected one.")
     test.add_argument("paths", nargs="+", metavar="PATH", help=".rules files or folders")
+    test.add_argument("--json", action="store_true", help="print JSON: every test's result")
     test.set_defaults(run=_test)
 
     listing = commands.add_parser("list", help="list the standard rule sets and pipelines",
@@ -136,11 +140,12 @@ def _summarize(args: argparse.Namespace) -> int:
     from gtt_rules.engine.graph import Graph
     from gtt_rules.engine.summary import summarize
 
-    summary = summarize(Graph.load(args.graph))
+    source = _input_path(args)
+    summary = summarize(Graph.load(source))
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
-    _print_summary(args.graph, summary)
+    _print_summary(source, summary)
     return EXIT_OK
 
 
@@ -201,7 +206,9 @@ def _apply(args: argparse.Namespace) -> int:
     from gtt_rules.engine.output import STDOUT
 
     source = _input_path(args)
-    steps = _steps(args.steps or [])  # rules are checked before the graph is read
+    if not args.steps:     # as in GTT: a run that would only copy the graph is a mistake
+        raise UsageError("no transform given: add --transforms, --rules or --pipeline")
+    steps = _steps(args.steps)  # rules are checked before the graph is read
     output = _output_path(args, source)     # after the rules: they are inputs too
     report_to = sys.stderr if output == STDOUT else sys.stdout   # stdout may hold the graph
     from gtt_rules.cli_calibrate import calibrate_after_apply, check_sample_options, with_float
@@ -210,7 +217,8 @@ def _apply(args: argparse.Namespace) -> int:
     inputs, outputs = _tensors(args.inputs), _tensors(args.outputs)
     for ref in (inputs or []) + (outputs or []):
         if ref.node not in graph:
-            raise UsageError(f"{source}: no node named '{ref.node}' (from --inputs/--outputs)")
+            raise UsageError(f"{source}: no node named '{ref.node}' (from --inputs/--outputs)"
+                             f"{did_you_mean(ref.node, (n.name for n in graph))}")
         count = graph.num_outputs(graph[ref.node])
         if count is not None and ref.port >= count:
             raise UsageError(f"{source}: node '{ref.node}' has no output {ref.port} (it has {count}; "
@@ -235,7 +243,7 @@ def _apply(args: argparse.Namespace) -> int:
             except GttRulesError as error:
                 if not ignore_errors:
                     raise
-                print(f"{PROG}: warning: {plain(label)} failed and was skipped (ignore_errors): {error}",
+                print(capped(f"{PROG}: warning: {plain(label)} failed and was skipped (ignore_errors): {error}"),
                       file=sys.stderr)
                 graph = Graph.from_bytes(before)
         return graph, reports
@@ -245,7 +253,7 @@ def _apply(args: argparse.Namespace) -> int:
     # With --keep-float-above, the steps run again from the original, keeping layers float.
     rerun = None if original is None else lambda kept: run_steps(Graph.from_bytes(original), with_float(steps, kept))
     graph, reports, calibrated = calibrate_after_apply(graph, reports, args, outputs, str(source), original, rerun)
-    graph.save(output, text=True if args.output_as_text else None)
+    graph.save(output, text=args.output_as_text)
     if args.json:
         print(json.dumps({"output": str(output), "stages": [
             {"name": name, **report.to_json(),
@@ -311,19 +319,35 @@ def _check(args: argparse.Namespace) -> int:
     from gtt_rules.rules.library import Library
 
     failed = False
+    files = []
     for path in args.paths:
         library = Library()
         try:
             compiled = library.load_file(path)
         except GttRulesError as error:
             failed = True
-            for each in getattr(error, "all_errors", [error]):
-                _print_error(each)
+            errors = getattr(error, "all_errors", [error])
+            files.append({"path": str(path), "ok": False, "errors": [_error_json(e) for e in errors]})
+            if not args.json:
+                for each in errors:
+                    _print_error(each)
             continue
-        rules = sum(len(rs.rules) for rs in compiled.rulesets.values())
-        print(f"{plain(path)}: ok ({rules} rules, {len(compiled.rulesets)} rule sets, "
-              f"{len(compiled.pipelines)} pipelines, {len(compiled.tests)} tests)")
+        counts = {"rules": sum(len(rs.rules) for rs in compiled.rulesets.values()),
+                  "rule_sets": len(compiled.rulesets), "pipelines": len(compiled.pipelines),
+                  "tests": len(compiled.tests)}
+        files.append({"path": str(path), "ok": True, **counts})
+        if not args.json:
+            print(f"{plain(path)}: ok ({counts['rules']} rules, {counts['rule_sets']} rule sets, "
+                  f"{counts['pipelines']} pipelines, {counts['tests']} tests)")
+    if args.json:
+        print(json.dumps({"ok": not failed, "files": files}, indent=2))
     return EXIT_BAD_INPUT if failed else EXIT_OK
+
+
+def _error_json(error: GttRulesError) -> dict:
+    """An error's located fields, as `_print_error` shows them."""
+    return {"message": error.message, "path": error.path, "line": error.line, "column": error.column,
+            "node": error.node, "hint": getattr(error, "hint", None), "text": str(error)}
 
 
 def _rules_files(paths: list[str]) -> list[pathlib.Path]:
@@ -341,16 +365,17 @@ def _rules_files(paths: list[str]) -> list[pathlib.Path]:
 def _test(args: argparse.Namespace) -> int:
     from gtt_rules.rules.fixtures import run_file
 
-    passed = failed = 0
-    for path in _rules_files(args.paths):
-        for result in run_file(path):
-            if result.passed:
-                passed += 1
-                print(plain(f"PASS {result.location} {result.name}"))
-            else:
-                failed += 1
-                print(plain(f"FAIL {result.location} {result.name}: {result.message}"))
-    print(f"{passed} passed, {failed} failed")
+    results = [result for path in _rules_files(args.paths) for result in run_file(path)]
+    failed = sum(not result.passed for result in results)
+    if args.json:
+        print(json.dumps({"passed": len(results) - failed, "failed": failed, "tests": [
+            {"name": r.name, "location": r.location, "passed": r.passed, "message": None if r.passed else r.message}
+            for r in results]}, indent=2))
+        return EXIT_CHECK_FAILED if failed else EXIT_OK
+    for result in results:
+        print(plain(f"PASS {result.location} {result.name}" if result.passed else
+                    f"FAIL {result.location} {result.name}: {result.message}"))
+    print(f"{len(results) - failed} passed, {failed} failed")
     return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
@@ -372,7 +397,7 @@ def _list(args: argparse.Namespace) -> int:
             continue
         entry = {"name": name, "kind": "pass" if isinstance(item, GraphPass) else "ruleset", "file": item.path,
                  "params": [{"name": p.name, "type": f"[{p.type}]" if p.is_list else p.type,
-                             "default": p.default} for p in item.params]}
+                             "default": _param_default(p)} for p in item.params]}
         if isinstance(item, GraphPass):
             entry["doc"] = item.doc
         else:
@@ -387,11 +412,29 @@ def _list(args: argparse.Namespace) -> int:
     for column in ("name", "kind", "parameters (defaults)", "contents"):
         table.add_column(column)
     for entry in entries:
-        params = ", ".join(f"{p['name']}: {p['type']} = {p['default']!r}" for p in entry.get("params", []))
+        params = ", ".join(f"{p['name']}: {p['type']} = {_default_text(p)}" for p in entry.get("params", []))
         contents = entry.get("doc") or ", ".join(entry.get("rules") or entry.get("stages") or [])
         table.add_row(markup(entry["name"]), entry["kind"], markup(params or "-"), markup(contents))
     console().print(table)
     return EXIT_OK
+
+
+def _param_default(param):
+    """A parameter's default as a user writes it: a dtype by its name (`float`), not its enum number."""
+    from gtt_rules.engine.dtypes import dtype_name
+    if param.type != "dtype":
+        return param.default
+    if param.is_list:
+        return [dtype_name(d) for d in param.default]
+    return None if param.default is None else dtype_name(param.default)
+
+
+def _default_text(param: dict) -> str:
+    if param["type"] == "dtype":
+        return str(param["default"])
+    if param["type"] == "[dtype]":
+        return "[" + ", ".join(param["default"]) + "]"
+    return repr(param["default"])
 
 
 def _input_path(args: argparse.Namespace) -> str:
@@ -415,19 +458,19 @@ def _output_path(args: argparse.Namespace, source: str) -> str:
 
 def _print_error(error: GttRulesError) -> None:
     """One line naming the file, position and problem; then, for rules, the line and a hint."""
-    print(f"{PROG}: error: {error}", file=sys.stderr)
+    print(capped(f"{PROG}: error: {error}"), file=sys.stderr)
     excerpt = getattr(error, "excerpt", None)
     if excerpt:
-        print("\n".join(map(plain, excerpt.splitlines())), file=sys.stderr)
+        print("\n".join(capped(plain(line)) for line in excerpt.splitlines()), file=sys.stderr)
     hint = getattr(error, "hint", None)
     if hint:
-        print(f"    hint: {plain(hint)}", file=sys.stderr)
+        print(capped(f"    hint: {plain(hint)}"), file=sys.stderr)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Our own warnings (a limit that skipped some work) on one line, as errors are."""
-    if issubclass(category, LimitWarning):
-        print(f"{PROG}: warning: {message}", file=sys.stderr)
+    if issubclass(category, (LimitWarning, GttRulesWarning)):
+        print(capped(f"{PROG}: warning: {message}"), file=sys.stderr)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)
 
@@ -447,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run: Callable[[argparse.Namespace], int] = args.run
         with warnings.catch_warnings():
             warnings.simplefilter("default", LimitWarning)     # each one once, whatever else filters
+            warnings.simplefilter("default", GttRulesWarning)
             warnings.showwarning = _show_warning
             with memory_budget(getattr(args, "max_memory", None) or max_memory()), \
                     inputs_protected(allow=getattr(args, "overwrite", False)):

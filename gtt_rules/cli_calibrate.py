@@ -168,14 +168,14 @@ def calibrate_command(args: argparse.Namespace) -> int:
     if not calibration.runtime_ranges(graph):
         # Nothing measures a range at run time (no quantize_nodes, fixed fallback ranges, or
         # calibrated already): the graph is already what calibration would make of it.
-        graph.save(output, text=True if args.output_as_text else None)
+        graph.save(output, text=args.output_as_text)
         console(stderr=True).print(f"{markup(args.graph)} computes no range at run time: nothing to freeze; "
                                    f"written unchanged -> {markup(output)}")
         return 0
     records, count = calibrate(graph, args, outputs, args.graph, min_percentile=args.min_percentile,
                                max_percentile=args.max_percentile)
     # The graph first: its save checks it, and a graph that fails must not leave a log behind.
-    graph.save(output, text=True if args.output_as_text else None)
+    graph.save(output, text=args.output_as_text)
     if log is not None:
         text = calibration.min_max_log(records).encode()
         write_output(log, lambda f: f.write(text))

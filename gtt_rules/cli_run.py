@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from gtt_rules.console import console, markup
-from gtt_rules.errors import GttRulesError, UsageError
+from gtt_rules.errors import GttRulesError, UsageError, did_you_mean
 
 EXIT_OK, EXIT_CHECK_FAILED = 0, 1
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-4, 1e-5
@@ -72,8 +72,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated tensors to fetch (name or name:port); "
                              "default: the graph's likely outputs")
     parser.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy",
-                        help="feed the tensor NAME from a .npy file (repeatable); inputs not fed "
-                             "get seeded random values of their dtype and shape")
+                        help="feed the tensor NAME from a .npy file, or a .npz holding one array or "
+                             "one named NAME; or FILE.npz alone: each of its arrays feeds the tensor "
+                             "its key names (repeatable). Inputs not fed get seeded random values of "
+                             "their dtype and shape")
     parser.add_argument("--seed", type=parse_seed, default=0, help="seed of the random inputs (default 0)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_max_memory_option(parser)
@@ -98,33 +100,61 @@ def _size(text: str) -> int:
 # ---- shared steps --------------------------------------------------------------------------------
 
 def load_feed_files(specs: list[str]) -> dict[str, np.ndarray]:
-    """`NAME=FILE.npy` arguments to arrays; UsageError naming the file for anything unreadable."""
+    """`NAME=FILE.npy` (or a one-array `NAME=FILE.npz`) and `FILE.npz` (each array feeds the tensor
+    its key names, as `run --save` writes them) arguments to arrays; UsageError naming the file for
+    anything unreadable."""
     feeds: dict[str, np.ndarray] = {}
+
+    def add(name: str, value: np.ndarray) -> None:
+        if name in feeds:
+            raise UsageError(f"--feed: '{name}' is fed twice")
+        feeds[name] = value
+
     for spec in specs:
         name, sep, path = spec.partition("=")
         name, path = name.strip(), path.strip()
+        if not sep and name.endswith(".npz"):
+            for key, value in load_npz(pathlib.Path(name)).items():
+                add(key, value)
+            continue
         if not sep or not name or not path:
-            raise UsageError(f"--feed {spec!r}: expected NAME=FILE.npy")
-        if name in feeds:
-            raise UsageError(f"--feed: '{name}' is fed twice")
-        feeds[name] = _load_npy(pathlib.Path(path))
+            raise UsageError(f"--feed {spec!r}: expected NAME=FILE.npy or FILE.npz")
+        add(name, _load_feed(name, pathlib.Path(path)))
     return feeds
 
 
-def _load_npy(path: pathlib.Path) -> np.ndarray:
+def feed_paths(specs: list[str]) -> list[str]:
+    """The files --feed arguments read, so that no output overwrites one."""
+    return [spec.partition("=")[2].strip() or spec.strip() for spec in specs]
+
+
+def _load_feed(name: str, path: pathlib.Path) -> np.ndarray:
+    """The array for tensor `name` in a .npy file, or in a .npz one with one array or one named `name`."""
     if not path.exists():
         raise UsageError("no such file", path=str(path))
     if path.is_dir():
         raise UsageError("is a directory, not a .npy file", path=str(path))
     try:
         with open(path, "rb") as f:
-            if f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
-                raise UsageError("holds several arrays (.npz); give one array per --feed as a .npy "
-                                 "file", path=str(path))
+            is_zip = f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
             f.seek(0)
-            return read_array(f, os.fstat(f.fileno()).st_size)
+            if not is_zip:
+                return read_array(f, os.fstat(f.fileno()).st_size)
     except _ARRAY_ERRORS as error:
         raise UsageError(f"not a readable .npy array: {_reason(error)}", path=str(path)) from None
+    arrays = load_npz(path)
+    if len(arrays) == 1:
+        return next(iter(arrays.values()))
+    if name in arrays:
+        return arrays[name]
+    raise UsageError(f"holds {len(arrays)} arrays ({_names(arrays)}), none named '{name}'"
+                     f"{did_you_mean(name, arrays)} (--feed {path} feeds each array by its name)",
+                     path=str(path))
+
+
+def _names(arrays: dict, shown: int = 5) -> str:
+    names = ", ".join(list(arrays)[:shown])
+    return names + (f" and {len(arrays) - shown} more" if len(arrays) > shown else "")
 
 
 def load_npz(path: pathlib.Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
@@ -273,7 +303,7 @@ def run_command(args: argparse.Namespace) -> int:
     """`gtt-rules run`: evaluate GRAPH and print (and optionally save) its outputs."""
     from gtt_rules.engine.output import STDOUT, check_output
     given = load_feed_files(args.feed)
-    feed_files = [spec.partition("=")[2].strip() for spec in args.feed]
+    feed_files = feed_paths(args.feed)
     save_path = check_output(args.save, args.graph, *feed_files) if args.save else None
     graph = _load_graph(args.graph)
     outputs = parse_outputs(args.outputs, graph)
@@ -390,7 +420,7 @@ def compare_command(args: argparse.Namespace) -> int:
     if args.html is not None and not args.per_layer:
         raise UsageError("--html writes the per-layer report; add --per-layer")
     given = load_feed_files(args.feed)
-    feed_files = [spec.partition("=")[2].strip() for spec in args.feed]
+    feed_files = feed_paths(args.feed)
     html_path = check_output(args.html, args.graph_a, args.graph_b, *feed_files) if args.html else None
     graph_a = _load_graph(args.graph_a)
     graph_b = _load_graph(args.graph_b)

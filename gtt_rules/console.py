@@ -16,6 +16,17 @@ def plain(text: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+LINE_LIMIT = 400   # characters an error line may take; a cut-off .pbtxt could quote kilobytes of it
+
+
+def capped(line: str, limit: int = LINE_LIMIT) -> str:
+    """`line`, or its start and end around a note of how much was left out, when it is too long to read."""
+    if len(line) <= limit:
+        return line
+    head, tail = limit * 2 // 3, limit // 4
+    return f"{line[:head]} [... {len(line) - head - tail:,} characters ...] {line[-tail:]}"
+
+
 def markup(text: object) -> str:
     """`plain(text)`, escaped to show as itself inside rich markup."""
     from rich.markup import escape
@@ -23,11 +34,16 @@ def markup(text: object) -> str:
     return escape(plain(text))
 
 
+# Off a terminal, the width tables are laid out in: wide enough that no cell is ever cut or folded.
+PIPE_WIDTH = 100_000
+
+
 def console(stderr: bool = False):
     """A rich console that never hard-wraps printed text, and lets a closed pipe end the command.
 
     Paths and input lists in header lines stay whole when stdout is a pipe or a narrow
-    terminal (rich assumes 80 columns off a terminal); tables still fit the width.
+    terminal. On a terminal tables fit its width; into a pipe or a file they print in full, as
+    plain text (rich assumes 80 columns there, and would cut names short).
     """
     from rich.console import Console
 
@@ -37,4 +53,7 @@ def console(stderr: bool = False):
             self.quiet = True
             raise BrokenPipeError
 
-    return _Console(stderr=stderr, soft_wrap=True)
+    out = _Console(stderr=stderr, soft_wrap=True)
+    if not out.is_terminal:
+        out.width = PIPE_WIDTH
+    return out

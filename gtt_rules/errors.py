@@ -5,7 +5,16 @@ prints one line that tells the user where the problem is.
 """
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 from gtt_rules.console import plain
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the choice closest to a mistyped `name`, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 class GttRulesError(Exception):
@@ -68,3 +77,11 @@ class UsageError(GttRulesError):
 
 class OutputError(GttRulesError):
     """An output cannot be written, or writing it would destroy an input."""
+
+
+class GttRulesWarning(UserWarning):
+    """Something in the input that works, but likely not as the user expects; shown on one line."""
+
+
+class UnknownOpWarning(GttRulesWarning):
+    """A graph uses ops that TensorFlow's op registry does not have."""

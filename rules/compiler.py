@@ -19,7 +19,7 @@ from gtt_rules.engine.dtypes import parse_dtype
 from gtt_rules.engine.graph import TensorRef
 from gtt_rules.engine.pattern import AttrPattern, InputPattern, MatchContext, NodePattern, Pattern
 from gtt_rules.engine.rule import Rule
-from gtt_rules.errors import RewriteError, RulesCheckError
+from gtt_rules.errors import RewriteError, RulesCheckError, did_you_mean
 from gtt_rules.grammar import ast
 from gtt_rules.grammar.parser import source_excerpt
 
@@ -98,7 +98,8 @@ def bind_params(ruleset: RuleSet, args: dict[str, Any], *, where: str = "") -> d
         param = known.get(key)
         if param is None:
             valid = ", ".join(known) or "none"
-            raise RulesCheckError(f"{where}'{ruleset.name}' has no parameter '{key}' (parameters: {valid})")
+            raise RulesCheckError(f"{where}'{ruleset.name}' has no parameter '{key}'{did_you_mean(key, known)} "
+                                  f"(parameters: {valid})")
         values[key] = coerce_param(param, value, where=where)
     return values
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from gtt_rules.engine.attrs import decode_attr
+from gtt_rules.engine.dtypes import dtype_name
 from gtt_rules.engine.graph import Graph, Node, TensorRef
 from gtt_rules.engine.limits import LimitWarning
 from gtt_rules.engine.proto import graph_def_pb2 as pb
@@ -295,7 +296,10 @@ def _compare_node(expected: Node, actual: Node) -> str | None:
         else:
             found, want = decode_attr(actual.attr[key]), decode_attr(value)
         if not _attr_equal(found, want):
-            return f"attr '{key}' is {_show(found)}, expected {_show(want)}"
+            kind = value.WhichOneof("value")
+            if kind == "list" and value.list.type:
+                kind = "type"
+            return f"attr '{key}' is {_show(found, kind)}, expected {_show(want, kind)}"
     return None
 
 
@@ -312,7 +316,11 @@ def _attr_equal(found: Any, want: Any) -> bool:
     return found == want
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, kind: str | None = None) -> str:
+    if kind == "type":      # a dtype by its name, not its enum number
+        if isinstance(value, (list, tuple)):
+            return "[" + ", ".join(dtype_name(v) for v in value) + "]"
+        return dtype_name(value) if isinstance(value, int) else repr(value)
     if isinstance(value, np.ndarray):
         return f"{value.dtype}{list(value.shape)} {np.array2string(value, threshold=8)}"
     return repr(value)

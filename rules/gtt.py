@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gtt_rules.errors import GttRulesError, UsageError
+from gtt_rules.errors import GttRulesError, UsageError, did_you_mean
 
 from .compiler import StageCall
 from .library import Library, Stage
@@ -83,20 +83,50 @@ def _parse_args(text: str, i: int, args: dict) -> int:
             args[key] = value
 
 
+# The transforms of GTT's registry that cannot apply without TensorFlow's runtime, and why. Every
+# other name in it (tensorflow/tools/graph_transforms/*.cc, REGISTER_GRAPH_TRANSFORM) is a rule
+# set or pass of the standard library.
+NEEDS_TENSORFLOW = {
+    "fuse_quantized_conv_and_requantize":
+        "its fused ops (QuantizedConv2D...AndRequantize) exist only in TensorFlow built with Intel MKL "
+        "(oneDNN), which also registers this transform; no reference kernel runs them",
+    "fuse_remote_graph":
+        "it hands subgraphs to a remote fused-graph executor (the Hexagon DSP runtime), a part of "
+        "TensorFlow's runtime that TensorFlow 2.21 no longer has",
+    "place_remote_graph_arguments":
+        "it places arguments for a remote fused-graph executor (the Hexagon DSP runtime), a part of "
+        "TensorFlow's runtime that TensorFlow 2.21 no longer has",
+    "rewrite_quantized_stripped_model_for_hexagon":
+        "it runs the graph in a TensorFlow session to find each node's shape for the Hexagon DSP "
+        "runtime, which TensorFlow 2.21 no longer has",
+    "fake_quantize_training":
+        "it rewrites a training graph (its variables and their updates) with TensorFlow's own "
+        "quantize-training rewriter in its runtime; gtt-rules rewrites frozen inference graphs",
+    "remove_ema":
+        "it simplifies only the moving-average subgraphs that fake_quantize_training makes, and "
+        "that transform needs TensorFlow's runtime",
+}
+
+
 def transform_stages(text: str, library: Library) -> list[tuple[Transform, list[Stage]]]:
     """Each transform with the stages it runs; unknown names and parameters are UsageErrors."""
     result = []
     for transform in parse_transforms(text):
+        if transform.name in NEEDS_TENSORFLOW:
+            raise UsageError(f"--transforms: {transform.name} cannot apply without TensorFlow's runtime: "
+                             f"{NEEDS_TENSORFLOW[transform.name]}")
         target = library.find(transform.name)
         if target is None:
-            raise UsageError(f"--transforms: unknown transform '{transform.name}'; "
-                             f"valid transforms: {', '.join(library.names())}")
+            names = library.names() + list(NEEDS_TENSORFLOW)
+            raise UsageError(f"--transforms: unknown transform '{transform.name}'"
+                             f"{did_you_mean(transform.name, names)} (`gtt-rules list` shows them all)")
         known = {p.name for p in getattr(target, "params", ())}
         for key in transform.args:
             if key not in known:
                 valid = ", ".join(sorted(known)) or "none"
-                raise UsageError(f"--transforms: {transform.name} has no parameter '{key}'; "
-                                 f"its parameters: {valid} (and ignore_errors)")
+                raise UsageError(f"--transforms: {transform.name} has no parameter '{key}'"
+                                 f"{did_you_mean(key, known | {'ignore_errors'})} "
+                                 f"(its parameters: {valid}, and ignore_errors)")
         try:
             stages = library.call(StageCall(transform.name, dict(transform.args), "command line"))
         except GttRulesError as error:

@@ -16,10 +16,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from gtt_rules.engine.driver import Limits, Report, apply_rules
+from gtt_rules.engine.driver import Limits, Report, StopReason, apply_rules
 from gtt_rules.engine.graph import Graph
 from gtt_rules.engine.rule import Rule
-from gtt_rules.errors import RulesCheckError, RulesSyntaxError, UsageError
+from gtt_rules.errors import RulesCheckError, RulesSyntaxError, UsageError, did_you_mean
 from gtt_rules.grammar import ast
 from gtt_rules.grammar.parser import parse, parse_file, source_excerpt
 
@@ -68,7 +68,7 @@ class Stage:
         report.notes = context.notes
         report.seconds[self.name] = time.perf_counter() - started
         report.nodes_after = len(graph)
-        report.stop_reason = "pass done"
+        report.stop_reason = StopReason.PASS_DONE
         return report
 
 
@@ -165,7 +165,8 @@ class Library:
         where = "" if call.location == "command line" else f"{call.location}: "
         target = self.find(call.name)
         if target is None:
-            raise UsageError(f"{where}unknown rule set or pipeline '{call.name}' (known: {', '.join(self.names())})")
+            raise UsageError(f"{where}unknown rule set or pipeline '{call.name}'{did_you_mean(call.name, self.names())} "
+                             f"(`gtt-rules list` shows them all)")
         if isinstance(target, RuleSet):
             return [Stage(call.name, target.instantiate(call.args, where=where))]
         if isinstance(target, GraphPass):

@@ -4,10 +4,13 @@ Each keeps the Graph Transform Tool's name and parameters, so GTT command lines 
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from gtt_rules.engine import op_registry
-from gtt_rules.engine.dtypes import DT_FLOAT
+from gtt_rules.engine.attrs import decode_attr
+from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64, REF_OFFSET
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.errors import UsageError
 from gtt_rules.rules.compiler import Param
@@ -426,3 +429,214 @@ def freeze_requantization_ranges(graph: Graph, ctx: PassContext) -> None:
     low, high = ctx.params["min_percentile"], ctx.params["max_percentile"]
     calibration.freeze_ranges(graph, {name: calibration.chosen_range(observed, low, high)
                                       for name, observed in records.items()}, protected=ctx.protected)
+
+
+# ---- GTT's remaining transforms: backport_tensor_array_v3, insert_logging, sparsify_gather ----
+
+# The TensorArray ops whose V3 form only differs from V2 by its handle's type (a resource, not a
+# string): the V2 op of the same inputs and attrs reads the V2 handle.
+_TENSOR_ARRAY_V3_USERS = ("TensorArrayWriteV3", "TensorArrayReadV3", "TensorArrayGatherV3", "TensorArrayScatterV3",
+                          "TensorArrayConcatV3", "TensorArraySplitV3", "TensorArraySizeV3", "TensorArrayCloseV3")
+
+
+@register_pass("backport_tensor_array_v3")
+def backport_tensor_array_v3(graph: Graph, ctx: PassContext) -> None:
+    """Turn TensorArray V3 ops into their V2 forms, for runtimes older than TensorFlow 1.0.
+
+    V2 arrays have no flow output: what read a V3 array's flow (output 1) reads a float Const 1.0
+    instead, as in GTT (the value is arbitrary; V2 ops only need some float there).
+    """
+    for node in [n for n in graph if n.op in ("TensorArrayV3", "TensorArrayGradV3")]:
+        flow = TensorRef(node.name, 1)
+        if graph.uses(flow):
+            stand_in = graph.add_node(_free_name(graph, f"{node.name}/replacement_flow_node"), "Const",
+                                      attrs={"dtype": DT_FLOAT, "value": np.float32(1.0)})
+            graph.replace_uses(flow, TensorRef(stand_in.name))
+        node.op = node.op[:-1] + "2"
+    for node in graph:
+        if node.op in _TENSOR_ARRAY_V3_USERS:
+            node.op = node.op[:-1] + "2"
+
+
+@register_pass("insert_logging", _list_param("op", "str"), _list_param("prefix", "str"),
+               Param("message", "str", False, ""), Param("show_name", "bool", False, False),
+               Param("show_op", "bool", False, False), Param("first_n", "int", False, -1),
+               Param("summarize", "int", False, 1024))
+def insert_logging(graph: Graph, ctx: PassContext) -> None:
+    """Print the outputs of the nodes of the given ops (`op`) and name prefixes (`prefix`) when they
+    run: a Print node passes output 0 through, and logs every output something reads.
+
+    Only nodes whose output 0 something reads get one: a Print nothing reads would never run (GTT
+    also adds one where nothing reads it). As in GTT, with neither `op` nor `prefix` every such
+    node is logged.
+    """
+    params = ctx.params
+    ops, prefixes = set(params["op"]), tuple(params["prefix"])
+    for node in list(graph):
+        if ops and node.op not in ops or prefixes and not node.name.startswith(prefixes):
+            continue
+        consumers = graph.consumers(node.name)
+        read = sorted({ref.port for c in consumers for ref in c.inputs if ref.node == node.name})
+        dtypes = graph.output_dtypes(node)
+        if 0 not in read or not dtypes:      # the Print would not run, or the types are unknown
+            continue
+        dtypes = [d - REF_OFFSET if d > REF_OFFSET else d for d in dtypes]   # a ref is logged by value
+        name = _free_name(graph, f"{node.name}__print__")
+        message = (f";{node.op};" if params["show_op"] else "") + (f";{name};" if params["show_name"] else "")
+        printer = graph.add_node(name, "Print", [TensorRef(node.name, 0)] + [TensorRef(node.name, p) for p in read],
+                                 attrs={"T": dtypes[0], "U": [dtypes[p] for p in read],
+                                        "message": message + params["message"], "first_n": params["first_n"],
+                                        "summarize": params["summarize"]}, device=node.device)
+        graph.replace_uses(TensorRef(node.name, 0), TensorRef(printer.name), exclude=[printer.name])
+
+
+@register_pass("sparsify_gather", Param("input_checkpoint", "str", False, ""),
+               Param("group_init_node", "str", False, "group_deps"))
+def sparsify_gather(graph: Graph, ctx: PassContext) -> None:
+    """Replace a Gather from a [N, 1] float embedding (Const -> Identity -> Gather, or GatherV2 on axis
+    0) by a lookup in a hash table of its nonzero entries; the tables are filled by running
+    `group_init_node` (a NoOp, made if missing) before the graph.
+
+    Entries under 1e-5 in magnitude count as zero, and ids not in the table read 0, as in GTT.
+    """
+    tables = []
+    for gather in [n for n in graph if n.op in ("Gather", "GatherV2")]:
+        weights = _sparsifiable_weights(graph, gather, ctx)
+        if weights is None:
+            continue
+        identity = graph[gather.inputs[0].node]
+        value = weights.get_attr("value").reshape(-1)
+        keep = np.flatnonzero(np.abs(value) >= 1e-5)
+        # TensorFlow's table initializer refuses empty keys and values: one zero entry stands in.
+        keys, values = (keep, value[keep]) if keep.size else (np.zeros(1), np.zeros(1))
+        ids = gather.inputs[1]
+        with graph.transaction():
+            def made(name, op, inputs=(), **attrs):
+                return graph.add_node(_free_name(graph, name), op, inputs, attrs=attrs, device=gather.device)
+
+            key_node = made(f"{weights.name}/indices", "Const", dtype=DT_INT64, value=keys.astype(np.int64))
+            value_node = made(f"{weights.name}/values", "Const", dtype=DT_FLOAT, value=values.astype(np.float32))
+            table = made(f"{weights.name}/HashTable", "HashTable", key_dtype=DT_INT64, value_dtype=DT_FLOAT)
+            init = made(f"{weights.name}/InitializeTable", "InitializeTable",
+                        [TensorRef(table.name), TensorRef(key_node.name), TensorRef(value_node.name)],
+                        Tkey=DT_INT64, Tval=DT_FLOAT)
+            if gather.get_attr("Tindices") != DT_INT64:     # the table's keys are int64
+                ids = TensorRef(made(f"{gather.name}/ToInt64", "Cast", [ids], SrcT=gather.get_attr("Tindices"),
+                                     DstT=DT_INT64).name)
+            default = made(f"{gather.name}/Const", "Const", dtype=DT_FLOAT, value=np.float32(0))
+            lookup = made(f"{gather.name}/LookupTableFind", "LookupTableFind",
+                          [TensorRef(table.name), ids, TensorRef(default.name)], Tin=DT_INT64, Tout=DT_FLOAT)
+            axis = made(f"{gather.name}/ExpandDims/Const", "Const", dtype=DT_INT32, value=np.int32(-1))
+            expand = made(f"{gather.name}/ExpandDims", "ExpandDims", [TensorRef(lookup.name), TensorRef(axis.name)],
+                          T=DT_FLOAT, Tdim=DT_INT32)
+            gather_axis = [ref.node for ref in gather.inputs[2:]]
+            # The ExpandDims takes the Gather's name, so what read the Gather reads the lookup.
+            graph.replace_node(gather.name, expand.name)
+            for name in gather_axis + [identity.name, weights.name]:
+                if name in graph and not graph.consumers(name) and name not in ctx.protected:
+                    graph.remove_node(name)
+        tables.append(init.name)
+    if not tables:
+        return
+    group = ctx.params["group_init_node"]
+    if group in graph and graph[group].op != "NoOp":
+        raise UsageError(f"sparsify_gather: group_init_node '{group}' is a {graph[group].op}, not a NoOp")
+    if group not in graph:
+        graph.add_node(group, "NoOp")
+    node = graph[group]
+    graph.set_inputs(node, node.inputs, node.control_inputs + tables)
+
+
+def _sparsifiable_weights(graph: Graph, gather, ctx: PassContext):
+    """The [N, 1] float Const a Gather reads through an Identity (on axis 0), else None (with a note
+    for what GTT would have taken but cannot be done here)."""
+    identity = graph[gather.inputs[0].node]
+    if identity.op != "Identity" or gather.inputs[0].port != 0 or len(identity.inputs) != 1:
+        return None
+    weights = graph[identity.inputs[0].node]
+    if weights.op in ("Variable", "VariableV2"):
+        raise UsageError(f"sparsify_gather: '{weights.name}' is a {weights.op}: its values are in a checkpoint, "
+                         f"which only TensorFlow's runtime reads (input_checkpoint); freeze the graph first")
+    if weights.op != "Const":
+        return None
+    if gather.op == "GatherV2":
+        axis = graph[gather.inputs[2].node]
+        if axis.op != "Const" or int(np.asarray(axis.get_attr("value")).reshape(-1)[0]) != 0 \
+                or gather.get_attr("batch_dims", 0) != 0:
+            ctx.notes.append(f"'{gather.name}': left as it is: only a gather on axis 0 becomes a table lookup")
+            return None
+    value = weights.get_attr("value")
+    if weights.get_attr("dtype") != DT_FLOAT or value.ndim != 2 or value.shape[1] != 1:
+        ctx.notes.append(f"'{gather.name}': left as it is: only float weights of shape [N, 1] become a table "
+                         f"(found {list(value.shape)})")
+        return None
+    return weights
+
+
+@register_pass("inline_partitionedcall")
+def inline_partitionedcall(graph: Graph, ctx: PassContext) -> None:
+    """Replace each PartitionedCall by the nodes of the library function it calls, named
+    `CALL/NODE`; what read the call's outputs reads the function's results.
+
+    The library keeps the function. A call that is a graph input or output stays, with a note.
+    """
+    functions = {f.signature.name: f for f in graph.library.function}
+    for call in [n for n in graph if n.op == "PartitionedCall"]:
+        function = functions.get(call.get_attr("f", None) or "")
+        if function is None:
+            raise UsageError(f"inline_partitionedcall: '{call.name}' calls a function the graph's library "
+                             f"does not have")
+        if call.name in ctx.protected:
+            ctx.notes.append(f"'{call.name}': left as it is: it is a graph input or output")
+            continue
+        arguments = {arg.name: ref for arg, ref in zip(function.signature.input_arg, call.inputs)}
+        names = {body.name: _free_name(graph, f"{call.name}/{body.name}") for body in function.node_def}
+        ports = {body.name: _output_ports(body, functions) for body in function.node_def}
+
+        def outside(text: str) -> TensorRef:
+            """A tensor a body node names (`arg`, `node`, `node:out_arg:index`), in the graph."""
+            node, _, rest = text.partition(":")
+            if node in arguments and not rest:
+                return arguments[node]
+            arg, _, index = rest.partition(":")
+            port = ports[node].get(arg, 0) + int(index or 0) if arg else 0
+            return TensorRef(names[node], port)
+
+        with graph.transaction():
+            for body in function.node_def:
+                node = graph.add_node(names[body.name], body.op, device=body.device or call.device)
+                for key, value in body.attr.items():
+                    node.set_attr(key, value)
+            for body in function.node_def:
+                data = [outside(i) for i in body.input if not i.startswith("^")]
+                control = [names.get(i[1:]) or arguments[i[1:]].node for i in body.input if i.startswith("^")]
+                graph.set_inputs(graph[names[body.name]], data, control + call.control_inputs)
+            for k, arg in enumerate(function.signature.output_arg):
+                graph.replace_uses(TensorRef(call.name, k), outside(function.ret[arg.name]))
+            waiting = [c for c in graph.consumers(call.name) if call.name in c.control_inputs]
+            for consumer in waiting:   # what waited on the call waits on every node of its body
+                graph.set_inputs(consumer, consumer.inputs,
+                                 [c for c in consumer.control_inputs if c != call.name] + list(names.values()))
+            graph.set_inputs(call, [], [])
+            graph.remove_node(call.name)
+
+
+def _output_ports(body, functions) -> dict[str, int]:
+    """The first output port of each output argument of a function body's node."""
+    def attr(key: str):
+        if key not in body.attr:
+            raise KeyError(key)
+        return decode_attr(body.attr[key])
+
+    if body.op in functions:
+        return {arg.name: k for k, arg in enumerate(functions[body.op].signature.output_arg)}
+    op_def = op_registry.get_op(body.op)
+    if op_def is None:
+        return {}
+    first, ports = 0, {}
+    for k, arg in enumerate(op_def.outputs):
+        ports[arg.name] = first
+        # The ports before the next argument: those of the op cut after this one.
+        first = op_registry.num_outputs(replace(op_def, outputs=op_def.outputs[:k + 1]),
+                                        attr) or first + 1
+    return ports

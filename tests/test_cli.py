@@ -44,18 +44,40 @@ def test_summarize_prints_tables_for_people(capsys):
     assert "Likely inputs" in out and "Likely outputs" in out and "Conv2D" in out
 
 
-def test_apply_without_rules_writes_an_equal_graph(tmp_path, tf):
+def test_apply_with_a_transform_that_changes_nothing_writes_an_equal_graph(tmp_path, tf):
     out = tmp_path / "out.pb"
-    assert main(["apply", str(fixture_path("tf2_function_library")), "-o", str(out)]) == 0
+    assert main(["apply", str(fixture_path("tf2_function_library")), "-o", str(out),
+                 "--transforms", "rename_op(old_op_name=NoSuchOp, new_op_name=Other)"]) == 0
     assert tf.compat.v1.GraphDef.FromString(out.read_bytes()) == \
         tf.compat.v1.GraphDef.FromString(fixture_path("tf2_function_library").read_bytes())
 
 
+def test_apply_without_a_transform_is_a_usage_error_as_in_gtt(tmp_path, capsys):
+    out = tmp_path / "out.pb"
+    assert main(["apply", str(fixture_path("tf1_conv_bn")), "-o", str(out)]) == 2
+    assert "no transform given" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_apply_writes_text_format_when_asked(tmp_path):
     out = tmp_path / "out.pb"
-    assert main(["apply", str(fixture_path("tf1_conv_bn")), "-o", str(out), "--output_as_text"]) == 0
+    assert main(["apply", str(fixture_path("tf1_conv_bn")), "-o", str(out), "--output_as_text",
+                 "--transforms", "remove_device"]) == 0
     assert Graph.load(tmp_path / "out.pb").to_bytes() != b""
     assert out.read_text().startswith("node {")
+
+
+def test_output_as_text_false_writes_binary_whatever_the_suffix(tmp_path, tf):
+    out = tmp_path / "out.pbtxt"
+    assert main(["apply", f"--in_graph={fixture_path('tf1_conv_bn')}", f"--out_graph={out}",
+                 "--output_as_text=false", "--transforms", "remove_device"]) == 0
+    graph_def = tf.compat.v1.GraphDef.FromString(out.read_bytes())    # binary: text would not parse
+    assert len(graph_def.node) == len(Graph.load(fixture_path("tf1_conv_bn")))
+
+
+def test_summarize_takes_in_graph_like_summarize_graph(capsys):
+    assert main(["summarize", f"--in_graph={fixture_path('tf1_conv_bn')}", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nodes"] == len(Graph.load(fixture_path("tf1_conv_bn")))
 
 
 def _write(path, data: bytes):
@@ -93,7 +115,7 @@ def test_bad_input_one_line_error_exit_2_no_output(case, command, tmp_path):
     if content is not None:
         source.write_bytes(content)
     out = tmp_path / "out.pb"
-    args = [command, str(source)] + (["-o", str(out)] if command == "apply" else [])
+    args = [command, str(source)] + (["-o", str(out), "--transforms", "remove_device"] if command == "apply" else [])
     result = run_cli(*args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -109,16 +131,17 @@ def test_refuses_to_overwrite_the_input_unless_asked(tmp_path):
     source = tmp_path / "model.pb"
     shutil.copy(fixture_path("tf1_conv_bn"), source)
     before = source.read_bytes()
-    result = run_cli("apply", str(source), "-o", str(source))
+    result = run_cli("apply", str(source), "-o", str(source), "--transforms", "remove_device")
     assert result.returncode == 2
     assert "refusing to write over the input graph; pass --overwrite" in result.stderr
     assert source.read_bytes() == before
-    assert main(["apply", str(source), "-o", str(source), "--overwrite"]) == 0
+    assert main(["apply", str(source), "-o", str(source), "--overwrite", "--transforms", "remove_device"]) == 0
     assert Graph.load(source).to_bytes() == Graph.from_bytes(before).to_bytes()
 
 
 def test_output_folder_must_exist(tmp_path):
-    result = run_cli("apply", str(fixture_path("tf1_conv_bn")), "-o", str(tmp_path / "no" / "out.pb"))
+    result = run_cli("apply", str(fixture_path("tf1_conv_bn")), "-o", str(tmp_path / "no" / "out.pb"),
+                     "--transforms", "remove_device")
     assert result.returncode == 2
     assert "does not exist" in result.stderr
     assert not (tmp_path / "no").exists()

@@ -79,7 +79,7 @@ def test_apply_with_unknown_rule_set_or_output(tmp_path):
     out = tmp_path / "out.pb"
     result = run_cli("apply", str(fixture_path("tf1_conv_bn")), "-o", str(out), "--rules", "cleanpu")
     assert result.returncode == 2
-    assert "unknown rule set or pipeline 'cleanpu' (known: " in result.stderr and "cleanup" in result.stderr
+    assert "unknown rule set or pipeline 'cleanpu'; did you mean 'cleanup'?" in result.stderr
     result = run_cli("apply", str(fixture_path("tf1_conv_bn")), "-o", str(out), "--rules", "cleanup",
                      "--outputs", "nope")
     assert result.returncode == 2

@@ -137,14 +137,12 @@ def test_transform_stages_check_names_and_parameters():
     library = Library()
     with pytest.raises(UsageError) as caught:
         transform_stages("sort_by_execution_order fold_constantz", library)
-    message = caught.value.message
-    assert message.startswith("--transforms: unknown transform 'fold_constantz'; valid transforms: ")
-    for name in ("strip_unused_nodes", "fold_constants", "fold_batch_norms", "rename_node", "merge_duplicate_nodes"):
-        assert name in message
+    assert caught.value.message == ("--transforms: unknown transform 'fold_constantz'; did you mean "
+                                    "'fold_constants'? (`gtt-rules list` shows them all)")
     with pytest.raises(UsageError) as caught:
         transform_stages("rename_op(old_op=Relu, new_op_name=Relu6)", library)
-    assert caught.value.message == ("--transforms: rename_op has no parameter 'old_op'; "
-                                    "its parameters: new_op_name, old_op_name (and ignore_errors)")
+    assert caught.value.message == ("--transforms: rename_op has no parameter 'old_op'; did you mean "
+                                    "'old_op_name'? (its parameters: new_op_name, old_op_name, and ignore_errors)")
     with pytest.raises(UsageError, match="rename_op: .*old_op_name"):
         transform_stages("rename_op(old_op_name=A, old_op_name=B, new_op_name=C)", library)
 
@@ -207,15 +205,14 @@ def test_output_as_text_takes_tensorflow_bool_flag_values(tmp_path, value, is_te
     assert out.read_bytes().lstrip().startswith(b"node {") == is_text
 
 
-def test_unknown_transform_exits_2_with_one_line_listing_valid_names(tmp_path):
+def test_unknown_transform_exits_2_with_one_line_naming_the_closest(tmp_path):
     out = tmp_path / "out.pb"
     result = run_cli("apply", f"--in_graph={fixture_path('tf1_conv_bn')}", f"--out_graph={out}",
                      "--transforms=strip_unused_nodes fold_constantz")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert "unknown transform 'fold_constantz'" in lines[0] and "valid transforms:" in lines[0]
-    assert "strip_unused_nodes" in lines[0] and "sort_by_execution_order" in lines[0]
+    assert "unknown transform 'fold_constantz'; did you mean 'fold_constants'?" in lines[0]
     assert not out.exists()
 
 
@@ -225,7 +222,7 @@ def test_unknown_parameter_exits_2_listing_the_transforms_parameters(tmp_path):
                      "--transforms=set_device(devise=/cpu:0)")
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert "set_device has no parameter 'devise'; its parameters: device, if_default" in line
+    assert "set_device has no parameter 'devise'; did you mean 'device'? (its parameters: device, if_default" in line
     assert not out.exists()
 
 

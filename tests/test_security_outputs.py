@@ -70,14 +70,14 @@ def _device(tmp_path, name: str, minor: int) -> str:
 def test_a_device_is_written_to_and_stays_a_device(tmp_path):
     null = _device(tmp_path, "null", 3)
     before = listing(tmp_path)
-    assert main(["apply", str(GRAPH), "-o", null]) == 0
+    assert main(["apply", str(GRAPH), "-o", null, "--transforms", "remove_device"]) == 0
     assert stat.S_ISCHR(os.stat(null).st_mode)
     assert listing(tmp_path) == before      # no temp file beside it
 
 
 def test_a_full_device_is_one_error_line(tmp_path, capsys):
     full = _device(tmp_path, "full", 7)
-    assert main(["apply", str(GRAPH), "-o", full]) == 2
+    assert main(["apply", str(GRAPH), "-o", full, "--transforms", "remove_device"]) == 2
     one_error_line(capsys.readouterr().err, f"{full}: cannot write: No space left on device")
     assert stat.S_ISCHR(os.stat(full).st_mode)
 
@@ -93,7 +93,7 @@ def test_a_fifo_gets_the_bytes(tmp_path):
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    assert main(["apply", str(GRAPH), "-o", str(fifo)]) == 0
+    assert main(["apply", str(GRAPH), "-o", str(fifo), "--transforms", "remove_device"]) == 0
     reader.join(timeout=30)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert received == [expected_bytes()]
@@ -107,7 +107,7 @@ def test_a_symlink_is_followed_and_kept(tmp_path):
     target.chmod(0o644)
     link = tmp_path / "link.pb"
     link.symlink_to(os.path.join("real", "model.pb"))
-    assert main(["apply", str(GRAPH), "-o", str(link)]) == 0
+    assert main(["apply", str(GRAPH), "-o", str(link), "--transforms", "remove_device"]) == 0
     assert link.is_symlink() and os.readlink(link) == os.path.join("real", "model.pb")
     assert target.read_bytes() == expected_bytes()
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
@@ -115,7 +115,7 @@ def test_a_symlink_is_followed_and_kept(tmp_path):
 
 
 def test_dash_is_stdout(tmp_path):
-    result = cli("apply", GRAPH, "-o", "-", "--json", cwd=tmp_path)
+    result = cli("apply", GRAPH, "-o", "-", "--transforms", "remove_device", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected_bytes()
     assert json.loads(result.stderr)["output"] == "-"     # the report steps aside, to stderr
@@ -166,7 +166,7 @@ def test_a_new_file_follows_the_umask(tmp_path):
     out = tmp_path / "out.pb"
     old = os.umask(0o027)
     try:
-        assert main(["apply", str(GRAPH), "-o", str(out)]) == 0
+        assert main(["apply", str(GRAPH), "-o", str(out), "--transforms", "remove_device"]) == 0
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
@@ -181,7 +181,7 @@ def test_a_replaced_file_keeps_its_mode_and_owner(tmp_path):
     owner = out.stat().st_uid, out.stat().st_gid
     old = os.umask(0o077)
     try:
-        assert main(["apply", str(GRAPH), "-o", str(out)]) == 0
+        assert main(["apply", str(GRAPH), "-o", str(out), "--transforms", "remove_device"]) == 0
     finally:
         os.umask(old)
     assert out.read_bytes() == expected_bytes()
@@ -292,7 +292,7 @@ def test_a_file_too_large_for_its_limit_is_one_error_line(tmp_path):
     """A full disk, as far as the writer can tell: write() fails midway (EFBIG past RLIMIT_FSIZE;
     Python ignores SIGXFSZ)."""
     out = tmp_path / "out.pb"
-    result = cli("apply", GRAPH, "-o", out, preexec_fn=_limited_file_size)
+    result = cli("apply", GRAPH, "-o", out, "--transforms", "remove_device", preexec_fn=_limited_file_size)
     assert result.returncode == 2
     one_error_line(result.stderr, f"{out}: cannot write: File too large")
     assert listing(tmp_path) == []
@@ -305,7 +305,7 @@ def test_an_unwritable_place_is_one_error_line(tmp_path, capsys, where):
         out, message = tmp_path / "file" / "out.pb", "is not a folder"
     else:
         out, message = "/sys/out.pb", "cannot write: Permission denied"   # even root may not
-    assert main(["apply", str(GRAPH), "-o", str(out)]) == 2
+    assert main(["apply", str(GRAPH), "-o", str(out), "--transforms", "remove_device"]) == 2
     one_error_line(capsys.readouterr().err, f"{out}: ", message)
     assert not os.path.exists(out)
     assert listing(tmp_path) == (["file"] if where == "parent is a file" else [])
