@@ -6,6 +6,7 @@ has every kernel) runs the given graph and the rewritten one on the same inputs.
 """
 from __future__ import annotations
 
+import collections
 import pathlib
 import re
 
@@ -140,8 +141,8 @@ def _evaluable(graph: Graph) -> bool:
     return all(node.op in kernels for node in graph)
 
 
-@pytest.mark.parametrize("path, test, owner", CASES, ids=[f"{p.name}:{t.name}" for p, t, _ in CASES])
-def test_the_rewritten_graph_computes_what_the_given_one_does(path, test, owner):
+def rewrite(path: pathlib.Path, test: ast.Test, owner: str):
+    """A test block's given graph, the graph its rules make of it, its outputs, and the fires."""
     library = Library()
     library.load_file(path)
     module = ast.Module(str(path), path.read_text(encoding="utf-8"))
@@ -149,8 +150,26 @@ def test_the_rewritten_graph_computes_what_the_given_one_does(path, test, owner)
     outputs = list(test.outputs) or [n.name for n in given.sinks()]
     inputs = [n.name for n in given.placeholders()]
     rewritten = Graph.from_bytes(given.to_bytes())
+    fires = collections.Counter()
     for stage in library.call(_stage_call(test, owner, module)):
-        stage.run(rewritten, inputs=inputs, outputs=outputs)
+        fires.update(stage.run(rewritten, inputs=inputs, outputs=outputs).fires)
+    return given, rewritten, outputs, fires
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_every_rule_fires_in_some_test_block(path):
+    fires = collections.Counter()
+    for case_path, test, owner in CASES:
+        if case_path == path:
+            fires.update(rewrite(case_path, test, owner)[3])
+    rules = [rule for name, block in BLOCKS if name == path.name for rule in block["rules"]]
+    never = [rule for rule in rules if not fires[rule]]
+    assert not never, f"{path.name}: no test block fires {', '.join(never)}"
+
+
+@pytest.mark.parametrize("path, test, owner", CASES, ids=[f"{p.name}:{t.name}" for p, t, _ in CASES])
+def test_the_rewritten_graph_computes_what_the_given_one_does(path, test, owner):
+    given, rewritten, outputs, _ = rewrite(path, test, owner)
     feeds = _feeds(given, seed=0)
     expected = tf_run_as_written(given, feeds, outputs)
     checks = [("TensorFlow", tf_run_as_written(rewritten, feeds, outputs))]
