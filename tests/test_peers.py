@@ -39,8 +39,8 @@ def expressible_line(lines: list[str], start: int) -> str:
 
 
 def peer_blocks(path: pathlib.Path) -> list[dict]:
-    """Each `# peer:` comment starts a rewrite; the next line says whether it is expressible, and
-    the rules up to the next `# peer:` line are its rules."""
+    """Each `# peer:` comment starts a rewrite; the `# expressible:` statement after it says
+    whether today's language expresses it, and the rules up to the next `# peer:` are its rules."""
     blocks = []
     lines = path.read_text(encoding="utf-8").splitlines() + [""]
     for number, line in enumerate(lines):
@@ -55,8 +55,8 @@ def peer_blocks(path: pathlib.Path) -> list[dict]:
         elif line.startswith("rule ") and blocks:
             blocks[-1]["rules"].append(line.split()[1].rstrip(":"))
         elif line.startswith("rule "):
-            blocks.append({"name": None, "repo": None, "line": number + 1, "expressible": None,
-                           "rules": [line.split()[1].rstrip(":")]})
+            blocks.append({"name": None, "repo": None, "path": None, "line": number + 1,
+                           "rules": [line.split()[1].rstrip(":")], "expressible": None, "need": ""})
     return blocks
 
 
