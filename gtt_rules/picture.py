@@ -109,9 +109,11 @@ def before_and_after(before: Graph, after: Graph, diff: dict[str, Any]) -> str:
     kinds = _kinds(diff)
     figures = []
     for label, graph in (("before", before), ("after", after)):
-        names = [name for name in chosen if name in graph]
-        figures.append(f'<figure id="{label}"><figcaption>{label}</figcaption>'
-                       f'{draw(graph, names, kinds[label])}</figure>')
+        svg, width = draw(graph, [name for name in chosen if name in graph], kinds[label])
+        # Each picture gets room in proportion to its width: a wide "before" is not shrunk to
+        # half the page beside a small "after".
+        figures.append(f'<figure id="{label}" style="flex-grow: {width:.0f}"><figcaption>{label}</figcaption>'
+                       f'{svg}</figure>')
     legend = "".join(f'<span class="key"><svg width="14" height="14"><rect x="1" y="1" width="12" height="12" '
                      f'rx="3" fill="{fill}" stroke="{stroke}"/></svg> {kind}</span>'
                      for kind, (fill, stroke) in COLOURS.items())
@@ -122,8 +124,8 @@ def before_and_after(before: Graph, after: Graph, diff: dict[str, Any]) -> str:
             f'(at most {MAX_CONTEXT}). Hover a node for its full name.</p>')
 
 
-def draw(graph: Graph, names: list[str], kinds: dict[str, str]) -> str:
-    """An SVG of `names` in `graph` and their unchanged neighbours, coloured by kind."""
+def draw(graph: Graph, names: list[str], kinds: dict[str, str]) -> tuple[str, float]:
+    """An SVG of `names` in `graph` and their unchanged neighbours, coloured by kind, and its width."""
     drawn = list(dict.fromkeys(names))
     order = {node.name: i for i, node in enumerate(graph)} if drawn else {}
     context = sorted({n for name in drawn for n in _neighbours(graph, name) if n not in set(drawn)},
@@ -131,7 +133,7 @@ def draw(graph: Graph, names: list[str], kinds: dict[str, str]) -> str:
     drawn = sorted(drawn + context, key=lambda n: order.get(n, 0))
     if not drawn:
         return '<svg class="graph" xmlns="http://www.w3.org/2000/svg" width="200" height="40">' \
-               '<text x="8" y="24" class="empty">(no node)</text></svg>'
+               '<text x="100" y="24">(no node)</text></svg>', 200.0
     inside = set(drawn)
     edges = []
     for name in drawn:
@@ -167,7 +169,7 @@ def draw(graph: Graph, names: list[str], kinds: dict[str, str]) -> str:
                      f'<text x="{x:.1f}" y="{y + 14:.1f}" class="op">{html.escape(op)}</text>'
                      f'<text x="{x:.1f}" y="{y + 27:.1f}" class="name">{html.escape(short)}</text></g>')
     parts.append("</svg>")
-    return "".join(parts)
+    return "".join(parts), width
 
 
 def _packed(names: list[str], edges, widths: dict[str, float]):

@@ -74,7 +74,7 @@ def stages_html(reports) -> str:
         lines.append(f'<tr><td>{i}</td><td>{html.escape(name)}</td>'
                      f'<td class="num">{report.nodes_before:,} &rarr; {report.nodes_after:,}</td>'
                      f'<td>{html.escape(node_changes(report).strip(" ()")) or "-"}</td>'
-                     f'<td class="num">{report.rewrites:,}</td><td class="name">{fired or "-"}</td>'
+                     f'<td class="num">{report.rewrites:,}</td><td class="wrap">{fired or "-"}</td>'
                      f'<td class="num">{milliseconds:,.1f}</td><td>{html.escape(str(report.stop_reason))}</td></tr>')
     lines.append("</tbody></table>")
     return "\n".join(lines)
