@@ -156,7 +156,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
                                    graph)
             report.fires[rule.name] += 1
             rewrites += 1
-            replaced = len(set(result.created).intersection(result.removed)) if result.removed else 0
+            replaced = len(set(result.created).intersection(result.removed)) if result.created and result.removed else 0
             report.added += len(result.created) - replaced
             report.removed += len(result.removed) - replaced
             report.replaced += replaced

@@ -85,7 +85,8 @@ def test_stage_counts_show_nodes_replaced_in_place(tmp_path, capsys):
     assert main(["apply", str(source), "-o", str(out), "--overwrite", "--rules", "round_weights"]) == 0
     err = capsys.readouterr().err
     count = f"{stage['nodes_before']:,}"
-    assert f"round_weights: {count} -> {count} nodes ({stage['rewrites']} replaced), {stage['rewrites']} rewrites" in err
+    rewrites = stage["rewrites"]
+    assert f"round_weights: {count} -> {count} nodes ({rewrites} replaced), {rewrites} rewrites" in err
 
 
 def test_stage_counts_add_up_to_the_node_counts(tmp_path, capsys):

@@ -98,7 +98,8 @@ def test_diff_page_draws_both_pictures_and_holds_the_numbers(applied, tmp_path, 
     dom = chromium(tmp_path, "--dump-dom", page.as_uri())
     assert (f"{diff['before']['nodes']:,} -&gt; {diff['after']['nodes']:,} nodes: {len(diff['added']):,} added, "
             f"{len(diff['removed']):,} removed, {len(diff['changed']):,} changed") in dom
-    assert f'<td class="num">{diff["before"]["parameters"]:,}</td><td class="num">{diff["after"]["parameters"]:,}</td>' in dom
+    before, after = diff["before"]["parameters"], diff["after"]["parameters"]
+    assert f'<td class="num">{before:,}</td><td class="num">{after:,}</td>' in dom
     for op, row in diff["ops"].items():
         assert f'<tr><td>{op}</td><td class="num">{row["before"]:,}</td><td class="num">{row["after"]:,}</td>' in dom
     removed = len(diff["removed"])
