@@ -142,9 +142,11 @@ def _version() -> str:
 
 def _summarize(args: argparse.Namespace) -> int:
     from gtt_rules.engine.graph import Graph
+    from gtt_rules import progress
     from gtt_rules.engine.summary import summarize
 
-    summary = summarize(Graph.load(args.graph))
+    with progress.step(f"loading {plain(args.graph)}"):
+        summary = summarize(Graph.load(args.graph))
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK

@@ -48,8 +48,11 @@ class Step:
         with self._lock:
             if self._ended:
                 return
+            # sys.stdout and sys.stderr stay as they are: this runs on a timer's thread, and the
+            # command may be printing (a --trace line) at that moment.
             progress = Progress(*columns, console=Console(stderr=True), transient=True,
-                                refresh_per_second=_REFRESHES_PER_SECOND)
+                                refresh_per_second=_REFRESHES_PER_SECOND,
+                                redirect_stdout=False, redirect_stderr=False)
             self._task = progress.add_task(self.label, total=self.total, completed=self.done)
             progress.start()
             self._progress = progress
