@@ -192,3 +192,26 @@ def test_progress_shows_nothing_on_a_pipe(monkeypatch):
     with progress.step("piped"):
         time.sleep(0.3)
     assert pipe.getvalue() == ""
+
+
+# ---- the picture's layout -------------------------------------------------------------------------
+
+def test_the_layout_draws_every_node_and_edge_without_overlaps_even_around_a_loop():
+    """TF1 while loops make real cycles (NextIteration -> Merge): the layered layout still places
+    every node, draws every edge once, and no two boxes overlap."""
+    from gtt_rules.picture import draw
+
+    graph = Graph.load(fixture_path("tf1_while_loop"))
+    names = [node.name for node in graph]
+    svg, width = draw(graph, names, {})
+    edges = sum(len(node.inputs) + len(node.control_inputs) for node in graph)
+    assert svg.count("<rect ") == len(names) and svg.count('class="edge"') == edges
+    assert svg.count('stroke-dasharray') == sum(len(node.control_inputs) for node in graph)
+    boxes = [tuple(float(v) for v in found) for found in re.findall(
+        r'<rect x="([\d.-]+)" y="([\d.-]+)" width="([\d.]+)" height="([\d.]+)"', svg)]
+    assert all(x >= 0 and y >= 0 and x + w <= width + 0.5 for x, y, w, _ in boxes)
+    for i, (x, y, w, h) in enumerate(boxes):
+        for (x2, y2, w2, h2) in boxes[i + 1:]:
+            assert x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y, "boxes overlap"
+    # Every node's label is on the page, hover title in full.
+    assert all(f"<title>{name} (" in svg for name in names)
