@@ -41,7 +41,7 @@ class Application:
     created: list[str]
     removed: list[str]
     rewired: list[str] = field(default_factory=list)
-    ops: dict[str, str] = field(default_factory=dict)          # op of each created node
+    created_ops: dict[str, str] = field(default_factory=dict)  # op of each created node
     removed_ops: dict[str, str] = field(default_factory=dict)  # op each removed node had
 
 
@@ -162,8 +162,8 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
             report.replaced += replaced
             application = Application(rule.name, rule.location, name, result.created, result.removed)
             if trace or on_apply is not None:
-                application.rewired = sorted(result.changed.difference(result.created))
-                application.ops = {n: graph[n].op for n in result.created}
+                application.rewired = sorted(n for n in result.changed if n in graph and n not in result.created)
+                application.created_ops = {n: graph[n].op for n in result.created}
                 application.removed_ops = result.removed_ops
             if trace:
                 report.applications.append(application)

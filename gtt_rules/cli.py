@@ -141,8 +141,8 @@ def _version() -> str:
 # ---- commands ----
 
 def _summarize(args: argparse.Namespace) -> int:
-    from gtt_rules.engine.graph import Graph
     from gtt_rules import progress
+    from gtt_rules.engine.graph import Graph
     from gtt_rules.engine.summary import summarize
 
     with progress.step(f"loading {plain(args.graph)}"):
@@ -212,7 +212,6 @@ def _apply(args: argparse.Namespace) -> int:
     from gtt_rules.engine.output import STDOUT, check_output
 
     started = time.perf_counter()
-    progress.quiet = args.quiet
     source = _input_path(args)
     steps = _steps(args.steps or [])  # rules are checked before the graph is read
     output = _output_path(args, source)     # after the rules: they are inputs too
@@ -476,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        from gtt_rules import progress
+        progress.quiet = getattr(args, "quiet", False)
         run: Callable[[argparse.Namespace], int] = args.run
         with warnings.catch_warnings():
             warnings.simplefilter("default", LimitWarning)     # each one once, whatever else filters

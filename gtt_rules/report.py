@@ -16,7 +16,7 @@ def trace_line(application) -> str:
     removed, created = application.removed, application.created
     replaced = [name for name in created if name in set(removed)]
     kept = set(replaced)
-    old, new = application.removed_ops, application.ops
+    old, new = application.removed_ops, application.created_ops
 
     def named(names, ops):
         return ", ".join(f"{name} ({ops[name]})" if name in ops else name for name in names)
