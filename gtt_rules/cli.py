@@ -263,9 +263,7 @@ def _apply(args: argparse.Namespace) -> int:
     # With --keep-float-above, the steps run again from the original, keeping layers float.
     rerun = None if args.keep_float_above is None else \
         lambda kept: run_steps(Graph.from_bytes(original), with_float(steps, kept))
-    with progress.step("calibrating"):
-        graph, reports, calibrated = calibrate_after_apply(graph, reports, args, outputs, str(source),
-                                                           original, rerun)
+    graph, reports, calibrated = calibrate_after_apply(graph, reports, args, outputs, str(source), original, rerun)
     with progress.step(f"writing {plain(output)}"):
         graph.save(output, text=True if args.output_as_text else None)
     sizes = (_file_size(source), _file_size(output) if output != STDOUT else len(graph.to_bytes()))

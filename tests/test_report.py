@@ -215,3 +215,18 @@ def test_the_layout_draws_every_node_and_edge_without_overlaps_even_around_a_loo
             assert x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y, "boxes overlap"
     # Every node's label is on the page, hover title in full.
     assert all(f"<title>{name} (" in svg for name in names)
+
+
+def test_apply_shows_loading_rewriting_and_calibrating_on_a_terminal(tmp_path, monkeypatch):
+    """Every long step of `apply --pipeline eightbit --random N` goes through the one progress
+    display: the stages as a bar of stages, calibration as a bar of samples."""
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setattr(progress, "DELAY", 0.0)
+    out = tmp_path / "tiny8.pb"
+    assert main(["apply", str(fixture_path("keras_mobilenet_tiny")), "-o", str(out), "--pipeline", "eightbit",
+                 "--random", "3"]) == 0
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
+    assert "calibrating" in shown and "3/3" in shown
+    assert re.search(r"(quantize_nodes|fold_constants|optimize_for_inference)", shown)
+    assert "wrote " in shown.splitlines()[-1]
