@@ -216,6 +216,8 @@ def _apply(args: argparse.Namespace) -> int:
     steps = _steps(args.steps or [])  # rules are checked before the graph is read
     output = _output_path(args, source)     # after the rules: they are inputs too
     page = args.report and check_output(args.report, source, output)
+    if page and os.path.realpath(page) == os.path.realpath(output):
+        raise UsageError("--report and -o name the same file", path=page)
     report_to = sys.stderr if output == STDOUT else sys.stdout   # stdout may hold the graph
     from gtt_rules.cli_calibrate import calibrate_after_apply, check_sample_options, with_float
     check_sample_options(args)

@@ -151,6 +151,14 @@ def test_report_refuses_to_write_over_the_input(tmp_path):
     assert not (tmp_path / "out.pb").exists()
 
 
+def test_report_and_output_cannot_be_one_file(tmp_path):
+    out = tmp_path / "out.pb"
+    result = run_cli("apply", str(fixture_path("tf1_mul_fold")), "-o", str(out), "--rules", "batch_norm",
+                     "--report", str(out))
+    assert result.returncode == 2 and "--report and -o name the same file" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not out.exists()
+
+
 # ---- progress ------------------------------------------------------------------------------------
 
 class _Terminal(io.StringIO):
