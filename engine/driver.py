@@ -42,13 +42,17 @@ class Limits:
 
 @dataclass
 class Application:
-    """One rewrite, for --trace."""
+    """One rewrite, for --trace. A node both created and removed was replaced (it kept its name);
+    `rewired` are existing nodes that read other tensors now."""
 
     rule: str
     location: str
     root: str
     created: list[str]
     removed: list[str]
+    rewired: list[str] = field(default_factory=list)
+    created_ops: dict[str, str] = field(default_factory=dict)  # op of each created node
+    removed_ops: dict[str, str] = field(default_factory=dict)  # op each removed node had
 
 
 @dataclass
@@ -60,6 +64,10 @@ class Report:
     fires: collections.Counter = field(default_factory=collections.Counter)
     seconds: collections.Counter = field(default_factory=collections.Counter)
     visits: int = 0
+    # Nodes the rewrites added, removed and replaced (kept the name, changed the node).
+    added: int = 0
+    removed: int = 0
+    replaced: int = 0
     stop_reason: StopReason = StopReason.SATURATED
     applications: list[Application] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was left as it was, and why
@@ -74,6 +82,9 @@ class Report:
             "nodes_after": self.nodes_after,
             "rewrites": self.rewrites,
             "visits": self.visits,
+            "nodes_added": self.added,
+            "nodes_removed": self.removed,
+            "nodes_replaced": self.replaced,
             "stop_reason": self.stop_reason,
             "notes": self.notes,
             "rules": {name: {"fires": self.fires[name], "seconds": round(self.seconds[name], 6)}
@@ -158,7 +169,15 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
                                    graph)
             report.fires[rule.name] += 1
             rewrites += 1
+            replaced = len(set(result.created).intersection(result.removed)) if result.created and result.removed else 0
+            report.added += len(result.created) - replaced
+            report.removed += len(result.removed) - replaced
+            report.replaced += replaced
             application = Application(rule.name, rule.location, name, result.created, result.removed)
+            if trace or on_apply is not None:
+                application.rewired = sorted(n for n in result.changed if n in graph and n not in result.created)
+                application.created_ops = {n: graph[n].op for n in result.created}
+                application.removed_ops = result.removed_ops
             if trace:
                 report.applications.append(application)
             if on_apply is not None:

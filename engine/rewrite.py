@@ -133,6 +133,7 @@ class RewriteResult:
 
     created: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    removed_ops: dict[str, str] = field(default_factory=dict)  # for the trace
     touched: set[str] = field(default_factory=set)  # nodes whose inputs changed, and their producers
     changed: set[str] = field(default_factory=set)  # existing nodes that read other tensors now
 
@@ -617,6 +618,7 @@ def _in_place_target(graph: Graph, reroutes, heirs, removals, created: set[str])
 def _remove(graph: Graph, name: str, result: RewriteResult, heir: str | None = None) -> None:
     """Remove node `name`; or, with `heir`, put that node in its place (`Graph.replace_node`)."""
     producers = {r.node for r in graph[name].inputs} | set(graph[name].control_inputs)
+    result.removed_ops[name] = graph[name].op
     if heir is None:
         graph.remove_node(name)
     else:

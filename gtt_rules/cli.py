@@ -10,7 +10,9 @@ import argparse
 import json
 import os
 import pathlib
+import stat
 import sys
+import time
 import warnings
 from typing import Callable, Sequence
 
@@ -91,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--outputs", metavar="NAMES", help="comma-separated graph outputs (default: the sinks)")
     apply.add_argument("--trace", action="store_true", help="print every rule application")
     apply.add_argument("--json", action="store_true", help="print the report as JSON")
+    apply.add_argument("--quiet", "-q", action="store_true",
+                       help="print only warnings and errors: no stage tables, closing line or progress")
+    apply.add_argument("--report", metavar="REPORT.html",
+                       help="write a page of the stages and a picture of what changed, before and after")
     apply.add_argument("--max-rewrites", type=int, metavar="N", help="stop with an error after N rewrites")
     from gtt_rules.cli_calibrate import add_sample_options
     add_sample_options(apply, default_random=None)
@@ -123,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_run_commands(commands)
     from gtt_rules.cli_calibrate import register as register_calibrate
     register_calibrate(commands)
+    from gtt_rules.diff import register as register_diff
+    register_diff(commands)
     return parser
 
 
@@ -137,11 +145,13 @@ def _version() -> str:
 # ---- commands ----
 
 def _summarize(args: argparse.Namespace) -> int:
+    from gtt_rules import progress
     from gtt_rules.engine.graph import Graph
     from gtt_rules.engine.summary import summarize
 
     source = _input_path(args)
-    summary = summarize(Graph.load(source))
+    with progress.step(f"loading {plain(source)}"):
+        summary = summarize(Graph.load(source))
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
@@ -201,19 +211,26 @@ def _tensors(text: str | None) -> list | None:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    from gtt_rules import progress, report as apply_report
     from gtt_rules.engine.driver import Limits
     from gtt_rules.engine.graph import Graph
-    from gtt_rules.engine.output import STDOUT
+    from gtt_rules.engine.output import STDOUT, check_output
 
+    started = time.perf_counter()
     source = _input_path(args)
     if not args.steps:     # as in GTT: a run that would only copy the graph is a mistake
         raise UsageError("no transform given: add --transforms, --rules or --pipeline")
     steps = _steps(args.steps)  # rules are checked before the graph is read
     output = _output_path(args, source)     # after the rules: they are inputs too
+    page = args.report and check_output(args.report, source, output)
+    if page and os.path.realpath(page) == os.path.realpath(output):
+        raise UsageError("--report and -o name the same file", path=page)
     report_to = sys.stderr if output == STDOUT else sys.stdout   # stdout may hold the graph
     from gtt_rules.cli_calibrate import calibrate_after_apply, check_sample_options, with_float
     check_sample_options(args)
-    graph = Graph.load(source)
+    with progress.step(f"loading {plain(source)}"):
+        graph = Graph.load(source)
+    nodes_before = len(graph)
     inputs, outputs = _tensors(args.inputs), _tensors(args.outputs)
     for ref in (inputs or []) + (outputs or []):
         if ref.node not in graph:
@@ -229,7 +246,7 @@ def _apply(args: argparse.Namespace) -> int:
     inputs = inputs if inputs is not None else [n.name for n in graph.placeholders()]
     outputs = outputs if outputs is not None else [n.name for n in graph.sinks()]
     limits = Limits(max_rewrites=args.max_rewrites)
-    on_apply = (lambda a: _print_application(a, report_to)) if args.trace and not args.json else None
+    on_apply = (lambda a: print(apply_report.trace_line(a), file=report_to)) if args.trace and not args.json else None
 
     def run_steps(graph, steps):
         reports = []
@@ -237,9 +254,11 @@ def _apply(args: argparse.Namespace) -> int:
             before = graph.to_bytes() if ignore_errors else None
             try:
                 for stage in stages:
+                    shown.describe(plain(stage.name))
                     report = stage.run(graph, inputs=inputs, outputs=outputs, limits=limits,
                                        trace=args.trace, on_apply=on_apply)
                     reports.append((stage.name, report))
+                    shown.advance()
             except GttRulesError as error:
                 if not ignore_errors:
                     raise
@@ -248,22 +267,41 @@ def _apply(args: argparse.Namespace) -> int:
                 graph = Graph.from_bytes(before)
         return graph, reports
 
-    original = graph.to_bytes() if args.keep_float_above is not None else None
-    graph, reports = run_steps(graph, steps)
+    original = graph.to_bytes() if args.keep_float_above is not None or page else None
+    with progress.step("applying", total=sum(len(stages) for _, stages, _ in steps)) as shown:
+        graph, reports = run_steps(graph, steps)
     # With --keep-float-above, the steps run again from the original, keeping layers float.
-    rerun = None if original is None else lambda kept: run_steps(Graph.from_bytes(original), with_float(steps, kept))
+    rerun = None if args.keep_float_above is None else \
+        lambda kept: run_steps(Graph.from_bytes(original), with_float(steps, kept))
     graph, reports, calibrated = calibrate_after_apply(graph, reports, args, outputs, str(source), original, rerun)
-    graph.save(output, text=args.output_as_text)
+    with progress.step(f"writing {plain(output)}"):
+        graph.save(output, text=args.output_as_text)
+    sizes = (_file_size(source), _file_size(output) if output != STDOUT else len(graph.to_bytes()))
+    if page:
+        with progress.step(f"writing {plain(page)}"):
+            apply_report.write_page(page, Graph.from_bytes(original), graph, reports, source, output, sizes)
     if args.json:
         print(json.dumps({"output": str(output), "stages": [
             {"name": name, **report.to_json(),
              **({"trace": [vars(a) for a in report.applications]} if args.trace else {})}
             for name, report in reports]}, indent=2), file=report_to)
-    elif reports:
+    elif reports and not args.quiet:
         _print_reports(reports)
     for line in (calibrated or "").splitlines():     # plain() would escape the line breaks
         console(stderr=True).print(plain(line), markup=False, highlight=False)
+    if not args.quiet and not args.json:
+        print(apply_report.closing_line(output, (nodes_before, len(graph)), sizes, time.perf_counter() - started),
+              file=sys.stderr)
     return EXIT_OK
+
+
+def _file_size(path: str) -> int:
+    """Bytes of a regular file; of a device or FIFO (nothing to measure), 0."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
 
 
 def _steps(options: list[tuple[str, str]]) -> list[tuple[str, list, bool]]:
@@ -281,18 +319,13 @@ def _steps(options: list[tuple[str, str]]) -> list[tuple[str, list, bool]]:
     return steps
 
 
-def _print_application(application, stream) -> None:
-    created = ", ".join(application.created) or "-"
-    removed = ", ".join(application.removed) or "-"
-    print(plain(f"{application.location}: {application.rule} at '{application.root}': "
-                f"created {created}; removed {removed}"), file=stream)
-
-
 _NOTES_SHOWN = 20  # per stage; --json has them all
 
 
 def _print_reports(reports) -> None:
     from rich.table import Table
+
+    from gtt_rules.report import node_changes
 
     out = console(stderr=True)
     for name, report in reports:
@@ -305,8 +338,9 @@ def _print_reports(reports) -> None:
             out.print(f"{markup(name)}: {report.nodes_before:,} -> {report.nodes_after:,} nodes "
                           f"({report.stop_reason}, {milliseconds:.1f} ms)")
             continue
-        table = Table(title=f"{markup(name)}: {report.nodes_before:,} -> {report.nodes_after:,} nodes, "
-                            f"{report.rewrites:,} rewrites, {report.stop_reason}", title_justify="left")
+        table = Table(title=f"{markup(name)}: {report.nodes_before:,} -> {report.nodes_after:,} nodes"
+                            f"{node_changes(report)}, {report.rewrites:,} rewrites, {report.stop_reason}",
+                      title_justify="left")
         table.add_column("rule")
         table.add_column("fires", justify="right")
         table.add_column("ms", justify="right")
@@ -487,6 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        from gtt_rules import progress
+        progress.quiet = getattr(args, "quiet", False)
         run: Callable[[argparse.Namespace], int] = args.run
         with warnings.catch_warnings():
             warnings.simplefilter("default", LimitWarning)     # each one once, whatever else filters

@@ -5,12 +5,11 @@ import argparse
 import dataclasses
 import os
 import pathlib
-import sys
 from typing import Iterator
 
 import numpy as np
 
-from gtt_rules.console import console, markup
+from gtt_rules.console import console, markup, plain
 from gtt_rules.errors import GttRulesError, UsageError
 
 
@@ -119,20 +118,19 @@ def calibrate(graph, args: argparse.Namespace, outputs: list[str], label: str, *
               min_percentile: float = 0.0, max_percentile: float = 0.0):
     """Freeze every range `graph` computes at run time from `samples` (default: those the options
     name); returns the records and the number of samples. Errors name `label` (the graph's file)."""
+    from gtt_rules import progress
     from gtt_rules.engine import calibration
 
     samples, count = sample_feeds(args, graph) if samples is None else (samples, len(samples))
     percentile = None
     if args.estimator == "percentile":
         percentile = args.percentile if args.percentile is not None else 99.99
-    progress = _progress(count)
-    try:
-        records = calibration.record_ranges(graph, samples, outputs, percentile=percentile,
-                                            on_sample=progress)
-    except GttRulesError as error:
-        raise error.located(label) from None
-    finally:
-        progress(None)
+    with progress.step("calibrating", total=count) as shown:
+        try:
+            records = calibration.record_ranges(graph, samples, outputs, percentile=percentile,
+                                                on_sample=lambda done: shown.advance(done - shown.done))
+        except GttRulesError as error:
+            raise error.located(label) from None
     ranges = {name: calibration.estimate(observed, args.estimator, min_percentile=min_percentile,
                                          max_percentile=max_percentile)
               for name, observed in records.items()}
@@ -146,6 +144,7 @@ def calibrate(graph, args: argparse.Namespace, outputs: list[str], label: str, *
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
+    from gtt_rules import progress
     from gtt_rules.cli import _output_path
     from gtt_rules.cli_run import parse_outputs
     from gtt_rules.engine import calibration
@@ -163,7 +162,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
         log = check_output(args.log, args.graph, *map(str, files))
         if os.path.realpath(log) == os.path.realpath(output):
             raise UsageError("--log and -o name the same file", path=args.log)
-    graph = Graph.load(args.graph)
+    with progress.step(f"loading {plain(args.graph)}"):
+        graph = Graph.load(args.graph)
     outputs = parse_outputs(args.outputs, graph)
     if not calibration.runtime_ranges(graph):
         # Nothing measures a range at run time (no quantize_nodes, fixed fallback ranges, or
@@ -175,7 +175,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     records, count = calibrate(graph, args, outputs, args.graph, min_percentile=args.min_percentile,
                                max_percentile=args.max_percentile)
     # The graph first: its save checks it, and a graph that fails must not leave a log behind.
-    graph.save(output, text=args.output_as_text)
+    with progress.step(f"writing {plain(output)}"):
+        graph.save(output, text=args.output_as_text)
     if log is not None:
         text = calibration.min_max_log(records).encode()
         write_output(log, lambda f: f.write(text))
@@ -329,21 +330,3 @@ def _random_samples(graph, seed: int, count: int) -> Iterator[dict[str, np.ndarr
 
     for i in range(count):
         yield random_feeds(graph, seed + i)
-
-
-def _progress(total: int):
-    """A callback showing samples done on a terminal (silent otherwise); call with None to finish."""
-    if not sys.stderr.isatty():
-        return lambda done: None
-    from rich.progress import Progress
-
-    bar = Progress(console=console(stderr=True), transient=True)
-    task = bar.add_task("calibrating", total=total)
-    bar.start()
-
-    def update(done):
-        if done is None:
-            bar.stop()
-        else:
-            bar.update(task, completed=done)
-    return update

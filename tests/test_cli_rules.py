@@ -48,7 +48,7 @@ def test_apply_trace_lines_name_rule_root_and_changes(tmp_path, capsys):
     assert main(["apply", str(fixture_path("tf1_mul_fold")), "-o", str(out), "--rules", "batch_norm", "--trace"]) == 0
     lines = [l for l in capsys.readouterr().out.splitlines() if "fold-mul-into-conv" in l]
     assert len(lines) == 4
-    assert all("batch_norm.rules:" in l and "created" in l and "removed" in l for l in lines)
+    assert all("batch_norm.rules:" in l and "replaced" in l and "added" in l and "removed" in l for l in lines)
 
 
 def test_apply_with_a_rules_file_and_explicit_outputs(tmp_path):
