@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_run_commands(commands)
     from gtt_rules.cli_calibrate import register as register_calibrate
     register_calibrate(commands)
+    from gtt_rules.cli_freeze import register as register_freeze
+    register_freeze(commands)
     return parser
 
 
