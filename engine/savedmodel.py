@@ -494,19 +494,9 @@ class _Freezer:
             const = frozen.get(position - skip)
             node.input.append(const.name if const is not None else ref)
         node.input.extend("^" + c for c in controls)
-        arguments = {}
-        for position, const in frozen.items():
-            dtype, shape = const.attr["dtype"].type, const.attr["value"].tensor.tensor_shape
-            node.attr[types_attr].list.type[position] = dtype
-            if node.op in WHILE_OPS and "output_shapes" in node.attr:
-                node.attr["output_shapes"].list.shape[position].CopyFrom(shape)
-            arguments[position] = (dtype, shape)
-        for attr in function_attrs:
-            value = node.attr[attr]
-            funcs = value.list.func if value.WhichOneof("value") == "list" else [value.func]
-            for func in funcs:
-                func.name = self._freeze_function(func.name, arguments, node.op in WHILE_OPS and
-                                                  attr == "body", node.name)
+        arguments = {position: (const.attr["dtype"].type, const.attr["value"].tensor.tensor_shape)
+                     for position, const in frozen.items()}
+        self._retype(node, arguments)
 
     def _freeze_function(self, fname: str, arguments: dict, passes_through: bool, where: str) -> str:
         """A copy of function `fname` whose resource arguments `arguments` (position -> dtype,
@@ -553,9 +543,9 @@ class _Freezer:
                     node.attr["T"].type = dtype
                     values[f"{node.name}:output:0"] = (dtype, shape)
                 elif node.op in CONTROL_FLOW_OPS:
-                    types_attr, skip, _ = CONTROL_FLOW_OPS[node.op]
+                    skip = CONTROL_FLOW_OPS[node.op][1]
                     inner = {i - skip: v for i, v in taken if i >= skip}
-                    self._retype_inner(node, inner, types_attr)
+                    self._retype(node, inner)
                     if node.op in WHILE_OPS:
                         for position, v in inner.items():
                             values[f"{node.name}:output:{position}"] = v
@@ -578,17 +568,21 @@ class _Freezer:
         self.functions[new_name] = function
         return new_name
 
-    def _retype_inner(self, node: pb.NodeDef, inner: dict, types_attr: str) -> None:
-        """A control-flow node inside a function now gets values: its types and functions follow."""
-        for position, (dtype, shape) in inner.items():
+    def _retype(self, node: pb.NodeDef, arguments: dict) -> None:
+        """Control-flow `node` now gets values at `arguments` (position after its leading inputs
+        -> dtype, shape): its types, a loop's output shapes and its functions follow."""
+        types_attr, _, function_attrs = CONTROL_FLOW_OPS[node.op]
+        for position, (dtype, shape) in arguments.items():
             node.attr[types_attr].list.type[position] = dtype
-            if node.op in WHILE_OPS and "output_shapes" in node.attr:
-                node.attr["output_shapes"].list.shape[position].CopyFrom(shape)
-        for attr in CONTROL_FLOW_OPS[node.op][2]:
+            if node.op in WHILE_OPS:      # a loop's outputs are its loop variables
+                for key in ("output_shapes", "_output_shapes"):
+                    if key in node.attr and position < len(node.attr[key].list.shape):
+                        node.attr[key].list.shape[position].CopyFrom(shape)
+        for attr in function_attrs:
             value = node.attr[attr]
             funcs = value.list.func if value.WhichOneof("value") == "list" else [value.func]
             for func in funcs:
-                func.name = self._freeze_function(func.name, inner, node.op in WHILE_OPS and
+                func.name = self._freeze_function(func.name, arguments, node.op in WHILE_OPS and
                                                   attr == "body", node.name)
 
     # ---- the new GraphDef ----
@@ -649,18 +643,24 @@ class _Freezer:
                 new = pruned.node.add()
                 new.CopyFrom(node)
                 new.input[:] = [r for r in node.input if not r.startswith("^") or r[1:] in keep]
-        for node in pruned.node:
-            self._check_supported(node)
+        _check_supported(pruned.node)
         pruned.library.function.extend(self.functions[f] for f in _used_functions(pruned.node, self.functions))
         return pruned
 
-    def _check_supported(self, node: pb.NodeDef) -> None:
-        if node.op in ("VarHandleOp", "AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp"):
-            raise GraphError(f"unsupported: the signature needs '{node.op}' (a variable it writes "
-                             f"or passes on)", node=node.name)
+
+def _check_supported(nodes) -> None:
+    """No handle may be left: a variable that is written or passed on, or another resource."""
+    handles = {n.name for n in nodes if n.op == "VarHandleOp"}
+    for node in nodes:
+        used = [r for r in _data_inputs(node) if _split(r)[0] in handles]
+        if used:
+            raise GraphError(f"unsupported: '{node.op}' takes the handle of variable "
+                             f"'{_split(used[0])[0]}' (a signature that writes its variables, or "
+                             f"passes them on, cannot be frozen)", node=node.name)
+    for node in nodes:
         op_def = op_registry.get_op(node.op)
         if op_def is None:
-            return
+            continue
         dtypes = (op_registry.output_dtypes(op_def, _attr_lookup(node)) or []) + \
                  (op_registry.input_dtypes(op_def, _attr_lookup(node)) or [])
         if DT_RESOURCE in dtypes:
