@@ -80,8 +80,8 @@ def freeze(path: str | os.PathLike, signature: str = DEFAULT_SIGNATURE, tag: str
     except GraphError as e:
         raise e.located(str(model_file)) from None
     try:
-        graph = Graph(graph_def)
-        graph.check_dtypes()
+        graph = Graph(graph_def, validate=False)
+        graph.check()         # as loading checks a graph, once: saving it checks no more
     except GraphError as e:
         raise e.located(str(model_file)) from None
     return graph
@@ -633,19 +633,19 @@ class _Freezer:
             if info.HasField("tensor_shape"):
                 placeholder.attr["shape"].shape.CopyFrom(info.tensor_shape)
         graph_def.library.function.extend(self.functions[f] for f in _used_functions(graph_def.node, self.functions))
-        # Prune: what the outputs read, and only the control edges that order something.
-        graph = Graph(graph_def, validate=False)
-        keep = graph.live_nodes(list(outputs), list(inputs))
-        pruned = pb.GraphDef()
-        pruned.versions.CopyFrom(graph_def.versions)
-        for node in graph_def.node:
-            if node.name in keep:
-                new = pruned.node.add()
-                new.CopyFrom(node)
-                new.input[:] = [r for r in node.input if not r.startswith("^") or r[1:] in keep]
-        _check_supported(pruned.node)
-        pruned.library.function.extend(self.functions[f] for f in _used_functions(pruned.node, self.functions))
-        return pruned
+        # Prune: what the outputs read, and only the control edges that order something. In
+        # place: the Consts are most of the bytes, and copied once is enough.
+        keep = Graph(graph_def, validate=False).live_nodes(list(outputs), list(inputs))
+        for index in reversed(range(len(graph_def.node))):
+            node = graph_def.node[index]
+            if node.name not in keep:
+                del graph_def.node[index]
+            elif any(r.startswith("^") and r[1:] not in keep for r in node.input):
+                node.input[:] = [r for r in node.input if not r.startswith("^") or r[1:] in keep]
+        _check_supported(graph_def.node)
+        del graph_def.library.function[:]
+        graph_def.library.function.extend(self.functions[f] for f in _used_functions(graph_def.node, self.functions))
+        return graph_def
 
 
 def _check_supported(nodes) -> None:
