@@ -44,7 +44,7 @@ from .tensor_bundle import TensorBundle
 SAVED_MODEL_FILE = "saved_model.pb"
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_TAG = "serve"
-DT_RESOURCE, DT_STRING = 20, 7
+DT_RESOURCE, DT_STRING, DT_VARIANT = 20, 7, 21
 
 CALL_OPS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
 # Functional control flow: op -> (the type-list attr of its data inputs, how many leading inputs
@@ -58,7 +58,10 @@ CONTROL_FLOW_OPS = {
     "StatelessCase": ("Tin", 1, ("branches",)),
 }
 WHILE_OPS = frozenset({"While", "StatelessWhile"})
+TF1_VARIABLE_OPS = frozenset({"VariableV2", "Variable"})
+VARIABLE_OPS = TF1_VARIABLE_OPS | {"VarHandleOp"}
 _MAX_INLINE_ROUNDS = 64   # deeper nesting than any traced model: a function that calls itself
+_MAX_NODES = 2_000_000    # inlined nodes: a small file whose calls multiply must not take gigabytes
 
 
 def is_saved_model(path: str | os.PathLike) -> bool:
@@ -215,6 +218,12 @@ class _Freezer:
         return node.op if node.op in self.functions else None
 
     def _inline_calls(self, outputs: list[str]) -> None:
+        sizes: dict[str, int] = {}
+        calls = [self._function_of_call(self.nodes[n]) for n in self._reachable(outputs)]
+        total = len(self.nodes) + sum(self._inlined_size(f, sizes, ()) for f in calls if f)
+        if total > _MAX_NODES:
+            raise GraphError(f"inlining the signature's calls would make {total:,} nodes, more than "
+                             f"{_MAX_NODES:,} (functions called too many times over)")
         for _ in range(_MAX_INLINE_ROUNDS):
             calls = [n for n in self._reachable(outputs) if self._function_of_call(self.nodes[n])]
             if not calls:
@@ -222,6 +231,24 @@ class _Freezer:
             for name in calls:
                 self._inline(self.nodes.pop(name))
         raise GraphError("function calls nest too deeply (a function that calls itself?)")
+
+    def _inlined_size(self, fname: str, sizes: dict[str, int], stack: tuple[str, ...]) -> int:
+        """How many nodes inlining a call of `fname` makes, its own calls inlined too."""
+        if fname in sizes:
+            return sizes[fname]
+        function = self.functions.get(fname)
+        if function is None:
+            return 1     # reported, with the calling node, when it is inlined
+        if fname in stack or len(stack) >= _MAX_INLINE_ROUNDS:
+            raise GraphError(f"function '{fname}' calls itself: it cannot be inlined")
+        size = 0
+        for node in function.node_def:
+            called = self._function_of_call(node)
+            size += self._inlined_size(called, sizes, stack + (fname,)) if called else 1
+            if size > _MAX_NODES:
+                break
+        sizes[fname] = size
+        return size
 
     def _reachable(self, outputs: Iterable[str], *, control: bool = True) -> list[str]:
         seen, order = set(), []
@@ -345,6 +372,9 @@ class _Freezer:
                 handle = self.nodes.get(_split(ref)[0])
                 if handle is not None and handle.op == "VarHandleOp":
                     handles[handle.name] = object_id
+        if not object_graph.nodes:       # TF1: the Saver keyed each variable by its node's name
+            return {n.name: n.name for n in self.nodes.values() if n.op in VARIABLE_OPS
+                    and self._has_checkpoint() and n.name in self.bundle.entries}
         if not handles:
             return {}
         paths = _object_paths(object_graph.nodes, lambda n: n.children)
@@ -363,6 +393,9 @@ class _Freezer:
                                  f"the checkpoint")
             keys[handle] = attributes["VARIABLE_VALUE"]
         return keys
+
+    def _has_checkpoint(self) -> bool:
+        return (self.folder / "variables" / "variables.index").exists()
 
     @property
     def bundle(self) -> TensorBundle:
@@ -395,18 +428,20 @@ class _Freezer:
 
     def _const_of(self, handle: str, node_name: str | None = None) -> str:
         """The Const holding variable `handle`'s value: made at `node_name` (a read that it
-        replaces) or, without one, in place of the VarHandleOp."""
+        replaces) or, without one, in place of the variable's node."""
         if handle in self._consts:
             return self._consts[handle]
         if handle in self._consts.values():    # a VarHandleOp already turned into its Const
             return handle
+        if self.nodes[handle].op not in VARIABLE_OPS:
+            raise GraphError(f"unsupported: '{self.nodes[handle].op}' is not a variable", node=handle)
         key = self.variable_keys.get(handle)
         if key is None:
             raise GraphError("unsupported: a variable handle that the signature does not capture "
                              "(no checkpoint key)", node=handle)
         entry = self.bundle.entry(key)
         expected = self.nodes[handle].attr["dtype"].type
-        if entry.dtype != expected or entry.dtype == DT_STRING:
+        if entry.dtype != expected or entry.dtype in (DT_STRING, DT_RESOURCE, DT_VARIANT):
             raise GraphError(f"unsupported: variable of dtype {entry.dtype} in checkpoint key "
                              f"'{key}' (the handle says {expected})", node=handle)
         const = pb.NodeDef(name=node_name or handle, op="Const")
@@ -430,6 +465,8 @@ class _Freezer:
                 self._replace_read(node, handle)
             elif node.op in CONTROL_FLOW_OPS:
                 self._freeze_control_flow(node)
+            elif node.op in TF1_VARIABLE_OPS:      # a reference variable: its value, in place
+                self._const_of(name)
 
     def _replace_read(self, node: pb.NodeDef, handle: str) -> None:
         name, op = node.name, node.op

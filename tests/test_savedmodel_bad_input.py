@@ -150,6 +150,48 @@ def test_truncated_tensor_data(good, tmp_path, capsys):
              "lies past the end of the file")
 
 
+def _edit_saved_model(folder, edit) -> None:
+    from gtt_rules.engine.proto import saved_model_pb2
+
+    model_file = folder / "saved_model.pb"
+    saved_model = saved_model_pb2.SavedModel.FromString(model_file.read_bytes())
+    edit(saved_model.meta_graphs[0])
+    model_file.write_bytes(saved_model.SerializeToString())
+
+
+def test_a_function_that_calls_itself(good, tmp_path, capsys):
+    def recurse(meta_graph):
+        for function in meta_graph.graph_def.library.function:
+            for node in function.node_def:
+                if node.op == "StatefulPartitionedCall":
+                    node.attr["f"].func.name = function.signature.name
+    _edit_saved_model(good, recurse)
+    _refused(capsys, tmp_path, ["freeze", str(good)], "saved_model.pb", "calls itself")
+
+
+def test_calls_that_multiply_past_the_node_bound(good, tmp_path, capsys):
+    """Each level calls the next 40 times: 40**4 nodes from a file of a few kilobytes."""
+    def multiply(meta_graph):
+        library = meta_graph.graph_def.library.function
+        wrapper = next(f for f in library if any(n.op == "StatefulPartitionedCall" for n in f.node_def))
+        call = next(n for n in wrapper.node_def if n.op == "StatefulPartitionedCall")
+        for level in range(4):
+            function = library.add()
+            function.CopyFrom(wrapper)
+            function.signature.name = f"level_{level}"
+            template = next(n for n in function.node_def if n.op == "StatefulPartitionedCall")
+            template.attr["f"].func.name = call.attr["f"].func.name if level == 0 else f"level_{level - 1}"
+            waits = next(n for n in function.node_def if n.op == "NoOp")   # the output waits on it
+            for copy in range(39):
+                extra = function.node_def.add()
+                extra.CopyFrom(template)
+                extra.name = f"{template.name}_{copy}"
+                waits.input.append("^" + extra.name)
+        call.attr["f"].func.name = "level_3"
+    _edit_saved_model(good, multiply)
+    _refused(capsys, tmp_path, ["freeze", str(good)], "saved_model.pb", "would make", "more than 2,000,000")
+
+
 def test_unknown_signature(good, tmp_path, capsys):
     _refused(capsys, tmp_path, ["freeze", str(good), "--signature", "predict"],
              "no signature 'predict'", "serving_default")

@@ -124,6 +124,17 @@ def models(tf, tmp_path_factory):
         def backward(self, y):
             return {"features": tf.matmul(y, self.w, transpose_b=True)}
 
+    tf1 = tf.compat.v1
+    with tf.Graph().as_default() as graph:     # a TF1 SavedModel: no object graph
+        x = tf1.placeholder(tf.float32, [None, 3], name="x")
+        reference = tf1.get_variable("w", initializer=rng.normal(size=(3, 2)).astype(np.float32),
+                                     use_resource=False)
+        resource = tf1.get_variable("b", initializer=rng.normal(size=2).astype(np.float32), use_resource=True)
+        y = tf.nn.relu(tf.matmul(x, reference) + resource)
+        with tf1.Session(graph=graph) as session:
+            session.run(tf1.global_variables_initializer())
+            tf1.saved_model.simple_save(session, str(root / "tf1"), {"features": x}, {"scores": y})
+
     two = TwoSignatures()
     tf.saved_model.save(two, str(root / "two"),
                         signatures={"serving_default": two.forward, "backward": two.backward})
@@ -184,6 +195,12 @@ def test_while_loop_in_our_evaluator(tf, models):
     graph = freeze(models / "loop")
     for key, value in zip(sorted(expected), gtt_rules.evaluate(graph, feeds, sorted(expected))):
         _close(np.asarray(value), expected[key])
+
+
+def test_tf1_saved_model_with_reference_and_resource_variables(tf, models):
+    feeds = {"features": np.random.default_rng(6).normal(size=(4, 3)).astype(np.float32)}
+    graph = _check(tf, models / "tf1", feeds)
+    assert not any(n.op in ("VariableV2", "VarHandleOp", "Assign") for n in graph.nodes)
 
 
 @pytest.mark.parametrize("signature, feeds", [
