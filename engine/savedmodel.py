@@ -240,7 +240,8 @@ class _Freezer:
         if function is None:
             return 1     # reported, with the calling node, when it is inlined
         if fname in stack or len(stack) >= _MAX_INLINE_ROUNDS:
-            raise GraphError(f"function '{fname}' calls itself: it cannot be inlined")
+            raise GraphError(f"function '{fname}' calls itself (or nests calls more than "
+                             f"{_MAX_INLINE_ROUNDS} deep): it cannot be inlined")
         size = 0
         for node in function.node_def:
             called = self._function_of_call(node)
@@ -250,7 +251,8 @@ class _Freezer:
         sizes[fname] = size
         return size
 
-    def _reachable(self, outputs: Iterable[str], *, control: bool = True) -> list[str]:
+    def _reachable(self, outputs: Iterable[str]) -> list[str]:
+        """The nodes `outputs` read, through data and control inputs, aliases resolved."""
         seen, order = set(), []
         stack = [_split(self._resolve(r))[0] for r in outputs]
         while stack:
@@ -263,8 +265,7 @@ class _Freezer:
                 raise GraphError(f"node '{name}' is used but not defined")
             order.append(name)
             stack.extend(_split(self._resolve(r))[0] for r in _data_inputs(node))
-            if control:
-                stack.extend(c for r in _control_inputs(node) for c in self._resolve_control(r))
+            stack.extend(c for r in _control_inputs(node) for c in self._resolve_control(r))
         return order
 
     def _resolve(self, ref: str) -> str:
@@ -646,7 +647,8 @@ class _Freezer:
 
         graph_def = pb.GraphDef()
         graph_def.versions.CopyFrom(self.meta_graph.graph_def.versions)
-        live = set(self._reachable(list(outputs.values())))
+        # The signature's inputs stay, read or not: they are the graph's interface.
+        live = set(self._reachable(list(outputs.values()))) | {_split(r)[0] for r in inputs.values()}
         for name, node in self.nodes.items():
             if name not in live:
                 continue
@@ -669,10 +671,9 @@ class _Freezer:
             placeholder = next(n for n in graph_def.node if n.name == key)
             if info.HasField("tensor_shape"):
                 placeholder.attr["shape"].shape.CopyFrom(info.tensor_shape)
-        graph_def.library.function.extend(self.functions[f] for f in _used_functions(graph_def.node, self.functions))
         # Prune: what the outputs read, and only the control edges that order something. In
         # place: the Consts are most of the bytes, and copied once is enough.
-        keep = Graph(graph_def, validate=False).live_nodes(list(outputs), list(inputs))
+        keep = Graph(graph_def, validate=False).live_nodes(list(outputs), list(inputs)) | set(inputs)
         for index in reversed(range(len(graph_def.node))):
             node = graph_def.node[index]
             if node.name not in keep:
@@ -680,7 +681,6 @@ class _Freezer:
             elif any(r.startswith("^") and r[1:] not in keep for r in node.input):
                 node.input[:] = [r for r in node.input if not r.startswith("^") or r[1:] in keep]
         _check_supported(graph_def.node)
-        del graph_def.library.function[:]
         graph_def.library.function.extend(self.functions[f] for f in _used_functions(graph_def.node, self.functions))
         return graph_def
 

@@ -246,3 +246,15 @@ def test_cli_freeze_and_a_folder_wherever_a_graph_is(tf, models, tmp_path, capsy
     capsys.readouterr()
     assert main(["summarize", str(models / "module")]) == 0
     assert "embedded" in capsys.readouterr().out
+
+
+def test_an_input_that_no_output_reads_stays_a_placeholder(tf, tmp_path):
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([2], tf.float32), tf.TensorSpec([2], tf.float32)])
+        def serve(self, used, unused):
+            return {"doubled": used * 2.0}
+
+    module = Module()
+    tf.saved_model.save(module, str(tmp_path / "model"), signatures={"serving_default": module.serve})
+    feeds = {"used": np.array([1.0, 2.0], np.float32), "unused": np.zeros(2, np.float32)}
+    _check(tf, tmp_path / "model", feeds)
