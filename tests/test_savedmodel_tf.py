@@ -68,6 +68,11 @@ def models(tf, tmp_path_factory):
     outputs = keras.layers.Dense(5, activation="softmax")(x)
     keras.Model(inputs, outputs).export(str(root / "keras"), verbose=False)
 
+    # A recurrent layer: a While whose body reads the weights.
+    sequence = keras.Input((7, 3), name="sequence")
+    keras.Model(sequence, keras.layers.Dense(2)(keras.layers.LSTM(4)(sequence))).export(
+        str(root / "lstm"), verbose=False)
+
     # Batch norm with moving statistics that matter.
     model = keras.Sequential([keras.Input((5, 5, 2), name="patch"), keras.layers.Conv2D(3, 2),
                               keras.layers.BatchNormalization(), keras.layers.ReLU()])
@@ -186,6 +191,13 @@ def test_while_loop_and_cond_stay_functional(tf, models):
     for function in graph.library.function:
         assert 20 not in [a.type for a in function.signature.input_arg]      # no DT_RESOURCE
         assert not any(n.op == "ReadVariableOp" for n in function.node_def)
+
+
+def test_keras_lstm_reads_its_weights_inside_the_loop(tf, models):
+    feeds = {"sequence": np.random.default_rng(7).normal(size=(2, 7, 3)).astype(np.float32)}
+    graph = _check(tf, models / "lstm", feeds, evaluator=False)
+    (body,) = [f for f in graph.library.function if "body" in f.signature.name]
+    assert sum(n.op == "Identity" and n.name.endswith("ReadVariableOp") for n in body.node_def) >= 3
 
 
 @pytest.mark.xfail(strict=True, reason="the evaluator does not run library functions (While, If)")
