@@ -44,7 +44,7 @@ from .tensor_bundle import TensorBundle
 SAVED_MODEL_FILE = "saved_model.pb"
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_TAG = "serve"
-DT_RESOURCE, DT_STRING, DT_VARIANT = 20, 7, 21
+DT_INT32, DT_STRING, DT_RESOURCE, DT_VARIANT = 3, 7, 20, 21
 
 CALL_OPS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
 # Functional control flow: op -> (the type-list attr of its data inputs, how many leading inputs
@@ -316,7 +316,7 @@ class _Freezer:
             if node.name in self.nodes:
                 raise GraphError(f"inlining '{fname}' makes node '{node.name}', which exists",
                                  node=call.name)
-            for key, value in node.attr.items():
+            for value in node.attr.values():
                 if value.WhichOneof("value") == "placeholder":
                     raise GraphError(f"unsupported: function '{fname}' has attr placeholders "
                                      f"(a polymorphic function)", node=call.name)
@@ -491,14 +491,14 @@ class _Freezer:
             new.attr["Tindices"].CopyFrom(node.attr["Tindices"])
         else:
             axis = pb.NodeDef(name=self._fresh(f"{name}/axis"), op="Const")
-            axis.attr["dtype"].type = 3
-            axis.attr["value"].tensor.dtype = 3
+            axis.attr["dtype"].type = DT_INT32
+            axis.attr["value"].tensor.dtype = DT_INT32
             axis.attr["value"].tensor.int_val.append(0)
             self.nodes[axis.name] = axis
             new.op, new.input[:] = "GatherV2", [params] + indices + [axis.name]
             new.attr["Tparams"].type = dtype
             new.attr["Tindices"].CopyFrom(node.attr["Tindices"])
-            new.attr["Taxis"].type = 3
+            new.attr["Taxis"].type = DT_INT32
             new.attr["batch_dims"].i = node.attr["batch_dims"].i if "batch_dims" in node.attr else 0
         new.input.extend("^" + c for c in _control_inputs(node))
         self.nodes[name] = new
@@ -682,6 +682,16 @@ class _Freezer:
                 node.input[:] = [r for r in node.input if not r.startswith("^") or r[1:] in keep]
         _check_supported(graph_def.node)
         graph_def.library.function.extend(self.functions[f] for f in _used_functions(graph_def.node, self.functions))
+        for function in graph_def.library.function:
+            name = function.signature.name
+            args = list(function.signature.input_arg) + list(function.signature.output_arg)
+            if any(arg.type == DT_RESOURCE for arg in args):
+                raise GraphError(f"unsupported: function '{name}' still takes or returns a resource "
+                                 f"(one that is not a variable the signature captures)")
+            try:
+                _check_supported(function.node_def)
+            except GraphError as e:
+                raise GraphError(f"in function '{name}': {e.message}", node=e.node) from None
         return graph_def
 
 

@@ -65,6 +65,26 @@ def saved(tf, tmp_path_factory):
 
     counter = Counter()
     tf.saved_model.save(counter, str(root / "counter"), signatures={"serving_default": counter.serve})
+
+    class Noise(tf.Module):
+        """A random generator: its state is a variable that each draw writes."""
+
+        def __init__(self):
+            self.generator = tf.random.Generator.from_seed(1)
+
+        @tf.function(input_signature=[tf.TensorSpec([2], tf.float32)])
+        def in_loop(self, x):
+            _, y = tf.while_loop(lambda i, y: i < 3, lambda i, y: (i + 1, y + self.generator.normal([2])),
+                                 [0, x])
+            return {"y": y}
+
+        @tf.function(input_signature=[tf.TensorSpec([2], tf.float32)])
+        def direct(self, x):
+            return {"y": x + self.generator.normal([2])}
+
+    noise = Noise()
+    tf.saved_model.save(noise, str(root / "noise"),
+                        signatures={"serving_default": noise.direct, "in_loop": noise.in_loop})
     return root
 
 
@@ -211,6 +231,16 @@ def test_assets_are_unsupported(saved, tmp_path, capsys):
 
 def test_a_signature_that_writes_a_variable_is_unsupported(saved, tmp_path, capsys):
     _refused(capsys, tmp_path, ["freeze", str(saved / "counter")], "unsupported", "AssignAddVariableOp")
+
+
+def test_a_random_generator_is_unsupported(saved, tmp_path, capsys):
+    _refused(capsys, tmp_path, ["freeze", str(saved / "noise")], "unsupported", "RngReadAndSkip",
+             "takes the handle of variable")
+
+
+def test_a_random_generator_inside_a_loop_is_unsupported(saved, tmp_path, capsys):
+    _refused(capsys, tmp_path, ["freeze", str(saved / "noise"), "--signature", "in_loop"],
+             "unsupported", "while_body", "applies 'RngReadAndSkip' to a variable")
 
 
 def test_a_broken_saved_model_where_a_graph_is_read(good, tmp_path, capsys):
