@@ -101,7 +101,7 @@ def models(tf, tmp_path_factory):
     tf.saved_model.save(module, str(root / "module"), signatures={"serving_default": module.serve})
 
     class Loop(tf.Module):
-        """A tf.while_loop and a tf.cond that read variables inside their functions."""
+        """A tf.while_loop, a tf.cond and a tf.switch_case that read variables inside their functions."""
 
         def __init__(self):
             self.scale = tf.Variable(np.float32(0.75))
@@ -112,7 +112,9 @@ def models(tf, tmp_path_factory):
             _, y = tf.while_loop(lambda i, y: i < 5, lambda i, y: (i + 1, y * self.scale + self.shift),
                                  [tf.constant(0), x])
             z = tf.cond(tf.reduce_sum(y) > 0, lambda: y * self.scale, lambda: y - self.shift)
-            return {"y": y, "z": z}
+            branch = tf.cast(x[0] > 0, tf.int32) + tf.cast(x[1] > 0, tf.int32)
+            w = tf.switch_case(branch, [lambda: z * self.scale, lambda: z + self.shift, lambda: -z])
+            return {"y": y, "z": z, "w": w}
 
     loop = Loop()
     tf.saved_model.save(loop, str(root / "loop"), signatures={"serving_default": loop.serve})
@@ -183,11 +185,12 @@ def test_module_with_a_tf_function_signature(tf, models):
     assert any(n.op == "GatherV2" for n in graph.nodes)    # the ResourceGather, frozen
 
 
-def test_while_loop_and_cond_stay_functional(tf, models):
-    feeds = {"x": np.array([1.0, -2.0, 0.5], dtype=np.float32)}
+@pytest.mark.parametrize("x", [[1.0, -2.0, 0.5], [3.0, 2.0, -1.0], [-1.0, -1.0, 4.0]])
+def test_while_loop_cond_and_case_stay_functional(tf, models, x):
+    feeds = {"x": np.array(x, dtype=np.float32)}
     graph = _check(tf, models / "loop", feeds, evaluator=False)
     ops = {n.op for n in graph.nodes}
-    assert ops & {"While", "StatelessWhile"} and ops & {"If", "StatelessIf"}
+    assert ops & {"While", "StatelessWhile"} and ops & {"If", "StatelessIf"} and ops & {"Case", "StatelessCase"}
     for function in graph.library.function:
         assert 20 not in [a.type for a in function.signature.input_arg]      # no DT_RESOURCE
         assert not any(n.op == "ReadVariableOp" for n in function.node_def)
