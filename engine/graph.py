@@ -246,7 +246,11 @@ class Graph:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Graph":
-        """Read a `.pb` (binary) or `.pbtxt` (text) GraphDef file, validated and its dtypes checked."""
+        """Read a `.pb` (binary) or `.pbtxt` (text) GraphDef file, validated and its dtypes checked,
+        or a SavedModel folder, whose default signature is frozen (`engine/savedmodel.py`)."""
+        from .savedmodel import freeze, is_saved_model
+        if is_saved_model(path):
+            return freeze(path)
         path = pathlib.Path(path)
         text = path.suffix.lower() in TEXT_SUFFIXES
         try:

@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_calibrate(commands)
     from gtt_rules.diff import register as register_diff
     register_diff(commands)
+    from gtt_rules.cli_freeze import register as register_freeze
+    register_freeze(commands)
     return parser
 
 
