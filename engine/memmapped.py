@@ -149,15 +149,18 @@ def _immutable_tensor(node: pb.NodeDef, regions: dict[str, Region]) -> tuple[pb.
 
 # ---- writing --------------------------------------------------------------------------------------
 
-def save(graph: Graph, path: str | os.PathLike, *, min_bytes: int = MIN_CONVERSION_BYTES) -> None:
+def save(graph: Graph, path: str | os.PathLike, *, min_bytes: int = MIN_CONVERSION_BYTES) -> int:
     """Write `graph` as a memory-mapped package through the one output writer: each Const of a
     fixed-size dtype holding at least `min_bytes` goes to its own aligned region, read by an
-    ImmutableConst. The graph is checked first, as `Graph.save` checks it."""
+    ImmutableConst. The graph is checked first, as `Graph.save` checks it. Returns the number of
+    regions given to constants."""
     graph.check()
-    write_output(path, lambda f: _write_package(graph, f, min_bytes))
+    counts = []
+    write_output(path, lambda f: counts.append(_write_package(graph, f, min_bytes)))
+    return counts[-1]
 
 
-def _write_package(graph: Graph, f: BinaryIO, min_bytes: int) -> None:
+def _write_package(graph: Graph, f: BinaryIO, min_bytes: int) -> int:
     from .graph_io import write_binary
 
     directory = memmapped_pb2.MemmappedFileSystemDirectory()
@@ -185,6 +188,7 @@ def _write_package(graph: Graph, f: BinaryIO, min_bytes: int) -> None:
     directory.element.add(offset=offset, name=GRAPH_REGION, length=length)
     f.write(directory.SerializeToString(deterministic=True))
     f.write((offset + length).to_bytes(_OFFSET_BYTES, "little"))
+    return len(converted)
 
 
 def _region_bytes(node: Node, min_bytes: int) -> np.ndarray | None:

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--trace", action="store_true", help="print every rule application")
     apply.add_argument("--json", action="store_true", help="print the report as JSON")
     apply.add_argument("--max-rewrites", type=int, metavar="N", help="stop with an error after N rewrites")
+    apply.add_argument("--output-format", "--output_format", choices=("graphdef", "memmapped"),
+                       default="graphdef", help="graphdef (default), or memmapped: TensorFlow's "
+                                                "memory-mapped package, as `memmap` writes it")
     from gtt_rules.cli_calibrate import add_sample_options
     add_sample_options(apply, default_random=None)
     from gtt_rules.cli_run import add_max_memory_option
@@ -119,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_run_commands(commands)
     from gtt_rules.cli_calibrate import register as register_calibrate
     register_calibrate(commands)
+    from gtt_rules.cli_memmap import register as register_memmap
+    register_memmap(commands)
     return parser
 
 
@@ -206,6 +211,8 @@ def _apply(args: argparse.Namespace) -> int:
     report_to = sys.stderr if output == STDOUT else sys.stdout   # stdout may hold the graph
     from gtt_rules.cli_calibrate import calibrate_after_apply, check_sample_options, with_float
     check_sample_options(args)
+    if args.output_format == "memmapped" and args.output_as_text:
+        raise UsageError("--output_as_text and --output-format memmapped exclude each other")
     graph = Graph.load(source)
     inputs, outputs = _tensors(args.inputs), _tensors(args.outputs)
     for ref in (inputs or []) + (outputs or []):
@@ -245,7 +252,11 @@ def _apply(args: argparse.Namespace) -> int:
     # With --keep-float-above, the steps run again from the original, keeping layers float.
     rerun = None if original is None else lambda kept: run_steps(Graph.from_bytes(original), with_float(steps, kept))
     graph, reports, calibrated = calibrate_after_apply(graph, reports, args, outputs, str(source), original, rerun)
-    graph.save(output, text=True if args.output_as_text else None)
+    if args.output_format == "memmapped":
+        from gtt_rules.engine import memmapped
+        memmapped.save(graph, output)
+    else:
+        graph.save(output, text=True if args.output_as_text else None)
     if args.json:
         print(json.dumps({"output": str(output), "stages": [
             {"name": name, **report.to_json(),
