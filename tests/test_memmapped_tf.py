@@ -1,0 +1,304 @@
+"""Memory-mapped packages (engine/memmapped.py) and zero-copy loading (engine/graph_io.py).
+
+TensorFlow 2's Python package has no MemmappedEnv, so it cannot open a package whole. What it does
+have is the directory's own message (`memmapped_file_system_pb2`) and the ImmutableConst kernel,
+which under the default Env maps the file its `memory_region_name` names: each region, copied to
+a file of its own, is then read by TensorFlow's kernel exactly as MemmappedEnv would hand it over.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from conftest import fixture_path, fixture_spec, random_feeds, tf_run
+from gtt_rules.cli import main
+from gtt_rules.engine import graph_io, memmapped, op_registry
+from gtt_rules.engine.evaluator import evaluate
+from gtt_rules.engine.graph import Graph
+from gtt_rules.engine.proto import graph_def_pb2 as pb
+from gtt_rules.engine.proto import memmapped_pb2
+from gtt_rules.engine.tensors import encode_tensor
+
+ROUND_TRIP = ["keras_mobilenet_tiny", "tf1_conv_bn", "quantized_ops", "all_dtypes_consts", "tf1_while_loop"]
+# The smallest tensor given a region: every fixed-size one, except in MobileNet, where TensorFlow
+# 2.21 crashes (segmentation fault) running its hundreds of tiny ImmutableConsts as region files;
+# there, TensorFlow's tool's default.
+MIN_BYTES = {"keras_mobilenet_tiny": memmapped.MIN_CONVERSION_BYTES}
+
+
+def _package(tmp_path, name: str, min_bytes: int | None = None):
+    min_bytes = MIN_BYTES.get(name, 0) if min_bytes is None else min_bytes
+    path = tmp_path / f"{name}.mmpb"
+    memmapped.save(Graph.load(fixture_path(name)), path, min_bytes=min_bytes)
+    return path
+
+
+def _directory(tf, data: bytes):
+    """The directory and its offset, parsed with TensorFlow's own message."""
+    from tensorflow.core.util import memmapped_file_system_pb2
+    offset = int.from_bytes(data[-8:], "little")
+    directory = memmapped_file_system_pb2.MemmappedFileSystemDirectory.FromString(data[offset:-8])
+    return directory, offset
+
+
+def _tf_run_package(tf, path, feeds, outputs, tmp_path):
+    """Run a package in TensorFlow: each ImmutableConst reads its region through the kernel."""
+    data = path.read_bytes()
+    directory, _ = _directory(tf, data)
+    regions = {e.name: data[e.offset:e.offset + e.length] for e in directory.element}
+    graph_def = tf.compat.v1.GraphDef.FromString(regions[memmapped.GRAPH_REGION])
+    for i, node in enumerate(graph_def.node):
+        if node.op == "ImmutableConst":
+            region = tmp_path / f"region{i}.bin"
+            region.write_bytes(regions[node.attr["memory_region_name"].s.decode()])
+            node.attr["memory_region_name"].s = str(region).encode()
+    return tf_run(graph_def.SerializeToString(), feeds, outputs)
+
+
+# ---- round trips ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ROUND_TRIP)
+def test_package_runs_to_the_plain_graphs_outputs(tf, tmp_path, name):
+    spec = fixture_spec(name)
+    feeds, outputs = random_feeds(spec), spec["outputs"]
+    package = _package(tmp_path, name)
+    data = package.read_bytes()
+    region = pb.GraphDef.FromString(data[slice(*_graph_region(tf, data))])
+    assert any(n.op == "ImmutableConst" for n in region.node)
+    expected = tf_run(fixture_path(name).read_bytes(), feeds, outputs)
+    theirs = _tf_run_package(tf, package, feeds, outputs, tmp_path)
+    plain = evaluate(Graph.load(fixture_path(name)), feeds, outputs)
+    ours = evaluate(Graph.load(package), feeds, outputs)
+    for want, got in zip(expected, theirs):     # TensorFlow's ImmutableConst reads our regions
+        if np.asarray(want).dtype.kind in "fc":
+            # Grappler folds Consts ahead of time but not ImmutableConsts: sums round apart.
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(got, want)
+    for want, got in zip(plain, ours):
+        np.testing.assert_array_equal(got, want)    # and so does our loader
+
+
+def _graph_region(tf, data: bytes) -> tuple[int, int]:
+    directory, _ = _directory(tf, data)
+    (graph,) = [e for e in directory.element if e.name == memmapped.GRAPH_REGION]
+    return graph.offset, graph.offset + graph.length
+
+
+def test_package_reads_back_as_the_graph_it_was_written_from(tmp_path):
+    original = Graph.load(fixture_path("keras_mobilenet_tiny"))
+    package = _package(tmp_path, "keras_mobilenet_tiny", min_bytes=memmapped.MIN_CONVERSION_BYTES)
+    assert Graph.load(package).to_graph_def() == original.to_graph_def()
+    again = tmp_path / "again.mmpb"
+    memmapped.save(Graph.load(package), again, min_bytes=memmapped.MIN_CONVERSION_BYTES)
+    assert again.read_bytes() == package.read_bytes()   # deterministic, and nothing lost
+
+
+def test_only_constants_of_the_minimum_size_get_regions(tf, tmp_path):
+    package = _package(tmp_path, "keras_mobilenet_tiny", min_bytes=memmapped.MIN_CONVERSION_BYTES)
+    data = package.read_bytes()
+    graph_def = tf.compat.v1.GraphDef.FromString(data[slice(*_graph_region(tf, data))])
+    plain = {n.name: n for n in tf.compat.v1.GraphDef.FromString(fixture_path("keras_mobilenet_tiny").read_bytes()).node}
+    for node in graph_def.node:
+        if plain[node.name].op == "Const":
+            size = len(plain[node.name].attr["value"].tensor.tensor_content)
+            assert (node.op == "ImmutableConst") == (size >= memmapped.MIN_CONVERSION_BYTES), node.name
+
+
+# ---- the layout, checked with TensorFlow's message -------------------------------------------------
+
+@pytest.mark.parametrize("name", ROUND_TRIP)
+def test_package_layout_follows_tensorflows_rules(tf, tmp_path, name):
+    data = _package(tmp_path, name).read_bytes()
+    directory, offset = _directory(tf, data)
+    elements = list(directory.element)
+    names = [e.name for e in elements]
+    assert len(set(names)) == len(names)
+    assert names[-1] == "memmapped_package://."     # the GraphDef, after the tensors
+    ends = [e.offset + e.length for e in elements]
+    assert all(end <= following.offset for end, following in zip(ends, elements[1:]))
+    assert ends[-1] == offset   # the directory follows the last region
+    graph_def = tf.compat.v1.GraphDef.FromString(data[elements[-1].offset:ends[-1]])
+    by_name = {e.name: e for e in elements}
+    immutable = [n for n in graph_def.node if n.op == "ImmutableConst"]
+    assert len(immutable) == len(elements) - 1     # one region per ImmutableConst
+    for node in immutable:
+        region = by_name[node.attr["memory_region_name"].s.decode()]
+        assert re.fullmatch(r"memmapped_package://[A-Za-z0-9_.]+", region.name)
+        assert region.offset % 64 == 0
+        dims = [d.size for d in node.attr["shape"].shape.dim]
+        itemsize = tf.dtypes.as_dtype(node.attr["dtype"].type).size
+        assert region.length == math.prod(dims) * itemsize
+        assert sorted(node.attr) == ["dtype", "memory_region_name", "shape"]
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP)
+def test_every_immutable_const_is_valid_against_the_op_registry(tf, tmp_path, name):
+    data = _package(tmp_path, name).read_bytes()
+    region = data[slice(*_graph_region(tf, data))]
+    graph = Graph.from_bytes(region)    # validated against our registry, ImmutableConsts as written
+    op_def = op_registry.get_op("ImmutableConst")
+    nodes = [n for n in graph if n.op == "ImmutableConst"]
+    assert nodes
+    for node in nodes:
+        assert set(node.header.attr) == set(op_def.attrs)
+        assert graph.output_dtypes(node) == [node.get_attr("dtype")]
+    with tf.Graph().as_default():      # and against TensorFlow's
+        tf.graph_util.import_graph_def(tf.compat.v1.GraphDef.FromString(region), name="")
+
+
+def test_region_names_are_sanitized_and_unique(tmp_path):
+    graph_def = pb.GraphDef()
+    for name in ("a/b", "a_b", "."):
+        node = graph_def.node.add(name=name, op="Const")
+        node.attr["dtype"].type = pb.DT_FLOAT
+        node.attr["value"].tensor.CopyFrom(encode_tensor(np.ones(4, np.float32)))
+    path = tmp_path / "g.mmpb"
+    memmapped.save(Graph(graph_def), path, min_bytes=0)
+    data = path.read_bytes()
+    offset = int.from_bytes(data[-8:], "little")
+    names = [e.name for e in memmapped_pb2.MemmappedFileSystemDirectory.FromString(data[offset:-8]).element]
+    assert names == ["memmapped_package://a_b", "memmapped_package://a_b_", "memmapped_package://._",
+                     "memmapped_package://."]
+    assert [n.name for n in Graph.load(path)] == ["a/b", "a_b", "."]
+
+
+# ---- zero-copy loading ------------------------------------------------------------------------------
+
+def _owner(array: np.ndarray):
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array
+
+
+@pytest.mark.parametrize("path", [lambda tmp: fixture_path("keras_mobilenet_tiny"),
+                                  lambda tmp: _package(tmp, "keras_mobilenet_tiny")])
+def test_big_weights_are_views_of_the_mapped_file(tmp_path, path):
+    path = path(tmp_path)
+    graph = Graph.load(path)
+    whole = {n.name: n for n in Graph.from_bytes(fixture_path("keras_mobilenet_tiny").read_bytes())}
+    big = [n for n in graph if n.op == "Const" and whole[n.name].proto.attr["value"].tensor.tensor_content
+           and len(whole[n.name].proto.attr["value"].tensor.tensor_content) >= graph_io.MIN_MAPPED_BYTES]
+    assert big
+    for node in big:
+        value = node.get_attr("value")
+        assert node.mapped == ("value",)
+        assert isinstance(_owner(value), memoryview) and not value.flags.writeable
+        assert not node.header.attr["value"].tensor.tensor_content    # the bytes were not copied in
+        np.testing.assert_array_equal(value, whole[node.name].get_attr("value"))
+    spec = fixture_spec("keras_mobilenet_tiny")
+    evaluate(graph, random_feeds(spec), spec["outputs"])
+    assert all(node.mapped for node in big)     # running reads the views; it copies nothing in
+
+
+def test_a_mapped_weight_edited_or_read_whole_holds_its_bytes():
+    graph = Graph.load(fixture_path("tf1_conv_bn"))
+    whole = Graph.from_bytes(fixture_path("tf1_conv_bn").read_bytes())
+    (node,) = [n for n in graph if n.mapped]
+    expected = whole[node.name].proto
+    assert node.serialized() == expected.SerializeToString(deterministic=True)
+    assert node.mapped   # serializing did not copy the bytes in
+    assert node.proto == expected
+    assert not node.mapped
+    assert graph.to_bytes() == whole.to_bytes()
+
+
+def test_overwriting_the_mapped_input_keeps_its_weights(tmp_path, capsys):
+    path = tmp_path / "g.pb"
+    path.write_bytes(fixture_path("keras_mobilenet_tiny").read_bytes())
+    expected = Graph.load(fixture_path("keras_mobilenet_tiny")).to_graph_def()
+    assert main(["apply", str(path), "-o", str(path), "--overwrite", "--output-format", "memmapped"]) == 0
+    assert Graph.load(path).to_graph_def() == expected
+    assert main(["memmap", "--in_graph", str(path), "--out_graph", str(path), "--overwrite"]) == 0
+    assert Graph.load(path).to_graph_def() == expected
+
+
+def test_memmap_command_takes_tensorflows_flags(tf, tmp_path, capsys):
+    out = tmp_path / "out.mmpb"
+    assert main(["memmap", "--in_graph", str(fixture_path("tf1_mul_fold")), "--out_graph", str(out),
+                 "--min_conversion_tensor_size", "1000"]) == 0
+    assert "1 constant in regions" in capsys.readouterr().out
+    directory, _ = _directory(tf, out.read_bytes())
+    assert len(directory.element) == 2
+
+
+# ---- bad packages -------------------------------------------------------------------------------------
+
+def _rewritten(tmp_path, edit_directory=None, edit_graph=None, name="tf1_conv_bn"):
+    """A package of `name` with its directory or graph edited, laid out again."""
+    data = _package(tmp_path, name).read_bytes()
+    offset = int.from_bytes(data[-8:], "little")
+    directory = memmapped_pb2.MemmappedFileSystemDirectory.FromString(data[offset:-8])
+    if edit_graph is not None:
+        graph = directory.element[-1]
+        graph_def = pb.GraphDef.FromString(data[graph.offset:graph.offset + graph.length])
+        edit_graph(graph_def)
+        body = graph_def.SerializeToString()
+        data = data[:graph.offset] + body
+        graph.length = len(body)
+        offset = len(data)
+    if edit_directory is not None:
+        edit_directory(directory)
+    path = tmp_path / "bad.mmpb"
+    path.write_bytes(data[:offset] + directory.SerializeToString() + offset.to_bytes(8, "little"))
+    return path
+
+
+def _immutable(graph_def):
+    return next(n for n in graph_def.node if n.op == "ImmutableConst")
+
+
+def _misalign(directory):
+    directory.element[0].offset += 4
+    directory.element[0].length -= 4
+
+
+def _swap(directory):
+    first, second = directory.element[0], directory.element[1]
+    first.offset, second.offset = second.offset, first.offset
+
+
+@pytest.mark.parametrize("edit_directory, edit_graph, message", [
+    (_misalign, None, "not a multiple of 64"),
+    (_swap, None, "does not come before the next one"),
+    (lambda d: setattr(d.element[0], "length", 10**6), None, "runs into the next one"),
+    (lambda d: setattr(d.element[0], "name", "memmapped_package://."), None, "two regions are named"),
+    (lambda d: setattr(d.element[-1], "name", "memmapped_package://graph"), None, "it has no graph"),
+    (lambda d: setattr(d.element[0], "name", "memmapped_package://a b"), None, "has characters other"),
+    (None, lambda g: setattr(_immutable(g).attr["memory_region_name"], "s", b"memmapped_package://x"),
+     "which the package does not have"),
+    (None, lambda g: _immutable(g).attr["shape"].shape.dim.add(size=1000), "needs"),
+    (None, lambda g: setattr(_immutable(g).attr["dtype"], "type", pb.DT_STRING), "is not supported"),
+    (None, lambda g: _immutable(g).attr["shape"].shape.dim.add(size=-1), "fully known shape"),
+    (None, lambda g: _immutable(g).attr.pop("shape"), "needs attr 'shape'"),
+])
+def test_corrupt_package_is_a_one_line_error(tmp_path, capsys, edit_directory, edit_graph, message):
+    path = _rewritten(tmp_path, edit_directory, edit_graph)
+    for command in (["summarize", str(path)], ["run", str(path)],
+                    ["apply", str(path), "-o", str(tmp_path / "out.pb")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err and message in err, err
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mmpb", "tf1_conv_bn.mmpb"]
+
+
+def test_truncated_package_is_a_one_line_error(tmp_path, capsys):
+    data = _package(tmp_path, "tf1_conv_bn").read_bytes()
+    for cut in (3, 12, len(data) // 2):
+        path = tmp_path / "cut.mmpb"
+        path.write_bytes(data[:-cut])
+        assert main(["summarize", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err, err
+
+
+def test_memmapped_output_refuses_text(tmp_path, capsys):
+    out = tmp_path / "out.mmpb"
+    assert main(["apply", str(fixture_path("tf1_conv_bn")), "-o", str(out), "--output-format", "memmapped",
+                 "--output_as_text"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert not out.exists()
