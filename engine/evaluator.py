@@ -23,6 +23,7 @@ from gtt_rules.errors import EvaluationError
 
 from .dtypes import DT_BFLOAT16, dtype_info, dtype_name, numpy_dtype
 from .graph import Graph, Node, TensorRef
+from .graph_io import release_pages
 from .kernels import KERNELS, load_all
 from .kernels.float_ops import round_to_bfloat16
 from .limits import format_size, max_memory
@@ -284,7 +285,7 @@ class Evaluator:
                 for ref in inputs:
                     reads[ref] -= 1
                     if reads[ref] == 0:
-                        del values[ref]
+                        release_pages(values.pop(ref))
                         live -= held.pop(ref, 0)
                 if on_node is not None:
                     on_node(node, values)

@@ -123,6 +123,24 @@ def write_binary(graph: Graph, f: BinaryIO, serialize: Callable[[Node], bytes] =
     return written + len(rest)
 
 
+def release_pages(value: np.ndarray) -> None:
+    """Tell the OS this process no longer needs `value`'s pages resident, if it is a view of a
+    mapped file: they leave the process's memory (not the page cache), and come back on the next
+    read. A run then holds only the weights in use, not every weight it has read so far."""
+    owner = value
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    mapped = owner.obj if isinstance(owner, memoryview) else None
+    if not isinstance(mapped, mmap.mmap) or value.nbytes < mmap.PAGESIZE or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        offset = value.ctypes.data - np.frombuffer(mapped, np.uint8, count=1).ctypes.data
+        start = offset - offset % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_DONTNEED, start, offset + value.nbytes - start)
+    except (OSError, ValueError):
+        pass    # advice only: a closed map, a platform without it
+
+
 # ---- binary, from a memory map --------------------------------------------------------------------
 
 def _parse_mapped(f) -> Parsed | None:
@@ -146,8 +164,12 @@ def _parse_mapped(f) -> Parsed | None:
         if parsed is None:
             raise GraphError(f"memmapped package: region {memmapped.GRAPH_REGION} is not a GraphDef")
         parsed.mapped.extend(memmapped.resolve(parsed.nodes, regions))
-        return parsed
-    return _parse_fields(view)
+    else:
+        parsed = _parse_fields(view)
+    if parsed is not None and hasattr(mmap, "MADV_DONTNEED"):
+        # The pages parsing read are copied into the nodes: they need not stay in this process.
+        mapped.madvise(mmap.MADV_DONTNEED)
+    return parsed
 
 
 def _graph(parsed: Parsed) -> Graph:

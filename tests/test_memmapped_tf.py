@@ -302,3 +302,53 @@ def test_memmapped_output_refuses_text(tmp_path, capsys):
                  "--output_as_text"]) == 2
     assert "exclude each other" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _resident_bytes(path) -> int:
+    """How much of `path`'s mappings is resident in this process (Linux's /proc/self/smaps)."""
+    resident, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", fields[0]):
+            inside = len(fields) >= 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            resident += int(fields[1]) * 1024
+    return resident
+
+
+def _dense_chain(sizes) -> pb.GraphDef:
+    """x -> MatMul -> MatMul ..., each weight a float Const of `sizes[i] x sizes[i + 1]`."""
+    rng = np.random.default_rng(0)
+    graph_def = pb.GraphDef()
+    x = graph_def.node.add(name="x", op="Placeholder")
+    x.attr["dtype"].type = pb.DT_FLOAT
+    x.attr["shape"].shape.dim.add(size=1)
+    x.attr["shape"].shape.dim.add(size=sizes[0])
+    previous = "x"
+    for i, (rows, columns) in enumerate(zip(sizes, sizes[1:])):
+        weight = graph_def.node.add(name=f"w{i}", op="Const")
+        weight.attr["dtype"].type = pb.DT_FLOAT
+        weight.attr["value"].tensor.CopyFrom(encode_tensor(rng.standard_normal((rows, columns)).astype(np.float32)))
+        layer = graph_def.node.add(name=f"dense{i}", op="MatMul", input=[previous, f"w{i}"])
+        layer.attr["T"].type = pb.DT_FLOAT
+        previous = layer.name
+    return graph_def
+
+
+@pytest.mark.parametrize("packaged", [False, True])
+def test_a_run_gives_back_the_pages_of_the_weights_it_has_read(tf, tmp_path, packaged):
+    path = tmp_path / "model.pb"
+    graph_def = _dense_chain([256, 1024, 512, 1024, 256])
+    if packaged:
+        memmapped.save(Graph(graph_def), path)
+    else:
+        path.write_bytes(graph_def.SerializeToString())
+    graph = Graph.load(path)
+    weights = sum(n.get_attr("value").nbytes for n in graph if n.mapped)
+    assert weights == (256 * 1024 + 1024 * 512 + 512 * 1024 + 1024 * 256) * 4
+    assert _resident_bytes(path) < weights / 10     # parsing read the nodes, not the weights
+    feeds = {"x": np.ones((1, 256), np.float32)}
+    (ours,) = evaluate(graph, feeds, ["dense3"])
+    np.testing.assert_allclose(ours, tf_run(graph_def.SerializeToString(), feeds, ["dense3"])[0], rtol=1e-4)
+    # Every weight was read; each one's pages left the process once its last reader ran.
+    assert _resident_bytes(path) < weights / 4
