@@ -137,6 +137,10 @@ class Node:
         """The tensor attrs whose bytes are in a memory-mapped file (see `map_tensor`)."""
         return tuple(self._mapped or ())
 
+    def mapped_content(self, name: str) -> memoryview:
+        """The bytes of mapped tensor attr `name`, a view of the file (see `map_tensor`)."""
+        return self._mapped[name][1]
+
     def serialized(self) -> bytes:
         """The NodeDef's bytes, deterministic, mapped tensors included without copying them into
         this node (the copy lives only while it is written)."""

@@ -102,12 +102,46 @@ def save(graph: Graph, path: str | os.PathLike, *, text: bool | None = None) -> 
         write_output(path, lambda f: write_binary(graph, f))
 
 
-def write_binary(graph: Graph, f: BinaryIO, serialize: Callable[[Node], bytes] = Node.serialized) -> int:
+def serialize_node(node: Node) -> bytes:
+    """`node.serialized()`, with a mapped value's bytes laid in where deterministic serialization
+    puts them (its attr entry among the others, sorted by key) instead of copied into a message
+    first: one copy of the weights instead of three."""
+    if node.mapped != ("value",):
+        return node.serialized()
+    header = node.header
+    tensor = header.attr["value"].tensor.SerializeToString(deterministic=True)
+    content = node.mapped_content("value")
+    content_field = _CONTENT_TAG + _varint(len(content))
+    tensor_length = len(tensor) + len(content_field) + len(content)
+    attr_value = _ATTR_TENSOR_TAG + _varint(tensor_length)
+    attr_value_length = len(attr_value) + tensor_length
+    entry = _VALUE_KEY + _ENTRY_VALUE_TAG + _varint(attr_value_length)
+    entry_head = _ATTR_TAG + _varint(len(entry) + attr_value_length) + entry + attr_value
+    rest = pb.NodeDef()
+    rest.CopyFrom(header)   # small: the value's bytes are not in it
+    del rest.attr["value"]
+    others = memoryview(rest.SerializeToString(deterministic=True))
+    cut = len(others)
+    for number, wire_type, start, payload, end in _fields(others, 0, len(others)):
+        if number > _ATTR_FIELD or number == _ATTR_FIELD and _entry_key(others, payload, end) > b"value":
+            cut = start
+            break
+    return b"".join((others[:cut], entry_head, tensor, content_field, content, others[cut:]))
+
+
+def _entry_key(view: memoryview, start: int, end: int) -> bytes:
+    for number, _, _, payload, field_end in _fields(view, start, end):
+        if number == 1:
+            return bytes(view[payload:field_end])
+    return b""
+
+
+def write_binary(graph: Graph, f: BinaryIO, serialize: Callable[[Node], bytes] = serialize_node) -> int:
     """Write the binary GraphDef node by node, each as `serialize` gives it: the bytes of
     `to_bytes`, without building the whole message (a copy of every node) or holding all its bytes
     (peak memory above 3x the file size). Returns the number of bytes written."""
     graph_def = graph._graph_def
-    if serialize is Node.serialized and len(unknown_fields.UnknownFieldSet(graph_def)):
+    if serialize is serialize_node and len(unknown_fields.UnknownFieldSet(graph_def)):
         data = graph.to_bytes()   # keep unknown fields in place
         f.write(data)
         return len(data)
@@ -261,8 +295,15 @@ def _big_content(view: memoryview, start: int, end: int):
     return entry, tensor, contents[0]
 
 
+_ATTR_FIELD = pb.NodeDef.DESCRIPTOR.fields_by_name["attr"].number
 _ATTR_TENSOR_FIELD = pb.AttrValue.DESCRIPTOR.fields_by_name["tensor"].number
 _CONTENT_FIELD = pb.TensorProto.DESCRIPTOR.fields_by_name["tensor_content"].number
+# The length-delimited tags, and a map entry's key "value", for laying out a mapped value.
+_ATTR_TAG = bytes([_ATTR_FIELD << 3 | 2])
+_ATTR_TENSOR_TAG = bytes([_ATTR_TENSOR_FIELD << 3 | 2])
+_CONTENT_TAG = bytes([_CONTENT_FIELD << 3 | 2])
+_VALUE_KEY = b"\x0a\x05value"     # field 1 (key), 5 bytes
+_ENTRY_VALUE_TAG = b"\x12"         # field 2 (value)
 _HEADER_FIELDS = {pb.TensorProto.DESCRIPTOR.fields_by_name[name].number
                   for name in ("dtype", "tensor_shape", "version_number")}
 

@@ -161,7 +161,7 @@ def save(graph: Graph, path: str | os.PathLike, *, min_bytes: int = MIN_CONVERSI
 
 
 def _write_package(graph: Graph, f: BinaryIO, min_bytes: int) -> int:
-    from .graph_io import write_binary
+    from .graph_io import serialize_node, write_binary
 
     directory = memmapped_pb2.MemmappedFileSystemDirectory()
     offset = 0
@@ -182,7 +182,7 @@ def _write_package(graph: Graph, f: BinaryIO, min_bytes: int) -> int:
 
     def serialize(node: Node) -> bytes:
         replaced = converted.get(node.name)
-        return node.serialized() if replaced is None else replaced.SerializeToString(deterministic=True)
+        return serialize_node(node) if replaced is None else replaced.SerializeToString(deterministic=True)
 
     length = write_binary(graph, f, serialize)
     directory.element.add(offset=offset, name=GRAPH_REGION, length=length)

@@ -352,3 +352,19 @@ def test_a_run_gives_back_the_pages_of_the_weights_it_has_read(tf, tmp_path, pac
     np.testing.assert_allclose(ours, tf_run(graph_def.SerializeToString(), feeds, ["dense3"])[0], rtol=1e-4)
     # Every weight was read; each one's pages left the process once its last reader ran.
     assert _resident_bytes(path) < weights / 4
+
+
+def test_a_mapped_value_is_written_where_deterministic_serialization_puts_it(tmp_path):
+    graph_def = _dense_chain([64, 64])
+    weight = graph_def.node[1]
+    weight.attr["_class"].list.s.append(b"loc:@w0")
+    weight.attr["zz_after_value"].i = 7      # sorts after "value": written after it
+    weight.experimental_debug_info.original_node_names.append("w0_original")
+    weight.device = "/cpu:0"
+    path = tmp_path / "g.pb"
+    path.write_bytes(graph_def.SerializeToString())
+    graph = Graph.load(path)
+    assert graph["w0"].mapped == ("value",)
+    assert graph_io.serialize_node(graph["w0"]) == weight.SerializeToString(deterministic=True)
+    graph.save(tmp_path / "out.pb")
+    assert (tmp_path / "out.pb").read_bytes() == Graph(graph_def).to_bytes()
