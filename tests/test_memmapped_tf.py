@@ -7,6 +7,7 @@ a file of its own, is then read by TensorFlow's kernel exactly as MemmappedEnv w
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -368,3 +369,28 @@ def test_a_mapped_value_is_written_where_deterministic_serialization_puts_it(tmp
     assert graph_io.serialize_node(graph["w0"]) == weight.SerializeToString(deterministic=True)
     graph.save(tmp_path / "out.pb")
     assert (tmp_path / "out.pb").read_bytes() == Graph(graph_def).to_bytes()
+
+
+def test_every_command_reads_a_package_as_the_graph_it_holds(tmp_path, capsys):
+    eight, package = tmp_path / "eight.pb", tmp_path / "eight.mmpb"
+    assert main(["apply", str(fixture_path("tf1_conv_bn")), "-o", str(eight),
+                 "--transforms", "quantize_nodes"]) == 0
+    assert main(["memmap", str(eight), "-o", str(package), "--min_conversion_tensor_size", "1000"]) == 0
+    assert re.search(r": [1-9]\d* constants? in regions", capsys.readouterr().out)   # eight-bit weights too
+    assert Graph.load(package).to_graph_def() == Graph.load(eight).to_graph_def()
+    summaries = []
+    for path in (eight, package):
+        assert main(["summarize", str(path), "--json"]) == 0
+        summaries.append(json.loads(capsys.readouterr().out))
+    assert summaries[0] == summaries[1] and summaries[0]["parameters"]["count"] > 0
+    for path in (eight, package):
+        assert main(["run", str(path), "--save", str(path) + ".npz"]) == 0
+    plain, mapped = np.load(str(eight) + ".npz"), np.load(str(package) + ".npz")
+    assert plain.files == mapped.files
+    for key in plain.files:
+        np.testing.assert_array_equal(mapped[key], plain[key])
+    assert main(["compare", str(eight), str(package)]) == 0
+    for path in (eight, package):
+        assert main(["calibrate", str(path), "-o", str(path) + ".calibrated.pb", "--random", "2"]) == 0
+    assert Graph.load(str(package) + ".calibrated.pb").to_graph_def() == \
+        Graph.load(str(eight) + ".calibrated.pb").to_graph_def()
