@@ -394,3 +394,12 @@ def test_every_command_reads_a_package_as_the_graph_it_holds(tmp_path, capsys):
         assert main(["calibrate", str(path), "-o", str(path) + ".calibrated.pb", "--random", "2"]) == 0
     assert Graph.load(str(package) + ".calibrated.pb").to_graph_def() == \
         Graph.load(str(eight) + ".calibrated.pb").to_graph_def()
+
+
+def test_immutable_const_outside_its_package_is_a_one_line_error(tf, tmp_path, capsys):
+    data = _package(tmp_path, "tf1_conv_bn").read_bytes()
+    graph_only = tmp_path / "graph_only.pb"
+    graph_only.write_bytes(data[slice(*_graph_region(tf, data))])
+    assert main(["run", str(graph_only)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run the package file itself" in err, err
