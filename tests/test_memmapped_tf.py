@@ -403,3 +403,22 @@ def test_immutable_const_outside_its_package_is_a_one_line_error(tf, tmp_path, c
     assert main(["run", str(graph_only)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "run the package file itself" in err, err
+
+
+def test_an_unaligned_mapped_weight_runs_from_an_aligned_copy(tmp_path):
+    from gtt_rules.engine.kernels import KERNELS, load_all
+    load_all()
+    path = tmp_path / "g.pb"
+    for padding in range(4):    # a name one byte longer moves the weight's bytes by one
+        graph_def = _dense_chain([64, 64])
+        graph_def.node[0].name = "x" + "_" * padding
+        graph_def.node[2].input[0] = graph_def.node[0].name
+        path.write_bytes(graph_def.SerializeToString())
+        weight = Graph.load(path)["w0"]
+        if not weight.get_attr("value").flags.aligned:
+            break
+    else:
+        raise AssertionError("no padding put the weight at an unaligned offset")
+    value = KERNELS["Const"](weight, [])
+    assert value.flags.aligned
+    np.testing.assert_array_equal(value, weight.get_attr("value"))
