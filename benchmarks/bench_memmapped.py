@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{'load s':>7s} {'run s':>6s} {'first output s':>14s} {'process s':>9s}")
     for name, row in rows:
         assert row["output"] == reference, f"{name}: another output than plain, copied"
-        print(f"{name:15s} {row['VmHWM'] / 1e6:11.1f} {row['RssAnon'] / 1e6:8.1f} {row['RssFile'] / 1e6:8.1f} "
-              f"{row['mapped']:6d} {row['load']:7.3f} {row['run']:6.2f} {row['first_output']:14.2f} {row['wall']:9.2f}")
+        print(f"{name:15s} {row['VmHWM'] / 1e6:11.1f} {row['RssAnon'] / 1e6:8.1f} "
+              f"{row['RssFile'] / 1e6:8.1f} {row['mapped']:6d} {row['load']:7.3f} {row['run']:6.2f} "
+              f"{row['first_output']:14.2f} {row['wall']:9.2f}")
     plain, package_row = rows[0][1], rows[2][1]
     ratio = package_row["VmHWM"] / plain["VmHWM"]
     print(f"memmapped peak / plain (copied) peak: {ratio:.2f} (target <= 0.50: "

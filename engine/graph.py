@@ -141,17 +141,6 @@ class Node:
         """The bytes of mapped tensor attr `name`, a view of the file (see `map_tensor`)."""
         return self._mapped[name][1]
 
-    def serialized(self) -> bytes:
-        """The NodeDef's bytes, deterministic, mapped tensors included without copying them into
-        this node (the copy lives only while it is written)."""
-        if self._mapped is None:
-            return self.proto.SerializeToString(deterministic=True)
-        whole = pb.NodeDef()
-        whole.CopyFrom(self.header)
-        for name, (_, content) in self._mapped.items():
-            whole.attr[name].tensor.tensor_content = content.tobytes()
-        return whole.SerializeToString(deterministic=True)
-
     @proto.setter
     def proto(self, value: pb.NodeDef) -> None:
         self._proto = value

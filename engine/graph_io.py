@@ -103,11 +103,11 @@ def save(graph: Graph, path: str | os.PathLike, *, text: bool | None = None) -> 
 
 
 def serialize_node(node: Node) -> bytes:
-    """`node.serialized()`, with a mapped value's bytes laid in where deterministic serialization
-    puts them (its attr entry among the others, sorted by key) instead of copied into a message
-    first: one copy of the weights instead of three."""
+    """The NodeDef's bytes, deterministic. A mapped value's bytes are laid in where deterministic
+    serialization puts them (its attr entry among the others, sorted by key), not copied into the
+    node: one copy of the weights instead of three, and the node stays mapped."""
     if node.mapped != ("value",):
-        return node.serialized()
+        return node.proto.SerializeToString(deterministic=True)
     header = node.header
     tensor = header.attr["value"].tensor.SerializeToString(deterministic=True)
     content = node.mapped_content("value")
@@ -165,7 +165,8 @@ def release_pages(value: np.ndarray) -> None:
     while isinstance(owner, np.ndarray) and owner.base is not None:
         owner = owner.base
     mapped = owner.obj if isinstance(owner, memoryview) else None
-    if not isinstance(mapped, mmap.mmap) or value.nbytes < mmap.PAGESIZE or not hasattr(mmap, "MADV_DONTNEED"):
+    if not isinstance(mapped, mmap.mmap) or value.nbytes < mmap.PAGESIZE or \
+            not hasattr(mmap, "MADV_DONTNEED"):
         return
     try:
         offset = value.ctypes.data - np.frombuffer(mapped, np.uint8, count=1).ctypes.data

@@ -100,7 +100,7 @@ def resolve(nodes: list[pb.NodeDef], regions: dict[str, Region]) -> list[tuple[i
     for index, node in enumerate(nodes):
         if node.op != "ImmutableConst":
             continue
-        header, region = _immutable_tensor(node, regions)
+        header, content = _immutable_tensor(node, regions)
         const = pb.NodeDef()
         const.CopyFrom(node)    # small: an ImmutableConst's attrs are a dtype, a shape and a name
         const.ClearField("attr")
@@ -108,22 +108,20 @@ def resolve(nodes: list[pb.NodeDef], regions: dict[str, Region]) -> list[tuple[i
         const.attr["dtype"].type = header.dtype
         const.attr["value"].tensor.CopyFrom(header)
         nodes[index] = const
-        needed = math.prod(d.size for d in header.tensor_shape.dim) * dtype_info(header.dtype).wire_size
-        if needed:
-            content = region.data[:needed]
+        if len(content):
             mapped.append((index, decode_tensor(header, content=content, node=node.name), content))
     return mapped
 
 
-def _immutable_tensor(node: pb.NodeDef, regions: dict[str, Region]) -> tuple[pb.TensorProto, Region]:
-    """The tensor an ImmutableConst reads (dtype and shape), and its region, checked as
-    TensorFlow's kernel checks them."""
+def _immutable_tensor(node: pb.NodeDef, regions: dict[str, Region]) -> tuple[pb.TensorProto, memoryview]:
+    """The tensor an ImmutableConst reads (dtype and shape), and its bytes in their region,
+    checked as TensorFlow's kernel checks them."""
     def fail(message: str):
         raise GraphError(message, node=node.name)
 
     attrs = node.attr
     for key, kind in (("dtype", "type"), ("shape", "shape"), ("memory_region_name", "s")):
-        if attrs[key].WhichOneof("value") != kind if key in attrs else True:
+        if key not in attrs or attrs[key].WhichOneof("value") != kind:
             fail(f"ImmutableConst needs attr '{key}' ({'string' if kind == 's' else kind})")
     dtype, shape = attrs["dtype"].type, attrs["shape"].shape
     name = attrs["memory_region_name"].s.decode("utf-8", "replace")
@@ -144,7 +142,7 @@ def _immutable_tensor(node: pb.NodeDef, regions: dict[str, Region]) -> tuple[pb.
     if needed > len(region.data):
         fail(f"region {name} holds {len(region.data)} bytes, but shape "
              f"[{', '.join(str(d.size) for d in shape.dim)}] of {row.name} needs {needed}")
-    return header, region
+    return header, region.data[:needed]
 
 
 # ---- writing --------------------------------------------------------------------------------------
