@@ -270,6 +270,7 @@ def _swap(directory):
     (lambda d: setattr(d.element[0], "name", "memmapped_package://."), None, "two regions are named"),
     (lambda d: setattr(d.element[-1], "name", "memmapped_package://graph"), None, "it has no graph"),
     (lambda d: setattr(d.element[0], "name", "memmapped_package://a b"), None, "has characters other"),
+    (lambda d: setattr(d.element[-1], "length", d.element[-1].length - 3), None, "is not a GraphDef"),
     (None, lambda g: setattr(_immutable(g).attr["memory_region_name"], "s", b"memmapped_package://x"),
      "which the package does not have"),
     (None, lambda g: _immutable(g).attr["shape"].shape.dim.add(size=1000), "needs"),
