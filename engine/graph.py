@@ -212,6 +212,8 @@ class Node:
         encoded = value if isinstance(value, pb.AttrValue) else encode_attr(value, kind)
         self._decoded.pop(name, None)
         self._unshare()
+        if self._mapped is not None and self._mapped.pop(name, None) is not None and not self._mapped:
+            self._mapped = None     # the old bytes are not copied in only to be replaced
         self.proto.attr[name].CopyFrom(encoded)
         EDITS.record(self._name)
 

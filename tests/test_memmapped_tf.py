@@ -425,3 +425,13 @@ def test_an_unaligned_mapped_weight_runs_from_an_aligned_copy(tmp_path):
     value = KERNELS["Const"](weight, [])
     assert value.flags.aligned
     np.testing.assert_array_equal(value, weight.get_attr("value"))
+
+
+def test_setting_a_mapped_value_replaces_it(tmp_path):
+    graph = Graph.load(fixture_path("tf1_conv_bn"))
+    (node,) = [n for n in graph if n.mapped]
+    new = np.full(node.get_attr("value").shape, 0.5, np.float32)
+    node.set_attr("value", new)
+    assert node.mapped == ()
+    np.testing.assert_array_equal(node.get_attr("value"), new)
+    np.testing.assert_array_equal(Graph.from_bytes(graph.to_bytes())[node.name].get_attr("value"), new)
