@@ -23,6 +23,7 @@ from gtt_rules.errors import EvaluationError, did_you_mean
 
 from .dtypes import DT_BFLOAT16, dtype_info, dtype_name, numpy_dtype
 from .graph import Graph, Node, TensorRef
+from .graph_io import release_pages
 from .kernels import KERNELS, load_all
 from .kernels.float_ops import round_to_bfloat16
 from .limits import format_size, max_memory
@@ -95,6 +96,13 @@ def _no_kernel(node: Node) -> EvaluationError:
         return EvaluationError(f"op '{node.op}' runs a function from the graph's library; the "
                                f"evaluator does not run library functions (freeze with "
                                f"lower_control_flow=True)", node=node.name)
+    if node.op == "ImmutableConst":
+        # Its value is a region of the package file the graph came in, which this graph is not
+        # read from (a region name is never opened as a path: reading must not reach other files).
+        region = node.get_attr("memory_region_name", b"")
+        region = region.decode("utf-8", "replace") if isinstance(region, bytes) else str(region)
+        return EvaluationError(f"ImmutableConst reads region {region} of a memory-mapped package; "
+                               f"run the package file itself", node=node.name)
     return EvaluationError(f"no kernel for op '{node.op}'", node=node.name)
 
 
@@ -285,7 +293,7 @@ class Evaluator:
                 for ref in inputs:
                     reads[ref] -= 1
                     if reads[ref] == 0:
-                        del values[ref]
+                        release_pages(values.pop(ref))
                         live -= held.pop(ref, 0)
                 if on_node is not None:
                     on_node(node, values)

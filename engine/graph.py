@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import mmap
 import os
-import pathlib
-import re
-import stat
 import warnings
 from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
-from google.protobuf import message as protobuf_message
 from google.protobuf import text_format, unknown_fields
 
 from gtt_rules.errors import GraphError, UnknownOpWarning
@@ -25,12 +20,10 @@ from gtt_rules.errors import GraphError, UnknownOpWarning
 from . import op_registry
 from .attrs import decode_attr, encode_attr
 from .dtypes import REF_OFFSET as _REF_OFFSET, dtype_name
-from .output import write_output
 from .proto import graph_def_pb2 as pb
 from .tensors import check_tensor
 
 _MISSING = object()
-TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
 
 
 class EditLog:
@@ -87,7 +80,7 @@ class Node:
     # name and op are read on every match; kept as plain attributes, as reading them from the
     # protobuf message each time costs more than all the matching around it.
     __slots__ = ("_proto", "inputs", "control_inputs", "_name", "_op", "_decoded", "_canonical",
-                 "_borrowed", "_lent")
+                 "_borrowed", "_lent", "_mapped")
 
     def __init__(self, proto: pb.NodeDef):
         self._proto = proto
@@ -104,6 +97,9 @@ class Node:
         # this node reads from that node's NodeDef, and the nodes reading this one's.
         self._borrowed: dict[str, pb.AttrValue] | None = None
         self._lent: list[Node] | None = None
+        # Tensor attrs whose bytes stay in a memory-mapped file (`map_tensor`): the value, a
+        # read-only view, and the bytes it was decoded from; the NodeDef holds dtype and shape.
+        self._mapped: dict[str, tuple[np.ndarray, memoryview]] | None = None
         for text in proto.input:
             if text.startswith("^"):
                 self.control_inputs.append(text[1:])
@@ -116,11 +112,40 @@ class Node:
         nodes sharing them their own copies."""
         if self._borrowed is not None:
             self._settle()
+        if self._mapped is not None:
+            self._unmap()
         return self._proto
+
+    @property
+    def header(self) -> pb.NodeDef:
+        """The NodeDef for reading names, dtypes and shapes: a tensor mapped from a file
+        (`map_tensor`) has its dtype and shape here but not its bytes, which `get_attr` reads and
+        `proto` copies in. Whatever reads or compares values reads `proto` or `get_attr`."""
+        if self._borrowed is not None:
+            self._settle()
+        return self._proto
+
+    def map_tensor(self, name: str, value: np.ndarray, content: memoryview) -> None:
+        """Make tensor attr `name` read its bytes, `content`, from a memory-mapped file, not from
+        the NodeDef, which holds the tensor's dtype and shape only: `value` is its decoded array
+        (read-only, usually a view of `content`). Loading a big model then copies no weights."""
+        if self._mapped is None:
+            self._mapped = {}
+        self._mapped[name] = (value, content)
+
+    @property
+    def mapped(self) -> tuple[str, ...]:
+        """The tensor attrs whose bytes are in a memory-mapped file (see `map_tensor`)."""
+        return tuple(self._mapped or ())
+
+    def mapped_content(self, name: str) -> memoryview:
+        """The bytes of mapped tensor attr `name`, a view of the file (see `map_tensor`)."""
+        return self._mapped[name][1]
 
     @proto.setter
     def proto(self, value: pb.NodeDef) -> None:
         self._proto = value
+        self._mapped = None
         EDITS.record(self._name)
 
     @property
@@ -162,7 +187,9 @@ class Node:
         value = self._decoded.get(name, _MISSING)
         if value is not _MISSING:
             return value
-        attrs = self.proto.attr
+        if self._mapped is not None and name in self._mapped:
+            return self._mapped[name][0]
+        attrs = self.header.attr
         if name in attrs:
             value = decode_attr(attrs[name])
             if not isinstance(value, list):
@@ -186,6 +213,8 @@ class Node:
         encoded = value if isinstance(value, pb.AttrValue) else encode_attr(value, kind)
         self._decoded.pop(name, None)
         self._unshare()
+        if self._mapped is not None and self._mapped.pop(name, None) is not None and not self._mapped:
+            self._mapped = None     # the old bytes are not copied in only to be replaced
         self.proto.attr[name].CopyFrom(encoded)
         EDITS.record(self._name)
 
@@ -194,6 +223,12 @@ class Node:
         borrowed, self._borrowed = self._borrowed, None
         for key, value in borrowed.items():
             self._proto.attr[key].CopyFrom(value)
+
+    def _unmap(self) -> None:
+        """Copy the bytes of the mapped tensors into the NodeDef: it is then whole again."""
+        mapped, self._mapped = self._mapped, None
+        for name, (_, content) in mapped.items():
+            self._proto.attr[name].tensor.tensor_content = content.tobytes()
 
     def _unshare(self) -> None:
         """Before this node's attrs change: the nodes sharing them take their own copies."""
@@ -246,34 +281,12 @@ class Graph:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Graph":
-        """Read a `.pb` (binary) or `.pbtxt` (text) GraphDef file, validated and its dtypes checked,
-        or a SavedModel folder, whose default signature is frozen (`engine/savedmodel.py`)."""
-        from .savedmodel import freeze, is_saved_model
-        if is_saved_model(path):
-            return freeze(path)
-        path = pathlib.Path(path)
-        text = path.suffix.lower() in TEXT_SUFFIXES
-        try:
-            with open(path, "rb") as f:
-                if stat.S_ISCHR(os.fstat(f.fileno()).st_mode):  # /dev/zero would never end
-                    raise GraphError("is a device, not a graph file", path=str(path))
-                parsed = None if text else _parse_mapped(f)
-                data = f.read() if parsed is None else b""
-        except FileNotFoundError:
-            raise GraphError("no such file", path=str(path)) from None
-        except IsADirectoryError:
-            raise GraphError("is a directory, not a graph file", path=str(path)) from None
-        except OSError as e:
-            raise GraphError(f"cannot read: {e.strerror}", path=str(path)) from None
-        try:
-            graph = cls(parsed[0], node_defs=parsed[1]) if parsed is not None else \
-                cls.from_bytes(data, text=text)
-            graph.check_dtypes()
-        except GraphError as e:
-            raise e.located(str(path)) from None
-        graph._checked_at = EDITS.mark()
-        graph._warn_unknown_ops(str(path))
-        return graph
+        """Read a `.pb` (binary) or `.pbtxt` (text) GraphDef file, or a memory-mapped package
+        (`engine/memmapped.py`), validated and its dtypes checked, or a SavedModel folder, whose
+        default signature is frozen (`engine/savedmodel.py`). Big tensors of a binary file are not
+        copied in: they stay views of the mapped file (`engine/graph_io.py`)."""
+        from . import graph_io
+        return graph_io.load(path)
 
     def _warn_unknown_ops(self, path: str) -> None:
         """Warn of ops neither TensorFlow's registry nor the library defines: they load, rewrite
@@ -289,24 +302,8 @@ class Graph:
     @classmethod
     def from_bytes(cls, data: bytes, *, text: bool = False) -> "Graph":
         """Parse a serialized GraphDef: text format when `text`, else binary (or text, if it is)."""
-        if not data:
-            raise GraphError("file is empty, not a GraphDef")
-        graph_def = pb.GraphDef()
-        if text:
-            _parse_text(data, graph_def)
-        else:
-            try:
-                graph_def.ParseFromString(data)
-            except protobuf_message.DecodeError:
-                # A text GraphDef saved under a binary name still loads; anything else is reported
-                # as the binary parse failure, the likelier mistake.
-                try:
-                    _parse_text(data, graph_def)
-                except GraphError:
-                    raise GraphError("not a GraphDef: the file is truncated or is not a protobuf") from None
-        if not graph_def.node:
-            raise GraphError("not a GraphDef: it has no nodes")
-        return cls(graph_def)
+        from . import graph_io
+        return graph_io.from_bytes(data, text=text)
 
     @classmethod
     def from_graph_def(cls, message: Any) -> "Graph":
@@ -343,22 +340,8 @@ class Graph:
         Text format is chosen by `text`, or else by a `.pbtxt`/`.txt` suffix. The graph is
         checked first as loading checks it (`check`): an invalid graph is never written.
         """
-        self.check()
-        if text is None:
-            text = pathlib.Path(path).suffix.lower() in TEXT_SUFFIXES
-        write_output(path, (lambda f: f.write(self.to_bytes(text=True))) if text else self._write_binary)
-
-    def _write_binary(self, f) -> None:
-        """Serialize node by node: the same bytes as `to_bytes`, without building the whole message
-        (a copy of every node) or holding all its bytes (peak memory above 3x the file size)."""
-        if len(unknown_fields.UnknownFieldSet(self._graph_def)):
-            f.write(self.to_bytes())  # keep unknown fields in place
-            return
-        for node in self._nodes.values():
-            body = node.proto.SerializeToString(deterministic=True)
-            f.write(_NODE_TAG + _varint(len(body)))
-            f.write(body)
-        f.write(_without_nodes(self._graph_def).SerializeToString(deterministic=True))
+        from . import graph_io
+        graph_io.save(self, path, text=text)
 
     # ---- queries ----
 
@@ -621,7 +604,7 @@ class Graph:
             op_def = op_registry.get_op(node.op)
             if op_def is None:
                 return None, None
-            attrs = node.proto.attr
+            attrs = node.header.attr
             key = (node.op, *(attrs[a].SerializeToString() if a in attrs else None
                               for a in _op_checks(op_def)[2]))
             found = _SIGNATURES.get(key)
@@ -968,7 +951,7 @@ def _check_node(node: Node) -> None:
         raise GraphError("a node has an empty name")
     if not node.op:
         raise GraphError("node has no op", node=node.name)
-    attrs = node.proto.attr
+    attrs = node.header.attr
     for attr_name in attrs:
         _check_attr(node, attr_name, attrs[attr_name])
     op_def = op_registry.get_op(node.op)
@@ -1103,110 +1086,6 @@ def _delete_attrs(proto: pb.NodeDef, keys: list[str]) -> None:
         del proto.attr[key]
 
 
-# What can open or close a message in text format, and what can hide a brace: strings, comments.
-_TEXT_NESTING = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|([{}<>])')
-_MAX_NESTING = 100      # protobuf's limit when it reads the binary form
-
-
-def _text_nesting(text: str) -> int:
-    """How deep messages nest in a text-format message."""
-    depth = deepest = 0
-    for found in _TEXT_NESTING.finditer(text):
-        token = found.group(1)
-        if token is None:
-            continue
-        if token in ("{", "<"):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif token in ("}", ">"):
-            depth -= 1
-    return deepest
-
-
-def _parse_text(data: bytes, graph_def: pb.GraphDef) -> None:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise GraphError("not a text GraphDef (not UTF-8 text)") from None
-    # Python's text parser recurses once per message, and what it would read could not be
-    # written as a binary GraphDef anyone can read back.
-    if _text_nesting(text) > _MAX_NESTING:
-        raise GraphError(f"not a text GraphDef: messages nested more than {_MAX_NESTING} levels "
-                         f"deep (protobuf reads at most {_MAX_NESTING})")
-    try:
-        text_format.Parse(text, graph_def, allow_unknown_field=False)
-    except text_format.ParseError as e:
-        raise GraphError(f"not a text GraphDef: {e}") from None
-
-
-def _parse_mapped(f) -> tuple[pb.GraphDef, list[pb.NodeDef]] | None:
-    """The binary GraphDef in file `f`, parsed node by node from a memory map: its bytes are never
-    copied whole into memory, a copy that costs a big model as much time as the parse itself.
-
-    The other fields are parsed together, so the result is what parsing the whole file gives. None
-    if the file is empty, has no nodes or is not a plain binary GraphDef: the caller then reads and
-    parses it whole, and reports any problem as it always has.
-    """
-    try:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):  # an empty file, a pipe
-        return None
-    with mapped:
-        view = memoryview(mapped)
-        try:
-            return _parse_fields(view)
-        except (IndexError, protobuf_message.DecodeError):
-            return None
-        finally:
-            view.release()
-
-
-def _parse_fields(view: memoryview) -> tuple[pb.GraphDef, list[pb.NodeDef]] | None:
-    """A binary GraphDef's other fields as a GraphDef, and its nodes, each parsed on its own."""
-    nodes: list[pb.NodeDef] = []
-    rest = bytearray()  # every field but the nodes, as written
-    pos, end = 0, len(view)
-    while pos < end:
-        start = pos
-        key, pos = _read_varint(view, pos)
-        wire_type = key & 7
-        if key >> 3 == 0 or wire_type not in (0, 1, 2, 5):
-            return None  # groups are long gone from TensorFlow's protos: not a GraphDef
-        if wire_type == 0:
-            pos = _read_varint(view, pos)[1]
-        elif wire_type == 2:
-            length, pos = _read_varint(view, pos)
-            if key >> 3 == _NODE_FIELD and pos + length <= end:
-                node = pb.NodeDef()
-                node.ParseFromString(view[pos:pos + length])
-                nodes.append(node)
-                pos += length
-                continue
-            pos += length
-        else:
-            pos += 8 if wire_type == 1 else 4
-        if pos > end:
-            return None
-        rest += view[start:pos]
-    if not nodes:
-        return None
-    return pb.GraphDef.FromString(bytes(rest)), nodes
-
-
-def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
-    """The varint at `pos` and the position after it (IndexError past the end)."""
-    value = shift = 0
-    while True:
-        byte = view[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise protobuf_message.DecodeError("varint too long")
-
-
 def _without_nodes(graph_def: pb.GraphDef) -> pb.GraphDef:
     """A copy of everything but the nodes (versions, library, ...), without copying the nodes."""
     rest = pb.GraphDef()
@@ -1225,17 +1104,3 @@ def _without_nodes(graph_def: pb.GraphDef) -> pb.GraphDef:
 
 
 _NODE_FIELD = pb.GraphDef.DESCRIPTOR.fields_by_name["node"].number
-_NODE_TAG = bytes([_NODE_FIELD << 3 | 2])  # field 1, length-delimited
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-

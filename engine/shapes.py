@@ -111,7 +111,7 @@ def infer_shape(graph: Graph, ref: TensorRef | str) -> Shape:
     even its rank is unknown."""
     ref = ref if isinstance(ref, TensorRef) else TensorRef.parse(ref)
     node = graph.get(ref.node)
-    if node is not None and node.op == "Const" and ref.port == 0 and "value" in node.proto.attr:
+    if node is not None and node.op == "Const" and ref.port == 0 and "value" in node.header.attr:
         return _const(node, (), ())   # the common question (weights) needs no walk, no cache entry
     return _resolve(graph, ref.node).shape(ref.port)
 
@@ -192,9 +192,9 @@ def _same_facts(a: _Entry, b: _Entry) -> bool:
 
 def _stamp(node: Node):
     """Everything about `node` itself that its entry depends on."""
-    if node.op == "Const" and "value" in node.proto.attr:
+    if node.op == "Const" and "value" in node.header.attr:
         # A big or non-integer Const contributes its dtype and dims only: its values are never read.
-        tensor = node.proto.attr["value"].tensor
+        tensor = node.header.attr["value"].tensor
         if tensor.dtype not in _VALUE_DTYPES or _elements(tensor) > _MAX_VALUE_ELEMENTS:
             return tensor.dtype, tensor.tensor_shape.SerializeToString()
     return node.proto.SerializeToString()
@@ -227,7 +227,7 @@ def _compute(node: Node, deps: tuple, stamp) -> _Entry:
 
 def _with_recorded_shapes(node: Node, shapes: tuple[Shape, ...]) -> tuple[Shape, ...]:
     """Fill what inference left unknown from the node's `_output_shapes` attr, if it has one."""
-    if "_output_shapes" not in node.proto.attr:
+    if "_output_shapes" not in node.header.attr:
         return shapes
     recorded = node.get_attr("_output_shapes", None) or []
     merged = []
@@ -263,7 +263,7 @@ def _values(node: Node, shapes: tuple[Shape, ...], shapes_in: list[Shape], value
     """The values of `node`'s outputs that are known: a tuple with None where one is not."""
     op = node.op
     if op == "Const":
-        tensor = node.proto.attr["value"].tensor if "value" in node.proto.attr else None
+        tensor = node.header.attr["value"].tensor if "value" in node.header.attr else None
         if tensor is None or tensor.dtype not in _VALUE_DTYPES:
             return ()
         if _elements(tensor) > _MAX_VALUE_ELEMENTS:
@@ -806,9 +806,9 @@ def _space_to_batch(node, shapes, values) -> Shape:
 
 
 def _const(node, shapes, values) -> Shape:
-    if "value" not in node.proto.attr:  # reading a missing map key would add it
+    if "value" not in node.header.attr:  # reading a missing map key would add it
         raise _Unknown
-    return tuple(d.size for d in node.proto.attr["value"].tensor.tensor_shape.dim)
+    return tuple(d.size for d in node.header.attr["value"].tensor.tensor_shape.dim)
 
 
 def _placeholder(node, shapes, values) -> Shape:

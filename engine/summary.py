@@ -15,8 +15,8 @@ def summarize(graph: Graph) -> dict[str, Any]:
     ops = Counter(node.op for node in graph)
     parameter_count = parameter_bytes = const_count = 0
     for node in graph:
-        if node.op == "Const" and "value" in node.proto.attr:
-            tensor = node.proto.attr["value"].tensor
+        if node.op == "Const" and "value" in node.header.attr:
+            tensor = node.header.attr["value"].tensor
             count = 1
             for dim in tensor_shape(tensor):
                 count *= dim

@@ -215,14 +215,17 @@ def _decode_field(tp: pb.TensorProto, row: DType, given: int) -> np.ndarray:
 
 
 def decode_tensor(tp: pb.TensorProto, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                  node: str | None = None) -> np.ndarray:
+                  node: str | None = None, content=None) -> np.ndarray:
     """The numpy array a TensorProto holds, with TensorFlow's fill rule for short `*_val` fields.
 
     Arrays decoded from `tensor_content` are read-only views of the proto's bytes (except
     bfloat16, converted to float32, and strings); arrays from `*_val` fields are fresh and writable.
-    Raises GraphError (see `check_tensor`) for tensors that cannot be decoded.
+    `content` gives the `tensor_content` bytes when they are kept apart from `tp` (a view into a
+    memory-mapped file, which the array then views). Raises GraphError (see `check_tensor`) for
+    tensors that cannot be decoded.
     """
-    content = tp.tensor_content         # fetched once: every access copies the bytes
+    if content is None:
+        content = tp.tensor_content     # fetched once: every access copies the bytes
     row, dims, count = _validate(tp, content, max_bytes, node)
     if content:
         return _decode_content(row, content, count, node).reshape(dims)
@@ -290,14 +293,7 @@ def encode_tensor_into(tp: pb.TensorProto, array, dtype: int | None = None) -> N
     if row.kind == "string":
         getattr(tp, row.val_field).extend(_as_bytes(v) for v in a.reshape(-1).tolist())
         return
-    if row.enum == DT_BFLOAT16:
-        if a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:
-            values = np.ascontiguousarray(a).view(np.uint16)   # already bfloat16 (ml_dtypes)
-        else:
-            values = _float32_to_bfloat16_bits(a.astype(np.float32))
-    else:
-        values = a.astype(row.holder, copy=False)
-
+    values = _holder_values(a, row)
     if row.content_layout and a.size > 1:
         wire = values.astype(values.dtype.newbyteorder("<"), copy=False)
         if wire.nbytes >= _PROTO_LIMIT:
@@ -312,3 +308,23 @@ def encode_tensor_into(tp: pb.TensorProto, array, dtype: int | None = None) -> N
     elif row.kind == "complex":
         flat = flat.view(np.float32 if row.holder == np.complex64 else np.float64)
     getattr(tp, row.val_field).extend(flat.tolist())
+
+
+def _holder_values(a: np.ndarray, row: DType) -> np.ndarray:
+    """`a` in the dtype's holder, bfloat16 as its bits."""
+    if row.enum == DT_BFLOAT16:
+        if a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:
+            return np.ascontiguousarray(a).view(np.uint16)   # already bfloat16 (ml_dtypes)
+        return _float32_to_bfloat16_bits(a.astype(np.float32))
+    return a.astype(row.holder, copy=False)
+
+
+def content_array(array, dtype: int) -> np.ndarray:
+    """An array whose buffer is the bytes `tensor_content` would hold for `array` as `dtype`
+    (little-endian, C order, bfloat16 as its bits, no strings): `array` itself when it already is
+    that, as a view of a memory-mapped file is."""
+    row = dtypes.dtype_info(dtype)
+    if row is None or row.holder is None or row.kind == "string":
+        raise ValueError(f"tensors of dtype {dtypes.dtype_name(dtype)} have no fixed-size bytes")
+    values = _holder_values(np.asarray(array), row)
+    return np.ascontiguousarray(values.astype(values.dtype.newbyteorder("<"), copy=False))

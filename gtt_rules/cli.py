@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--report", metavar="REPORT.html",
                        help="write a page of the stages and a picture of what changed, before and after")
     apply.add_argument("--max-rewrites", type=int, metavar="N", help="stop with an error after N rewrites")
+    apply.add_argument("--output-format", "--output_format", choices=("graphdef", "memmapped"),
+                       default="graphdef", help="graphdef (default), or memmapped: TensorFlow's "
+                                                "memory-mapped package, as `memmap` writes it")
     from gtt_rules.cli_calibrate import add_sample_options
     add_sample_options(apply, default_random=None)
     from gtt_rules.cli_run import add_max_memory_option
@@ -133,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_diff(commands)
     from gtt_rules.cli_freeze import register as register_freeze
     register_freeze(commands)
+    from gtt_rules.cli_memmap import register as register_memmap
+    register_memmap(commands)
     return parser
 
 
@@ -230,6 +235,8 @@ def _apply(args: argparse.Namespace) -> int:
     report_to = sys.stderr if output == STDOUT else sys.stdout   # stdout may hold the graph
     from gtt_rules.cli_calibrate import calibrate_after_apply, check_sample_options, with_float
     check_sample_options(args)
+    if args.output_format == "memmapped" and args.output_as_text:
+        raise UsageError("--output_as_text and --output-format memmapped exclude each other")
     with progress.step(f"loading {plain(source)}"):
         graph = Graph.load(source)
     nodes_before = len(graph)
@@ -277,7 +284,11 @@ def _apply(args: argparse.Namespace) -> int:
         lambda kept: run_steps(Graph.from_bytes(original), with_float(steps, kept))
     graph, reports, calibrated = calibrate_after_apply(graph, reports, args, outputs, str(source), original, rerun)
     with progress.step(f"writing {plain(output)}"):
-        graph.save(output, text=args.output_as_text)
+        if args.output_format == "memmapped":
+            from gtt_rules.engine import memmapped
+            memmapped.save(graph, output)
+        else:
+            graph.save(output, text=args.output_as_text)
     sizes = (_file_size(source), _file_size(output) if output != STDOUT else len(graph.to_bytes()))
     if page:
         with progress.step(f"writing {plain(page)}"):

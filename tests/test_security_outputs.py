@@ -252,9 +252,10 @@ def test_a_sample_is_not_overwritten(tmp_path, capsys):
 
 _SLOW_SAVE = """
 import sys, time
+from gtt_rules.engine import graph_io
 from gtt_rules.engine.graph import Graph
 
-def slow(f):
+def slow(graph, f):
     f.write(b"x" * 4096)
     f.flush()
     print("writing", flush=True)
@@ -262,7 +263,7 @@ def slow(f):
         time.sleep(0.05)
 
 graph = Graph.load(sys.argv[1])
-graph._write_binary = slow
+graph_io.write_binary = slow
 graph.save(sys.argv[2])
 """
 

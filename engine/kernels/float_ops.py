@@ -14,6 +14,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..dtypes import DT_BFLOAT16, numpy_dtype
+from ..graph_io import release_pages
 from . import kernel
 
 
@@ -141,7 +142,15 @@ def _nhwc_out(node, y: np.ndarray) -> np.ndarray:
 
 @kernel("Const")
 def const(node, inputs):
-    return node.get_attr("value")
+    value = node.get_attr("value")
+    if not value.flags.aligned:
+        # A view of a mapped GraphDef, whose tensor_content lies wherever protobuf put it: BLAS
+        # and numpy's fast loops need aligned data, and a copy for this run costs far less than
+        # their slow paths. The copy is the run's; the file's pages go back.
+        aligned = value.copy()
+        release_pages(value)
+        return aligned
+    return value
 
 
 @kernel("Placeholder")
