@@ -23,7 +23,7 @@ from gtt_rules.errors import RewriteError, RulesCheckError
 from gtt_rules.grammar import ast
 from gtt_rules.grammar.parser import source_excerpt
 
-from .functions import FUNCTIONS, UNKNOWN, NotApplicable, is_unknown, load_standard_functions, tensor_value
+from .functions import FUNCTIONS, MAX_LIST_LENGTH, UNKNOWN, NotApplicable, is_unknown, load_standard_functions, tensor_value
 
 # Ops whose two inputs commute although TensorFlow's registry does not flag them (Add also
 # concatenates strings, which is not commutative, but rules match numeric graphs).
@@ -572,8 +572,16 @@ class Compiler:
                 return None
             args = expr.args
             inputs = None if args is None else tuple(p for p in (self.producer(a, scope) for a in args) if p)
-            attrs = tuple((item.key, _known(self.value(item.value, scope)[0])) for item in getattr(expr, "attrs", ()))
-            return rw.NewNode(None, inputs, attrs, copy_of=var)
+            attrs, fields = [], []
+            for item in getattr(expr, "attrs", ()):
+                fn, kind = self.value(item.value, scope)
+                if item.key in rw.NODE_FIELDS:  # `n {op: ...}`: a copy as another op, or on another device
+                    if kind not in ("string", "any"):
+                        self.error(item.value.pos, f"type error: a node's {item.key} is a string, not a {kind}")
+                    fields.append((item.key, _known(fn)))
+                else:
+                    attrs.append((item.key, _known(fn)))
+            return rw.NewNode(None, inputs, tuple(attrs), copy_of=var, fields=tuple(fields))
         fn, kind = self.value(expr, scope)
         if kind in ("string", "dtype"):
             self.error(expr.pos, f"a {kind} cannot be a tensor here")
@@ -582,6 +590,12 @@ class Compiler:
 
     def _is_list(self, expr: ast.Expr, scope: _Scope) -> bool:
         """True if an input expression spreads into several inputs (a list binding or result)."""
+        if isinstance(expr, ast.Comprehension):
+            return True
+        if isinstance(expr, ast.Slice):
+            return self._is_list(expr.target, scope)
+        if isinstance(expr, ast.BinOp) and expr.op == "+":
+            return self._is_list(expr.left, scope) and self._is_list(expr.right, scope)
         if isinstance(expr, (ast.Var, ast.Port)):
             return scope.kind_of(expr.name) in ("list", "nodes")
         if isinstance(expr, ast.Call) and expr.func in self.templates:
@@ -705,12 +719,84 @@ class Compiler:
             self._want_value(expr.operand, kind, "-")
             return (lambda ctx: _arithmetic(operator.neg, _num(ctx, fn(ctx)))), "value"
         if isinstance(expr, ast.Index):
-            target, _ = self.value(expr.target, scope)
-            index, _ = self.value(expr.index, scope)
+            target, kind = self.value(expr.target, scope)
+            index, index_kind = self.value(expr.index, scope)
+            if kind in ("string", "dtype", "bool"):
+                self.error(expr.target.pos, f"type error: a {kind} cannot be indexed")
+            # An array indexed by an array (`value(p)[value(q)]`) is an array, as in numpy.
             return (lambda ctx: _index(ctx, target(ctx), index(ctx))), "any"
+        if isinstance(expr, ast.Slice):
+            return self._slice(expr, scope)
+        if isinstance(expr, ast.Comprehension):
+            return self._comprehension(expr, scope)
+        if isinstance(expr, ast.MapExpr):
+            return self._map(expr, scope)
         if isinstance(expr, ast.BinOp):
             return self._binop(expr, scope)
         raise AssertionError(f"unknown expression {expr!r}")
+
+    def _slice(self, expr: ast.Slice, scope: _Scope):
+        target, kind = self.value(expr.target, scope)
+        if kind in ("string", "dtype", "bool"):
+            self.error(expr.target.pos, f"type error: a {kind} cannot be sliced")
+        bounds = []
+        for bound in (expr.start, expr.stop):
+            if bound is None:
+                bounds.append(lambda ctx: None)
+                continue
+            fn, bound_kind = self.value(bound, scope)
+            self._want_value(bound, bound_kind, "[:]")
+            bounds.append(fn)
+        start, stop = bounds
+        return (lambda ctx: _slice(ctx, target(ctx), start(ctx), stop(ctx))), \
+            "list" if kind in ("list", "tensor", "value") else "any"
+
+    def _comprehension(self, expr: ast.Comprehension, scope: _Scope):
+        items, kind = self.value(expr.items, scope)
+        if kind in ("string", "dtype", "bool"):
+            self.error(expr.items.pos, f"type error: 'for' needs a list to go over, not a {kind}")
+        name = expr.var
+        if scope.kind_of(name) is not None or _dtype_constant(name) is not None:
+            self.error(expr.pos, f"'{name}' is already bound; the loop needs a name of its own")
+            return (lambda ctx: None), "list"
+        scope.lets[name] = "any"  # visible in the item and the condition only
+        try:
+            item, _ = self.value(expr.item, scope)
+            condition = self.value(expr.condition, scope)[0] if expr.condition is not None else None
+        finally:
+            del scope.lets[name]
+
+        def build(ctx):
+            values = items(ctx)
+            if values is UNKNOWN:
+                return UNKNOWN
+            values = _elements(ctx, values)
+            out = []
+            try:
+                for value in values:
+                    ctx.bindings[name] = value
+                    if condition is not None:
+                        keep = _truth(condition, ctx)
+                        if keep is UNKNOWN:
+                            return UNKNOWN
+                        if not keep:
+                            continue
+                    out.append(item(ctx))
+            finally:
+                ctx.bindings.pop(name, None)
+            return out
+        return build, "list"
+
+    def _map(self, expr: ast.MapExpr, scope: _Scope):
+        table = {}
+        for key, entry in expr.entries:
+            if not isinstance(key, (ast.String, ast.Number)):
+                self.error(key.pos, "a map's keys are strings or numbers")
+                continue
+            if key.value in table:
+                self.error(key.pos, f"key {key.value!r} is given twice")
+            table[key.value] = self.value(entry, scope)[0]
+        return (lambda ctx: {key: fn(ctx) for key, fn in table.items()}), "any"
 
     def _var(self, expr: ast.Var, scope: _Scope):
         name = expr.name
@@ -761,6 +847,8 @@ class Compiler:
         left, lkind = self.value(expr.left, scope)
         right, rkind = self.value(expr.right, scope)
         op = expr.op
+        if op == "+" and lkind == "list" and rkind == "list":  # lists concatenate
+            return (lambda ctx: _concatenate(left(ctx), right(ctx))), "list"
         if op in ("+", "-", "*", "/", "%", "**"):
             self._want_value(expr.left, lkind, op)
             self._want_value(expr.right, rkind, op)
@@ -912,15 +1000,60 @@ def _arithmetic(fn, *operands) -> Any:
     return UNKNOWN if any(x is UNKNOWN for x in operands) else fn(*operands)
 
 
+def _elements(ctx, items: Any) -> list:
+    """The elements of a list, an array (along its first axis) or a Const-bound tensor."""
+    if isinstance(items, TensorRef):
+        items = tensor_value(ctx, items)
+    if isinstance(items, np.ndarray):
+        if items.ndim == 0:
+            raise ValueError("cannot go over a scalar")
+        items = list(items)
+    elif not isinstance(items, (list, tuple)):
+        raise ValueError(f"cannot go over {items!r}")
+    if len(items) > MAX_LIST_LENGTH:
+        raise ValueError(f"a loop over {len(items):,} elements (at most {MAX_LIST_LENGTH:,})")
+    return list(items)
+
+
 def _index(ctx, target: Any, index: Any) -> Any:
-    if target is UNKNOWN or index is UNKNOWN:
+    if target is UNKNOWN or is_unknown(index):
         return UNKNOWN
+    if isinstance(target, dict):
+        key = index.decode("utf-8", "replace") if isinstance(index, bytes) else index
+        key = key.item() if isinstance(key, np.generic) else key
+        if isinstance(key, (list, np.ndarray)) or key not in target:
+            raise NotApplicable(f"{index!r} is not a key of the map")
+        return target[key]
     if isinstance(target, TensorRef):
         target = tensor_value(ctx, target)
+    if isinstance(index, TensorRef):
+        index = tensor_value(ctx, index)
     try:
+        if np.ndim(index) > 0:  # an array indexed by an array: the elements at those positions
+            positions = np.asarray(index)
+            if positions.dtype.kind not in "iu":
+                raise ValueError(f"indices must be whole numbers, not {positions.dtype}")
+            if isinstance(target, (list, tuple)):
+                return [target[int(i)] for i in positions.reshape(-1)]
+            return np.asarray(target)[positions]
         return target[int(index)]
     except IndexError:
         raise NotApplicable(f"index {index} is out of range") from None
+
+
+def _slice(ctx, target: Any, start: Any, stop: Any) -> Any:
+    if target is UNKNOWN or start is UNKNOWN or stop is UNKNOWN:
+        return UNKNOWN
+    if isinstance(target, TensorRef):
+        target = tensor_value(ctx, target)
+    cut = slice(None if start is None else int(start), None if stop is None else int(stop))
+    return list(target[cut]) if isinstance(target, tuple) else target[cut]
+
+
+def _concatenate(a: Any, b: Any) -> Any:
+    if a is UNKNOWN or b is UNKNOWN:
+        return UNKNOWN
+    return [*(a.tolist() if isinstance(a, np.ndarray) else a), *(b.tolist() if isinstance(b, np.ndarray) else b)]
 
 
 def _member(item: Any, items: Any) -> Any:
@@ -978,19 +1111,23 @@ def _compare_partial(fn, a: Any, b: Any) -> Any:
 
 
 def _op_filter(clauses, pattern: Pattern, scope: _Scope) -> tuple[str, ...] | str | None:
-    """The ops a rule's first test `where op(root) in LIST [and ...]` lets through: the list's
-    strings, or the name of the list parameter. None if the guard starts otherwise, or if the
+    """The ops a rule's first test `where op(root) in LIST [and ...]` (or `op(root) == OP`) lets
+    through: the strings, or the name of the parameter that holds them. None if the guard starts otherwise, or if the
     pattern checks attrs against expressions (which could fail on a node the test rejects)."""
     if not clauses or not isinstance(clauses[0], ast.Where) or pattern.checks_attrs:
         return None
     test = clauses[0].expr
     if isinstance(test, ast.BoolOp) and test.op == "and":
         test = test.items[0]
-    if not (isinstance(test, ast.BinOp) and test.op == "in" and isinstance(test.left, ast.Call)
+    if not (isinstance(test, ast.BinOp) and test.op in ("in", "==") and isinstance(test.left, ast.Call)
             and test.left.func == "op" and len(test.left.args) == 1
             and isinstance(test.left.args[0], ast.Var) and test.left.args[0].name == pattern.root_var):
         return None
     items = test.right
+    if test.op == "==":  # `op(n) == "Relu"`, `op(n) == old_op_name`: a list of one
+        if isinstance(items, ast.String):
+            return (items.value,)
+        return items.name if isinstance(items, ast.Var) and scope.params.get(items.name) == "string" else None
     if isinstance(items, ast.Var) and scope.params.get(items.name) == "list":
         return items.name
     if isinstance(items, ast.ListExpr) and all(isinstance(item, ast.String) for item in items.items):
