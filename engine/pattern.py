@@ -40,6 +40,7 @@ class NotApplicable(Exception):
 Expression = Callable[["MatchContext"], Any]
 
 _NESTED = "\0nested:"  # binding keys of anonymous nodes whose attrs are checked after the match
+_INNER = "\0inner:"    # binding keys of anonymous inner nodes: True if private
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,12 @@ class NodePattern:
     attrs: tuple[AttrPattern, ...] = ()
     commutative: frozenset[str] = frozenset()  # ops whose two inputs may match swapped
     variadic: int | None = None  # index of the input pattern that takes a run of inputs (`xs...`)
+    shared: bool = False  # an inner node the rest of the graph may read too (`shared Op(...)`)
+
+    @property
+    def inner(self) -> bool:
+        """Matched through its inputs: a node inside the match, not one at its edge."""
+        return self.inputs is not None
 
 
 @dataclass(frozen=True)
@@ -90,11 +97,20 @@ class Pattern:
     root_ops: frozenset[str] | None = field(init=False)
     checks_attrs: bool = field(init=False)  # some attr is compared with an expression
     commutative: bool = field(init=False)   # some node may match its inputs swapped
+    inner: tuple[tuple[str, bool], ...] = field(init=False)  # (inner statement, private?)
+    anonymous_inner: bool = field(init=False)  # some inner node is not a statement of its own
 
     def __post_init__(self):
         object.__setattr__(self, "root_ops", self.statements[self.root_var].ops)
         object.__setattr__(self, "checks_attrs", any(_checks_attrs(s) for s in self.statements.values()))
         object.__setattr__(self, "commutative", any(_commutative(s) for s in self.statements.values()))
+        object.__setattr__(self, "inner", tuple((var, not s.shared) for var, s in self.statements.items()
+                                                if var != self.root_var and s.inner))
+        object.__setattr__(self, "anonymous_inner", any(_anonymous_inner(s) for s in self.statements.values()))
+
+
+def _anonymous_inner(node: NodePattern) -> bool:
+    return any(i.node is not None and (i.node.inner or _anonymous_inner(i.node)) for i in node.inputs or ())
 
 
 def _commutative(node: NodePattern | None) -> bool:
@@ -135,7 +151,33 @@ def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iter
                     continue
             except NotApplicable:
                 continue
+        if (pattern.inner or pattern.anonymous_inner) and not _private(pattern, bindings, graph, ctx.protected):
+            continue
         yield bindings
+
+
+def _private(pattern: Pattern, bindings: dict, graph: Graph, protected) -> bool:
+    """True if no private inner node of the match is a graph output or read from outside the
+    match: a rewrite then leaves none of them behind, computing what it already replaced."""
+    matched, private = {bindings[pattern.root_var].node}, []
+    for var, is_private in pattern.inner:
+        name = bindings[var].node
+        matched.add(name)
+        if is_private:
+            private.append(name)
+    if pattern.anonymous_inner:
+        for key, is_private in bindings.items():
+            if key.startswith(_INNER):
+                matched.add(key[len(_INNER):])
+                if is_private:
+                    private.append(key[len(_INNER):])
+    for name in private:
+        if name in protected:
+            return False
+        for consumer in graph.consumers(name):
+            if consumer.name not in matched and any(ref.node == name for ref in consumer.inputs):
+                return False
+    return True
 
 
 def _truthy(value: Any) -> bool:
@@ -310,6 +352,8 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
         for state in states if producer is not None else ():
             if checks_attrs:
                 state = {**state, f"{_NESTED}{id(element)}:{ref.node}": (element, ref.node)}
+            if element.inner:
+                state = {**state, _INNER + ref.node: not element.shared}
             for extended in _match_node(pattern, element, producer, state, graph):
                 if not any(_same_bindings(extended, other) for other in found):
                     found.append(extended)
@@ -333,8 +377,8 @@ def _same_bindings(a: dict, b: dict) -> bool:
     # Ways that differ only in which anonymous nodes still owe an attr check count as one (the
     # first is kept): a rare pattern may then miss a match, never take a wrong one, and the ways
     # stay as few as the first element allows.
-    names = [k for k in a if not k.startswith(_NESTED)]
-    return (len(names) == sum(1 for k in b if not k.startswith(_NESTED))
+    names = [k for k in a if not k.startswith("\0")]
+    return (len(names) == sum(1 for k in b if not k.startswith("\0"))
             and all(k in b and (a[k] is b[k] or _values_equal(a[k], b[k])) for k in names))
 
 
@@ -378,6 +422,8 @@ def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings:
     if want.node is not None:
         if any(a.expected is not None for a in want.node.attrs):
             bindings = {**bindings, f"{_NESTED}{id(want.node)}:{ref.node}": (want.node, ref.node)}
+        if want.node.inner:
+            bindings = {**bindings, _INNER + ref.node: not want.node.shared}
         yield from _match_node(pattern, want.node, producer, bindings, graph)
         return
     yield bindings

@@ -160,6 +160,7 @@ class _Scope:
     lets: dict[str, str] = field(default_factory=dict)       # name -> kind
     params: dict[str, str] = field(default_factory=dict)     # name -> kind
     built: dict[str, str] = field(default_factory=dict)      # replacement nodes: "node" | "nodes"
+    kept: set[str] = field(default_factory=set)              # pattern names the replacement reads
 
     def kind_of(self, name: str) -> str | None:
         if name in self.built:
@@ -379,7 +380,9 @@ class Compiler:
             self.error(rule.patterns[0].pos, f"a pattern needs exactly one root, the node the others feed; "
                                              f"roots here: {names}")
             return None
-        statements = {s.var: self._node_pattern(s.node, scope) for s in rule.patterns}
+        # An inner node the replacement reads stays in the graph anyway: others may read it too.
+        scope.kept = set().union(*(_tensor_sources(a) for a in rule.actions))
+        statements = {s.var: self._node_pattern(s.node, scope, s.var in scope.kept) for s in rule.patterns}
         return Pattern(roots[0], statements)
 
     def _collect(self, node: ast.NodePattern, scope: _Scope, referenced: set[str]) -> None:
@@ -454,7 +457,7 @@ class Compiler:
             names = ", ".join(arg.name for arg in op_def.inputs) or "none"
             self.error(pos, f"op '{op}' takes {expected} input{'s' if expected != 1 else ''} ({names}), not {count}")
 
-    def _node_pattern(self, node: ast.NodePattern, scope: _Scope) -> NodePattern:
+    def _node_pattern(self, node: ast.NodePattern, scope: _Scope, kept: bool = False) -> NodePattern:
         ops = frozenset(node.ops) if node.ops is not None else None
         attrs = []
         for item in node.attrs:
@@ -473,7 +476,7 @@ class Compiler:
             # Decided per op: `Add|Sub(x, c)` swaps inputs for an Add, never for a Sub.
             commutative = frozenset(op for op in ops if op in EXTRA_COMMUTATIVE or
                                     (op_registry.get_op(op) and op_registry.get_op(op).is_commutative))
-        return NodePattern(ops, inputs, tuple(attrs), commutative, variadic)
+        return NodePattern(ops, inputs, tuple(attrs), commutative, variadic, node.shared or kept)
 
     def _input_pattern(self, arg, scope: _Scope) -> InputPattern:
         if isinstance(arg, ast.ArgVar):
@@ -483,7 +486,7 @@ class Compiler:
         if isinstance(arg, ast.ArgPort):
             return InputPattern(node_var=arg.name, port=arg.port)
         if isinstance(arg, ast.ArgBound):
-            return InputPattern(var=arg.name, node=self._node_pattern(arg.node, scope))
+            return InputPattern(var=arg.name, node=self._node_pattern(arg.node, scope, arg.name in scope.kept))
         if isinstance(arg, ast.ArgVariadic):
             return InputPattern(var=arg.name, node=self._node_pattern(arg.node, scope) if arg.node else None)
         if isinstance(arg, ast.ArgNested):
@@ -721,7 +724,7 @@ class Compiler:
         if isinstance(expr, ast.Index):
             target, kind = self.value(expr.target, scope)
             index, index_kind = self.value(expr.index, scope)
-            if kind in ("string", "dtype", "bool"):
+            if kind in ("dtype", "bool"):
                 self.error(expr.target.pos, f"type error: a {kind} cannot be indexed")
             # An array indexed by an array (`value(p)[value(q)]`) is an array, as in numpy.
             return (lambda ctx: _index(ctx, target(ctx), index(ctx))), "any"
@@ -892,6 +895,24 @@ def _names_in(node: Any) -> set[str]:
         for item in value if isinstance(value, tuple) else (value,):
             names |= _names_in(item)
     return names
+
+
+def _tensor_sources(node: Any) -> set[str]:
+    """The names a replacement reads as tensors (`n -> x`, `Relu(conv:1)`), not as values or as
+    nodes to copy: the nodes it keeps."""
+    if isinstance(node, (ast.Var, ast.Port, ast.Spread)):
+        return {node.name}
+    if isinstance(node, (ast.Reroute, ast.Bind)):
+        return _tensor_sources(node.expr)
+    function = FUNCTIONS.get(node.func) if isinstance(node, ast.Call) else None
+    if function is not None and function.returns not in ("tensor", "list", "any"):
+        return set()  # a value computed from the match
+    if isinstance(node, (ast.NewNode, ast.CopyNode, ast.Call)):
+        names = set().union(*(_tensor_sources(a) for a in node.args or ()))
+        return names if not isinstance(node, ast.NewNode) or node.op != "Const" else set()
+    if isinstance(node, (ast.ListExpr, ast.Comprehension, ast.Index, ast.Slice)):
+        return _names_in(node)
+    return set()
 
 
 def _compatible(kind: str, want: str) -> bool:
