@@ -94,6 +94,7 @@ class Pattern:
 
     root_var: str
     statements: dict[str, NodePattern]
+    private: bool = True  # inner nodes are private (the rule builds nodes that would duplicate them)
     root_ops: frozenset[str] | None = field(init=False)
     checks_attrs: bool = field(init=False)  # some attr is compared with an expression
     commutative: bool = field(init=False)   # some node may match its inputs swapped
@@ -105,8 +106,9 @@ class Pattern:
         object.__setattr__(self, "checks_attrs", any(_checks_attrs(s) for s in self.statements.values()))
         object.__setattr__(self, "commutative", any(_commutative(s) for s in self.statements.values()))
         object.__setattr__(self, "inner", tuple((var, not s.shared) for var, s in self.statements.items()
-                                                if var != self.root_var and s.inner))
-        object.__setattr__(self, "anonymous_inner", any(_anonymous_inner(s) for s in self.statements.values()))
+                                                if self.private and var != self.root_var and s.inner))
+        object.__setattr__(self, "anonymous_inner",
+                           self.private and any(_anonymous_inner(s) for s in self.statements.values()))
 
 
 def _anonymous_inner(node: NodePattern) -> bool:
@@ -352,7 +354,7 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
         for state in states if producer is not None else ():
             if checks_attrs:
                 state = {**state, f"{_NESTED}{id(element)}:{ref.node}": (element, ref.node)}
-            if element.inner:
+            if element.inner and pattern.anonymous_inner:
                 state = {**state, _INNER + ref.node: not element.shared}
             for extended in _match_node(pattern, element, producer, state, graph):
                 if not any(_same_bindings(extended, other) for other in found):
@@ -422,7 +424,7 @@ def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings:
     if want.node is not None:
         if any(a.expected is not None for a in want.node.attrs):
             bindings = {**bindings, f"{_NESTED}{id(want.node)}:{ref.node}": (want.node, ref.node)}
-        if want.node.inner:
+        if want.node.inner and pattern.anonymous_inner:
             bindings = {**bindings, _INNER + ref.node: not want.node.shared}
         yield from _match_node(pattern, want.node, producer, bindings, graph)
         return

@@ -383,7 +383,10 @@ class Compiler:
         # An inner node the replacement reads stays in the graph anyway: others may read it too.
         scope.kept = set().union(*(_tensor_sources(a) for a in rule.actions))
         statements = {s.var: self._node_pattern(s.node, scope, s.var in scope.kept) for s in rule.patterns}
-        return Pattern(roots[0], statements)
+        # A rule that only reroutes to tensors the match has computes nothing twice.
+        builds = any(isinstance(a, ast.Bind) or (isinstance(a, ast.Reroute) and not isinstance(a.expr, (ast.Var, ast.Port)))
+                     for a in rule.actions)
+        return Pattern(roots[0], statements, private=builds)
 
     def _collect(self, node: ast.NodePattern, scope: _Scope, referenced: set[str]) -> None:
         """First pass: record tensor, list and attr names, so later uses resolve in any order."""
