@@ -40,7 +40,7 @@ class NotApplicable(Exception):
 Expression = Callable[["MatchContext"], Any]
 
 _NESTED = "\0nested:"  # binding keys of anonymous nodes whose attrs are checked after the match
-_INNER = "\0inner:"    # binding keys of anonymous inner nodes: True if private
+_INNER = "\0inner:"    # binding keys of the inner nodes matched: True if private
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,7 @@ class NodePattern:
     commutative: frozenset[str] = frozenset()  # ops whose two inputs may match swapped
     variadic: int | None = None  # index of the input pattern that takes a run of inputs (`xs...`)
     shared: bool = False  # an inner node the rest of the graph may read too (`shared Op(...)`)
-
-    @property
-    def inner(self) -> bool:
-        """Matched through its inputs: a node inside the match, not one at its edge."""
-        return self.inputs is not None
+    alternatives: tuple["NodePattern", ...] = ()  # `A(x) or B(x)`: matches what one of them matches
 
 
 @dataclass(frozen=True)
@@ -98,31 +94,42 @@ class Pattern:
     root_ops: frozenset[str] | None = field(init=False)
     checks_attrs: bool = field(init=False)  # some attr is compared with an expression
     commutative: bool = field(init=False)   # some node may match its inputs swapped
-    inner: tuple[tuple[str, bool], ...] = field(init=False)  # (inner statement, private?)
-    anonymous_inner: bool = field(init=False)  # some inner node is not a statement of its own
+    checks_privacy: bool = field(init=False)  # some node is matched through its inputs (inner)
 
     def __post_init__(self):
-        object.__setattr__(self, "root_ops", self.statements[self.root_var].ops)
+        object.__setattr__(self, "root_ops", _ops(self.statements[self.root_var]))
         object.__setattr__(self, "checks_attrs", any(_checks_attrs(s) for s in self.statements.values()))
         object.__setattr__(self, "commutative", any(_commutative(s) for s in self.statements.values()))
-        object.__setattr__(self, "inner", tuple((var, not s.shared) for var, s in self.statements.items()
-                                                if self.private and var != self.root_var and s.inner))
-        object.__setattr__(self, "anonymous_inner",
-                           self.private and any(_anonymous_inner(s) for s in self.statements.values()))
+        root = self.statements[self.root_var]
+        object.__setattr__(self, "checks_privacy", self.private and (
+            any(_has_inner(s) for var, s in self.statements.items() if var != self.root_var)
+            or any(_has_inner(n) for n in _nested(root))))
 
 
-def _anonymous_inner(node: NodePattern) -> bool:
-    return any(i.node is not None and (i.node.inner or _anonymous_inner(i.node)) for i in node.inputs or ())
+def _ops(node: NodePattern) -> frozenset[str] | None:
+    """The ops a node pattern can match (None: any)."""
+    if not node.alternatives:
+        return node.ops
+    each = [_ops(a) for a in node.alternatives]
+    return None if None in each else frozenset().union(*each)
 
 
-def _commutative(node: NodePattern | None) -> bool:
-    return node is not None and (bool(node.commutative)
-                                 or any(_commutative(i.node) for i in node.inputs or ()))
+def _nested(node: NodePattern):
+    """The node patterns right inside `node`: its alternatives and its inputs' patterns."""
+    yield from node.alternatives
+    yield from (i.node for i in node.inputs or () if i.node is not None)
 
 
-def _checks_attrs(node: NodePattern | None) -> bool:
-    return node is not None and (any(a.expected is not None for a in node.attrs)
-                                 or any(_checks_attrs(i.node) for i in node.inputs or ()))
+def _has_inner(node: NodePattern) -> bool:
+    return node.inputs is not None or any(_has_inner(n) for n in _nested(node))
+
+
+def _commutative(node: NodePattern) -> bool:
+    return bool(node.commutative) or any(_commutative(n) for n in _nested(node))
+
+
+def _checks_attrs(node: NodePattern) -> bool:
+    return any(a.expected is not None for a in node.attrs) or any(_checks_attrs(n) for n in _nested(node))
 
 
 class MatchContext:
@@ -153,26 +160,20 @@ def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iter
                     continue
             except NotApplicable:
                 continue
-        if (pattern.inner or pattern.anonymous_inner) and not _private(pattern, bindings, graph, ctx.protected):
+        if pattern.checks_privacy and not _private(root.name, bindings, graph, ctx.protected):
             continue
         yield bindings
 
 
-def _private(pattern: Pattern, bindings: dict, graph: Graph, protected) -> bool:
+def _private(root: str, bindings: dict, graph: Graph, protected) -> bool:
     """True if no private inner node of the match is a graph output or read from outside the
     match: a rewrite then leaves none of them behind, computing what it already replaced."""
-    matched, private = {bindings[pattern.root_var].node}, []
-    for var, is_private in pattern.inner:
-        name = bindings[var].node
-        matched.add(name)
-        if is_private:
-            private.append(name)
-    if pattern.anonymous_inner:
-        for key, is_private in bindings.items():
-            if key.startswith(_INNER):
-                matched.add(key[len(_INNER):])
-                if is_private:
-                    private.append(key[len(_INNER):])
+    matched, private = {root}, []
+    for key, is_private in bindings.items():
+        if key.startswith(_INNER):
+            matched.add(key[len(_INNER):])
+            if is_private:
+                private.append(key[len(_INNER):])
     for name in private:
         if name in protected:
             return False
@@ -227,8 +228,14 @@ def _values_equal(a: Any, b: Any) -> bool:
 
 
 def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, bindings: dict, graph: Graph) -> Iterator[dict]:
+    if node_pattern.alternatives:
+        for alternative in node_pattern.alternatives:
+            yield from _match_node(pattern, alternative, node, bindings, graph)
+        return
     if node_pattern.ops is not None and node.op not in node_pattern.ops:
         return
+    if node_pattern.inputs is not None and pattern.checks_privacy and node.name != bindings[pattern.root_var].node:
+        bindings = {**bindings, _INNER + node.name: not node_pattern.shared}
     for attr in node_pattern.attrs:
         if attr.var is not None:
             value = _attr_value(node, attr.key)
@@ -341,7 +348,7 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
     """Every way all of `tail` matches `element` under one set of bindings: a name in the element
     pattern is the same tensor in every element. Duplicates are dropped, so once the first element
     has bound the names, each further element can only confirm or drop a way: never multiply them."""
-    if element.inputs is None and not element.attrs:  # ops alone: nothing to bind
+    if element.inputs is None and not element.attrs and not element.alternatives:  # ops alone: nothing to bind
         matched = element.ops is None or all(graph[ref.node].op in element.ops for ref in tail)
         return [bindings] if matched else []
     if not tail:  # no element binds the names: a match would leave them unbound
@@ -354,8 +361,6 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
         for state in states if producer is not None else ():
             if checks_attrs:
                 state = {**state, f"{_NESTED}{id(element)}:{ref.node}": (element, ref.node)}
-            if element.inner and pattern.anonymous_inner:
-                state = {**state, _INNER + ref.node: not element.shared}
             for extended in _match_node(pattern, element, producer, state, graph):
                 if not any(_same_bindings(extended, other) for other in found):
                     found.append(extended)
@@ -370,8 +375,8 @@ def _names(node_pattern: NodePattern) -> set[str]:
     names = {a.var for a in node_pattern.attrs if a.var}
     for want in node_pattern.inputs or ():
         names |= {n for n in (want.var, want.node_var) if n}
-        if want.node is not None:
-            names |= _names(want.node)
+    for nested in _nested(node_pattern):
+        names |= _names(nested)
     return names
 
 
@@ -424,8 +429,6 @@ def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings:
     if want.node is not None:
         if any(a.expected is not None for a in want.node.attrs):
             bindings = {**bindings, f"{_NESTED}{id(want.node)}:{ref.node}": (want.node, ref.node)}
-        if want.node.inner and pattern.anonymous_inner:
-            bindings = {**bindings, _INNER + ref.node: not want.node.shared}
         yield from _match_node(pattern, want.node, producer, bindings, graph)
         return
     yield bindings

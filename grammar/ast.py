@@ -176,6 +176,7 @@ class NodePattern:
     attrs: tuple[AttrItem, ...]
     pos: Pos
     shared: bool = False
+    alternatives: tuple["NodePattern", ...] = ()  # `A(x) or B(x)`: ops, args and attrs unused
 
 
 @dataclass(frozen=True)

@@ -364,6 +364,9 @@ class _ToAst(Transformer):
         attrs = next((c for c in children[1:] if isinstance(c, list)), [])
         return ast.NodePattern(names, None if args is None else args[1], tuple(attrs), _tok_pos(first), shared)
 
+    def alternatives(self, children):
+        return ast.NodePattern(None, None, (), children[0].pos, alternatives=tuple(children))
+
     def ops(self, children):
         return tuple(children)
 

@@ -23,7 +23,8 @@ from gtt_rules.errors import RewriteError, RulesCheckError
 from gtt_rules.grammar import ast
 from gtt_rules.grammar.parser import source_excerpt
 
-from .functions import FUNCTIONS, MAX_LIST_LENGTH, UNKNOWN, NotApplicable, is_unknown, load_standard_functions, tensor_value
+from .functions import (FUNCTIONS, MAX_LIST_LENGTH, UNKNOWN, NotApplicable, OutputRef, is_unknown,
+                        load_standard_functions, tensor_value)
 
 # Ops whose two inputs commute although TensorFlow's registry does not flag them (Add also
 # concatenates strings, which is not commutative, but rules match numeric graphs).
@@ -384,12 +385,21 @@ class Compiler:
         scope.kept = set().union(*(_tensor_sources(a) for a in rule.actions))
         statements = {s.var: self._node_pattern(s.node, scope, s.var in scope.kept) for s in rule.patterns}
         # A rule that only reroutes to tensors the match has computes nothing twice.
-        builds = any(isinstance(a, ast.Bind) or (isinstance(a, ast.Reroute) and not isinstance(a.expr, (ast.Var, ast.Port)))
+        builds = any(isinstance(a, ast.Bind) or
+                     (isinstance(a, ast.Reroute) and not isinstance(a.expr, (ast.Var, ast.Port)))
                      for a in rule.actions)
         return Pattern(roots[0], statements, private=builds)
 
     def _collect(self, node: ast.NodePattern, scope: _Scope, referenced: set[str]) -> None:
         """First pass: record tensor, list and attr names, so later uses resolve in any order."""
+        if node.alternatives:
+            first = _mentioned(node.alternatives[0])
+            for alternative in node.alternatives:
+                if _mentioned(alternative) != first:
+                    self.error(alternative.pos, "each alternative must name the same names (a name "
+                                                "only some of them bind would be unbound after the others)")
+                self._collect(alternative, scope, referenced)
+            return
         self._check_ops(node)
         for arg in node.args or ():
             if isinstance(arg, (ast.ArgVar, ast.ArgPort)) and arg.name in scope.statements:
@@ -461,6 +471,8 @@ class Compiler:
             self.error(pos, f"op '{op}' takes {expected} input{'s' if expected != 1 else ''} ({names}), not {count}")
 
     def _node_pattern(self, node: ast.NodePattern, scope: _Scope, kept: bool = False) -> NodePattern:
+        if node.alternatives:
+            return NodePattern(None, alternatives=tuple(self._node_pattern(a, scope, kept) for a in node.alternatives))
         ops = frozenset(node.ops) if node.ops is not None else None
         attrs = []
         for item in node.attrs:
@@ -704,7 +716,7 @@ class Compiler:
             name, port = expr.name, expr.port
             if scope.kind_of(name) != "tensor":
                 self.error(expr.pos, f"'{name}' is not a node of the pattern")
-            return (lambda ctx: TensorRef(ctx.bindings[name].node, port)), "tensor"
+            return (lambda ctx: OutputRef(ctx.bindings[name].node, port)), "tensor"
         if isinstance(expr, ast.ListExpr):
             fns = [self.value(item, scope)[0] for item in expr.items]
             return (lambda ctx: [f(ctx) for f in fns]), "list"
@@ -897,6 +909,18 @@ def _names_in(node: Any) -> set[str]:
         value = getattr(node, key)
         for item in value if isinstance(value, tuple) else (value,):
             names |= _names_in(item)
+    return names
+
+
+def _mentioned(node: ast.NodePattern) -> set[str]:
+    """Every name a node pattern mentions: its inputs' names and its attrs' bare names."""
+    names = {item.value.name for item in node.attrs if isinstance(item.value, ast.Var)}
+    for arg in node.args or ():
+        names |= {arg.name} if hasattr(arg, "name") else set()
+        nested = getattr(arg, "node", None)
+        names |= _mentioned(nested) if nested is not None else set()
+    for alternative in node.alternatives:
+        names |= _mentioned(alternative)
     return names
 
 

@@ -139,10 +139,34 @@ def _known_shape(ctx, x) -> tuple[int, ...]:
 
 # ---- graph queries ----
 
+class OutputRef(TensorRef):
+    """A tensor written `n:1` in a rule: one output named explicitly (equal to the TensorRef)."""
+
+    __slots__ = ()
+
+
 @register_function(args=("tensor",), returns="value", needs_context=True)
 def uses(ctx, x):
-    """How many data inputs read any output of x's node."""
-    return ctx.graph.uses(x.node)
+    """How many data inputs read any output of x's node (written `uses(n:1)`, read output 1)."""
+    return ctx.graph.uses(TensorRef(*x) if isinstance(x, OutputRef) else x.node)
+
+
+@register_function(args=("tensor",), returns="string", needs_context=True)
+def device(ctx, x):
+    """The device x's node is placed on ("" if none)."""
+    return ctx.graph[x.node].device
+
+
+@register_function(args=("tensor",), returns="list", needs_context=True)
+def control_inputs(ctx, x):
+    """The names of the nodes x's node waits on through control edges."""
+    return list(ctx.graph[x.node].control_inputs)
+
+
+@register_function(args=("tensor",), returns="value", needs_context=True)
+def control_uses(ctx, x):
+    """How many nodes wait on x's node through control edges."""
+    return sum(1 for c in ctx.graph.consumers(x.node) if x.node in c.control_inputs)
 
 
 @register_function(args=("tensor",), returns="bool", needs_context=True)

@@ -241,3 +241,82 @@ def test_a_rule_that_only_reroutes_or_reads_the_inner_node_needs_no_opt_out():
     graph = _negations("c = Abs(a)")
     reads = PRIVATE.replace("=> n -> Identity(x)", "=> n -> Relu(a)")
     assert apply_rules(graph, compile_rules(reads), protected=["x", "n", "c"]).rewrites == 1
+
+
+# ---- alternatives, use counts per output, device and control-edge predicates ----
+
+def test_a_weight_that_is_a_const_or_a_cast_of_a_const(tf):
+    x = np.array([[1.0, -2.0]], np.float32)
+
+    def body():
+        t = tf.compat.v1.placeholder(tf.float32, [1, 2], name="x")
+        w = tf.cast(tf.constant([[1, 2], [3, 4]]), tf.float32)
+        a = tf.linalg.matmul(t, tf.constant([[5.0, 6.0], [7.0, 8.0]])) * 2.0
+        b = tf.linalg.matmul(t, w) * 3.0
+        tf.add(a, b, name="out")
+    graph = _rewrite_and_compare(_tf_graph(tf, body), """
+        rule fold-scale:
+            m   = MatMul(x, w: Const or Cast(Const))
+            out = Mul(m, s: Const)
+            where rank(s) == 0
+            => out -> MatMul(x, Mul(w, s))
+    """, {"x": x}, ["out"])
+    assert sum(n.op == "MatMul" and graph[n.inputs[1].node].op == "Mul" for n in graph) == 2
+
+
+def test_alternatives_must_name_the_same_names():
+    with pytest.raises(RulesCheckError, match="each alternative must name the same names"):
+        compile_rules("""
+            rule r:
+                n = Relu(x) or Relu6(y)
+                => n -> Identity(x)
+        """)
+
+
+def test_an_alternative_root_dispatches_on_its_ops():
+    (rule,) = compile_rules("""
+        rule r:
+            n = Relu(x) or Relu6(x)
+            => n -> Identity(x)
+    """)
+    assert rule.root_ops == frozenset({"Relu", "Relu6"})
+
+
+def test_uses_counts_the_readers_of_one_output():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [4]}
+        s = Split(0, x) {num_split: 2}
+        a = Neg(s)
+        b = Abs(s)
+        out = AddN(a, b, s:1) {N: 3}
+    """)
+    rules = compile_rules("""
+        rule r:
+            n = Split(axis, x)
+            where uses(n:0) == 2 and uses(n:1) == 1 and uses(n) == 3
+            => n:1 -> Const([0.0, 0.0])
+    """)
+    assert apply_rules(graph, rules, protected=["x", "out"]).rewrites == 1
+
+
+def test_device_and_control_edge_predicates():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Neg(x)
+        b = Neg(x)
+        out = AddV2(a, b)
+    """)
+    graph["a"].device = "/cpu:0"
+    graph.set_inputs(graph["b"], graph["b"].inputs, ["a"])
+    rules = compile_rules("""
+        rule r:
+            n = Neg(x)
+            where device(n) == "" and control_inputs(n) == ["a"] and control_uses(x) == 0
+            => n -> Abs(x)
+        rule s:
+            n = Neg(x)
+            where device(n) == "/cpu:0" and control_uses(n) == 1
+            => n -> Relu(x)
+    """)
+    apply_rules(graph, rules, protected=["x", "out"])
+    assert (graph["a"].op, graph["b"].op) == ("Relu", "Abs")
