@@ -320,3 +320,15 @@ def test_device_and_control_edge_predicates():
     """)
     apply_rules(graph, rules, protected=["x", "out"])
     assert (graph["a"].op, graph["b"].op) == ("Relu", "Abs")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("n = Relu(x)\n    where {\"a\": 1, \"a\": 2}[\"a\"] == 1\n    => n -> x", "key 'a' is given twice"),
+    ("n = Relu(x)\n    where float[1:] == 1\n    => n -> x", "a dtype cannot be sliced"),
+    ("n = Relu(x)\n    where all([t for t in dtype(x)])\n    => n -> x", "'for' needs a list to go over, not a dtype"),
+    ("n = Relu(x)\n    => n -> n {op: 3}", "a node's op is a string, not a value"),
+])
+def test_new_expressions_are_checked_before_any_graph_is_read(body, message):
+    with pytest.raises(RulesCheckError, match=message) as caught:
+        compile_rules(f"rule r:\n    {body}\n")
+    assert caught.value.line is not None and caught.value.column is not None
