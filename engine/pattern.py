@@ -10,7 +10,12 @@ exponentially many ways still could; past `MAX_COMMUTATIVE_TRIES` at one root it
 
 A name inside a variadic element pattern is one tensor for every element (`AddN(ms...: Mul(x, *))`
 is a sum of products sharing the factor x). A literal matches only a Const whose broadcast cannot
-change what its node computes.
+change what its node computes. An alternative (`A or B`) matches what its first matching
+alternative matches, each in turn.
+
+Inner nodes (matched through their inputs, other than the root) are private when the rule builds
+nodes: a match whose private inner node is a graph output, or is read by a node outside the
+match, is no match, since the rewrite would leave that node computing beside its replacement.
 """
 from __future__ import annotations
 
