@@ -323,13 +323,15 @@ def _names(node_pattern: NodePattern) -> tuple[str, ...] | None:
     if cached is not None and cached[0] is node_pattern:
         return cached[1]
     names: list[str] | None = [attr.var for attr in node_pattern.attrs if attr.var]
-    for want in node_pattern.inputs or ():
-        nested = _names(want.node) if want.node is not None else ()
-        if want.node_var is not None or nested is None:
+    names += [want.var for want in node_pattern.inputs or () if want.var]
+    for nested in _nested(node_pattern):
+        more = _names(nested)
+        if more is None:
             names = None
             break
-        names += [want.var] if want.var else []
-        names += nested
+        names += more
+    if any(want.node_var is not None for want in node_pattern.inputs or ()):
+        names = None
     names = None if names is None else tuple(dict.fromkeys(names))
     _NAMES[id(node_pattern)] = (node_pattern, names)
     return names
@@ -357,7 +359,7 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
         matched = element.ops is None or all(graph[ref.node].op in element.ops for ref in tail)
         return [bindings] if matched else []
     if not tail:  # no element binds the names: a match would leave them unbound
-        return [bindings] if _names(element) <= bindings.keys() else []
+        return [bindings] if _bound_names(element) <= bindings.keys() else []
     checks_attrs = any(a.expected is not None for a in element.attrs)
     states = [bindings]
     for ref in tail:
@@ -375,13 +377,14 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
     return states
 
 
-def _names(node_pattern: NodePattern) -> set[str]:
-    """Every name a node pattern binds (tensors, lists, attrs, shared statements)."""
+def _bound_names(node_pattern: NodePattern) -> set[str]:
+    """Every name a node pattern binds (tensors, lists, attrs, shared statements). (Not `_names`,
+    whose None keeps a pattern that reads a shared statement out of the commutative memo.)"""
     names = {a.var for a in node_pattern.attrs if a.var}
     for want in node_pattern.inputs or ():
         names |= {n for n in (want.var, want.node_var) if n}
     for nested in _nested(node_pattern):
-        names |= _names(nested)
+        names |= _bound_names(nested)
     return names
 
 

@@ -332,3 +332,25 @@ def test_new_expressions_are_checked_before_any_graph_is_read(body, message):
     with pytest.raises(RulesCheckError, match=message) as caught:
         compile_rules(f"rule r:\n    {body}\n")
     assert caught.value.line is not None and caught.value.column is not None
+
+
+def test_a_commutative_node_that_reads_a_shared_statement_is_not_remembered_as_failed():
+    # Mul(s, c) failed under y = a (s = Relu(y) is Relu(b)); under the swapped y = b it matches.
+    # The memo of failed commutative tries did not see that s's own names were bound differently.
+    graph = fixture_graph("""
+        a = Placeholder {dtype: float, shape: [2]}
+        b = Placeholder {dtype: float, shape: [2]}
+        k = Placeholder {dtype: float, shape: [2]}
+        m0 = Mul(a, b)
+        r = Relu(b)
+        m1 = Mul(r, k)
+        n = AddV2(m0, m1)
+    """)
+    rules = compile_rules("""
+        rule r:
+            s = Relu(y)
+            n = AddV2(Mul(y, y2), Mul(s, c))
+            => n -> Identity(y2)
+    """)
+    assert apply_rules(graph, rules, protected=["a", "b", "k", "n"]).rewrites == 1
+    assert graph["n"].op == "Identity" and [str(r) for r in graph["n"].inputs] == ["a"]
