@@ -383,6 +383,9 @@ class Compiler:
             return None
         # An inner node the replacement reads stays in the graph anyway: others may read it too.
         scope.kept = set().union(*(_tensor_sources(a) for a in rule.actions))
+        root = scope.statements[roots[0]].node
+        if root.shared or any(a.shared for a in root.alternatives):
+            self.error(root.pos, "the root is what the rule replaces: it cannot be 'shared'")
         statements = {s.var: self._node_pattern(s.node, scope, s.var in scope.kept) for s in rule.patterns}
         # A rule that only reroutes to tensors the match has computes nothing twice.
         builds = any(isinstance(a, ast.Bind) or

@@ -327,6 +327,7 @@ def test_device_and_control_edge_predicates():
     ("n = Relu(x)\n    where float[1:] == 1\n    => n -> x", "a dtype cannot be sliced"),
     ("n = Relu(x)\n    where all([t for t in dtype(x)])\n    => n -> x", "'for' needs a list to go over, not a dtype"),
     ("n = Relu(x)\n    => n -> n {op: 3}", "a node's op is a string, not a value"),
+    ("n = shared Relu(x)\n    => n -> Identity(x)", "the root is what the rule replaces"),
 ])
 def test_new_expressions_are_checked_before_any_graph_is_read(body, message):
     with pytest.raises(RulesCheckError, match=message) as caught:
