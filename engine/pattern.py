@@ -10,7 +10,12 @@ exponentially many ways still could; past `MAX_COMMUTATIVE_TRIES` at one root it
 
 A name inside a variadic element pattern is one tensor for every element (`AddN(ms...: Mul(x, *))`
 is a sum of products sharing the factor x). A literal matches only a Const whose broadcast cannot
-change what its node computes.
+change what its node computes. An alternative (`A or B`) matches what its first matching
+alternative matches, each in turn.
+
+Inner nodes (matched through their inputs, other than the root) are private when the rule builds
+nodes: a match whose private inner node is a graph output, or is read by a node outside the
+match, is no match, since the rewrite would leave that node computing beside its replacement.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ class NotApplicable(Exception):
 Expression = Callable[["MatchContext"], Any]
 
 _NESTED = "\0nested:"  # binding keys of anonymous nodes whose attrs are checked after the match
+_INNER = "\0inner:"    # binding keys of the inner nodes matched: True if private
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class NodePattern:
     attrs: tuple[AttrPattern, ...] = ()
     commutative: frozenset[str] = frozenset()  # ops whose two inputs may match swapped
     variadic: int | None = None  # index of the input pattern that takes a run of inputs (`xs...`)
+    shared: bool = False  # an inner node the rest of the graph may read too (`shared Op(...)`)
+    alternatives: tuple["NodePattern", ...] = ()  # `A(x) or B(x)`: matches what one of them matches
 
 
 @dataclass(frozen=True)
@@ -87,24 +95,46 @@ class Pattern:
 
     root_var: str
     statements: dict[str, NodePattern]
+    private: bool = True  # inner nodes are private (the rule builds nodes that would duplicate them)
     root_ops: frozenset[str] | None = field(init=False)
     checks_attrs: bool = field(init=False)  # some attr is compared with an expression
     commutative: bool = field(init=False)   # some node may match its inputs swapped
+    checks_privacy: bool = field(init=False)  # some node is matched through its inputs (inner)
 
     def __post_init__(self):
-        object.__setattr__(self, "root_ops", self.statements[self.root_var].ops)
+        object.__setattr__(self, "root_ops", _ops(self.statements[self.root_var]))
         object.__setattr__(self, "checks_attrs", any(_checks_attrs(s) for s in self.statements.values()))
         object.__setattr__(self, "commutative", any(_commutative(s) for s in self.statements.values()))
+        root = self.statements[self.root_var]
+        object.__setattr__(self, "checks_privacy", self.private and (
+            any(_has_inner(s) for var, s in self.statements.items() if var != self.root_var)
+            or any(_has_inner(n) for n in _nested(root))))
 
 
-def _commutative(node: NodePattern | None) -> bool:
-    return node is not None and (bool(node.commutative)
-                                 or any(_commutative(i.node) for i in node.inputs or ()))
+def _ops(node: NodePattern) -> frozenset[str] | None:
+    """The ops a node pattern can match (None: any)."""
+    if not node.alternatives:
+        return node.ops
+    each = [_ops(a) for a in node.alternatives]
+    return None if None in each else frozenset().union(*each)
 
 
-def _checks_attrs(node: NodePattern | None) -> bool:
-    return node is not None and (any(a.expected is not None for a in node.attrs)
-                                 or any(_checks_attrs(i.node) for i in node.inputs or ()))
+def _nested(node: NodePattern):
+    """The node patterns right inside `node`: its alternatives and its inputs' patterns."""
+    yield from node.alternatives
+    yield from (i.node for i in node.inputs or () if i.node is not None)
+
+
+def _has_inner(node: NodePattern) -> bool:
+    return node.inputs is not None or any(_has_inner(n) for n in _nested(node))
+
+
+def _commutative(node: NodePattern) -> bool:
+    return bool(node.commutative) or any(_commutative(n) for n in _nested(node))
+
+
+def _checks_attrs(node: NodePattern) -> bool:
+    return any(a.expected is not None for a in node.attrs) or any(_checks_attrs(n) for n in _nested(node))
 
 
 class MatchContext:
@@ -135,7 +165,27 @@ def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iter
                     continue
             except NotApplicable:
                 continue
+        if pattern.checks_privacy and not _private(root.name, bindings, graph, ctx.protected):
+            continue
         yield bindings
+
+
+def _private(root: str, bindings: dict, graph: Graph, protected) -> bool:
+    """True if no private inner node of the match is a graph output or read from outside the
+    match: a rewrite then leaves none of them behind, computing what it already replaced."""
+    matched, private = {root}, []
+    for key, is_private in bindings.items():
+        if key.startswith(_INNER):
+            matched.add(key[len(_INNER):])
+            if is_private:
+                private.append(key[len(_INNER):])
+    for name in private:
+        if name in protected:
+            return False
+        for consumer in graph.consumers(name):
+            if consumer.name not in matched and any(ref.node == name for ref in consumer.inputs):
+                return False
+    return True
 
 
 def _truthy(value: Any) -> bool:
@@ -183,8 +233,14 @@ def _values_equal(a: Any, b: Any) -> bool:
 
 
 def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, bindings: dict, graph: Graph) -> Iterator[dict]:
+    if node_pattern.alternatives:
+        for alternative in node_pattern.alternatives:
+            yield from _match_node(pattern, alternative, node, bindings, graph)
+        return
     if node_pattern.ops is not None and node.op not in node_pattern.ops:
         return
+    if node_pattern.inputs is not None and pattern.checks_privacy and node.name != bindings[pattern.root_var].node:
+        bindings = {**bindings, _INNER + node.name: not node_pattern.shared}
     for attr in node_pattern.attrs:
         if attr.var is not None:
             value = _attr_value(node, attr.key)
@@ -267,13 +323,15 @@ def _names(node_pattern: NodePattern) -> tuple[str, ...] | None:
     if cached is not None and cached[0] is node_pattern:
         return cached[1]
     names: list[str] | None = [attr.var for attr in node_pattern.attrs if attr.var]
-    for want in node_pattern.inputs or ():
-        nested = _names(want.node) if want.node is not None else ()
-        if want.node_var is not None or nested is None:
+    names += [want.var for want in node_pattern.inputs or () if want.var]
+    for nested in _nested(node_pattern):
+        more = _names(nested)
+        if more is None:
             names = None
             break
-        names += [want.var] if want.var else []
-        names += nested
+        names += more
+    if any(want.node_var is not None for want in node_pattern.inputs or ()):
+        names = None
     names = None if names is None else tuple(dict.fromkeys(names))
     _NAMES[id(node_pattern)] = (node_pattern, names)
     return names
@@ -297,11 +355,11 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
     """Every way all of `tail` matches `element` under one set of bindings: a name in the element
     pattern is the same tensor in every element. Duplicates are dropped, so once the first element
     has bound the names, each further element can only confirm or drop a way: never multiply them."""
-    if element.inputs is None and not element.attrs:  # ops alone: nothing to bind
+    if element.inputs is None and not element.attrs and not element.alternatives:  # ops alone: nothing to bind
         matched = element.ops is None or all(graph[ref.node].op in element.ops for ref in tail)
         return [bindings] if matched else []
     if not tail:  # no element binds the names: a match would leave them unbound
-        return [bindings] if _names(element) <= bindings.keys() else []
+        return [bindings] if _bound_names(element) <= bindings.keys() else []
     checks_attrs = any(a.expected is not None for a in element.attrs)
     states = [bindings]
     for ref in tail:
@@ -319,13 +377,14 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
     return states
 
 
-def _names(node_pattern: NodePattern) -> set[str]:
-    """Every name a node pattern binds (tensors, lists, attrs, shared statements)."""
+def _bound_names(node_pattern: NodePattern) -> set[str]:
+    """Every name a node pattern binds (tensors, lists, attrs, shared statements). (Not `_names`,
+    whose None keeps a pattern that reads a shared statement out of the commutative memo.)"""
     names = {a.var for a in node_pattern.attrs if a.var}
     for want in node_pattern.inputs or ():
         names |= {n for n in (want.var, want.node_var) if n}
-        if want.node is not None:
-            names |= _names(want.node)
+    for nested in _nested(node_pattern):
+        names |= _bound_names(nested)
     return names
 
 
@@ -333,8 +392,8 @@ def _same_bindings(a: dict, b: dict) -> bool:
     # Ways that differ only in which anonymous nodes still owe an attr check count as one (the
     # first is kept): a rare pattern may then miss a match, never take a wrong one, and the ways
     # stay as few as the first element allows.
-    names = [k for k in a if not k.startswith(_NESTED)]
-    return (len(names) == sum(1 for k in b if not k.startswith(_NESTED))
+    names = [k for k in a if not k.startswith("\0")]
+    return (len(names) == sum(1 for k in b if not k.startswith("\0"))
             and all(k in b and (a[k] is b[k] or _values_equal(a[k], b[k])) for k in names))
 
 

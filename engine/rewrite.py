@@ -46,15 +46,21 @@ class TensorOf:
     port: int | None = None
 
 
+# What a copy may change besides attrs and inputs: `n {op: "Relu6"}`, `n {device: "/cpu:0"}`.
+NODE_FIELDS = ("op", "device")
+
+
 @dataclass(frozen=True)
 class NewNode:
     """A node to create. With `copy_of`, a copy of that matched node: same op, attrs and inputs
-    unless given here."""
+    unless given here; `fields` compute its op or device (NODE_FIELDS). A copy as another op
+    keeps only the attrs that op declares (all of them if the registry does not know the op)."""
 
     op: str | None
     inputs: tuple["Producer", ...] | None
     attrs: tuple[tuple[str, Expression], ...] = ()
     copy_of: str | None = None
+    fields: tuple[tuple[str, Expression], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -280,7 +286,9 @@ class _Planner:
             if action.all_ports or action.port is None:
                 sources = self._sources(action.source, all_ports=action.all_ports, target=node)
                 if isinstance(sources, _Planned):
-                    count = self.graph.num_outputs(node) or 1
+                    # An op the registry does not know has as many outputs as its readers read.
+                    count = self.graph.num_outputs(node) or 1 + max(
+                        (r.port for c in self.graph.consumers(target) for r in c.inputs if r.node == target), default=0)
                     reroutes += [(TensorRef(target, i), (sources, i)) for i in range(count)]
                     heirs.setdefault(target, sources)
                 elif isinstance(sources, list):  # one Const per output
@@ -379,7 +387,10 @@ class _Planner:
             dtype = producer.dtype(self.ctx) if producer.dtype is not None else None
             return self._const(self._value(producer), dtype)
         source = self.graph[self._bound_node(producer.copy_of)] if producer.copy_of else None
-        op = producer.op or source.op
+        fields = {key: expression(self.ctx) for key, expression in producer.fields}
+        op = fields.get("op") or producer.op or source.op
+        if not isinstance(op, str) or not op:
+            raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {op!r} is not an op name")
         if producer.inputs is not None:
             inputs = [item for p in producer.inputs for item in self._input(p)]
         else:
@@ -387,9 +398,12 @@ class _Planner:
         planned = _Planned(self._name(op), op, inputs, {}, device=self.root.device)
         if source is not None:
             planned.source = source
-            planned.copied = dict.fromkeys(source.proto.attr)
+            op_def = op_registry.get_op(op) if op != source.op else None
+            planned.copied = dict.fromkeys(key for key in source.proto.attr
+                                           if op_def is None or key in op_def.attrs or key.startswith("_"))
             planned.control_inputs = self.graph.ordering(source.control_inputs, self.pure)
             planned.device = source.device
+        planned.device = fields.get("device", planned.device)
         for key, expression in producer.attrs:
             planned.attrs[key] = expression(self.ctx)
             planned.copied.pop(key, None)

@@ -35,7 +35,8 @@ class Rule:
         ops = self.pattern.root_ops
         if self.op_filter is None:
             return ops
-        allowed = frozenset(self.params[self.op_filter] if isinstance(self.op_filter, str) else self.op_filter)
+        allowed = self.params[self.op_filter] if isinstance(self.op_filter, str) else self.op_filter
+        allowed = frozenset([allowed] if isinstance(allowed, str) else allowed)  # a str parameter: one op
         return allowed if ops is None else ops & allowed
 
     def with_params(self, params: dict[str, Any]) -> "Rule":

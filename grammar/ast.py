@@ -124,25 +124,59 @@ class Unary:
 
 @dataclass(frozen=True)
 class Index:
+    """`a[i]`: an element of a list or array, an array indexed by an array, or a map's value."""
+
     target: "Expr"
     index: "Expr"
     pos: Pos
 
 
+@dataclass(frozen=True)
+class Slice:
+    """`a[start:stop]`, either bound left out."""
+
+    target: "Expr"
+    start: "Expr | None"
+    stop: "Expr | None"
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Comprehension:
+    """`[item for var in items if condition]`: a list built over a finite list."""
+
+    item: "Expr"
+    var: str
+    items: "Expr"
+    condition: "Expr | None"
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class MapExpr:
+    """`{"Less": "GreaterEqual", ...}`: a constant lookup table, read with `table[key]`."""
+
+    entries: tuple[tuple["Expr", "Expr"], ...]
+    pos: Pos
+
+
 Expr = Union[Number, String, Bool, Var, Port, Call, NewNode, CopyNode, ListExpr, BinOp, BoolOp,
-             Unary, Index]
+             Unary, Index, Slice, Comprehension, MapExpr]
 
 
 # ---- patterns ----
 
 @dataclass(frozen=True)
 class NodePattern:
-    """`Op1|Op2(args) {attrs}`; `ops` None means any op, `args` None means any inputs."""
+    """`Op1|Op2(args) {attrs}`; `ops` None means any op, `args` None means any inputs. `shared`
+    (written `shared Op(...)`): an inner node that the rest of the graph may read too."""
 
     ops: tuple[str, ...] | None
     args: tuple["PatternArg", ...] | None
     attrs: tuple[AttrItem, ...]
     pos: Pos
+    shared: bool = False
+    alternatives: tuple["NodePattern", ...] = ()  # `A(x) or B(x)`: ops, args and attrs unused
 
 
 @dataclass(frozen=True)

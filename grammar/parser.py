@@ -356,11 +356,16 @@ class _ToAst(Transformer):
         return ast.PatternStmt(str(children[0]), children[1], _tok_pos(children[0]))
 
     def node_pattern(self, children):
+        shared = isinstance(children[0], Token) and children[0].type == "SHARED"
+        children = children[1:] if shared else children
         ops = children[0]  # the OP tokens, or the "*" token for any op
         names, first = (None, ops) if isinstance(ops, Token) else (tuple(str(op) for op in ops), ops[0])
         args = next((c for c in children[1:] if isinstance(c, tuple) and c and c[0] == "args"), None)
         attrs = next((c for c in children[1:] if isinstance(c, list)), [])
-        return ast.NodePattern(names, None if args is None else args[1], tuple(attrs), _tok_pos(first))
+        return ast.NodePattern(names, None if args is None else args[1], tuple(attrs), _tok_pos(first), shared)
+
+    def alternatives(self, children):
+        return ast.NodePattern(None, None, (), children[0].pos, alternatives=tuple(children))
 
     def ops(self, children):
         return tuple(children)
@@ -492,6 +497,23 @@ class _ToAst(Transformer):
 
     def index(self, children):
         return ast.Index(children[0], children[1], self._start(children[0]))
+
+    def slice(self, children):
+        target, *bounds = children
+        colon = next(i for i, c in enumerate(bounds) if isinstance(c, Token) and c.type == "SLICE")
+        start = bounds[0] if colon == 1 else None
+        stop = bounds[colon + 1] if colon + 1 < len(bounds) else None
+        return ast.Slice(target, start, stop, self._start(target))
+
+    def comprehension(self, children):
+        bracket, item, var, items, *condition = children
+        return ast.Comprehension(item, str(var), items, condition[0] if condition else None, _tok_pos(bracket))
+
+    def map_(self, children):
+        return ast.MapExpr(tuple(children[1:]), _tok_pos(children[0]))
+
+    def map_item(self, children):
+        return children[0], children[1]
 
     def paren(self, children):
         bracket, expr = children

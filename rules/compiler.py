@@ -23,7 +23,8 @@ from gtt_rules.errors import RewriteError, RulesCheckError, did_you_mean
 from gtt_rules.grammar import ast
 from gtt_rules.grammar.parser import source_excerpt
 
-from .functions import FUNCTIONS, UNKNOWN, NotApplicable, is_unknown, load_standard_functions, tensor_value
+from .functions import (FUNCTIONS, MAX_LIST_LENGTH, UNKNOWN, NotApplicable, OutputRef, is_unknown,
+                        load_standard_functions, tensor_value)
 
 # Ops whose two inputs commute although TensorFlow's registry does not flag them (Add also
 # concatenates strings, which is not commutative, but rules match numeric graphs).
@@ -161,6 +162,7 @@ class _Scope:
     lets: dict[str, str] = field(default_factory=dict)       # name -> kind
     params: dict[str, str] = field(default_factory=dict)     # name -> kind
     built: dict[str, str] = field(default_factory=dict)      # replacement nodes: "node" | "nodes"
+    kept: set[str] = field(default_factory=set)              # pattern names the replacement reads
 
     def kind_of(self, name: str) -> str | None:
         if name in self.built:
@@ -380,11 +382,28 @@ class Compiler:
             self.error(rule.patterns[0].pos, f"a pattern needs exactly one root, the node the others feed; "
                                              f"roots here: {names}")
             return None
-        statements = {s.var: self._node_pattern(s.node, scope) for s in rule.patterns}
-        return Pattern(roots[0], statements)
+        # An inner node the replacement reads stays in the graph anyway: others may read it too.
+        scope.kept = set().union(*(_tensor_sources(a) for a in rule.actions))
+        root = scope.statements[roots[0]].node
+        if root.shared or any(a.shared for a in root.alternatives):
+            self.error(root.pos, "the root is what the rule replaces: it cannot be 'shared'")
+        statements = {s.var: self._node_pattern(s.node, scope, s.var in scope.kept) for s in rule.patterns}
+        # A rule that only reroutes to tensors the match has computes nothing twice.
+        builds = any(isinstance(a, ast.Bind) or
+                     (isinstance(a, ast.Reroute) and not isinstance(a.expr, (ast.Var, ast.Port)))
+                     for a in rule.actions)
+        return Pattern(roots[0], statements, private=builds)
 
     def _collect(self, node: ast.NodePattern, scope: _Scope, referenced: set[str]) -> None:
         """First pass: record tensor, list and attr names, so later uses resolve in any order."""
+        if node.alternatives:
+            first = _mentioned(node.alternatives[0])
+            for alternative in node.alternatives:
+                if _mentioned(alternative) != first:
+                    self.error(alternative.pos, "each alternative must name the same names (a name "
+                                                "only some of them bind would be unbound after the others)")
+                self._collect(alternative, scope, referenced)
+            return
         self._check_ops(node)
         for arg in node.args or ():
             if isinstance(arg, (ast.ArgVar, ast.ArgPort)) and arg.name in scope.statements:
@@ -455,7 +474,9 @@ class Compiler:
             names = ", ".join(arg.name for arg in op_def.inputs) or "none"
             self.error(pos, f"op '{op}' takes {expected} input{'s' if expected != 1 else ''} ({names}), not {count}")
 
-    def _node_pattern(self, node: ast.NodePattern, scope: _Scope) -> NodePattern:
+    def _node_pattern(self, node: ast.NodePattern, scope: _Scope, kept: bool = False) -> NodePattern:
+        if node.alternatives:
+            return NodePattern(None, alternatives=tuple(self._node_pattern(a, scope, kept) for a in node.alternatives))
         ops = frozenset(node.ops) if node.ops is not None else None
         attrs = []
         for item in node.attrs:
@@ -474,7 +495,7 @@ class Compiler:
             # Decided per op: `Add|Sub(x, c)` swaps inputs for an Add, never for a Sub.
             commutative = frozenset(op for op in ops if op in EXTRA_COMMUTATIVE or
                                     (op_registry.get_op(op) and op_registry.get_op(op).is_commutative))
-        return NodePattern(ops, inputs, tuple(attrs), commutative, variadic)
+        return NodePattern(ops, inputs, tuple(attrs), commutative, variadic, node.shared or kept)
 
     def _input_pattern(self, arg, scope: _Scope) -> InputPattern:
         if isinstance(arg, ast.ArgVar):
@@ -484,7 +505,7 @@ class Compiler:
         if isinstance(arg, ast.ArgPort):
             return InputPattern(node_var=arg.name, port=arg.port)
         if isinstance(arg, ast.ArgBound):
-            return InputPattern(var=arg.name, node=self._node_pattern(arg.node, scope))
+            return InputPattern(var=arg.name, node=self._node_pattern(arg.node, scope, arg.name in scope.kept))
         if isinstance(arg, ast.ArgVariadic):
             return InputPattern(var=arg.name, node=self._node_pattern(arg.node, scope) if arg.node else None)
         if isinstance(arg, ast.ArgNested):
@@ -573,8 +594,16 @@ class Compiler:
                 return None
             args = expr.args
             inputs = None if args is None else tuple(p for p in (self.producer(a, scope) for a in args) if p)
-            attrs = tuple((item.key, _known(self.value(item.value, scope)[0])) for item in getattr(expr, "attrs", ()))
-            return rw.NewNode(None, inputs, attrs, copy_of=var)
+            attrs, fields = [], []
+            for item in getattr(expr, "attrs", ()):
+                fn, kind = self.value(item.value, scope)
+                if item.key in rw.NODE_FIELDS:  # `n {op: ...}`: a copy as another op, or on another device
+                    if kind not in ("string", "any"):
+                        self.error(item.value.pos, f"type error: a node's {item.key} is a string, not a {kind}")
+                    fields.append((item.key, _known(fn)))
+                else:
+                    attrs.append((item.key, _known(fn)))
+            return rw.NewNode(None, inputs, tuple(attrs), copy_of=var, fields=tuple(fields))
         fn, kind = self.value(expr, scope)
         if kind in ("string", "dtype"):
             self.error(expr.pos, f"a {kind} cannot be a tensor here")
@@ -583,6 +612,12 @@ class Compiler:
 
     def _is_list(self, expr: ast.Expr, scope: _Scope) -> bool:
         """True if an input expression spreads into several inputs (a list binding or result)."""
+        if isinstance(expr, ast.Comprehension):
+            return True
+        if isinstance(expr, ast.Slice):
+            return self._is_list(expr.target, scope)
+        if isinstance(expr, ast.BinOp) and expr.op == "+":
+            return self._is_list(expr.left, scope) and self._is_list(expr.right, scope)
         if isinstance(expr, (ast.Var, ast.Port)):
             return scope.kind_of(expr.name) in ("list", "nodes")
         if isinstance(expr, ast.Call) and expr.func in self.templates:
@@ -685,7 +720,7 @@ class Compiler:
             name, port = expr.name, expr.port
             if scope.kind_of(name) != "tensor":
                 self.error(expr.pos, f"'{name}' is not a node of the pattern")
-            return (lambda ctx: TensorRef(ctx.bindings[name].node, port)), "tensor"
+            return (lambda ctx: OutputRef(ctx.bindings[name].node, port)), "tensor"
         if isinstance(expr, ast.ListExpr):
             fns = [self.value(item, scope)[0] for item in expr.items]
             return (lambda ctx: [f(ctx) for f in fns]), "list"
@@ -706,12 +741,84 @@ class Compiler:
             self._want_value(expr.operand, kind, "-")
             return (lambda ctx: _arithmetic(operator.neg, _num(ctx, fn(ctx)))), "value"
         if isinstance(expr, ast.Index):
-            target, _ = self.value(expr.target, scope)
-            index, _ = self.value(expr.index, scope)
+            target, kind = self.value(expr.target, scope)
+            index, index_kind = self.value(expr.index, scope)
+            if kind in ("dtype", "bool"):
+                self.error(expr.target.pos, f"type error: a {kind} cannot be indexed")
+            # An array indexed by an array (`value(p)[value(q)]`) is an array, as in numpy.
             return (lambda ctx: _index(ctx, target(ctx), index(ctx))), "any"
+        if isinstance(expr, ast.Slice):
+            return self._slice(expr, scope)
+        if isinstance(expr, ast.Comprehension):
+            return self._comprehension(expr, scope)
+        if isinstance(expr, ast.MapExpr):
+            return self._map(expr, scope)
         if isinstance(expr, ast.BinOp):
             return self._binop(expr, scope)
         raise AssertionError(f"unknown expression {expr!r}")
+
+    def _slice(self, expr: ast.Slice, scope: _Scope):
+        target, kind = self.value(expr.target, scope)
+        if kind in ("string", "dtype", "bool"):
+            self.error(expr.target.pos, f"type error: a {kind} cannot be sliced")
+        bounds = []
+        for bound in (expr.start, expr.stop):
+            if bound is None:
+                bounds.append(lambda ctx: None)
+                continue
+            fn, bound_kind = self.value(bound, scope)
+            self._want_value(bound, bound_kind, "[:]")
+            bounds.append(fn)
+        start, stop = bounds
+        return (lambda ctx: _slice(ctx, target(ctx), start(ctx), stop(ctx))), \
+            "list" if kind in ("list", "tensor", "value") else "any"
+
+    def _comprehension(self, expr: ast.Comprehension, scope: _Scope):
+        items, kind = self.value(expr.items, scope)
+        if kind in ("string", "dtype", "bool"):
+            self.error(expr.items.pos, f"type error: 'for' needs a list to go over, not a {kind}")
+        name = expr.var
+        if scope.kind_of(name) is not None or _dtype_constant(name) is not None:
+            self.error(expr.pos, f"'{name}' is already bound; the loop needs a name of its own")
+            return (lambda ctx: None), "list"
+        scope.lets[name] = "any"  # visible in the item and the condition only
+        try:
+            item, _ = self.value(expr.item, scope)
+            condition = self.value(expr.condition, scope)[0] if expr.condition is not None else None
+        finally:
+            del scope.lets[name]
+
+        def build(ctx):
+            values = items(ctx)
+            if values is UNKNOWN:
+                return UNKNOWN
+            values = _elements(ctx, values)
+            out = []
+            try:
+                for value in values:
+                    ctx.bindings[name] = value
+                    if condition is not None:
+                        keep = _truth(condition, ctx)
+                        if keep is UNKNOWN:
+                            return UNKNOWN
+                        if not keep:
+                            continue
+                    out.append(item(ctx))
+            finally:
+                ctx.bindings.pop(name, None)
+            return out
+        return build, "list"
+
+    def _map(self, expr: ast.MapExpr, scope: _Scope):
+        table = {}
+        for key, entry in expr.entries:
+            if not isinstance(key, (ast.String, ast.Number)):
+                self.error(key.pos, "a map's keys are strings or numbers")
+                continue
+            if key.value in table:
+                self.error(key.pos, f"key {key.value!r} is given twice")
+            table[key.value] = self.value(entry, scope)[0]
+        return (lambda ctx: {key: fn(ctx) for key, fn in table.items()}), "any"
 
     def _var(self, expr: ast.Var, scope: _Scope):
         name = expr.name
@@ -762,6 +869,8 @@ class Compiler:
         left, lkind = self.value(expr.left, scope)
         right, rkind = self.value(expr.right, scope)
         op = expr.op
+        if op == "+" and lkind == "list" and rkind == "list":  # lists concatenate
+            return (lambda ctx: _concatenate(left(ctx), right(ctx))), "list"
         if op in ("+", "-", "*", "/", "%", "**"):
             self._want_value(expr.left, lkind, op)
             self._want_value(expr.right, rkind, op)
@@ -805,6 +914,36 @@ def _names_in(node: Any) -> set[str]:
         for item in value if isinstance(value, tuple) else (value,):
             names |= _names_in(item)
     return names
+
+
+def _mentioned(node: ast.NodePattern) -> set[str]:
+    """Every name a node pattern mentions: its inputs' names and its attrs' bare names."""
+    names = {item.value.name for item in node.attrs if isinstance(item.value, ast.Var)}
+    for arg in node.args or ():
+        names |= {arg.name} if hasattr(arg, "name") else set()
+        nested = getattr(arg, "node", None)
+        names |= _mentioned(nested) if nested is not None else set()
+    for alternative in node.alternatives:
+        names |= _mentioned(alternative)
+    return names
+
+
+def _tensor_sources(node: Any) -> set[str]:
+    """The names a replacement reads as tensors (`n -> x`, `Relu(conv:1)`), not as values or as
+    nodes to copy: the nodes it keeps."""
+    if isinstance(node, (ast.Var, ast.Port, ast.Spread)):
+        return {node.name}
+    if isinstance(node, (ast.Reroute, ast.Bind)):
+        return _tensor_sources(node.expr)
+    function = FUNCTIONS.get(node.func) if isinstance(node, ast.Call) else None
+    if function is not None and function.returns not in ("tensor", "list", "any"):
+        return set()  # a value computed from the match
+    if isinstance(node, (ast.NewNode, ast.CopyNode, ast.Call)):
+        names = set().union(*(_tensor_sources(a) for a in node.args or ()))
+        return names if not isinstance(node, ast.NewNode) or node.op != "Const" else set()
+    if isinstance(node, (ast.ListExpr, ast.Comprehension, ast.Index, ast.Slice)):
+        return _names_in(node)
+    return set()
 
 
 def _compatible(kind: str, want: str) -> bool:
@@ -913,15 +1052,60 @@ def _arithmetic(fn, *operands) -> Any:
     return UNKNOWN if any(x is UNKNOWN for x in operands) else fn(*operands)
 
 
+def _elements(ctx, items: Any) -> list:
+    """The elements of a list, an array (along its first axis) or a Const-bound tensor."""
+    if isinstance(items, TensorRef):
+        items = tensor_value(ctx, items)
+    if isinstance(items, np.ndarray):
+        if items.ndim == 0:
+            raise ValueError("cannot go over a scalar")
+        items = list(items)
+    elif not isinstance(items, (list, tuple)):
+        raise ValueError(f"cannot go over {items!r}")
+    if len(items) > MAX_LIST_LENGTH:
+        raise ValueError(f"a loop over {len(items):,} elements (at most {MAX_LIST_LENGTH:,})")
+    return list(items)
+
+
 def _index(ctx, target: Any, index: Any) -> Any:
-    if target is UNKNOWN or index is UNKNOWN:
+    if target is UNKNOWN or is_unknown(index):
         return UNKNOWN
+    if isinstance(target, dict):
+        key = index.decode("utf-8", "replace") if isinstance(index, bytes) else index
+        key = key.item() if isinstance(key, np.generic) else key
+        if isinstance(key, (list, np.ndarray)) or key not in target:
+            raise NotApplicable(f"{index!r} is not a key of the map")
+        return target[key]
     if isinstance(target, TensorRef):
         target = tensor_value(ctx, target)
+    if isinstance(index, TensorRef):
+        index = tensor_value(ctx, index)
     try:
+        if np.ndim(index) > 0:  # an array indexed by an array: the elements at those positions
+            positions = np.asarray(index)
+            if positions.dtype.kind not in "iu":
+                raise ValueError(f"indices must be whole numbers, not {positions.dtype}")
+            if isinstance(target, (list, tuple)):
+                return [target[int(i)] for i in positions.reshape(-1)]
+            return np.asarray(target)[positions]
         return target[int(index)]
     except IndexError:
         raise NotApplicable(f"index {index} is out of range") from None
+
+
+def _slice(ctx, target: Any, start: Any, stop: Any) -> Any:
+    if target is UNKNOWN or start is UNKNOWN or stop is UNKNOWN:
+        return UNKNOWN
+    if isinstance(target, TensorRef):
+        target = tensor_value(ctx, target)
+    cut = slice(None if start is None else int(start), None if stop is None else int(stop))
+    return list(target[cut]) if isinstance(target, tuple) else target[cut]
+
+
+def _concatenate(a: Any, b: Any) -> Any:
+    if a is UNKNOWN or b is UNKNOWN:
+        return UNKNOWN
+    return [*(a.tolist() if isinstance(a, np.ndarray) else a), *(b.tolist() if isinstance(b, np.ndarray) else b)]
 
 
 def _member(item: Any, items: Any) -> Any:
@@ -979,19 +1163,23 @@ def _compare_partial(fn, a: Any, b: Any) -> Any:
 
 
 def _op_filter(clauses, pattern: Pattern, scope: _Scope) -> tuple[str, ...] | str | None:
-    """The ops a rule's first test `where op(root) in LIST [and ...]` lets through: the list's
-    strings, or the name of the list parameter. None if the guard starts otherwise, or if the
+    """The ops a rule's first test `where op(root) in LIST [and ...]` (or `op(root) == OP`) lets
+    through: the strings, or the name of the parameter that holds them. None if the guard starts otherwise, or if the
     pattern checks attrs against expressions (which could fail on a node the test rejects)."""
     if not clauses or not isinstance(clauses[0], ast.Where) or pattern.checks_attrs:
         return None
     test = clauses[0].expr
     if isinstance(test, ast.BoolOp) and test.op == "and":
         test = test.items[0]
-    if not (isinstance(test, ast.BinOp) and test.op == "in" and isinstance(test.left, ast.Call)
+    if not (isinstance(test, ast.BinOp) and test.op in ("in", "==") and isinstance(test.left, ast.Call)
             and test.left.func == "op" and len(test.left.args) == 1
             and isinstance(test.left.args[0], ast.Var) and test.left.args[0].name == pattern.root_var):
         return None
     items = test.right
+    if test.op == "==":  # `op(n) == "Relu"`, `op(n) == old_op_name`: a list of one
+        if isinstance(items, ast.String):
+            return (items.value,)
+        return items.name if isinstance(items, ast.Var) and scope.params.get(items.name) == "string" else None
     if isinstance(items, ast.Var) and scope.params.get(items.name) == "list":
         return items.name
     if isinstance(items, ast.ListExpr) and all(isinstance(item, ast.String) for item in items.items):

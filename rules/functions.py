@@ -139,10 +139,34 @@ def _known_shape(ctx, x) -> tuple[int, ...]:
 
 # ---- graph queries ----
 
+class OutputRef(TensorRef):
+    """A tensor written `n:1` in a rule: one output named explicitly (equal to the TensorRef)."""
+
+    __slots__ = ()
+
+
 @register_function(args=("tensor",), returns="value", needs_context=True)
 def uses(ctx, x):
-    """How many data inputs read any output of x's node."""
-    return ctx.graph.uses(x.node)
+    """How many data inputs read any output of x's node (written `uses(n:1)`, read output 1)."""
+    return ctx.graph.uses(TensorRef(*x) if isinstance(x, OutputRef) else x.node)
+
+
+@register_function(args=("tensor",), returns="string", needs_context=True)
+def device(ctx, x):
+    """The device x's node is placed on ("" if none)."""
+    return ctx.graph[x.node].device
+
+
+@register_function(args=("tensor",), returns="list", needs_context=True)
+def control_inputs(ctx, x):
+    """The names of the nodes x's node waits on through control edges."""
+    return list(ctx.graph[x.node].control_inputs)
+
+
+@register_function(args=("tensor",), returns="value", needs_context=True)
+def control_uses(ctx, x):
+    """How many nodes wait on x's node through control edges."""
+    return sum(1 for c in ctx.graph.consumers(x.node) if x.node in c.control_inputs)
 
 
 @register_function(args=("tensor",), returns="bool", needs_context=True)
@@ -241,9 +265,52 @@ def same_value(ctx, a, b):
 
 @register_function(args=("any",), returns="bool", needs_context=True)
 def all_equal(ctx, x):
-    """True if every element of constant x is the same."""
+    """True if every element of constant x, or of a list, is the same (a list of tensors: the same tensor)."""
+    if isinstance(x, list) and any(isinstance(v, TensorRef) for v in x):
+        return all(v == x[0] for v in x)
     v = np.asarray(tensor_value(ctx, x))
     return v.size == 0 or bool(np.all(v == v.flat[0]))
+
+
+# ---- lists ----
+
+# A list a rule builds (a range, a comprehension) holds at most this many elements: rules run no
+# unbounded loops.
+MAX_LIST_LENGTH = 1 << 20
+
+
+@register_function("range", args=("value", "value"), optional=1, returns="list")
+def range_(a, b=None):
+    """The whole numbers 0 to a - 1, or a to b - 1 (at most a million of them)."""
+    start, stop = (0, int(a)) if b is None else (int(a), int(b))
+    if stop - start > MAX_LIST_LENGTH:
+        raise ValueError(f"range of {stop - start:,} numbers (at most {MAX_LIST_LENGTH:,})")
+    return list(range(start, stop))
+
+
+def _kleene(values, stop_at: bool) -> Any:
+    """all() (stop_at False) or any() (stop_at True) in three-valued logic."""
+    if isinstance(values, np.ndarray):
+        values = values.reshape(-1).tolist()
+    result = not stop_at
+    for value in values:
+        if value is UNKNOWN:
+            result = UNKNOWN
+        elif bool(np.all(value)) == stop_at:
+            return stop_at
+    return result
+
+
+@register_function("all", args=("list",), returns="bool", accepts_unknown=True)
+def all_(xs):
+    """True if every element of the list is true (unknown if one is unknown and none false)."""
+    return UNKNOWN if xs is UNKNOWN else _kleene(xs, False)
+
+
+@register_function("any", args=("list",), returns="bool", accepts_unknown=True)
+def any_(xs):
+    """True if some element of the list is true (unknown if one is unknown and none true)."""
+    return UNKNOWN if xs is UNKNOWN else _kleene(xs, True)
 
 
 # ---- numpy-like math ----

@@ -152,17 +152,6 @@ def set_device(graph: Graph, ctx: PassContext) -> None:
             node.device = ctx.params["device"]
 
 
-@register_pass("rename_op", Param("old_op_name", "str", False, ""), Param("new_op_name", "str", False, ""))
-def rename_op(graph: Graph, ctx: PassContext) -> None:
-    """Change the op of every `old_op_name` node to `new_op_name`."""
-    old, new = ctx.params["old_op_name"], ctx.params["new_op_name"]
-    if not old or not new:
-        raise UsageError("rename_op needs old_op_name and new_op_name")
-    for node in graph:
-        if node.op == old:
-            node.op = new
-
-
 @register_pass("rename_node", Param("old_node_name", "str", False, ""), Param("new_node_name", "str", False, ""))
 def rename_node(graph: Graph, ctx: PassContext) -> None:
     """Rename one node, and every input that names it."""

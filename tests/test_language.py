@@ -603,7 +603,7 @@ def test_dag_pattern_with_a_shared_tensor_variable():
     """)
     report = run(graph, """
         rule swish:
-            s = Sigmoid(x)
+            s = shared Sigmoid(x)
             n = Mul(x, s)
             => n -> Relu(x)
     """, protected=["x", "y", "out"])

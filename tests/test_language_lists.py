@@ -1,0 +1,357 @@
+"""Issue 13, items 1 to 3: lists in expressions, a replacement's op from the match, private inner
+nodes. TensorFlow runs the graphs before and after each rewrite and must agree."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import compile_rules, fixture_graph, tf_run
+from gtt_rules.engine.driver import apply_rules
+from gtt_rules.engine.graph import Graph
+from gtt_rules.errors import RewriteError, RulesCheckError
+
+LISTS = """
+    rule compose-transposes:
+        inner = Transpose(x, p: Const)
+        outer = Transpose(inner, q: Const)
+        => outer -> Transpose(x, Const(value(p)[value(q)], dtype(q)))
+
+    rule addn-of-one-tensor:
+        n = AddN(xs...)
+        where all_equal(xs)
+        => n -> Mul(xs[0], Const(len(xs), dtype(xs[0])))
+
+    rule negate-comparison:
+        c = Less|Greater|LessEqual|GreaterEqual(a, b)
+        n = LogicalNot(c)
+        => n -> c {op: {"Less": "GreaterEqual", "Greater": "LessEqual",
+                        "LessEqual": "Greater", "GreaterEqual": "Less"}[op(c)]}
+"""
+
+
+def _tf_graph(tf, body) -> bytes:
+    with tf.Graph().as_default() as graph:
+        body()
+    return graph.as_graph_def().SerializeToString()
+
+
+def _rewrite_and_compare(original: bytes, rules_text: str, feeds: dict, outputs: list[str],
+                         rtol: float = 0.0) -> Graph:
+    graph = Graph.from_bytes(original)
+    apply_rules(graph, compile_rules(rules_text), protected=[*feeds, *outputs])
+    for before, after in zip(tf_run(original, feeds, outputs), tf_run(graph.to_bytes(), feeds, outputs)):
+        np.testing.assert_allclose(after, before, rtol=rtol, atol=0)
+    return graph
+
+
+@pytest.mark.parametrize("p, q", [([0, 2, 3, 1], [0, 3, 1, 2]), ([3, 1, 0, 2], [1, 0, 2, 3]),
+                                  ([1, 0, 2], [2, 0, 1])])
+def test_two_transposes_of_any_rank_compose_into_one(tf, p, q):
+    rank = len(p)
+    x = np.random.default_rng(rank).standard_normal((2, 3, 4, 5)[:rank]).astype(np.float32)
+
+    def body():
+        t = tf.transpose(tf.transpose(tf.compat.v1.placeholder(tf.float32, x.shape, name="x"), p), q)
+        tf.negative(t, name="out")
+    graph = _rewrite_and_compare(_tf_graph(tf, body), LISTS, {"x": x}, ["out"])
+    assert sum(n.op == "Transpose" for n in graph) == 1
+
+
+@pytest.mark.parametrize("count", [2, 3, 7])
+def test_addn_of_one_tensor_is_one_mul_for_any_count(tf, count):
+    x = np.random.default_rng(count).standard_normal((3, 2)).astype(np.float32)
+
+    def body():
+        t = tf.compat.v1.placeholder(tf.float32, x.shape, name="x")
+        tf.math.add_n([t] * count, name="out")
+    # A sum of seven rounds six times, a product once.
+    graph = _rewrite_and_compare(_tf_graph(tf, body), LISTS, {"x": x}, ["out"], rtol=1e-6)
+    assert graph["out"].op == "Mul"
+
+
+def test_addn_of_different_tensors_is_left_alone():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        y = Placeholder {dtype: float, shape: [2]}
+        out = AddN(x, y, x) {N: 3}
+    """)
+    report = apply_rules(graph, compile_rules(LISTS), protected=["x", "y", "out"])
+    assert report.rewrites == 0 and graph["out"].op == "AddN"
+
+
+@pytest.mark.parametrize("compare", ["less", "greater", "less_equal", "greater_equal"])
+def test_a_negated_comparison_becomes_the_opposite_comparison(tf, compare):
+    x = np.array([1.0, 2.0, 3.0], np.float32)
+    y = np.array([2.0, 2.0, 2.0], np.float32)
+
+    def body():
+        a = tf.compat.v1.placeholder(tf.float32, [3], name="x")
+        b = tf.compat.v1.placeholder(tf.float32, [3], name="y")
+        tf.logical_not(getattr(tf.math, compare)(a, b), name="out")
+    graph = _rewrite_and_compare(_tf_graph(tf, body), LISTS, {"x": x, "y": y}, ["out"])
+    assert graph["out"].op in {"Less", "Greater", "LessEqual", "GreaterEqual"}
+
+
+def test_comprehensions_slices_and_concatenation():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        y = Placeholder {dtype: float, shape: [2]}
+        r = Relu(x)
+        out = ConcatV2(r, y, x, Const(0)) {N: 3}
+    """)
+    apply_rules(graph, compile_rules("""
+        rule reorder:
+            n = ConcatV2(xs..., axis: Const)
+            let plain = [t for t in xs if op(t) != "Relu"]
+            where op(xs[0]) == "Relu" and not all([op(t) == "Relu" for t in xs])
+            where any([op(t) == "Relu" for t in xs]) and not any([op(t) == "Tanh" for t in xs])
+            where range(1, 4)[1:] == [2, 3] and [1, 2] + [3] == range(1, 4)
+            => n -> ConcatV2(plain + xs[:1], axis)
+    """), protected=["x", "y", "out"])
+    assert [str(r) for r in graph["out"].inputs][:3] == ["y", "x", "r"]
+
+
+def test_a_loop_name_may_not_hide_another_name():
+    with pytest.raises(RulesCheckError, match="'x' is already bound"):
+        compile_rules("""
+            rule r:
+                n = AddN(x, xs...)
+                where all([x == x for x in xs])
+                => n -> Identity(x)
+        """)
+
+
+def test_a_range_past_the_limit_is_an_error_not_a_hang():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        out = Neg(x)
+    """)
+    rules = compile_rules("""
+        rule r:
+            n = Neg(x)
+            where len(range(100000000)) > 0
+            => n -> x
+    """)
+    with pytest.raises(RewriteError, match="at most"):
+        apply_rules(graph, rules, protected=["x", "out"])
+
+
+# ---- a copy as another op ----
+
+def test_rename_op_renames_an_unknown_multi_output_op_in_place():
+    # The registry does not know the op, so the copy takes every output its readers read.
+    graph = Graph()
+    graph.add_node("x", "Placeholder", attrs={"dtype": 1})
+    graph.add_node("c", "MyOp", ["x"], attrs={"T": 1})
+    graph.add_node("out", "AddV2", ["c:0", "c:1"], attrs={"T": 1})
+    rules = compile_rules("""
+        ruleset t(old: str = "MyOp", new: str = "YourOp"):
+            rule rename:
+                n = *
+                where op(n) == old
+                => n:* -> n {op: new}
+    """)
+    apply_rules(graph, rules, protected=["x", "out"])
+    assert graph["c"].op == "YourOp" and graph["c"].get_attr("T") == 1
+    assert [str(r) for r in graph["out"].inputs] == ["c", "c:1"]
+
+
+def test_an_op_from_a_parameter_dispatches_on_that_op_only():
+    (rule,) = compile_rules("""
+        ruleset t(old: str = "Relu"):
+            rule rename:
+                n = *
+                where op(n) == old
+                => n:* -> n {op: "Relu6"}
+    """)
+    assert rule.root_ops == frozenset({"Relu"})
+
+
+def test_a_copy_keeps_only_the_attrs_its_new_op_declares(tf):
+    x = np.array([[-1.0, 2.0, 8.0]], np.float32)
+
+    def body():
+        t = tf.compat.v1.placeholder(tf.float32, [1, 3], name="x")
+        tf.nn.leaky_relu(t, alpha=0.0, name="out")
+    graph = _rewrite_and_compare(_tf_graph(tf, body), """
+        rule to-relu:
+            n = LeakyRelu(x) {alpha: 0.0}
+            => n -> n {op: "Relu"}
+    """, {"x": x}, ["out"])
+    assert graph["out"].op == "Relu" and "alpha" not in graph["out"].proto.attr
+    assert graph["out"].get_attr("T") == 1
+
+
+# ---- private inner nodes ----
+
+PRIVATE = """
+    rule fuse:
+        a = Neg(x)
+        n = Neg(a)
+        => n -> Identity(x)
+"""
+
+
+def _negations(extra: str = ""):
+    return fixture_graph(f"""
+        x = Placeholder {{dtype: float, shape: [2]}}
+        a = Neg(x)
+        n = Neg(a)
+        {extra}
+    """)
+
+
+def test_an_inner_node_read_elsewhere_blocks_a_rule_that_builds():
+    graph = _negations("c = Abs(a)")
+    assert apply_rules(graph, compile_rules(PRIVATE), protected=["x", "n", "c"]).rewrites == 0
+    graph = _negations()
+    assert apply_rules(graph, compile_rules(PRIVATE), protected=["x", "n"]).rewrites == 1
+
+
+def test_an_inner_node_that_is_a_graph_output_blocks_a_rule_that_builds():
+    graph = _negations()
+    assert apply_rules(graph, compile_rules(PRIVATE), protected=["x", "n", "a"]).rewrites == 0
+
+
+def test_shared_opts_out_and_the_inner_node_stays_for_its_other_reader():
+    graph = _negations("c = Abs(a)")
+    report = apply_rules(graph, compile_rules(PRIVATE.replace("a = Neg(x)", "a = shared Neg(x)")),
+                         protected=["x", "n", "c"])
+    assert report.rewrites == 1 and graph["n"].op == "Identity" and graph["c"].inputs[0].node == "a"
+
+
+def test_shared_works_on_a_nested_pattern_too():
+    rules = """
+        rule fuse:
+            n = Neg(Neg(x))
+            => n -> Identity(x)
+    """
+    graph = _negations("c = Abs(a)")
+    assert apply_rules(graph, compile_rules(rules), protected=["x", "n", "c"]).rewrites == 0
+    graph = _negations("c = Abs(a)")
+    shared = rules.replace("Neg(Neg(x))", "Neg(shared Neg(x))")
+    assert apply_rules(graph, compile_rules(shared), protected=["x", "n", "c"]).rewrites == 1
+
+
+def test_a_rule_that_only_reroutes_or_reads_the_inner_node_needs_no_opt_out():
+    graph = _negations("c = Abs(a)\n        out = Relu(n)")
+    bypass = PRIVATE.replace("=> n -> Identity(x)", "=> n -> x")
+    assert apply_rules(graph, compile_rules(bypass), protected=["x", "out", "c"]).rewrites == 1
+    assert graph["out"].inputs[0].node == "x" and graph["c"].inputs[0].node == "a"
+    graph = _negations("c = Abs(a)")
+    reads = PRIVATE.replace("=> n -> Identity(x)", "=> n -> Relu(a)")
+    assert apply_rules(graph, compile_rules(reads), protected=["x", "n", "c"]).rewrites == 1
+
+
+# ---- alternatives, use counts per output, device and control-edge predicates ----
+
+def test_a_weight_that_is_a_const_or_a_cast_of_a_const(tf):
+    x = np.array([[1.0, -2.0]], np.float32)
+
+    def body():
+        t = tf.compat.v1.placeholder(tf.float32, [1, 2], name="x")
+        w = tf.cast(tf.constant([[1, 2], [3, 4]]), tf.float32)
+        a = tf.linalg.matmul(t, tf.constant([[5.0, 6.0], [7.0, 8.0]])) * 2.0
+        b = tf.linalg.matmul(t, w) * 3.0
+        tf.add(a, b, name="out")
+    graph = _rewrite_and_compare(_tf_graph(tf, body), """
+        rule fold-scale:
+            m   = MatMul(x, w: Const or Cast(Const))
+            out = Mul(m, s: Const)
+            where rank(s) == 0
+            => out -> MatMul(x, Mul(w, s))
+    """, {"x": x}, ["out"])
+    assert sum(n.op == "MatMul" and graph[n.inputs[1].node].op == "Mul" for n in graph) == 2
+
+
+def test_alternatives_must_name_the_same_names():
+    with pytest.raises(RulesCheckError, match="each alternative must name the same names"):
+        compile_rules("""
+            rule r:
+                n = Relu(x) or Relu6(y)
+                => n -> Identity(x)
+        """)
+
+
+def test_an_alternative_root_dispatches_on_its_ops():
+    (rule,) = compile_rules("""
+        rule r:
+            n = Relu(x) or Relu6(x)
+            => n -> Identity(x)
+    """)
+    assert rule.root_ops == frozenset({"Relu", "Relu6"})
+
+
+def test_uses_counts_the_readers_of_one_output():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [4]}
+        s = Split(0, x) {num_split: 2}
+        a = Neg(s)
+        b = Abs(s)
+        out = AddN(a, b, s:1) {N: 3}
+    """)
+    rules = compile_rules("""
+        rule r:
+            n = Split(axis, x)
+            where uses(n:0) == 2 and uses(n:1) == 1 and uses(n) == 3
+            => n:1 -> Const([0.0, 0.0])
+    """)
+    assert apply_rules(graph, rules, protected=["x", "out"]).rewrites == 1
+
+
+def test_device_and_control_edge_predicates():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Neg(x)
+        b = Neg(x)
+        out = AddV2(a, b)
+    """)
+    graph["a"].device = "/cpu:0"
+    graph.set_inputs(graph["b"], graph["b"].inputs, ["a"])
+    rules = compile_rules("""
+        rule r:
+            n = Neg(x)
+            where device(n) == "" and control_inputs(n) == ["a"] and control_uses(x) == 0
+            => n -> Abs(x)
+        rule s:
+            n = Neg(x)
+            where device(n) == "/cpu:0" and control_uses(n) == 1
+            => n -> Relu(x)
+    """)
+    apply_rules(graph, rules, protected=["x", "out"])
+    assert (graph["a"].op, graph["b"].op) == ("Relu", "Abs")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("n = Relu(x)\n    where {\"a\": 1, \"a\": 2}[\"a\"] == 1\n    => n -> x", "key 'a' is given twice"),
+    ("n = Relu(x)\n    where float[1:] == 1\n    => n -> x", "a dtype cannot be sliced"),
+    ("n = Relu(x)\n    where all([t for t in dtype(x)])\n    => n -> x", "'for' needs a list to go over, not a dtype"),
+    ("n = Relu(x)\n    => n -> n {op: 3}", "a node's op is a string, not a value"),
+    ("n = shared Relu(x)\n    => n -> Identity(x)", "the root is what the rule replaces"),
+])
+def test_new_expressions_are_checked_before_any_graph_is_read(body, message):
+    with pytest.raises(RulesCheckError, match=message) as caught:
+        compile_rules(f"rule r:\n    {body}\n")
+    assert caught.value.line is not None and caught.value.column is not None
+
+
+def test_a_commutative_node_that_reads_a_shared_statement_is_not_remembered_as_failed():
+    # Mul(s, c) failed under y = a (s = Relu(y) is Relu(b)); under the swapped y = b it matches.
+    # The memo of failed commutative tries did not see that s's own names were bound differently.
+    graph = fixture_graph("""
+        a = Placeholder {dtype: float, shape: [2]}
+        b = Placeholder {dtype: float, shape: [2]}
+        k = Placeholder {dtype: float, shape: [2]}
+        m0 = Mul(a, b)
+        r = Relu(b)
+        m1 = Mul(r, k)
+        n = AddV2(m0, m1)
+    """)
+    rules = compile_rules("""
+        rule r:
+            s = Relu(y)
+            n = AddV2(Mul(y, y2), Mul(s, c))
+            => n -> Identity(y2)
+    """)
+    assert apply_rules(graph, rules, protected=["a", "b", "k", "n"]).rewrites == 1
+    assert graph["n"].op == "Identity" and [str(r) for r in graph["n"].inputs] == ["a"]
