@@ -215,12 +215,11 @@ LARGEST = {"eightbit": {"digits_cnn": 0.31, "fer_emotion": 0.39, "mtcnn_onet": 0
 # float file). Where labels exist, accuracy must also stay within a point of the float model's.
 EXPECTED = {(name, flow): (TARGETS[flow][name], LARGEST[flow][name])
             for flow in TARGETS for name in MODELS}
-# Flows that fall short of issue #16's targets today, as strict xfails (they fail the test when
-# fixed, until the mark goes). Measured 2026-12-07:
-# - basic_pitch eightbit, calibrated on the 4 samples that TFLite's representative dataset gets
-#   in the benchmark too: note agreement 0.709 with float, label accuracy 0.645 against float's
-#   0.889; TFLite's full-integer model keeps 0.717 and 0.692.
-BELOW_TARGET = {("basic_pitch", "eightbit")}
+# Flows that fall short of issue #16's targets, as strict xfails (they fail the test when fixed,
+# until the mark goes). None today: basic_pitch eightbit (note agreement 0.709, label accuracy
+# 0.645 against float's 0.889) was one until lone_moves_to_float took the audio's reshape and the
+# constant-Q concatenation back to float; it keeps 0.961 and 0.919 now (TFLite 0.717 and 0.692).
+BELOW_TARGET: set[tuple[str, str]] = set()
 
 
 def flow_cases() -> list:
