@@ -5,7 +5,8 @@ musicnn tagger, Basic Pitch), on its real inputs and its calibration samples (th
 directory for both converters: TFLite's representative dataset is exactly what `calibrate` gets):
 
 1. Conversion as whole commands, each a fresh process: ours is `gtt-rules apply --pipeline
-   eightbit` then `gtt-rules calibrate --feed-dir` on the calibration samples; TFLite's is its
+   eightbit --feed-dir` on the calibration samples (conversion and calibration in one command,
+   the same file as `apply --pipeline eightbit` then `calibrate --feed-dir`); TFLite's is its
    full-integer converter (TFLiteConverter.from_frozen_graph, Optimize.DEFAULT, the same samples
    as representative dataset, TFLITE_BUILTINS_INT8 only; float input and output so that both
    take the same feeds). If the converter refuses an int8-only model, it is rerun allowing float
@@ -73,10 +74,8 @@ def run_command(command: list[str]) -> float:
 
 
 def convert_ours(path: pathlib.Path, feeds: pathlib.Path, out: pathlib.Path) -> float:
-    eight = out.with_suffix(".uncalibrated.pb")
-    gtt = [sys.executable, "-m", "gtt_rules"]
-    return (run_command([*gtt, "apply", str(path), "-o", str(eight), "--pipeline", "eightbit"])
-            + run_command([*gtt, "calibrate", str(eight), "-o", str(out), "--feed-dir", str(feeds)]))
+    return run_command([sys.executable, "-m", "gtt_rules", "apply", str(path), "-o", str(out),
+                        "--pipeline", "eightbit", "--feed-dir", str(feeds)])
 
 
 def convert_tflite(path: pathlib.Path, feeds: pathlib.Path | None, out: pathlib.Path,

@@ -132,17 +132,17 @@ def agreement(task: str, got: np.ndarray, want: np.ndarray) -> float:
 
 
 def run_in_tensorflow(path: pathlib.Path, name: str, inputs: np.ndarray,
-                      one_by_one: bool = False) -> list[np.ndarray]:
-    """TensorFlow's values of model `name`'s outputs for the GraphDef at `path`: the whole batch
-    in one run, or one sample a run (in one session), stacked. Graphs whose ranges are computed
-    at run time answer differently for a sample alone and inside a batch."""
+                      one_by_one: bool = False, fetches: list[str] | None = None) -> list[np.ndarray]:
+    """TensorFlow's values of model `name`'s outputs (or of `fetches`) for the GraphDef at `path`:
+    the whole batch in one run, or one sample a run (in one session), stacked. Graphs whose ranges
+    are computed at run time answer differently for a sample alone and inside a batch."""
     import tensorflow as tf
 
     spec = SPECS[name]
     with tf.Graph().as_default() as graph:
         tf.import_graph_def(tf.compat.v1.GraphDef.FromString(path.read_bytes()), name="")
     with tf.compat.v1.Session(graph=graph) as session:
-        fetches, entry = list(spec.outputs), f"{spec.input}:0"
+        fetches, entry = list(fetches or spec.outputs), f"{spec.input}:0"
         if not one_by_one:
             return session.run(fetches, {entry: inputs})
         runs = [session.run(fetches, {entry: sample[None]}) for sample in inputs]

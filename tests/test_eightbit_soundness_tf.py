@@ -58,10 +58,11 @@ REFUSED = {
     "add_broadcast_inside": ([2, 3, 4], lambda tf, x, w: x + w(3, 1), "AddV2", "does not broadcast"),
 }
 
-# Odd nodes the kernels do take, converted.
+# Odd nodes the kernels do take, converted (a pool after a Relu: one between float ops alone
+# would go back to float, see lone_moves_to_float).
 ACCEPTED = {
     "valid_stride_3": ([1, 11, 11, 3], lambda tf, x, w: tf.nn.conv2d(x, w(3, 3, 3, 4), 3, "VALID"), "QuantizedConv2D"),
-    "uneven_pool": ([1, 9, 9, 3], lambda tf, x, w: tf.nn.max_pool(x, [1, 2, 3, 1], [1, 1, 2, 1], "SAME"),
+    "uneven_pool": ([1, 9, 9, 3], lambda tf, x, w: tf.nn.max_pool(tf.nn.relu(x), [1, 2, 3, 1], [1, 1, 2, 1], "SAME"),
                     "QuantizedMaxPool"),
     "transposed_matmul": ([16, 4], lambda tf, x, w: tf.matmul(x, w(16, 8), transpose_a=True), "QuantizedMatMul"),
     "half_pixel_resize": ([1, 4, 5, 3], lambda tf, x, w: tf.compat.v1.image.resize_bilinear(

@@ -988,3 +988,31 @@ def test_the_evaluator_runs_the_reference_kernels_whatever_tf_enable_onednn_opts
     # ... which are not what oneDNN computes on these inputs.
     onednn, _, _ = Q.quantize(x, F32(-1.3), F32(2.9), QUINT8, "MIN_FIRST", onednn=True)
     assert not np.array_equal(onednn, got["quantized"])
+
+
+def test_small_matrix_products_run_on_one_blas_thread_and_leave_the_setting_as_it_was(monkeypatch):
+    from threadpoolctl import ThreadpoolController
+
+    from gtt_rules.engine.kernels import chunked
+
+    seen = []
+
+    class Library:                   # stands for OpenBLAS: records the thread count of each product
+        threads = 4
+
+        def get_num_threads(self):
+            return self.threads
+
+        def set_num_threads(self, count):
+            self.threads = count
+    library = Library()
+    monkeypatch.setattr(chunked, "_blas_libraries", [library])
+    real_matmul = np.matmul
+    monkeypatch.setattr(chunked.np, "matmul", lambda *a, **k: seen.append(library.threads) or real_matmul(*a, **k))
+    rng = np.random.default_rng(0)
+    small, large = rng.standard_normal((8, 16)), rng.standard_normal((16, 4))
+    np.testing.assert_array_equal(chunked.matmul(small, large), small @ large)
+    big = np.zeros((1 << 12, 1 << 6), np.float32)
+    chunked.matmul(big, np.zeros((1 << 6, 1 << 6), np.float32))      # 2^24 multiply-adds
+    assert seen == [1, 4] and library.threads == 4
+    assert ThreadpoolController().select(user_api="blas").lib_controllers    # the real one is found

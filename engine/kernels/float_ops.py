@@ -15,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..dtypes import DT_BFLOAT16, numpy_dtype
 from ..graph_io import release_pages
-from . import kernel
+from . import chunked, kernel
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -388,7 +388,7 @@ def _saturating_cast(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     work = _accumulation_dtype(a.dtype)
-    out = np.matmul(a.astype(work, copy=False), b.astype(work, copy=False))
+    out = chunked.matmul(a.astype(work, copy=False), b.astype(work, copy=False))
     return out.astype(a.dtype, copy=False)
 
 
@@ -467,15 +467,15 @@ def conv2d_nhwc(x: np.ndarray, w: np.ndarray, strides=(1, 1), dilations=(1, 1),
         cols = windows.transpose(0, 1, 2, 4, 5, 3)
     rows = n * oh * ow
     if groups == 1:
-        out = cols.reshape(rows, kh * kw * c) @ w.reshape(kh * kw * ci, co)
+        out = chunked.matmul(cols.reshape(rows, kh * kw * c), w.reshape(kh * kw * ci, co))
     else:
         cols = cols.reshape(rows, kh * kw, groups, ci)
         per_group = co // groups
         out = np.empty((rows, co), work)
         for g in range(groups):
             patch = cols[:, :, g, :].reshape(rows, kh * kw * ci)
-            out[:, g * per_group:(g + 1) * per_group] = \
-                patch @ w[..., g * per_group:(g + 1) * per_group].reshape(kh * kw * ci, per_group)
+            filters = w[..., g * per_group:(g + 1) * per_group].reshape(kh * kw * ci, per_group)
+            out[:, g * per_group:(g + 1) * per_group] = chunked.matmul(patch, filters)
     return out.reshape(n, oh, ow, co).astype(dtype, copy=False)
 
 

@@ -36,6 +36,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from . import chunked
 from .chunked import buffer, filled, for_chunks
 
 F32 = np.float32
@@ -1121,14 +1122,14 @@ def exact_matmul_int32(a: np.ndarray, bound_a: int, b: np.ndarray,
     if len(chunks) == 1 and out.flags.c_contiguous:
         # The float32 product goes straight into out's memory and is converted there, a block
         # at a time: no product-sized temporary (fresh memory costs page faults).
-        np.matmul(a, b, out=out.view(F32))
+        chunked.matmul(a, b, out=out.view(F32))
         flat = out.reshape(-1)
         floats = flat.view(F32)
         for start in range(0, flat.size, 1 << 16):
             flat[start:start + (1 << 16)] = floats[start:start + (1 << 16)]
         return out
     for i, (start, stop) in enumerate(chunks):
-        part = np.matmul(a[:, start:stop], b[start:stop])
+        part = chunked.matmul(a[:, start:stop], b[start:stop])
         if i == 0:
             out[...] = part                   # exact integers: the cast loses nothing
         else:
