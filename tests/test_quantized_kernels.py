@@ -991,8 +991,6 @@ def test_the_evaluator_runs_the_reference_kernels_whatever_tf_enable_onednn_opts
 
 
 def test_small_matrix_products_run_on_one_blas_thread_and_leave_the_setting_as_it_was(monkeypatch):
-    from threadpoolctl import ThreadpoolController
-
     from gtt_rules.engine.kernels import chunked
 
     seen = []
@@ -1015,4 +1013,10 @@ def test_small_matrix_products_run_on_one_blas_thread_and_leave_the_setting_as_i
     big = np.zeros((1 << 12, 1 << 6), np.float32)
     chunked.matmul(big, np.zeros((1 << 6, 1 << 6), np.float32))      # 2^24 multiply-adds
     assert seen == [1, 4] and library.threads == 4
-    assert ThreadpoolController().select(user_api="blas").lib_controllers    # the real one is found
+    (real,) = chunked.openblas_libraries()          # numpy's own OpenBLAS is found, and obeys
+    threads = real.get_num_threads()
+    try:
+        real.set_num_threads(1)
+        assert real.get_num_threads() == 1
+    finally:
+        real.set_num_threads(threads)

@@ -7,6 +7,7 @@ small ones stay on the calling thread, where a thread hand-off would cost more t
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import threading
@@ -173,9 +174,7 @@ def matmul(a: np.ndarray, b: np.ndarray, **kwargs) -> np.ndarray:
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] * a.shape[1] * b.shape[-1] >= GEMM_PARALLEL_MIN:
         return np.matmul(a, b, **kwargs)
     if _blas_libraries is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+        _blas_libraries = openblas_libraries()
     before = [library.get_num_threads() for library in _blas_libraries]
     for library in _blas_libraries:
         library.set_num_threads(1)
@@ -184,3 +183,37 @@ def matmul(a: np.ndarray, b: np.ndarray, **kwargs) -> np.ndarray:
     finally:
         for library, threads in zip(_blas_libraries, before):
             library.set_num_threads(threads)
+
+
+class _OpenBlas:
+    """The thread count of one loaded OpenBLAS, through the functions it exports for that."""
+
+    def __init__(self, get, set_):
+        self.get_num_threads = get
+        set_.argtypes = [ctypes.c_int]
+        self.set_num_threads = set_
+
+
+def openblas_libraries() -> list[_OpenBlas]:
+    """Every OpenBLAS this process has loaded (numpy's wheels bundle one, its symbols prefixed
+    `scipy_openblas_` and suffixed `64_` for 64-bit ints); none where another BLAS is used, or
+    where /proc/self/maps does not tell (outside Linux): products then keep the BLAS's threads."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = sorted({line.split(None, 5)[5].strip() for line in maps
+                            if line.count(" ") >= 5 and "openblas" in line.rsplit("/", 1)[-1].lower()})
+    except (OSError, IndexError):
+        return []
+    found = []
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path)     # already loaded: this only takes another reference
+        except OSError:
+            continue
+        for prefix, suffix in itertools.product(("scipy_openblas_", "openblas_"), ("64_", "")):
+            get = getattr(library, f"{prefix}get_num_threads{suffix}", None)
+            set_ = getattr(library, f"{prefix}set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                found.append(_OpenBlas(get, set_))
+                break
+    return found
