@@ -114,6 +114,7 @@ class Evaluator:
         self._run_call = self.functions.call     # one object: the run loop knows calls by identity
         self.outputs = [self._tensor_ref(text, "output") for text in outputs]
         self.fed = {self._tensor_ref(text, "feed") for text in fed}
+        self._feed_refs: dict[str, TensorRef] = {}
         self.dataflow = False
         needed = self._needed_nodes(follow_control=False)
         if any(graph[name].op in CONTROL_FLOW_OPS for name in needed):
@@ -307,7 +308,9 @@ class Evaluator:
     def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[TensorRef, np.ndarray]:
         values: dict[TensorRef, np.ndarray] = {}
         for text, value in feeds.items():
-            ref = self._tensor_ref(text, "feed")
+            ref = self._feed_refs.get(text)
+            if ref is None:     # parsed once: a loop feeds its body the same names every step
+                ref = self._feed_refs[text] = self._tensor_ref(text, "feed")
             if ref not in self.fed:
                 raise EvaluationError(f"feed '{text}' was not declared when the evaluation was prepared")
             if ref in values:

@@ -40,8 +40,8 @@ CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 FUNCTION_CALL_OPS = WHILE_OPS | IF_OPS | CASE_OPS | CALL_OPS
 
 # A loop whose condition stays true this long is taken for a runaway (a model's loops run over
-# sequence steps or decoded tokens, far fewer); the cap turns a hang into an error.
-MAX_LOOP_ITERATIONS = 1_000_000
+# sequence steps or decoded tokens, far fewer); the cap turns a hang into an error within seconds.
+MAX_LOOP_ITERATIONS = 100_000
 MAX_CALL_DEPTH = 64     # calls inside calls: deeper than any traced model is a function calling itself
 
 
