@@ -116,3 +116,24 @@ def test_recurrent_layers_over_tensor_lists(recurrent):
                                 "TensorListStack"} <= ops
     x = np.random.default_rng(5).normal(size=(2, 5, 3)).astype(F32)
     check(graph, dict(zip(inputs, [x])), outputs, TRANSCENDENTAL)
+
+
+def test_a_tf1_loop_calls_a_function_in_its_body(tf):
+    """TF1 control flow (Enter, Merge, Switch, ...) around a PartitionedCall: the dataflow
+    interpreter runs the call at each iteration."""
+    from tensorflow.python.ops import control_flow_util
+
+    enabled = control_flow_util.ENABLE_CONTROL_FLOW_V2
+    control_flow_util.ENABLE_CONTROL_FLOW_V2 = False     # as tf.compat.v1 graphs were built
+    try:
+        with tf.Graph().as_default() as tf_graph:
+            step = tf.function(lambda h: h * 0.5 + 0.25, autograph=False)
+            x = tf.compat.v1.placeholder(tf.float32, [3], name="x")
+            _, h = tf.compat.v1.while_loop(lambda i, h: i < 4, lambda i, h: (i + 1, step(h)),
+                                           [tf.constant(0), x])
+            tf.identity(h, name="out")
+    finally:
+        control_flow_util.ENABLE_CONTROL_FLOW_V2 = enabled
+    graph = Graph.from_bytes(tf_graph.as_graph_def().SerializeToString())
+    assert {"NextIteration", "Merge"} <= {n.op for n in graph} and {n.op for n in graph} & CALL_OPS
+    check(graph, {"x": np.array([0.5, -1.0, 2.0], F32)}, ["out"], EXACT)
