@@ -182,3 +182,28 @@ def test_a_polymorphic_function_takes_its_types_from_a_direct_call():
     for mine, expected in zip(ours, [a * a, b * b]):
         assert mine.dtype == expected.dtype
         np.testing.assert_array_equal(mine, expected)
+
+
+def test_a_call_gets_the_budget_its_caller_has_left():
+    """`y` stays live across the call, whose body peaks briefly: both together pass the budget,
+    though neither does alone."""
+    graph_def = pb.GraphDef()
+    total = function(graph_def, "total", [("x", F32)], [("s", F32)], {"s": "sum:output:0"})
+    node(total, "axis", "Const", dtype=type_attr(I32), value=np.int32(0))
+    node(total, "concat", "ConcatV2", ["x", "x", "axis:output:0"], T=type_attr(F32), N=2,
+         Tidx=type_attr(I32))
+    node(total, "sum", "Sum", ["concat:output:0", "axis:output:0"], T=type_attr(F32), Tidx=type_attr(I32))
+    node(graph_def, "x", "Placeholder", dtype=type_attr(F32))
+    node(graph_def, "y", "Placeholder", dtype=type_attr(F32))
+    node(graph_def, "call", "PartitionedCall", ["x"], Tin=types_attr(F32), Tout=types_attr(F32), f=func("total"))
+    node(graph_def, "out", "AddV2", ["call", "y"], T=type_attr(F32))
+    x, y = np.ones(2**17, np.float32), np.ones(2**18, np.float32)     # 512 KiB and 1 MiB
+    graph = Graph(graph_def)
+    with memory_budget(2**21):
+        with pytest.raises(EvaluationError) as error:
+            evaluate(graph, {"x": x, "y": y}, ["out"])
+        (alone,) = evaluate(graph, {"x": x, "y": y[:1]}, ["out"])
+    assert str(error.value).startswith("node 'call': in function 'total': node 'concat': ConcatV2 "
+                                       "needs 1 MiB for its outputs with 512 KiB of tensors live, "
+                                       "over the memory budget of 1 MiB")
+    assert alone.tolist() == [2.0**18 + 1]
