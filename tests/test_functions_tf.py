@@ -137,3 +137,33 @@ def test_a_tf1_loop_calls_a_function_in_its_body(tf):
     graph = Graph.from_bytes(tf_graph.as_graph_def().SerializeToString())
     assert {"NextIteration", "Merge"} <= {n.op for n in graph} and {n.op for n in graph} & CALL_OPS
     check(graph, {"x": np.array([0.5, -1.0, 2.0], F32)}, ["out"], EXACT)
+
+
+def test_tensor_list_kernels(tf):
+    """Every TensorList kernel, in a loop as TF2 code writes them and outside one."""
+    from tensorflow.python.ops import list_ops
+
+    def model(x, n):
+        pushed = list_ops.empty_tensor_list(element_shape=[2], element_dtype=tf.float32)
+        _, pushed = tf.while_loop(lambda i, items: i < n, lambda i, items: (
+            i + 1, list_ops.tensor_list_push_back(items, x[i] * 2.0)), [0, pushed])
+        rest, last = list_ops.tensor_list_pop_back(pushed, element_dtype=tf.float32)
+        reserved = list_ops.tensor_list_reserve([2], 4, tf.float32)
+        reserved = list_ops.tensor_list_set_item(reserved, 2, last)
+        array = tf.TensorArray(tf.float32, size=0, dynamic_size=True)     # resizes as it writes
+        array = array.write(3, x[0]).write(1, x[1])
+        return {"gathered": list_ops.tensor_list_gather(rest, [1, 0], element_dtype=tf.float32),
+                "length": list_ops.tensor_list_length(rest),
+                "shape": list_ops.tensor_list_element_shape(rest, tf.int32),
+                "last": last,
+                "reserved": list_ops.tensor_list_stack(reserved, tf.float32, element_shape=[2]),
+                "item": list_ops.tensor_list_get_item(reserved, 0, tf.float32, element_shape=[2]),
+                "array": array.stack()}
+
+    graph, inputs, outputs = frozen(tf, model, tf.TensorSpec([5, 2], tf.float32),
+                                    tf.TensorSpec([], tf.int32), freeze=False)
+    assert {"EmptyTensorList", "TensorListPushBack", "TensorListPopBack", "TensorListGather",
+            "TensorListLength", "TensorListElementShape", "TensorListReserve", "TensorListSetItem",
+            "TensorListStack", "TensorListGetItem"} <= library_ops(graph)
+    x = np.random.default_rng(2).normal(size=(5, 2)).astype(F32)
+    check(graph, dict(zip(inputs, [x, np.int32(4)])), outputs, EXACT)
