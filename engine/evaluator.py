@@ -279,6 +279,7 @@ class Evaluator:
                         results = _call(fn, node, args, bfloat16_ports)
                 else:
                     results = _call(fn, node, args, bfloat16_ports)
+                if fn is not None:
                     made = sum(_bytes(value) for value in results)
                     if live + made > budget:
                         raise _over_budget(node, made, live, budget)
