@@ -9,7 +9,9 @@ with --max-memory): each node's outputs are checked before its kernel runs where
 known statically, and every value is counted once it exists (a view of another counts again: the
 budget errs on the safe side). Control edges carry no data and are ignored, except in TF1 control
 flow (Switch/Merge/Enter/Exit/NextIteration), which runs on a small dataflow interpreter that tags
-values with their loop frame and iteration, as TensorFlow's executor does.
+values with their loop frame and iteration, as TensorFlow's executor does. TF2 functional control
+flow (While, If, Case) and function calls run their functions from the graph's library
+(engine/functions.py), each in an evaluation of its own that gets the budget left.
 """
 from __future__ import annotations
 
@@ -22,18 +24,17 @@ import numpy as np
 from gtt_rules.errors import EvaluationError, did_you_mean
 
 from .dtypes import DT_BFLOAT16, dtype_info, dtype_name, numpy_dtype
+from .functions import FunctionLibrary
 from .graph import Graph, Node, TensorRef
 from .graph_io import release_pages
 from .kernels import KERNELS, load_all
 from .kernels.float_ops import round_to_bfloat16
-from .limits import format_size, max_memory
+from .limits import format_size, max_memory, memory_budget
 from .shapes import infer_shape
 from .tensors import DEFAULT_MAX_BYTES
 
 CONTROL_FLOW_OPS = frozenset({"Switch", "Merge", "Enter", "Exit", "NextIteration", "LoopCond",
                               "RefSwitch", "RefMerge", "RefEnter", "RefExit", "RefNextIteration"})
-FUNCTION_CALL_OPS = frozenset({"While", "StatelessWhile", "If", "StatelessIf", "Case",
-                               "StatelessCase", "PartitionedCall", "StatefulPartitionedCall"})
 
 MAX_RANK = 64   # numpy's limit (TensorFlow's shapes allow 254)
 
@@ -92,10 +93,6 @@ _ALIASES = frozenset({"Identity", "StopGradient", "PreventGradient", "Snapshot",
 
 
 def _no_kernel(node: Node) -> EvaluationError:
-    if node.op in FUNCTION_CALL_OPS:
-        return EvaluationError(f"op '{node.op}' runs a function from the graph's library; the "
-                               f"evaluator does not run library functions (freeze with "
-                               f"lower_control_flow=True)", node=node.name)
     if node.op == "ImmutableConst":
         # Its value is a region of the package file the graph came in, which this graph is not
         # read from (a region name is never opened as a path: reading must not reach other files).
@@ -116,11 +113,16 @@ class Evaluator:
     """
 
     def __init__(self, graph: Graph, outputs: Iterable[str], *, fed: Iterable[str] = (),
-                 cache_constants: bool = False):
+                 cache_constants: bool = False, functions: FunctionLibrary | None = None):
+        """`functions`: the library that runs the graph's function calls, when `graph` is a
+        function's body (shared, so each function is prepared once); by default the graph's own."""
         load_all()
         self.graph = graph
+        self.functions = functions if functions is not None else FunctionLibrary(graph.library)
+        self._run_call = self.functions.call     # one object: the run loop knows calls by identity
         self.outputs = [self._tensor_ref(text, "output") for text in outputs]
         self.fed = {self._tensor_ref(text, "feed") for text in fed}
+        self._feed_refs: dict[str, TensorRef] = {}
         self.dataflow = False
         needed = self._needed_nodes(follow_control=False)
         if any(graph[name].op in CONTROL_FLOW_OPS for name in needed):
@@ -134,7 +136,8 @@ class Evaluator:
             if node.op == "Placeholder":
                 raise EvaluationError(f"placeholder '{node.name}' ({_describe_placeholder(node)}) "
                                       f"needs a feed", node=node.name)
-            if node.op not in KERNELS and node.op not in CONTROL_FLOW_OPS and not self.dataflow:
+            if node.op not in KERNELS and node.op not in CONTROL_FLOW_OPS and not self.dataflow \
+                    and not self.functions.calls(node):
                 raise _no_kernel(node)      # under TF1 control flow, only if it runs: it may be dead
         # How many times each tensor is still to be read: once per consuming input, once per output.
         self.reads: dict[TensorRef, int] = {}
@@ -151,7 +154,10 @@ class Evaluator:
             self._plan_without_constants()
 
     def _prepare(self, node: Node):
-        fn = None if node.op in _ALIASES else KERNELS.get(node.op)   # control flow: no kernel
+        if self.functions.calls(node):
+            fn = self._run_call
+        else:
+            fn = None if node.op in _ALIASES else KERNELS.get(node.op)   # control flow: no kernel
         return node, fn, node.inputs, _bfloat16_ports(self._dtypes[node.name]), \
             0 if fn is None else self._static_bytes(node)
 
@@ -261,7 +267,7 @@ class Evaluator:
         kept = {} if self._kept else None
         fed = self.fed
         budget = max_memory()
-        held = {ref: value.nbytes for ref, value in values.items()}   # what each live value counts
+        held = {ref: _bytes(value) for ref, value in values.items()}   # what each live value counts
         live = sum(held.values())
         if live > budget:
             raise EvaluationError(f"the inputs take {format_size(live)}, over the memory budget of "
@@ -276,16 +282,20 @@ class Evaluator:
                     raise _not_produced(self.graph, error.args[0]) from None
                 if fn is None:
                     results = args[:1]      # the same array: it takes no more memory
+                elif fn is self._run_call:      # the function's evaluation counts its inputs again
+                    with memory_budget(max(budget - live + sum(_bytes(arg) for arg in args), 0)):
+                        results = _call(fn, node, args, bfloat16_ports)
                 else:
                     results = _call(fn, node, args, bfloat16_ports)
-                    made = sum(value.nbytes for value in results)
+                if fn is not None:
+                    made = sum(_bytes(value) for value in results)
                     if live + made > budget:
                         raise _over_budget(node, made, live, budget)
                 for port, value in enumerate(results):
                     ref = TensorRef(node.name, port)
                     if reads.get(ref, 0) > 0 and ref not in fed:
                         values[ref] = value
-                        size = held[ref] = 0 if fn is None else value.nbytes
+                        size = held[ref] = 0 if fn is None else _bytes(value)
                         live += size
                         if kept is not None and ref in self._kept:
                             value.flags.writeable = False   # shared by every later run
@@ -307,7 +317,9 @@ class Evaluator:
     def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[TensorRef, np.ndarray]:
         values: dict[TensorRef, np.ndarray] = {}
         for text, value in feeds.items():
-            ref = self._tensor_ref(text, "feed")
+            ref = self._feed_refs.get(text)
+            if ref is None:     # parsed once: a loop feeds its body the same names every step
+                ref = self._feed_refs[text] = self._tensor_ref(text, "feed")
             if ref not in self.fed:
                 raise EvaluationError(f"feed '{text}' was not declared when the evaluation was prepared")
             if ref in values:
@@ -315,6 +327,13 @@ class Evaluator:
             if self.reads.get(ref, 0) or ref in self.outputs:
                 values[ref] = check_feed(self.graph, ref, text, value)
         return values
+
+
+def _bytes(value: np.ndarray) -> int:
+    """What a value counts against the memory budget: a variant (a TensorList) counts its items."""
+    if value.dtype == object and value.ndim == 0:
+        return value.nbytes + getattr(value[()], "nbytes", 0)
+    return value.nbytes
 
 
 def _over_budget(node: Node, size: int, live: int, budget: int) -> EvaluationError:
@@ -448,7 +467,7 @@ class _Dataflow:
         self.plan = plan
         self.static_bytes = {step[0].name: step[4] for step in plan._plan}
         self.budget = max_memory()
-        self.live = sum(value.nbytes for value in fed.values())
+        self.live = sum(_bytes(value) for value in fed.values())
         self.graph = plan.graph
         self.needed = {node.name for node in plan.steps}
         self.fed = fed
@@ -544,8 +563,13 @@ class _Dataflow:
         else:
             if self.live + self.static_bytes[name] > self.budget:
                 raise _over_budget(node, self.static_bytes[name], self.live, self.budget)
-            outputs = run_kernel(node, values, self.plan._dtypes.get(name))
-            made = sum(value.nbytes for value in outputs)
+            if self.plan.functions.calls(node):
+                with memory_budget(max(self.budget - self.live + sum(_bytes(v) for v in values), 0)):
+                    outputs = _call(self.plan._run_call, node, values,
+                                    _bfloat16_ports(self.plan._dtypes.get(name)))
+            else:
+                outputs = run_kernel(node, values, self.plan._dtypes.get(name))
+            made = sum(_bytes(value) for value in outputs)
             if self.live + made > self.budget:
                 raise _over_budget(node, made, self.live, self.budget)
             self.live += made

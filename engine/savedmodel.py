@@ -24,7 +24,6 @@ signature, partitioned variables) is an error naming what and where, never a wro
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import stat
@@ -36,7 +35,7 @@ from google.protobuf import message as protobuf_message
 from gtt_rules.errors import GraphError
 
 from . import op_registry
-from .attrs import decode_attr
+from .functions import attr_lookup, body_tensor, output_ports
 from .proto import graph_def_pb2 as pb
 from .proto import saved_model_pb2 as smpb
 from .tensor_bundle import TensorBundle
@@ -140,14 +139,6 @@ def _data_inputs(node: pb.NodeDef) -> list[str]:
 
 def _control_inputs(node: pb.NodeDef) -> list[str]:
     return [i[1:] for i in node.input if i.startswith("^")]
-
-
-def _attr_lookup(node: pb.NodeDef):
-    def lookup(name: str):
-        if name not in node.attr:
-            raise KeyError(name)
-        return decode_attr(node.attr[name])
-    return lookup
 
 
 def _shape_proto(entry_shape: pb.TensorShapeProto) -> pb.TensorShapeProto:
@@ -296,17 +287,13 @@ class _Freezer:
                              node=call.name)
         prefix = call.name + "/"
         arg_map = {arg.name: ref for arg, ref in zip(args, data)}
-        body_ports = {n.name: self._output_ports(n, fname) for n in function.node_def}
+        body_ports = {n.name: output_ports(n, self.functions, fname) for n in function.node_def}
 
         def translate(ref: str) -> str:
             if ref in arg_map:
                 return arg_map[ref]
-            node, _, rest = ref.partition(":")
-            out_arg, _, index = rest.partition(":")
-            ports = body_ports.get(node)
-            if ports is None or out_arg not in ports or not (index or "0").isdigit():
-                raise GraphError(f"function '{fname}' uses '{ref}', which it does not define")
-            return _ref(prefix + node, ports[out_arg] + int(index or 0))
+            node, port = body_tensor(ref, body_ports, fname)
+            return _ref(prefix + node, port)
 
         waits = _control_inputs(call)
         for body in function.node_def:
@@ -339,23 +326,6 @@ class _Freezer:
             self.alias[_ref(call.name, port)] = results[-1]
         self.control_alias[call.name] = ([prefix + n for n in function.control_ret.values()]
                                          + [_split(r)[0] for r in results] + waits)
-
-    def _output_ports(self, node: pb.NodeDef, where: str) -> dict[str, int]:
-        """The first port of each output argument of `node`, by argument name."""
-        function = self.functions.get(node.op)       # a direct call names its results
-        if function is not None:
-            return {arg.name: i for i, arg in enumerate(function.signature.output_arg)}
-        op_def = op_registry.get_op(node.op)
-        if op_def is None:
-            raise GraphError(f"unknown op '{node.op}' in function '{where}'", node=node.name)
-        ports, lookup = {}, _attr_lookup(node)
-        for k, arg in enumerate(op_def.outputs):
-            start = op_registry.num_outputs(dataclasses.replace(op_def, outputs=op_def.outputs[:k]), lookup)
-            if start is None:
-                raise GraphError(f"in function '{where}': cannot count the outputs of op '{node.op}'",
-                                 node=node.name)
-            ports[arg.name] = start
-        return ports
 
     # ---- variables ----
 
@@ -708,8 +678,8 @@ def _check_supported(nodes) -> None:
         op_def = op_registry.get_op(node.op)
         if op_def is None:
             continue
-        dtypes = (op_registry.output_dtypes(op_def, _attr_lookup(node)) or []) + \
-                 (op_registry.input_dtypes(op_def, _attr_lookup(node)) or [])
+        dtypes = (op_registry.output_dtypes(op_def, attr_lookup(node)) or []) + \
+                 (op_registry.input_dtypes(op_def, attr_lookup(node)) or [])
         if DT_RESOURCE in dtypes:
             raise GraphError(f"unsupported resource: '{node.op}' (lookup tables, queues and other "
                              f"resources that are not variables cannot be frozen)", node=node.name)

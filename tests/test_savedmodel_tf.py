@@ -188,7 +188,7 @@ def test_module_with_a_tf_function_signature(tf, models):
 @pytest.mark.parametrize("x", [[1.0, -2.0, 0.5], [3.0, 2.0, -1.0], [-1.0, -1.0, 4.0]])
 def test_while_loop_cond_and_case_stay_functional(tf, models, x):
     feeds = {"x": np.array(x, dtype=np.float32)}
-    graph = _check(tf, models / "loop", feeds, evaluator=False)
+    graph = _check(tf, models / "loop", feeds)     # our evaluator runs the While, If and Case too
     ops = {n.op for n in graph.nodes}
     assert ops & {"While", "StatelessWhile"} and ops & {"If", "StatelessIf"} and ops & {"Case", "StatelessCase"}
     for function in graph.library.function:
@@ -198,18 +198,9 @@ def test_while_loop_cond_and_case_stay_functional(tf, models, x):
 
 def test_keras_lstm_reads_its_weights_inside_the_loop(tf, models):
     feeds = {"sequence": np.random.default_rng(7).normal(size=(2, 7, 3)).astype(np.float32)}
-    graph = _check(tf, models / "lstm", feeds, evaluator=False)
+    graph = _check(tf, models / "lstm", feeds)     # the While over the LSTM cell, in our evaluator too
     (body,) = [f for f in graph.library.function if "body" in f.signature.name]
     assert sum(n.op == "Identity" and n.name.endswith("ReadVariableOp") for n in body.node_def) >= 3
-
-
-@pytest.mark.xfail(strict=True, reason="the evaluator does not run library functions (While, If)")
-def test_while_loop_in_our_evaluator(tf, models):
-    feeds = {"x": np.array([1.0, -2.0, 0.5], dtype=np.float32)}
-    expected = _signature_run(tf, models / "loop", "serving_default", feeds)
-    graph = freeze(models / "loop")
-    for key, value in zip(sorted(expected), gtt_rules.evaluate(graph, feeds, sorted(expected))):
-        _close(np.asarray(value), expected[key])
 
 
 def test_tf1_saved_model_with_reference_and_resource_variables(tf, models):

@@ -27,5 +27,5 @@ def kernel(*ops: str) -> Callable[[Kernel], Kernel]:
 
 def load_all() -> dict[str, Kernel]:
     """Import every kernel module, so that KERNELS is complete."""
-    from . import float_ops, quantized  # noqa: F401  (registration happens on import)
+    from . import float_ops, quantized, tensor_lists  # noqa: F401  (registration happens on import)
     return KERNELS
