@@ -1,6 +1,7 @@
 """The peer corpus (examples/peers/): rewrites taken from other systems, written in our language.
 
-Every rewrite names its source and says whether today's language expresses it; every file's test
+Every rewrite names its source and says whether today's language expresses it, and whether the
+language before issue 13's extension did; every file's test
 blocks pass; and every test block keeps the numbers: TensorFlow (and the numpy evaluator, where it
 has every kernel) runs the given graph and the rewritten one on the same inputs.
 """
@@ -25,6 +26,7 @@ PEERS = pathlib.Path(__file__).resolve().parent.parent / "examples" / "peers"
 FILES = sorted(PEERS.glob("*.rules"))
 PEER = re.compile(r"^# peer: (?P<name>\S+) — (?P<repo>[\w.-]+/[\w.-]+) (?P<path>\S+)")
 EXPRESSIBLE = re.compile(r"^# expressible: (yes|with workaround — \S.*|no — needs \S.*)$")
+BEFORE = re.compile(r"^# expressible before: (yes|with workaround|no)$")
 STATUS = {"yes": "yes", "with": "workaround", "no": "no"}
 
 
@@ -40,7 +42,8 @@ def expressible_line(lines: list[str], start: int) -> str:
 
 def peer_blocks(path: pathlib.Path) -> list[dict]:
     """Each `# peer:` comment starts a rewrite; the `# expressible:` statement after it says
-    whether today's language expresses it, and the rules up to the next `# peer:` are its rules."""
+    whether today's language expresses it, the `# expressible before:` line whether the first
+    corpus's language did, and the rules up to the next `# peer:` (in a rule set too) are its."""
     blocks = []
     lines = path.read_text(encoding="utf-8").splitlines() + [""]
     for number, line in enumerate(lines):
@@ -51,12 +54,16 @@ def peer_blocks(path: pathlib.Path) -> list[dict]:
             blocks.append({"name": found["name"], "repo": found["repo"], "path": found["path"],
                            "line": number + 1, "rules": [],
                            "expressible": STATUS[status.group(1).split()[0]] if status else None,
-                           "need": statement.split("— ", 1)[1] if status and "— " in statement else ""})
-        elif line.startswith("rule ") and blocks:
+                           "need": statement.split("— ", 1)[1] if status and "— " in statement else "",
+                           "before": None})
+        elif BEFORE.match(line) and blocks and not blocks[-1]["rules"]:
+            blocks[-1]["before"] = STATUS[BEFORE.match(line).group(1).split()[0]]
+        elif line.lstrip().startswith("rule ") and blocks:
             blocks[-1]["rules"].append(line.split()[1].rstrip(":"))
-        elif line.startswith("rule "):
+        elif line.lstrip().startswith("rule "):
             blocks.append({"name": None, "repo": None, "path": None, "line": number + 1,
-                           "rules": [line.split()[1].rstrip(":")], "expressible": None, "need": ""})
+                           "rules": [line.split()[1].rstrip(":")], "expressible": None, "need": "",
+                           "before": None})
     return blocks
 
 
@@ -72,22 +79,27 @@ def test_the_corpus_has_thirty_rewrites_from_five_systems():
 def test_every_rewrite_names_its_source_and_says_if_it_is_expressible(name, block):
     assert block["name"], f"{name}:{block['line']}: rule {block['rules']} has no '# peer:' comment above it"
     assert block["expressible"], f"{name}:{block['line']}: no '# expressible:' line after '# peer:'"
+    assert block["before"], f"{name}:{block['line']}: no '# expressible before:' line before its rules"
     assert block["rules"], f"{name}:{block['line']}: the rewrite has no rule"
 
 
 def test_the_readme_table_lists_every_rewrite_as_the_files_do():
-    """The README's table is the files' `# peer:` and `# expressible:` lines, row for row; when a
-    rewrite changes, the failure shows the rows to paste."""
+    """The README's table is the files' `# peer:`, `# expressible before:` and `# expressible:`
+    lines, row for row; when a rewrite changes, the failure shows the rows to paste. The counts
+    are the files' too, before and now."""
     readme = (PEERS / "README.md").read_text(encoding="utf-8")
     rows = [line for line in readme.splitlines() if line.startswith("| `") and ".rules` |" in line]
-    expected = [f"| `{b['name']}` | {b['repo']} `{b['path']}` | `{name}` | {b['expressible']} | {b['need']} |"
-                for name, b in BLOCKS]
+    expected = [f"| `{b['name']}` | {b['repo']} `{b['path']}` | `{name}` | {b['before']} | {b['expressible']} "
+                f"| {b['need']} |" for name, b in BLOCKS]
     assert rows == expected, "README.md's table should read:\n" + "\n".join(expected)
-    status = collections.Counter(block["expressible"] for _, block in BLOCKS)
     rules = sum(len(block["rules"]) for _, block in BLOCKS)
-    counts = (f"{len(BLOCKS)} rewrites ({rules} rules) from {len(FILES)} files: {status['yes']} "
-              f"expressible as written, {status['workaround']} with a workaround, {status['no']} not")
-    assert counts in " ".join(readme.split()), f"README.md's counts should read: {counts}"
+    for when, key in (("before", "before"), ("now", "expressible")):
+        status = collections.Counter(block[key] for _, block in BLOCKS)
+        counts = (f"{when}: {status['yes']} expressible as written, {status['workaround']} with a "
+                  f"workaround, {status['no']} not")
+        assert counts in " ".join(readme.split()), f"README.md's counts should read: {counts}"
+    total = f"{len(BLOCKS)} rewrites ({rules} rules) from {len(FILES)} files"
+    assert total in " ".join(readme.split()), f"README.md's counts should read: {total}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
