@@ -102,6 +102,10 @@ def bind_params(ruleset: RuleSet, args: dict[str, Any], *, where: str = "") -> d
             raise RulesCheckError(f"{where}'{ruleset.name}' has no parameter '{key}'{did_you_mean(key, known)} "
                                   f"(parameters: {valid})")
         values[key] = coerce_param(param, value, where=where)
+    missing = [p.name for p in ruleset.params if p.default is None and p.name not in args]
+    if missing:
+        raise RulesCheckError(f"{where}'{ruleset.name}' needs {', '.join(repr(m) for m in missing)}: "
+                              f"a parameter without a default must be given")
     return values
 
 

@@ -145,6 +145,8 @@ def test_transform_stages_check_names_and_parameters():
                                     "'old_op_name'? (its parameters: new_op_name, old_op_name, and ignore_errors)")
     with pytest.raises(UsageError, match="rename_op: .*old_op_name"):
         transform_stages("rename_op(old_op_name=A, old_op_name=B, new_op_name=C)", library)
+    with pytest.raises(UsageError, match="rename_op.* needs 'new_op_name': a parameter without a default"):
+        transform_stages("rename_op(old_op_name=Relu)", library)     # as GTT, which demands both
 
 
 def test_transform_arguments_are_converted_to_parameter_types():
