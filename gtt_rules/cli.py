@@ -16,7 +16,7 @@ import time
 import warnings
 from typing import Callable, Sequence
 
-from gtt_rules.console import capped, console, markup, plain
+from gtt_rules.console import capped, console, human_bytes, markup, plain
 from gtt_rules.engine.limits import LimitWarning, max_memory, memory_budget
 from gtt_rules.errors import GttRulesError, GttRulesWarning, UsageError, did_you_mean
 
@@ -173,7 +173,7 @@ def _print_summary(path: str, summary: dict) -> None:
     params = summary["parameters"]
     out.print(f"[bold]{markup(path)}[/bold]: {summary['nodes']:,} nodes, "
                   f"{params['count']:,} parameters in {params['consts']:,} Consts "
-                  f"({_human_bytes(params['bytes'])}), {summary['control_edges']:,} control edges, "
+                  f"({human_bytes(params['bytes'])}), {summary['control_edges']:,} control edges, "
                   f"{summary['functions']} library functions")
     for title, rows, columns in (
         ("Likely inputs", summary["inputs"], ("name", "op", "dtype", "shape")),
@@ -199,14 +199,6 @@ def _cell(value) -> str:
     if isinstance(value, list):
         return markup("[" + ", ".join("?" if v is None or v == -1 else str(v) for v in value) + "]")
     return markup(value)
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def _tensors(text: str | None) -> list | None:

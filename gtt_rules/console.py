@@ -34,6 +34,16 @@ def markup(text: object) -> str:
     return escape(plain(text))
 
 
+def human_bytes(n: float) -> str:
+    """A byte count as people read it, in the one unit every command uses: 95.8 MB (powers of
+    1000, as file managers and the issue tracker's numbers show sizes)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
 # Off a terminal, the width tables are laid out in: wide enough that no cell is ever cut or folded.
 PIPE_WIDTH = 100_000
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from gtt_rules.console import human_bytes
 from gtt_rules.engine.attrs import decode_attr
 from gtt_rules.engine.dtypes import dtype_name
 from gtt_rules.engine.graph import Graph, Node
@@ -195,8 +196,6 @@ def fill(template: str, values: dict[str, str]) -> str:
 
 def totals_table(diff: dict[str, Any], sizes: tuple[int, int]) -> str:
     """Nodes, parameters, parameter bytes and file bytes, before and after."""
-    from gtt_rules.report import human_bytes
-
     rows = [("nodes", diff["before"]["nodes"], diff["after"]["nodes"], lambda n: f"{n:,}"),
             ("parameters", diff["before"]["parameters"], diff["after"]["parameters"], lambda n: f"{n:,}"),
             ("parameter bytes", diff["before"]["parameter_bytes"], diff["after"]["parameter_bytes"], human_bytes),
@@ -251,8 +250,6 @@ def print_diff(diff: dict[str, Any], path_a: str, path_b: str, sizes: tuple[int,
     from rich.table import Table
 
     from gtt_rules.console import console, markup, plain
-    from gtt_rules.report import human_bytes
-
     out = console()
     terminal = out.is_terminal
     before, after = diff["before"], diff["after"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 
-from gtt_rules.console import plain
+from gtt_rules.console import human_bytes, plain
 
 
 def trace_line(application) -> str:
@@ -43,15 +43,6 @@ def node_changes(report) -> str:
     counts = [(report.added, "added"), (report.removed, "removed"), (report.replaced, "replaced")]
     shown = [f"{count:,} {word}" for count, word in counts if count]
     return f" ({', '.join(shown)})" if shown else ""
-
-
-def human_bytes(n: float) -> str:
-    """A byte count as people read it: 95.8 MB (powers of 1000, as file managers show sizes)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def closing_line(output: str, nodes: tuple[int, int], sizes: tuple[int, int], seconds: float) -> str:
