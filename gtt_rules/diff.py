@@ -244,19 +244,17 @@ def details_html(diff: dict[str, Any]) -> str:
 # ---- the terminal -------------------------------------------------------------------------------
 
 def print_diff(diff: dict[str, Any], path_a: str, path_b: str, sizes: tuple[int, int]) -> None:
-    """Tables on a terminal (rich); on a pipe, every row in full as plain text."""
-    import sys
-
+    """The totals, then a table per section (the one console: on a pipe, every row in full)."""
     from rich.table import Table
 
-    from gtt_rules.console import console, markup, plain
+    from gtt_rules.console import console, markup
+
     out = console()
-    terminal = out.is_terminal
     before, after = diff["before"], diff["after"]
-    lines = [f"{path_a} -> {path_b}: {headline(diff)}",
-             f"parameters: {before['parameters']:,} -> {after['parameters']:,} "
-             f"({human_bytes(before['parameter_bytes'])} -> {human_bytes(after['parameter_bytes'])}); "
-             f"file: {human_bytes(sizes[0])} -> {human_bytes(sizes[1])}"]
+    out.print(markup(f"{path_a} -> {path_b}: {headline(diff)}"))
+    out.print(markup(f"parameters: {before['parameters']:,} -> {after['parameters']:,} "
+                     f"({human_bytes(before['parameter_bytes'])} -> {human_bytes(after['parameter_bytes'])}); "
+                     f"file: {human_bytes(sizes[0])} -> {human_bytes(sizes[1])}"))
     sections = [
         ("Ops", ("op", "before", "after", "delta"),
          [(op, f"{r['before']:,}", f"{r['after']:,}", f"{r['delta']:+,}") for op, r in diff["ops"].items()]),
@@ -264,27 +262,13 @@ def print_diff(diff: dict[str, Any], path_a: str, path_b: str, sizes: tuple[int,
         ("Removed", ("name", "op", "inputs"), [(r["name"], r["op"], ", ".join(r["inputs"])) for r in diff["removed"]]),
         ("Changed", ("name", "op", "what changed"), [(r["name"], r["op"], change_summary(r)) for r in diff["changed"]]),
     ]
-    if not terminal:
-        # Piped: every row whole, tab-separated, for grep and cut.
-        write = sys.stdout.write
-        write("\n".join(map(plain, lines)) + "\n")
-        for title, columns, rows in sections:
-            write(f"\n{title} ({len(rows):,})\n")
-            if rows:
-                write("\t".join(columns) + "\n")
-            for row in rows:
-                write("\t".join(map(plain, row)) + "\n")
-        return
-    for line in lines:
-        out.print(markup(line))
     for title, columns, rows in sections:
         if not rows:
             out.print(f"{title}: none")
             continue
         table = Table(title=f"{title} ({len(rows):,})", title_justify="left")
         for i, column in enumerate(columns):
-            table.add_column(column, justify="right" if title == "Ops" and i else "left",
-                             overflow="fold")
+            table.add_column(column, justify="right" if title == "Ops" and i else "left", overflow="fold")
         for row in rows:
             table.add_row(*map(markup, row))
         out.print(table)
