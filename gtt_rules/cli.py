@@ -153,12 +153,10 @@ def _version() -> str:
 
 def _summarize(args: argparse.Namespace) -> int:
     from gtt_rules import progress
-    from gtt_rules.engine.graph import Graph
     from gtt_rules.engine.summary import summarize
 
     source = _input_path(args)
-    with progress.step(f"loading {plain(source)}"):
-        summary = summarize(Graph.load(source))
+    summary = summarize(progress.load_graph(source))
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
@@ -229,8 +227,7 @@ def _apply(args: argparse.Namespace) -> int:
     check_sample_options(args)
     if args.output_format == "memmapped" and args.output_as_text:
         raise UsageError("--output_as_text and --output-format memmapped exclude each other")
-    with progress.step(f"loading {plain(source)}"):
-        graph = Graph.load(source)
+    graph = progress.load_graph(source)
     nodes_before = len(graph)
     inputs, outputs = _tensors(args.inputs), _tensors(args.outputs)
     for ref in (inputs or []) + (outputs or []):

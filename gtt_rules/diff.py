@@ -300,14 +300,11 @@ def command(args) -> int:
     import sys
 
     from gtt_rules import progress
-    from gtt_rules.console import console, markup, plain
+    from gtt_rules.console import console, markup
     from gtt_rules.engine.output import check_output, write_output
 
     page_path = check_output(args.html, args.graph_a, args.graph_b) if args.html else None
-    graphs = []
-    for path in (args.graph_a, args.graph_b):
-        with progress.step(f"loading {plain(path)}"):
-            graphs.append(Graph.load(path))
+    graphs = [progress.load_graph(path) for path in (args.graph_a, args.graph_b)]
     sizes = []
     for path in (args.graph_a, args.graph_b):
         status = os.stat(path)

@@ -202,6 +202,27 @@ def test_progress_shows_nothing_on_a_pipe(monkeypatch):
     assert pipe.getvalue() == ""
 
 
+def test_every_command_that_reads_graphs_shows_loading_them(tmp_path, monkeypatch):
+    """run, compare, diff, summarize and memmap load through the one progress step, named after the file."""
+    labels = []
+    step = progress.step
+
+    def recording(label, total=None):
+        labels.append(label)
+        return step(label, total)
+
+    monkeypatch.setattr(progress, "step", recording)
+    graph = str(fixture_path("tf1_conv_bn"))
+    for command, graphs in ((["run", graph], 1), (["compare", graph, graph], 2), (["diff", graph, graph], 2),
+                            (["summarize", graph], 1), (["memmap", graph, "-o", str(tmp_path / "out.mmpb")], 1)):
+        labels.clear()
+        assert main(command) == 0
+        assert labels.count(f"loading {graph}") == graphs, command
+    labels.clear()
+    assert main(["run", graph]) == 0
+    assert labels == [f"loading {graph}", f"running {graph}"]
+
+
 # ---- the picture's layout -------------------------------------------------------------------------
 
 def test_the_layout_draws_every_node_and_edge_without_overlaps_even_around_a_loop():
