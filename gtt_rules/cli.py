@@ -49,6 +49,16 @@ class _Step(argparse.Action):
         setattr(namespace, self.dest, steps)
 
 
+GRAPH_HELP = ("a GraphDef (.pb binary, .pbtxt text), a memory-mapped package, or a SavedModel "
+              "folder (its serving_default signature frozen)")
+
+
+def add_graph_input(parser: argparse.ArgumentParser) -> None:
+    """GRAPH, or GTT's spelling --in_graph."""
+    parser.add_argument("graph", metavar="GRAPH", nargs="?", help=GRAPH_HELP)
+    parser.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
+
+
 def _add_graph_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", "--out_graph", dest="output", required=True, metavar="OUT",
                         help="where to write the result (.pb binary, .pbtxt text; '-': stdout)")
@@ -69,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     summarize = commands.add_parser("summarize", help="show a graph's inputs, outputs, ops and size",
                                     description="Show a graph's likely inputs and outputs, op "
                                                 "histogram and parameter count, like summarize_graph.")
-    summarize.add_argument("graph", metavar="GRAPH", nargs="?", help="a .pb or .pbtxt GraphDef file")
-    summarize.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
+    add_graph_input(summarize)
     summarize.add_argument("--json", action="store_true", help="print JSON instead of tables")
     summarize.set_defaults(run=_summarize)
 
@@ -78,8 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="rewrite a graph with rules and write the result",
         description="Read GRAPH, apply rules to a fixed point, write OUT atomically. Each --rules "
                     "runs to its own fixed point, in the order given.")
-    apply.add_argument("graph", metavar="GRAPH", nargs="?", help="a .pb or .pbtxt GraphDef file")
-    apply.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
+    add_graph_input(apply)
     _add_graph_output(apply)
     apply.add_argument("--rules", action=_Step, dest="steps", metavar="SPEC",
                        help="a .rules file, or a rule set, pass or pipeline name, optionally with "

@@ -12,6 +12,7 @@ EXIT_OK = 0
 
 def register(commands) -> None:
     """Add the `memmap` subcommand to an argparse subparsers object."""
+    from gtt_rules.cli import add_graph_input
     from gtt_rules.engine.memmapped import MIN_CONVERSION_BYTES
 
     memmap = commands.add_parser(
@@ -20,8 +21,7 @@ def register(commands) -> None:
                     "--min_conversion_tensor_size bytes goes to its own aligned region of OUT, "
                     "read by an ImmutableConst node. Every command reads such a file as a graph, "
                     "mapping its weights instead of copying them.")
-    memmap.add_argument("graph", metavar="GRAPH", nargs="?", help="a .pb or .pbtxt GraphDef file")
-    memmap.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
+    add_graph_input(memmap)
     memmap.add_argument("-o", "--output", "--out_graph", dest="output", required=True, metavar="OUT",
                         help="where to write the package ('-': stdout)")
     memmap.add_argument("--min_conversion_tensor_size", "--min-conversion-tensor-size", type=int,

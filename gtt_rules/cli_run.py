@@ -30,10 +30,12 @@ _PREVIEW = 6   # how many leading values the summary shows
 
 def register(commands) -> None:
     """Add the `run` and `compare` subcommands to an argparse subparsers object."""
+    from gtt_rules.cli import GRAPH_HELP
+
     run = commands.add_parser("run", help="run a graph in numpy and show its outputs",
                               description="Run GRAPH on fed or seeded random inputs and print each "
                                           "output's shape, dtype and a summary of its values.")
-    run.add_argument("graph", metavar="GRAPH", help="a .pb or .pbtxt GraphDef file")
+    run.add_argument("graph", metavar="GRAPH", help=GRAPH_HELP)
     _add_run_options(run)
     run.add_argument("--save", metavar="OUT.npz",
                      help="write the outputs to OUT.npz, one array per output, keyed by its name "
@@ -47,7 +49,7 @@ def register(commands) -> None:
                                               "report max absolute and relative error (relative to "
                                               "A), cosine similarity and top-1 agreement. Exits 1 "
                                               "when an output is beyond tolerance.")
-    compare.add_argument("graph_a", metavar="A", help="the reference graph")
+    compare.add_argument("graph_a", metavar="A", help=f"the reference graph: {GRAPH_HELP}")
     compare.add_argument("graph_b", metavar="B", help="the graph to check against A")
     _add_run_options(compare)
     compare.add_argument("--rtol", type=float, default=DEFAULT_RTOL,

@@ -278,12 +278,14 @@ def print_diff(diff: dict[str, Any], path_a: str, path_b: str, sizes: tuple[int,
 
 def register(commands) -> None:
     """Add `diff` to the command line's subcommands."""
+    from gtt_rules.cli import GRAPH_HELP
+
     parser = commands.add_parser(
         "diff", help="show what differs between two graphs",
         description="Compare two graphs node by node (matched by name): nodes added, removed and "
                     "changed (op, inputs, attrs, constant values by checksum), the op histogram's "
                     "delta, and parameters and bytes before and after.")
-    parser.add_argument("graph_a", metavar="A", help="the graph before (.pb or .pbtxt)")
+    parser.add_argument("graph_a", metavar="A", help=f"the graph before: {GRAPH_HELP}")
     parser.add_argument("graph_b", metavar="B", help="the graph after")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--html", metavar="PAGE.html",

@@ -54,6 +54,14 @@ def test_summarize_shows_bytes_in_the_units_apply_and_diff_use(capsys, tf):
     assert f"({weight_bytes / 1000:.1f} KB)" in first_line or f"({weight_bytes / 1e6:.1f} MB)" in first_line
 
 
+@pytest.mark.parametrize("command", ["summarize", "apply", "run", "compare", "diff", "memmap"])
+def test_help_says_every_kind_of_graph_is_accepted(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "memory-mapped package" in help_text and "SavedModel folder" in help_text
+
+
 def test_apply_with_a_transform_that_changes_nothing_writes_an_equal_graph(tmp_path, tf):
     out = tmp_path / "out.pb"
     assert main(["apply", str(fixture_path("tf2_function_library")), "-o", str(out),
