@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import pathlib
-import stat
 import sys
 import time
 import warnings
@@ -161,10 +160,14 @@ def _version() -> str:
 
 def _summarize(args: argparse.Namespace) -> int:
     from gtt_rules import progress
+    from gtt_rules.engine.graph_io import source_format
+    from gtt_rules.engine.savedmodel import DEFAULT_SIGNATURE
     from gtt_rules.engine.summary import summarize
 
     source = _input_path(args)
-    summary = summarize(progress.load_graph(source))
+    summary = {"format": source_format(source), **summarize(progress.load_graph(source))}
+    if summary["format"] == "saved_model":
+        summary["signature"] = DEFAULT_SIGNATURE     # the one every command freezes
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
@@ -177,7 +180,9 @@ def _print_summary(path: str, summary: dict) -> None:
 
     out = console()
     params = summary["parameters"]
-    out.print(f"[bold]{markup(path)}[/bold]: {summary['nodes']:,} nodes, "
+    kind = {"memmapped": " (memory-mapped package)",
+            "saved_model": f" (SavedModel, signature '{markup(summary.get('signature'))}' frozen)"}
+    out.print(f"[bold]{markup(path)}[/bold]{kind.get(summary['format'], '')}: {summary['nodes']:,} nodes, "
                   f"{params['count']:,} parameters in {params['consts']:,} Consts "
                   f"({human_bytes(params['bytes'])}), {summary['control_edges']:,} control edges, "
                   f"{summary['functions']} library functions")
@@ -219,6 +224,7 @@ def _apply(args: argparse.Namespace) -> int:
     from gtt_rules import progress, report as apply_report
     from gtt_rules.engine.driver import Limits
     from gtt_rules.engine.graph import Graph
+    from gtt_rules.engine.graph_io import stored_bytes
     from gtt_rules.engine.output import STDOUT, check_output
 
     started = time.perf_counter()
@@ -286,7 +292,7 @@ def _apply(args: argparse.Namespace) -> int:
             memmapped.save(graph, output)
         else:
             graph.save(output, text=args.output_as_text)
-    sizes = (_file_size(source), _file_size(output) if output != STDOUT else len(graph.to_bytes()))
+    sizes = (stored_bytes(source), stored_bytes(output) if output != STDOUT else len(graph.to_bytes()))
     if page:
         with progress.step(f"writing {plain(page)}"):
             apply_report.write_page(page, Graph.from_bytes(original), graph, reports, source, output, sizes)
@@ -303,15 +309,6 @@ def _apply(args: argparse.Namespace) -> int:
         print(apply_report.closing_line(output, (nodes_before, len(graph)), sizes, time.perf_counter() - started),
               file=sys.stderr)
     return EXIT_OK
-
-
-def _file_size(path: str) -> int:
-    """Bytes of a regular file; of a device or FIFO (nothing to measure), 0."""
-    try:
-        status = os.stat(path)
-    except OSError:
-        return 0
-    return status.st_size if stat.S_ISREG(status.st_mode) else 0
 
 
 def _steps(options: list[tuple[str, str]]) -> list[tuple[str, list, bool]]:

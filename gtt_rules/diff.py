@@ -297,20 +297,16 @@ def register(commands) -> None:
 
 def command(args) -> int:
     import json
-    import os
-    import stat
     import sys
 
     from gtt_rules import progress
     from gtt_rules.console import console, markup
+    from gtt_rules.engine.graph_io import stored_bytes
     from gtt_rules.engine.output import check_output, write_output
 
     page_path = check_output(args.html, args.graph_a, args.graph_b) if args.html else None
     graphs = [progress.load_graph(path) for path in (args.graph_a, args.graph_b)]
-    sizes = []
-    for path in (args.graph_a, args.graph_b):
-        status = os.stat(path)
-        sizes.append(status.st_size if stat.S_ISREG(status.st_mode) else 0)
+    sizes = [stored_bytes(path) for path in (args.graph_a, args.graph_b)]
     with progress.step("comparing"):
         result = diff_graphs(*graphs)
     if page_path is not None:

@@ -386,7 +386,11 @@ def test_every_command_reads_a_package_as_the_graph_it_holds(tmp_path, capsys):
     for path in (eight, package):
         assert main(["summarize", str(path), "--json"]) == 0
         summaries.append(json.loads(capsys.readouterr().out))
+    # The same graph; summarize says which one is the package.
+    assert [summary.pop("format") for summary in summaries] == ["binary", "memmapped"]
     assert summaries[0] == summaries[1] and summaries[0]["parameters"]["count"] > 0
+    assert main(["summarize", str(package)]) == 0
+    assert capsys.readouterr().out.startswith(f"{package} (memory-mapped package): ")
     for path in (eight, package):
         assert main(["run", str(path), "--save", str(path) + ".npz"]) == 0
     plain, mapped = np.load(str(eight) + ".npz"), np.load(str(package) + ".npz")
