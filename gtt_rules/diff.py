@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import html
-import re
 from collections import Counter
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
+from gtt_rules import page
 from gtt_rules.console import human_bytes
 from gtt_rules.engine.attrs import decode_attr
 from gtt_rules.engine.dtypes import dtype_name
@@ -181,17 +180,11 @@ def html_page(diff: dict[str, Any], path_a: str, path_b: str, sizes: tuple[int, 
     the added, removed and changed nodes."""
     from gtt_rules import picture
 
-    return fill("diff.html", {
+    return page.fill("diff.html", {
         "title": html.escape(title), "path_a": html.escape(path_a), "path_b": html.escape(path_b),
         "headline": html.escape(headline(diff)), "totals": totals_table(diff, sizes), "stages": stages,
         "picture": picture.before_and_after(before, after, diff), "details": details_html(diff),
     })
-
-
-def fill(template: str, values: dict[str, str]) -> str:
-    """A page template of this package with its `{{name}}` slots filled."""
-    text = resources.files("gtt_rules").joinpath(template).read_text(encoding="utf-8")
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], text)
 
 
 def totals_table(diff: dict[str, Any], sizes: tuple[int, int]) -> str:
@@ -310,8 +303,8 @@ def command(args) -> int:
     with progress.step("comparing"):
         result = diff_graphs(*graphs)
     if page_path is not None:
-        page = html_page(result, args.graph_a, args.graph_b, tuple(sizes), *graphs).encode("utf-8")
-        write_output(page_path, lambda file: file.write(page))
+        text = html_page(result, args.graph_a, args.graph_b, tuple(sizes), *graphs).encode("utf-8")
+        write_output(page_path, lambda file: file.write(text))
     to = sys.stderr if page_path == "-" else sys.stdout      # stdout holds the page
     if args.json:
         print(json.dumps({"a": args.graph_a, "b": args.graph_b,
