@@ -257,6 +257,9 @@ def test_cli_freeze_and_a_folder_wherever_a_graph_is(tf, models, tmp_path, capsy
     expected = _signature_run(tf, models / "two", "backward", feeds)
     (value,) = tf_run(out.read_bytes(), feeds, ["features"])
     _close(value, expected["features"])
+    # --output_as_text=false writes binary whatever the suffix, as apply does.
+    assert main(["freeze", str(models / "two"), "-o", str(tmp_path / "frozen.pbtxt"), "--output_as_text=false"]) == 0
+    assert len(tf.compat.v1.GraphDef.FromString((tmp_path / "frozen.pbtxt").read_bytes()).node) == len(frozen)
     # Graph.load takes the folder too (its default signature): summarize, run, apply ...
     assert Graph.load(models / "two").get("logits") is not None
     capsys.readouterr()
