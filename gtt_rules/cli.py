@@ -487,14 +487,15 @@ def _input_path(args: argparse.Namespace) -> str:
     return source
 
 
-def _output_path(args: argparse.Namespace, source: str) -> str:
-    """Check OUT before any work, so a bad OUT fails fast and the input stays safe."""
+def _output_path(args: argparse.Namespace, source: str,
+                 refusal: str = "refusing to write over the input graph; pass --overwrite to allow it") -> str:
+    """Check OUT (`args.output`) before any work, so a bad OUT fails fast and the input stays safe."""
     from gtt_rules.engine.output import STDOUT, check_output
     if args.output == STDOUT and not args.output_as_text and sys.stdout.isatty():
         # Binary protobuf on a terminal is garbage on screen and can send it control sequences.
-        raise UsageError("refusing to write a binary graph to a terminal; redirect stdout, or pass --output_as_text")
-    return check_output(args.output, source,
-                        refusal="refusing to write over the input graph; pass --overwrite to allow it")
+        hint = ", or pass --output_as_text" if args.output_as_text is not False else ""
+        raise UsageError(f"refusing to write a binary graph to a terminal; redirect stdout{hint}")
+    return check_output(args.output, source, refusal=refusal)
 
 
 def _print_error(error: GttRulesError) -> None:

@@ -29,10 +29,11 @@ def register(commands) -> None:
 
 def freeze_command(args: argparse.Namespace) -> int:
     from gtt_rules import progress
-    from gtt_rules.engine.output import STDOUT, check_output
+    from gtt_rules.cli import _output_path
+    from gtt_rules.engine.output import STDOUT
     from gtt_rules.engine.savedmodel import freeze
 
-    output = check_output(args.output, args.saved_model,
+    output = _output_path(args, args.saved_model,
                           refusal="refusing to write over the SavedModel; pass --overwrite to allow it")
     with progress.step(f"freezing {plain(args.saved_model)}"):
         graph = freeze(args.saved_model, signature=args.signature, tag=args.tag)

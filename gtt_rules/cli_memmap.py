@@ -30,7 +30,7 @@ def register(commands) -> None:
                              f"as in TensorFlow's tool)")
     memmap.add_argument("--overwrite", action="store_true",
                         help="allow OUT to be the input graph, or any other file this command reads")
-    memmap.set_defaults(run=memmap_command)
+    memmap.set_defaults(run=memmap_command, output_as_text=False)     # a package is binary
 
 
 def memmap_command(args: argparse.Namespace) -> int:

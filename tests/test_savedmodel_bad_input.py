@@ -246,3 +246,11 @@ def test_a_random_generator_inside_a_loop_is_unsupported(saved, tmp_path, capsys
 def test_a_broken_saved_model_where_a_graph_is_read(good, tmp_path, capsys):
     _flip(good / "variables" / "variables.index", 12)
     _refused(capsys, tmp_path, ["summarize", str(good)], "variables.index", "fails its CRC32C check")
+
+
+def test_freeze_does_not_write_a_binary_graph_to_a_terminal(saved, tmp_path):
+    from test_security_outputs import on_a_terminal, one_error_line
+
+    result, shown = on_a_terminal(["freeze", str(saved / "good"), "-o", "-"], tmp_path)
+    assert result.returncode == 2 and shown == b""
+    one_error_line(result.stderr, "refusing to write a binary graph to a terminal")
