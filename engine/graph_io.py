@@ -81,6 +81,8 @@ def source_format(path: str | os.PathLike) -> str:
     if pathlib.Path(path).suffix.lower() in TEXT_SUFFIXES:
         return "text"
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "binary"     # a FIFO or a device is read once, by `load`: a package is a file
         with open(path, "rb") as f:
             # Not closed here: the directory's region views point into the map, which goes with them.
             regions = memmapped.read_directory(memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)))

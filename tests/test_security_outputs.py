@@ -100,6 +100,23 @@ def test_a_fifo_gets_the_bytes(tmp_path):
     assert listing(tmp_path) == ["graph.fifo"]
 
 
+def test_summarize_reads_a_fifo_once(tmp_path, capsys):
+    """Telling a package from a plain graph must not open the FIFO: its writer's bytes are for `load`."""
+    fifo = tmp_path / "graph.fifo"
+    os.mkfifo(fifo)
+
+    def write():
+        with open(fifo, "wb") as f:     # blocks until a reader opens it
+            f.write(GRAPH.read_bytes())
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    assert main(["summarize", str(fifo), "--json"]) == 0
+    writer.join(timeout=30)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == "binary" and summary["nodes"] == len(Graph.load(GRAPH))
+
+
 def test_a_symlink_is_followed_and_kept(tmp_path):
     (tmp_path / "real").mkdir()
     target = tmp_path / "real" / "model.pb"
