@@ -45,6 +45,9 @@ def memmap_command(args: argparse.Namespace) -> int:
     output = _output_path(args, source)
     graph = progress.load_graph(source)
     regions = memmapped.save(graph, output, min_bytes=args.min_bytes)
-    print(f"wrote {output}: {regions} constant{'' if regions == 1 else 's'} in regions of their own",
-          file=sys.stderr if output == STDOUT else sys.stdout)
+    # With none mapped, the package is the graph in a wrapper: say why, and what would change it.
+    mapped = (f"{regions:,} constant{'' if regions == 1 else 's'} in regions of their own" if regions else
+              f"no constant of {args.min_bytes:,} bytes or more, so none in a region of its own "
+              f"(--min_conversion_tensor_size sets the size)")
+    print(f"wrote {output}: {mapped}", file=sys.stderr if output == STDOUT else sys.stdout)
     return EXIT_OK

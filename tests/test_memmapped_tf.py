@@ -224,6 +224,8 @@ def test_memmap_command_takes_tensorflows_flags(tf, tmp_path, capsys):
     assert main(["memmap", "--in_graph", str(fixture_path("tf1_mul_fold")), "--out_graph", str(out),
                  "--min_conversion_tensor_size", "1000"]) == 0
     assert "1 constant in regions" in capsys.readouterr().out
+    assert main(["memmap", str(fixture_path("tf1_mul_fold")), "-o", str(tmp_path / "none.mmpb")]) == 0
+    assert "no constant of 10,000 bytes or more" in capsys.readouterr().out
     directory, _ = _directory(tf, out.read_bytes())
     assert len(directory.element) == 2
 
