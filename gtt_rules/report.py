@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 
-from gtt_rules.console import human_bytes, plain
+from gtt_rules.console import byte_unit, plain
 
 
 def trace_line(application) -> str:
@@ -48,10 +48,8 @@ def node_changes(report) -> str:
 def closing_line(output: str, nodes: tuple[int, int], sizes: tuple[int, int], seconds: float) -> str:
     """`wrote OUT: 2,217 -> 471 nodes, 95.8 -> 24.0 MB, 1.9 s`."""
     before, after = sizes
-    unit_of = human_bytes(max(before, after)).split()[1]
-    scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}[unit_of]
-    size = (f"{before:,} -> {after:,} B" if scale == 1
-            else f"{before / scale:.1f} -> {after / scale:.1f} {unit_of}")
+    unit, scale = byte_unit(max(before, after))     # both in one unit: 95.8 -> 0.2 MB compares at a glance
+    size = f"{before:,} -> {after:,} B" if scale == 1 else f"{before / scale:.1f} -> {after / scale:.1f} {unit}"
     return plain(f"wrote {output}: {nodes[0]:,} -> {nodes[1]:,} nodes, {size}, {seconds:.1f} s")
 
 

@@ -99,6 +99,13 @@ def test_stage_counts_add_up_to_the_node_counts(tmp_path, capsys):
         assert stage["nodes_after"] - stage["nodes_before"] == stage["nodes_added"] - stage["nodes_removed"], stage
 
 
+@pytest.mark.parametrize("count, shown", [(0, "0 B"), (999, "999 B"), (1000, "1.0 KB"), (337_276, "337.3 KB"),
+                                          (999_949, "999.9 KB"), (999_999, "1.0 MB"), (95_800_000, "95.8 MB")])
+def test_byte_counts_read_in_powers_of_1000_never_as_1000_of_a_unit(count, shown):
+    from gtt_rules.console import human_bytes
+    assert human_bytes(count) == shown
+
+
 def test_apply_ends_with_one_line_of_nodes_size_and_time(tmp_path):
     source, out = fixture_path("keras_mobilenet_tiny"), tmp_path / "out.pb"
     result = run_cli("apply", str(source), "-o", str(out), "--pipeline", "optimize_for_inference")
