@@ -208,12 +208,15 @@ _ROWS_SHOWN = 500       # per list on the page; --json has them all
 
 def details_html(diff: dict[str, Any]) -> str:
     """The op delta and the node lists, as tables."""
-    parts = ['<h2>Ops</h2><table id="ops"><thead><tr><th>op</th><th>before</th><th>after</th><th>delta</th>'
-             '</tr></thead><tbody>']
-    for op, row in diff["ops"].items():
-        parts.append(f'<tr><td>{html.escape(op)}</td><td class="num">{row["before"]:,}</td>'
-                     f'<td class="num">{row["after"]:,}</td><td class="num">{row["delta"]:+,}</td></tr>')
-    parts.append("</tbody></table>")
+    if not diff["ops"]:
+        parts = ["<h2>Ops: no count changed</h2>"]     # as the node lists say "0 nodes", not an empty table
+    else:
+        parts = ['<h2>Ops</h2><table id="ops"><thead><tr><th>op</th><th>before</th><th>after</th><th>delta</th>'
+                 '</tr></thead><tbody>']
+        for op, row in diff["ops"].items():
+            parts.append(f'<tr><td>{html.escape(op)}</td><td class="num">{row["before"]:,}</td>'
+                         f'<td class="num">{row["after"]:,}</td><td class="num">{row["delta"]:+,}</td></tr>')
+        parts.append("</tbody></table>")
     for title, key, cells in (
             ("Added", "added", lambda r: (r["name"], r["op"], ", ".join(r["inputs"]))),
             ("Removed", "removed", lambda r: (r["name"], r["op"], ", ".join(r["inputs"]))),

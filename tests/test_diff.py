@@ -90,11 +90,15 @@ def test_diff_finds_exactly_the_edits(pair, capsys):
     assert diff["file_bytes"] == {"before": a.stat().st_size, "after": b.stat().st_size}
 
 
-def test_a_graph_against_itself_has_no_differences(pair, capsys):
+def test_a_graph_against_itself_has_no_differences(pair, capsys, tmp_path):
     a, *_ = pair
     assert main(["diff", str(a), str(a), "--json"]) == 0
     diff = json.loads(capsys.readouterr().out)
     assert diff["added"] == diff["removed"] == diff["changed"] == [] and diff["ops"] == {}
+    page = tmp_path / "same.html"
+    assert main(["diff", str(a), str(a), "--html", str(page)]) == 0
+    text = page.read_text()
+    assert "<h2>Ops: no count changed</h2>" in text and '<table id="ops"' not in text
 
 
 def test_piped_output_is_plain_text_in_full(pair):
