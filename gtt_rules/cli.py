@@ -332,7 +332,7 @@ _NOTES_SHOWN = 20  # per stage; --json has them all
 def _print_reports(reports) -> None:
     from rich.table import Table
 
-    from gtt_rules.report import node_changes
+    from gtt_rules.report import change_counts
 
     out = console(stderr=True)
     for name, report in reports:
@@ -346,7 +346,7 @@ def _print_reports(reports) -> None:
                           f"({report.stop_reason}, {milliseconds:.1f} ms)")
             continue
         table = Table(title=f"{markup(name)}: {report.nodes_before:,} -> {report.nodes_after:,} nodes"
-                            f"{node_changes(report)}, {report.rewrites:,} rewrites, {report.stop_reason}",
+                            f"{change_counts(report)}, {report.rewrites:,} rewrites, {report.stop_reason}",
                       title_justify="left")
         table.add_column("rule")
         table.add_column("fires", justify="right")

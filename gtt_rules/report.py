@@ -38,7 +38,7 @@ def trace_line(application) -> str:
                  f"{'; '.join(parts) or 'no node changed'}")
 
 
-def node_changes(report) -> str:
+def change_counts(report) -> str:
     """What a stage's rewrites did to the nodes, " (3 added, 5 removed, 2 replaced)", or ""."""
     counts = [(report.added, "added"), (report.removed, "removed"), (report.replaced, "replaced")]
     shown = [f"{count:,} {word}" for count, word in counts if count]
@@ -62,7 +62,7 @@ def stages_html(reports) -> str:
         milliseconds = sum(report.seconds.values()) * 1000
         lines.append(f'<tr><td>{i}</td><td>{html.escape(name)}</td>'
                      f'<td class="num">{report.nodes_before:,} &rarr; {report.nodes_after:,}</td>'
-                     f'<td>{html.escape(node_changes(report).strip(" ()")) or "-"}</td>'
+                     f'<td>{html.escape(change_counts(report).strip(" ()")) or "-"}</td>'
                      f'<td class="num">{report.rewrites:,}</td><td class="wrap">{fired or "-"}</td>'
                      f'<td class="num">{milliseconds:,.1f}</td><td>{html.escape(str(report.stop_reason))}</td></tr>')
     lines.append("</tbody></table>")
