@@ -58,7 +58,8 @@ def stages_html(reports) -> str:
     lines = ['<h2>Stages</h2><table id="stages"><thead><tr><th>#</th><th>stage</th><th>nodes</th>'
              '<th>changes</th><th>rewrites</th><th>rules fired</th><th>ms</th><th>stopped</th></tr></thead><tbody>']
     for i, (name, report) in enumerate(reports, 1):
-        fired = ", ".join(f"{rule} &times;{count:,}" for rule, count in sorted(report.fires.items()) if count)
+        fired = ", ".join(f"{html.escape(rule)} &times;{count:,}" for rule, count in sorted(report.fires.items())
+                          if count)
         milliseconds = sum(report.seconds.values()) * 1000
         lines.append(f'<tr><td>{i}</td><td>{html.escape(name)}</td>'
                      f'<td class="num">{report.nodes_before:,} &rarr; {report.nodes_after:,}</td>'

@@ -166,6 +166,19 @@ def test_report_and_output_cannot_be_one_file(tmp_path):
     assert len(result.stderr.splitlines()) == 1 and not out.exists()
 
 
+def test_the_stages_table_shows_every_name_as_text():
+    """Stage and rule names are shown, never read as markup, like every name on the page."""
+    from types import SimpleNamespace
+
+    from gtt_rules.report import stages_html
+
+    report = SimpleNamespace(fires={"<img src=x>": 2}, seconds={"<img src=x>": 0.001}, nodes_before=3,
+                             nodes_after=2, rewrites=2, stop_reason="saturated", added=0, removed=1, replaced=0)
+    table = stages_html([("<script>", report)])
+    assert "<img" not in table and "<script>" not in table
+    assert "&lt;img src=x&gt; &times;2" in table and "&lt;script&gt;" in table
+
+
 # ---- progress ------------------------------------------------------------------------------------
 
 class _Terminal(io.StringIO):
