@@ -73,6 +73,37 @@ def load(path: str | os.PathLike) -> Graph:
     return graph
 
 
+def source_format(path: str | os.PathLike) -> str:
+    """What `load` reads `path` as: "saved_model", "memmapped" (a package), "text" or "binary"."""
+    from .savedmodel import is_saved_model
+    if is_saved_model(path):
+        return "saved_model"
+    if pathlib.Path(path).suffix.lower() in TEXT_SUFFIXES:
+        return "text"
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "binary"     # a FIFO or a device is read once, by `load`: a package is a file
+        with open(path, "rb") as f:
+            # Not closed here: the directory's region views point into the map, which goes with them.
+            regions = memmapped.read_directory(memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)))
+        return "binary" if regions is None else "memmapped"
+    except (OSError, ValueError, GraphError):   # a pipe, an empty file, a flawed package: load says why
+        return "binary"
+
+
+def stored_bytes(path: str | os.PathLike) -> int:
+    """The bytes a graph takes on disk: a regular file's size, a SavedModel folder's files summed;
+    0 for what has no size to measure (a device, a FIFO)."""
+    from .savedmodel import is_saved_model
+    if is_saved_model(path):
+        return sum(f.stat().st_size for f in pathlib.Path(path).rglob("*") if f.is_file())
+    try:
+        status = os.stat(path)
+    except OSError:
+        return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
+
+
 def from_bytes(data: bytes, *, text: bool = False) -> Graph:
     """Parse a serialized GraphDef: text format when `text`, else binary (or text, if it is)."""
     if not data:

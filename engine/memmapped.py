@@ -44,6 +44,8 @@ _MAPPED_KINDS = ("float", "int", "bool", "complex", "quantized")
 
 
 class Region(NamedTuple):
+    """A region of a package: where it starts in the file, and its bytes (a view of the map)."""
+
     offset: int
     data: memoryview
 

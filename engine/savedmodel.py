@@ -32,7 +32,7 @@ from typing import Iterable
 
 from google.protobuf import message as protobuf_message
 
-from gtt_rules.errors import GraphError
+from gtt_rules.errors import GraphError, did_you_mean
 
 from . import op_registry
 from .functions import attr_lookup, body_tensor, output_ports
@@ -75,6 +75,9 @@ def freeze(path: str | os.PathLike, signature: str = DEFAULT_SIGNATURE, tag: str
     from .graph import Graph
 
     folder = pathlib.Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise GraphError("is a file, not a SavedModel folder (other commands read graph files as they are)",
+                         path=str(folder))
     model_file = folder / SAVED_MODEL_FILE
     meta_graph = _meta_graph(_read_saved_model(model_file), tag, str(model_file))
     try:
@@ -155,7 +158,7 @@ class _Freezer:
         self.folder = folder
         signatures = {k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")}
         if signature not in signatures:
-            raise GraphError(f"no signature '{signature}' (signatures: "
+            raise GraphError(f"no signature '{signature}'{did_you_mean(signature, signatures)} (signatures: "
                              f"{', '.join(sorted(signatures)) or 'none'})")
         self.signature = signatures[signature]
         self.signature_name = signature

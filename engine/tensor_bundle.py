@@ -237,6 +237,7 @@ class TensorBundle:
         self._shards: dict[int, memoryview] = {}
 
     def shard_path(self, shard: int) -> pathlib.Path:
+        """The data file of shard `shard`: `variables.data-00000-of-00001`."""
         return pathlib.Path(f"{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}")
 
     def _shard(self, shard: int) -> memoryview:
@@ -245,6 +246,8 @@ class TensorBundle:
         return self._shards[shard]
 
     def entry(self, key: str) -> smpb.BundleEntryProto:
+        """The index entry of tensor `key` (dtype, shape, shard, offset, size, CRC32C); GraphError
+        when there is none, or the tensor is saved in slices."""
         entry = self.entries.get(key)
         if entry is None:
             raise GraphError(f"checkpoint has no tensor '{key}'", path=self.prefix + ".index")

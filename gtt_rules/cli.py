@@ -10,13 +10,12 @@ import argparse
 import json
 import os
 import pathlib
-import stat
 import sys
 import time
 import warnings
 from typing import Callable, Sequence
 
-from gtt_rules.console import capped, console, markup, plain
+from gtt_rules.console import capped, console, human_bytes, markup, plain
 from gtt_rules.engine.limits import LimitWarning, max_memory, memory_budget
 from gtt_rules.errors import GttRulesError, GttRulesWarning, UsageError, did_you_mean
 
@@ -49,6 +48,16 @@ class _Step(argparse.Action):
         setattr(namespace, self.dest, steps)
 
 
+GRAPH_HELP = ("a GraphDef (.pb binary, .pbtxt text), a memory-mapped package, or a SavedModel "
+              "folder (its serving_default signature frozen)")
+
+
+def add_graph_input(parser: argparse.ArgumentParser) -> None:
+    """GRAPH, or GTT's spelling --in_graph."""
+    parser.add_argument("graph", metavar="GRAPH", nargs="?", help=GRAPH_HELP)
+    parser.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
+
+
 def _add_graph_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", "--out_graph", dest="output", required=True, metavar="OUT",
                         help="where to write the result (.pb binary, .pbtxt text; '-': stdout)")
@@ -69,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     summarize = commands.add_parser("summarize", help="show a graph's inputs, outputs, ops and size",
                                     description="Show a graph's likely inputs and outputs, op "
                                                 "histogram and parameter count, like summarize_graph.")
-    summarize.add_argument("graph", metavar="GRAPH", nargs="?", help="a .pb or .pbtxt GraphDef file")
-    summarize.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
+    add_graph_input(summarize)
     summarize.add_argument("--json", action="store_true", help="print JSON instead of tables")
     summarize.set_defaults(run=_summarize)
 
@@ -78,8 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="rewrite a graph with rules and write the result",
         description="Read GRAPH, apply rules to a fixed point, write OUT atomically. Each --rules "
                     "runs to its own fixed point, in the order given.")
-    apply.add_argument("graph", metavar="GRAPH", nargs="?", help="a .pb or .pbtxt GraphDef file")
-    apply.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
+    add_graph_input(apply)
     _add_graph_output(apply)
     apply.add_argument("--rules", action=_Step, dest="steps", metavar="SPEC",
                        help="a .rules file, or a rule set, pass or pipeline name, optionally with "
@@ -153,12 +160,14 @@ def _version() -> str:
 
 def _summarize(args: argparse.Namespace) -> int:
     from gtt_rules import progress
-    from gtt_rules.engine.graph import Graph
+    from gtt_rules.engine.graph_io import source_format
+    from gtt_rules.engine.savedmodel import DEFAULT_SIGNATURE
     from gtt_rules.engine.summary import summarize
 
     source = _input_path(args)
-    with progress.step(f"loading {plain(source)}"):
-        summary = summarize(Graph.load(source))
+    summary = {"format": source_format(source), **summarize(progress.load_graph(source))}
+    if summary["format"] == "saved_model":
+        summary["signature"] = DEFAULT_SIGNATURE     # the one every command freezes
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
@@ -171,9 +180,11 @@ def _print_summary(path: str, summary: dict) -> None:
 
     out = console()
     params = summary["parameters"]
-    out.print(f"[bold]{markup(path)}[/bold]: {summary['nodes']:,} nodes, "
+    kind = {"memmapped": " (memory-mapped package)",
+            "saved_model": f" (SavedModel, signature '{markup(summary.get('signature'))}' frozen)"}
+    out.print(f"[bold]{markup(path)}[/bold]{kind.get(summary['format'], '')}: {summary['nodes']:,} nodes, "
                   f"{params['count']:,} parameters in {params['consts']:,} Consts "
-                  f"({_human_bytes(params['bytes'])}), {summary['control_edges']:,} control edges, "
+                  f"({human_bytes(params['bytes'])}), {summary['control_edges']:,} control edges, "
                   f"{summary['functions']} library functions")
     for title, rows, columns in (
         ("Likely inputs", summary["inputs"], ("name", "op", "dtype", "shape")),
@@ -201,14 +212,6 @@ def _cell(value) -> str:
     return markup(value)
 
 
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def _tensors(text: str | None) -> list | None:
     """The TensorRefs of a comma-separated --inputs/--outputs list (`name` or `name:port`)."""
     from gtt_rules.engine.graph import TensorRef
@@ -221,6 +224,7 @@ def _apply(args: argparse.Namespace) -> int:
     from gtt_rules import progress, report as apply_report
     from gtt_rules.engine.driver import Limits
     from gtt_rules.engine.graph import Graph
+    from gtt_rules.engine.graph_io import stored_bytes
     from gtt_rules.engine.output import STDOUT, check_output
 
     started = time.perf_counter()
@@ -237,8 +241,7 @@ def _apply(args: argparse.Namespace) -> int:
     check_sample_options(args)
     if args.output_format == "memmapped" and args.output_as_text:
         raise UsageError("--output_as_text and --output-format memmapped exclude each other")
-    with progress.step(f"loading {plain(source)}"):
-        graph = Graph.load(source)
+    graph = progress.load_graph(source)
     nodes_before = len(graph)
     inputs, outputs = _tensors(args.inputs), _tensors(args.outputs)
     for ref in (inputs or []) + (outputs or []):
@@ -289,7 +292,7 @@ def _apply(args: argparse.Namespace) -> int:
             memmapped.save(graph, output)
         else:
             graph.save(output, text=args.output_as_text)
-    sizes = (_file_size(source), _file_size(output) if output != STDOUT else len(graph.to_bytes()))
+    sizes = (stored_bytes(source), stored_bytes(output) if output != STDOUT else len(graph.to_bytes()))
     if page:
         with progress.step(f"writing {plain(page)}"):
             apply_report.write_page(page, Graph.from_bytes(original), graph, reports, source, output, sizes)
@@ -306,15 +309,6 @@ def _apply(args: argparse.Namespace) -> int:
         print(apply_report.closing_line(output, (nodes_before, len(graph)), sizes, time.perf_counter() - started),
               file=sys.stderr)
     return EXIT_OK
-
-
-def _file_size(path: str) -> int:
-    """Bytes of a regular file; of a device or FIFO (nothing to measure), 0."""
-    try:
-        status = os.stat(path)
-    except OSError:
-        return 0
-    return status.st_size if stat.S_ISREG(status.st_mode) else 0
 
 
 def _steps(options: list[tuple[str, str]]) -> list[tuple[str, list, bool]]:
@@ -338,7 +332,7 @@ _NOTES_SHOWN = 20  # per stage; --json has them all
 def _print_reports(reports) -> None:
     from rich.table import Table
 
-    from gtt_rules.report import node_changes
+    from gtt_rules.report import change_counts
 
     out = console(stderr=True)
     for name, report in reports:
@@ -352,7 +346,7 @@ def _print_reports(reports) -> None:
                           f"({report.stop_reason}, {milliseconds:.1f} ms)")
             continue
         table = Table(title=f"{markup(name)}: {report.nodes_before:,} -> {report.nodes_after:,} nodes"
-                            f"{node_changes(report)}, {report.rewrites:,} rewrites, {report.stop_reason}",
+                            f"{change_counts(report)}, {report.rewrites:,} rewrites, {report.stop_reason}",
                       title_justify="left")
         table.add_column("rule")
         table.add_column("fires", justify="right")
@@ -493,14 +487,15 @@ def _input_path(args: argparse.Namespace) -> str:
     return source
 
 
-def _output_path(args: argparse.Namespace, source: str) -> str:
-    """Check OUT before any work, so a bad OUT fails fast and the input stays safe."""
+def _output_path(args: argparse.Namespace, source: str,
+                 refusal: str = "refusing to write over the input graph; pass --overwrite to allow it") -> str:
+    """Check OUT (`args.output`) before any work, so a bad OUT fails fast and the input stays safe."""
     from gtt_rules.engine.output import STDOUT, check_output
     if args.output == STDOUT and not args.output_as_text and sys.stdout.isatty():
         # Binary protobuf on a terminal is garbage on screen and can send it control sequences.
-        raise UsageError("refusing to write a binary graph to a terminal; redirect stdout, or pass --output_as_text")
-    return check_output(args.output, source,
-                        refusal="refusing to write over the input graph; pass --overwrite to allow it")
+        hint = ", or pass --output_as_text" if args.output_as_text is not False else ""
+        raise UsageError(f"refusing to write a binary graph to a terminal; redirect stdout{hint}")
+    return check_output(args.output, source, refusal=refusal)
 
 
 def _print_error(error: GttRulesError) -> None:

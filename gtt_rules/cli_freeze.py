@@ -28,14 +28,18 @@ def register(commands) -> None:
 
 
 def freeze_command(args: argparse.Namespace) -> int:
-    from gtt_rules.engine.output import STDOUT, check_output
+    from gtt_rules import progress
+    from gtt_rules.cli import _output_path
+    from gtt_rules.engine.output import STDOUT
     from gtt_rules.engine.savedmodel import freeze
 
-    output = check_output(args.output, args.saved_model,
+    output = _output_path(args, args.saved_model,
                           refusal="refusing to write over the SavedModel; pass --overwrite to allow it")
-    graph = freeze(args.saved_model, signature=args.signature, tag=args.tag)
-    graph.save(output, text=True if args.output_as_text else None)
+    with progress.step(f"freezing {plain(args.saved_model)}"):
+        graph = freeze(args.saved_model, signature=args.signature, tag=args.tag)
+    with progress.step(f"writing {plain(output)}"):
+        graph.save(output, text=args.output_as_text)    # None: the suffix decides
     if output != STDOUT:
-        print(plain(f"froze signature '{args.signature}': {len(graph.nodes)} nodes, "
-                    f"{len(graph.library.function)} functions -> {output}"))
+        print(plain(f"wrote {output}: signature '{args.signature}' frozen, {len(graph.nodes):,} nodes, "
+                    f"{len(graph.library.function):,} library functions"))
     return 0

@@ -12,6 +12,7 @@ EXIT_OK = 0
 
 def register(commands) -> None:
     """Add the `memmap` subcommand to an argparse subparsers object."""
+    from gtt_rules.cli import add_graph_input
     from gtt_rules.engine.memmapped import MIN_CONVERSION_BYTES
 
     memmap = commands.add_parser(
@@ -20,8 +21,7 @@ def register(commands) -> None:
                     "--min_conversion_tensor_size bytes goes to its own aligned region of OUT, "
                     "read by an ImmutableConst node. Every command reads such a file as a graph, "
                     "mapping its weights instead of copying them.")
-    memmap.add_argument("graph", metavar="GRAPH", nargs="?", help="a .pb or .pbtxt GraphDef file")
-    memmap.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
+    add_graph_input(memmap)
     memmap.add_argument("-o", "--output", "--out_graph", dest="output", required=True, metavar="OUT",
                         help="where to write the package ('-': stdout)")
     memmap.add_argument("--min_conversion_tensor_size", "--min-conversion-tensor-size", type=int,
@@ -30,21 +30,24 @@ def register(commands) -> None:
                              f"as in TensorFlow's tool)")
     memmap.add_argument("--overwrite", action="store_true",
                         help="allow OUT to be the input graph, or any other file this command reads")
-    memmap.set_defaults(run=memmap_command)
+    memmap.set_defaults(run=memmap_command, output_as_text=False)     # a package is binary
 
 
 def memmap_command(args: argparse.Namespace) -> int:
     from gtt_rules.cli import _input_path, _output_path
+    from gtt_rules import progress
     from gtt_rules.engine import memmapped
-    from gtt_rules.engine.graph import Graph
     from gtt_rules.engine.output import STDOUT
 
     if args.min_bytes < 0:
         raise UsageError(f"--min_conversion_tensor_size must be 0 or more, not {args.min_bytes}")
     source = _input_path(args)
     output = _output_path(args, source)
-    graph = Graph.load(source)
+    graph = progress.load_graph(source)
     regions = memmapped.save(graph, output, min_bytes=args.min_bytes)
-    print(f"wrote {output}: {regions} constant{'' if regions == 1 else 's'} in regions of their own",
-          file=sys.stderr if output == STDOUT else sys.stdout)
+    # With none mapped, the package is the graph in a wrapper: say why, and what would change it.
+    mapped = (f"{regions:,} constant{'' if regions == 1 else 's'} in regions of their own" if regions else
+              f"no constant of {args.min_bytes:,} bytes or more, so none in a region of its own "
+              f"(--min_conversion_tensor_size sets the size)")
+    print(f"wrote {output}: {mapped}", file=sys.stderr if output == STDOUT else sys.stdout)
     return EXIT_OK

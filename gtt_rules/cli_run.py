@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from gtt_rules.console import console, markup
+from gtt_rules import progress
+from gtt_rules.console import console, markup, plain
 from gtt_rules.errors import GttRulesError, UsageError, did_you_mean
 
 EXIT_OK, EXIT_CHECK_FAILED = 0, 1
@@ -29,10 +30,12 @@ _PREVIEW = 6   # how many leading values the summary shows
 
 def register(commands) -> None:
     """Add the `run` and `compare` subcommands to an argparse subparsers object."""
+    from gtt_rules.cli import GRAPH_HELP
+
     run = commands.add_parser("run", help="run a graph in numpy and show its outputs",
                               description="Run GRAPH on fed or seeded random inputs and print each "
                                           "output's shape, dtype and a summary of its values.")
-    run.add_argument("graph", metavar="GRAPH", help="a .pb or .pbtxt GraphDef file")
+    run.add_argument("graph", metavar="GRAPH", help=GRAPH_HELP)
     _add_run_options(run)
     run.add_argument("--save", metavar="OUT.npz",
                      help="write the outputs to OUT.npz, one array per output, keyed by its name "
@@ -46,7 +49,7 @@ def register(commands) -> None:
                                               "report max absolute and relative error (relative to "
                                               "A), cosine similarity and top-1 agreement. Exits 1 "
                                               "when an output is beyond tolerance.")
-    compare.add_argument("graph_a", metavar="A", help="the reference graph")
+    compare.add_argument("graph_a", metavar="A", help=f"the reference graph: {GRAPH_HELP}")
     compare.add_argument("graph_b", metavar="B", help="the graph to check against A")
     _add_run_options(compare)
     compare.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
@@ -232,16 +235,12 @@ def parse_outputs(text: str | None, graph) -> list[str]:
     return names
 
 
-def _load_graph(path: str):
-    from gtt_rules.engine.graph import Graph
-    return Graph.load(path)
-
-
 def run_graph(graph, path: str, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Evaluate, locating any error in the graph file `path`."""
     from gtt_rules.engine.evaluator import evaluate
     try:
-        return evaluate(graph, feeds, outputs)
+        with progress.step(f"running {plain(path)}"):
+            return evaluate(graph, feeds, outputs)
     except GttRulesError as error:
         raise error.located(path) from None
 
@@ -305,7 +304,7 @@ def run_command(args: argparse.Namespace) -> int:
     given = load_feed_files(args.feed)
     feed_files = feed_paths(args.feed)
     save_path = check_output(args.save, args.graph, *feed_files) if args.save else None
-    graph = _load_graph(args.graph)
+    graph = progress.load_graph(args.graph)
     outputs = parse_outputs(args.outputs, graph)
     feeds = _feeds_for(graph, args.graph, args.seed, given)
     values = run_graph(graph, args.graph, outputs, feeds)
@@ -422,8 +421,8 @@ def compare_command(args: argparse.Namespace) -> int:
     given = load_feed_files(args.feed)
     feed_files = feed_paths(args.feed)
     html_path = check_output(args.html, args.graph_a, args.graph_b, *feed_files) if args.html else None
-    graph_a = _load_graph(args.graph_a)
-    graph_b = _load_graph(args.graph_b)
+    graph_a = progress.load_graph(args.graph_a)
+    graph_b = progress.load_graph(args.graph_b)
     # The same values for both: B's own inputs first, then A's, then the files, each overriding.
     feeds_a = _feeds_for(graph_a, args.graph_a, args.seed, given)
     feeds_b = _feeds_for(graph_b, args.graph_b, args.seed, feeds_a)

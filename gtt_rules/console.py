@@ -34,6 +34,24 @@ def markup(text: object) -> str:
     return escape(plain(text))
 
 
+_BYTE_UNITS = (("B", 1), ("KB", 1e3), ("MB", 1e6), ("GB", 1e9))
+
+
+def byte_unit(n: float) -> tuple[str, float]:
+    """The unit a byte count reads best in, and its size: (MB, 1e6) for 95.8 MB. Powers of 1000,
+    as file managers and the issue tracker's numbers show sizes; one unit for every command."""
+    for unit, size in _BYTE_UNITS:
+        if abs(n) < 999.95 * size or unit == "GB":    # 999,960 B is 1.0 MB, not 1000.0 KB
+            return unit, size
+    raise AssertionError("unreachable: GB takes every count")
+
+
+def human_bytes(n: float) -> str:
+    """A byte count as people read it: 95.8 MB, 337.3 KB, 512 B."""
+    unit, size = byte_unit(n)
+    return f"{n:.0f} B" if size == 1 else f"{n / size:.1f} {unit}"
+
+
 # Off a terminal, the width tables are laid out in: wide enough that no cell is ever cut or folded.
 PIPE_WIDTH = 100_000
 

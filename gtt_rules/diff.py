@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import html
-import re
 from collections import Counter
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
+from gtt_rules import page
+from gtt_rules.console import human_bytes
 from gtt_rules.engine.attrs import decode_attr
 from gtt_rules.engine.dtypes import dtype_name
 from gtt_rules.engine.graph import Graph, Node
@@ -180,23 +180,15 @@ def html_page(diff: dict[str, Any], path_a: str, path_b: str, sizes: tuple[int, 
     the added, removed and changed nodes."""
     from gtt_rules import picture
 
-    return fill("diff.html", {
+    return page.fill("diff.html", {
         "title": html.escape(title), "path_a": html.escape(path_a), "path_b": html.escape(path_b),
         "headline": html.escape(headline(diff)), "totals": totals_table(diff, sizes), "stages": stages,
         "picture": picture.before_and_after(before, after, diff), "details": details_html(diff),
     })
 
 
-def fill(template: str, values: dict[str, str]) -> str:
-    """A page template of this package with its `{{name}}` slots filled."""
-    text = resources.files("gtt_rules").joinpath(template).read_text(encoding="utf-8")
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], text)
-
-
 def totals_table(diff: dict[str, Any], sizes: tuple[int, int]) -> str:
     """Nodes, parameters, parameter bytes and file bytes, before and after."""
-    from gtt_rules.report import human_bytes
-
     rows = [("nodes", diff["before"]["nodes"], diff["after"]["nodes"], lambda n: f"{n:,}"),
             ("parameters", diff["before"]["parameters"], diff["after"]["parameters"], lambda n: f"{n:,}"),
             ("parameter bytes", diff["before"]["parameter_bytes"], diff["after"]["parameter_bytes"], human_bytes),
@@ -216,12 +208,15 @@ _ROWS_SHOWN = 500       # per list on the page; --json has them all
 
 def details_html(diff: dict[str, Any]) -> str:
     """The op delta and the node lists, as tables."""
-    parts = ['<h2>Ops</h2><table id="ops"><thead><tr><th>op</th><th>before</th><th>after</th><th>delta</th>'
-             '</tr></thead><tbody>']
-    for op, row in diff["ops"].items():
-        parts.append(f'<tr><td>{html.escape(op)}</td><td class="num">{row["before"]:,}</td>'
-                     f'<td class="num">{row["after"]:,}</td><td class="num">{row["delta"]:+,}</td></tr>')
-    parts.append("</tbody></table>")
+    if not diff["ops"]:
+        parts = ["<h2>Ops: no count changed</h2>"]     # as the node lists say "0 nodes", not an empty table
+    else:
+        parts = ['<h2>Ops</h2><table id="ops"><thead><tr><th>op</th><th>before</th><th>after</th><th>delta</th>'
+                 '</tr></thead><tbody>']
+        for op, row in diff["ops"].items():
+            parts.append(f'<tr><td>{html.escape(op)}</td><td class="num">{row["before"]:,}</td>'
+                         f'<td class="num">{row["after"]:,}</td><td class="num">{row["delta"]:+,}</td></tr>')
+        parts.append("</tbody></table>")
     for title, key, cells in (
             ("Added", "added", lambda r: (r["name"], r["op"], ", ".join(r["inputs"]))),
             ("Removed", "removed", lambda r: (r["name"], r["op"], ", ".join(r["inputs"]))),
@@ -245,21 +240,17 @@ def details_html(diff: dict[str, Any]) -> str:
 # ---- the terminal -------------------------------------------------------------------------------
 
 def print_diff(diff: dict[str, Any], path_a: str, path_b: str, sizes: tuple[int, int]) -> None:
-    """Tables on a terminal (rich); on a pipe, every row in full as plain text."""
-    import sys
-
+    """The totals, then a table per section (the one console: on a pipe, every row in full)."""
     from rich.table import Table
 
-    from gtt_rules.console import console, markup, plain
-    from gtt_rules.report import human_bytes
+    from gtt_rules.console import console, markup
 
     out = console()
-    terminal = out.is_terminal
     before, after = diff["before"], diff["after"]
-    lines = [f"{path_a} -> {path_b}: {headline(diff)}",
-             f"parameters: {before['parameters']:,} -> {after['parameters']:,} "
-             f"({human_bytes(before['parameter_bytes'])} -> {human_bytes(after['parameter_bytes'])}); "
-             f"file: {human_bytes(sizes[0])} -> {human_bytes(sizes[1])}"]
+    out.print(markup(f"{path_a} -> {path_b}: {headline(diff)}"))
+    out.print(markup(f"parameters: {before['parameters']:,} -> {after['parameters']:,} "
+                     f"({human_bytes(before['parameter_bytes'])} -> {human_bytes(after['parameter_bytes'])}); "
+                     f"file: {human_bytes(sizes[0])} -> {human_bytes(sizes[1])}"))
     sections = [
         ("Ops", ("op", "before", "after", "delta"),
          [(op, f"{r['before']:,}", f"{r['after']:,}", f"{r['delta']:+,}") for op, r in diff["ops"].items()]),
@@ -267,27 +258,13 @@ def print_diff(diff: dict[str, Any], path_a: str, path_b: str, sizes: tuple[int,
         ("Removed", ("name", "op", "inputs"), [(r["name"], r["op"], ", ".join(r["inputs"])) for r in diff["removed"]]),
         ("Changed", ("name", "op", "what changed"), [(r["name"], r["op"], change_summary(r)) for r in diff["changed"]]),
     ]
-    if not terminal:
-        # Piped: every row whole, tab-separated, for grep and cut.
-        write = sys.stdout.write
-        write("\n".join(map(plain, lines)) + "\n")
-        for title, columns, rows in sections:
-            write(f"\n{title} ({len(rows):,})\n")
-            if rows:
-                write("\t".join(columns) + "\n")
-            for row in rows:
-                write("\t".join(map(plain, row)) + "\n")
-        return
-    for line in lines:
-        out.print(markup(line))
     for title, columns, rows in sections:
         if not rows:
             out.print(f"{title}: none")
             continue
         table = Table(title=f"{title} ({len(rows):,})", title_justify="left")
         for i, column in enumerate(columns):
-            table.add_column(column, justify="right" if title == "Ops" and i else "left",
-                             overflow="fold")
+            table.add_column(column, justify="right" if title == "Ops" and i else "left", overflow="fold")
         for row in rows:
             table.add_row(*map(markup, row))
         out.print(table)
@@ -297,12 +274,14 @@ def print_diff(diff: dict[str, Any], path_a: str, path_b: str, sizes: tuple[int,
 
 def register(commands) -> None:
     """Add `diff` to the command line's subcommands."""
+    from gtt_rules.cli import GRAPH_HELP
+
     parser = commands.add_parser(
         "diff", help="show what differs between two graphs",
         description="Compare two graphs node by node (matched by name): nodes added, removed and "
                     "changed (op, inputs, attrs, constant values by checksum), the op histogram's "
                     "delta, and parameters and bytes before and after.")
-    parser.add_argument("graph_a", metavar="A", help="the graph before (.pb or .pbtxt)")
+    parser.add_argument("graph_a", metavar="A", help=f"the graph before: {GRAPH_HELP}")
     parser.add_argument("graph_b", metavar="B", help="the graph after")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--html", metavar="PAGE.html",
@@ -314,28 +293,21 @@ def register(commands) -> None:
 
 def command(args) -> int:
     import json
-    import os
-    import stat
     import sys
 
     from gtt_rules import progress
-    from gtt_rules.console import console, markup, plain
+    from gtt_rules.console import console, markup
+    from gtt_rules.engine.graph_io import stored_bytes
     from gtt_rules.engine.output import check_output, write_output
 
     page_path = check_output(args.html, args.graph_a, args.graph_b) if args.html else None
-    graphs = []
-    for path in (args.graph_a, args.graph_b):
-        with progress.step(f"loading {plain(path)}"):
-            graphs.append(Graph.load(path))
-    sizes = []
-    for path in (args.graph_a, args.graph_b):
-        status = os.stat(path)
-        sizes.append(status.st_size if stat.S_ISREG(status.st_mode) else 0)
+    graphs = [progress.load_graph(path) for path in (args.graph_a, args.graph_b)]
+    sizes = [stored_bytes(path) for path in (args.graph_a, args.graph_b)]
     with progress.step("comparing"):
         result = diff_graphs(*graphs)
     if page_path is not None:
-        page = html_page(result, args.graph_a, args.graph_b, tuple(sizes), *graphs).encode("utf-8")
-        write_output(page_path, lambda file: file.write(page))
+        text = html_page(result, args.graph_a, args.graph_b, tuple(sizes), *graphs).encode("utf-8")
+        write_output(page_path, lambda file: file.write(text))
     to = sys.stderr if page_path == "-" else sys.stdout      # stdout holds the page
     if args.json:
         print(json.dumps({"a": args.graph_a, "b": args.graph_b,

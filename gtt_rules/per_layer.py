@@ -22,11 +22,11 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Callable
 
 import numpy as np
 
+from gtt_rules import page
 from gtt_rules.engine.dtypes import DT_FLOAT
 from gtt_rules.engine.graph import Graph, Node, TensorRef
 
@@ -194,7 +194,6 @@ _LABEL_CHARS = 48       # what fits in _LABEL_WIDTH at the chart's 11.5px monosp
 def html_page(rows: list[dict[str, Any]], float_path: str, eightbit_path: str, inputs: str) -> str:
     """A self-contained page (inline CSS and SVG, nothing fetched): a bar per layer of its SQNR,
     and the table."""
-    template = resources.files("gtt_rules").joinpath("per_layer.html").read_text(encoding="utf-8")
     lowest = worst(rows)
     summary = (f"{len(rows)} layers; lowest SQNR {sqnr_text(lowest)} dB at "
                f"<code>{html.escape(lowest['layer'])}</code>" if lowest else f"{len(rows)} layers")
@@ -205,7 +204,7 @@ def html_page(rows: list[dict[str, Any]], float_path: str, eightbit_path: str, i
         "scope": f" (names under <code>{html.escape(common)}</code>)" if common else "",
         "chart": _chart(rows, lowest, common), "table": _table(rows, lowest, common),
     }
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
+    return page.fill("per_layer.html", values)
 
 
 def common_scope(rows: list[dict[str, Any]]) -> str:

@@ -87,3 +87,13 @@ def step(label: str, total: int | None = None) -> Iterator[Step]:
     finally:
         timer.cancel()
         current._end()
+
+
+def load_graph(path: str):
+    """`Graph.load(path)`, shown as a `loading PATH` step: every command starts with it, and a big
+    model (or a SavedModel to freeze) takes seconds."""
+    from gtt_rules.console import plain
+    from gtt_rules.engine.graph import Graph
+
+    with step(f"loading {plain(path)}"):
+        return Graph.load(path)

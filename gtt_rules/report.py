@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 
-from gtt_rules.console import plain
+from gtt_rules.console import byte_unit, plain
 
 
 def trace_line(application) -> str:
@@ -38,29 +38,18 @@ def trace_line(application) -> str:
                  f"{'; '.join(parts) or 'no node changed'}")
 
 
-def node_changes(report) -> str:
+def change_counts(report) -> str:
     """What a stage's rewrites did to the nodes, " (3 added, 5 removed, 2 replaced)", or ""."""
     counts = [(report.added, "added"), (report.removed, "removed"), (report.replaced, "replaced")]
     shown = [f"{count:,} {word}" for count, word in counts if count]
     return f" ({', '.join(shown)})" if shown else ""
 
 
-def human_bytes(n: float) -> str:
-    """A byte count as people read it: 95.8 MB (powers of 1000, as file managers show sizes)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
-
-
 def closing_line(output: str, nodes: tuple[int, int], sizes: tuple[int, int], seconds: float) -> str:
     """`wrote OUT: 2,217 -> 471 nodes, 95.8 -> 24.0 MB, 1.9 s`."""
     before, after = sizes
-    unit_of = human_bytes(max(before, after)).split()[1]
-    scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}[unit_of]
-    size = (f"{before:,} -> {after:,} B" if scale == 1
-            else f"{before / scale:.1f} -> {after / scale:.1f} {unit_of}")
+    unit, scale = byte_unit(max(before, after))     # both in one unit: 95.8 -> 0.2 MB compares at a glance
+    size = f"{before:,} -> {after:,} B" if scale == 1 else f"{before / scale:.1f} -> {after / scale:.1f} {unit}"
     return plain(f"wrote {output}: {nodes[0]:,} -> {nodes[1]:,} nodes, {size}, {seconds:.1f} s")
 
 
@@ -69,11 +58,12 @@ def stages_html(reports) -> str:
     lines = ['<h2>Stages</h2><table id="stages"><thead><tr><th>#</th><th>stage</th><th>nodes</th>'
              '<th>changes</th><th>rewrites</th><th>rules fired</th><th>ms</th><th>stopped</th></tr></thead><tbody>']
     for i, (name, report) in enumerate(reports, 1):
-        fired = ", ".join(f"{rule} &times;{count:,}" for rule, count in sorted(report.fires.items()) if count)
+        fired = ", ".join(f"{html.escape(rule)} &times;{count:,}" for rule, count in sorted(report.fires.items())
+                          if count)
         milliseconds = sum(report.seconds.values()) * 1000
         lines.append(f'<tr><td>{i}</td><td>{html.escape(name)}</td>'
                      f'<td class="num">{report.nodes_before:,} &rarr; {report.nodes_after:,}</td>'
-                     f'<td>{html.escape(node_changes(report).strip(" ()")) or "-"}</td>'
+                     f'<td>{html.escape(change_counts(report).strip(" ()")) or "-"}</td>'
                      f'<td class="num">{report.rewrites:,}</td><td class="wrap">{fired or "-"}</td>'
                      f'<td class="num">{milliseconds:,.1f}</td><td>{html.escape(str(report.stop_reason))}</td></tr>')
     lines.append("</tbody></table>")

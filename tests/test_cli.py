@@ -44,6 +44,24 @@ def test_summarize_prints_tables_for_people(capsys):
     assert "Likely inputs" in out and "Likely outputs" in out and "Conv2D" in out
 
 
+def test_summarize_shows_bytes_in_the_units_apply_and_diff_use(capsys, tf):
+    """One unit for every command: powers of 1000 (the apply closing line's "95.8 MB")."""
+    graph_def = tf.compat.v1.GraphDef.FromString(fixture_path("keras_bn_frozen").read_bytes())
+    weight_bytes = sum(tf.make_ndarray(n.attr["value"].tensor).nbytes for n in graph_def.node if n.op == "Const")
+    assert weight_bytes >= 1000
+    assert main(["summarize", str(fixture_path("keras_bn_frozen"))]) == 0
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert f"({weight_bytes / 1000:.1f} KB)" in first_line or f"({weight_bytes / 1e6:.1f} MB)" in first_line
+
+
+@pytest.mark.parametrize("command", ["summarize", "apply", "run", "compare", "diff", "memmap"])
+def test_help_says_every_kind_of_graph_is_accepted(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "memory-mapped package" in help_text and "SavedModel folder" in help_text
+
+
 def test_apply_with_a_transform_that_changes_nothing_writes_an_equal_graph(tmp_path, tf):
     out = tmp_path / "out.pb"
     assert main(["apply", str(fixture_path("tf2_function_library")), "-o", str(out),

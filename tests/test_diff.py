@@ -90,11 +90,15 @@ def test_diff_finds_exactly_the_edits(pair, capsys):
     assert diff["file_bytes"] == {"before": a.stat().st_size, "after": b.stat().st_size}
 
 
-def test_a_graph_against_itself_has_no_differences(pair, capsys):
+def test_a_graph_against_itself_has_no_differences(pair, capsys, tmp_path):
     a, *_ = pair
     assert main(["diff", str(a), str(a), "--json"]) == 0
     diff = json.loads(capsys.readouterr().out)
     assert diff["added"] == diff["removed"] == diff["changed"] == [] and diff["ops"] == {}
+    page = tmp_path / "same.html"
+    assert main(["diff", str(a), str(a), "--html", str(page)]) == 0
+    text = page.read_text()
+    assert "<h2>Ops: no count changed</h2>" in text and '<table id="ops"' not in text
 
 
 def test_piped_output_is_plain_text_in_full(pair):
@@ -102,14 +106,15 @@ def test_piped_output_is_plain_text_in_full(pair):
     result = run_cli("diff", str(a), str(b))
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "\x1b" not in out and "┃" not in out and "…" not in out
+    assert "\x1b" not in out and "…" not in out
     lines = out.splitlines()
     assert lines[0] == f"{a} -> {b}: {len(a_def.node)} -> {len(b_def.node)} nodes: 1 added, 1 removed, 3 changed"
-    # The long name whole, its row tab-separated: name, op, what changed.
-    row = next(line for line in lines if line.startswith(LONG + "\t"))
-    assert row.split("\t")[1] == "Const" and row.split("\t")[2].startswith("value float [4, 3] #")
-    assert "relu\tRelu6\top Relu -> Relu6" in lines
-    assert "Relu6\t0\t1\t+1" in lines and "Identity\t2\t1\t-1" in lines
+    # Each row whole on one line: name, op, what changed, as the tables of every command print piped.
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if "│" in line]
+    row = next(cells for cells in cells if cells[0] == LONG)
+    assert row[1] == "Const" and row[2].startswith("value float [4, 3] #")
+    assert ["relu", "Relu6", "op Relu -> Relu6"] in cells
+    assert ["Relu6", "0", "1", "+1"] in cells and ["Identity", "2", "1", "-1"] in cells
 
 
 def test_html_page_is_written_and_holds_the_picture(pair, tmp_path):

@@ -224,6 +224,8 @@ def test_memmap_command_takes_tensorflows_flags(tf, tmp_path, capsys):
     assert main(["memmap", "--in_graph", str(fixture_path("tf1_mul_fold")), "--out_graph", str(out),
                  "--min_conversion_tensor_size", "1000"]) == 0
     assert "1 constant in regions" in capsys.readouterr().out
+    assert main(["memmap", str(fixture_path("tf1_mul_fold")), "-o", str(tmp_path / "none.mmpb")]) == 0
+    assert "no constant of 10,000 bytes or more" in capsys.readouterr().out
     directory, _ = _directory(tf, out.read_bytes())
     assert len(directory.element) == 2
 
@@ -386,7 +388,11 @@ def test_every_command_reads_a_package_as_the_graph_it_holds(tmp_path, capsys):
     for path in (eight, package):
         assert main(["summarize", str(path), "--json"]) == 0
         summaries.append(json.loads(capsys.readouterr().out))
+    # The same graph; summarize says which one is the package.
+    assert [summary.pop("format") for summary in summaries] == ["binary", "memmapped"]
     assert summaries[0] == summaries[1] and summaries[0]["parameters"]["count"] > 0
+    assert main(["summarize", str(package)]) == 0
+    assert capsys.readouterr().out.startswith(f"{package} (memory-mapped package): ")
     for path in (eight, package):
         assert main(["run", str(path), "--save", str(path) + ".npz"]) == 0
     plain, mapped = np.load(str(eight) + ".npz"), np.load(str(package) + ".npz")

@@ -99,6 +99,13 @@ def test_stage_counts_add_up_to_the_node_counts(tmp_path, capsys):
         assert stage["nodes_after"] - stage["nodes_before"] == stage["nodes_added"] - stage["nodes_removed"], stage
 
 
+@pytest.mark.parametrize("count, shown", [(0, "0 B"), (999, "999 B"), (1000, "1.0 KB"), (337_276, "337.3 KB"),
+                                          (999_949, "999.9 KB"), (999_999, "1.0 MB"), (95_800_000, "95.8 MB")])
+def test_byte_counts_read_in_powers_of_1000_never_as_1000_of_a_unit(count, shown):
+    from gtt_rules.console import human_bytes
+    assert human_bytes(count) == shown
+
+
 def test_apply_ends_with_one_line_of_nodes_size_and_time(tmp_path):
     source, out = fixture_path("keras_mobilenet_tiny"), tmp_path / "out.pb"
     result = run_cli("apply", str(source), "-o", str(out), "--pipeline", "optimize_for_inference")
@@ -159,6 +166,19 @@ def test_report_and_output_cannot_be_one_file(tmp_path):
     assert len(result.stderr.splitlines()) == 1 and not out.exists()
 
 
+def test_the_stages_table_shows_every_name_as_text():
+    """Stage and rule names are shown, never read as markup, like every name on the page."""
+    from types import SimpleNamespace
+
+    from gtt_rules.report import stages_html
+
+    report = SimpleNamespace(fires={"<img src=x>": 2}, seconds={"<img src=x>": 0.001}, nodes_before=3,
+                             nodes_after=2, rewrites=2, stop_reason="saturated", added=0, removed=1, replaced=0)
+    table = stages_html([("<script>", report)])
+    assert "<img" not in table and "<script>" not in table
+    assert "&lt;img src=x&gt; &times;2" in table and "&lt;script&gt;" in table
+
+
 # ---- progress ------------------------------------------------------------------------------------
 
 class _Terminal(io.StringIO):
@@ -200,6 +220,27 @@ def test_progress_shows_nothing_on_a_pipe(monkeypatch):
     with progress.step("piped"):
         time.sleep(0.3)
     assert pipe.getvalue() == ""
+
+
+def test_every_command_that_reads_graphs_shows_loading_them(tmp_path, monkeypatch):
+    """run, compare, diff, summarize and memmap load through the one progress step, named after the file."""
+    labels = []
+    step = progress.step
+
+    def recording(label, total=None):
+        labels.append(label)
+        return step(label, total)
+
+    monkeypatch.setattr(progress, "step", recording)
+    graph = str(fixture_path("tf1_conv_bn"))
+    for command, graphs in ((["run", graph], 1), (["compare", graph, graph], 2), (["diff", graph, graph], 2),
+                            (["summarize", graph], 1), (["memmap", graph, "-o", str(tmp_path / "out.mmpb")], 1)):
+        labels.clear()
+        assert main(command) == 0
+        assert labels.count(f"loading {graph}") == graphs, command
+    labels.clear()
+    assert main(["run", graph]) == 0
+    assert labels == [f"loading {graph}", f"running {graph}"]
 
 
 # ---- the picture's layout -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import fixture_path
 from gtt_rules.cli import main
 
 
@@ -215,6 +216,13 @@ def test_calls_that_multiply_past_the_node_bound(good, tmp_path, capsys):
 def test_unknown_signature(good, tmp_path, capsys):
     _refused(capsys, tmp_path, ["freeze", str(good), "--signature", "predict"],
              "no signature 'predict'", "serving_default")
+    _refused(capsys, tmp_path, ["freeze", str(good), "--signature", "serving_defualt"],
+             "no signature 'serving_defualt'; did you mean 'serving_default'?")
+
+
+def test_a_graph_file_is_not_a_saved_model(tmp_path, capsys):
+    graph = fixture_path("tf1_conv_bn")
+    _refused(capsys, tmp_path, ["freeze", str(graph)], f"{graph}: is a file, not a SavedModel folder")
 
 
 def test_unknown_tag(good, tmp_path, capsys):
@@ -246,3 +254,11 @@ def test_a_random_generator_inside_a_loop_is_unsupported(saved, tmp_path, capsys
 def test_a_broken_saved_model_where_a_graph_is_read(good, tmp_path, capsys):
     _flip(good / "variables" / "variables.index", 12)
     _refused(capsys, tmp_path, ["summarize", str(good)], "variables.index", "fails its CRC32C check")
+
+
+def test_freeze_does_not_write_a_binary_graph_to_a_terminal(saved, tmp_path):
+    from test_security_outputs import on_a_terminal, one_error_line
+
+    result, shown = on_a_terminal(["freeze", str(saved / "good"), "-o", "-"], tmp_path)
+    assert result.returncode == 2 and shown == b""
+    one_error_line(result.stderr, "refusing to write a binary graph to a terminal")

@@ -5,6 +5,7 @@ graph must run in TensorFlow and in our evaluator to the SavedModel's own signat
 1e-6 relative."""
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 
@@ -247,11 +248,22 @@ def test_cli_freeze_and_a_folder_wherever_a_graph_is(tf, models, tmp_path, capsy
     expected = _signature_run(tf, models / "two", "backward", feeds)
     (value,) = tf_run(out.read_bytes(), feeds, ["features"])
     _close(value, expected["features"])
+    # --output_as_text=false writes binary whatever the suffix, as apply does.
+    assert main(["freeze", str(models / "two"), "-o", str(tmp_path / "frozen.pbtxt"), "--output_as_text=false"]) == 0
+    assert len(tf.compat.v1.GraphDef.FromString((tmp_path / "frozen.pbtxt").read_bytes()).node) == len(frozen)
     # Graph.load takes the folder too (its default signature): summarize, run, apply ...
     assert Graph.load(models / "two").get("logits") is not None
     capsys.readouterr()
     assert main(["summarize", str(models / "module")]) == 0
-    assert "embedded" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "embedded" in shown and shown.startswith(f"{models / 'module'} (SavedModel, signature 'serving_default' frozen): ")
+    assert main(["summarize", str(models / "module"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == "saved_model" and summary["signature"] == "serving_default"
+    # Its size is its files' (a folder's own st_size is not), as diff and apply's closing line show it.
+    assert main(["diff", str(models / "module"), str(out), "--json"]) == 0
+    on_disk = sum(f.stat().st_size for f in (models / "module").rglob("*") if f.is_file())
+    assert json.loads(capsys.readouterr().out)["file_bytes"]["before"] == on_disk > 0
 
 
 def test_an_input_that_no_output_reads_stays_a_placeholder(tf, tmp_path):

@@ -100,6 +100,23 @@ def test_a_fifo_gets_the_bytes(tmp_path):
     assert listing(tmp_path) == ["graph.fifo"]
 
 
+def test_summarize_reads_a_fifo_once(tmp_path, capsys):
+    """Telling a package from a plain graph must not open the FIFO: its writer's bytes are for `load`."""
+    fifo = tmp_path / "graph.fifo"
+    os.mkfifo(fifo)
+
+    def write():
+        with open(fifo, "wb") as f:     # blocks until a reader opens it
+            f.write(GRAPH.read_bytes())
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    assert main(["summarize", str(fifo), "--json"]) == 0
+    writer.join(timeout=30)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == "binary" and summary["nodes"] == len(Graph.load(GRAPH))
+
+
 def test_a_symlink_is_followed_and_kept(tmp_path):
     (tmp_path / "real").mkdir()
     target = tmp_path / "real" / "model.pb"
@@ -122,7 +139,8 @@ def test_dash_is_stdout(tmp_path):
     assert listing(tmp_path) == []
 
 
-def test_a_binary_graph_is_not_written_to_a_terminal(tmp_path):
+def on_a_terminal(args: list[str], cwd) -> tuple[subprocess.CompletedProcess, bytes]:
+    """Run the command line with stdout a terminal (a pty); its result and what the terminal showed."""
     import pty
     leader, follower = pty.openpty()
     shown = bytearray()
@@ -139,16 +157,22 @@ def test_a_binary_graph_is_not_written_to_a_terminal(tmp_path):
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        result = subprocess.run([sys.executable, "-m", "gtt_rules", "apply", str(GRAPH), "-o", "-", "--transforms",
-                                 "remove_nodes(op=Identity)"], stdout=follower, stderr=subprocess.PIPE, text=True,
-                                cwd=tmp_path, env={**os.environ, "GTT_RULES_CACHE_DIR": ""}, timeout=120)
+        result = subprocess.run([sys.executable, "-m", "gtt_rules", *args], stdout=follower, stderr=subprocess.PIPE,
+                                text=True, cwd=cwd, env={**os.environ, "GTT_RULES_CACHE_DIR": ""}, timeout=120)
     finally:
         os.close(follower)
         reader.join(10)
         os.close(leader)
+    return result, bytes(shown)
+
+
+@pytest.mark.parametrize("command", [["apply", str(GRAPH), "-o", "-", "--transforms", "remove_nodes(op=Identity)"],
+                                     ["memmap", str(GRAPH), "-o", "-"]])
+def test_a_binary_graph_is_not_written_to_a_terminal(tmp_path, command):
+    result, shown = on_a_terminal(command, tmp_path)
     assert result.returncode == 2
     one_error_line(result.stderr, "refusing to write a binary graph to a terminal")
-    assert bytes(shown) == b"" and listing(tmp_path) == []
+    assert shown == b"" and listing(tmp_path) == []
 
 
 def test_run_saves_to_stdout_and_summarizes_on_stderr(tmp_path):
