@@ -58,7 +58,7 @@ def add_graph_input(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in_graph", dest="in_graph", metavar="GRAPH", help=argparse.SUPPRESS)
 
 
-def _add_graph_output(parser: argparse.ArgumentParser) -> None:
+def add_graph_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", "--out_graph", dest="output", required=True, metavar="OUT",
                         help="where to write the result (.pb binary, .pbtxt text; '-': stdout)")
     parser.add_argument("--output_as_text", "--output-as-text", dest="output_as_text", nargs="?", const=True,
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read GRAPH, apply rules to a fixed point, write OUT atomically. Each --rules "
                     "runs to its own fixed point, in the order given.")
     add_graph_input(apply)
-    _add_graph_output(apply)
+    add_graph_output(apply)
     apply.add_argument("--rules", action=_Step, dest="steps", metavar="SPEC",
                        help="a .rules file, or a rule set, pass or pipeline name, optionally with "
                             "arguments: 'quantize_weights(minimum_size=16)' (repeatable)")
@@ -164,7 +164,7 @@ def _summarize(args: argparse.Namespace) -> int:
     from gtt_rules.engine.savedmodel import DEFAULT_SIGNATURE
     from gtt_rules.engine.summary import summarize
 
-    source = _input_path(args)
+    source = input_path(args)
     summary = {"format": source_format(source), **summarize(progress.load_graph(source))}
     if summary["format"] == "saved_model":
         summary["signature"] = DEFAULT_SIGNATURE     # the one every command freezes
@@ -228,11 +228,11 @@ def _apply(args: argparse.Namespace) -> int:
     from gtt_rules.engine.output import STDOUT, check_output
 
     started = time.perf_counter()
-    source = _input_path(args)
+    source = input_path(args)
     if not args.steps:     # as in GTT: a run that would only copy the graph is a mistake
         raise UsageError("no transform given: add --transforms, --rules or --pipeline")
     steps = _steps(args.steps)  # rules are checked before the graph is read
-    output = _output_path(args, source)     # after the rules: they are inputs too
+    output = output_path(args, source)     # after the rules: they are inputs too
     page = args.report and check_output(args.report, source, output)
     if page and os.path.realpath(page) == os.path.realpath(output):
         raise UsageError("--report and -o name the same file", path=page)
@@ -304,7 +304,8 @@ def _apply(args: argparse.Namespace) -> int:
     elif reports and not args.quiet:
         _print_reports(reports)
     for line in (calibrated or "").splitlines():     # plain() would escape the line breaks
-        console(stderr=True).print(plain(line), markup=False, highlight=False)
+        if not args.quiet or line.startswith("note:"):   # a note warns; the rest is what was done
+            console(stderr=True).print(plain(line), markup=False, highlight=False)
     if not args.quiet and not args.json:
         print(apply_report.closing_line(output, (nodes_before, len(graph)), sizes, time.perf_counter() - started),
               file=sys.stderr)
@@ -478,7 +479,7 @@ def _default_text(param: dict) -> str:
     return repr(param["default"])
 
 
-def _input_path(args: argparse.Namespace) -> str:
+def input_path(args: argparse.Namespace) -> str:
     if args.graph and args.in_graph and args.graph != args.in_graph:
         raise UsageError("give the input graph once: either GRAPH or --in_graph")
     source = args.graph or args.in_graph
@@ -487,7 +488,7 @@ def _input_path(args: argparse.Namespace) -> str:
     return source
 
 
-def _output_path(args: argparse.Namespace, source: str,
+def output_path(args: argparse.Namespace, source: str,
                  refusal: str = "refusing to write over the input graph; pass --overwrite to allow it") -> str:
     """Check OUT (`args.output`) before any work, so a bad OUT fails fast and the input stays safe."""
     from gtt_rules.engine.output import STDOUT, check_output

@@ -15,7 +15,7 @@ from gtt_rules.errors import GttRulesError, UsageError
 
 def register(commands) -> None:
     """Add the `calibrate` subcommand to an argparse subparsers object."""
-    from gtt_rules.cli import _add_graph_output
+    from gtt_rules.cli import add_graph_input, add_graph_output
     from gtt_rules.cli_run import add_max_memory_option
 
     parser = commands.add_parser(
@@ -25,8 +25,8 @@ def register(commands) -> None:
                     "the range a RequantizationRange finds for a Requantize), and write OUT with each "
                     "replaced by Consts: static ranges, so an input's result no longer depends on what "
                     "else is in its batch, and no scans at run time.")
-    parser.add_argument("graph", metavar="GRAPH", help="a .pb or .pbtxt GraphDef file")
-    _add_graph_output(parser)
+    add_graph_input(parser)
+    add_graph_output(parser)
     parser.add_argument("--outputs", metavar="A,B", help="comma-separated outputs the graph computes "
                                                          "(default: its likely outputs)")
     parser.add_argument("--inputs", metavar="A,B", help="accepted for GTT-style command lines; the "
@@ -145,14 +145,14 @@ def calibrate(graph, args: argparse.Namespace, outputs: list[str], label: str, *
 
 def calibrate_command(args: argparse.Namespace) -> int:
     from gtt_rules import progress
-    from gtt_rules.cli import _output_path
+    from gtt_rules.cli import input_path, output_path
     from gtt_rules.cli_run import parse_outputs
     from gtt_rules.engine import calibration
-    from gtt_rules.engine.graph import Graph
     from gtt_rules.engine.output import check_output, write_output
 
+    args.graph = input_path(args)
     files = _sample_files(pathlib.Path(args.feed_dir)) if args.feed_dir else []
-    output = check_output(_output_path(args, args.graph), *map(str, files), *filter(None, [args.samples]))
+    output = check_output(output_path(args, args.graph), *map(str, files), *filter(None, [args.samples]))
     for name in ("min_percentile", "max_percentile"):
         if not 0.0 <= getattr(args, name) < 100.0:
             raise UsageError(f"--{name.replace('_', '-')} must be in [0, 100)")
@@ -162,8 +162,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
         log = check_output(args.log, args.graph, *map(str, files))
         if os.path.realpath(log) == os.path.realpath(output):
             raise UsageError("--log and -o name the same file", path=args.log)
-    with progress.step(f"loading {plain(args.graph)}"):
-        graph = Graph.load(args.graph)
+    graph = progress.load_graph(args.graph)
     outputs = parse_outputs(args.outputs, graph)
     if not calibration.runtime_ranges(graph):
         # Nothing measures a range at run time (no quantize_nodes, fixed fallback ranges, or

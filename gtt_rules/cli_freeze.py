@@ -8,7 +8,7 @@ from gtt_rules.console import plain
 
 def register(commands) -> None:
     """Add the `freeze` subcommand to an argparse subparsers object."""
-    from gtt_rules.cli import _add_graph_output
+    from gtt_rules.cli import add_graph_output
     from gtt_rules.engine.savedmodel import DEFAULT_SIGNATURE, DEFAULT_TAG
 
     parser = commands.add_parser(
@@ -19,7 +19,7 @@ def register(commands) -> None:
                     "Consts. Nothing in the SavedModel is executed. Every command that reads a "
                     "graph also accepts a SavedModel folder and freezes its default signature.")
     parser.add_argument("saved_model", metavar="SAVED_MODEL_DIR", help="a SavedModel folder")
-    _add_graph_output(parser)
+    add_graph_output(parser)
     parser.add_argument("--signature", default=DEFAULT_SIGNATURE,
                         help=f"the signature to freeze (default {DEFAULT_SIGNATURE})")
     parser.add_argument("--tag", default=DEFAULT_TAG,
@@ -29,11 +29,11 @@ def register(commands) -> None:
 
 def freeze_command(args: argparse.Namespace) -> int:
     from gtt_rules import progress
-    from gtt_rules.cli import _output_path
+    from gtt_rules.cli import output_path
     from gtt_rules.engine.output import STDOUT
     from gtt_rules.engine.savedmodel import freeze
 
-    output = _output_path(args, args.saved_model,
+    output = output_path(args, args.saved_model,
                           refusal="refusing to write over the SavedModel; pass --overwrite to allow it")
     with progress.step(f"freezing {plain(args.saved_model)}"):
         graph = freeze(args.saved_model, signature=args.signature, tag=args.tag)

@@ -34,15 +34,15 @@ def register(commands) -> None:
 
 
 def memmap_command(args: argparse.Namespace) -> int:
-    from gtt_rules.cli import _input_path, _output_path
+    from gtt_rules.cli import input_path, output_path
     from gtt_rules import progress
     from gtt_rules.engine import memmapped
     from gtt_rules.engine.output import STDOUT
 
     if args.min_bytes < 0:
         raise UsageError(f"--min_conversion_tensor_size must be 0 or more, not {args.min_bytes}")
-    source = _input_path(args)
-    output = _output_path(args, source)
+    source = input_path(args)
+    output = output_path(args, source)
     graph = progress.load_graph(source)
     regions = memmapped.save(graph, output, min_bytes=args.min_bytes)
     # With none mapped, the package is the graph in a wrapper: say why, and what would change it.

@@ -129,6 +129,15 @@ def test_quiet_prints_nothing_but_still_writes(tmp_path):
     assert len(Graph.load(out)) < len(Graph.load(fixture_path("tf1_mul_fold")))
 
 
+@pytest.mark.parametrize("samples, shown", [(["--random", "2"], ""), ([], "note: ")])
+def test_quiet_says_what_calibration_did_only_when_it_warns(tmp_path, samples, shown):
+    out = tmp_path / "out.pb"
+    result = run_cli("apply", str(fixture_path("tf1_conv_bn")), "-o", str(out), "--pipeline", "eightbit",
+                     *samples, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr.startswith(shown) and result.stderr.count("\n") <= 1, result.stderr
+
+
 def test_quiet_keeps_errors(tmp_path):
     result = run_cli("apply", str(tmp_path / "missing.pb"), "-o", str(tmp_path / "out.pb"), "--rules", "cleanup", "-q")
     assert result.returncode == 2 and "missing.pb" in result.stderr
