@@ -13,7 +13,7 @@ import os
 import pathlib
 import re
 import stat
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Collection, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 from google.protobuf import message as protobuf_message
@@ -86,7 +86,7 @@ class Node:
     # name and op are read on every match; kept as plain attributes, as reading them from the
     # protobuf message each time costs more than all the matching around it.
     __slots__ = ("_proto", "inputs", "control_inputs", "_name", "_op", "_decoded", "_canonical",
-                 "_borrowed", "_lent")
+                 "_borrowed", "_lent", "_signature")
 
     def __init__(self, proto: pb.NodeDef):
         self._proto = proto
@@ -103,6 +103,8 @@ class Node:
         # this node reads from that node's NodeDef, and the nodes reading this one's.
         self._borrowed: dict[str, pb.AttrValue] | None = None
         self._lent: list[Node] | None = None
+        # (input dtypes, output dtypes) under the op and attrs, until they change (`signature`).
+        self._signature: tuple | None = None
         for text in proto.input:
             if text.startswith("^"):
                 self.control_inputs.append(text[1:])
@@ -120,6 +122,7 @@ class Node:
     @proto.setter
     def proto(self, value: pb.NodeDef) -> None:
         self._proto = value
+        self._signature = None
         EDITS.record(self._name)
 
     @property
@@ -133,6 +136,7 @@ class Node:
     @op.setter
     def op(self, value: str) -> None:
         self._proto.op = self._op = value
+        self._signature = None
         EDITS.record(self._name)
 
     @property
@@ -148,6 +152,7 @@ class Node:
         """The raw AttrValue map of the NodeDef. The caller may edit it, so reading it forgets
         the decoded values `get_attr` keeps, and gives the nodes sharing the attrs their copies."""
         self._decoded.clear()
+        self._signature = None
         self._unshare()
         EDITS.record(self._name)
         return self.proto.attr
@@ -161,9 +166,10 @@ class Node:
         value = self._decoded.get(name, _MISSING)
         if value is not _MISSING:
             return value
-        attrs = self.proto.attr
-        if name in attrs:
-            value = decode_attr(attrs[name])
+        attrs = self._proto.attr
+        encoded = attrs[name] if name in attrs else None if self._borrowed is None else self._borrowed.get(name)
+        if encoded is not None:
+            value = decode_attr(encoded)
             if not isinstance(value, list):
                 if isinstance(value, np.ndarray):
                     value.flags.writeable = False
@@ -176,6 +182,13 @@ class Node:
             raise KeyError(f"node '{self.name}' ({self.op}) has no attr '{name}'")
         return default
 
+    def attr_value(self, name: str) -> pb.AttrValue | None:
+        """The AttrValue of attr `name` as set on the node (None if unset), to read, not edit."""
+        attrs = self._proto.attr
+        if name in attrs:
+            return attrs[name]
+        return None if self._borrowed is None else self._borrowed.get(name)
+
     def set_attr(self, name: str, value: Any, kind: str | None = None) -> None:
         """Set attr `name`; its type comes from the op registry when `kind` is not given."""
         if kind is None:
@@ -184,6 +197,7 @@ class Node:
                 kind = op_def.attrs[name].type
         encoded = value if isinstance(value, pb.AttrValue) else encode_attr(value, kind)
         self._decoded.pop(name, None)
+        self._signature = None
         self._unshare()
         self.proto.attr[name].CopyFrom(encoded)
         EDITS.record(self._name)
@@ -381,11 +395,25 @@ class Graph:
 
     def uses(self, ref: TensorRef | str) -> int:
         """How many data inputs read `ref` (a TensorRef), or any output of node `ref` (a name)."""
+        nodes = self._nodes
         if isinstance(ref, TensorRef):
-            name, match = ref.node, lambda r: r == ref
-        else:
-            name, match = ref, lambda r: r.node == ref
-        return sum(1 for c in self._consumers.get(name, ()) for r in self._nodes[c].inputs if match(r))
+            return sum(nodes[c].inputs.count(ref) for c in self._consumers.get(ref.node, ()))
+        count = 0
+        for consumer in self._consumers.get(ref, ()):
+            for r in nodes[consumer].inputs:
+                if r.node == ref:
+                    count += 1
+        return count
+
+    def is_read(self, name: str) -> bool:
+        """Whether a data input reads an output of node `name` (`uses(name) > 0`, sooner)."""
+        nodes = self._nodes
+        for consumer in self._consumers.get(name, ()):
+            node = nodes[consumer]
+            # A consumer that waits on nothing reads it.
+            if not node.control_inputs or any(r.node == name for r in node.inputs):
+                return True
+        return False
 
     def has_control_consumers(self, name: str) -> bool:
         return any(name in self._nodes[c].control_inputs for c in self._consumers.get(name, ()))
@@ -457,13 +485,8 @@ class Graph:
 
     def output_dtypes(self, node: Node) -> list[int] | None:
         """The DataType of each output of `node`, where the op registry can tell."""
-        op_def = op_registry.get_op(node.op)
-        if op_def is None:
-            return None
-        try:
-            return op_registry.output_dtypes(op_def, lambda a: node.get_attr(a))
-        except (KeyError, TypeError):
-            return None
+        dtypes = _signature(node)[1]
+        return None if dtypes is None else list(dtypes)
 
     def _function_signature(self, name: str):
         for function in self._graph_def.library.function:
@@ -509,10 +532,9 @@ class Graph:
 
         Apart from `validate`, as graphs built in tests and rule fixtures may mix dtypes freely.
         """
-        signature = self._signatures()
         for node in self._nodes.values():
             if node.inputs:
-                self._check_input_dtypes(node, signature)
+                self._check_inputs(node, range(len(node.inputs)), edges=False)
 
     def check(self) -> None:
         """Every check loading makes (`validate` and `check_dtypes`): what a graph passes before
@@ -524,25 +546,27 @@ class Graph:
         self.check_dtypes()
         self._checked_at = EDITS.mark()
 
-    def check_nodes(self, made: Iterable[str], rerouted: Iterable[str] = ()) -> None:
-        """The checks of `check`, but for cycles, for what a rewrite did, at a cost that does not
-        grow with the graph: the nodes it `made` get every check, and must also carry every attr
-        their op gives no default, as TensorFlow's importer demands (loading lets the graphs of
-        rules' tests leave them out); the nodes it `rerouted` (same attrs, other inputs) get the
-        checks of their inputs."""
-        signature, counts, made = self._signatures(), {}, list(made)
-        for name in made:
-            node = self._nodes.get(name)
-            if node is not None:
-                _check_node(node)
-                _check_required_attrs(node)
-        for name in dict.fromkeys([*made, *rerouted]):
-            node = self._nodes.get(name)
-            if node is None:
-                continue
-            self._check_edges(node, counts)
+    def check_nodes(self, made: Mapping[str, Collection[str] | None],
+                    rerouted: Mapping[str, Collection[int]] = {}) -> None:
+        """The checks of `check`, but for cycles, on what a rewrite did, at a cost that does not
+        grow with the graph. Each node it `made` gets the checks of its attrs (of those named, when
+        it has the others from a node of its own op, which passed them there), must carry every
+        attr its op gives no default, as TensorFlow's importer demands (loading lets the graphs of
+        rules' tests leave them out), and gets the checks of its inputs; each node it `rerouted`
+        gets the checks of the inputs named by position."""
+        for name, keys in made.items():
+            node = self._nodes[name]
+            _check_node(node, keys)
+            _check_required_attrs(node)
             if node.inputs:
-                self._check_input_dtypes(node, signature)
+                self._check_inputs(node, range(len(node.inputs)))
+            for control in node.control_inputs:
+                if control not in self._nodes:
+                    raise GraphError(f"control input '^{control}' names a missing node", node=name)
+        for name, positions in rerouted.items():
+            node = self._nodes.get(name)  # a rerouted node may have gone since
+            if node is not None and name not in made:
+                self._check_inputs(node, positions)
 
     def check_acyclic(self, names: Iterable[str]) -> None:
         """Raise GraphError if a cycle (not through a NextIteration) runs through what these
@@ -582,44 +606,28 @@ class Graph:
                     raise GraphError(f"input '{ref}' names a missing node", node=node.name)
                 count = counts[ref.node] = self.num_outputs(producer)
             if count is not None and ref.port >= count:
-                producer = self._nodes[ref.node]
-                raise GraphError(f"input '{ref}' asks for output {ref.port}, but "
-                                 f"'{producer.name}' ({producer.op}) has {count} output"
-                                 f"{'' if count == 1 else 's'}", node=node.name)
+                raise _port_error(node, ref, self._nodes[ref.node], count)
         for name in node.control_inputs:
             if name not in self._nodes:
                 raise GraphError(f"control input '^{name}' names a missing node", node=node.name)
 
-    def _signatures(self):
-        """`signature(node)`: the dtypes its op takes and gives, worked out once per op and dtype
-        attrs (and kept across calls: rewrites check a few nodes each, thousands of times)."""
-        if len(_SIGNATURES) > 100_000:
-            _SIGNATURES.clear()
-        by_node: dict[str, tuple] = {}  # a producer read by many nodes is looked up once
-
-        def signature(node: Node) -> tuple:
-            found = by_node.get(node.name)
-            if found is not None:
-                return found
-            op_def = op_registry.get_op(node.op)
-            if op_def is None:
-                return None, None
-            attrs = node.proto.attr
-            key = (node.op, *(attrs[a].SerializeToString() if a in attrs else None
-                              for a in _op_checks(op_def)[2]))
-            found = _SIGNATURES.get(key)
-            if found is None:
-                found = _SIGNATURES[key] = (op_registry.input_dtypes(op_def, node.get_attr),
-                                            self.output_dtypes(node))
-            by_node[node.name] = found
-            return found
-        return signature
-
-    def _check_input_dtypes(self, node: Node, signature) -> None:
-        for ref, want in zip(node.inputs, signature(node)[0] or ()):
-            have = signature(self._nodes[ref.node])[1]
-            if have is None or ref.port >= len(have):
+    def _check_inputs(self, node: Node, positions: Iterable[int], edges: bool = True) -> None:
+        """The inputs of `node` at `positions` name outputs their producers have (with `edges`), of
+        the dtypes its op takes there, as far as the op registry can tell."""
+        wants = (node._signature or _signature(node))[0]
+        for position in positions:
+            ref = node.inputs[position]
+            producer = self._nodes.get(ref.node)
+            if producer is None:
+                raise GraphError(f"input '{ref}' names a missing node", node=node.name)
+            have = (producer._signature or _signature(producer))[1]
+            if edges:
+                count = len(have) if have is not None else self.num_outputs(producer)
+                if count is not None and ref.port >= count:
+                    raise _port_error(node, ref, producer, count)
+            if have is None or wants is None or ref.port >= len(have) or position >= len(wants):
                 continue
+            want = wants[position]
             # A reference (a TF1 variable) is read as the value it refers to.
             if have[ref.port] != want and have[ref.port] != want + _REF_OFFSET:
                 raise GraphError(f"input '{ref}' is {dtype_name(have[ref.port])}, but "
@@ -851,6 +859,7 @@ class Graph:
         if node._borrowed is not None:
             node._settle()
         node._borrowed = borrowed
+        node._signature = None
         source._lent = (source._lent or []) + [node]
         EDITS.record(node.name)
 
@@ -859,6 +868,8 @@ class Graph:
                 node._borrowed = None
             else:
                 _delete_attrs(node._proto, list(borrowed))
+            node._signature = None
+            node._decoded.clear()
             EDITS.record(node.name)
         self._record(undo)
 
@@ -945,13 +956,17 @@ _NOT_OUTPUTS = frozenset({"Const", "NoOp", "Assert", "Placeholder", "Placeholder
 _KNOWN_DTYPES = frozenset(pb.DataType.values())
 
 
-def _check_node(node: Node) -> None:
-    """A node's own checks: a name, an op, well-formed attrs, and what its op's definition asks."""
+def _check_node(node: Node, keys: Collection[str] | None = None) -> None:
+    """A node's own checks: a name, an op, well-formed attrs, and what its op's definition asks
+    (of the attrs `keys` only, when given, and of its input count)."""
     if not node.name:
         raise GraphError("a node has an empty name")
     if not node.op:
         raise GraphError("node has no op", node=node.name)
-    attrs = node.proto.attr
+    if keys is None:
+        attrs = node.proto.attr
+    else:  # read in place: a copy's attrs shared with its original stay shared
+        attrs = {key: value for key in keys if (value := node.attr_value(key)) is not None} if keys else {}
     for attr_name in attrs:
         _check_attr(node, attr_name, attrs[attr_name])
     op_def = op_registry.get_op(node.op)
@@ -963,8 +978,7 @@ def _check_required_attrs(node: Node) -> None:
     op_def = op_registry.get_op(node.op)
     if op_def is None:
         return
-    missing = [name for name, attr_def in op_def.attrs.items()
-               if not attr_def.has_default and name not in node.proto.attr]
+    missing = [name for name in _op_checks(op_def)[3] if node.attr_value(name) is None]
     if missing:
         raise GraphError(f"{node.op} needs attr{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(repr(m) for m in missing)}, which has no default", node=node.name)
@@ -1010,6 +1024,42 @@ _OP_CHECKS: dict[str, tuple] = {}
 _SIGNATURES: dict[tuple, tuple] = {}  # (op, dtype attrs as bytes) -> (input dtypes, output dtypes)
 
 
+def _signature(node: Node) -> tuple:
+    """(input dtypes, output dtypes) of `node`, each None where the op registry cannot tell: worked
+    out once per op and dtype attrs, and kept on the node until its op or attrs change (rewrites
+    check a few nodes each, thousands of times)."""
+    found = node._signature
+    if found is not None:
+        return found
+    op_def = op_registry.get_op(node.op)
+    if op_def is None:
+        found = (None, None)
+    else:
+        key = (node.op, *(None if (value := node.attr_value(a)) is None else value.SerializeToString()
+                          for a in _op_checks(op_def)[2]))
+        found = _SIGNATURES.get(key)
+        if found is None:
+            if len(_SIGNATURES) > 100_000:
+                _SIGNATURES.clear()
+            found = _SIGNATURES[key] = (_dtypes(op_registry.input_dtypes, op_def, node),
+                                        _dtypes(op_registry.output_dtypes, op_def, node))
+    node._signature = found
+    return found
+
+
+def _dtypes(function, op_def, node: Node) -> tuple[int, ...] | None:
+    try:
+        dtypes = function(op_def, lambda a: node.get_attr(a))
+    except (KeyError, TypeError):  # an attr the dtypes depend on is missing or of another type
+        return None
+    return None if dtypes is None else tuple(dtypes)
+
+
+def _port_error(node: Node, ref: TensorRef, producer: Node, count: int) -> GraphError:
+    return GraphError(f"input '{ref}' asks for output {ref.port}, but '{producer.name}' "
+                      f"({producer.op}) has {count} output{'' if count == 1 else 's'}", node=node.name)
+
+
 def _attr_type(value: pb.AttrValue) -> str:
     """The attr type an AttrValue holds, in an op definition's terms ("int", "list(type)")."""
     kind = value.WhichOneof("value")
@@ -1021,8 +1071,8 @@ def _attr_type(value: pb.AttrValue) -> str:
 
 def _op_checks(op_def) -> tuple:
     """Per attr of `op_def`: (name, declared type, is a list, AttrValue field, allowed values);
-    its input count when no attr sets it; and the attrs that set its inputs' and outputs' dtypes
-    and counts. Made once per op: validation is on the load path."""
+    its input count when no attr sets it; the attrs that set its inputs' and outputs' dtypes
+    and counts; and the attrs without a default. Made once per op: validation is on the load path."""
     checks = _OP_CHECKS.get(op_def.name)
     if checks is None:
         attrs = []
@@ -1034,7 +1084,9 @@ def _op_checks(op_def) -> tuple:
         fixed = not any(arg.number_attr or arg.type_list_attr for arg in op_def.inputs)
         dtype_attrs = tuple(sorted({a for arg in (*op_def.inputs, *op_def.outputs)
                                     for a in (arg.type_attr, arg.number_attr, arg.type_list_attr) if a}))
-        checks = _OP_CHECKS[op_def.name] = (attrs, len(op_def.inputs) if fixed else None, dtype_attrs)
+        required = tuple(name for name, attr_def in op_def.attrs.items() if not attr_def.has_default)
+        checks = _OP_CHECKS[op_def.name] = (attrs, len(op_def.inputs) if fixed else None, dtype_attrs,
+                                            required)
     return checks
 
 
@@ -1046,8 +1098,8 @@ def _check_against_op(node: Node, op_def, attrs) -> None:
     def fail(message: str):
         raise GraphError(message, node=node.name)
 
-    checks, expected, _ = _op_checks(op_def)
-    for name, want, is_list, field, allowed in checks:
+    checks, expected = _op_checks(op_def)[:2]
+    for name, want, is_list, field, allowed in checks if attrs else ():
         if name not in attrs:
             continue  # rules' test graphs leave out attrs; whatever reads one reports it missing
         value = attrs[name]

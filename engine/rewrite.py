@@ -134,7 +134,10 @@ class RewriteResult:
     created: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)  # nodes whose inputs changed, and their producers
-    changed: set[str] = field(default_factory=set)  # existing nodes that read other tensors now
+    # Existing nodes that read other tensors now, with the positions of the inputs that changed.
+    changed: dict[str, set[int]] = field(default_factory=dict)
+    # The attrs of each created node that its checks look at (None: all; see `_Planned.checked`).
+    checked: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,6 +154,9 @@ class _Planned:
     dtypes: list[int] | None = None
     source: Node | None = None  # the matched node this is a copy of
     proto: pb.NodeDef | None = None  # the attrs, encoded: the new node takes this NodeDef over
+    # The attrs the checks look at: those computed here, when the others come from a node of the
+    # same op (they passed the checks there), none for a Const encoded here, None for all.
+    checked: tuple[str, ...] | None = None
 
 
 def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: MatchContext,
@@ -205,11 +211,10 @@ def _replaces_with_itself(graph: Graph, planner: "_Planner", reroutes, heirs, re
 
 def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, reroutes, planner) -> None:
     """The loader's checks on the nodes the rewrite made or changed, and no new cycle."""
-    changed = list(dict.fromkeys(result.created + sorted(result.changed)))
     try:
-        graph.check_nodes(result.created, sorted(result.changed))
+        graph.check_nodes({name: result.checked[name] for name in result.created}, result.changed)
         if not _only_upstream(root, reroutes, planner):
-            graph.check_acyclic(changed)
+            graph.check_acyclic(list(dict.fromkeys(result.created + sorted(result.changed))))
     except GraphError as error:
         raise RewriteError(f"rule '{rule_name}' at '{root.name}' would write an invalid graph: "
                            f"{'node ' + repr(error.node) + ': ' if error.node else ''}{error.message}") from None
@@ -221,14 +226,16 @@ def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
     walks up from it). Other rewrites are checked by a walk over the graph."""
     if any(old.node != root.name for old, _ in reroutes):
         return False
-    bound = {root.name}
+    read = {r.node for p in planner.planned for r in p.inputs if isinstance(r, TensorRef)}
+    read.update(new.node for _, new in reroutes if isinstance(new, TensorRef))
+    read.discard(root.name)
     for value in planner.ctx.bindings.values():
+        if not read:
+            break
         for ref in value if isinstance(value, list) else [value]:
             if isinstance(ref, TensorRef):
-                bound.add(ref.node)
-    read = [r for p in planner.planned for r in p.inputs if isinstance(r, TensorRef)]
-    read += [new for _, new in reroutes if isinstance(new, TensorRef)]
-    return all(ref.node in bound for ref in read)
+                read.discard(ref.node)
+    return not read
 
 
 class _NoChange(Exception):
@@ -393,6 +400,8 @@ class _Planner:
             planned.attrs[key] = expression(self.ctx)
             planned.copied.pop(key, None)
         self._infer_type_attrs(planned)
+        if source is not None and op == source.op:
+            planned.checked = tuple(planned.attrs)
         planned.proto = _node_def(planned)
         self.planned.append(planned)
         return planned
@@ -430,7 +439,7 @@ class _Planner:
         proto.attr["dtype"].type = dt
         encode_tensor_into(proto.attr["value"].tensor, array, dt)
         planned = _Planned(self._name("Const"), "Const", [], {"dtype": dt}, device=self.root.device,
-                           dtypes=[dt], proto=proto)
+                           dtypes=[dt], proto=proto, checked=())
         self.planned.append(planned)
         return planned
 
@@ -534,16 +543,18 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         if planned.source is not None:
             graph.copy_attrs(node, planned.source, planned.copied)
         result.created.append(planned.name)
+        result.checked[planned.name] = planned.checked
     rerouted_consumers: dict[str, set[str]] = {}
     created = set(result.created)
     in_place = _in_place_target(graph, reroutes, heirs, removals, created)
     if in_place is not None:
         # Its consumers are left as they are: the heir takes the target's place below.
-        readers = {c.name for c in graph.consumers(in_place) if any(r.node == in_place for r in c.inputs)}
-        if readers:
-            rerouted_consumers[in_place] = readers
-            result.touched |= readers
-            result.changed |= readers
+        for consumer in graph.consumers(in_place):
+            positions = {i for i, r in enumerate(consumer.inputs) if r.node == in_place}
+            if positions:
+                rerouted_consumers.setdefault(in_place, set()).add(consumer.name)
+                result.touched.add(consumer.name)
+                result.changed[consumer.name] = positions
         reroutes = ()
     for old, new in reroutes:
         new_ref = _resolve(new)
@@ -554,20 +565,22 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
                 continue
             graph.set_inputs(consumer, [new_ref if r == old else r for r in consumer.inputs])
             result.touched.add(consumer.name)
-            result.changed.add(consumer.name)
+            result.changed.setdefault(consumer.name, set()).update(
+                i for i, r in enumerate(consumer.inputs) if r == new_ref)
             rerouted_consumers.setdefault(old.node, set()).add(consumer.name)
     for name in removals:
-        if graph.uses(name):
+        if graph.is_read(name):
             raise RewriteError(f"cannot remove '{name}': its outputs are still used")
     # Heirs take over the replaced nodes (and their names) before anything is swept.
     renames: list[tuple[str, str]] = []
     for target, planned in heirs.items():
-        if target != in_place and graph.uses(target):
+        if target != in_place and graph.is_read(target):
             continue  # some output of the target is still read: it stays, and keeps its name
         heir = graph[planned.name]
         waiting = [c for c in graph.consumers(target) if target in c.control_inputs]
         result.touched.update(c.name for c in waiting)
-        result.changed.update(c.name for c in waiting)
+        for consumer in waiting:
+            result.changed.setdefault(consumer.name, set())
         if target != in_place:  # in place, they wait on the heir as they are
             for consumer in waiting:
                 graph.set_inputs(consumer, consumer.inputs,
@@ -582,6 +595,7 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         if final != in_place:  # in place, the heir has its name already
             graph.rename_node(temp, final)
         result.created[result.created.index(temp)] = final
+        result.checked[final] = result.checked.pop(temp)
     # Sweep what the rewrite left unused, walking up from the nodes it touched.
     seeds = [name for name in removals] + list(rerouted_consumers) + [
         v.node for v in planner.ctx.bindings.values() if isinstance(v, TensorRef)]
@@ -633,12 +647,14 @@ def _sweep(graph: Graph, seeds, protected, keep: set[str], rerouted_consumers, r
     pure: dict[str, bool] = {}
     while stack:
         name = stack.pop()
+        if name in protected or name in keep:
+            continue
         node = graph.get(name)
-        if node is None or name in protected or name in keep:
+        if node is None or graph.is_read(name):
             continue
         waiting = graph.consumers(name)
         if waiting:
-            if graph.uses(name) or not graph.orders_nothing(name, pure):
+            if not graph.orders_nothing(name, pure):
                 continue
             for consumer in waiting:
                 graph.set_inputs(consumer, consumer.inputs, [c for c in consumer.control_inputs if c != name])
