@@ -246,6 +246,7 @@ class Graph:
         self._journal: list | None = None  # undo steps while a transaction is open
         self._checked_at: tuple[int, int] | None = None  # EDITS.mark() when `check` last passed
         self._left: dict[str, int] = {}  # file positions of the nodes that left in the transaction
+        self._origins: dict[str, str] = {}  # a name `fresh_name` gave -> the node it derives from
         self._consumers: dict[str, set[str]] = {name: set() for name in self._nodes}
         for node in self._nodes.values():
             for producer in [ref.node for ref in node.inputs] + node.control_inputs:
@@ -872,6 +873,21 @@ class Graph:
             node._decoded.clear()
             EDITS.record(node.name)
         self._record(undo)
+
+    def fresh_name(self, near: str, label: str, taken: Collection[str] = ()) -> str:
+        """A name no node has (nor any in `taken`) for a node that `label` (a rule, a pass) makes
+        for node `near`: `<origin>/<label>`, else with `_1`, `_2`, ... The origin is `near`, or,
+        if `near` got its name here, the node that name was derived from: a derived name does not
+        grow with each rewrite (a rule's Const quantized by the next rule stays `conv/quantize/..`
+        instead of `conv/fold/Const/quantize/..`), and is the same on every run."""
+        origin = self._origins.get(near, near)
+        base = name = f"{origin}/{label}"
+        k = 0
+        while name in self._nodes or name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        self._origins[name] = origin
+        return name
 
     def rename_node(self, old: str, new: str) -> None:
         """Rename a node and every input that names it."""

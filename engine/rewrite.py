@@ -5,7 +5,9 @@ then edits it inside a transaction, so a failure at any step leaves the graph as
 
 Semantics (DESIGN.md, "Engine semantics"):
 - the node that takes over a replaced node's outputs (its heir) takes the old node's name;
-- helper nodes get deterministic names `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ...;
+- helper nodes get deterministic names `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ...,
+  where a root that got its name so stands for the node it was named after (`Graph.fresh_name`):
+  names do not nest with each rewrite;
 - control inputs of a removed node move to its heir, or else to the consumers rerouted away from
   it; a node with control consumers and no heir is kept;
 - but a control edge from a node without side effects, that waits on none, orders nothing
@@ -444,11 +446,7 @@ class _Planner:
         return planned
 
     def _name(self, op: str) -> str:
-        base = f"{self.root.name}/{self.rule_name}/{op}"
-        name, k = base, 0
-        while name in self.graph or name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
+        name = self.graph.fresh_name(self.root.name, f"{self.rule_name}/{op}", self.taken)
         self.taken.add(name)
         return name
 

@@ -54,3 +54,26 @@ def test_a_rerouted_input_of_another_dtype_fails():
             => n -> Cast(x) {SrcT: float, DstT: int32}
         """, protected=["x", "out"])
     assert graph.to_bytes() == before
+
+
+def test_derived_names_do_not_nest():
+    # A Const one rule made, rewritten by the next: its helper is named after the node the Const
+    # was made for, not after the Const (which gave `out/make/Const/retag/Const`).
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        out = Neg(x)
+    """)
+    run(graph, """
+        rule make:
+            n = Neg(x)
+            => n -> Sub(Const(0.0), x)
+    """, protected=["x", "out"])
+    assert "out/make/Const" in graph
+    run(graph, """
+        rule retag:
+            c = Const {dtype: float}
+            where not only_read_by(c, ["Identity"])
+            => c -> Identity(Const(value(c) + 1.0))
+    """, protected=["x", "out"])
+    assert graph["out/make/Const"].op == "Identity"
+    assert graph["out/make/Const"].inputs[0].node == "out/retag/Const"
