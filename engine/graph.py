@@ -13,7 +13,7 @@ import os
 import pathlib
 import re
 import stat
-from typing import Any, Collection, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 from google.protobuf import message as protobuf_message
@@ -23,10 +23,10 @@ from gtt_rules.errors import GraphError
 
 from . import op_registry
 from .attrs import decode_attr, encode_attr
-from .dtypes import REF_OFFSET as _REF_OFFSET, dtype_name
+from .dtypes import REF_OFFSET as _REF_OFFSET, dtype_for_array, dtype_name
 from .output import write_output
 from .proto import graph_def_pb2 as pb
-from .tensors import check_tensor
+from .tensors import check_tensor, encode_tensor_into
 
 _MISSING = object()
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
@@ -246,7 +246,7 @@ class Graph:
         self._journal: list | None = None  # undo steps while a transaction is open
         self._checked_at: tuple[int, int] | None = None  # EDITS.mark() when `check` last passed
         self._left: dict[str, int] = {}  # file positions of the nodes that left in the transaction
-        self._origins: dict[str, str] = {}  # a name `fresh_name` gave -> the node it derives from
+        self._origins: dict[str, str] = {}  # a helper's name -> the node it was made for (`origin`)
         self._consumers: dict[str, set[str]] = {name: set() for name in self._nodes}
         for node in self._nodes.values():
             for producer in [ref.node for ref in node.inputs] + node.control_inputs:
@@ -422,19 +422,58 @@ class Graph:
     def live_nodes(self, outputs: Iterable[str], inputs: Iterable[str] = ()) -> set[str]:
         """The nodes `outputs` need: what they read through data inputs and through control
         edges that order something (`orders_nothing`), up to `inputs`, which are fed."""
-        fed, live, pure = set(inputs), set(), {}
-        stack = list(outputs)
+        fed, pure = set(inputs), {}
+        return self.walk(outputs, lambda node: () if node.name in fed else
+                         [ref.node for ref in node.inputs] + self.ordering(node.control_inputs, pure))
+
+    def walk(self, starts: Iterable[str], step: Callable[[Node], Iterable[str]]) -> set[str]:
+        """The nodes reached from `starts` by following `step`, which names the nodes next to a
+        node (its producers, say, or only some of its consumers); each is stepped from once."""
+        reached: set[str] = set()
+        stack = list(starts)
         while stack:
             name = stack.pop()
-            if name in live:
+            if name not in reached:
+                reached.add(name)
+                stack.extend(step(self._nodes[name]))
+        return reached
+
+    def sweep(self, seeds: Iterable[str], protected: Collection[str], keep: Collection[str] = (),
+              heirs: Mapping[str, Collection[str]] = {}, fallback: Collection[str] = ()
+              ) -> tuple[list[str], set[str]]:
+        """Remove what nothing reads, walking up from `seeds`, but the nodes `protected` or `keep`
+        name. A node only control edges read is dead too if those edges order nothing
+        (`orders_nothing`): they go with it. A dead node's control inputs that order something
+        still order the nodes that took its place: its `heirs`, or else `fallback`. The nodes
+        removed, and those left whose control inputs changed or whose producers went."""
+        removed, touched, pure = [], set(), {}
+        stack = list(dict.fromkeys(seeds))
+        while stack:
+            name = stack.pop()
+            if name in protected or name in keep:
                 continue
-            live.add(name)
-            if name in fed:
+            node = self._nodes.get(name)
+            if node is None or self.is_read(name):
                 continue
-            node = self._nodes[name]
-            stack.extend(ref.node for ref in node.inputs)
-            stack.extend(self.ordering(node.control_inputs, pure))
-        return live
+            waiting = self.consumers(name)
+            if waiting:
+                if not self.orders_nothing(name, pure):
+                    continue
+                for consumer in waiting:
+                    self.set_inputs(consumer, consumer.inputs, [c for c in consumer.control_inputs if c != name])
+                    touched.add(consumer.name)
+            ordering = self.ordering(node.control_inputs, pure)
+            if ordering:
+                for heir_name in heirs.get(name) or fallback:
+                    heir = self._nodes.get(heir_name)
+                    if heir is not None:
+                        self.set_inputs(heir, heir.inputs, list(dict.fromkeys(heir.control_inputs + ordering)))
+            producers = [r.node for r in node.inputs] + node.control_inputs
+            self.remove_node(name)
+            removed.append(name)
+            touched.update(producers)
+            stack.extend(producers)
+        return removed, {name for name in touched if name in self._nodes}
 
     def orders_nothing(self, name: str, memo: dict[str, bool] | None = None) -> bool:
         """True if a control edge from node `name` orders nothing (DESIGN.md, "Control edges"):
@@ -725,17 +764,20 @@ class Graph:
                  device: str = "", proto: pb.NodeDef | None = None) -> Node:
         """Add a node; its inputs must name nodes already in the graph.
 
-        `proto`, a NodeDef with no inputs, gives attrs already encoded: the node takes it over
-        (name, op and device set here) rather than copying it.
+        `attrs` gives attr values; those it leaves out that the inputs imply (`T`, `N`, ...: see
+        `implied_attrs`) are set too. `proto`, a NodeDef with no inputs, gives attrs already
+        encoded instead: the node takes it over (name, op and device set here) rather than copying.
         """
         if name in self._nodes:
             raise GraphError(f"a node named '{name}' already exists", node=name)
+        inputs = [ref if isinstance(ref, TensorRef) else TensorRef.parse(ref) for ref in inputs]
         if proto is None:
             proto = pb.NodeDef(name=name, op=op, device=device)
+            attrs = {**self.implied_attrs(op, inputs, attrs or {}), **(attrs or {})}
         else:
             proto.name, proto.op, proto.device = name, op, device
         node = Node(proto)
-        node.inputs = [ref if isinstance(ref, TensorRef) else TensorRef.parse(ref) for ref in inputs]
+        node.inputs = inputs
         node.control_inputs = list(control_inputs)
         node._write_inputs()
         for key, value in (attrs or {}).items():
@@ -743,6 +785,26 @@ class Graph:
         self._insert(node)
         self._record(lambda: self.remove_node(name))
         return node
+
+    def implied_attrs(self, op: str, inputs: Iterable[TensorRef], given: Mapping[str, Any]) -> dict[str, Any]:
+        """The attrs a node of `op` reading `inputs` needs and `given` (attr name -> value) leaves
+        out that the inputs imply: each type attr from its inputs' dtypes, each list length from
+        the input count (`op_registry.infer_input_attrs`, which the rewriter's planner calls too)."""
+        op_def = op_registry.get_op(op)
+        if op_def is None:
+            return {}
+        dtypes = []
+        for ref in inputs:
+            have = _signature(self._nodes[ref.node])[1] if ref.node in self._nodes else None
+            dtypes.append(have[ref.port] if have is not None and ref.port < len(have) else None)
+        try:
+            return op_registry.infer_input_attrs(op_def, dtypes, given)
+        except op_registry.AmbiguousInputs as error:
+            raise GraphError(f"a {op} node: {error}") from None
+
+    def add_const(self, name: str, value: Any, dtype: int | None = None, device: str = "") -> Node:
+        """Add a Const node holding array `value` as `dtype` (default: the array's own)."""
+        return self.add_node(name, "Const", device=device, proto=const_node_def(np.asarray(value), dtype))
 
     def _insert(self, node: Node) -> None:
         self._nodes[node.name] = node
@@ -788,13 +850,31 @@ class Graph:
             self._consumers[name].add(node.name)
         node._write_inputs()
 
-    def replace_uses(self, old: TensorRef, new: TensorRef, *, exclude: Iterable[str] = ()) -> None:
-        """Make every data input that reads `old` read `new` instead."""
-        skip = set(exclude)
+    def reroute(self, old: TensorRef, new: TensorRef, *, exclude: Collection[str] = ()) -> dict[str, list[int]]:
+        """Make every data input that reads `old` read `new` instead, but in the nodes `exclude`
+        names; the nodes changed, with the positions of the inputs that changed."""
+        changed = {}
         for consumer in self.consumers(old.node):
-            if consumer.name in skip or old not in consumer.inputs:
+            if consumer.name in exclude or old not in consumer.inputs:
                 continue
+            changed[consumer.name] = [i for i, ref in enumerate(consumer.inputs) if ref == old]
             self.set_inputs(consumer, [new if ref == old else ref for ref in consumer.inputs])
+        return changed
+
+    def hand_over(self, old: str, heir: str, *, waiting: bool = True, memo: dict[str, bool] | None = None
+                  ) -> list[str]:
+        """The control edges of node `old` when node `heir` takes its place (DESIGN.md, "Control
+        edges"): `heir` waits on what `old` waited on that orders something (`ordering`), and, with
+        `waiting`, what waited on `old` waits on `heir`. The nodes that wait on `old`, by name."""
+        waits = [c for c in self.consumers(old) if old in c.control_inputs]
+        if waiting:
+            for consumer in waits:
+                self.set_inputs(consumer, consumer.inputs, [heir if c == old else c for c in consumer.control_inputs])
+        node = self._nodes[heir]
+        extra = [c for c in self.ordering(self._nodes[old].control_inputs, memo) if c not in node.control_inputs]
+        if extra:
+            self.set_inputs(node, node.inputs, node.control_inputs + extra)
+        return [c.name for c in waits]
 
     def replace_node(self, old: str, new: str) -> None:
         """Remove node `old` and give its name to node `new`, which nothing reads yet: whatever read
@@ -874,20 +954,23 @@ class Graph:
             EDITS.record(node.name)
         self._record(undo)
 
-    def fresh_name(self, near: str, label: str, taken: Collection[str] = ()) -> str:
-        """A name no node has (nor any in `taken`) for a node that `label` (a rule, a pass) makes
-        for node `near`: `<origin>/<label>`, else with `_1`, `_2`, ... The origin is `near`, or,
-        if `near` got its name here, the node that name was derived from: a derived name does not
-        grow with each rewrite (a rule's Const quantized by the next rule stays `conv/quantize/..`
-        instead of `conv/fold/Const/quantize/..`), and is the same on every run."""
-        origin = self._origins.get(near, near)
-        base = name = f"{origin}/{label}"
-        k = 0
+    def fresh_name(self, base: str, taken: Collection[str] = (), origin: str | None = None) -> str:
+        """`base`, or `base_1`, `base_2`, ...: the first name no node has, nor any in `taken`.
+        With `origin`, the name stands for that node from then on (see `origin`)."""
+        name, k = base, 0
         while name in self._nodes or name in taken:
             k += 1
             name = f"{base}_{k}"
-        self._origins[name] = origin
+        if origin is not None:
+            self._origins[name] = origin
         return name
+
+    def origin(self, name: str) -> str:
+        """The node a rewrite's helper named `name` was made for (as `fresh_name` recorded it in
+        this graph), else `name`: a rule names its helpers after their root's origin, so derived
+        names do not grow with each rewrite (a rule's Const quantized by the next rule is
+        `conv/quantize/Const`, not `conv/fold/Const/quantize/Const`)."""
+        return self._origins.get(name, name)
 
     def rename_node(self, old: str, new: str) -> None:
         """Rename a node and every input that names it."""
@@ -947,6 +1030,16 @@ class Graph:
         for name in {ref.node for ref in node.inputs} | set(node.control_inputs):
             if name in self._consumers:
                 self._consumers[name].discard(node.name)
+
+
+def const_node_def(array: np.ndarray, dtype: int | None = None) -> pb.NodeDef:
+    """A Const's NodeDef, without a name, holding `array` as `dtype` (default: the array's own),
+    encoded straight into the node's attr: a new weight's bytes are not copied again."""
+    dtype = dtype_for_array(array) if dtype is None else dtype
+    proto = pb.NodeDef(op="Const")
+    proto.attr["dtype"].type = dtype
+    encode_tensor_into(proto.attr["value"].tensor, array, dtype)
+    return proto
 
 
 _PURITY_WALK = 10_000  # nodes `orders_nothing` looks at in one call before it keeps the edge

@@ -6,7 +6,7 @@ then edits it inside a transaction, so a failure at any step leaves the graph as
 Semantics (DESIGN.md, "Engine semantics"):
 - the node that takes over a replaced node's outputs (its heir) takes the old node's name;
 - helper nodes get deterministic names `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ...,
-  where a root that got its name so stands for the node it was named after (`Graph.fresh_name`):
+  where a root that got its name so stands for the node it was named after (`Graph.origin`):
   names do not nest with each rewrite;
 - control inputs of a removed node move to its heir, or else to the consumers rerouted away from
   it; a node with control consumers and no heir is kept;
@@ -33,11 +33,9 @@ import numpy as np
 from gtt_rules.errors import GraphError, GttRulesError, RewriteError
 
 from . import op_registry
-from .dtypes import dtype_for_array
-from .graph import Graph, Node, TensorRef
+from .graph import Graph, Node, TensorRef, const_node_def
 from .pattern import Expression, MatchContext
 from .proto import graph_def_pb2 as pb
-from .tensors import encode_tensor_into
 
 
 @dataclass(frozen=True)
@@ -434,19 +432,16 @@ class _Planner:
             self.env = caller
 
     def _const(self, value: Any, dtype: int | None) -> _Planned:
-        array = _const_array(value, dtype)
-        dt = dtype if dtype is not None else dtype_for_array(array)
-        # Encoded straight into the new node's NodeDef: a new weight's bytes are not copied again.
-        proto = pb.NodeDef(op="Const")
-        proto.attr["dtype"].type = dt
-        encode_tensor_into(proto.attr["value"].tensor, array, dt)
+        proto = const_node_def(_const_array(value, dtype), dtype)
+        dt = proto.attr["dtype"].type
         planned = _Planned(self._name("Const"), "Const", [], {"dtype": dt}, device=self.root.device,
                            dtypes=[dt], proto=proto, checked=())
         self.planned.append(planned)
         return planned
 
     def _name(self, op: str) -> str:
-        name = self.graph.fresh_name(self.root.name, f"{self.rule_name}/{op}", self.taken)
+        origin = self.graph.origin(self.root.name)
+        name = self.graph.fresh_name(f"{origin}/{self.rule_name}/{op}", self.taken, origin)
         self.taken.add(name)
         return name
 
@@ -558,14 +553,10 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         new_ref = _resolve(new)
         if new_ref == old:
             continue
-        for consumer in graph.consumers(old.node):
-            if consumer.name in created or old not in consumer.inputs:
-                continue
-            graph.set_inputs(consumer, [new_ref if r == old else r for r in consumer.inputs])
-            result.touched.add(consumer.name)
-            result.changed.setdefault(consumer.name, set()).update(
-                i for i, r in enumerate(consumer.inputs) if r == new_ref)
-            rerouted_consumers.setdefault(old.node, set()).add(consumer.name)
+        for consumer, positions in graph.reroute(old, new_ref, exclude=created).items():
+            result.touched.add(consumer)
+            result.changed.setdefault(consumer, set()).update(positions)
+            rerouted_consumers.setdefault(old.node, set()).add(consumer)
     for name in removals:
         if graph.is_read(name):
             raise RewriteError(f"cannot remove '{name}': its outputs are still used")
@@ -574,19 +565,10 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     for target, planned in heirs.items():
         if target != in_place and graph.is_read(target):
             continue  # some output of the target is still read: it stays, and keeps its name
-        heir = graph[planned.name]
-        waiting = [c for c in graph.consumers(target) if target in c.control_inputs]
-        result.touched.update(c.name for c in waiting)
-        for consumer in waiting:
-            result.changed.setdefault(consumer.name, set())
-        if target != in_place:  # in place, they wait on the heir as they are
-            for consumer in waiting:
-                graph.set_inputs(consumer, consumer.inputs,
-                                 [planned.name if c == target else c for c in consumer.control_inputs])
-        extra = [c for c in graph.ordering(graph[target].control_inputs, planner.pure)
-                 if c not in heir.control_inputs]
-        if extra:
-            graph.set_inputs(heir, heir.inputs, heir.control_inputs + extra)
+        # In place, what waits on the target waits on the heir as it is.
+        for waiting in graph.hand_over(target, planned.name, waiting=target != in_place, memo=planner.pure):
+            result.touched.add(waiting)
+            result.changed.setdefault(waiting, set())
         _remove(graph, target, result, heir=planned.name if target == in_place else None)
         renames.append((planned.name, target))
     for temp, final in renames:
@@ -602,7 +584,9 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     seeds += sorted(result.touched)
     # A swept interior node's control inputs go to what replaced the match.
     fallback = sorted(renamed_to) or sorted({c for cs in rerouted_consumers.values() for c in cs})
-    _sweep(graph, seeds, protected, set(result.created) | renamed_to, rerouted_consumers, result, fallback)
+    removed, touched = graph.sweep(seeds, protected, set(result.created) | renamed_to, rerouted_consumers, fallback)
+    result.removed += removed
+    result.touched |= touched
     return result
 
 
@@ -635,36 +619,3 @@ def _remove(graph: Graph, name: str, result: RewriteResult, heir: str | None = N
         graph.replace_node(name, heir)
     result.removed.append(name)
     result.touched.update(p for p in producers if p in graph)
-
-
-def _sweep(graph: Graph, seeds, protected, keep: set[str], rerouted_consumers, result: RewriteResult,
-           fallback=()) -> None:
-    """Remove what nothing reads any more, walking up from `seeds`. A node only control edges
-    read is dead too if those edges order nothing (`Graph.orders_nothing`): they go with it."""
-    stack = list(dict.fromkeys(seeds))
-    pure: dict[str, bool] = {}
-    while stack:
-        name = stack.pop()
-        if name in protected or name in keep:
-            continue
-        node = graph.get(name)
-        if node is None or graph.is_read(name):
-            continue
-        waiting = graph.consumers(name)
-        if waiting:
-            if not graph.orders_nothing(name, pure):
-                continue
-            for consumer in waiting:
-                graph.set_inputs(consumer, consumer.inputs, [c for c in consumer.control_inputs if c != name])
-                result.touched.add(consumer.name)
-        # A dead node's control inputs still order the consumers it was rerouted away from.
-        ordering = graph.ordering(node.control_inputs, pure)
-        if ordering:
-            for consumer_name in rerouted_consumers.get(name) or fallback:
-                consumer = graph.get(consumer_name)
-                if consumer is not None:
-                    merged = list(dict.fromkeys(consumer.control_inputs + ordering))
-                    graph.set_inputs(consumer, consumer.inputs, merged)
-        inputs = [r.node for r in node.inputs] + node.control_inputs
-        _remove(graph, name, result)
-        stack.extend(inputs)

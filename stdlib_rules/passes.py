@@ -77,14 +77,14 @@ def _parse_shape(text: str):
 
 
 def _replace_with_placeholder(graph: Graph, name: str, dtype: int, shape) -> None:
-    consumers = graph.consumers(name)
     with graph.transaction():
-        temp = graph.add_node(f"{name}/placeholder", "Placeholder", attrs={"dtype": dtype})
+        temp = graph.add_node(graph.fresh_name(f"{name}/placeholder"), "Placeholder", attrs={"dtype": dtype})
         if shape is not None:
             temp.set_attr("shape", shape)
-        for consumer in consumers:
-            graph.set_inputs(consumer, [TensorRef(temp.name, 0) if r.node == name else r for r in consumer.inputs],
-                             [c for c in consumer.control_inputs if c != name])
+        for port in {r.port for c in graph.consumers(name) for r in c.inputs if r.node == name}:
+            graph.reroute(TensorRef(name, port), TensorRef(temp.name))
+        graph.set_inputs(graph[name], [], [])  # what is fed waits on nothing
+        graph.hand_over(name, temp.name)
         graph.remove_node(name)
         graph.rename_node(temp.name, name)
 
@@ -123,15 +123,8 @@ def remove_control_dependencies(graph: Graph, ctx: PassContext) -> None:
 
 def _loop_frame_nodes(graph: Graph) -> set[str]:
     """Nodes inside a TF1 while loop: reachable from an Enter without passing an Exit."""
-    inside: set[str] = set()
-    stack = [node.name for node in graph if node.op in ("Enter", "RefEnter")]
-    while stack:
-        name = stack.pop()
-        if name in inside:
-            continue
-        inside.add(name)
-        stack.extend(c.name for c in graph.consumers(name) if c.op not in ("Exit", "RefExit"))
-    return inside
+    return graph.walk([node.name for node in graph if node.op in ("Enter", "RefEnter")],
+                      lambda node: [c.name for c in graph.consumers(node.name) if c.op not in ("Exit", "RefExit")])
 
 
 @register_pass("remove_device")
@@ -277,10 +270,8 @@ def merge_duplicate_nodes(graph: Graph, ctx: PassContext) -> None:
                 continue
             count = graph.num_outputs(node) or 1
             for port in range(count):
-                graph.replace_uses(TensorRef(node.name, port), TensorRef(original, port))
-            for consumer in [c for c in graph.consumers(node.name) if node.name in c.control_inputs]:
-                graph.set_inputs(consumer, consumer.inputs,
-                                 [original if c == node.name else c for c in consumer.control_inputs])
+                graph.reroute(TensorRef(node.name, port), TensorRef(original, port))
+            graph.hand_over(node.name, original)
             graph.remove_node(node.name)
             changed = True
 
@@ -342,44 +333,28 @@ def fold_batch_norms_after_concat(graph: Graph, ctx: PassContext) -> None:
                 start += channels
                 if layer.op == "DepthwiseConv2dNative":
                     piece = piece.reshape(weights.shape[2], weights.shape[3])
-                folded = graph.add_node(_free_name(graph, f"{layer.name}/folded_weights"), "Const",
-                                        attrs={"dtype": DT_FLOAT, "value": (weights * piece).astype(np.float32)})
-                copy = graph.add_node(_free_name(graph, f"{layer.name}/folded"), layer.op,
+                folded = graph.add_const(graph.fresh_name(f"{layer.name}/folded_weights"),
+                                         (weights * piece).astype(np.float32))
+                copy = graph.add_node(graph.fresh_name(f"{layer.name}/folded"), layer.op,
                                       [layer.inputs[0], TensorRef(folded.name)], device=layer.device)
                 for key, value in layer.attr.items():
                     copy.attr[key].CopyFrom(value)
                 new_inputs.append(TensorRef(copy.name))
                 renames[copy.name] = layer.name
             axis = concat.inputs[-1]
-            new_concat = graph.add_node(_free_name(graph, f"{concat.name}/folded"), "ConcatV2",
-                                        new_inputs + [axis], attrs={"N": len(new_inputs), "T": DT_FLOAT,
-                                                                    "Tidx": concat.get_attr("Tidx")})
+            new_concat = graph.add_node(graph.fresh_name(f"{concat.name}/folded"), "ConcatV2", new_inputs + [axis])
             renames[new_concat.name] = concat.name
-            bias = graph.add_node(_free_name(graph, f"{bn.name}/offset"), "Const",
-                                  attrs={"dtype": DT_FLOAT, "value": offset.astype(np.float32)})
-            heir = graph.add_node(_free_name(graph, f"{bn.name}/folded"), "BiasAdd",
-                                  [TensorRef(new_concat.name), TensorRef(bias.name)],
-                                  attrs={"T": DT_FLOAT}, device=bn.device)
-            graph.replace_uses(TensorRef(bn.name), TensorRef(heir.name))
-            name = bn.name
-            doomed = [bn.name, concat.name] + [layer.name for layer in layers]
-            feeders = {r.node for d in doomed for r in graph[d].inputs} - set(doomed)
-            _remove_all(graph, doomed)
-            _remove_all(graph, [f for f in feeders if graph[f].op == "Const" and not graph.consumers(f)
-                                and f not in ctx.protected])
-            renames[heir.name] = name
+            # TensorFlow names a FusedBatchNorm's offset input `NAME/offset` when it makes it itself.
+            bias = graph.add_const(graph.fresh_name(f"{bn.name}/offset"), offset.astype(np.float32))
+            heir = graph.add_node(graph.fresh_name(f"{bn.name}/folded"), "BiasAdd",
+                                  [TensorRef(new_concat.name), TensorRef(bias.name)], device=bn.device)
+            graph.reroute(TensorRef(bn.name), TensorRef(heir.name))
+            graph.hand_over(bn.name, heir.name)
+            # The replaced nodes go even if protected: the folded copies take their names.
+            graph.sweep([bn.name], set(ctx.protected) - set(renames.values()) - {bn.name})
+            renames[heir.name] = bn.name
             for temporary, final in renames.items():
                 graph.rename_node(temporary, final)
-
-
-def _free_name(graph: Graph, name: str) -> str:
-    """`name`, or `name_1`, `name_2` ... if a node has it (TensorFlow names a FusedBatchNorm's
-    offset input `NAME/offset` when it makes that Const itself)."""
-    candidate, n = name, 0
-    while candidate in graph:
-        n += 1
-        candidate = f"{name}_{n}"
-    return candidate
 
 
 def _concat_fold_plan(graph: Graph, bn):
