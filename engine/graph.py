@@ -940,7 +940,11 @@ class Graph:
         if node._borrowed is not None:
             node._settle()
         node._borrowed = borrowed
-        node._signature = None
+        # A copy of its source's op with all of its source's dtype attrs has its signature.
+        op_def = op_registry.get_op(node.op) if node.op == source.op else None
+        same = op_def is not None and all(key not in node._proto.attr and (key in borrowed) == (key in attrs)
+                                          for key in _op_checks(op_def)[2])
+        node._signature = _signature(source) if same else None
         source._lent = (source._lent or []) + [node]
         EDITS.record(node.name)
 
@@ -1140,8 +1144,11 @@ def _signature(node: Node) -> tuple:
     found = node._signature
     if found is not None:
         return found
+    dtype = node.attr_value("dtype") if node.op == "Const" else None
     op_def = op_registry.get_op(node.op)
-    if op_def is None:
+    if dtype is not None and dtype.WhichOneof("value") == "type":  # the commonest node, the fastest
+        found = ((), (dtype.type,))
+    elif op_def is None:
         found = (None, None)
     else:
         key = (node.op, *(None if (value := node.attr_value(a)) is None else value.SerializeToString()
