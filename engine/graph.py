@@ -773,7 +773,11 @@ class Graph:
         inputs = [ref if isinstance(ref, TensorRef) else TensorRef.parse(ref) for ref in inputs]
         if proto is None:
             proto = pb.NodeDef(name=name, op=op, device=device)
-            attrs = {**self.implied_attrs(op, inputs, attrs or {}), **(attrs or {})}
+            try:
+                attrs = {**self.implied_attrs(op, [self.dtype_of(ref) for ref in inputs], attrs or {}),
+                         **(attrs or {})}
+            except op_registry.AmbiguousInputs as error:
+                raise GraphError(f"a {op} node: {error}", node=name) from None
         else:
             proto.name, proto.op, proto.device = name, op, device
         node = Node(proto)
@@ -786,21 +790,21 @@ class Graph:
         self._record(lambda: self.remove_node(name))
         return node
 
-    def implied_attrs(self, op: str, inputs: Iterable[TensorRef], given: Mapping[str, Any]) -> dict[str, Any]:
-        """The attrs a node of `op` reading `inputs` needs and `given` (attr name -> value) leaves
-        out that the inputs imply: each type attr from its inputs' dtypes, each list length from
-        the input count (`op_registry.infer_input_attrs`, which the rewriter's planner calls too)."""
+    def dtype_of(self, ref: TensorRef) -> int | None:
+        """The dtype of tensor `ref`, where the op registry can tell."""
+        node = self._nodes.get(ref.node)
+        dtypes = None if node is None else (node._signature or _signature(node))[1]
+        return dtypes[ref.port] if dtypes is not None and ref.port < len(dtypes) else None
+
+    @staticmethod
+    def implied_attrs(op: str, input_dtypes: list[int | None], given: Mapping[str, Any]) -> dict[str, Any]:
+        """The attrs a node of `op` with inputs of `input_dtypes` needs, that `given` (attr name ->
+        value, None where only its presence counts) leaves out and the inputs imply: each type
+        attr from its inputs' dtypes, each list length from the input count. Raises
+        op_registry.AmbiguousInputs where the inputs could split among list arguments in more
+        than one way."""
         op_def = op_registry.get_op(op)
-        if op_def is None:
-            return {}
-        dtypes = []
-        for ref in inputs:
-            have = _signature(self._nodes[ref.node])[1] if ref.node in self._nodes else None
-            dtypes.append(have[ref.port] if have is not None and ref.port < len(have) else None)
-        try:
-            return op_registry.infer_input_attrs(op_def, dtypes, given)
-        except op_registry.AmbiguousInputs as error:
-            raise GraphError(f"a {op} node: {error}") from None
+        return {} if op_def is None else op_registry.infer_input_attrs(op_def, input_dtypes, given)
 
     def add_const(self, name: str, value: Any, dtype: int | None = None, device: str = "") -> Node:
         """Add a Const node holding array `value` as `dtype` (default: the array's own)."""

@@ -456,15 +456,14 @@ class _Planner:
         given.update(dict.fromkeys(k for k in (*planned.attrs, *planned.copied) if k not in given))
         dtypes = [self._dtype_of(source) for source in planned.inputs]
         try:
-            planned.attrs.update(op_registry.infer_input_attrs(op_def, dtypes, given))
+            planned.attrs.update(self.graph.implied_attrs(planned.op, dtypes, given))
         except op_registry.AmbiguousInputs as error:
             raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}' builds a {planned.op} "
                                f"node: {error}") from None
 
     def _dtype_of(self, source: Any) -> int | None:
         if isinstance(source, TensorRef):
-            dtypes = self.graph.output_dtypes(self.graph[source.node])
-            return dtypes[source.port] if dtypes and source.port < len(dtypes) else None
+            return self.graph.dtype_of(source)
         planned, port = source
         if planned.dtypes is None:
             op_def = op_registry.get_op(planned.op)
