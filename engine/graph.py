@@ -3,6 +3,11 @@
 Each `Node` wraps its NodeDef message, so everything a rule does not touch (attrs, debug info,
 experimental fields, fields we do not know) is written back exactly as it was read. The graph
 keeps the parsed data and control edges in step with the NodeDef `input` strings.
+
+It is also the one graph-edit core that the rewriter, the Python passes and calibration share:
+`reroute` (data edges), `hand_over` (the control-edge policy when a node takes another's place),
+`sweep` (what nothing reads), `walk` (reachability), `fresh_name` and `origin`, `add_const`, and
+the type attrs a new node's inputs imply (`implied_attrs`).
 """
 from __future__ import annotations
 
