@@ -23,7 +23,6 @@ from gtt_rules.errors import GraphError, UsageError
 from .dtypes import DT_FLOAT
 from .evaluator import Evaluator
 from .graph import Graph, TensorRef
-from .tensors import encode_tensor
 
 Records = dict[str, list[tuple[float, float]]]  # range node name -> (min, max) per sample
 
@@ -43,21 +42,10 @@ MOVING_AVERAGE_DECAY = 0.9
 def runtime_ranges(graph: Graph) -> list[str]:
     """The Min, Max and RequantizationRange nodes whose result an eight-bit op takes as a range,
     in file order: what makes a range depend on the batch, and what calibration freezes."""
-    stack = [ref.node for node in graph if node.op in _RANGE_INPUTS
-             for port, ref in enumerate(node.inputs) if port in _RANGE_INPUTS[node.op]]
-    seen: set[str] = set()
-    found: set[str] = set()
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        node = graph[name]
-        if node.op in _MEASURING_OPS:
-            found.add(name)
-        elif node.op in _RANGE_ARITHMETIC:
-            stack.extend(ref.node for ref in node.inputs)
-    return [node.name for node in graph if node.name in found]
+    ranges = [ref.node for node in graph if node.op in _RANGE_INPUTS
+              for port, ref in enumerate(node.inputs) if port in _RANGE_INPUTS[node.op]]
+    found = graph.walk(ranges, lambda node: [r.node for r in node.inputs] if node.op in _RANGE_ARITHMETIC else ())
+    return [node.name for node in graph if node.name in found and node.op in _MEASURING_OPS]
 
 
 def requantization_ranges(graph: Graph) -> list[str]:
@@ -160,7 +148,7 @@ def freeze_ranges(graph: Graph, ranges: Mapping[str, tuple[float, float]], *,
         if node.op not in _MEASURING_OPS:
             raise GraphError(f"'{name}' has a recorded range but is a {node.op}, not a "
                              f"RequantizationRange, Min or Max")
-    keep = set(protected)
+    keep = set(protected) | {node.name for node in graph.placeholders()}
     with graph.transaction():
         for name, (low, high) in ranges.items():
             node = graph[name]
@@ -168,29 +156,12 @@ def freeze_ranges(graph: Graph, ranges: Mapping[str, tuple[float, float]], *,
                 frozen = [("frozen_min", low), ("frozen_max", high)]
             else:
                 frozen = [("frozen", low if node.op == "Min" else high)]
-            consts = []
-            for suffix, value in frozen:
-                const = graph.add_node(f"{name}/{suffix}", "Const", [], [], device=node.device)
-                const.set_attr("dtype", DT_FLOAT)
-                const.set_attr("value", encode_tensor(np.asarray(value, np.float32), DT_FLOAT))
-                consts.append(TensorRef(const.name, 0))
-            for consumer in graph.consumers(name):
-                graph.set_inputs(consumer, [consts[r.port] if r.node == name else r for r in consumer.inputs],
-                                 [c for c in consumer.control_inputs if c != name])
-            inputs = [ref.node for ref in node.inputs]
-            graph.remove_node(name)
-            _remove_unused(graph, inputs, keep)
-
-
-def _remove_unused(graph: Graph, names: list[str], keep: set[str]) -> None:
-    """Remove each named node that nothing reads any more, and then its inputs the same way."""
-    while names:
-        name = names.pop()
-        node = graph.get(name)
-        if node is None or name in keep or node.op == "Placeholder" or graph.consumers(name):
-            continue
-        names.extend(ref.node for ref in node.inputs)
-        graph.remove_node(name)
+            consts = [TensorRef(graph.add_const(graph.fresh_name(f"{name}/{suffix}"), np.float32(value), DT_FLOAT,
+                                                node.device).name) for suffix, value in frozen]
+            for port, const in enumerate(consts):
+                graph.reroute(TensorRef(name, port), const)
+            graph.hand_over(name, consts[0].node)
+            graph.sweep([name], keep, heirs={name: [const.node for const in consts]})
 
 
 def read_min_max_log(path: str | pathlib.Path) -> Records:
@@ -254,15 +225,6 @@ def layer_errors(float_graph: Graph, graph: Graph, samples: list[Mapping[str, np
 
 def _nearest(graph: Graph, name: str, among: Mapping[str, float]) -> set[str]:
     """The nodes of `among` that `name` reads through nodes not in `among`."""
-    found, seen = set(), set()
-    stack = [ref.node for ref in graph[name].inputs]
-    while stack:
-        current = stack.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        if current in among:
-            found.add(current)
-        else:
-            stack.extend(ref.node for ref in graph[current].inputs)
-    return found
+    return {found for found in graph.walk([ref.node for ref in graph[name].inputs],
+                                          lambda node: () if node.name in among else [r.node for r in node.inputs])
+            if found in among}

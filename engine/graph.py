@@ -3,6 +3,11 @@
 Each `Node` wraps its NodeDef message, so everything a rule does not touch (attrs, debug info,
 experimental fields, fields we do not know) is written back exactly as it was read. The graph
 keeps the parsed data and control edges in step with the NodeDef `input` strings.
+
+It is also the one graph-edit core that the rewriter, the Python passes and calibration share:
+`reroute` (data edges), `hand_over` (the control-edge policy when a node takes another's place),
+`sweep` (what nothing reads), `walk` (reachability), `fresh_name` and `origin`, `add_const`, and
+the type attrs a new node's inputs imply (`implied_attrs`).
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import contextlib
 import functools
 import os
 import warnings
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 from google.protobuf import text_format, unknown_fields
@@ -19,9 +24,9 @@ from gtt_rules.errors import GraphError, UnknownOpWarning
 
 from . import op_registry
 from .attrs import decode_attr, encode_attr
-from .dtypes import REF_OFFSET as _REF_OFFSET, dtype_name
+from .dtypes import REF_OFFSET as _REF_OFFSET, dtype_for_array, dtype_name
 from .proto import graph_def_pb2 as pb
-from .tensors import check_tensor
+from .tensors import check_tensor, encode_tensor_into
 
 _MISSING = object()
 
@@ -80,7 +85,7 @@ class Node:
     # name and op are read on every match; kept as plain attributes, as reading them from the
     # protobuf message each time costs more than all the matching around it.
     __slots__ = ("_proto", "inputs", "control_inputs", "_name", "_op", "_decoded", "_canonical",
-                 "_borrowed", "_lent", "_mapped")
+                 "_borrowed", "_lent", "_mapped", "_signature")
 
     def __init__(self, proto: pb.NodeDef):
         self._proto = proto
@@ -100,6 +105,8 @@ class Node:
         # Tensor attrs whose bytes stay in a memory-mapped file (`map_tensor`): the value, a
         # read-only view, and the bytes it was decoded from; the NodeDef holds dtype and shape.
         self._mapped: dict[str, tuple[np.ndarray, memoryview]] | None = None
+        # (input dtypes, output dtypes) under the op and attrs, until they change (`signature`).
+        self._signature: tuple | None = None
         for text in proto.input:
             if text.startswith("^"):
                 self.control_inputs.append(text[1:])
@@ -146,6 +153,7 @@ class Node:
     def proto(self, value: pb.NodeDef) -> None:
         self._proto = value
         self._mapped = None
+        self._signature = None
         EDITS.record(self._name)
 
     @property
@@ -159,6 +167,7 @@ class Node:
     @op.setter
     def op(self, value: str) -> None:
         self._proto.op = self._op = value
+        self._signature = None
         EDITS.record(self._name)
 
     @property
@@ -174,6 +183,7 @@ class Node:
         """The raw AttrValue map of the NodeDef. The caller may edit it, so reading it forgets
         the decoded values `get_attr` keeps, and gives the nodes sharing the attrs their copies."""
         self._decoded.clear()
+        self._signature = None
         self._unshare()
         EDITS.record(self._name)
         return self.proto.attr
@@ -189,9 +199,9 @@ class Node:
             return value
         if self._mapped is not None and name in self._mapped:
             return self._mapped[name][0]
-        attrs = self.header.attr
-        if name in attrs:
-            value = decode_attr(attrs[name])
+        encoded = self.attr_value(name)
+        if encoded is not None:
+            value = decode_attr(encoded)
             if not isinstance(value, list):
                 if isinstance(value, np.ndarray):
                     value.flags.writeable = False
@@ -204,6 +214,13 @@ class Node:
             raise KeyError(f"node '{self.name}' ({self.op}) has no attr '{name}'")
         return default
 
+    def attr_value(self, name: str) -> pb.AttrValue | None:
+        """The AttrValue of attr `name` as set on the node (None if unset), to read, not edit."""
+        attrs = self._proto.attr
+        if name in attrs:
+            return attrs[name]
+        return None if self._borrowed is None else self._borrowed.get(name)
+
     def set_attr(self, name: str, value: Any, kind: str | None = None) -> None:
         """Set attr `name`; its type comes from the op registry when `kind` is not given."""
         if kind is None:
@@ -212,6 +229,7 @@ class Node:
                 kind = op_def.attrs[name].type
         encoded = value if isinstance(value, pb.AttrValue) else encode_attr(value, kind)
         self._decoded.pop(name, None)
+        self._signature = None
         self._unshare()
         if self._mapped is not None and self._mapped.pop(name, None) is not None and not self._mapped:
             self._mapped = None     # the old bytes are not copied in only to be replaced
@@ -268,6 +286,7 @@ class Graph:
         self._journal: list | None = None  # undo steps while a transaction is open
         self._checked_at: tuple[int, int] | None = None  # EDITS.mark() when `check` last passed
         self._left: dict[str, int] = {}  # file positions of the nodes that left in the transaction
+        self._origins: dict[str, str] = {}  # a helper's name -> the node it was made for (`origin`)
         self._consumers: dict[str, set[str]] = {name: set() for name in self._nodes}
         for node in self._nodes.values():
             for producer in [ref.node for ref in node.inputs] + node.control_inputs:
@@ -381,11 +400,25 @@ class Graph:
 
     def uses(self, ref: TensorRef | str) -> int:
         """How many data inputs read `ref` (a TensorRef), or any output of node `ref` (a name)."""
+        nodes = self._nodes
         if isinstance(ref, TensorRef):
-            name, match = ref.node, lambda r: r == ref
-        else:
-            name, match = ref, lambda r: r.node == ref
-        return sum(1 for c in self._consumers.get(name, ()) for r in self._nodes[c].inputs if match(r))
+            return sum(nodes[c].inputs.count(ref) for c in self._consumers.get(ref.node, ()))
+        count = 0
+        for consumer in self._consumers.get(ref, ()):
+            for r in nodes[consumer].inputs:
+                if r.node == ref:
+                    count += 1
+        return count
+
+    def is_read(self, name: str) -> bool:
+        """Whether a data input reads an output of node `name` (`uses(name) > 0`, sooner)."""
+        nodes = self._nodes
+        for consumer in self._consumers.get(name, ()):
+            node = nodes[consumer]
+            # A consumer that waits on nothing reads it.
+            if not node.control_inputs or any(r.node == name for r in node.inputs):
+                return True
+        return False
 
     def has_control_consumers(self, name: str) -> bool:
         return any(name in self._nodes[c].control_inputs for c in self._consumers.get(name, ()))
@@ -393,19 +426,58 @@ class Graph:
     def live_nodes(self, outputs: Iterable[str], inputs: Iterable[str] = ()) -> set[str]:
         """The nodes `outputs` need: what they read through data inputs and through control
         edges that order something (`orders_nothing`), up to `inputs`, which are fed."""
-        fed, live, pure = set(inputs), set(), {}
-        stack = list(outputs)
+        fed, pure = set(inputs), {}
+        return self.walk(outputs, lambda node: () if node.name in fed else
+                         [ref.node for ref in node.inputs] + self.ordering(node.control_inputs, pure))
+
+    def walk(self, starts: Iterable[str], step: Callable[[Node], Iterable[str]]) -> set[str]:
+        """The nodes reached from `starts` by following `step`, which names the nodes next to a
+        node (its producers, say, or only some of its consumers); each is stepped from once."""
+        reached: set[str] = set()
+        stack = list(starts)
         while stack:
             name = stack.pop()
-            if name in live:
+            if name not in reached:
+                reached.add(name)
+                stack.extend(step(self._nodes[name]))
+        return reached
+
+    def sweep(self, seeds: Iterable[str], protected: Collection[str], keep: Collection[str] = (),
+              heirs: Mapping[str, Collection[str]] = {}, fallback: Collection[str] = ()
+              ) -> tuple[list[str], set[str]]:
+        """Remove what nothing reads, walking up from `seeds`, but the nodes `protected` or `keep`
+        name. A node only control edges read is dead too if those edges order nothing
+        (`orders_nothing`): they go with it. A dead node's control inputs that order something
+        still order the nodes that took its place: its `heirs`, or else `fallback`. The nodes
+        removed, and those left whose control inputs changed or whose producers went."""
+        removed, touched, pure = [], set(), {}
+        stack = list(dict.fromkeys(seeds))
+        while stack:
+            name = stack.pop()
+            if name in protected or name in keep:
                 continue
-            live.add(name)
-            if name in fed:
+            node = self._nodes.get(name)
+            if node is None or self.is_read(name):
                 continue
-            node = self._nodes[name]
-            stack.extend(ref.node for ref in node.inputs)
-            stack.extend(self.ordering(node.control_inputs, pure))
-        return live
+            waiting = self.consumers(name)
+            if waiting:
+                if not self.orders_nothing(name, pure):
+                    continue
+                for consumer in waiting:
+                    self.set_inputs(consumer, consumer.inputs, [c for c in consumer.control_inputs if c != name])
+                    touched.add(consumer.name)
+            ordering = self.ordering(node.control_inputs, pure)
+            if ordering:
+                for heir_name in heirs.get(name) or fallback:
+                    heir = self._nodes.get(heir_name)
+                    if heir is not None:
+                        self.set_inputs(heir, heir.inputs, list(dict.fromkeys(heir.control_inputs + ordering)))
+            producers = [r.node for r in node.inputs] + node.control_inputs
+            self.remove_node(name)
+            removed.append(name)
+            touched.update(producers)
+            stack.extend(producers)
+        return removed, {name for name in touched if name in self._nodes}
 
     def orders_nothing(self, name: str, memo: dict[str, bool] | None = None) -> bool:
         """True if a control edge from node `name` orders nothing (DESIGN.md, "Control edges"):
@@ -457,13 +529,8 @@ class Graph:
 
     def output_dtypes(self, node: Node) -> list[int] | None:
         """The DataType of each output of `node`, where the op registry can tell."""
-        op_def = op_registry.get_op(node.op)
-        if op_def is None:
-            return None
-        try:
-            return op_registry.output_dtypes(op_def, lambda a: node.get_attr(a))
-        except (KeyError, TypeError):
-            return None
+        dtypes = _signature(node)[1]
+        return None if dtypes is None else list(dtypes)
 
     def _function_signature(self, name: str):
         for function in self._graph_def.library.function:
@@ -509,10 +576,9 @@ class Graph:
 
         Apart from `validate`, as graphs built in tests and rule fixtures may mix dtypes freely.
         """
-        signature = self._signatures()
         for node in self._nodes.values():
             if node.inputs:
-                self._check_input_dtypes(node, signature)
+                self._check_inputs(node, range(len(node.inputs)), edges=False)
 
     def check(self) -> None:
         """Every check loading makes (`validate` and `check_dtypes`): what a graph passes before
@@ -524,25 +590,27 @@ class Graph:
         self.check_dtypes()
         self._checked_at = EDITS.mark()
 
-    def check_nodes(self, made: Iterable[str], rerouted: Iterable[str] = ()) -> None:
-        """The checks of `check`, but for cycles, for what a rewrite did, at a cost that does not
-        grow with the graph: the nodes it `made` get every check, and must also carry every attr
-        their op gives no default, as TensorFlow's importer demands (loading lets the graphs of
-        rules' tests leave them out); the nodes it `rerouted` (same attrs, other inputs) get the
-        checks of their inputs."""
-        signature, counts, made = self._signatures(), {}, list(made)
-        for name in made:
-            node = self._nodes.get(name)
-            if node is not None:
-                _check_node(node)
-                _check_required_attrs(node)
-        for name in dict.fromkeys([*made, *rerouted]):
-            node = self._nodes.get(name)
-            if node is None:
-                continue
-            self._check_edges(node, counts)
+    def check_nodes(self, made: Mapping[str, Collection[str] | None],
+                    rerouted: Mapping[str, Collection[int]] = {}) -> None:
+        """The checks of `check`, but for cycles, on what a rewrite did, at a cost that does not
+        grow with the graph. Each node it `made` gets the checks of its attrs (of those named, when
+        it has the others from a node of its own op, which passed them there), must carry every
+        attr its op gives no default, as TensorFlow's importer demands (loading lets the graphs of
+        rules' tests leave them out), and gets the checks of its inputs; each node it `rerouted`
+        gets the checks of the inputs named by position."""
+        for name, keys in made.items():
+            node = self._nodes[name]
+            _check_node(node, keys)
+            _check_required_attrs(node)
             if node.inputs:
-                self._check_input_dtypes(node, signature)
+                self._check_inputs(node, range(len(node.inputs)))
+            for control in node.control_inputs:
+                if control not in self._nodes:
+                    raise GraphError(f"control input '^{control}' names a missing node", node=name)
+        for name, positions in rerouted.items():
+            node = self._nodes.get(name)  # a rerouted node may have gone since
+            if node is not None and name not in made:
+                self._check_inputs(node, positions)
 
     def check_acyclic(self, names: Iterable[str]) -> None:
         """Raise GraphError if a cycle (not through a NextIteration) runs through what these
@@ -582,44 +650,28 @@ class Graph:
                     raise GraphError(f"input '{ref}' names a missing node", node=node.name)
                 count = counts[ref.node] = self.num_outputs(producer)
             if count is not None and ref.port >= count:
-                producer = self._nodes[ref.node]
-                raise GraphError(f"input '{ref}' asks for output {ref.port}, but "
-                                 f"'{producer.name}' ({producer.op}) has {count} output"
-                                 f"{'' if count == 1 else 's'}", node=node.name)
+                raise _port_error(node, ref, self._nodes[ref.node], count)
         for name in node.control_inputs:
             if name not in self._nodes:
                 raise GraphError(f"control input '^{name}' names a missing node", node=node.name)
 
-    def _signatures(self):
-        """`signature(node)`: the dtypes its op takes and gives, worked out once per op and dtype
-        attrs (and kept across calls: rewrites check a few nodes each, thousands of times)."""
-        if len(_SIGNATURES) > 100_000:
-            _SIGNATURES.clear()
-        by_node: dict[str, tuple] = {}  # a producer read by many nodes is looked up once
-
-        def signature(node: Node) -> tuple:
-            found = by_node.get(node.name)
-            if found is not None:
-                return found
-            op_def = op_registry.get_op(node.op)
-            if op_def is None:
-                return None, None
-            attrs = node.header.attr
-            key = (node.op, *(attrs[a].SerializeToString() if a in attrs else None
-                              for a in _op_checks(op_def)[2]))
-            found = _SIGNATURES.get(key)
-            if found is None:
-                found = _SIGNATURES[key] = (op_registry.input_dtypes(op_def, node.get_attr),
-                                            self.output_dtypes(node))
-            by_node[node.name] = found
-            return found
-        return signature
-
-    def _check_input_dtypes(self, node: Node, signature) -> None:
-        for ref, want in zip(node.inputs, signature(node)[0] or ()):
-            have = signature(self._nodes[ref.node])[1]
-            if have is None or ref.port >= len(have):
+    def _check_inputs(self, node: Node, positions: Iterable[int], edges: bool = True) -> None:
+        """The inputs of `node` at `positions` name outputs their producers have (with `edges`), of
+        the dtypes its op takes there, as far as the op registry can tell."""
+        wants = (node._signature or _signature(node))[0]
+        for position in positions:
+            ref = node.inputs[position]
+            producer = self._nodes.get(ref.node)
+            if producer is None:
+                raise GraphError(f"input '{ref}' names a missing node", node=node.name)
+            have = (producer._signature or _signature(producer))[1]
+            if edges:
+                count = len(have) if have is not None else self.num_outputs(producer)
+                if count is not None and ref.port >= count:
+                    raise _port_error(node, ref, producer, count)
+            if have is None or wants is None or ref.port >= len(have) or position >= len(wants):
                 continue
+            want = wants[position]
             # A reference (a TF1 variable) is read as the value it refers to.
             if have[ref.port] != want and have[ref.port] != want + _REF_OFFSET:
                 raise GraphError(f"input '{ref}' is {dtype_name(have[ref.port])}, but "
@@ -716,17 +768,24 @@ class Graph:
                  device: str = "", proto: pb.NodeDef | None = None) -> Node:
         """Add a node; its inputs must name nodes already in the graph.
 
-        `proto`, a NodeDef with no inputs, gives attrs already encoded: the node takes it over
-        (name, op and device set here) rather than copying it.
+        `attrs` gives attr values; those it leaves out that the inputs imply (`T`, `N`, ...: see
+        `implied_attrs`) are set too. `proto`, a NodeDef with no inputs, gives attrs already
+        encoded instead: the node takes it over (name, op and device set here) rather than copying.
         """
         if name in self._nodes:
             raise GraphError(f"a node named '{name}' already exists", node=name)
+        inputs = [ref if isinstance(ref, TensorRef) else TensorRef.parse(ref) for ref in inputs]
         if proto is None:
             proto = pb.NodeDef(name=name, op=op, device=device)
+            try:
+                attrs = {**self.implied_attrs(op, [self.dtype_of(ref) for ref in inputs], attrs or {}),
+                         **(attrs or {})}
+            except op_registry.AmbiguousInputs as error:
+                raise GraphError(f"a {op} node: {error}", node=name) from None
         else:
             proto.name, proto.op, proto.device = name, op, device
         node = Node(proto)
-        node.inputs = [ref if isinstance(ref, TensorRef) else TensorRef.parse(ref) for ref in inputs]
+        node.inputs = inputs
         node.control_inputs = list(control_inputs)
         node._write_inputs()
         for key, value in (attrs or {}).items():
@@ -734,6 +793,26 @@ class Graph:
         self._insert(node)
         self._record(lambda: self.remove_node(name))
         return node
+
+    def dtype_of(self, ref: TensorRef) -> int | None:
+        """The dtype of tensor `ref`, where the op registry can tell."""
+        node = self._nodes.get(ref.node)
+        dtypes = None if node is None else (node._signature or _signature(node))[1]
+        return dtypes[ref.port] if dtypes is not None and ref.port < len(dtypes) else None
+
+    @staticmethod
+    def implied_attrs(op: str, input_dtypes: list[int | None], given: Mapping[str, Any]) -> dict[str, Any]:
+        """The attrs a node of `op` with inputs of `input_dtypes` needs, that `given` (attr name ->
+        value, None where only its presence counts) leaves out and the inputs imply: each type
+        attr from its inputs' dtypes, each list length from the input count. Raises
+        op_registry.AmbiguousInputs where the inputs could split among list arguments in more
+        than one way."""
+        op_def = op_registry.get_op(op)
+        return {} if op_def is None else op_registry.infer_input_attrs(op_def, input_dtypes, given)
+
+    def add_const(self, name: str, value: Any, dtype: int | None = None, device: str = "") -> Node:
+        """Add a Const node holding array `value` as `dtype` (default: the array's own)."""
+        return self.add_node(name, "Const", device=device, proto=const_node_def(np.asarray(value), dtype))
 
     def _insert(self, node: Node) -> None:
         self._nodes[node.name] = node
@@ -779,13 +858,31 @@ class Graph:
             self._consumers[name].add(node.name)
         node._write_inputs()
 
-    def replace_uses(self, old: TensorRef, new: TensorRef, *, exclude: Iterable[str] = ()) -> None:
-        """Make every data input that reads `old` read `new` instead."""
-        skip = set(exclude)
+    def reroute(self, old: TensorRef, new: TensorRef, *, exclude: Collection[str] = ()) -> dict[str, list[int]]:
+        """Make every data input that reads `old` read `new` instead, but in the nodes `exclude`
+        names; the nodes changed, with the positions of the inputs that changed."""
+        changed = {}
         for consumer in self.consumers(old.node):
-            if consumer.name in skip or old not in consumer.inputs:
+            if consumer.name in exclude or old not in consumer.inputs:
                 continue
+            changed[consumer.name] = [i for i, ref in enumerate(consumer.inputs) if ref == old]
             self.set_inputs(consumer, [new if ref == old else ref for ref in consumer.inputs])
+        return changed
+
+    def hand_over(self, old: str, heir: str, *, waiting: bool = True, memo: dict[str, bool] | None = None
+                  ) -> list[str]:
+        """The control edges of node `old` when node `heir` takes its place (DESIGN.md, "Control
+        edges"): `heir` waits on what `old` waited on that orders something (`ordering`), and, with
+        `waiting`, what waited on `old` waits on `heir`. The nodes that wait on `old`, by name."""
+        waits = [c for c in self.consumers(old) if old in c.control_inputs]
+        if waiting:
+            for consumer in waits:
+                self.set_inputs(consumer, consumer.inputs, [heir if c == old else c for c in consumer.control_inputs])
+        node = self._nodes[heir]
+        extra = [c for c in self.ordering(self._nodes[old].control_inputs, memo) if c not in node.control_inputs]
+        if extra:
+            self.set_inputs(node, node.inputs, node.control_inputs + extra)
+        return [c.name for c in waits]
 
     def replace_node(self, old: str, new: str) -> None:
         """Remove node `old` and give its name to node `new`, which nothing reads yet: whatever read
@@ -851,6 +948,11 @@ class Graph:
         if node._borrowed is not None:
             node._settle()
         node._borrowed = borrowed
+        # A copy of its source's op with all of its source's dtype attrs has its signature.
+        op_def = op_registry.get_op(node.op) if node.op == source.op else None
+        same = op_def is not None and all(key not in node._proto.attr and (key in borrowed) == (key in attrs)
+                                          for key in _op_checks(op_def)[2])
+        node._signature = _signature(source) if same else None
         source._lent = (source._lent or []) + [node]
         EDITS.record(node.name)
 
@@ -859,8 +961,28 @@ class Graph:
                 node._borrowed = None
             else:
                 _delete_attrs(node._proto, list(borrowed))
+            node._signature = None
+            node._decoded.clear()
             EDITS.record(node.name)
         self._record(undo)
+
+    def fresh_name(self, base: str, taken: Collection[str] = (), origin: str | None = None) -> str:
+        """`base`, or `base_1`, `base_2`, ...: the first name no node has, nor any in `taken`.
+        With `origin`, the name stands for that node from then on (see `origin`)."""
+        name, k = base, 0
+        while name in self._nodes or name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        if origin is not None:
+            self._origins[name] = origin
+        return name
+
+    def origin(self, name: str) -> str:
+        """The node a rewrite's helper named `name` was made for (as `fresh_name` recorded it in
+        this graph), else `name`: a rule names its helpers after their root's origin, so derived
+        names do not grow with each rewrite (a rule's Const quantized by the next rule is
+        `conv/quantize/Const`, not `conv/fold/Const/quantize/Const`)."""
+        return self._origins.get(name, name)
 
     def rename_node(self, old: str, new: str) -> None:
         """Rename a node and every input that names it."""
@@ -922,6 +1044,16 @@ class Graph:
                 self._consumers[name].discard(node.name)
 
 
+def const_node_def(array: np.ndarray, dtype: int | None = None) -> pb.NodeDef:
+    """A Const's NodeDef, without a name, holding `array` as `dtype` (default: the array's own),
+    encoded straight into the node's attr: a new weight's bytes are not copied again."""
+    dtype = dtype_for_array(array) if dtype is None else dtype
+    proto = pb.NodeDef(op="Const")
+    proto.attr["dtype"].type = dtype
+    encode_tensor_into(proto.attr["value"].tensor, array, dtype)
+    return proto
+
+
 _PURITY_WALK = 10_000  # nodes `orders_nothing` looks at in one call before it keeps the edge
 
 # TF1 control flow: a control edge from inside a loop joins a node to the loop's frame.
@@ -945,13 +1077,17 @@ _NOT_OUTPUTS = frozenset({"Const", "NoOp", "Assert", "Placeholder", "Placeholder
 _KNOWN_DTYPES = frozenset(pb.DataType.values())
 
 
-def _check_node(node: Node) -> None:
-    """A node's own checks: a name, an op, well-formed attrs, and what its op's definition asks."""
+def _check_node(node: Node, keys: Collection[str] | None = None) -> None:
+    """A node's own checks: a name, an op, well-formed attrs, and what its op's definition asks
+    (of the attrs `keys` only, when given, and of its input count)."""
     if not node.name:
         raise GraphError("a node has an empty name")
     if not node.op:
         raise GraphError("node has no op", node=node.name)
-    attrs = node.header.attr
+    if keys is None:
+        attrs = node.header.attr     # a mapped tensor's bytes are not read, nor copied in
+    else:  # read in place: a copy's attrs shared with its original stay shared
+        attrs = {key: value for key in keys if (value := node.attr_value(key)) is not None} if keys else {}
     for attr_name in attrs:
         _check_attr(node, attr_name, attrs[attr_name])
     op_def = op_registry.get_op(node.op)
@@ -963,8 +1099,7 @@ def _check_required_attrs(node: Node) -> None:
     op_def = op_registry.get_op(node.op)
     if op_def is None:
         return
-    missing = [name for name, attr_def in op_def.attrs.items()
-               if not attr_def.has_default and name not in node.proto.attr]
+    missing = [name for name in _op_checks(op_def)[3] if node.attr_value(name) is None]
     if missing:
         raise GraphError(f"{node.op} needs attr{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(repr(m) for m in missing)}, which has no default", node=node.name)
@@ -1010,6 +1145,45 @@ _OP_CHECKS: dict[str, tuple] = {}
 _SIGNATURES: dict[tuple, tuple] = {}  # (op, dtype attrs as bytes) -> (input dtypes, output dtypes)
 
 
+def _signature(node: Node) -> tuple:
+    """(input dtypes, output dtypes) of `node`, each None where the op registry cannot tell: worked
+    out once per op and dtype attrs, and kept on the node until its op or attrs change (rewrites
+    check a few nodes each, thousands of times)."""
+    found = node._signature
+    if found is not None:
+        return found
+    dtype = node.attr_value("dtype") if node.op == "Const" else None
+    op_def = op_registry.get_op(node.op)
+    if dtype is not None and dtype.WhichOneof("value") == "type":  # the commonest node, the fastest
+        found = ((), (dtype.type,))
+    elif op_def is None:
+        found = (None, None)
+    else:
+        key = (node.op, *(None if (value := node.attr_value(a)) is None else value.SerializeToString()
+                          for a in _op_checks(op_def)[2]))
+        found = _SIGNATURES.get(key)
+        if found is None:
+            if len(_SIGNATURES) > 100_000:
+                _SIGNATURES.clear()
+            found = _SIGNATURES[key] = (_dtypes(op_registry.input_dtypes, op_def, node),
+                                        _dtypes(op_registry.output_dtypes, op_def, node))
+    node._signature = found
+    return found
+
+
+def _dtypes(function, op_def, node: Node) -> tuple[int, ...] | None:
+    try:
+        dtypes = function(op_def, lambda a: node.get_attr(a))
+    except (KeyError, TypeError):  # an attr the dtypes depend on is missing or of another type
+        return None
+    return None if dtypes is None else tuple(dtypes)
+
+
+def _port_error(node: Node, ref: TensorRef, producer: Node, count: int) -> GraphError:
+    return GraphError(f"input '{ref}' asks for output {ref.port}, but '{producer.name}' "
+                      f"({producer.op}) has {count} output{'' if count == 1 else 's'}", node=node.name)
+
+
 def _attr_type(value: pb.AttrValue) -> str:
     """The attr type an AttrValue holds, in an op definition's terms ("int", "list(type)")."""
     kind = value.WhichOneof("value")
@@ -1021,8 +1195,8 @@ def _attr_type(value: pb.AttrValue) -> str:
 
 def _op_checks(op_def) -> tuple:
     """Per attr of `op_def`: (name, declared type, is a list, AttrValue field, allowed values);
-    its input count when no attr sets it; and the attrs that set its inputs' and outputs' dtypes
-    and counts. Made once per op: validation is on the load path."""
+    its input count when no attr sets it; the attrs that set its inputs' and outputs' dtypes
+    and counts; and the attrs without a default. Made once per op: validation is on the load path."""
     checks = _OP_CHECKS.get(op_def.name)
     if checks is None:
         attrs = []
@@ -1034,7 +1208,9 @@ def _op_checks(op_def) -> tuple:
         fixed = not any(arg.number_attr or arg.type_list_attr for arg in op_def.inputs)
         dtype_attrs = tuple(sorted({a for arg in (*op_def.inputs, *op_def.outputs)
                                     for a in (arg.type_attr, arg.number_attr, arg.type_list_attr) if a}))
-        checks = _OP_CHECKS[op_def.name] = (attrs, len(op_def.inputs) if fixed else None, dtype_attrs)
+        required = tuple(name for name, attr_def in op_def.attrs.items() if not attr_def.has_default)
+        checks = _OP_CHECKS[op_def.name] = (attrs, len(op_def.inputs) if fixed else None, dtype_attrs,
+                                            required)
     return checks
 
 
@@ -1046,8 +1222,8 @@ def _check_against_op(node: Node, op_def, attrs) -> None:
     def fail(message: str):
         raise GraphError(message, node=node.name)
 
-    checks, expected, _ = _op_checks(op_def)
-    for name, want, is_list, field, allowed in checks:
+    checks, expected = _op_checks(op_def)[:2]
+    for name, want, is_list, field, allowed in checks if attrs else ():
         if name not in attrs:
             continue  # rules' test graphs leave out attrs; whatever reads one reports it missing
         value = attrs[name]

@@ -5,7 +5,9 @@ then edits it inside a transaction, so a failure at any step leaves the graph as
 
 Semantics (DESIGN.md, "Engine semantics"):
 - the node that takes over a replaced node's outputs (its heir) takes the old node's name;
-- helper nodes get deterministic names `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ...;
+- helper nodes get deterministic names `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ...,
+  where a root that got its name so stands for the node it was named after (`Graph.origin`):
+  names do not nest with each rewrite;
 - control inputs of a removed node move to its heir, or else to the consumers rerouted away from
   it; a node with control consumers and no heir is kept;
 - but a control edge from a node without side effects, that waits on none, orders nothing
@@ -31,11 +33,9 @@ import numpy as np
 from gtt_rules.errors import GraphError, GttRulesError, RewriteError
 
 from . import op_registry
-from .dtypes import dtype_for_array
-from .graph import Graph, Node, TensorRef
+from .graph import Graph, Node, TensorRef, const_node_def
 from .pattern import Expression, MatchContext
 from .proto import graph_def_pb2 as pb
-from .tensors import encode_tensor_into
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,10 @@ class RewriteResult:
     removed: list[str] = field(default_factory=list)
     removed_ops: dict[str, str] = field(default_factory=dict)  # for the trace
     touched: set[str] = field(default_factory=set)  # nodes whose inputs changed, and their producers
-    changed: set[str] = field(default_factory=set)  # existing nodes that read other tensors now
+    # Existing nodes that read other tensors now, with the positions of the inputs that changed.
+    changed: dict[str, set[int]] = field(default_factory=dict)
+    # The attrs of each created node that its checks look at (None: all; see `_Planned.checked`).
+    checked: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,6 +161,9 @@ class _Planned:
     dtypes: list[int] | None = None
     source: Node | None = None  # the matched node this is a copy of
     proto: pb.NodeDef | None = None  # the attrs, encoded: the new node takes this NodeDef over
+    # The attrs the checks look at: those computed here, when the others come from a node of the
+    # same op (they passed the checks there), none for a Const encoded here, None for all.
+    checked: tuple[str, ...] | None = None
 
 
 def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: MatchContext,
@@ -212,11 +218,10 @@ def _replaces_with_itself(graph: Graph, planner: "_Planner", reroutes, heirs, re
 
 def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, reroutes, planner) -> None:
     """The loader's checks on the nodes the rewrite made or changed, and no new cycle."""
-    changed = list(dict.fromkeys(result.created + sorted(result.changed)))
     try:
-        graph.check_nodes(result.created, sorted(result.changed))
+        graph.check_nodes({name: result.checked[name] for name in result.created}, result.changed)
         if not _only_upstream(root, reroutes, planner):
-            graph.check_acyclic(changed)
+            graph.check_acyclic(list(dict.fromkeys(result.created + sorted(result.changed))))
     except GraphError as error:
         raise RewriteError(f"rule '{rule_name}' at '{root.name}' would write an invalid graph: "
                            f"{'node ' + repr(error.node) + ': ' if error.node else ''}{error.message}") from None
@@ -228,14 +233,16 @@ def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
     walks up from it). Other rewrites are checked by a walk over the graph."""
     if any(old.node != root.name for old, _ in reroutes):
         return False
-    bound = {root.name}
+    read = {r.node for p in planner.planned for r in p.inputs if isinstance(r, TensorRef)}
+    read.update(new.node for _, new in reroutes if isinstance(new, TensorRef))
+    read.discard(root.name)
     for value in planner.ctx.bindings.values():
+        if not read:
+            break
         for ref in value if isinstance(value, list) else [value]:
             if isinstance(ref, TensorRef):
-                bound.add(ref.node)
-    read = [r for p in planner.planned for r in p.inputs if isinstance(r, TensorRef)]
-    read += [new for _, new in reroutes if isinstance(new, TensorRef)]
-    return all(ref.node in bound for ref in read)
+                read.discard(ref.node)
+    return not read
 
 
 class _NoChange(Exception):
@@ -408,6 +415,8 @@ class _Planner:
             planned.attrs[key] = expression(self.ctx)
             planned.copied.pop(key, None)
         self._infer_type_attrs(planned)
+        if source is not None and op == source.op:
+            planned.checked = tuple(planned.attrs)
         planned.proto = _node_def(planned)
         self.planned.append(planned)
         return planned
@@ -438,23 +447,16 @@ class _Planner:
             self.env = caller
 
     def _const(self, value: Any, dtype: int | None) -> _Planned:
-        array = _const_array(value, dtype)
-        dt = dtype if dtype is not None else dtype_for_array(array)
-        # Encoded straight into the new node's NodeDef: a new weight's bytes are not copied again.
-        proto = pb.NodeDef(op="Const")
-        proto.attr["dtype"].type = dt
-        encode_tensor_into(proto.attr["value"].tensor, array, dt)
+        proto = const_node_def(_const_array(value, dtype), dtype)
+        dt = proto.attr["dtype"].type
         planned = _Planned(self._name("Const"), "Const", [], {"dtype": dt}, device=self.root.device,
-                           dtypes=[dt], proto=proto)
+                           dtypes=[dt], proto=proto, checked=())
         self.planned.append(planned)
         return planned
 
     def _name(self, op: str) -> str:
-        base = f"{self.root.name}/{self.rule_name}/{op}"
-        name, k = base, 0
-        while name in self.graph or name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
+        origin = self.graph.origin(self.root.name)
+        name = self.graph.fresh_name(f"{origin}/{self.rule_name}/{op}", self.taken, origin)
         self.taken.add(name)
         return name
 
@@ -469,15 +471,14 @@ class _Planner:
         given.update(dict.fromkeys(k for k in (*planned.attrs, *planned.copied) if k not in given))
         dtypes = [self._dtype_of(source) for source in planned.inputs]
         try:
-            planned.attrs.update(op_registry.infer_input_attrs(op_def, dtypes, given))
+            planned.attrs.update(self.graph.implied_attrs(planned.op, dtypes, given))
         except op_registry.AmbiguousInputs as error:
             raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}' builds a {planned.op} "
                                f"node: {error}") from None
 
     def _dtype_of(self, source: Any) -> int | None:
         if isinstance(source, TensorRef):
-            dtypes = self.graph.output_dtypes(self.graph[source.node])
-            return dtypes[source.port] if dtypes and source.port < len(dtypes) else None
+            return self.graph.dtype_of(source)
         planned, port = source
         if planned.dtypes is None:
             op_def = op_registry.get_op(planned.op)
@@ -549,54 +550,46 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         if planned.source is not None:
             graph.copy_attrs(node, planned.source, planned.copied)
         result.created.append(planned.name)
+        result.checked[planned.name] = planned.checked
     rerouted_consumers: dict[str, set[str]] = {}
     created = set(result.created)
     in_place = _in_place_target(graph, reroutes, heirs, removals, created)
     if in_place is not None:
         # Its consumers are left as they are: the heir takes the target's place below.
-        readers = {c.name for c in graph.consumers(in_place) if any(r.node == in_place for r in c.inputs)}
-        if readers:
-            rerouted_consumers[in_place] = readers
-            result.touched |= readers
-            result.changed |= readers
+        for consumer in graph.consumers(in_place):
+            positions = {i for i, r in enumerate(consumer.inputs) if r.node == in_place}
+            if positions:
+                rerouted_consumers.setdefault(in_place, set()).add(consumer.name)
+                result.touched.add(consumer.name)
+                result.changed[consumer.name] = positions
         reroutes = ()
     for old, new in reroutes:
         new_ref = _resolve(new)
         if new_ref == old:
             continue
-        for consumer in graph.consumers(old.node):
-            if consumer.name in created or old not in consumer.inputs:
-                continue
-            graph.set_inputs(consumer, [new_ref if r == old else r for r in consumer.inputs])
-            result.touched.add(consumer.name)
-            result.changed.add(consumer.name)
-            rerouted_consumers.setdefault(old.node, set()).add(consumer.name)
+        for consumer, positions in graph.reroute(old, new_ref, exclude=created).items():
+            result.touched.add(consumer)
+            result.changed.setdefault(consumer, set()).update(positions)
+            rerouted_consumers.setdefault(old.node, set()).add(consumer)
     for name in removals:
-        if graph.uses(name):
+        if graph.is_read(name):
             raise RewriteError(f"cannot remove '{name}': its outputs are still used")
     # Heirs take over the replaced nodes (and their names) before anything is swept.
     renames: list[tuple[str, str]] = []
     for target, planned in heirs.items():
-        if target != in_place and graph.uses(target):
+        if target != in_place and graph.is_read(target):
             continue  # some output of the target is still read: it stays, and keeps its name
-        heir = graph[planned.name]
-        waiting = [c for c in graph.consumers(target) if target in c.control_inputs]
-        result.touched.update(c.name for c in waiting)
-        result.changed.update(c.name for c in waiting)
-        if target != in_place:  # in place, they wait on the heir as they are
-            for consumer in waiting:
-                graph.set_inputs(consumer, consumer.inputs,
-                                 [planned.name if c == target else c for c in consumer.control_inputs])
-        extra = [c for c in graph.ordering(graph[target].control_inputs, planner.pure)
-                 if c not in heir.control_inputs]
-        if extra:
-            graph.set_inputs(heir, heir.inputs, heir.control_inputs + extra)
+        # In place, what waits on the target waits on the heir as it is.
+        for waiting in graph.hand_over(target, planned.name, waiting=target != in_place, memo=planner.pure):
+            result.touched.add(waiting)
+            result.changed.setdefault(waiting, set())
         _remove(graph, target, result, heir=planned.name if target == in_place else None)
         renames.append((planned.name, target))
     for temp, final in renames:
         if final != in_place:  # in place, the heir has its name already
             graph.rename_node(temp, final)
         result.created[result.created.index(temp)] = final
+        result.checked[final] = result.checked.pop(temp)
     # Sweep what the rewrite left unused, walking up from the nodes it touched.
     seeds = [name for name in removals] + list(rerouted_consumers) + [
         v.node for v in planner.ctx.bindings.values() if isinstance(v, TensorRef)]
@@ -605,7 +598,9 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     seeds += sorted(result.touched)
     # A swept interior node's control inputs go to what replaced the match.
     fallback = sorted(renamed_to) or sorted({c for cs in rerouted_consumers.values() for c in cs})
-    _sweep(graph, seeds, protected, set(result.created) | renamed_to, rerouted_consumers, result, fallback)
+    removed, touched = graph.sweep(seeds, protected, set(result.created) | renamed_to, rerouted_consumers, fallback)
+    result.removed += removed
+    result.touched |= touched
     return result
 
 
@@ -639,34 +634,3 @@ def _remove(graph: Graph, name: str, result: RewriteResult, heir: str | None = N
         graph.replace_node(name, heir)
     result.removed.append(name)
     result.touched.update(p for p in producers if p in graph)
-
-
-def _sweep(graph: Graph, seeds, protected, keep: set[str], rerouted_consumers, result: RewriteResult,
-           fallback=()) -> None:
-    """Remove what nothing reads any more, walking up from `seeds`. A node only control edges
-    read is dead too if those edges order nothing (`Graph.orders_nothing`): they go with it."""
-    stack = list(dict.fromkeys(seeds))
-    pure: dict[str, bool] = {}
-    while stack:
-        name = stack.pop()
-        node = graph.get(name)
-        if node is None or name in protected or name in keep:
-            continue
-        waiting = graph.consumers(name)
-        if waiting:
-            if graph.uses(name) or not graph.orders_nothing(name, pure):
-                continue
-            for consumer in waiting:
-                graph.set_inputs(consumer, consumer.inputs, [c for c in consumer.control_inputs if c != name])
-                result.touched.add(consumer.name)
-        # A dead node's control inputs still order the consumers it was rerouted away from.
-        ordering = graph.ordering(node.control_inputs, pure)
-        if ordering:
-            for consumer_name in rerouted_consumers.get(name) or fallback:
-                consumer = graph.get(consumer_name)
-                if consumer is not None:
-                    merged = list(dict.fromkeys(consumer.control_inputs + ordering))
-                    graph.set_inputs(consumer, consumer.inputs, merged)
-        inputs = [r.node for r in node.inputs] + node.control_inputs
-        _remove(graph, name, result)
-        stack.extend(inputs)

@@ -80,14 +80,14 @@ def _parse_shape(text: str):
 
 
 def _replace_with_placeholder(graph: Graph, name: str, dtype: int, shape) -> None:
-    consumers = graph.consumers(name)
     with graph.transaction():
-        temp = graph.add_node(f"{name}/placeholder", "Placeholder", attrs={"dtype": dtype})
+        temp = graph.add_node(graph.fresh_name(f"{name}/placeholder"), "Placeholder", attrs={"dtype": dtype})
         if shape is not None:
             temp.set_attr("shape", shape)
-        for consumer in consumers:
-            graph.set_inputs(consumer, [TensorRef(temp.name, 0) if r.node == name else r for r in consumer.inputs],
-                             [c for c in consumer.control_inputs if c != name])
+        for port in {r.port for c in graph.consumers(name) for r in c.inputs if r.node == name}:
+            graph.reroute(TensorRef(name, port), TensorRef(temp.name))
+        graph.set_inputs(graph[name], [], [])  # what is fed waits on nothing
+        graph.hand_over(name, temp.name)
         graph.remove_node(name)
         graph.rename_node(temp.name, name)
 
@@ -126,15 +126,8 @@ def remove_control_dependencies(graph: Graph, ctx: PassContext) -> None:
 
 def _loop_frame_nodes(graph: Graph) -> set[str]:
     """Nodes inside a TF1 while loop: reachable from an Enter without passing an Exit."""
-    inside: set[str] = set()
-    stack = [node.name for node in graph if node.op in ("Enter", "RefEnter")]
-    while stack:
-        name = stack.pop()
-        if name in inside:
-            continue
-        inside.add(name)
-        stack.extend(c.name for c in graph.consumers(name) if c.op not in ("Exit", "RefExit"))
-    return inside
+    return graph.walk([node.name for node in graph if node.op in ("Enter", "RefEnter")],
+                      lambda node: [c.name for c in graph.consumers(node.name) if c.op not in ("Exit", "RefExit")])
 
 
 @register_pass("remove_device")
@@ -269,10 +262,8 @@ def merge_duplicate_nodes(graph: Graph, ctx: PassContext) -> None:
                 continue
             count = graph.num_outputs(node) or 1
             for port in range(count):
-                graph.replace_uses(TensorRef(node.name, port), TensorRef(original, port))
-            for consumer in [c for c in graph.consumers(node.name) if node.name in c.control_inputs]:
-                graph.set_inputs(consumer, consumer.inputs,
-                                 [original if c == node.name else c for c in consumer.control_inputs])
+                graph.reroute(TensorRef(node.name, port), TensorRef(original, port))
+            graph.hand_over(node.name, original)
             graph.remove_node(node.name)
             changed = True
 
@@ -334,44 +325,28 @@ def fold_batch_norms_after_concat(graph: Graph, ctx: PassContext) -> None:
                 start += channels
                 if layer.op == "DepthwiseConv2dNative":
                     piece = piece.reshape(weights.shape[2], weights.shape[3])
-                folded = graph.add_node(_free_name(graph, f"{layer.name}/folded_weights"), "Const",
-                                        attrs={"dtype": DT_FLOAT, "value": (weights * piece).astype(np.float32)})
-                copy = graph.add_node(_free_name(graph, f"{layer.name}/folded"), layer.op,
+                folded = graph.add_const(graph.fresh_name(f"{layer.name}/folded_weights"),
+                                         (weights * piece).astype(np.float32))
+                copy = graph.add_node(graph.fresh_name(f"{layer.name}/folded"), layer.op,
                                       [layer.inputs[0], TensorRef(folded.name)], device=layer.device)
                 for key, value in layer.attr.items():
                     copy.attr[key].CopyFrom(value)
                 new_inputs.append(TensorRef(copy.name))
                 renames[copy.name] = layer.name
             axis = concat.inputs[-1]
-            new_concat = graph.add_node(_free_name(graph, f"{concat.name}/folded"), "ConcatV2",
-                                        new_inputs + [axis], attrs={"N": len(new_inputs), "T": DT_FLOAT,
-                                                                    "Tidx": concat.get_attr("Tidx")})
+            new_concat = graph.add_node(graph.fresh_name(f"{concat.name}/folded"), "ConcatV2", new_inputs + [axis])
             renames[new_concat.name] = concat.name
-            bias = graph.add_node(_free_name(graph, f"{bn.name}/offset"), "Const",
-                                  attrs={"dtype": DT_FLOAT, "value": offset.astype(np.float32)})
-            heir = graph.add_node(_free_name(graph, f"{bn.name}/folded"), "BiasAdd",
-                                  [TensorRef(new_concat.name), TensorRef(bias.name)],
-                                  attrs={"T": DT_FLOAT}, device=bn.device)
-            graph.replace_uses(TensorRef(bn.name), TensorRef(heir.name))
-            name = bn.name
-            doomed = [bn.name, concat.name] + [layer.name for layer in layers]
-            feeders = {r.node for d in doomed for r in graph[d].inputs} - set(doomed)
-            _remove_all(graph, doomed)
-            _remove_all(graph, [f for f in feeders if graph[f].op == "Const" and not graph.consumers(f)
-                                and f not in ctx.protected])
-            renames[heir.name] = name
+            # TensorFlow names a FusedBatchNorm's offset input `NAME/offset` when it makes it itself.
+            bias = graph.add_const(graph.fresh_name(f"{bn.name}/offset"), offset.astype(np.float32))
+            heir = graph.add_node(graph.fresh_name(f"{bn.name}/folded"), "BiasAdd",
+                                  [TensorRef(new_concat.name), TensorRef(bias.name)], device=bn.device)
+            graph.reroute(TensorRef(bn.name), TensorRef(heir.name))
+            graph.hand_over(bn.name, heir.name)
+            # The replaced nodes go even if protected: the folded copies take their names.
+            graph.sweep([bn.name], set(ctx.protected) - set(renames.values()) - {bn.name})
+            renames[heir.name] = bn.name
             for temporary, final in renames.items():
                 graph.rename_node(temporary, final)
-
-
-def _free_name(graph: Graph, name: str) -> str:
-    """`name`, or `name_1`, `name_2` ... if a node has it (TensorFlow names a FusedBatchNorm's
-    offset input `NAME/offset` when it makes that Const itself)."""
-    candidate, n = name, 0
-    while candidate in graph:
-        n += 1
-        candidate = f"{name}_{n}"
-    return candidate
 
 
 def _concat_fold_plan(graph: Graph, bn):
@@ -440,7 +415,7 @@ def backport_tensor_array_v3(graph: Graph, ctx: PassContext) -> None:
         if graph.uses(flow):
             stand_in = graph.add_node(_free_name(graph, f"{node.name}/replacement_flow_node"), "Const",
                                       attrs={"dtype": DT_FLOAT, "value": np.float32(1.0)})
-            graph.replace_uses(flow, TensorRef(stand_in.name))
+            graph.reroute(flow, TensorRef(stand_in.name))
         node.op = node.op[:-1] + "2"
     for node in graph:
         if node.op in _TENSOR_ARRAY_V3_USERS:
@@ -476,7 +451,7 @@ def insert_logging(graph: Graph, ctx: PassContext) -> None:
                                  attrs={"T": dtypes[0], "U": [dtypes[p] for p in read],
                                         "message": message + params["message"], "first_n": params["first_n"],
                                         "summarize": params["summarize"]}, device=node.device)
-        graph.replace_uses(TensorRef(node.name, 0), TensorRef(printer.name), exclude=[printer.name])
+        graph.reroute(TensorRef(node.name, 0), TensorRef(printer.name), exclude=[printer.name])
 
 
 @register_pass("sparsify_gather", Param("input_checkpoint", "str", False, ""),
@@ -601,7 +576,7 @@ def inline_partitionedcall(graph: Graph, ctx: PassContext) -> None:
                 control = [names.get(i[1:]) or arguments[i[1:]].node for i in body.input if i.startswith("^")]
                 graph.set_inputs(graph[names[body.name]], data, control + call.control_inputs)
             for k, arg in enumerate(function.signature.output_arg):
-                graph.replace_uses(TensorRef(call.name, k), outside(function.ret[arg.name]))
+                graph.reroute(TensorRef(call.name, k), outside(function.ret[arg.name]))
             waiting = [c for c in graph.consumers(call.name) if call.name in c.control_inputs]
             for consumer in waiting:   # what waited on the call waits on every node of its body
                 graph.set_inputs(consumer, consumer.inputs,

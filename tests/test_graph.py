@@ -182,7 +182,7 @@ def test_tiny_file_claiming_a_huge_tensor_is_rejected_before_allocating():
 def test_edits_keep_the_consumer_index_and_the_node_defs_in_step(tf):
     graph = _graph(SMALL)
     graph.add_node("n", "Neg", [TensorRef("m")], attrs={"T": pb.DT_FLOAT})
-    graph.replace_uses(TensorRef("m"), TensorRef("n"), exclude=["n"])
+    graph.reroute(TensorRef("m"), TensorRef("n"), exclude=["n"])
     assert [n.name for n in graph.consumers("m")] == ["n"]
     assert list(graph["s"].proto.input) == ["c", "n"]
     graph.set_inputs(graph["a"], [TensorRef("s", 1), TensorRef("s", 0)], control_inputs=[])

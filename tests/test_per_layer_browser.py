@@ -42,7 +42,7 @@ def report(tmp_path_factory):
     assert cli_module.main(["apply", str(EXAMPLE), "-o", str(eight), "--pipeline", "eightbit",
                             "--outputs", "Identity", "--random", "4"]) == 0
     graph = Graph.load(eight)
-    maximum = graph[f"{BROKEN}/relu6/QuantizedRelu6/quantize-for-relu6/Maximum"]
+    maximum = graph[f"{BROKEN}/quantize-for-relu6/Maximum"]
     maximum.set_attr("value", (maximum.get_attr("value") * F32(100)).astype(F32))
     graph.save(bad)
     page = folder / "report.html"

@@ -1,0 +1,166 @@
+"""The graph-edit core (issue 13, item 4): what a rewrite checks, reroutes, names and sweeps.
+
+A rewrite's checks look only at what it changed (issue 12's speed): the attrs it computed, the
+inputs it rerouted. These tests hold the checks to still catch each kind of change.
+"""
+from __future__ import annotations
+
+import pytest
+
+from conftest import compile_rules, fixture_graph
+from gtt_rules.engine.driver import apply_rules
+from gtt_rules.errors import RewriteError
+
+
+def run(graph, rules_text: str, protected):
+    return apply_rules(graph, compile_rules(rules_text), protected=protected)
+
+
+def assert_refused(graph, rules_text: str, message: str) -> None:
+    """The rewrite fails with `message`, and leaves the graph as it was."""
+    before = graph.to_bytes()
+    with pytest.raises(RewriteError, match=message):
+        run(graph, rules_text, protected=["x", "out"])
+    assert graph.to_bytes() == before
+
+
+def test_a_copy_with_a_bad_computed_attr_fails():
+    # The copy's other attrs come from the matched node and are not checked again; this one is.
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [1, 2, 2, 1]}
+        w = Const([[[[2.0]]]])
+        out = Conv2D(x, w) {strides: [1, 1, 1, 1], padding: "SAME"}
+    """)
+    assert_refused(graph, """
+        rule bad:
+            n = Conv2D(x, w)
+            => n -> n(x, w) {padding: "NOWHERE"}
+    """, "padding")
+
+
+def test_a_rerouted_input_of_another_dtype_fails():
+    # Only the rerouted input of `out` is checked, and it now reads an int32.
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        r = Relu(x)
+        out = Neg(r)
+    """)
+    assert_refused(graph, """
+        rule retype:
+            n = Relu(x)
+            => n -> Cast(x) {SrcT: float, DstT: int32}
+    """, "input 'r' is int32, but Neg takes float")
+
+
+def test_derived_names_do_not_nest():
+    # A Const one rule made, rewritten by the next: its helper is named after the node the Const
+    # was made for, not after the Const (which gave `out/make/Const/retag/Const`).
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        out = Neg(x)
+    """)
+    run(graph, """
+        rule make:
+            n = Neg(x)
+            => n -> Sub(Const(0.0), x)
+    """, protected=["x", "out"])
+    assert "out/make/Const" in graph
+    run(graph, """
+        rule retag:
+            c = Const {dtype: float}
+            where not only_read_by(c, ["Identity"])
+            => c -> Identity(Const(value(c) + 1.0))
+    """, protected=["x", "out"])
+    assert graph["out/make/Const"].op == "Identity"
+    assert graph["out/make/Const"].inputs[0].node == "out/retag/Const"
+
+
+# ---- the graph-edit core: one reroute, one control-edge policy, one sweep, one walk ----
+
+def _graph():
+    from gtt_rules.engine.graph import Graph
+
+    graph = Graph()
+    graph.add_node("x", "Placeholder", attrs={"dtype": FLOAT})
+    graph.add_node("effect", "Print", ["x"], attrs={"T": FLOAT, "U": []})  # a side effect to order
+    return graph
+
+
+FLOAT = 1
+
+
+def test_reroute_returns_the_positions_it_changed():
+    from gtt_rules.engine.graph import TensorRef
+
+    graph = _graph()
+    graph.add_node("a", "Relu", ["x"])
+    graph.add_node("b", "AddV2", ["a", "a"])
+    graph.add_node("c", "Neg", ["x"])
+    assert graph.reroute(TensorRef("a"), TensorRef("x")) == {"b": [0, 1]}
+    assert graph["b"].inputs == [TensorRef("x"), TensorRef("x")]
+
+
+def test_hand_over_moves_waiting_nodes_and_ordering_control_inputs_only():
+    graph = _graph()
+    graph.add_node("w", "Const", attrs={"dtype": FLOAT, "value": 1.0})
+    graph.add_node("old", "Relu", ["x"], ["effect", "w"])
+    graph.add_node("new", "Relu", ["x"])
+    graph.add_node("later", "Neg", ["x"], ["old"])
+    assert graph.hand_over("old", "new") == ["later"]
+    assert graph["later"].control_inputs == ["new"]
+    assert graph["new"].control_inputs == ["effect"]  # a Const's edge orders nothing
+
+
+def test_implied_attrs_of_a_new_node():
+    graph = _graph()
+    graph.add_node("axis", "Const", attrs={"dtype": 3, "value": 0})
+    concat = graph.add_node("c", "ConcatV2", ["x", "x", "x", "axis"])
+    assert (concat.get_attr("N"), concat.get_attr("T"), concat.get_attr("Tidx")) == (3, FLOAT, 3)
+
+
+def test_sweep_removes_what_only_pure_control_edges_read():
+    graph = _graph()
+    graph.add_node("w", "Const", attrs={"dtype": FLOAT, "value": 1.0})
+    graph.add_node("dead", "Relu", ["w"])
+    graph.add_node("out", "Neg", ["x"], ["w"])
+    removed, touched = graph.sweep(["dead"], protected={"x", "out"})
+    assert removed == ["dead", "w"] and "w" not in graph
+    assert graph["out"].control_inputs == [] and "out" in touched
+
+
+def test_fresh_names_are_unique():
+    graph = _graph()
+    first = graph.fresh_name("x/pass")
+    graph.add_node(first, "Identity", ["x"])
+    assert (first, graph.fresh_name("x/pass")) == ("x/pass", "x/pass_1")
+
+
+def test_frozen_ranges_keep_what_waited_on_the_range():
+    # Calibration used to drop the control edges from a range it froze; it hands them to the
+    # Const that takes its place, as a rewrite does.
+    from gtt_rules.engine import calibration
+
+    graph = _graph()
+    graph.add_node("axis", "Const", attrs={"dtype": 3, "value": 0})
+    graph.add_node("low", "Min", ["x", "axis"])
+    graph.add_node("out", "Neg", ["x"], ["low"])
+    calibration.freeze_ranges(graph, {"low": (-1.0, 1.0)}, protected=["x", "out"])
+    assert "low" not in graph and "axis" not in graph
+    assert graph["out"].control_inputs == ["low/frozen"]
+    assert float(graph["low/frozen"].get_attr("value")) == -1.0
+
+
+def test_strip_unused_nodes_keeps_what_waited_on_an_input():
+    # As in GTT, where the Placeholder takes the input's name, the edge stays (it was dropped).
+    from gtt_rules.rules.passes import PassContext
+    from gtt_rules.stdlib_rules.passes import strip_unused_nodes
+
+    graph = _graph()
+    graph.add_node("y", "Relu", ["x"])
+    graph.add_node("out", "Neg", ["y"], ["effect"])
+    graph.add_node("after", "Identity", ["out"], ["y"])
+    params = {"type": FLOAT, "shape": "", "name": [], "type_for_name": [], "shape_for_name": []}
+    strip_unused_nodes(graph, PassContext(params, ("y",), ("after",)))
+    assert graph["y"].op == "Placeholder" and not graph["y"].inputs and not graph["y"].control_inputs
+    assert graph["after"].control_inputs == ["y"]
+    assert sorted(node.name for node in graph) == ["after", "effect", "out", "x", "y"]
