@@ -413,7 +413,7 @@ def backport_tensor_array_v3(graph: Graph, ctx: PassContext) -> None:
     for node in [n for n in graph if n.op in ("TensorArrayV3", "TensorArrayGradV3")]:
         flow = TensorRef(node.name, 1)
         if graph.uses(flow):
-            stand_in = graph.add_node(_free_name(graph, f"{node.name}/replacement_flow_node"), "Const",
+            stand_in = graph.add_node(graph.fresh_name(f"{node.name}/replacement_flow_node"), "Const",
                                       attrs={"dtype": DT_FLOAT, "value": np.float32(1.0)})
             graph.reroute(flow, TensorRef(stand_in.name))
         node.op = node.op[:-1] + "2"
@@ -445,7 +445,7 @@ def insert_logging(graph: Graph, ctx: PassContext) -> None:
         if 0 not in read or not dtypes:      # the Print would not run, or the types are unknown
             continue
         dtypes = [d - REF_OFFSET if d > REF_OFFSET else d for d in dtypes]   # a ref is logged by value
-        name = _free_name(graph, f"{node.name}__print__")
+        name = graph.fresh_name(f"{node.name}__print__")
         message = (f";{node.op};" if params["show_op"] else "") + (f";{name};" if params["show_name"] else "")
         printer = graph.add_node(name, "Print", [TensorRef(node.name, 0)] + [TensorRef(node.name, p) for p in read],
                                  attrs={"T": dtypes[0], "U": [dtypes[p] for p in read],
@@ -476,7 +476,7 @@ def sparsify_gather(graph: Graph, ctx: PassContext) -> None:
         ids = gather.inputs[1]
         with graph.transaction():
             def made(name, op, inputs=(), **attrs):
-                return graph.add_node(_free_name(graph, name), op, inputs, attrs=attrs, device=gather.device)
+                return graph.add_node(graph.fresh_name(name), op, inputs, attrs=attrs, device=gather.device)
 
             key_node = made(f"{weights.name}/indices", "Const", dtype=DT_INT64, value=keys.astype(np.int64))
             value_node = made(f"{weights.name}/values", "Const", dtype=DT_FLOAT, value=values.astype(np.float32))
@@ -554,7 +554,9 @@ def inline_partitionedcall(graph: Graph, ctx: PassContext) -> None:
             ctx.notes.append(f"'{call.name}': left as it is: it is a graph input or output")
             continue
         arguments = {arg.name: ref for arg, ref in zip(function.signature.input_arg, call.inputs)}
-        names = {body.name: _free_name(graph, f"{call.name}/{body.name}") for body in function.node_def}
+        names: dict[str, str] = {}
+        for body in function.node_def:     # fresh against the graph and the names taken so far
+            names[body.name] = graph.fresh_name(f"{call.name}/{body.name}", taken=names.values())
         ports = {body.name: _output_ports(body, functions) for body in function.node_def}
 
         def outside(text: str) -> TensorRef:
