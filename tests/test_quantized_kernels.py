@@ -1013,10 +1013,12 @@ def test_small_matrix_products_run_on_one_blas_thread_and_leave_the_setting_as_i
     big = np.zeros((1 << 12, 1 << 6), np.float32)
     chunked.matmul(big, np.zeros((1 << 6, 1 << 6), np.float32))      # 2^24 multiply-adds
     assert seen == [1, 4] and library.threads == 4
-    (real,) = chunked.openblas_libraries()          # numpy's own OpenBLAS is found, and obeys
-    threads = real.get_num_threads()
-    try:
-        real.set_num_threads(1)
-        assert real.get_num_threads() == 1
-    finally:
-        real.set_num_threads(threads)
+    found = chunked.openblas_libraries()     # numpy's own OpenBLAS (and any other loaded) is found, and obeys
+    assert found
+    for real in found:
+        threads = real.get_num_threads()
+        try:
+            real.set_num_threads(1)
+            assert real.get_num_threads() == 1
+        finally:
+            real.set_num_threads(threads)
