@@ -444,13 +444,14 @@ class Graph:
 
     def sweep(self, seeds: Iterable[str], protected: Collection[str], keep: Collection[str] = (),
               heirs: Mapping[str, Collection[str]] = {}, fallback: Collection[str] = ()
-              ) -> tuple[list[str], set[str]]:
+              ) -> tuple[dict[str, str], set[str]]:
         """Remove what nothing reads, walking up from `seeds`, but the nodes `protected` or `keep`
         name. A node only control edges read is dead too if those edges order nothing
         (`orders_nothing`): they go with it. A dead node's control inputs that order something
         still order the nodes that took its place: its `heirs`, or else `fallback`. The nodes
-        removed, and those left whose control inputs changed or whose producers went."""
-        removed, touched, pure = [], set(), {}
+        removed (name to the op it had, in order), and those left whose control inputs changed or
+        whose producers went."""
+        removed, touched, pure = {}, set(), {}
         stack = list(dict.fromkeys(seeds))
         while stack:
             name = stack.pop()
@@ -473,8 +474,8 @@ class Graph:
                     if heir is not None:
                         self.set_inputs(heir, heir.inputs, list(dict.fromkeys(heir.control_inputs + ordering)))
             producers = [r.node for r in node.inputs] + node.control_inputs
+            removed[name] = node.op
             self.remove_node(name)
-            removed.append(name)
             touched.update(producers)
             stack.extend(producers)
         return removed, {name for name in touched if name in self._nodes}

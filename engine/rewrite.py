@@ -600,6 +600,7 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     fallback = sorted(renamed_to) or sorted({c for cs in rerouted_consumers.values() for c in cs})
     removed, touched = graph.sweep(seeds, protected, set(result.created) | renamed_to, rerouted_consumers, fallback)
     result.removed += removed
+    result.removed_ops.update(removed)
     result.touched |= touched
     return result
 

@@ -124,7 +124,7 @@ def test_sweep_removes_what_only_pure_control_edges_read():
     graph.add_node("dead", "Relu", ["w"])
     graph.add_node("out", "Neg", ["x"], ["w"])
     removed, touched = graph.sweep(["dead"], protected={"x", "out"})
-    assert removed == ["dead", "w"] and "w" not in graph
+    assert removed == {"dead": "Relu", "w": "Const"} and list(removed) == ["dead", "w"] and "w" not in graph
     assert graph["out"].control_inputs == [] and "out" in touched
 
 
