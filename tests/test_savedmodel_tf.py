@@ -221,9 +221,11 @@ def test_two_signatures(tf, models, signature, feeds):
 def test_real_published_saved_model_basic_pitch(tf, tmp_path):
     """Basic Pitch's SavedModel (from the basic-pitch package). TensorFlow's own loader fails on
     its saved optimizer slots, so its signature runs from a copy without them. The frozen graph
-    runs in TensorFlow within 1e-6 (measured 8e-7); our evaluator's float kernels sum its
-    convolutions in another order (measured 3e-5), so it is held to the real models' 1e-4 of
-    issue #4."""
+    runs in TensorFlow within 1e-6 (measured 8e-7). Our evaluator is held to 5e-5, not 1e-6: the
+    model takes the Log of its CQT magnitudes, which turns float32 rounding in the convolutions
+    before it (1e-7 to 5e-7 of their largest value) into 1e-5, and TensorFlow's own sums there change
+    with its thread count. Its signature run with 1 intra-op thread is 1.6e-5 from its run with 2, and
+    with oneDNN 1.9e-5 from without; our evaluator is 5e-6 to 1.8e-5 from TensorFlow's runs."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     source = REAL / "basic_pitch_icassp_2022"
@@ -235,7 +237,7 @@ def test_real_published_saved_model_basic_pitch(tf, tmp_path):
     (copy / "saved_model.pb").write_bytes(saved.SerializeToString())
     feeds = {"input_2": (np.random.default_rng(5).normal(size=(1, 43844, 1)) * 0.1).astype(np.float32)}
     expected = _signature_run(tf, copy, "serving_default", feeds)
-    _check(tf, source, feeds, expected=expected, evaluator_rtol=1e-4)
+    _check(tf, source, feeds, expected=expected, evaluator_rtol=5e-5)
 
 
 def test_cli_freeze_and_a_folder_wherever_a_graph_is(tf, models, tmp_path, capsys):
