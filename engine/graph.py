@@ -398,6 +398,10 @@ class Graph:
             names = sorted(names, key=self._position)
         return [self._nodes[n] for n in names]
 
+    def consumer_names(self, name: str) -> Collection[str]:
+        """The names of the nodes that take `name` as an input, in no order (`consumers` sorts)."""
+        return self._consumers.get(name, ())
+
     def uses(self, ref: TensorRef | str) -> int:
         """How many data inputs read `ref` (a TensorRef), or any output of node `ref` (a name)."""
         nodes = self._nodes

@@ -98,13 +98,18 @@ class Pattern:
     private: bool = True  # inner nodes are private (the rule builds nodes that would duplicate them)
     root_ops: frozenset[str] | None = field(init=False)
     checks_attrs: bool = field(init=False)  # some attr is compared with an expression
-    commutative: bool = field(init=False)   # some node may match its inputs swapped
+    searches: bool = field(init=False)  # a commutative node may be tried again: memo and bound it
     checks_privacy: bool = field(init=False)  # some node is matched through its inputs (inner)
 
     def __post_init__(self):
         object.__setattr__(self, "root_ops", _ops(self.statements[self.root_var]))
         object.__setattr__(self, "checks_attrs", any(_checks_attrs(s) for s in self.statements.values()))
-        object.__setattr__(self, "commutative", any(_commutative(s) for s in self.statements.values()))
+        # One commutative node, and no alternative or variadic run before it to try it again, is
+        # tried once per root: the memo would only cost.
+        nodes = [n for s in self.statements.values() for n in _walk(s)]
+        commutative = sum(1 for n in nodes if n.commutative)
+        object.__setattr__(self, "searches", commutative > 1 or commutative == 1 and any(
+            n.alternatives or n.variadic is not None for n in nodes))
         root = self.statements[self.root_var]
         object.__setattr__(self, "checks_privacy", self.private and (
             any(_has_inner(s) for var, s in self.statements.items() if var != self.root_var)
@@ -129,8 +134,11 @@ def _has_inner(node: NodePattern) -> bool:
     return node.inputs is not None or any(_has_inner(n) for n in _nested(node))
 
 
-def _commutative(node: NodePattern) -> bool:
-    return bool(node.commutative) or any(_commutative(n) for n in _nested(node))
+def _walk(node: NodePattern):
+    """`node` and every node pattern inside it."""
+    yield node
+    for nested in _nested(node):
+        yield from _walk(nested)
 
 
 def _checks_attrs(node: NodePattern) -> bool:
@@ -155,7 +163,7 @@ class MatchContext:
 def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iterator[dict[str, Any]]:
     """Yield each set of bindings under which `pattern` matches at `root`."""
     start = {pattern.root_var: TensorRef(root.name, 0)}
-    if pattern.commutative:
+    if pattern.searches:
         start[_SEARCH] = _Search(root.name)
     for bindings in _match_node(pattern, pattern.statements[pattern.root_var], root, start, graph):
         if pattern.checks_attrs:
@@ -182,8 +190,8 @@ def _private(root: str, bindings: dict, graph: Graph, protected) -> bool:
     for name in private:
         if name in protected:
             return False
-        for consumer in graph.consumers(name):
-            if consumer.name not in matched and any(ref.node == name for ref in consumer.inputs):
+        for consumer in graph.consumer_names(name):
+            if consumer not in matched and any(ref.node == name for ref in graph[consumer].inputs):
                 return False
     return True
 
@@ -284,7 +292,7 @@ class _Search:
 
 def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
     search, names = bindings.get(_SEARCH), _names(node_pattern)
-    if search is None:      # matched apart from a root (a variadic run's pattern): no memo
+    if search is None:      # tried once per root, or matched apart from one (a variadic run's): no memo
         yield from _both_orders(pattern, node_pattern, node, bindings, graph)
         return
     search.tries += 1
