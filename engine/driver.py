@@ -215,28 +215,23 @@ def _try(graph: Graph, rule: Rule, node, protected, undo: bool = False,
             return result
         return None
     ctx = MatchContext(graph, rule.params, protected, notes)
-    for bindings in _matches(rule, graph, node, ctx):
-        ctx.bindings = dict(bindings)
-        if rule.guard is not None and not rule.guard(ctx):
-            continue
-        try:
-            result = rewrite_or_none(graph, rule.name, rule.actions, ctx, node)
-        except RewriteError as error:
-            error.message = f"{rule.location}: {error.message}" if rule.location else error.message
-            raise
-        if result is not None:
-            return result
-    return None
-
-
-def _matches(rule: Rule, graph: Graph, node, ctx: MatchContext):
-    """The rule's matches at `node`; a search that hits its limit names the rule."""
     try:
-        yield from match(rule.pattern, graph, node, ctx)
-    except MatchLimitError as error:
+        for bindings in match(rule.pattern, graph, node, ctx):
+            ctx.bindings = dict(bindings)
+            if rule.guard is not None and not rule.guard(ctx):
+                continue
+            try:
+                result = rewrite_or_none(graph, rule.name, rule.actions, ctx, node)
+            except RewriteError as error:
+                error.message = f"{rule.location}: {error.message}" if rule.location else error.message
+                raise
+            if result is not None:
+                return result
+    except MatchLimitError as error:  # the search hit its limit: name the rule
         error.message = f"{rule.location}: rule '{rule.name}': {error.message}" if rule.location \
             else f"rule '{rule.name}': {error.message}"
         raise
+    return None
 
 
 def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> list[str]:

@@ -463,14 +463,14 @@ class Graph:
             node = self._nodes.get(name)
             if node is None or self.is_read(name):
                 continue
-            waiting = self.consumers(name)
+            waiting = self.consumers(name) if self._consumers.get(name) else ()
             if waiting:
                 if not self.orders_nothing(name, pure):
                     continue
                 for consumer in waiting:
                     self.set_inputs(consumer, consumer.inputs, [c for c in consumer.control_inputs if c != name])
                     touched.add(consumer.name)
-            ordering = self.ordering(node.control_inputs, pure)
+            ordering = self.ordering(node.control_inputs, pure) if node.control_inputs else ()
             if ordering:
                 for heir_name in heirs.get(name) or fallback:
                     heir = self._nodes.get(heir_name)
