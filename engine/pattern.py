@@ -291,16 +291,19 @@ class _Search:
 
 
 def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
-    search, names = bindings.get(_SEARCH), _names(node_pattern)
-    if search is None:      # tried once per root, or matched apart from one (a variadic run's): no memo
-        yield from _both_orders(pattern, node_pattern, node, bindings, graph)
+    inputs = node.inputs
+    orders = (inputs, [inputs[1], inputs[0]])
+    search = bindings.get(_SEARCH)
+    if search is None:  # tried once per root, or matched apart from one (a variadic run's): no memo
+        for ordered in orders:
+            yield from _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph)
         return
     search.tries += 1
     if search.tries > MAX_COMMUTATIVE_TRIES:
         raise MatchLimitError(f"matching at node '{search.root}' took more than "
                               f"{MAX_COMMUTATIVE_TRIES:,} tries of commutative inputs; the pattern "
                               f"matches in too many ways")
-    failed = search.failed
+    failed, names = search.failed, _names(node_pattern)
     key = None if names is None else (id(node_pattern), node.name, *(bindings.get(n) for n in names))
     try:
         if key in failed:
@@ -308,17 +311,12 @@ def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator
     except TypeError:   # a bound attr value that is a list or an array: not remembered
         key = None
     found = False
-    for extended in _both_orders(pattern, node_pattern, node, bindings, graph):
-        found = True
-        yield extended
+    for ordered in orders:
+        for extended in _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph):
+            found = True
+            yield extended
     if not found and key is not None:
         failed.add(key)
-
-
-def _both_orders(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
-    inputs = node.inputs
-    for ordered in (inputs, [inputs[1], inputs[0]]):
-        yield from _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph)
 
 
 _NAMES: dict[int, tuple[NodePattern, tuple[str, ...] | None]] = {}
