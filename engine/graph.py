@@ -1156,15 +1156,15 @@ def _signature(node: Node) -> tuple:
     found = node._signature
     if found is not None:
         return found
-    dtype = node.attr_value("dtype") if node.op == "Const" else None
-    op_def = op_registry.get_op(node.op)
+    op = node.op
+    dtype = node.attr_value("dtype") if op == "Const" else None
     if dtype is not None and dtype.WhichOneof("value") == "type":  # the commonest node, the fastest
         found = ((), (dtype.type,))
-    elif op_def is None:
+    elif (op_def := op_registry.get_op(op)) is None:
         found = (None, None)
     else:
-        key = (node.op, *(None if (value := node.attr_value(a)) is None else value.SerializeToString()
-                          for a in _op_checks(op_def)[2]))
+        key = (op, *[None if (value := node.attr_value(a)) is None else value.SerializeToString()
+                     for a in _op_checks(op_def)[2]])
         found = _SIGNATURES.get(key)
         if found is None:
             if len(_SIGNATURES) > 100_000:
