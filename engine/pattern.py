@@ -45,7 +45,7 @@ class NotApplicable(Exception):
 Expression = Callable[["MatchContext"], Any]
 
 _NESTED = "\0nested:"  # binding keys of anonymous nodes whose attrs are checked after the match
-_INNER = "\0inner:"    # binding keys of the inner nodes matched: True if private
+_INNER = "\0inner"     # binding key of the inner nodes matched: a chain (name, is private, rest)
 
 
 @dataclass(frozen=True)
@@ -182,11 +182,12 @@ def _private(root: str, bindings: dict, graph: Graph, protected) -> bool:
     """True if no private inner node of the match is a graph output or read from outside the
     match: a rewrite then leaves none of them behind, computing what it already replaced."""
     matched, private = {root}, []
-    for key, is_private in bindings.items():
-        if key.startswith(_INNER):
-            matched.add(key[len(_INNER):])
-            if is_private:
-                private.append(key[len(_INNER):])
+    link = bindings.get(_INNER)
+    while link is not None:
+        name, is_private, link = link
+        matched.add(name)
+        if is_private:
+            private.append(name)
     for name in private:
         if name in protected:
             return False
@@ -248,7 +249,7 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
     if node_pattern.ops is not None and node.op not in node_pattern.ops:
         return
     if node_pattern.inputs is not None and pattern.checks_privacy and node.name != bindings[pattern.root_var].node:
-        bindings = {**bindings, _INNER + node.name: not node_pattern.shared}
+        bindings = {**bindings, _INNER: (node.name, not node_pattern.shared, bindings.get(_INNER))}
     for attr in node_pattern.attrs:
         if attr.var is not None:
             value = _attr_value(node, attr.key)
