@@ -7,6 +7,8 @@ commutative pattern node that failed at a graph node, under the same bindings of
 is not tried there again, so nested commutative patterns cost what the distinct (pattern node,
 graph node) pairs cost, not 2^k tries for k commutative nodes. A pattern that matches in
 exponentially many ways still could; past `MAX_COMMUTATIVE_TRIES` at one root it is an error.
+A pattern whose one commutative node can be reached only once per root (no second commutative
+node, no alternative, no variadic run) needs neither the memo nor the bound, and skips both.
 
 A name inside a variadic element pattern is one tensor for every element (`AddN(ms...: Mul(x, *))`
 is a sum of products sharing the factor x). A literal matches only a Const whose broadcast cannot
