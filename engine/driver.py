@@ -105,6 +105,8 @@ class _Dispatch:
             else:
                 for op in rule.root_ops:
                     self.by_op[op].append(rule)
+        # The ops some rule can root at (None: any op): a set lookup per node, not a call.
+        self.root_ops: frozenset[str] | None = None if self.any_op else frozenset(self.by_op)
         self.order = {id(rule): i for i, (_, rule) in enumerate(ordered)}
         self.rules = [rule for _, rule in ordered]
         self._cache: dict[str, list[Rule]] = {}
@@ -140,7 +142,8 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
     # order, not topological order: frozen graphs are mostly sorted already, and a node visited
     # too early is visited again when a rewrite changes its neighbourhood, so the fixed point is
     # the same without an O(n) sort per rule set.
-    worklist = collections.deque(node.name for node in graph if dispatch.rules_for(node.op))
+    roots = dispatch.root_ops
+    worklist = collections.deque(node.name for node in graph if roots is None or node.op in roots)
     queued = set(worklist)
     clock = time.perf_counter
     seconds = report.seconds
@@ -189,7 +192,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
                 report.stop_reason = StopReason.NODE_CYCLE
                 raise _cycle_error(dispatch, cycling, name, per_node[name], report, graph)
             for again in _neighbourhood(graph, name, result):
-                if again not in queued and dispatch.rules_for(graph[again].op):
+                if again not in queued and (roots is None or graph[again].op in roots):
                     queued.add(again)
                     worklist.append(again)
             break
@@ -215,28 +218,23 @@ def _try(graph: Graph, rule: Rule, node, protected, undo: bool = False,
             return result
         return None
     ctx = MatchContext(graph, rule.params, protected, notes)
-    for bindings in _matches(rule, graph, node, ctx):
-        ctx.bindings = dict(bindings)
-        if rule.guard is not None and not rule.guard(ctx):
-            continue
-        try:
-            result = rewrite_or_none(graph, rule.name, rule.actions, ctx, node)
-        except RewriteError as error:
-            error.message = f"{rule.location}: {error.message}" if rule.location else error.message
-            raise
-        if result is not None:
-            return result
-    return None
-
-
-def _matches(rule: Rule, graph: Graph, node, ctx: MatchContext):
-    """The rule's matches at `node`; a search that hits its limit names the rule."""
     try:
-        yield from match(rule.pattern, graph, node, ctx)
-    except MatchLimitError as error:
+        for bindings in match(rule.pattern, graph, node, ctx):
+            ctx.bindings = dict(bindings)
+            if rule.guard is not None and not rule.guard(ctx):
+                continue
+            try:
+                result = rewrite_or_none(graph, rule.name, rule.actions, ctx, node)
+            except RewriteError as error:
+                error.message = f"{rule.location}: {error.message}" if rule.location else error.message
+                raise
+            if result is not None:
+                return result
+    except MatchLimitError as error:  # the search hit its limit: name the rule
         error.message = f"{rule.location}: rule '{rule.name}': {error.message}" if rule.location \
             else f"rule '{rule.name}': {error.message}"
         raise
+    return None
 
 
 def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> list[str]:

@@ -398,6 +398,10 @@ class Graph:
             names = sorted(names, key=self._position)
         return [self._nodes[n] for n in names]
 
+    def consumer_names(self, name: str) -> Collection[str]:
+        """The names of the nodes that take `name` as an input, in no order (`consumers` sorts)."""
+        return self._consumers.get(name, ())
+
     def uses(self, ref: TensorRef | str) -> int:
         """How many data inputs read `ref` (a TensorRef), or any output of node `ref` (a name)."""
         nodes = self._nodes
@@ -460,14 +464,14 @@ class Graph:
             node = self._nodes.get(name)
             if node is None or self.is_read(name):
                 continue
-            waiting = self.consumers(name)
+            waiting = self.consumers(name) if self._consumers.get(name) else ()
             if waiting:
                 if not self.orders_nothing(name, pure):
                     continue
                 for consumer in waiting:
                     self.set_inputs(consumer, consumer.inputs, [c for c in consumer.control_inputs if c != name])
                     touched.add(consumer.name)
-            ordering = self.ordering(node.control_inputs, pure)
+            ordering = self.ordering(node.control_inputs, pure) if node.control_inputs else ()
             if ordering:
                 for heir_name in heirs.get(name) or fallback:
                     heir = self._nodes.get(heir_name)
@@ -1153,15 +1157,15 @@ def _signature(node: Node) -> tuple:
     found = node._signature
     if found is not None:
         return found
-    dtype = node.attr_value("dtype") if node.op == "Const" else None
-    op_def = op_registry.get_op(node.op)
+    op = node.op
+    dtype = node.attr_value("dtype") if op == "Const" else None
     if dtype is not None and dtype.WhichOneof("value") == "type":  # the commonest node, the fastest
         found = ((), (dtype.type,))
-    elif op_def is None:
+    elif (op_def := op_registry.get_op(op)) is None:
         found = (None, None)
     else:
-        key = (node.op, *(None if (value := node.attr_value(a)) is None else value.SerializeToString()
-                          for a in _op_checks(op_def)[2]))
+        key = (op, *[None if (value := node.attr_value(a)) is None else value.SerializeToString()
+                     for a in _op_checks(op_def)[2]])
         found = _SIGNATURES.get(key)
         if found is None:
             if len(_SIGNATURES) > 100_000:

@@ -7,6 +7,8 @@ commutative pattern node that failed at a graph node, under the same bindings of
 is not tried there again, so nested commutative patterns cost what the distinct (pattern node,
 graph node) pairs cost, not 2^k tries for k commutative nodes. A pattern that matches in
 exponentially many ways still could; past `MAX_COMMUTATIVE_TRIES` at one root it is an error.
+A pattern whose one commutative node can be reached only once per root (no second commutative
+node, no alternative, no variadic run) needs neither the memo nor the bound, and skips both.
 
 A name inside a variadic element pattern is one tensor for every element (`AddN(ms...: Mul(x, *))`
 is a sum of products sharing the factor x). A literal matches only a Const whose broadcast cannot
@@ -45,7 +47,7 @@ class NotApplicable(Exception):
 Expression = Callable[["MatchContext"], Any]
 
 _NESTED = "\0nested:"  # binding keys of anonymous nodes whose attrs are checked after the match
-_INNER = "\0inner:"    # binding keys of the inner nodes matched: True if private
+_INNER = "\0inner"     # binding key of the inner nodes matched: a chain (name, is private, rest)
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,18 @@ class Pattern:
     private: bool = True  # inner nodes are private (the rule builds nodes that would duplicate them)
     root_ops: frozenset[str] | None = field(init=False)
     checks_attrs: bool = field(init=False)  # some attr is compared with an expression
-    commutative: bool = field(init=False)   # some node may match its inputs swapped
+    searches: bool = field(init=False)  # a commutative node may be tried again: memo and bound it
     checks_privacy: bool = field(init=False)  # some node is matched through its inputs (inner)
 
     def __post_init__(self):
         object.__setattr__(self, "root_ops", _ops(self.statements[self.root_var]))
         object.__setattr__(self, "checks_attrs", any(_checks_attrs(s) for s in self.statements.values()))
-        object.__setattr__(self, "commutative", any(_commutative(s) for s in self.statements.values()))
+        # One commutative node, and no alternative or variadic run before it to try it again, is
+        # tried once per root: the memo would only cost.
+        nodes = [n for s in self.statements.values() for n in _walk(s)]
+        commutative = sum(1 for n in nodes if n.commutative)
+        object.__setattr__(self, "searches", commutative > 1 or commutative == 1 and any(
+            n.alternatives or n.variadic is not None for n in nodes))
         root = self.statements[self.root_var]
         object.__setattr__(self, "checks_privacy", self.private and (
             any(_has_inner(s) for var, s in self.statements.items() if var != self.root_var)
@@ -129,8 +136,11 @@ def _has_inner(node: NodePattern) -> bool:
     return node.inputs is not None or any(_has_inner(n) for n in _nested(node))
 
 
-def _commutative(node: NodePattern) -> bool:
-    return bool(node.commutative) or any(_commutative(n) for n in _nested(node))
+def _walk(node: NodePattern):
+    """`node` and every node pattern inside it."""
+    yield node
+    for nested in _nested(node):
+        yield from _walk(nested)
 
 
 def _checks_attrs(node: NodePattern) -> bool:
@@ -155,7 +165,7 @@ class MatchContext:
 def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iterator[dict[str, Any]]:
     """Yield each set of bindings under which `pattern` matches at `root`."""
     start = {pattern.root_var: TensorRef(root.name, 0)}
-    if pattern.commutative:
+    if pattern.searches:
         start[_SEARCH] = _Search(root.name)
     for bindings in _match_node(pattern, pattern.statements[pattern.root_var], root, start, graph):
         if pattern.checks_attrs:
@@ -174,16 +184,17 @@ def _private(root: str, bindings: dict, graph: Graph, protected) -> bool:
     """True if no private inner node of the match is a graph output or read from outside the
     match: a rewrite then leaves none of them behind, computing what it already replaced."""
     matched, private = {root}, []
-    for key, is_private in bindings.items():
-        if key.startswith(_INNER):
-            matched.add(key[len(_INNER):])
-            if is_private:
-                private.append(key[len(_INNER):])
+    link = bindings.get(_INNER)
+    while link is not None:
+        name, is_private, link = link
+        matched.add(name)
+        if is_private:
+            private.append(name)
     for name in private:
         if name in protected:
             return False
-        for consumer in graph.consumers(name):
-            if consumer.name not in matched and any(ref.node == name for ref in consumer.inputs):
+        for consumer in graph.consumer_names(name):
+            if consumer not in matched and any(ref.node == name for ref in graph[consumer].inputs):
                 return False
     return True
 
@@ -240,7 +251,7 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
     if node_pattern.ops is not None and node.op not in node_pattern.ops:
         return
     if node_pattern.inputs is not None and pattern.checks_privacy and node.name != bindings[pattern.root_var].node:
-        bindings = {**bindings, _INNER + node.name: not node_pattern.shared}
+        bindings = {**bindings, _INNER: (node.name, not node_pattern.shared, bindings.get(_INNER))}
     for attr in node_pattern.attrs:
         if attr.var is not None:
             value = _attr_value(node, attr.key)
@@ -283,16 +294,19 @@ class _Search:
 
 
 def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
-    search, names = bindings.get(_SEARCH), _names(node_pattern)
-    if search is None:      # matched apart from a root (a variadic run's pattern): no memo
-        yield from _both_orders(pattern, node_pattern, node, bindings, graph)
+    inputs = node.inputs
+    orders = (inputs, [inputs[1], inputs[0]])
+    search = bindings.get(_SEARCH)
+    if search is None:  # tried once per root, or matched apart from one (a variadic run's): no memo
+        for ordered in orders:
+            yield from _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph)
         return
     search.tries += 1
     if search.tries > MAX_COMMUTATIVE_TRIES:
         raise MatchLimitError(f"matching at node '{search.root}' took more than "
                               f"{MAX_COMMUTATIVE_TRIES:,} tries of commutative inputs; the pattern "
                               f"matches in too many ways")
-    failed = search.failed
+    failed, names = search.failed, _names(node_pattern)
     key = None if names is None else (id(node_pattern), node.name, *(bindings.get(n) for n in names))
     try:
         if key in failed:
@@ -300,17 +314,12 @@ def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator
     except TypeError:   # a bound attr value that is a list or an array: not remembered
         key = None
     found = False
-    for extended in _both_orders(pattern, node_pattern, node, bindings, graph):
-        found = True
-        yield extended
+    for ordered in orders:
+        for extended in _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph):
+            found = True
+            yield extended
     if not found and key is not None:
         failed.add(key)
-
-
-def _both_orders(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
-    inputs = node.inputs
-    for ordered in (inputs, [inputs[1], inputs[0]]):
-        yield from _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph)
 
 
 _NAMES: dict[int, tuple[NodePattern, tuple[str, ...] | None]] = {}

@@ -239,9 +239,10 @@ def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
     for value in planner.ctx.bindings.values():
         if not read:
             break
-        for ref in value if isinstance(value, list) else [value]:
-            if isinstance(ref, TensorRef):
-                read.discard(ref.node)
+        if type(value) is TensorRef:
+            read.discard(value.node)
+        elif type(value) is list:
+            read.difference_update(ref.node for ref in value if type(ref) is TensorRef)
     return not read
 
 

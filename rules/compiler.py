@@ -879,7 +879,7 @@ class Compiler:
             self._want_value(expr.left, lkind, op)
             self._want_value(expr.right, rkind, op)
             fn = _ARITHMETIC[op]
-            return (lambda ctx: _arithmetic(fn, _num(ctx, left(ctx)), _num(ctx, right(ctx)))), "value"
+            return _binary_arithmetic(fn, left, right), "value"
         if op in ("in", "not in"):
             if rkind not in ("list", "any"):
                 self.error(expr.right.pos, f"type error: '{op}' needs a list on its right, not a {rkind}")
@@ -1054,6 +1054,14 @@ def _num(ctx, value: Any) -> Any:
 
 def _arithmetic(fn, *operands) -> Any:
     return UNKNOWN if any(x is UNKNOWN for x in operands) else fn(*operands)
+
+
+def _binary_arithmetic(fn, left, right):
+    """`_arithmetic` of two operands, without the packing: it runs in every computed value."""
+    def arithmetic(ctx):
+        x, y = _num(ctx, left(ctx)), _num(ctx, right(ctx))
+        return UNKNOWN if x is UNKNOWN or y is UNKNOWN else fn(x, y)
+    return arithmetic
 
 
 def _elements(ctx, items: Any) -> list:

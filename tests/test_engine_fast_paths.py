@@ -11,6 +11,7 @@ from google.protobuf import text_format
 
 from conftest import fixture_names, fixture_path
 from gtt_rules.engine.graph import Graph, TensorRef
+from gtt_rules.engine.pattern import MatchContext, match
 from gtt_rules.engine.proto import graph_def_pb2 as pb
 from gtt_rules.engine.tensors import encode_tensor, encode_tensor_into
 from gtt_rules.errors import GraphError
@@ -180,6 +181,40 @@ def test_save_writes_the_bytes_of_to_bytes(tmp_path):
     graph.remove_node("c")
     graph.save(tmp_path / "g.pb")
     assert (tmp_path / "g.pb").read_bytes() == graph.to_bytes()
+
+
+# ---- the commutative memo ----
+
+COMMUTATIVE_GRAPH = """
+node { name: "a" op: "Placeholder" attr { key: "dtype" value { type: DT_FLOAT } } }
+node { name: "b" op: "Placeholder" attr { key: "dtype" value { type: DT_FLOAT } } }
+node { name: "r" op: "Relu" input: "a" attr { key: "T" value { type: DT_FLOAT } } }
+node { name: "m" op: "Mul" input: "b" input: "r" attr { key: "T" value { type: DT_FLOAT } } }
+node { name: "s" op: "AddV2" input: "m" input: "b" attr { key: "T" value { type: DT_FLOAT } } }
+"""
+
+
+@pytest.mark.parametrize("lhs, searches", [
+    ("n = Mul(Relu(x), y)", False),                     # one commutative node: tried once per root
+    ("n = AddV2(Mul(Relu(x), y), z)", True),            # nested: the inner one is tried per order
+    ("n = AddV2(Mul(Relu(x), y) or Sub(x, y), z)", True),
+])
+def test_skipping_the_commutative_memo_finds_what_the_memo_finds(lhs, searches):
+    (rule,) = _rules(f"""
+        ruleset t():
+            rule r:
+                {lhs}
+                => n -> x
+        """)
+    assert rule.pattern.searches is searches
+    graph = _graph(COMMUTATIVE_GRAPH)
+
+    def found(search: bool) -> list:
+        object.__setattr__(rule.pattern, "searches", search)
+        return [sorted((k, str(v)) for k, v in b.items() if not k.startswith("\0"))
+                for n in graph for b in match(rule.pattern, graph, n, MatchContext(graph, {}, frozenset()))]
+    plain = found(True)
+    assert plain and found(False) == plain
 
 
 # ---- dispatch ----
