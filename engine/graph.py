@@ -1164,7 +1164,9 @@ def _signature(node: Node) -> tuple:
     elif (op_def := op_registry.get_op(op)) is None:
         found = (None, None)
     else:
-        key = (op, *[None if (value := node.attr_value(a)) is None else value.SerializeToString()
+        # A type attr (the commonest) keys by its dtype number, any other by its bytes: an int
+        # and bytes never compare equal, and serializing costs several times the read.
+        key = (op, *[None if (value := node.attr_value(a)) is None else value.type or value.SerializeToString()
                      for a in _op_checks(op_def)[2]])
         found = _SIGNATURES.get(key)
         if found is None:

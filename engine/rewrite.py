@@ -231,18 +231,25 @@ def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
     """True if the rewrite cannot close a cycle: it reroutes only the root's consumers, and what
     it reads besides its new nodes is bound by the match (all above the root, as the matcher
     walks up from it). Other rewrites are checked by a walk over the graph."""
-    if any(old.node != root.name for old, _ in reroutes):
-        return False
-    read = {r.node for p in planner.planned for r in p.inputs if isinstance(r, TensorRef)}
-    read.update(new.node for _, new in reroutes if isinstance(new, TensorRef))
-    read.discard(root.name)
+    # Plain loops: this runs once per rewrite, where a generator's setup costs more than its work.
+    root_name, read = root.name, set()
+    for old, new in reroutes:
+        if old.node != root_name:
+            return False
+        if isinstance(new, TensorRef):
+            read.add(new.node)
+    for planned in planner.planned:
+        for ref in planned.inputs:
+            if isinstance(ref, TensorRef):
+                read.add(ref.node)
+    read.discard(root_name)
     for value in planner.ctx.bindings.values():
         if not read:
             break
         if type(value) is TensorRef:
             read.discard(value.node)
         elif type(value) is list:
-            read.difference_update(ref.node for ref in value if type(ref) is TensorRef)
+            read.difference_update([ref.node for ref in value if type(ref) is TensorRef])
     return not read
 
 
