@@ -111,7 +111,7 @@ def _expected(graph: Graph, replacement: str, feeds) -> np.ndarray:
     [a, b] = evaluate(graph, feeds, [str(r) for r in graph["out"].inputs])
     op = replacement.split("(")[0]
     inner = old
-    text = f"o = Placeholder {{dtype: float, shape: [3]}}\n"
+    text = "o = Placeholder {dtype: float, shape: [3]}\n"
     if replacement.endswith(", a)"):
         text += f"a = Placeholder {{dtype: float, shape: [3]}}\nr = {op}(o, a)"
         extra = {"a": a}
