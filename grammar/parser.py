@@ -164,9 +164,7 @@ def _parse_items(text: str, path: str) -> list:
 
 
 def _located(message: str, text: str, path: str, line: int, column: int) -> RulesSyntaxError:
-    error = RulesSyntaxError(message, path=path, line=line, column=column)
-    error.excerpt = source_excerpt(text, line, column)
-    return error
+    return RulesSyntaxError(message, path=path, line=line, column=column, source=text)
 
 
 def _too_deep(items: list) -> ast.Pos | None:
@@ -193,15 +191,6 @@ def _module(path: str, source: str, items: list) -> ast.Module:
     return module
 
 
-def source_excerpt(source: str, line: int, column: int) -> str:
-    """The source line and a caret under `column`, for error messages."""
-    lines = source.splitlines()
-    if not 1 <= line <= len(lines):
-        return ""
-    text = lines[line - 1].rstrip()
-    return f"    {text}\n    {' ' * max(column - 1, 0)}^"
-
-
 def _syntax_error(error: UnexpectedInput, text: str, path: str) -> RulesSyntaxError:
     hint = None
     try:
@@ -213,10 +202,7 @@ def _syntax_error(error: UnexpectedInput, text: str, path: str) -> RulesSyntaxEr
         lines = text.rstrip("\n").splitlines() or [""]
         line, column = len(lines), len(lines[-1]) + 1
     message = hint or _describe(error)
-    excerpt = source_excerpt(text, line, column)
-    err = RulesSyntaxError(message, path=path, line=line, column=column)
-    err.excerpt = excerpt
-    return err
+    return RulesSyntaxError(message, path=path, line=line, column=column, source=text)
 
 
 def _describe(error: UnexpectedInput) -> str:

@@ -389,7 +389,7 @@ def _check(args: argparse.Namespace) -> int:
 def _error_json(error: GttRulesError) -> dict:
     """An error's located fields, as `_print_error` shows them."""
     return {"message": error.message, "path": error.path, "line": error.line, "column": error.column,
-            "node": error.node, "hint": getattr(error, "hint", None), "text": str(error)}
+            "node": error.node, "hint": error.hint, "text": str(error)}
 
 
 def _rules_files(paths: list[str]) -> list[pathlib.Path]:
@@ -502,12 +502,10 @@ def output_path(args: argparse.Namespace, source: str,
 def _print_error(error: GttRulesError) -> None:
     """One line naming the file, position and problem; then, for rules, the line and a hint."""
     print(capped(f"{PROG}: error: {error}"), file=sys.stderr)
-    excerpt = getattr(error, "excerpt", None)
-    if excerpt:
-        print("\n".join(capped(plain(line)) for line in excerpt.splitlines()), file=sys.stderr)
-    hint = getattr(error, "hint", None)
-    if hint:
-        print(capped(f"    hint: {plain(hint)}"), file=sys.stderr)
+    if error.excerpt:
+        print("\n".join(capped(plain(line)) for line in error.excerpt.splitlines()), file=sys.stderr)
+    if error.hint:
+        print(capped(f"    hint: {plain(error.hint)}"), file=sys.stderr)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -17,17 +17,33 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def source_excerpt(source: str, line: int, column: int) -> str:
+    """The source line and a caret under `column`, for error messages."""
+    lines = source.splitlines()
+    if not 1 <= line <= len(lines):
+        return ""
+    text = lines[line - 1].rstrip()
+    return f"    {text}\n    {' ' * max(column - 1, 0)}^"
+
+
 class GttRulesError(Exception):
-    """Base class: a problem with the user's input, reported without a traceback."""
+    """Base class: a problem with the user's input, reported without a traceback.
+
+    Fields: `path`, `line`, `column` and `node` locate it; `excerpt` is the source line with a
+    caret under the column (made from `source`, the text of a file that parsed as rules source:
+    an error never quotes a file that is not); `hint` says how to fix it."""
 
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 column: int | None = None, node: str | None = None):
+                 column: int | None = None, node: str | None = None, source: str | None = None,
+                 hint: str | None = None):
         super().__init__(message)
         self.message = message
         self.path = path
         self.line = line
         self.column = column
         self.node = node
+        self.excerpt = source_excerpt(source, line, column or 1) if source is not None and line else None
+        self.hint = hint
 
     def located(self, path: str) -> "GttRulesError":
         """Return self with `path` filled in if no file was known where it was raised."""

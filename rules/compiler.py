@@ -21,7 +21,6 @@ from gtt_rules.engine.pattern import AttrPattern, InputPattern, MatchContext, No
 from gtt_rules.engine.rule import Rule
 from gtt_rules.errors import RewriteError, RulesCheckError, did_you_mean
 from gtt_rules.grammar import ast
-from gtt_rules.grammar.parser import source_excerpt
 
 from .functions import (FUNCTIONS, MAX_LIST_LENGTH, UNKNOWN, NotApplicable, OutputRef, is_unknown,
                         load_standard_functions, tensor_value)
@@ -219,10 +218,8 @@ class Compiler:
     # -- errors --
 
     def error(self, pos: ast.Pos, message: str, hint: str | None = None) -> None:
-        err = RulesCheckError(message, path=self.module.path, line=pos.line, column=pos.column)
-        err.excerpt = source_excerpt(self.module.source, pos.line, pos.column)
-        err.hint = hint
-        self.errors.append(err)
+        self.errors.append(RulesCheckError(message, path=self.module.path, line=pos.line, column=pos.column,
+                                           source=self.module.source, hint=hint))
 
     def _suggest(self, name: str, choices) -> str | None:
         close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

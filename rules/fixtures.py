@@ -23,7 +23,6 @@ from gtt_rules.engine.proto import graph_def_pb2 as pb
 from gtt_rules.engine.tensors import encode_tensor
 from gtt_rules.errors import GttRulesError, RulesCheckError
 from gtt_rules.grammar import ast
-from gtt_rules.grammar.parser import source_excerpt
 
 from .compiler import Compiler, StageCall
 from .library import Library
@@ -148,9 +147,8 @@ def build_graph(statements, module: ast.Module, base=()) -> Graph:
         return Graph(graph_def)
     except GttRulesError as error:
         pos = statements[0].pos if statements else ast.Pos(0, 0)
-        err = RulesCheckError(f"bad fixture graph: {error}", path=module.path, line=pos.line, column=pos.column)
-        err.excerpt = source_excerpt(module.source, pos.line, pos.column)
-        raise err from None
+        raise RulesCheckError(f"bad fixture graph: {error}", path=module.path, line=pos.line, column=pos.column,
+                              source=module.source) from None
 
 
 def _references(expr) -> list[str]:

@@ -21,7 +21,7 @@ from gtt_rules.engine.graph import Graph
 from gtt_rules.engine.rule import Rule
 from gtt_rules.errors import RulesCheckError, RulesSyntaxError, UsageError, did_you_mean
 from gtt_rules.grammar import ast
-from gtt_rules.grammar.parser import parse, parse_file, source_excerpt
+from gtt_rules.grammar.parser import parse, parse_file
 
 from .compiler import CompiledFile, PipelineDef, RuleSet, StageCall, compile_module
 from .passes import PASSES, GraphPass, PassContext, load_standard_passes
@@ -109,10 +109,8 @@ class Library:
                 f"no standard library file '{item.target}' (have: {', '.join(stdlib_names())})"
         else:
             return candidate
-        error = RulesCheckError(f"cannot import '{item.target}': {problem}", path=module.path,
-                                line=item.pos.line, column=item.pos.column)
-        error.excerpt = source_excerpt(module.source, item.pos.line, item.pos.column)
-        raise error
+        raise RulesCheckError(f"cannot import '{item.target}': {problem}", path=module.path,
+                              line=item.pos.line, column=item.pos.column, source=module.source)
 
     def load_stdlib(self) -> None:
         self._stdlib_loaded = True

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from gtt_rules.errors import RulesCheckError
+from gtt_rules.errors import GttRulesError, RulesCheckError
 from gtt_rules.grammar.parser import parse
 from gtt_rules.rules.compiler import compile_module
 from gtt_rules.rules.library import Library
@@ -152,7 +152,7 @@ def test_static_check_error_position_and_message(case):
     error = check_errors(text)[0]
     assert (error.line, error.column, error.message) == (line, column, message)
     assert str(error) == f"c.rules:{line}:{column}: {message}"
-    assert getattr(error, "hint", None) == hint
+    assert error.hint == hint
     source_line = text.splitlines()[line - 1]
     assert error.excerpt.splitlines() == [f"    {source_line.rstrip()}", "    " + " " * (column - 1) + "^"]
 
@@ -213,3 +213,12 @@ def test_stdlib_names_load_only_the_file_that_defines_them():
     weights = Library()
     weights.find("quantize_weights")
     assert [pathlib.Path(p).name for p in weights.files] == ["weights.rules"]
+
+
+@pytest.mark.parametrize("error_class", [GttRulesError, *GttRulesError.__subclasses__()])
+def test_every_error_declares_its_fields(error_class):
+    """The CLI reads the location, excerpt and hint of any error directly: each class declares them."""
+    bare = error_class("m")
+    assert (bare.path, bare.line, bare.column, bare.node, bare.excerpt, bare.hint) == (None,) * 6
+    placed = error_class("m", path="f.rules", line=2, column=3, source="a\nbcd e\n", hint="h")
+    assert (str(placed), placed.excerpt, placed.hint) == ("f.rules:2:3: m", "    bcd e\n      ^", "h")
