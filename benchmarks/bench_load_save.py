@@ -104,7 +104,7 @@ def run_worker(kind: str, model: pathlib.Path, repeat: int) -> dict:
         from gtt_rules.engine.proto.graph_def_pb2 import GraphDef as message_class
     else:
         from gtt_rules.engine.graph import Graph
-        from gtt_rules.engine.summary import summarize
+        from gtt_rules.summary import summarize
     gc.collect()
     base_kb = _status_kb("VmRSS")
     reset = _reset_peak()

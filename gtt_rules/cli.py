@@ -162,7 +162,7 @@ def _summarize(args: argparse.Namespace) -> int:
     from gtt_rules import progress
     from gtt_rules.engine.graph_io import source_format
     from gtt_rules.engine.savedmodel import DEFAULT_SIGNATURE
-    from gtt_rules.engine.summary import summarize
+    from gtt_rules.summary import summarize
 
     source = input_path(args)
     summary = {"format": source_format(source), **summarize(progress.load_graph(source))}

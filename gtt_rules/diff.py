@@ -21,7 +21,7 @@ from gtt_rules.engine.attrs import decode_attr
 from gtt_rules.engine.dtypes import dtype_name
 from gtt_rules.engine.graph import Graph, Node
 from gtt_rules.engine.proto import graph_def_pb2 as pb
-from gtt_rules.engine.summary import summarize
+from gtt_rules.summary import summarize
 from gtt_rules.engine.tensors import decode_tensor, shape_from_proto, tensor_shape
 
 _ATTR_CHARS = 60        # an attr value shown longer than this is cut, with an ellipsis

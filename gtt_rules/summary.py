@@ -4,10 +4,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from .dtypes import dtype_info, dtype_name
-from .graph import Graph
-from .proto import graph_def_pb2 as pb
-from .tensors import tensor_shape
+from gtt_rules.engine.dtypes import dtype_info, dtype_name
+from gtt_rules.engine.graph import Graph
+from gtt_rules.engine.proto import graph_def_pb2 as pb
+from gtt_rules.engine.tensors import tensor_shape
 
 
 def summarize(graph: Graph) -> dict[str, Any]:
