@@ -148,3 +148,21 @@ def test_real_model_eight_bit_graph_keeps_no_default_and_runs_the_same_with_them
     # a last bit differently).
     for a, c in zip(ours_stripped[len(fetches):], theirs_stripped[len(fetches):]):
         assert np.asarray(a).tobytes() == np.asarray(c).tobytes()
+
+
+def test_diff_reads_an_unset_attr_as_its_default():
+    """`gtt-rules diff` (and apply's report) sees no change where only defaults were dropped, and
+    still sees a value changed from an unset default."""
+    from gtt_rules.diff import diff_graphs
+
+    name = "keras_mobilenet_tiny"
+    original = Graph.load(fixture_path(name))
+    stripped = run_stages(Graph.load(fixture_path(name)), "strip_default_attrs", *io_names(name))
+    diff = diff_graphs(original, stripped)
+    assert diff["changed"] == [] and diff["added"] == diff["removed"] == []
+    conv = next(n for n in stripped if n.op == "Conv2D")
+    assert conv.attr_value("data_format") is None
+    conv.set_attr("data_format", "NCHW")
+    (changed,) = diff_graphs(original, stripped)["changed"]
+    assert changed["name"] == conv.name
+    assert changed["changes"] == {"attrs": {"data_format": ["'NHWC'", "'NCHW'"]}}
