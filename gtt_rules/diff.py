@@ -1,9 +1,10 @@
 """`gtt-rules diff A B`: what differs between two graphs, node by node.
 
 Nodes are matched by name. A node of both graphs has changed when its op, device, inputs
-(data and control, in order) or attrs differ. Tensor attrs (a Const's value) are compared by the
-values they hold, through a checksum of dtype, shape and elements, so two encodings of the same
-values (`tensor_content` or `float_val`) are equal. Also the op histogram's delta, and the
+(data and control, in order) or attrs differ; an unset attr is its op's registered default, as
+TensorFlow's importer has it. Tensor attrs (a Const's value) are compared by the values they
+hold, through a checksum of dtype, shape and elements, so two encodings of the same values
+(`tensor_content` or `float_val`) are equal. Also the op histogram's delta, and the
 parameters (elements and bytes in Consts) before and after.
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 
 from gtt_rules import page
 from gtt_rules.console import human_bytes
-from gtt_rules.engine.attrs import decode_attr
+from gtt_rules.engine import op_registry
+from gtt_rules.engine.attrs import decode_attr, encode_attr
 from gtt_rules.engine.dtypes import dtype_name
 from gtt_rules.engine.graph import Graph, Node
 from gtt_rules.engine.proto import graph_def_pb2 as pb
@@ -76,13 +78,24 @@ def node_changes(old: Node, new: Node) -> dict[str, Any]:
     if theirs != ours:
         attrs = {}
         for key in sorted(set(theirs) | set(ours)):
-            a, b = theirs.get(key), ours.get(key)
+            a, b = _attr_or_default(theirs, old.op, key), _attr_or_default(ours, new.op, key)
             if a == b or (a is not None and b is not None and _same_tensors(a, b)):
                 continue
             attrs[key] = [attr_text(a), attr_text(b)]
         if attrs:
             changes["attrs"] = attrs
     return changes
+
+
+def _attr_or_default(attrs, op: str, key: str) -> pb.AttrValue | None:
+    """Attr `key` as set in `attrs`, else `op`'s registered default for it (None if neither)."""
+    if key in attrs:
+        return attrs[key]
+    op_def = op_registry.get_op(op)
+    attr = op_def.attrs.get(key) if op_def is not None else None
+    if attr is None or not attr.has_default or (attr.default is None and attr.type != "shape"):
+        return None
+    return encode_attr(attr.default, attr.type)
 
 
 def _same_tensors(a: pb.AttrValue, b: pb.AttrValue) -> bool:

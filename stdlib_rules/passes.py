@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 
 from gtt_rules.engine import op_registry
-from gtt_rules.engine.attrs import decode_attr
+from gtt_rules.engine.attrs import decode_attr, encode_attr
 from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64, REF_OFFSET
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.errors import UsageError
@@ -606,3 +606,31 @@ def _output_ports(body, functions) -> dict[str, int]:
         first = op_registry.num_outputs(replace(op_def, outputs=op_def.outputs[:k + 1]),
                                         attr) or first + 1
     return ports
+
+
+@register_pass("strip_default_attrs")
+def strip_default_attrs(graph: Graph, ctx: PassContext) -> None:
+    """Drop every attr whose value is its op's registered default.
+
+    TensorFlow's importer writes the registered defaults back in, and our nodes read them
+    through the registry (`Node.get_attr`), so such attrs only take room in the file: as
+    TensorFlow's `strip_default_attrs` does when it saves a model. Calls into the graph's
+    function library are left alone: their attrs are not the registry's.
+    """
+    functions = {function.signature.name for function in graph.library.function}
+    defaults: dict[str, list[tuple[str, object]]] = {}
+    for node in graph:
+        if node.op in functions:
+            continue
+        found = defaults.get(node.op)
+        if found is None:
+            op_def = op_registry.get_op(node.op)
+            attrs = op_def.attrs.values() if op_def is not None else ()
+            # A tensor's default cannot be decoded back (it reads as None): such attrs stay.
+            found = defaults[node.op] = [(a.name, encode_attr(a.default, a.type)) for a in attrs
+                                         if a.has_default and (a.default is not None or a.type == "shape")]
+        redundant = [name for name, default in found if node.attr_value(name) == default]
+        if redundant:
+            attrs = node.attr
+            for name in redundant:
+                del attrs[name]
