@@ -202,6 +202,21 @@ def attr(ctx, x, name):
     return value
 
 
+def stored_attr(ctx, x, name):
+    """Attr `name` of x's node as the graph stores it (an AttrValue), for a replacement to copy
+    exactly (an unset attr is the op's default, decoded, as `attr` gives it)."""
+    node = ctx.graph[x.node]
+    if node.attr_value(name) is None:
+        return attr(ctx, x, name)
+    return node.proto.attr[name] if name in node.mapped else node.attr_value(name)
+
+
+@register_function(args=("tensor",), returns="list", needs_context=True)
+def attrs(ctx, x):
+    """The names of the attrs set on x's node (not those left to their defaults), sorted."""
+    return sorted(ctx.graph[x.node].header.attr)
+
+
 @register_function(args=("any",), returns="list", needs_context=True)
 def shape(ctx, x):
     """The static shape of x, as a list; an unknown dim is unknown (all of it, if the rank is)."""

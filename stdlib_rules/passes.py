@@ -130,21 +130,6 @@ def _loop_frame_nodes(graph: Graph) -> set[str]:
                       lambda node: [c.name for c in graph.consumers(node.name) if c.op not in ("Exit", "RefExit")])
 
 
-@register_pass("remove_device")
-def remove_device(graph: Graph, ctx: PassContext) -> None:
-    """Clear every node's device placement."""
-    for node in graph:
-        node.device = ""
-
-
-@register_pass("set_device", Param("device", "str", False, ""), Param("if_default", "bool", False, False))
-def set_device(graph: Graph, ctx: PassContext) -> None:
-    """Place every node (with if_default, only unplaced ones) on `device`."""
-    for node in graph:
-        if not ctx.params["if_default"] or not node.device:
-            node.device = ctx.params["device"]
-
-
 @register_pass("rename_node", Param("old_node_name", "str", False, ""), Param("new_node_name", "str", False, ""))
 def rename_node(graph: Graph, ctx: PassContext) -> None:
     """Rename one node, and every input that names it."""
@@ -167,28 +152,6 @@ def _rename(graph: Graph, renames: dict[str, str]) -> None:
         if updated != entries:
             del node.attr["_class"].list.s[:]
             node.attr["_class"].list.s.extend(updated)
-
-
-@register_pass("remove_attribute", Param("attribute_name", "str", False, ""), Param("op_name", "str", False, "*"))
-def remove_attribute(graph: Graph, ctx: PassContext) -> None:
-    """Delete attr `attribute_name` from nodes of `op_name` (all ops for '*')."""
-    key, op = ctx.params["attribute_name"], ctx.params["op_name"]
-    for node in graph:
-        if (op == "*" or node.op == op) and key in node.attr:
-            del node.attr[key]
-
-
-@register_pass("rename_attribute", Param("old_attribute_name", "str", False, ""),
-               Param("new_attribute_name", "str", False, ""), Param("op_name", "str", False, "*"))
-def rename_attribute(graph: Graph, ctx: PassContext) -> None:
-    """Rename attr `old_attribute_name` on nodes of `op_name` (all ops for '*')."""
-    old, new, op = ctx.params["old_attribute_name"], ctx.params["new_attribute_name"], ctx.params["op_name"]
-    if old == new:
-        return
-    for node in graph:
-        if (op == "*" or node.op == op) and old in node.attr:
-            node.attr[new].CopyFrom(node.attr[old])
-            del node.attr[old]
 
 
 @register_pass("add_default_attributes")

@@ -154,7 +154,7 @@ def test_transform_arguments_are_converted_to_parameter_types():
     (_, (stage,)), = transform_stages('strip_unused_nodes(type=int32, shape="2,3", name=a, name=b)', library)
     assert stage.params["type"] == 3 and stage.params["shape"] == "2,3" and stage.params["name"] == ["a", "b"]
     (_, (stage,)), = transform_stages("set_device(device=/cpu:0, if_default=true)", library)
-    assert stage.params == {"device": "/cpu:0", "if_default": True}
+    assert stage.rules[0].params == {"device": "/cpu:0", "if_default": True}   # a rule set: its rules hold them
     with pytest.raises(UsageError, match="if_default"):
         transform_stages("set_device(if_default=sometimes)", library)
 
