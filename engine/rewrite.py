@@ -391,7 +391,7 @@ class _Planner:
         return self.values[key]
 
     def _computed_tensors(self, producer: Producer) -> list[TensorRef] | None:
-        # `xs[0]`, `last(xs)`, `but_last(xs)`: existing tensors, not constants to build.
+        # `xs[0]`, `xs[-1]`, `xs[:-1]`: existing tensors, not constants to build.
         if not isinstance(producer, ConstNode) or producer.dtype is not None:
             return None
         value = self._value(producer)

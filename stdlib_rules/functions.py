@@ -18,20 +18,6 @@ def _tensors(xs) -> list[TensorRef]:
     return xs
 
 
-# Until a variadic input may come before fixed ones (`ConcatV2(values..., axis)`), a rule binds
-# all inputs as one list and splits off the last with these two.
-@register_function(args=("list",), returns="tensor")
-def last(xs):
-    """The last tensor of a list of tensors (a variadic binding)."""
-    return _tensors(xs)[-1]
-
-
-@register_function(args=("list",), returns="list")
-def but_last(xs):
-    """A list of tensors without its last one."""
-    return _tensors(xs)[:-1]
-
-
 @register_function(args=("value", "value", "value"), returns="value", needs_context=True)
 def dilate_filter(ctx, w, rate_h, rate_w):
     """A [h, w, ...] filter with rate - 1 zeros between its taps along h and w.
@@ -74,23 +60,6 @@ def channel_vector(ctx, c, layer):
     # A [1] constant broadcasts, but a bias made of it would not: BiasAdd wants C values.
     return not shape or (len(shape) <= len(weights) and all(d == 1 for d in shape[:-1])
                          and shape[-1] == channels)
-
-
-@register_function(args=("tensor",), returns="bool", needs_context=True)
-def all_ones_but_last(ctx, c):
-    """True if every dimension of c's static shape but the last is 1."""
-    from gtt_rules.rules.functions import tensor_shape
-
-    shape = tensor_shape(ctx, c)
-    if shape is None:       # unknown, not false: `not all_ones_but_last(c)` must not fire
-        raise NotApplicable("all_ones_but_last needs c's static shape")
-    return all(d == 1 for d in shape[:-1])
-
-
-@register_function(args=("list",), returns="bool", needs_context=True)
-def each_used_once(ctx, xs):
-    """True if no tensor of the list is read anywhere else (so its node can move or go)."""
-    return all(ctx.graph.uses(x.node) == sum(1 for y in xs if y.node == x.node) for x in _tensors(xs))
 
 
 @register_function(args=("list",), returns="list", needs_context=True)

@@ -555,7 +555,7 @@ def _variadic(draw, ops):
                 "    where len(ms) >= 2\n    => n -> RealDiv(AddN(first_inputs(ms)), x)\n"), True
     if op == "ConcatV2":
         return ("rule concat-spread:\n    n = ConcatV2(xs...)\n    where not only_read_by(n, [\"Identity\"])\n"
-                "    let vs = but_last(xs), axis = last(xs)\n    => n -> Identity(ConcatV2(vs, axis))\n"), True
+                "    let vs = xs[:-1], axis = xs[-1]\n    => n -> Identity(ConcatV2(vs, axis))\n"), True
     return ("rule pack-of-one:\n    n = Pack(x) {axis: a}\n    => n -> ExpandDims(x, Const(a))\n"), True
 
 
