@@ -46,8 +46,9 @@ class TensorOf:
     port: int | None = None
 
 
-# What a copy may change besides attrs and inputs: `n {op: "Relu6"}`, `n {device: "/cpu:0"}`.
-NODE_FIELDS = ("op", "device")
+# What a copy may change besides attrs and inputs: `n {op: "Relu6"}`, `n {device: "/cpu:0"}`; an
+# edit also what its node waits on (`n {control_inputs: []}`).
+NODE_FIELDS = ("op", "device", "control_inputs")
 
 
 class _Delete:
@@ -199,7 +200,7 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
     if _replaces_with_itself(graph, planner, reroutes, heirs, removals):
         raise _NoChange()
     with graph.transaction():
-        edited = _edit(graph, planner.edits)
+        edited = _edit(graph, planner)
         # An edit alone sweeps nothing: the node it changed may be one nothing reads.
         result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected) \
             if reroutes or removals or planner.planned else RewriteResult()
@@ -216,20 +217,25 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
     return result
 
 
-def _edit(graph: Graph, edits: list[tuple[str, "_Planned"]]) -> dict[str, tuple[str, tuple[str, ...] | None]]:
-    """Give each edited node the op, device and attrs of its planned copy (`Edit`); the nodes that
-    changed, each with its old op and the attrs its checks look at (None: all, as its op changed)."""
+def _edit(graph: Graph, planner: "_Planner") -> dict[str, tuple[str, tuple[str, ...] | None]]:
+    """Give each edited node the op, device, attrs and control inputs of its planned copy (`Edit`);
+    the nodes that changed, each with its old op and the attrs its checks look at (None: all, as
+    its op changed)."""
     edited = {}
-    for target, planned in edits:
+    for target, planned in planner.edits:
         node = graph[target]
         changes: dict[str, pb.AttrValue | None] = {
             key: value for key, value in planned.proto.attr.items() if node.attr_value(key) != value}
         changes.update((key, None) for key in node.header.attr if key not in planned.copied
                        and key not in planned.attrs)
-        if planned.op == node.op and planned.device == node.device and not changes:
+        control = planned.control_inputs
+        if planned.op == node.op and planned.device == node.device and not changes and control == node.control_inputs:
             continue
         edited[target] = (node.op, tuple(changes) if planned.op == node.op else None)
         graph.edit_node(target, planned.op, planned.device, changes)
+        if control != node.control_inputs:
+            planner.grew |= not set(control) <= set(node.control_inputs)  # a cycle, maybe
+            graph.set_inputs(node, node.inputs, control)
     return edited
 
 
@@ -278,6 +284,8 @@ def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
     walks up from it). Other rewrites are checked by a walk over the graph."""
     # Plain loops: this runs once per rewrite, where a generator's setup costs more than its work.
     root_name, read = root.name, set()
+    if planner.grew:  # an edit added a control edge
+        return False
     for old, new in reroutes:
         if old.node != root_name:
             return False
@@ -330,6 +338,7 @@ class _Planner:
         self.env = _Env({}, {})
         self.pure: dict[str, bool] = {}  # `Graph.orders_nothing` answers, as of the match
         self.edits: list[tuple[str, _Planned]] = []  # edited node -> what it becomes
+        self.grew = False  # an edit gave a node a control input it did not have
 
     def plan(self, actions):
         reroutes: list[tuple[TensorRef, Any]] = []  # old tensor -> TensorRef | (_Planned, port)
@@ -468,10 +477,16 @@ class _Planner:
             op_def = op_registry.get_op(op) if op != source.op else None
             planned.copied = dict.fromkeys(key for key in source.header.attr
                                            if op_def is None or key in op_def.attrs or key.startswith("_"))
-            if not in_place:
-                planned.control_inputs = self.graph.ordering(source.control_inputs, self.pure)
+            planned.control_inputs = list(source.control_inputs) if in_place else \
+                self.graph.ordering(source.control_inputs, self.pure)
             planned.device = source.device
         planned.device = fields.get("device", planned.device)
+        if "control_inputs" in fields:
+            control = fields["control_inputs"]
+            if not isinstance(control, list) or not all(isinstance(c, str) and c in self.graph for c in control):
+                raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': control_inputs {control!r} "
+                                   f"is not a list of names of nodes")
+            planned.control_inputs = list(dict.fromkeys(control))
         deleted = set()
         for key, expression in producer.attrs:
             if not isinstance(key, str):

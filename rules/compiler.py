@@ -570,7 +570,7 @@ class Compiler:
         if isinstance(action, ast.Remove):
             return rw.Remove(action.name)
         if isinstance(action, ast.Edit):  # `n {changes}`: n changed where it stands
-            attrs, fields = self._changes(action.attrs, scope)
+            attrs, fields = self._changes(action.attrs, scope, edit=True)
             return rw.Edit(action.name, rw.NewNode(None, None, attrs, copy_of=action.name, fields=fields))
         target = action.target
         if scope.kind_of(target.name) != "tensor":
@@ -615,7 +615,7 @@ class Compiler:
             return None
         return rw.ConstNode(_known(fn))
 
-    def _changes(self, items, scope: _Scope) -> tuple[tuple, tuple]:
+    def _changes(self, items, scope: _Scope, edit: bool = False) -> tuple[tuple, tuple]:
         """What a copy or an edit changes: its attrs, and its node fields (`op`, `device`). An
         attr's name may be computed (`(EXPR): value`), and `none` deletes the attr."""
         attrs, fields = [], []
@@ -625,6 +625,15 @@ class Compiler:
             else:
                 fn, kind = self._attr_value(item.value, scope)
                 fn = _known(fn)
+            if item.key == "control_inputs":
+                if not edit:
+                    self.error(item.pos, "a copy takes over the control edges of the node it replaces",
+                               "to change what a node waits on, edit it: 'n {control_inputs: [...]}'")
+                elif kind not in ("list", "any"):
+                    self.error(item.value.pos, f"type error: a node's control_inputs are a list of names, "
+                                               f"not a {kind}")
+                fields.append((item.key, fn))
+                continue
             if item.key in rw.NODE_FIELDS:  # a copy as another op, or on another device
                 if kind not in ("string", "any"):
                     self.error(item.value.pos, f"type error: a node's {item.key} is a string, not a {kind}",

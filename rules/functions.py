@@ -163,6 +163,21 @@ def control_inputs(ctx, x):
     return list(ctx.graph[x.node].control_inputs)
 
 
+@register_function(args=("string",), returns="bool", needs_context=True)
+def orders_nothing(ctx, name):
+    """True if a control edge from node `name` orders nothing: neither it nor what it waits on has
+    a side effect (see Engine semantics, "Control edges")."""
+    if name not in ctx.graph:
+        raise NotApplicable(f"no node named '{name}'")
+    return ctx.graph.orders_nothing(name)
+
+
+@register_function(args=("tensor",), returns="list", needs_context=True)
+def inputs(ctx, x):
+    """The data inputs of x's node, a list of tensors."""
+    return list(ctx.graph[x.node].inputs)
+
+
 @register_function(args=("tensor",), returns="value", needs_context=True)
 def control_uses(ctx, x):
     """How many nodes wait on x's node through control edges."""

@@ -62,10 +62,20 @@ def channel_vector(ctx, c, layer):
                          and shape[-1] == channels)
 
 
-@register_function(args=("list",), returns="list", needs_context=True)
-def first_inputs(ctx, xs):
-    """The first input of each node in a list of tensors."""
-    return [ctx.graph[x.node].inputs[0] for x in _tensors(xs)]
+@register_function(args=("string",), returns="bool", needs_context=True)
+def in_loop_frame(ctx, name):
+    """True if node `name` is inside a TF1 while loop: an Enter reaches it without passing an Exit."""
+    graph, stack, seen = ctx.graph, [name], {name}
+    while stack:
+        node = graph[stack.pop()]
+        if node.op in ("Enter", "RefEnter"):
+            return True
+        if node.op not in ("Exit", "RefExit"):
+            for producer in [r.node for r in node.inputs] + node.control_inputs:
+                if producer not in seen:
+                    seen.add(producer)
+                    stack.append(producer)
+    return False
 
 
 def _inner_concat(ctx, x, axis):

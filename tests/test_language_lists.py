@@ -371,6 +371,10 @@ def _guarded_relu() -> Graph:
     return graph
 
 
+def controls(graph: Graph) -> dict[str, list[str]]:
+    return {n.name: list(n.control_inputs) for n in graph if n.control_inputs}
+
+
 def _layout(graph: Graph) -> list:
     return [(n.name, n.op, [str(r) for r in n.inputs], list(n.control_inputs)) for n in graph]
 
@@ -474,8 +478,44 @@ def test_an_edit_that_would_write_an_invalid_node_leaves_the_node_as_it_was():
     ("n = Relu(x)\n    => n {device: none}", "a node's device is a string, not a none"),
     ("n = Relu(x)\n    => n {(3): 1}", "an attr's name is a string, not a value"),
     ("n = Relu(x)\n    => m {T: float}", "'m' is not a node of the pattern"),
+    ("n = Relu(x)\n    => n -> n {control_inputs: []}", "a copy takes over the control edges"),
+    ("n = Relu(x)\n    => n {control_inputs: \"x\"}", "control_inputs are a list of names, not a string"),
 ])
 def test_edits_are_checked_before_any_graph_is_read(body, message):
     with pytest.raises(RulesCheckError, match=message) as caught:
         compile_rules(f"rule r:\n    {body}\n")
     assert caught.value.line is not None and caught.value.column is not None
+
+
+def test_an_edit_sets_what_its_node_waits_on():
+    graph = _guarded_relu()
+    graph.set_inputs(graph["out"], graph["out"].inputs, ["x", "c"])
+    apply_rules(graph, compile_rules("""
+        rule keep-placeholders:
+            n = *
+            where control_inputs(n) != []
+            => n {control_inputs: [c for c in control_inputs(n) if op(inputs(n)[0]) == "Placeholder"]}
+    """), protected=["x", "out"])
+    # n reads x, a Placeholder: its edges stay; out reads n: they go, and the Const stays (no sweep).
+    assert controls(graph) == {"n": ["c"]} and "c" in graph
+
+
+def test_an_edit_that_would_close_a_cycle_fails_and_leaves_the_graph_as_it_was():
+    graph = _guarded_relu()
+    with pytest.raises(RewriteError, match="cycle"):
+        apply_rules(graph, compile_rules("""
+            rule wait-on-reader:
+                n = Relu(x)
+                => n {control_inputs: ["out"], device: "/cpu:0"}
+        """), protected=["x", "out"])
+    assert controls(graph) == {"n": ["c"]} and graph["n"].device == ""
+
+
+def test_an_edit_to_a_node_that_does_not_exist_fails():
+    graph = _guarded_relu()
+    with pytest.raises(RewriteError, match="not a list of names of nodes"):
+        apply_rules(graph, compile_rules("""
+            rule wait-on-nothing-there:
+                n = Relu(x)
+                => n {control_inputs: ["nowhere"]}
+        """), protected=["x", "out"])
