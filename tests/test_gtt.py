@@ -425,6 +425,19 @@ def test_rename_op_relu_to_relu6(tf):
     np.testing.assert_allclose(out, np.clip(np.clip(a - 3.0, 0, 6) + a, 0, 6), atol=1e-6)
 
 
+def test_rename_op_keeps_every_control_edge_and_the_node_order():
+    # As GTT's rename_op, which sets the op and nothing else: the wait on a Const stays, though it
+    # orders nothing (a replacement would drop it).
+    graph = Graph()
+    graph.add_node("x", "Placeholder", attrs={"dtype": 1, "shape": [2]})
+    graph.add_node("c", "Const", attrs={"dtype": 1, "value": np.float32(1.0)})
+    graph.add_node("a", "Relu", ["x"], ["c"], attrs={"T": 1})
+    graph.add_node("out", "Neg", ["a"], attrs={"T": 1})
+    run_transforms(graph, "rename_op(old_op_name=Relu, new_op_name=Relu6)", inputs=["x"], outputs=["out"])
+    assert [(n.name, n.op, n.control_inputs) for n in graph] == [
+        ("x", "Placeholder", []), ("c", "Const", []), ("a", "Relu6", ["c"]), ("out", "Neg", [])]
+
+
 def test_rename_node_updates_data_and_control_consumers():
     original = fixture_path("keras_bn_frozen").read_bytes()
     graph = Graph.from_bytes(original)
