@@ -78,32 +78,6 @@ def in_loop_frame(ctx, name):
     return False
 
 
-def _inner_concat(ctx, x, axis):
-    node = ctx.graph[x.node]
-    if node.op != "ConcatV2" or x.port != 0 or ctx.graph.uses(x.node) != 1:
-        return None
-    inner_axis = ctx.graph[node.inputs[-1].node]
-    if inner_axis.op != "Const" or not np.array_equal(inner_axis.get_attr("value"), tensor_value(ctx, axis)):
-        return None
-    return node.inputs[:-1]
-
-
-@register_function(args=("list", "tensor"), returns="bool", needs_context=True)
-def has_nested_concat(ctx, xs, axis):
-    """True if some tensor of the list is a ConcatV2 along the same axis, read only here."""
-    return any(_inner_concat(ctx, x, axis) is not None for x in _tensors(xs))
-
-
-@register_function(args=("list", "tensor"), returns="list", needs_context=True)
-def flatten_concats(ctx, xs, axis):
-    """The list with each single-use ConcatV2 along the same axis replaced by its inputs."""
-    flat = []
-    for x in _tensors(xs):
-        inner = _inner_concat(ctx, x, axis)
-        flat.extend(inner if inner is not None else [x])
-    return flat
-
-
 # ---- weights: round_weights and quantize_weights ------------------------------------------------
 
 @register_function(args=("value",), returns="value", needs_context=True)
