@@ -616,12 +616,17 @@ class Compiler:
         return rw.ConstNode(_known(fn))
 
     def _changes(self, items, scope: _Scope, edit: bool = False) -> tuple[tuple, tuple]:
-        """What a copy or an edit changes: its attrs, and its node fields (`op`, `device`). An
-        attr's name may be computed (`(EXPR): value`), and `none` deletes the attr."""
+        """What a copy or an edit changes: its attrs, and its node fields (`op`, `device`, and for an
+        edit `control_inputs`). An attr's name may be computed (`(EXPR): value`), and `none`
+        deletes the attr."""
         attrs, fields = [], []
         for item in items:
             if isinstance(item.value, ast.NoneValue):
                 fn, kind = (lambda ctx: rw.DELETE), "none"
+                if item.key in rw.NODE_FIELDS:
+                    self.error(item.value.pos, f"'none' deletes an attr; a node's {item.key} is not one",
+                               "write \"\" for no device" if item.key == "device" else None)
+                    continue
             else:
                 fn, kind = self._attr_value(item.value, scope)
                 fn = _known(fn)
@@ -636,8 +641,7 @@ class Compiler:
                 continue
             if item.key in rw.NODE_FIELDS:  # a copy as another op, or on another device
                 if kind not in ("string", "any"):
-                    self.error(item.value.pos, f"type error: a node's {item.key} is a string, not a {kind}",
-                               "write \"\" for no device" if item.key == "device" and kind == "none" else None)
+                    self.error(item.value.pos, f"type error: a node's {item.key} is a string, not a {kind}")
                 fields.append((item.key, fn))
                 continue
             key = item.key
@@ -728,6 +732,9 @@ class Compiler:
         if op_def is None:
             self.error(expr.pos, f"unknown op '{expr.op}'", self._suggest(expr.op, op_registry.all_op_names()))
             return None
+        for item in expr.attrs:
+            if item.key is None:
+                self.error(item.pos, f"a new {expr.op} names its attrs: '(EXPR): value' is for a copy or an edit")
         attr_items = {item.key: item for item in expr.attrs}
         if expr.op == "Const":
             if not expr.args or len(expr.args) > 2:
@@ -748,9 +755,6 @@ class Compiler:
             inputs = tuple(p for p in (self.producer(a, scope) for a in expr.args) if p)
         elif op_def.inputs:
             self._check_input_count(expr.op, op_def, 0, expr.pos)
-        for item in expr.attrs:
-            if item.key is None:
-                self.error(item.pos, f"a new {expr.op} names its attrs: '(EXPR): value' is for a copy or an edit")
         attrs = tuple((item.key, _known(self.value(item.value, scope)[0])) for item in expr.attrs
                       if item.key is not None)
         return rw.NewNode(expr.op, inputs, attrs)

@@ -475,7 +475,8 @@ def test_an_edit_that_would_write_an_invalid_node_leaves_the_node_as_it_was():
     ("n = Relu(x) {T: none}\n    => n -> x", "'none' deletes an attr"),
     ("n = Relu(x) {(\"T\"): float}\n    => n -> x", "a pattern names its attrs"),
     ("n = Relu(x)\n    => n -> Relu6(x) {(\"T\"): float}", "a new Relu6 names its attrs"),
-    ("n = Relu(x)\n    => n {device: none}", "a node's device is a string, not a none"),
+    ("n = Relu(x)\n    => n {device: none}", "'none' deletes an attr; a node's device is not one"),
+    ("n = Relu(x)\n    => n -> Const(1.0) {(\"dtype\"): float}", "a new Const names its attrs"),
     ("n = Relu(x)\n    => n {(3): 1}", "an attr's name is a string, not a value"),
     ("n = Relu(x)\n    => m {T: float}", "'m' is not a node of the pattern"),
     ("n = Relu(x)\n    => n -> n {control_inputs: []}", "a copy takes over the control edges"),
@@ -519,3 +520,16 @@ def test_an_edit_to_a_node_that_does_not_exist_fails():
                 n = Relu(x)
                 => n {control_inputs: ["nowhere"]}
         """), protected=["x", "out"])
+
+
+@pytest.mark.parametrize("line, message", [
+    ("n = Relu(x) {T: none}", "'none' deletes an attr"),
+    ("n = Relu(x) {(\"T\"): float}", "a fixture node names its attrs"),
+])
+def test_a_fixture_node_neither_deletes_nor_computes_attr_names(line, message):
+    with pytest.raises(RulesCheckError, match=message) as caught:
+        fixture_graph(f"""
+            x = Placeholder {{dtype: float, shape: [2]}}
+            {line}
+        """)
+    assert caught.value.line is not None and caught.value.column is not None
