@@ -211,6 +211,10 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
                 result.removed.append(name)
                 result.removed_ops[name] = op
                 result.checked[name] = checked
+                if checked is None:  # another op: what reads it must still find its outputs
+                    for consumer in graph.consumers(name):
+                        result.changed.setdefault(consumer.name, set()).update(
+                            i for i, ref in enumerate(consumer.inputs) if ref.node == name)
         if not (result.created or result.removed or result.touched):
             raise _NoChange()
         _check(graph, result, rule_name, root, reroutes, planner)

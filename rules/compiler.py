@@ -363,6 +363,11 @@ class Compiler:
             self.error(rule.actions[0].pos, "a replacement needs at least one 'n -> SOURCE', 'remove n' "
                                             "or 'n {changes}'")
         self._bindings(rule.actions, scope)
+        edited: set[str] = set()
+        for action in rule.actions:
+            if isinstance(action, ast.Edit) and action.name in edited:
+                self.error(action.pos, f"'{action.name}' is edited twice", "put every change in one block")
+            edited.add(action.name if isinstance(action, ast.Edit) else None)
         actions = tuple(a for a in (self._action(a, scope) for a in rule.actions) if a is not None)
         if len(self.errors) > errors_before or pattern is None:
             return None

@@ -481,6 +481,7 @@ def test_an_edit_that_would_write_an_invalid_node_leaves_the_node_as_it_was():
     ("n = Relu(x)\n    => m {T: float}", "'m' is not a node of the pattern"),
     ("n = Relu(x)\n    => n -> n {control_inputs: []}", "a copy takes over the control edges"),
     ("n = Relu(x)\n    => n {control_inputs: \"x\"}", "control_inputs are a list of names, not a string"),
+    ("n = Relu(x)\n    => n {device: \"\"}, n {T: float}", "'n' is edited twice"),
 ])
 def test_edits_are_checked_before_any_graph_is_read(body, message):
     with pytest.raises(RulesCheckError, match=message) as caught:
@@ -533,3 +534,19 @@ def test_a_fixture_node_neither_deletes_nor_computes_attr_names(line, message):
             {line}
         """)
     assert caught.value.line is not None and caught.value.column is not None
+
+
+def test_an_edit_to_an_op_with_fewer_outputs_than_are_read_fails():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [1, 2, 2, 2]}
+        c = Const([1.0, 2.0])
+        bn = FusedBatchNormV3(x, c, c, c, c) {is_training: false}
+        out = AddV2(bn, bn:5)
+    """)
+    with pytest.raises(RewriteError, match="node 'out'"):
+        apply_rules(graph, compile_rules("""
+            rule to-v1:
+                n = FusedBatchNormV3(x, *, *, *, *)
+                => n {op: "FusedBatchNorm"}
+        """), protected=["x", "out"])
+    assert graph["bn"].op == "FusedBatchNormV3"
