@@ -240,7 +240,9 @@ def fold_batch_norms_after_concat(graph: Graph, ctx: PassContext) -> None:
     convolution's weights, leaving one bias add after the concat.
 
     A rule cannot say this: the scale splits into one slice per concatenated layer, a number of
-    new nodes that depends on the graph.
+    new nodes that depends on the graph (a replacement builds a list of nodes only from a
+    template, which computes no values), and each folded layer keeps its layer's name (only the
+    node a rule replaces hands its name on).
     """
     for bn in [n for n in graph if n.op in ("FusedBatchNorm", "FusedBatchNormV3")]:
         plan = _concat_fold_plan(graph, bn)
