@@ -210,8 +210,10 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
                 result.created.append(name)
                 result.removed.append(name)
                 result.removed_ops[name] = op
-                result.checked[name] = checked
-                if checked is None:  # another op: what reads it must still find its outputs
+                # A new device or fewer control edges is nothing the checks see; another op or
+                # other attrs are checked, and so is what reads the node (its outputs may differ).
+                if checked != ():
+                    result.checked[name] = checked
                     for consumer in graph.consumers(name):
                         result.changed.setdefault(consumer.name, set()).update(
                             i for i, ref in enumerate(consumer.inputs) if ref.node == name)
@@ -274,7 +276,8 @@ def _replaces_with_itself(graph: Graph, planner: "_Planner", reroutes, heirs, re
 def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, reroutes, planner) -> None:
     """The loader's checks on the nodes the rewrite made or changed, and no new cycle."""
     try:
-        graph.check_nodes({name: result.checked[name] for name in result.created}, result.changed)
+        graph.check_nodes({name: result.checked[name] for name in result.created if name in result.checked},
+                          result.changed)
         if not _only_upstream(root, reroutes, planner):
             graph.check_acyclic(list(dict.fromkeys(result.created + sorted(result.changed))))
     except GraphError as error:

@@ -550,3 +550,18 @@ def test_an_edit_to_an_op_with_fewer_outputs_than_are_read_fails():
                 => n {op: "FusedBatchNorm"}
         """), protected=["x", "out"])
     assert graph["bn"].op == "FusedBatchNormV3"
+
+
+def test_an_edit_that_changes_an_output_type_has_its_readers_checked():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        n = Cast(x) {SrcT: float, DstT: float}
+        out = Neg(n)
+    """)
+    with pytest.raises(RewriteError, match="node 'out'"):
+        apply_rules(graph, compile_rules("""
+            rule to-int:
+                n = Cast(x)
+                => n {DstT: int32}
+        """), protected=["x", "out"])
+    assert graph["n"].get_attr("DstT") == 1
