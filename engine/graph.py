@@ -939,6 +939,31 @@ class Graph:
         node._proto.name = node._name = name
         self._insert(node)
 
+    def edit_node(self, name: str, op: str, device: str, attrs: Mapping[str, pb.AttrValue | None]) -> None:
+        """Change node `name` where it stands: its op, its device, and the attrs `attrs` names (to
+        that value; None deletes the attr). Its name, inputs and control edges stay; undone with
+        the transaction. A change of op or device alone copies no mapped tensor in (`map_tensor`)."""
+        node = self._nodes[name]
+
+        def apply(op, device, attrs):
+            if op != node.op:
+                node.op = op
+            node.device = device
+            for key, value in attrs.items():
+                if value is not None:
+                    node.set_attr(key, value)
+                elif node.attr_value(key) is not None:
+                    del node.attr[key]
+            EDITS.record(name)
+
+        before = {key: None for key in attrs}
+        for key in attrs:
+            if node.attr_value(key) is not None:
+                before[key] = pb.AttrValue()
+                before[key].CopyFrom(node.proto.attr[key])
+        self._record(functools.partial(apply, node.op, node.device, before))
+        apply(op, device, attrs)
+
     def copy_attrs(self, node: Node, source: Node, keys: Iterable[str]) -> None:
         """Give `node` the attrs `keys` of node `source`, which `node` does not have.
 

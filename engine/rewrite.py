@@ -46,19 +46,30 @@ class TensorOf:
     port: int | None = None
 
 
-# What a copy may change besides attrs and inputs: `n {op: "Relu6"}`, `n {device: "/cpu:0"}`.
-NODE_FIELDS = ("op", "device")
+# What a copy may change besides attrs and inputs: `n {op: "Relu6"}`, `n {device: "/cpu:0"}`; an
+# edit also what its node waits on (`n {control_inputs: []}`).
+NODE_FIELDS = ("op", "device", "control_inputs")
+
+
+class _Delete:
+    def __repr__(self) -> str:
+        return "none"
+
+
+# The value of an attr that a copy or an edit deletes (`n {key: none}`).
+DELETE = _Delete()
 
 
 @dataclass(frozen=True)
 class NewNode:
     """A node to create. With `copy_of`, a copy of that matched node: same op, attrs and inputs
     unless given here; `fields` compute its op or device (NODE_FIELDS). A copy as another op
-    keeps only the attrs that op declares (all of them if the registry does not know the op)."""
+    keeps only the attrs that op declares (all of them if the registry does not know the op).
+    An attr's name may be computed too (an Expression, not a str), and a value DELETE drops it."""
 
     op: str | None
     inputs: tuple["Producer", ...] | None
-    attrs: tuple[tuple[str, Expression], ...] = ()
+    attrs: tuple[tuple[str | Expression, Expression], ...] = ()
     copy_of: str | None = None
     fields: tuple[tuple[str, Expression], ...] = ()
 
@@ -130,7 +141,16 @@ class Bind:
     source: Producer
 
 
-Action = Union[Reroute, Remove, Bind]
+@dataclass(frozen=True)
+class Edit:
+    """`n {attrs}` after '=>': node n becomes what `change` (a copy of n, without new inputs)
+    describes, where it stands: its name, inputs and control edges stay."""
+
+    var: str
+    change: NewNode
+
+
+Action = Union[Reroute, Remove, Bind, Edit]
 
 
 @dataclass
@@ -180,12 +200,49 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
     if _replaces_with_itself(graph, planner, reroutes, heirs, removals):
         raise _NoChange()
     with graph.transaction():
-        result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected)
+        edited = _edit(graph, planner)
+        # An edit alone sweeps nothing: the node it changed may be one nothing reads.
+        result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected) \
+            if reroutes or removals or planner.planned else RewriteResult()
         _drop_unread(graph, result, ctx.protected)
+        for name, (op, checked) in edited.items():  # an edited node is replaced: same name, new node
+            if name in graph:
+                result.created.append(name)
+                result.removed.append(name)
+                result.removed_ops[name] = op
+                # A new device or fewer control edges is nothing the checks see; another op or
+                # other attrs are checked, and so is what reads the node (its outputs may differ).
+                if checked != ():
+                    result.checked[name] = checked
+                    for consumer in graph.consumers(name):
+                        result.changed.setdefault(consumer.name, set()).update(
+                            i for i, ref in enumerate(consumer.inputs) if ref.node == name)
         if not (result.created or result.removed or result.touched):
             raise _NoChange()
         _check(graph, result, rule_name, root, reroutes, planner)
     return result
+
+
+def _edit(graph: Graph, planner: "_Planner") -> dict[str, tuple[str, tuple[str, ...] | None]]:
+    """Give each edited node the op, device, attrs and control inputs of its planned copy (`Edit`);
+    the nodes that changed, each with its old op and the attrs its checks look at (None: all, as
+    its op changed)."""
+    edited = {}
+    for target, planned in planner.edits:
+        node = graph[target]
+        changes: dict[str, pb.AttrValue | None] = {
+            key: value for key, value in planned.proto.attr.items() if node.attr_value(key) != value}
+        changes.update((key, None) for key in node.header.attr if key not in planned.copied
+                       and key not in planned.attrs)
+        control = planned.control_inputs
+        if planned.op == node.op and planned.device == node.device and not changes and control == node.control_inputs:
+            continue
+        edited[target] = (node.op, tuple(changes) if planned.op == node.op else None)
+        graph.edit_node(target, planned.op, planned.device, changes)
+        if control != node.control_inputs:
+            planner.grew |= not set(control) <= set(node.control_inputs)  # a cycle, maybe
+            graph.set_inputs(node, node.inputs, control)
+    return edited
 
 
 def _drop_unread(graph: Graph, result: RewriteResult, protected) -> None:
@@ -219,7 +276,8 @@ def _replaces_with_itself(graph: Graph, planner: "_Planner", reroutes, heirs, re
 def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, reroutes, planner) -> None:
     """The loader's checks on the nodes the rewrite made or changed, and no new cycle."""
     try:
-        graph.check_nodes({name: result.checked[name] for name in result.created}, result.changed)
+        graph.check_nodes({name: result.checked[name] for name in result.created if name in result.checked},
+                          result.changed)
         if not _only_upstream(root, reroutes, planner):
             graph.check_acyclic(list(dict.fromkeys(result.created + sorted(result.changed))))
     except GraphError as error:
@@ -233,6 +291,8 @@ def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
     walks up from it). Other rewrites are checked by a walk over the graph."""
     # Plain loops: this runs once per rewrite, where a generator's setup costs more than its work.
     root_name, read = root.name, set()
+    if planner.grew:  # an edit added a control edge
+        return False
     for old, new in reroutes:
         if old.node != root_name:
             return False
@@ -284,6 +344,8 @@ class _Planner:
         self.values: dict[int, Any] = {}
         self.env = _Env({}, {})
         self.pure: dict[str, bool] = {}  # `Graph.orders_nothing` answers, as of the match
+        self.edits: list[tuple[str, _Planned]] = []  # edited node -> what it becomes
+        self.grew = False  # an edit gave a node a control input it did not have
 
     def plan(self, actions):
         reroutes: list[tuple[TensorRef, Any]] = []  # old tensor -> TensorRef | (_Planned, port)
@@ -295,6 +357,9 @@ class _Planner:
                 continue
             if isinstance(action, Remove):
                 removals.append(self._bound_node(action.var))
+                continue
+            if isinstance(action, Edit):
+                self.edits.append((self._bound_node(action.var), self._node(action.change, in_place=True)))
                 continue
             target = self._bound_node(action.var)
             node = self.graph[target]
@@ -342,7 +407,7 @@ class _Planner:
         return self.values[key]
 
     def _computed_tensors(self, producer: Producer) -> list[TensorRef] | None:
-        # `xs[0]`, `last(xs)`, `but_last(xs)`: existing tensors, not constants to build.
+        # `xs[0]`, `xs[-1]`, `xs[:-1]`: existing tensors, not constants to build.
         if not isinstance(producer, ConstNode) or producer.dtype is not None:
             return None
         value = self._value(producer)
@@ -397,7 +462,8 @@ class _Planner:
             return [self._tensor(producer)]
         return [(self._node(producer), 0)]
 
-    def _node(self, producer: Producer) -> _Planned:
+    def _node(self, producer: Producer, in_place: bool = False) -> _Planned:
+        """The node a producer builds; `in_place`: what an edited node becomes (not built)."""
         if isinstance(producer, ConstNode):
             dtype = producer.dtype(self.ctx) if producer.dtype is not None else None
             return self._const(self._value(producer), dtype)
@@ -410,23 +476,47 @@ class _Planner:
             inputs = [item for p in producer.inputs for item in self._input(p)]
         else:
             inputs = list(source.inputs) if source is not None else []
-        planned = _Planned(self._name(op), op, inputs, {}, device=self.root.device)
+        # An edited node keeps its name; a copy gets a fresh one (the heir renames it later).
+        name = source.name if in_place else self._name(op)
+        planned = _Planned(name, op, inputs, {}, device=self.root.device)
         if source is not None:
             planned.source = source
             op_def = op_registry.get_op(op) if op != source.op else None
-            planned.copied = dict.fromkeys(key for key in source.proto.attr
+            planned.copied = dict.fromkeys(key for key in source.header.attr
                                            if op_def is None or key in op_def.attrs or key.startswith("_"))
-            planned.control_inputs = self.graph.ordering(source.control_inputs, self.pure)
+            planned.control_inputs = list(source.control_inputs) if in_place else \
+                self.graph.ordering(source.control_inputs, self.pure)
             planned.device = source.device
         planned.device = fields.get("device", planned.device)
+        if "control_inputs" in fields:
+            control = fields["control_inputs"]
+            if not isinstance(control, list) or not all(isinstance(c, str) and c in self.graph for c in control):
+                raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': control_inputs {control!r} "
+                                   f"is not a list of names of nodes")
+            planned.control_inputs = list(dict.fromkeys(control))
+        deleted = set()
         for key, expression in producer.attrs:
-            planned.attrs[key] = expression(self.ctx)
+            if not isinstance(key, str):
+                key = key(self.ctx)
+                if not isinstance(key, str) or not key:
+                    raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {key!r} is not an attr name")
+            value = expression(self.ctx)
             planned.copied.pop(key, None)
-        self._infer_type_attrs(planned)
+            if value is DELETE:
+                deleted.add(key)
+                planned.attrs.pop(key, None)
+            else:
+                deleted.discard(key)
+                planned.attrs[key] = value
+        if not (in_place and op == source.op):  # an edit keeps the type attrs its node has
+            self._infer_type_attrs(planned)
+        for key in deleted:  # deleted even where the inputs would imply it
+            planned.attrs.pop(key, None)
         if source is not None and op == source.op:
             planned.checked = tuple(planned.attrs)
         planned.proto = _node_def(planned)
-        self.planned.append(planned)
+        if not in_place:
+            self.planned.append(planned)
         return planned
 
     def _build(self, producer: Producer) -> Any:

@@ -58,10 +58,21 @@ class Call:
 
 
 @dataclass(frozen=True)
+class NoneValue:
+    """`none` as an attr value of a copy or an edit: the attr is deleted."""
+
+    pos: Pos
+
+
+@dataclass(frozen=True)
 class AttrItem:
-    key: str
+    """`key: value` in an attr block; `(EXPR): value` names the attr by a string expression
+    (`key` is None, `key_expr` the expression)."""
+
+    key: str | None
     value: "Expr"
     pos: Pos
+    key_expr: "Expr | None" = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,7 @@ class MapExpr:
     pos: Pos
 
 
-Expr = Union[Number, String, Bool, Var, Port, Call, NewNode, CopyNode, ListExpr, BinOp, BoolOp,
+Expr = Union[Number, String, Bool, NoneValue, Var, Port, Call, NewNode, CopyNode, ListExpr, BinOp, BoolOp,
              Unary, Index, Slice, Comprehension, MapExpr]
 
 
@@ -287,7 +298,16 @@ class Bind:
     pos: Pos
 
 
-Action = Union[Reroute, Remove, Bind]
+@dataclass(frozen=True)
+class Edit:
+    """`n {attrs}` after '=>': node n changed where it stands (its op, device and attrs)."""
+
+    name: str
+    attrs: tuple[AttrItem, ...]
+    pos: Pos
+
+
+Action = Union[Reroute, Remove, Bind, Edit]
 
 
 @dataclass(frozen=True)

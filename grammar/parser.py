@@ -388,6 +388,10 @@ class _ToAst(Transformer):
     def attr_item(self, children):
         return ast.AttrItem(str(children[0]), children[1], _tok_pos(children[0]))
 
+    def computed_attr_item(self, children):
+        bracket, key, value = children
+        return ast.AttrItem(None, value, _tok_pos(bracket), key_expr=key)
+
     def where(self, children):
         return ast.Where(children[1], _tok_pos(children[0]))
 
@@ -409,6 +413,9 @@ class _ToAst(Transformer):
 
     def bind(self, children):
         return ast.Bind(str(children[0]), children[1], _tok_pos(children[0]))
+
+    def edit(self, children):
+        return ast.Edit(str(children[0]), tuple(children[1]), _tok_pos(children[0]))
 
     def target_node(self, children):
         return ast.Target(str(children[0]), None, False, _tok_pos(children[0]))
@@ -545,6 +552,9 @@ class _ToAst(Transformer):
 
     def false(self, children):
         return ast.Bool(False, _tok_pos(children[0]))
+
+    def none(self, children):
+        return ast.NoneValue(_tok_pos(children[0]))
 
 
 _to_ast = _ToAst()

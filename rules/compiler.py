@@ -23,7 +23,7 @@ from gtt_rules.errors import RewriteError, RulesCheckError, did_you_mean
 from gtt_rules.grammar import ast
 
 from .functions import (FUNCTIONS, MAX_LIST_LENGTH, UNKNOWN, NotApplicable, OutputRef, is_unknown,
-                        load_standard_functions, tensor_value)
+                        load_standard_functions, stored_attr, tensor_value)
 
 # Ops whose two inputs commute although TensorFlow's registry does not flag them (Add also
 # concatenates strings, which is not commutative, but rules match numeric graphs).
@@ -357,8 +357,14 @@ class Compiler:
                 scope.lets[clause.name] = kind
                 steps.append(("let", clause.name, fn, clause.pos))
         if all(isinstance(a, ast.Bind) and a.name not in scope.statements for a in rule.actions):
-            self.error(rule.actions[0].pos, "a replacement needs at least one 'n -> SOURCE' or 'remove n'")
+            self.error(rule.actions[0].pos, "a replacement needs at least one 'n -> SOURCE', 'remove n' "
+                                            "or 'n {changes}'")
         self._bindings(rule.actions, scope)
+        edited: set[str] = set()
+        for action in rule.actions:
+            if isinstance(action, ast.Edit) and action.name in edited:
+                self.error(action.pos, f"'{action.name}' is edited twice", "put every change in one block")
+            edited.add(action.name if isinstance(action, ast.Edit) else None)
         actions = tuple(a for a in (self._action(a, scope) for a in rule.actions) if a is not None)
         if len(self.errors) > errors_before or pattern is None:
             return None
@@ -453,6 +459,8 @@ class Compiler:
     def _check_attrs(self, op: str, op_def, attrs) -> None:
         seen: set[str] = set()
         for item in attrs:
+            if item.key is None:
+                continue  # a computed name: reported by the caller
             if item.key in seen:
                 self.error(item.pos, f"attr '{item.key}' is given twice")
             seen.add(item.key)
@@ -481,7 +489,9 @@ class Compiler:
         ops = frozenset(node.ops) if node.ops is not None else None
         attrs = []
         for item in node.attrs:
-            if isinstance(item.value, ast.Var) and item.value.name in scope.attrs:
+            if item.key is None:
+                self.error(item.pos, "a pattern names its attrs: '(EXPR): value' is for a copy or an edit")
+            elif isinstance(item.value, ast.Var) and item.value.name in scope.attrs:
                 attrs.append(AttrPattern(item.key, var=item.value.name))
             else:
                 fn, _ = self.value(item.value, scope)
@@ -555,11 +565,15 @@ class Compiler:
         if isinstance(action, ast.Bind):
             source = self.producer(action.expr, scope)
             return rw.Bind(action.name, source) if source is not None else None
+        if isinstance(action, (ast.Remove, ast.Edit)) and scope.kind_of(action.name) != "tensor":
+            self.error(action.pos, f"'{action.name}' is not a node of the pattern",
+                       self._suggest(action.name, scope.statements))
+            return None
         if isinstance(action, ast.Remove):
-            if scope.kind_of(action.name) != "tensor":
-                self.error(action.pos, f"'{action.name}' is not a node of the pattern")
-                return None
             return rw.Remove(action.name)
+        if isinstance(action, ast.Edit):  # `n {changes}`: n changed where it stands
+            attrs, fields = self._changes(action.attrs, scope, edit=True)
+            return rw.Edit(action.name, rw.NewNode(None, None, attrs, copy_of=action.name, fields=fields))
         target = action.target
         if scope.kind_of(target.name) != "tensor":
             self.error(target.pos, f"'{target.name}' is not a node of the pattern",
@@ -595,21 +609,62 @@ class Compiler:
                 return None
             args = expr.args
             inputs = None if args is None else tuple(p for p in (self.producer(a, scope) for a in args) if p)
-            attrs, fields = [], []
-            for item in getattr(expr, "attrs", ()):
-                fn, kind = self.value(item.value, scope)
-                if item.key in rw.NODE_FIELDS:  # `n {op: ...}`: a copy as another op, or on another device
-                    if kind not in ("string", "any"):
-                        self.error(item.value.pos, f"type error: a node's {item.key} is a string, not a {kind}")
-                    fields.append((item.key, _known(fn)))
-                else:
-                    attrs.append((item.key, _known(fn)))
-            return rw.NewNode(None, inputs, tuple(attrs), copy_of=var, fields=tuple(fields))
+            attrs, fields = self._changes(getattr(expr, "attrs", ()), scope)
+            return rw.NewNode(None, inputs, attrs, copy_of=var, fields=fields)
         fn, kind = self.value(expr, scope)
         if kind in ("string", "dtype"):
             self.error(expr.pos, f"a {kind} cannot be a tensor here")
             return None
         return rw.ConstNode(_known(fn))
+
+    def _changes(self, items, scope: _Scope, edit: bool = False) -> tuple[tuple, tuple]:
+        """What a copy or an edit changes: its attrs, and its node fields (`op`, `device`, and for an
+        edit `control_inputs`). An attr's name may be computed (`(EXPR): value`), and `none`
+        deletes the attr."""
+        attrs, fields = [], []
+        for item in items:
+            if isinstance(item.value, ast.NoneValue):
+                fn, kind = (lambda ctx: rw.DELETE), "none"
+                if item.key in rw.NODE_FIELDS:
+                    self.error(item.value.pos, f"'none' deletes an attr; a node's {item.key} is not one",
+                               "write \"\" for no device" if item.key == "device" else None)
+                    continue
+            else:
+                fn, kind = self._attr_value(item.value, scope)
+                fn = _known(fn)
+            if item.key == "control_inputs":
+                if not edit:
+                    self.error(item.pos, "a copy takes over the control edges of the node it replaces",
+                               "to change what a node waits on, edit it: 'n {control_inputs: [...]}'")
+                elif kind not in ("list", "any"):
+                    self.error(item.value.pos, f"type error: a node's control_inputs are a list of names, "
+                                               f"not a {kind}")
+                fields.append((item.key, fn))
+                continue
+            if item.key in rw.NODE_FIELDS:  # a copy as another op, or on another device
+                if kind not in ("string", "any"):
+                    self.error(item.value.pos, f"type error: a node's {item.key} is a string, not a {kind}")
+                fields.append((item.key, fn))
+                continue
+            key = item.key
+            if key is None:
+                key_fn, key_kind = self.value(item.key_expr, scope)
+                if key_kind not in ("string", "any"):
+                    self.error(item.key_expr.pos, f"type error: an attr's name is a string, not a {key_kind}")
+                key = _known(key_fn)
+            attrs.append((key, fn))
+        return tuple(attrs), tuple(fields)
+
+    def _attr_value(self, expr: ast.Expr, scope: _Scope):
+        """An attr value and its kind; `attr(m, name)` is the attr as m stores it, copied exactly
+        (decoded and encoded again, a dtype would be an int under a name its op does not declare)."""
+        errors = len(self.errors)
+        fn, kind = self.value(expr, scope)
+        if not (isinstance(expr, ast.Call) and expr.func == "attr" and len(expr.args) == 2) \
+                or len(self.errors) > errors:
+            return fn, kind
+        node, name = (self.value(arg, scope)[0] for arg in expr.args)
+        return (lambda ctx: stored_attr(ctx, node(ctx), name(ctx))), kind
 
     def _is_list(self, expr: ast.Expr, scope: _Scope) -> bool:
         """True if an input expression spreads into several inputs (a list binding or result)."""
@@ -679,6 +734,9 @@ class Compiler:
         if op_def is None:
             self.error(expr.pos, f"unknown op '{expr.op}'", self._suggest(expr.op, op_registry.all_op_names()))
             return None
+        for item in expr.attrs:
+            if item.key is None:
+                self.error(item.pos, f"a new {expr.op} names its attrs: '(EXPR): value' is for a copy or an edit")
         attr_items = {item.key: item for item in expr.attrs}
         if expr.op == "Const":
             if not expr.args or len(expr.args) > 2:
@@ -699,7 +757,8 @@ class Compiler:
             inputs = tuple(p for p in (self.producer(a, scope) for a in expr.args) if p)
         elif op_def.inputs:
             self._check_input_count(expr.op, op_def, 0, expr.pos)
-        attrs = tuple((item.key, _known(self.value(item.value, scope)[0])) for item in expr.attrs)
+        attrs = tuple((item.key, _known(self.value(item.value, scope)[0])) for item in expr.attrs
+                      if item.key is not None)
         return rw.NewNode(expr.op, inputs, attrs)
 
     # -- expressions --
@@ -715,6 +774,9 @@ class Compiler:
         if isinstance(expr, ast.Bool):
             b = expr.value
             return (lambda ctx: b), "bool"
+        if isinstance(expr, ast.NoneValue):
+            self.error(expr.pos, "'none' deletes an attr: it is only the value of an attr of a copy or an edit")
+            return (lambda ctx: None), "any"
         if isinstance(expr, ast.Var):
             return self._var(expr, scope)
         if isinstance(expr, ast.Port):
@@ -936,6 +998,8 @@ def _tensor_sources(node: Any) -> set[str]:
         return {node.name}
     if isinstance(node, (ast.Reroute, ast.Bind)):
         return _tensor_sources(node.expr)
+    if isinstance(node, ast.Edit):  # an edited node stays where it is
+        return {node.name}
     function = FUNCTIONS.get(node.func) if isinstance(node, ast.Call) else None
     if function is not None and function.returns not in ("tensor", "list", "any"):
         return set()  # a value computed from the match

@@ -170,7 +170,10 @@ def _add_statement(graph_def: pb.GraphDef, stmt: ast.NodeStmt, compiler: Compile
 def _add_node(graph_def: pb.GraphDef, name: str, expr: ast.NewNode, compiler: Compiler) -> None:
     proto = graph_def.node.add(name=name, op=expr.op)
     node = Node(proto)
-    attrs = {item.key: item for item in expr.attrs}
+    for item in expr.attrs:
+        if item.key is None:
+            compiler.error(item.pos, "a fixture node names its attrs: '(EXPR): value' is for a copy or an edit")
+    attrs = {item.key: item for item in expr.attrs if item.key is not None}
     if expr.op == "Const":
         value = compiler.constant(expr.args[0]) if expr.args else None
         dtype = compiler.constant(expr.args[1]) if expr.args and len(expr.args) > 1 else (

@@ -163,6 +163,21 @@ def control_inputs(ctx, x):
     return list(ctx.graph[x.node].control_inputs)
 
 
+@register_function(args=("string",), returns="bool", needs_context=True)
+def orders_nothing(ctx, name):
+    """True if a control edge from node `name` orders nothing: neither it nor what it waits on has
+    a side effect (see Engine semantics, "Control edges")."""
+    if name not in ctx.graph:
+        raise NotApplicable(f"no node named '{name}'")
+    return ctx.graph.orders_nothing(name)
+
+
+@register_function(args=("tensor",), returns="list", needs_context=True)
+def inputs(ctx, x):
+    """The data inputs of x's node, a list of tensors."""
+    return list(ctx.graph[x.node].inputs)
+
+
 @register_function(args=("tensor",), returns="value", needs_context=True)
 def control_uses(ctx, x):
     """How many nodes wait on x's node through control edges."""
@@ -200,6 +215,21 @@ def attr(ctx, x, name):
     if value is None:
         raise NotApplicable(f"'{x.node}' has no attr '{name}'")
     return value
+
+
+def stored_attr(ctx, x, name):
+    """Attr `name` of x's node as the graph stores it (an AttrValue), for a replacement to copy
+    exactly (an unset attr is the op's default, decoded, as `attr` gives it)."""
+    node = ctx.graph[x.node]
+    if node.attr_value(name) is None:
+        return attr(ctx, x, name)
+    return node.proto.attr[name] if name in node.mapped else node.attr_value(name)
+
+
+@register_function(args=("tensor",), returns="list", needs_context=True)
+def attrs(ctx, x):
+    """The names of the attrs set on x's node (not those left to their defaults), sorted."""
+    return sorted(ctx.graph[x.node].header.attr)
 
 
 @register_function(args=("any",), returns="list", needs_context=True)

@@ -18,20 +18,6 @@ def _tensors(xs) -> list[TensorRef]:
     return xs
 
 
-# Until a variadic input may come before fixed ones (`ConcatV2(values..., axis)`), a rule binds
-# all inputs as one list and splits off the last with these two.
-@register_function(args=("list",), returns="tensor")
-def last(xs):
-    """The last tensor of a list of tensors (a variadic binding)."""
-    return _tensors(xs)[-1]
-
-
-@register_function(args=("list",), returns="list")
-def but_last(xs):
-    """A list of tensors without its last one."""
-    return _tensors(xs)[:-1]
-
-
 @register_function(args=("value", "value", "value"), returns="value", needs_context=True)
 def dilate_filter(ctx, w, rate_h, rate_w):
     """A [h, w, ...] filter with rate - 1 zeros between its taps along h and w.
@@ -76,53 +62,20 @@ def channel_vector(ctx, c, layer):
                          and shape[-1] == channels)
 
 
-@register_function(args=("tensor",), returns="bool", needs_context=True)
-def all_ones_but_last(ctx, c):
-    """True if every dimension of c's static shape but the last is 1."""
-    from gtt_rules.rules.functions import tensor_shape
-
-    shape = tensor_shape(ctx, c)
-    if shape is None:       # unknown, not false: `not all_ones_but_last(c)` must not fire
-        raise NotApplicable("all_ones_but_last needs c's static shape")
-    return all(d == 1 for d in shape[:-1])
-
-
-@register_function(args=("list",), returns="bool", needs_context=True)
-def each_used_once(ctx, xs):
-    """True if no tensor of the list is read anywhere else (so its node can move or go)."""
-    return all(ctx.graph.uses(x.node) == sum(1 for y in xs if y.node == x.node) for x in _tensors(xs))
-
-
-@register_function(args=("list",), returns="list", needs_context=True)
-def first_inputs(ctx, xs):
-    """The first input of each node in a list of tensors."""
-    return [ctx.graph[x.node].inputs[0] for x in _tensors(xs)]
-
-
-def _inner_concat(ctx, x, axis):
-    node = ctx.graph[x.node]
-    if node.op != "ConcatV2" or x.port != 0 or ctx.graph.uses(x.node) != 1:
-        return None
-    inner_axis = ctx.graph[node.inputs[-1].node]
-    if inner_axis.op != "Const" or not np.array_equal(inner_axis.get_attr("value"), tensor_value(ctx, axis)):
-        return None
-    return node.inputs[:-1]
-
-
-@register_function(args=("list", "tensor"), returns="bool", needs_context=True)
-def has_nested_concat(ctx, xs, axis):
-    """True if some tensor of the list is a ConcatV2 along the same axis, read only here."""
-    return any(_inner_concat(ctx, x, axis) is not None for x in _tensors(xs))
-
-
-@register_function(args=("list", "tensor"), returns="list", needs_context=True)
-def flatten_concats(ctx, xs, axis):
-    """The list with each single-use ConcatV2 along the same axis replaced by its inputs."""
-    flat = []
-    for x in _tensors(xs):
-        inner = _inner_concat(ctx, x, axis)
-        flat.extend(inner if inner is not None else [x])
-    return flat
+@register_function(args=("string",), returns="bool", needs_context=True)
+def in_loop_frame(ctx, name):
+    """True if node `name` is inside a TF1 while loop: an Enter reaches it without passing an Exit."""
+    graph, stack, seen = ctx.graph, [name], {name}
+    while stack:
+        node = graph[stack.pop()]
+        if node.op in ("Enter", "RefEnter"):
+            return True
+        if node.op not in ("Exit", "RefExit"):
+            for producer in [r.node for r in node.inputs] + node.control_inputs:
+                if producer not in seen:
+                    seen.add(producer)
+                    stack.append(producer)
+    return False
 
 
 # ---- weights: round_weights and quantize_weights ------------------------------------------------

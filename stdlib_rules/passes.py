@@ -111,40 +111,6 @@ def sort_by_execution_order(graph: Graph, ctx: PassContext) -> None:
     graph.reorder([node.name for node in graph.topological_order()])
 
 
-@register_pass("remove_control_dependencies")
-def remove_control_dependencies(graph: Graph, ctx: PassContext) -> None:
-    """Drop every control edge, except those that put an input-less node inside a TF1 loop frame."""
-    in_loop = _loop_frame_nodes(graph)
-    for node in graph:
-        if not node.control_inputs:
-            continue
-        # A Const in a while loop joins the loop's frame through a control edge; without it
-        # TensorFlow refuses the graph ("inputs from different frames").
-        kept = [c for c in node.control_inputs if not node.inputs and c in in_loop]
-        graph.set_inputs(node, node.inputs, kept)
-
-
-def _loop_frame_nodes(graph: Graph) -> set[str]:
-    """Nodes inside a TF1 while loop: reachable from an Enter without passing an Exit."""
-    return graph.walk([node.name for node in graph if node.op in ("Enter", "RefEnter")],
-                      lambda node: [c.name for c in graph.consumers(node.name) if c.op not in ("Exit", "RefExit")])
-
-
-@register_pass("remove_device")
-def remove_device(graph: Graph, ctx: PassContext) -> None:
-    """Clear every node's device placement."""
-    for node in graph:
-        node.device = ""
-
-
-@register_pass("set_device", Param("device", "str", False, ""), Param("if_default", "bool", False, False))
-def set_device(graph: Graph, ctx: PassContext) -> None:
-    """Place every node (with if_default, only unplaced ones) on `device`."""
-    for node in graph:
-        if not ctx.params["if_default"] or not node.device:
-            node.device = ctx.params["device"]
-
-
 @register_pass("rename_node", Param("old_node_name", "str", False, ""), Param("new_node_name", "str", False, ""))
 def rename_node(graph: Graph, ctx: PassContext) -> None:
     """Rename one node, and every input that names it."""
@@ -167,28 +133,6 @@ def _rename(graph: Graph, renames: dict[str, str]) -> None:
         if updated != entries:
             del node.attr["_class"].list.s[:]
             node.attr["_class"].list.s.extend(updated)
-
-
-@register_pass("remove_attribute", Param("attribute_name", "str", False, ""), Param("op_name", "str", False, "*"))
-def remove_attribute(graph: Graph, ctx: PassContext) -> None:
-    """Delete attr `attribute_name` from nodes of `op_name` (all ops for '*')."""
-    key, op = ctx.params["attribute_name"], ctx.params["op_name"]
-    for node in graph:
-        if (op == "*" or node.op == op) and key in node.attr:
-            del node.attr[key]
-
-
-@register_pass("rename_attribute", Param("old_attribute_name", "str", False, ""),
-               Param("new_attribute_name", "str", False, ""), Param("op_name", "str", False, "*"))
-def rename_attribute(graph: Graph, ctx: PassContext) -> None:
-    """Rename attr `old_attribute_name` on nodes of `op_name` (all ops for '*')."""
-    old, new, op = ctx.params["old_attribute_name"], ctx.params["new_attribute_name"], ctx.params["op_name"]
-    if old == new:
-        return
-    for node in graph:
-        if (op == "*" or node.op == op) and old in node.attr:
-            node.attr[new].CopyFrom(node.attr[old])
-            del node.attr[old]
 
 
 @register_pass("add_default_attributes")
@@ -243,7 +187,11 @@ def _short_name(n: int) -> str:
 
 @register_pass("merge_duplicate_nodes")
 def merge_duplicate_nodes(graph: Graph, ctx: PassContext) -> None:
-    """Merge nodes with the same op, inputs, attrs and device, until no two are alike."""
+    """Merge nodes with the same op, inputs, attrs and device, until no two are alike.
+
+    Not a rule: a pattern has one root, and duplicates are found by grouping every node of the
+    graph by its content.
+    """
     keep = ctx.protected
     changed = True
     while changed:
@@ -286,28 +234,15 @@ def _same_attrs(a, b) -> bool:
     return all(ours[key] == theirs[key] for key in ours)
 
 
-@register_pass("remove_trivial_control_dependencies")
-def remove_trivial_control_dependencies(graph: Graph, ctx: PassContext) -> None:
-    """Drop control edges that order nothing: from nodes without side effects that wait on none.
-
-    A Const has no side effect and is always ready, so waiting on it changes nothing; a NoOp
-    that waits only on such nodes is the same. Frozen Keras graphs keep such edges from variable
-    reads, and they hold otherwise dead weights alive.
-    """
-    pure: dict[str, bool] = {}
-    for node in graph.topological_order():
-        kept = graph.ordering(node.control_inputs, pure)
-        if len(kept) != len(node.control_inputs):
-            graph.set_inputs(node, node.inputs, kept)
-
-
 @register_pass("fold_batch_norms_after_concat")
 def fold_batch_norms_after_concat(graph: Graph, ctx: PassContext) -> None:
     """Fold an inference FusedBatchNorm that follows a channel ConcatV2 of convolutions into each
     convolution's weights, leaving one bias add after the concat.
 
     A rule cannot say this: the scale splits into one slice per concatenated layer, a number of
-    new nodes that depends on the graph.
+    new nodes that depends on the graph (a replacement builds a list of nodes only from a
+    template, which computes no values), and each folded layer keeps its layer's name (only the
+    node a rule replaces hands its name on).
     """
     for bn in [n for n in graph if n.op in ("FusedBatchNorm", "FusedBatchNormV3")]:
         plan = _concat_fold_plan(graph, bn)
@@ -409,6 +344,10 @@ def backport_tensor_array_v3(graph: Graph, ctx: PassContext) -> None:
 
     V2 arrays have no flow output: what read a V3 array's flow (output 1) reads a float Const 1.0
     instead, as in GTT (the value is arbitrary; V2 ops only need some float there).
+
+    Not a rule: an array and its users are valid only all V3 or all V2 (their handles' types must
+    agree), where rules would convert them one node at a time; and the flow's stand-in has GTT's
+    name, `ARRAY/replacement_flow_node`, which no helper a rule makes can have.
     """
     for node in [n for n in graph if n.op in ("TensorArrayV3", "TensorArrayGradV3")]:
         flow = TensorRef(node.name, 1)

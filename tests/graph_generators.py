@@ -549,13 +549,13 @@ def _variadic(draw, ops):
             return "rule addn-of-one:\n    n = AddN(x)\n    => n -> Identity(x)\n", True
         if KNOWN_BUGS["variadic_element_names"]:
             return ("rule addn-of-negs:\n    n = AddN(ms...: Neg)\n    where len(ms) >= 2\n"
-                    "    => n -> Neg(AddN(first_inputs(ms)))\n"), True
+                    "    => n -> Neg(AddN([inputs(m)[0] for m in ms]))\n"), True
         # x is one tensor across the elements; the checker may instead refuse names there.
         return (f"rule addn-common-divisor:\n    {REFUSABLE}\n    n = AddN(ms...: RealDiv(y, x))\n"
-                "    where len(ms) >= 2\n    => n -> RealDiv(AddN(first_inputs(ms)), x)\n"), True
+                "    where len(ms) >= 2\n    => n -> RealDiv(AddN([inputs(m)[0] for m in ms]), x)\n"), True
     if op == "ConcatV2":
         return ("rule concat-spread:\n    n = ConcatV2(xs...)\n    where not only_read_by(n, [\"Identity\"])\n"
-                "    let vs = but_last(xs), axis = last(xs)\n    => n -> Identity(ConcatV2(vs, axis))\n"), True
+                "    let vs = xs[:-1], axis = xs[-1]\n    => n -> Identity(ConcatV2(vs, axis))\n"), True
     return ("rule pack-of-one:\n    n = Pack(x) {axis: a}\n    => n -> ExpandDims(x, Const(a))\n"), True
 
 

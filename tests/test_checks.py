@@ -112,7 +112,7 @@ CASES = {
         3, 8, "'n' is a node of the pattern, so it cannot be bound again", "to replace it, write 'n -> ...'"),
     "replacement of bindings only": (
         "rule r:\n    n = Relu(x)\n    => q = Neg(x)\n    => p = Neg(q)\n",
-        3, 8, "a replacement needs at least one 'n -> SOURCE' or 'remove n'", None),
+        3, 8, "a replacement needs at least one 'n -> SOURCE', 'remove n' or 'n {changes}'", None),
     "computing with a named node": (
         "rule r:\n    n = Relu(x)\n    => q = Neg(x), n -> Const(value(q))\n",
         3, 37, "'q' is a node the replacement builds: it can be an input of a node, but has no value to "

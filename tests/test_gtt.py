@@ -154,7 +154,7 @@ def test_transform_arguments_are_converted_to_parameter_types():
     (_, (stage,)), = transform_stages('strip_unused_nodes(type=int32, shape="2,3", name=a, name=b)', library)
     assert stage.params["type"] == 3 and stage.params["shape"] == "2,3" and stage.params["name"] == ["a", "b"]
     (_, (stage,)), = transform_stages("set_device(device=/cpu:0, if_default=true)", library)
-    assert stage.params == {"device": "/cpu:0", "if_default": True}
+    assert stage.rules[0].params == {"device": "/cpu:0", "if_default": True}   # a rule set: its rules hold them
     with pytest.raises(UsageError, match="if_default"):
         transform_stages("set_device(if_default=sometimes)", library)
 
@@ -423,6 +423,19 @@ def test_rename_op_relu_to_relu6(tf):
     (out,) = tf_run(graph.to_bytes(), {"x": x}, ["out"])
     a = np.clip(x * 10.0, 0, 6)
     np.testing.assert_allclose(out, np.clip(np.clip(a - 3.0, 0, 6) + a, 0, 6), atol=1e-6)
+
+
+def test_rename_op_keeps_every_control_edge_and_the_node_order():
+    # As GTT's rename_op, which sets the op and nothing else: the wait on a Const stays, though it
+    # orders nothing (a replacement would drop it).
+    graph = Graph()
+    graph.add_node("x", "Placeholder", attrs={"dtype": 1, "shape": [2]})
+    graph.add_node("c", "Const", attrs={"dtype": 1, "value": np.float32(1.0)})
+    graph.add_node("a", "Relu", ["x"], ["c"], attrs={"T": 1})
+    graph.add_node("out", "Neg", ["a"], attrs={"T": 1})
+    run_transforms(graph, "rename_op(old_op_name=Relu, new_op_name=Relu6)", inputs=["x"], outputs=["out"])
+    assert [(n.name, n.op, n.control_inputs) for n in graph] == [
+        ("x", "Placeholder", []), ("c", "Const", []), ("a", "Relu6", ["c"]), ("out", "Neg", [])]
 
 
 def test_rename_node_updates_data_and_control_consumers():

@@ -355,3 +355,213 @@ def test_a_commutative_node_that_reads_a_shared_statement_is_not_remembered_as_f
     """)
     assert apply_rules(graph, rules, protected=["a", "b", "k", "n"]).rewrites == 1
     assert graph["n"].op == "Identity" and [str(r) for r in graph["n"].inputs] == ["a"]
+
+
+# ---- edits in place: `=> n {changes}` ----
+
+def _guarded_relu() -> Graph:
+    """x -> n = Relu(x) -> out, n waiting on a Const (a control edge that orders nothing)."""
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        c = Const([1.0, 2.0])
+        n = Relu(x) {_note: "kept"}
+        out = Neg(n)
+    """)
+    graph.set_inputs(graph["n"], graph["n"].inputs, ["c"])
+    return graph
+
+
+def controls(graph: Graph) -> dict[str, list[str]]:
+    return {n.name: list(n.control_inputs) for n in graph if n.control_inputs}
+
+
+def _layout(graph: Graph) -> list:
+    return [(n.name, n.op, [str(r) for r in n.inputs], list(n.control_inputs)) for n in graph]
+
+
+def test_an_edit_changes_the_node_where_it_stands():
+    graph = _guarded_relu()
+    before = _layout(graph)
+    report = apply_rules(graph, compile_rules("""
+        rule place:
+            n = Relu(x)
+            => n {device: "/cpu:0", _note: none}
+    """), protected=["x", "out"])
+    assert report.rewrites == 1 and report.replaced == 1 and report.added == report.removed == 0
+    assert _layout(graph) == before     # name, place, inputs and the Const's control edge stay
+    assert graph["n"].device == "/cpu:0" and "_note" not in graph["n"].proto.attr
+
+
+def test_a_copy_in_the_nodes_place_drops_what_an_edit_keeps():
+    # The contrast that makes the edit a form of its own: a copy is a new node, and the control
+    # edge from a Const, which orders nothing, does not carry over (nor the Const it kept alive).
+    graph = _guarded_relu()
+    apply_rules(graph, compile_rules("""
+        rule place:
+            n = Relu(x)
+            where device(n) == ""
+            => n -> n {device: "/cpu:0"}
+    """), protected=["x", "out"])
+    assert graph["n"].device == "/cpu:0" and graph["n"].control_inputs == [] and "c" not in graph
+
+
+def test_an_edit_sweeps_nothing():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        dangling = Relu(x)
+        out = Neg(x)
+    """)
+    apply_rules(graph, compile_rules("""
+        rule place:
+            n = Relu(x)
+            => n {device: "/cpu:0"}
+    """), protected=["x", "out"])
+    assert graph["dangling"].device == "/cpu:0"
+
+
+def test_an_edit_that_changes_nothing_is_no_rewrite():
+    graph = _guarded_relu()
+    rules = compile_rules("""
+        rule unplace:
+            n = *
+            => n {device: "", _absent: none}
+    """)
+    assert apply_rules(graph, rules, protected=["x", "out"]).rewrites == 0
+
+
+def test_an_edit_to_another_op_keeps_the_control_edges():
+    graph = _guarded_relu()
+    apply_rules(graph, compile_rules("""
+        rule six:
+            n = Relu(x)
+            => n {op: "Relu6"}
+    """), protected=["x", "out"])
+    assert [(name, op, controls) for name, op, _, controls in _layout(graph)] == [
+        ("x", "Placeholder", []), ("c", "Const", []), ("n", "Relu6", ["c"]), ("out", "Neg", [])]
+    assert graph["n"].get_attr("T") == 1 and graph["n"].get_attr("_note") == "kept"
+
+
+def test_attr_names_from_parameters_and_values_copied_as_stored():
+    graph = _guarded_relu()
+    rules = compile_rules("""
+        ruleset t(old: str = "_note", new: str = "_moved"):
+            rule rename:
+                n = Relu(x)
+                where old in attrs(n)
+                => n {(new): attr(n, old), (old): none, _type: attr(n, "T")}
+    """)
+    apply_rules(graph, rules, protected=["x", "out"])
+    stored = graph["n"].proto.attr
+    assert "_note" not in stored and stored["_moved"].s == b"kept"
+    # A dtype stays a dtype: decoded and encoded again under a name Relu does not declare, it
+    # would be the int 1.
+    assert stored["_type"].WhichOneof("value") == "type" and stored["_type"].type == 1
+
+
+def test_an_edit_that_would_write_an_invalid_node_leaves_the_node_as_it_was():
+    graph = _guarded_relu()
+    with pytest.raises(RewriteError, match="Relu needs attr 'T'"):
+        apply_rules(graph, compile_rules("""
+            rule strip:
+                n = Relu(x)
+                => n {device: "/cpu:0", T: none, _note: none}
+        """), protected=["x", "out"])
+    node = graph["n"]
+    assert (node.device, node.get_attr("T"), node.get_attr("_note")) == ("", 1, "kept")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("n = Relu(x)\n    where none\n    => n -> x", "'none' deletes an attr"),
+    ("n = Relu(x) {T: none}\n    => n -> x", "'none' deletes an attr"),
+    ("n = Relu(x) {(\"T\"): float}\n    => n -> x", "a pattern names its attrs"),
+    ("n = Relu(x)\n    => n -> Relu6(x) {(\"T\"): float}", "a new Relu6 names its attrs"),
+    ("n = Relu(x)\n    => n {device: none}", "'none' deletes an attr; a node's device is not one"),
+    ("n = Relu(x)\n    => n -> Const(1.0) {(\"dtype\"): float}", "a new Const names its attrs"),
+    ("n = Relu(x)\n    => n {(3): 1}", "an attr's name is a string, not a value"),
+    ("n = Relu(x)\n    => m {T: float}", "'m' is not a node of the pattern"),
+    ("n = Relu(x)\n    => n -> n {control_inputs: []}", "a copy takes over the control edges"),
+    ("n = Relu(x)\n    => n {control_inputs: \"x\"}", "control_inputs are a list of names, not a string"),
+    ("n = Relu(x)\n    => n {device: \"\"}, n {T: float}", "'n' is edited twice"),
+])
+def test_edits_are_checked_before_any_graph_is_read(body, message):
+    with pytest.raises(RulesCheckError, match=message) as caught:
+        compile_rules(f"rule r:\n    {body}\n")
+    assert caught.value.line is not None and caught.value.column is not None
+
+
+def test_an_edit_sets_what_its_node_waits_on():
+    graph = _guarded_relu()
+    graph.set_inputs(graph["out"], graph["out"].inputs, ["x", "c"])
+    apply_rules(graph, compile_rules("""
+        rule keep-placeholders:
+            n = *
+            where control_inputs(n) != []
+            => n {control_inputs: [c for c in control_inputs(n) if op(inputs(n)[0]) == "Placeholder"]}
+    """), protected=["x", "out"])
+    # n reads x, a Placeholder: its edges stay; out reads n: they go, and the Const stays (no sweep).
+    assert controls(graph) == {"n": ["c"]} and "c" in graph
+
+
+def test_an_edit_that_would_close_a_cycle_fails_and_leaves_the_graph_as_it_was():
+    graph = _guarded_relu()
+    with pytest.raises(RewriteError, match="cycle"):
+        apply_rules(graph, compile_rules("""
+            rule wait-on-reader:
+                n = Relu(x)
+                => n {control_inputs: ["out"], device: "/cpu:0"}
+        """), protected=["x", "out"])
+    assert controls(graph) == {"n": ["c"]} and graph["n"].device == ""
+
+
+def test_an_edit_to_a_node_that_does_not_exist_fails():
+    graph = _guarded_relu()
+    with pytest.raises(RewriteError, match="not a list of names of nodes"):
+        apply_rules(graph, compile_rules("""
+            rule wait-on-nothing-there:
+                n = Relu(x)
+                => n {control_inputs: ["nowhere"]}
+        """), protected=["x", "out"])
+
+
+@pytest.mark.parametrize("line, message", [
+    ("n = Relu(x) {T: none}", "'none' deletes an attr"),
+    ("n = Relu(x) {(\"T\"): float}", "a fixture node names its attrs"),
+])
+def test_a_fixture_node_neither_deletes_nor_computes_attr_names(line, message):
+    with pytest.raises(RulesCheckError, match=message) as caught:
+        fixture_graph(f"""
+            x = Placeholder {{dtype: float, shape: [2]}}
+            {line}
+        """)
+    assert caught.value.line is not None and caught.value.column is not None
+
+
+def test_an_edit_to_an_op_with_fewer_outputs_than_are_read_fails():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [1, 2, 2, 2]}
+        c = Const([1.0, 2.0])
+        bn = FusedBatchNormV3(x, c, c, c, c) {is_training: false}
+        out = AddV2(bn, bn:5)
+    """)
+    with pytest.raises(RewriteError, match="node 'out'"):
+        apply_rules(graph, compile_rules("""
+            rule to-v1:
+                n = FusedBatchNormV3(x, *, *, *, *)
+                => n {op: "FusedBatchNorm"}
+        """), protected=["x", "out"])
+    assert graph["bn"].op == "FusedBatchNormV3"
+
+
+def test_an_edit_that_changes_an_output_type_has_its_readers_checked():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        n = Cast(x) {SrcT: float, DstT: float}
+        out = Neg(n)
+    """)
+    with pytest.raises(RewriteError, match="node 'out'"):
+        apply_rules(graph, compile_rules("""
+            rule to-int:
+                n = Cast(x)
+                => n {DstT: int32}
+        """), protected=["x", "out"])
+    assert graph["n"].get_attr("DstT") == 1
