@@ -27,10 +27,12 @@ THREADS = max(1, min(4, os.cpu_count() or 1))
 
 # Multiply-adds below which a matrix product runs on one BLAS thread. OpenBLAS hands products far
 # smaller to all its threads; a hand-off costs more than it saves there, and on a shared machine,
-# where the second thread waits for a core, far more. Measured with numpy's OpenBLAS on 2 busy
-# cores: 1.8M multiply-adds 0.08 ms on one thread, 12-20 ms on two; 17M 1.4-2.1 ms, 0.1-3.6 ms;
-# two win only from about 3e8. Calibrating MTCNN's ONet on 200 samples: 24.8 s -> 4.9 s.
-GEMM_PARALLEL_MIN = 1 << 24
+# where the second thread waits for a core, far more (and its idle threads spin on, taking the
+# core from the thread that has work). Measured with numpy's OpenBLAS on 2 busy cores: 1.8M
+# multiply-adds 0.08 ms on one thread, 12-20 ms on two; 32M (a Basic Pitch convolution's GEMM)
+# 2.8 ms, 16 ms; 134M 3.2 ms, 17 ms; 1.07G 65-94 ms, 47-55 ms: two win from a few 1e8.
+# Calibrating Basic Pitch (whole command): 1.4-2.3 s at 2^24, 0.9-1.4 s on one thread.
+GEMM_PARALLEL_MIN = 1 << 28
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
