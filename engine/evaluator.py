@@ -150,6 +150,7 @@ class Evaluator:
         self._plan = [self._prepare(node) for node in self.steps]
         self._constants: dict[TensorRef, np.ndarray] | None = None
         self._kept: set[TensorRef] = set()
+        self.peak_bytes = 0     # the most bytes of tensors live at once in any run so far
         if cache_constants and not self.dataflow:
             self._plan_without_constants()
 
@@ -257,8 +258,11 @@ class Evaluator:
         """The output values for these feeds."""
         values = self._check_feeds(feeds)
         if self.dataflow:
+            flow = _Dataflow(self, values)
             with np.errstate(all="ignore"):
-                return _Dataflow(self, values).run()
+                results = flow.run()
+            self.peak_bytes = max(self.peak_bytes, flow.live)     # it keeps every value to the end
+            return results
         if self._constants is not None:
             plan, reads = self._later_plan, dict(self._later_reads)
             values.update(self._constants)
@@ -272,6 +276,7 @@ class Evaluator:
         if live > budget:
             raise EvaluationError(f"the inputs take {format_size(live)}, over the memory budget of "
                                   f"{format_size(budget)}; raise it with --max-memory")
+        peak = live
         with np.errstate(all="ignore"):     # TensorFlow gives inf/nan silently, so do we
             for node, fn, inputs, bfloat16_ports, static_bytes in plan:
                 if live + static_bytes > budget:    # before the kernel allocates anything
@@ -300,6 +305,7 @@ class Evaluator:
                         if kept is not None and ref in self._kept:
                             value.flags.writeable = False   # shared by every later run
                             kept[ref] = value
+                peak = max(peak, live)
                 for ref in inputs:
                     reads[ref] -= 1
                     if reads[ref] == 0:
@@ -307,6 +313,7 @@ class Evaluator:
                         live -= held.pop(ref, 0)
                 if on_node is not None:
                     on_node(node, values)
+        self.peak_bytes = max(self.peak_bytes, peak)
         if kept is not None and self._constants is None:
             self._constants = kept
         missing = [ref for ref in self.outputs if ref not in values]

@@ -40,6 +40,16 @@ _local = threading.local()
 _filled: dict[tuple, np.ndarray] = {}
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's threads are not there, so the pool starts anew when needed."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def for_chunks(n: int, worker: Callable[[], Callable[[int, int], None]],
                chunk: int | None = None) -> None:
     """Run step(start, stop) over [0, n) in chunks, on several threads when n is large.
@@ -219,3 +229,13 @@ def openblas_libraries() -> list[_OpenBlas]:
                 found.append(_OpenBlas(get, set_))
                 break
     return found
+
+
+def use_one_thread() -> None:
+    """Run every kernel of this process on the calling thread, BLAS products too: for a worker
+    process, when as many workers as cores share the work."""
+    global THREADS, _blas_libraries
+    THREADS = 1
+    _blas_libraries = openblas_libraries()
+    for library in _blas_libraries:
+        library.set_num_threads(1)
