@@ -63,6 +63,19 @@ def ensure_model(directory: pathlib.Path, name: str) -> tuple[pathlib.Path, path
     return path, feeds
 
 
+def compile_package() -> None:
+    """Byte-compile gtt-rules as installing it does (TensorFlow's modules come compiled): an
+    editable checkout run under PYTHONDONTWRITEBYTECODE, as here, compiles every one of its modules
+    from source in every command, ~0.2 s of CPU."""
+    import compileall
+    import importlib.util
+
+    for package in ("gtt_rules", "gtt_rules.engine", "gtt_rules.rules", "gtt_rules.grammar",
+                    "gtt_rules.stdlib_rules"):
+        for folder in importlib.util.find_spec(package).submodule_search_locations:
+            compileall.compile_dir(folder, quiet=2)
+
+
 def run_command(command: list[str]) -> float:
     """Seconds a fresh process takes to run `command` (which must succeed)."""
     start = time.perf_counter()
@@ -274,6 +287,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append", choices=real_models.NAMES)
     parser.add_argument("--models", type=pathlib.Path, default=MODELS_DIR)
     args = parser.parse_args(argv)
+    compile_package()
     rows = []
     for name in args.only or real_models.NAMES:
         print(f"{name}...", file=sys.stderr, flush=True)

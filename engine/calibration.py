@@ -15,7 +15,6 @@ import collections
 import math
 import pathlib
 import re
-import signal
 import sys
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -150,6 +149,8 @@ _WORKER: tuple[Callable, int] | None = None     # what a forked worker runs, and
 
 
 def _start_worker() -> None:
+    import signal
+
     # The parent answers Ctrl-C; the workers together fill the cores, so each keeps to one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     chunked.use_one_thread()
