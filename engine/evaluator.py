@@ -288,6 +288,9 @@ class Evaluator:
             values.update(self._constants)
         else:
             plan = self._plan
+        # The cached constants stay with the evaluation: their pages are not given back after
+        # each run only to be faulted in again by the next.
+        cached = self._kept if self._constants is not None else ()
         kept = {} if self._kept else None
         budget = max_memory()
         held = {ref: _bytes(value) for ref, value in values.items()}   # what each live value counts
@@ -326,7 +329,9 @@ class Evaluator:
                             kept[ref] = value
                 peak = max(peak, live)
                 for ref in dying:
-                    release_pages(values.pop(ref))
+                    value = values.pop(ref)
+                    if ref not in cached:
+                        release_pages(value)
                     live -= held.pop(ref, 0)
                 if on_node is not None:
                     on_node(node, values)
