@@ -112,7 +112,7 @@ def _measure_all(measure, first, rest: Iterator, evaluator: Evaluator, workers: 
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
         try:
             while True:
-                while unread is None and len(pending) < 2 * workers:    # a few samples read ahead
+                while unread is None and len(pending) < 4 * workers:    # a few samples read ahead
                     try:
                         feeds = next(rest)
                     except StopIteration:

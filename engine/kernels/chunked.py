@@ -236,6 +236,6 @@ def use_one_thread() -> None:
     process, when as many workers as cores share the work."""
     global THREADS, _blas_libraries
     THREADS = 1
-    _blas_libraries = openblas_libraries()
-    for library in _blas_libraries:
+    for library in openblas_libraries():
         library.set_num_threads(1)
+    _blas_libraries = []        # each product then has no thread count to switch
