@@ -24,8 +24,9 @@ directory for both converters: TFLite's representative dataset is exactly what `
 
 Models and calibration samples are built by scripts/make_real_models.py's builder into the
 git-ignored benchmarks/models/real/ when missing. TensorFlow runs its reference kernels
-(TF_ENABLE_ONEDNN_OPTS=0), the configuration our eight-bit kernels reproduce. The machines are
-shared and noisy: quote ratios from one run.
+(TF_ENABLE_ONEDNN_OPTS=0), the configuration our eight-bit kernels reproduce. gtt-rules is
+byte-compiled first, as an installed package is. The machines are shared and noisy: quote ratios
+from one run.
 """
 from __future__ import annotations
 
