@@ -107,7 +107,7 @@ def eight_bit_model(path: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
     graph = Graph.load(path)
     inputs, outputs = _io(graph)
     apply(graph, load_rules("eightbit"), inputs=inputs, outputs=outputs)
-    records = calibration.record_ranges(graph, (random_feeds(graph, seed) for seed in range(4)), outputs)
+    records = calibration.record_ranges(graph, (random_feeds(graph, seed) for seed in range(4)))
     calibration.freeze_ranges(graph, {name: calibration.chosen_range(observed, 0.0, 0.0)
                                       for name, observed in records.items()})
     out = workdir / f"{path.stem}_eightbit.pb"

@@ -11,10 +11,12 @@ Graph Transform Tool's format, where a line holds `NAME__print__;__requant_min_m
 """
 from __future__ import annotations
 
+import collections
 import math
 import pathlib
 import re
-from typing import Callable, Iterable, Mapping
+import sys
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -23,6 +25,8 @@ from gtt_rules.errors import GraphError, UsageError
 from .dtypes import DT_FLOAT
 from .evaluator import Evaluator
 from .graph import Graph, TensorRef
+from .kernels import chunked
+from .limits import max_memory, memory_budget
 
 Records = dict[str, list[tuple[float, float]]]  # range node name -> (min, max) per sample
 
@@ -53,28 +57,109 @@ def requantization_ranges(graph: Graph) -> list[str]:
     return [node.name for node in graph if node.op == "RequantizationRange"]
 
 
-def record_ranges(graph: Graph, samples: Iterable[Mapping[str, np.ndarray]], outputs: list[str], *,
-                  percentile: float | None = None, on_sample: Callable[[int], None] | None = None) -> Records:
+def record_ranges(graph: Graph, samples: Iterable[Mapping[str, np.ndarray]], *,
+                  percentile: float | None = None, on_sample: Callable[[int], None] | None = None,
+                  workers: int | None = None) -> Records:
     """Run the graph on each sample (feeds keyed by input name) and record, per sample, what each
-    node of `runtime_ranges` computes. With `percentile` P, each records the P-th percentile of
-    the values it measures (and the (100 - P)-th for a minimum) instead of their extremes."""
+    node of `runtime_ranges` computes; nothing else is computed. With `percentile` P, each records
+    the P-th percentile of the values it measures (and the (100 - P)-th for a minimum) instead of
+    their extremes.
+
+    The samples after the first run in up to `workers` forked processes (default: as many as the
+    kernels use threads), each with its share of the memory budget, where the platform forks and
+    that share holds twice what the first sample took; the records are the same either way.
+    """
     names = runtime_ranges(graph)
     fetches = {name: _fetches(graph[name], percentile is not None) for name in names}
-    flat = [f for name in names for f in fetches[name]]
-    evaluator = None
+    samples = iter(samples)
+    first = next(samples, None)
+    if first is None:
+        raise UsageError("no calibration samples were given")
+    evaluator = Evaluator(graph, [f for name in names for f in fetches[name]], fed=list(first),
+                          cache_constants=True)
+
+    def measure(feeds: Mapping[str, np.ndarray]) -> list[tuple[float, float]]:
+        values = iter(evaluator.run(feeds))
+        return [_measured(graph[name], [next(values) for _ in fetches[name]], percentile)
+                for name in names]
+
     records: Records = {name: [] for name in names}
-    for count, feeds in enumerate(samples, 1):
-        if evaluator is None:
-            evaluator = Evaluator(graph, list(outputs) + flat, fed=list(feeds), cache_constants=True)
-        values = iter(evaluator.run(feeds)[len(outputs):])
-        for name in names:
-            got = [next(values) for _ in fetches[name]]
-            records[name].append(_measured(graph[name], got, percentile))
+    for count, measured in enumerate(_measure_all(measure, first, samples, evaluator, workers), 1):
+        for name, observed in zip(names, measured):
+            records[name].append(observed)
         if on_sample is not None:
             on_sample(count)
-    if evaluator is None:
-        raise UsageError("no calibration samples were given")
     return records
+
+
+def _measure_all(measure, first, rest: Iterator, evaluator: Evaluator, workers: int | None):
+    """measure(first), then measure(sample) for each of `rest`, in order: in this process, or over
+    forked workers (see record_ranges). An error reading a sample is raised once the samples before
+    it are measured, and a worker's error as it comes in order, as a run in one process raises them."""
+    yield measure(first)        # constants and prepared weights are then computed once, for all
+    workers = _worker_count(workers, evaluator.peak_bytes)
+    if workers < 2:
+        yield from map(measure, rest)
+        return
+    import multiprocessing      # with concurrent.futures' processes, 15 ms to import: only when used
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _WORKER
+    _WORKER = measure, max_memory() // workers
+    pending: collections.deque = collections.deque()
+    unread: Exception | None = None
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+        try:
+            while True:
+                while unread is None and len(pending) < 4 * workers:    # a few samples read ahead
+                    try:
+                        feeds = next(rest)
+                    except StopIteration:
+                        break
+                    except Exception as error:  # noqa: BLE001 - raised in its turn, below
+                        unread = error
+                        break
+                    pending.append(pool.submit(_measure_in_worker, feeds))
+                if not pending:
+                    break
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+            _WORKER = None
+    if unread is not None:
+        raise unread
+
+
+def _worker_count(requested: int | None, peak: int) -> int:
+    """How many processes measure the samples after the first: `requested` (default
+    chunked.THREADS), fewer where a share of the memory budget would not hold twice `peak`, and
+    one but on Linux (a forked child of a process that loaded macOS's system libraries may crash)."""
+    if not sys.platform.startswith("linux"):
+        return 1
+    workers = chunked.THREADS if requested is None else requested
+    budget = max_memory()
+    while workers > 1 and budget // workers < 2 * peak:
+        workers -= 1
+    return max(workers, 1)
+
+
+_WORKER: tuple[Callable, int] | None = None     # what a forked worker runs, and its memory budget
+
+
+def _start_worker() -> None:
+    import signal
+
+    # The parent answers Ctrl-C; the workers together fill the cores, so each keeps to one.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    chunked.use_one_thread()
+
+
+def _measure_in_worker(feeds: Mapping[str, np.ndarray]) -> list[tuple[float, float]]:
+    measure, budget = _WORKER
+    with memory_budget(budget):
+        return measure(feeds)
 
 
 def _fetches(node, percentile: bool) -> list[str]:

@@ -147,9 +147,10 @@ class Evaluator:
         for ref in self.outputs:
             self.reads[ref] = self.reads.get(ref, 0) + 1
         self._dtypes = {node.name: graph.output_dtypes(node) for node in self.steps}
-        self._plan = [self._prepare(node) for node in self.steps]
+        self._plan = self._lifetimes([self._prepare(node) for node in self.steps], self.reads)
         self._constants: dict[TensorRef, np.ndarray] | None = None
         self._kept: set[TensorRef] = set()
+        self.peak_bytes = 0     # the most bytes of tensors live at once in any run so far
         if cache_constants and not self.dataflow:
             self._plan_without_constants()
 
@@ -160,6 +161,26 @@ class Evaluator:
             fn = None if node.op in _ALIASES else KERNELS.get(node.op)   # control flow: no kernel
         return node, fn, node.inputs, _bfloat16_ports(self._dtypes[node.name]), \
             0 if fn is None else self._static_bytes(node)
+
+    def _lifetimes(self, plan: list, reads: Mapping[TensorRef, int]) -> list:
+        """Each step of `plan` with what the run loop does after it: which of its outputs to keep
+        ((port, ref) of those read later, not fed) and which values die (their last read was
+        there). Worked out once here, not counted down in every run."""
+        keep: dict[str, list] = {}
+        for ref in reads:
+            if ref not in self.fed:
+                keep.setdefault(ref.node, []).append((ref.port, ref))
+        last: dict[TensorRef, int] = {}
+        for index, step in enumerate(plan):
+            for ref in step[2]:
+                last[ref] = index
+        dying: list[list[TensorRef]] = [[] for _ in plan]
+        outputs = set(self.outputs)     # read once more, by the caller: they never die
+        for ref, index in last.items():
+            if ref not in outputs:
+                dying[index].append(ref)
+        return [(*step, tuple(sorted(keep.get(step[0].name, ()))), tuple(dead))
+                for step, dead in zip(plan, dying)]
 
     def _static_bytes(self, node: Node) -> int:
         """The bytes `node`'s outputs take, counting those whose shape is known statically."""
@@ -180,16 +201,16 @@ class Evaluator:
             if node.op not in ("Placeholder", "PlaceholderWithDefault", "NoOp") and \
                     all(ref.node in constant and ref not in self.fed for ref in node.inputs):
                 constant.add(node.name)
-        later = [step for step in self._plan if step[0].name not in constant]
+        later = [step[:5] for step in self._plan if step[0].name not in constant]
         self._kept = {ref for step in later for ref in step[2] if ref.node in constant} | \
             {ref for ref in self.outputs if ref.node in constant}
-        self._later_plan = later
-        self._later_reads = {}
+        reads: dict[TensorRef, int] = {}
         for _, _, inputs, _, _ in later:
             for ref in inputs:
-                self._later_reads[ref] = self._later_reads.get(ref, 0) + 1
+                reads[ref] = reads.get(ref, 0) + 1
         for ref in self.outputs:
-            self._later_reads[ref] = self._later_reads.get(ref, 0) + 1
+            reads[ref] = reads.get(ref, 0) + 1
+        self._later_plan = self._lifetimes(later, reads)
 
     # ---- preparation ----
 
@@ -257,23 +278,29 @@ class Evaluator:
         """The output values for these feeds."""
         values = self._check_feeds(feeds)
         if self.dataflow:
+            flow = _Dataflow(self, values)
             with np.errstate(all="ignore"):
-                return _Dataflow(self, values).run()
+                results = flow.run()
+            self.peak_bytes = max(self.peak_bytes, flow.live)     # it keeps every value to the end
+            return results
         if self._constants is not None:
-            plan, reads = self._later_plan, dict(self._later_reads)
+            plan = self._later_plan
             values.update(self._constants)
         else:
-            plan, reads = self._plan, dict(self.reads)
+            plan = self._plan
+        # The cached constants stay with the evaluation: their pages are not given back after
+        # each run only to be faulted in again by the next.
+        cached = self._kept if self._constants is not None else ()
         kept = {} if self._kept else None
-        fed = self.fed
         budget = max_memory()
         held = {ref: _bytes(value) for ref, value in values.items()}   # what each live value counts
         live = sum(held.values())
         if live > budget:
             raise EvaluationError(f"the inputs take {format_size(live)}, over the memory budget of "
                                   f"{format_size(budget)}; raise it with --max-memory")
+        peak = live
         with np.errstate(all="ignore"):     # TensorFlow gives inf/nan silently, so do we
-            for node, fn, inputs, bfloat16_ports, static_bytes in plan:
+            for node, fn, inputs, bfloat16_ports, static_bytes, keep, dying in plan:
                 if live + static_bytes > budget:    # before the kernel allocates anything
                     raise _over_budget(node, static_bytes, live, budget)
                 try:
@@ -288,25 +315,27 @@ class Evaluator:
                 else:
                     results = _call(fn, node, args, bfloat16_ports)
                 if fn is not None:
-                    made = sum(_bytes(value) for value in results)
+                    sizes = [_bytes(value) for value in results]
+                    made = sum(sizes)
                     if live + made > budget:
                         raise _over_budget(node, made, live, budget)
-                for port, value in enumerate(results):
-                    ref = TensorRef(node.name, port)
-                    if reads.get(ref, 0) > 0 and ref not in fed:
-                        values[ref] = value
-                        size = held[ref] = 0 if fn is None else _bytes(value)
+                for port, ref in keep:
+                    if port < len(results):     # else its reader says the output is missing
+                        value = values[ref] = results[port]
+                        size = held[ref] = 0 if fn is None else sizes[port]
                         live += size
                         if kept is not None and ref in self._kept:
                             value.flags.writeable = False   # shared by every later run
                             kept[ref] = value
-                for ref in inputs:
-                    reads[ref] -= 1
-                    if reads[ref] == 0:
-                        release_pages(values.pop(ref))
-                        live -= held.pop(ref, 0)
+                peak = max(peak, live)
+                for ref in dying:
+                    value = values.pop(ref)
+                    if ref not in cached:
+                        release_pages(value)
+                    live -= held.pop(ref, 0)
                 if on_node is not None:
                     on_node(node, values)
+        self.peak_bytes = max(self.peak_bytes, peak)
         if kept is not None and self._constants is None:
             self._constants = kept
         missing = [ref for ref in self.outputs if ref not in values]

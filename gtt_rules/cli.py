@@ -71,7 +71,7 @@ def add_graph_output(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Rewrite TensorFlow GraphDef files with declarative rules.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -146,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     from gtt_rules.cli_memmap import register as register_memmap
     register_memmap(commands)
     return parser
+
+
+class _Version(argparse.Action):
+    """--version, which looks the version up only when asked: importlib.metadata takes ~30 ms to
+    import and search, at every start otherwise."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS):
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0,
+                         help="show program's version number and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
 
 
 def _version() -> str:

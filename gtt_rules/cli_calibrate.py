@@ -127,7 +127,7 @@ def calibrate(graph, args: argparse.Namespace, outputs: list[str], label: str, *
         percentile = args.percentile if args.percentile is not None else 99.99
     with progress.step("calibrating", total=count) as shown:
         try:
-            records = calibration.record_ranges(graph, samples, outputs, percentile=percentile,
+            records = calibration.record_ranges(graph, samples, percentile=percentile,
                                                 on_sample=lambda done: shown.advance(done - shown.done))
         except GttRulesError as error:
             raise error.located(label) from None

@@ -277,12 +277,71 @@ def test_calibrate_freezes_every_range_and_stays_close(eightbit_model, tmp_path)
 def test_recorded_ranges_are_what_tensorflow_computes():
     data, feeds = _tf1_graph(conv_bias_relu)
     graph = transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"])
-    records = calibration.record_ranges(graph, [feeds], ["out"])
+    records = calibration.record_ranges(graph, [feeds])
     names = sorted(records)
     assert {graph[n].op for n in names} == {"RequantizationRange", "Min", "Max"}
     ports = {n: (0, 1) if graph[n].op == "RequantizationRange" else (0, 0) for n in names}
     theirs = tf_run(graph.to_bytes(), feeds, [f"{n}:{p}" for n in names for p in ports[n]])
     assert [r for n in names for r in records[n][0]] == [float(v) for v in theirs]
+
+
+def _calibration_samples(count: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(11)
+    return [{"x": (rng.standard_normal((2, 9, 9, 3)) * (1 + i % 3)).astype(np.float32)} for i in range(count)]
+
+
+@pytest.mark.parametrize("percentile", [None, 99.0])
+def test_records_over_forked_workers_are_the_records_of_one_process(percentile):
+    data, feeds = _tf1_graph(conv_bias_relu)
+    graph = transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"])
+    samples = _calibration_samples(9)
+    alone = calibration.record_ranges(graph, samples, percentile=percentile, workers=1)
+    shared = calibration.record_ranges(graph, iter(samples), percentile=percentile, workers=3)
+    assert shared == alone
+    assert all(len(observed) == 9 for observed in alone.values())
+
+
+def test_the_samples_after_the_first_are_measured_in_other_processes(monkeypatch):
+    import os
+
+    data, feeds = _tf1_graph(conv_bias_relu)
+    graph = transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"])
+    monkeypatch.setattr(calibration, "_measured", lambda node, values, percentile: (os.getpid(), 0))
+    records = calibration.record_ranges(graph, _calibration_samples(6), workers=2)
+    pids = [low for low, _ in next(iter(records.values()))]
+    assert pids[0] == os.getpid() and os.getpid() not in pids[1:] and len(set(pids[1:])) <= 2
+
+
+def test_workers_share_the_memory_budget_and_fall_back_to_one_process():
+    from gtt_rules.engine.limits import memory_budget
+
+    with memory_budget(1000):
+        assert calibration._worker_count(4, 100) == 4       # each share (250) holds twice 100
+        assert calibration._worker_count(4, 200) == 2
+        assert calibration._worker_count(4, 400) == 1
+        assert calibration._worker_count(None, 1) == calibration.chunked.THREADS
+
+
+def test_a_worker_error_and_a_sample_that_cannot_be_read_are_raised_in_sample_order():
+    from gtt_rules.errors import EvaluationError, UsageError
+
+    data, feeds = _tf1_graph(conv_bias_relu)
+    graph = transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"])
+    samples = _calibration_samples(8)
+    samples[3] = {"x": np.zeros((2, 9, 9, 4), np.float32)}      # the wrong depth: a kernel fails
+
+    def unreadable_after(count):
+        yield from samples[:count]
+        raise UsageError("cannot read sample", path="sample.npz")
+
+    errors = []
+    for workers in (1, 2):
+        with pytest.raises(EvaluationError) as failed:
+            calibration.record_ranges(graph, unreadable_after(6), workers=workers)
+        errors.append(str(failed.value))
+        with pytest.raises(UsageError, match="cannot read sample"):
+            calibration.record_ranges(graph, unreadable_after(3), workers=workers)
+    assert errors[0] == errors[1]
 
 
 def test_requantize_rounds_its_output_offset_like_tensorflow(tf):

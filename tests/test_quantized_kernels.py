@@ -1005,6 +1005,7 @@ def test_small_matrix_products_run_on_one_blas_thread_and_leave_the_setting_as_i
             self.threads = count
     library = Library()
     monkeypatch.setattr(chunked, "_blas_libraries", [library])
+    monkeypatch.setattr(chunked, "GEMM_PARALLEL_MIN", 1 << 24)     # a big product stays cheap here
     real_matmul = np.matmul
     monkeypatch.setattr(chunked.np, "matmul", lambda *a, **k: seen.append(library.threads) or real_matmul(*a, **k))
     rng = np.random.default_rng(0)
@@ -1022,3 +1023,24 @@ def test_small_matrix_products_run_on_one_blas_thread_and_leave_the_setting_as_i
             assert real.get_num_threads() == 1
         finally:
             real.set_num_threads(threads)
+
+
+def test_weights_read_from_a_graph_def_are_prepared_once_per_left_bound(monkeypatch):
+    """A filter decoded from a GraphDef has a uint8 dtype that is not numpy's own object; its float
+    copy and K splits are still made once and reused, also when the input's range (and so the
+    bound of the left codes) changes from call to call, as it does while calibrating."""
+    from gtt_rules.engine.tensors import decode_tensor, encode_tensor
+
+    rng = np.random.default_rng(5)
+    weights = decode_tensor(encode_tensor(rng.integers(0, 256, (300, 7)).astype(np.uint8), QUINT8))
+    a = rng.integers(0, 256, (3, 300)).astype(np.uint8)
+    calls = []
+    real = Q.k_chunks
+    monkeypatch.setattr(Q, "k_chunks", lambda b, bound: calls.append(bound) or real(b, bound))
+    node = make_node("QuantizedMatMul", T1=QUINT8, T2=QUINT8, Toutput=QINT32)
+    ranges = [[F32(-1.0), F32(3.0)], [F32(-20.0), F32(2.0)]]       # two input offsets, two bounds
+    first = [KERNELS["QuantizedMatMul"](node, [a, weights, *r, F32(-0.5), F32(0.7)]) for r in ranges]
+    again = [KERNELS["QuantizedMatMul"](node, [a, weights, *r, F32(-0.5), F32(0.7)]) for r in ranges]
+    assert len(calls) == len(set(calls)) == 2
+    for ours, before in zip(again, first):
+        assert np.array_equal(ours[0], before[0])

@@ -27,15 +27,27 @@ THREADS = max(1, min(4, os.cpu_count() or 1))
 
 # Multiply-adds below which a matrix product runs on one BLAS thread. OpenBLAS hands products far
 # smaller to all its threads; a hand-off costs more than it saves there, and on a shared machine,
-# where the second thread waits for a core, far more. Measured with numpy's OpenBLAS on 2 busy
-# cores: 1.8M multiply-adds 0.08 ms on one thread, 12-20 ms on two; 17M 1.4-2.1 ms, 0.1-3.6 ms;
-# two win only from about 3e8. Calibrating MTCNN's ONet on 200 samples: 24.8 s -> 4.9 s.
-GEMM_PARALLEL_MIN = 1 << 24
+# where the second thread waits for a core, far more (and its idle threads spin on, taking the
+# core from the thread that has work). Measured with numpy's OpenBLAS on 2 busy cores: 1.8M
+# multiply-adds 0.08 ms on one thread, 12-20 ms on two; 32M (a Basic Pitch convolution's GEMM)
+# 2.8 ms, 16 ms; 134M 3.2 ms, 17 ms; 1.07G 65-94 ms, 47-55 ms: two win from a few 1e8.
+# Calibrating Basic Pitch (whole command): 1.4-2.3 s at 2^24, 0.9-1.4 s on one thread.
+GEMM_PARALLEL_MIN = 1 << 28
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _local = threading.local()
 _filled: dict[tuple, np.ndarray] = {}
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's threads are not there, so the pool starts anew when needed."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def for_chunks(n: int, worker: Callable[[], Callable[[int, int], None]],
@@ -217,3 +229,13 @@ def openblas_libraries() -> list[_OpenBlas]:
                 found.append(_OpenBlas(get, set_))
                 break
     return found
+
+
+def use_one_thread() -> None:
+    """Run every kernel of this process on the calling thread, BLAS products too: for a worker
+    process, when as many workers as cores share the work."""
+    global THREADS, _blas_libraries
+    THREADS = 1
+    for library in openblas_libraries():
+        library.set_num_threads(1)
+    _blas_libraries = []        # each product then has no thread count to switch

@@ -36,7 +36,13 @@ def _scalar_out(value) -> np.ndarray:
 
 
 def _codes(value, dtype) -> np.ndarray:
-    return np.asarray(value, dtype=Q.qtype(dtype).holder)
+    """The codes as an array of the type's holder: `value` itself when it is one already. (A tensor
+    decoded with an explicit byte order has an equal dtype that is another object, and for that
+    np.asarray makes a new view each time: the caches keyed by a weights array would never hit.)"""
+    holder = Q.qtype(dtype).holder
+    if isinstance(value, np.ndarray) and value.dtype == holder:
+        return value
+    return np.asarray(value, dtype=holder)
 
 
 def _check_range(lo, hi, a: str, b: str) -> None:
@@ -171,15 +177,13 @@ def _offset_gemm(bound_a: int, a_centre: int, a_offset: int, b_codes: np.ndarray
     |a - a_centre| <= bound_a. With a_centre = a_offset (see _gemm_centre) this is one float32
     sgemm of exactly shifted codes, with K split only where partial sums could pass 2^24 (see
     Q.exact_matmul_int32): no widening, and the product is cast straight into out. `key` is
-    the array b_codes was reshaped from, for the cache of K splits.
+    the array b_codes was reshaped from, for the cache of prepared weights.
     """
     if a_centre != a_offset or abs(b_offset) > _SMALL_OFFSET:
         def wide(a_centred: np.ndarray, out: np.ndarray) -> None:
             out[...] = _offset_gemm_wide(a_centred, bound_a, a_offset, b_codes, b_offset)
         return wide
-    b = b_codes.astype(F32)
-    b -= F32(b_offset)
-    chunks = _k_chunks_cached(b_codes if key is None else key, b_codes, b, b_offset, bound_a)
+    b, chunks = _prepared_weights(b_codes if key is None else key, b_codes, b_offset, bound_a)
 
     def multiply(a_shifted: np.ndarray, out: np.ndarray) -> None:
         Q.exact_matmul_int32(a_shifted, bound_a, b, chunks, out=out)
@@ -187,32 +191,44 @@ def _offset_gemm(bound_a: int, a_centre: int, a_offset: int, b_codes: np.ndarray
     return multiply
 
 
-# K splits of constant right-hand codes (a model's filters), by the codes array: finding them
-# reads all of |b| a few times, which for a late ResNet layer (3x3x512x512 filter, 7x7 input)
-# costs a third of the product itself. Entries check the codes against a copy before use.
-_K_CHUNKS: dict[int, tuple] = {}
+# Constant right-hand codes (a model's filters) as the GEMM takes them, by the codes array: as
+# float32 minus their offset, and their K splits for each bound of the left codes seen (the bound
+# follows the input's range, which calibration measures anew for every sample). Finding the splits
+# reads all of |b| a few times, which for a late ResNet layer (3x3x512x512 filter, 7x7 input) costs
+# a third of the product itself; the float copy is fresh memory otherwise, a page fault per 4 KB on
+# every call (MTCNN's ONet: its 1152x256 dense layer 1.1 ms a call, 0.2 ms prepared). Entries
+# check the codes against a copy before use, and live as long as the codes array, up to
+# PREPARED_MAX_BYTES of floats in all.
+_PREPARED: dict[int, tuple] = {}
+PREPARED_MAX_BYTES = 256 << 20
 
 
-def _k_chunks_cached(codes: np.ndarray, view: np.ndarray, b: np.ndarray, b_offset: int,
-                     bound_a: int):
-    """Q.k_chunks(b, bound_a) for b = view - b_offset, where view is a view of the array
-    `codes` (a reshape or transpose), remembered for the same codes array and view."""
-    layout = (view.shape, view.strides, b_offset, bound_a)
-    entry = _K_CHUNKS.get(id(codes))
-    if entry is not None:
-        ref, copy, known, chunks = entry
-        if (ref() is codes and known == layout and copy.shape == codes.shape
-                and np.array_equal(copy, codes)):
-            return chunks
-    chunks = Q.k_chunks(b, bound_a)
-    try:
-        ref = weakref.ref(codes, lambda _, key=id(codes): _K_CHUNKS.pop(key, None))
-    except TypeError:
-        return chunks
-    if len(_K_CHUNKS) > 512:
-        _K_CHUNKS.clear()
-    _K_CHUNKS[id(codes)] = (ref, codes.copy(), layout, chunks)
-    return chunks
+def _prepared_weights(codes: np.ndarray, view: np.ndarray, b_offset: int, bound_a: int):
+    """(b, Q.k_chunks(b, bound_a)) for b = view - b_offset as read-only float32, where view is a
+    view of the array `codes` (a reshape or transpose), remembered for the same codes array and
+    view."""
+    layout = (view.shape, view.strides, b_offset)
+    entry = _PREPARED.get(id(codes))
+    if not (entry is not None and entry[0]() is codes and entry[2] == layout
+            and entry[1].shape == codes.shape and np.array_equal(entry[1], codes)):
+        b = view.astype(F32)
+        b -= F32(b_offset)
+        b.flags.writeable = False
+        entry = None, None, layout, b, {}
+        try:
+            entry = (weakref.ref(codes, lambda _, key=id(codes): _PREPARED.pop(key, None)),
+                     codes.copy(), layout, b, {})
+        except TypeError:
+            pass
+        else:
+            if len(_PREPARED) >= 512 or \
+                    sum(e[3].nbytes for e in _PREPARED.values()) + b.nbytes > PREPARED_MAX_BYTES:
+                _PREPARED.clear()
+            _PREPARED[id(codes)] = entry
+    b, chunks = entry[3], entry[4]
+    if bound_a not in chunks:
+        chunks[bound_a] = Q.k_chunks(b, bound_a)
+    return b, chunks[bound_a]
 
 
 def _offset_gemm_wide(a_centred: np.ndarray, bound_a: int, a_offset: int, b_codes: np.ndarray,
