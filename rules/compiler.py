@@ -1,4 +1,5 @@
-"""Compile a parsed .rules file into rule sets of engine Rules, checking it as it goes.
+"""Check a parsed .rules file and compile its rules, replacements and templates into rule sets
+of engine Rules (expressions: rules/expressions.py; parameters: rules/params.py).
 
 Static checks report `file:line:col`, the source line with a caret and, where one helps, a hint:
 unknown ops and attrs and wrong input counts (against the op registry), unbound and doubly bound
@@ -6,71 +7,23 @@ names, unknown functions and wrong argument counts, type errors in expressions, 
 """
 from __future__ import annotations
 
-import difflib
-import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from gtt_rules.engine import op_registry
 from gtt_rules.engine import rewrite as rw
-from gtt_rules.engine.dtypes import parse_dtype
-from gtt_rules.engine.graph import TensorRef
-from gtt_rules.engine.pattern import AttrPattern, InputPattern, MatchContext, NodePattern, Pattern
+from gtt_rules.engine.pattern import AttrPattern, InputPattern, NodePattern, Pattern
 from gtt_rules.engine.rule import Rule
-from gtt_rules.errors import RewriteError, RulesCheckError, did_you_mean
+from gtt_rules.errors import RulesCheckError
 from gtt_rules.grammar import ast
 
-from .functions import (FUNCTIONS, MAX_LIST_LENGTH, UNKNOWN, NotApplicable, OutputRef, is_unknown,
-                        load_standard_functions, stored_attr, tensor_value)
+from .expressions import ExpressionCompiler, Scope, dtype_constant, make_guard, must_be_known
+from .functions import FUNCTIONS, stored_attr, tensor_value
+from .params import PARAM_TYPES, Param, RuleSet, StageCall, coerce_param, param_kind
 
 # Ops whose two inputs commute although TensorFlow's registry does not flag them (Add also
 # concatenates strings, which is not commutative, but rules match numeric graphs).
 EXTRA_COMMUTATIVE = frozenset({"Add", "Maximum", "Minimum"})
-
-PARAM_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dtype": int}
-
-
-@dataclass(frozen=True)
-class Param:
-    """A typed rule-set parameter with its default."""
-
-    name: str
-    type: str
-    is_list: bool
-    default: Any
-
-    def describe(self) -> str:
-        kind = f"[{self.type}]" if self.is_list else self.type
-        return f"{self.name}: {kind} = {self.default!r}"
-
-
-@dataclass
-class RuleSet:
-    """Named rules sharing parameters: a file's top-level rules, or a `ruleset` block."""
-
-    name: str
-    params: tuple[Param, ...]
-    rules: tuple[Rule, ...]
-    tests: tuple[ast.Test, ...]
-    path: str
-    line: int
-    doc: str = ""
-
-    def instantiate(self, args: dict[str, Any] | None = None, *, where: str = "") -> list[Rule]:
-        """The rules with parameter values: defaults overridden by `args` (checked against types)."""
-        values = bind_params(self, args or {}, where=where)
-        return [rule.with_params(values) for rule in self.rules]
-
-
-@dataclass(frozen=True)
-class StageCall:
-    """One stage of a pipeline: a rule set (or pipeline) name with arguments."""
-
-    name: str
-    args: dict[str, Any]
-    location: str
 
 
 @dataclass
@@ -90,123 +43,11 @@ class CompiledFile:
     tests: list[tuple[ast.Test, str]] = field(default_factory=list)  # (test, owning rule set)
 
 
-def bind_params(ruleset: RuleSet, args: dict[str, Any], *, where: str = "") -> dict[str, Any]:
-    """Defaults overridden by `args`; unknown names and wrong types raise RulesCheckError."""
-    known = {p.name: p for p in ruleset.params}
-    values = {p.name: p.default for p in ruleset.params}
-    for key, value in args.items():
-        param = known.get(key)
-        if param is None:
-            valid = ", ".join(known) or "none"
-            raise RulesCheckError(f"{where}'{ruleset.name}' has no parameter '{key}'{did_you_mean(key, known)} "
-                                  f"(parameters: {valid})")
-        values[key] = coerce_param(param, value, where=where)
-    missing = [p.name for p in ruleset.params if p.default is None and p.name not in args]
-    if missing:
-        raise RulesCheckError(f"{where}'{ruleset.name}' needs {', '.join(repr(m) for m in missing)}: "
-                              f"a parameter without a default must be given")
-    return values
-
-
-def coerce_param(param: Param, value: Any, *, where: str = "") -> Any:
-    """Check and convert one argument to the parameter's declared type."""
-    def one(v):
-        if param.type == "dtype":
-            if isinstance(v, str):
-                try:
-                    return parse_dtype(v)
-                except ValueError as error:
-                    raise RulesCheckError(f"{where}parameter '{param.name}': {error}") from None
-            if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-                return int(v)
-        elif param.type == "bool":
-            if isinstance(v, bool):
-                return v
-            if isinstance(v, str) and v.lower() in ("true", "false", "1", "0"):
-                return v.lower() in ("true", "1")
-        elif param.type == "int":
-            if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-                return int(v)
-            if isinstance(v, str):
-                try:
-                    return int(v)
-                except ValueError:
-                    pass
-        elif param.type == "float":
-            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
-                return float(v)
-            if isinstance(v, str):
-                try:
-                    return float(v)
-                except ValueError:
-                    pass
-        elif param.type == "str":
-            if isinstance(v, str):
-                return v
-            if isinstance(v, (int, float)):
-                return str(v)
-        raise RulesCheckError(f"{where}parameter '{param.name}' wants {param.type}, got {v!r}")
-    if param.is_list:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        return [one(v) for v in items]
-    return one(value)
-
-
-# ---- the compiler ----
-
-@dataclass
-class _Scope:
-    """Names visible in a rule and what kind of thing each is."""
-
-    statements: dict[str, ast.PatternStmt] = field(default_factory=dict)
-    tensors: dict[str, ast.Pos] = field(default_factory=dict)
-    lists: dict[str, ast.Pos] = field(default_factory=dict)
-    attrs: dict[str, ast.Pos] = field(default_factory=dict)
-    lets: dict[str, str] = field(default_factory=dict)       # name -> kind
-    params: dict[str, str] = field(default_factory=dict)     # name -> kind
-    built: dict[str, str] = field(default_factory=dict)      # replacement nodes: "node" | "nodes"
-    kept: set[str] = field(default_factory=set)              # pattern names the replacement reads
-
-    def kind_of(self, name: str) -> str | None:
-        if name in self.built:
-            return self.built[name]
-        if name in self.statements or name in self.tensors:
-            return "tensor"
-        if name in self.lists:
-            return "list"
-        if name in self.attrs:
-            return "any"
-        if name in self.lets:
-            return self.lets[name]
-        if name in self.params:
-            return self.params[name]
-        return None
-
-    def names(self) -> list[str]:
-        return [*self.statements, *self.tensors, *self.lists, *self.attrs, *self.lets, *self.params,
-                *self.built]
-
-
-def _dtype_constant(name: str) -> int | None:
-    try:
-        return parse_dtype(name)
-    except ValueError:
-        return None
-
-
-def _param_kind(param: Param) -> str:
-    if param.is_list:
-        return "list"
-    return {"int": "value", "float": "value", "str": "string", "bool": "bool", "dtype": "dtype"}[param.type]
-
-
-class Compiler:
+class Compiler(ExpressionCompiler):
     """Compiles one module; collects every check error instead of stopping at the first."""
 
     def __init__(self, module: ast.Module):
-        self.module = module
-        self.errors: list[RulesCheckError] = []
-        load_standard_functions()
+        super().__init__(module)
         self.templates: dict[str, ast.Template] = {}
         self.compiled_templates: dict[str, rw.Template | None] = {}
         self.compiling: set[str] = set()  # templates being compiled: calling one again is recursion
@@ -215,16 +56,6 @@ class Compiler:
                 self.error(template.pos, f"duplicate template name '{template.name}'")
             self.templates.setdefault(template.name, template)
 
-    # -- errors --
-
-    def error(self, pos: ast.Pos, message: str, hint: str | None = None) -> None:
-        self.errors.append(RulesCheckError(message, path=self.module.path, line=pos.line, column=pos.column,
-                                           source=self.module.source, hint=hint))
-
-    def _suggest(self, name: str, choices) -> str | None:
-        close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-        return f"did you mean '{close[0]}'?" if close else None
-
     # -- files --
 
     def compile(self) -> CompiledFile:
@@ -232,7 +63,7 @@ class Compiler:
         stem = self.module.path.rsplit("/", 1)[-1].rsplit(".", 1)[0] if self.module.path else "rules"
         seen_rules: dict[str, ast.Pos] = {}
         if self.module.rules:
-            rules = tuple(self._rule(r, _Scope(), seen_rules) for r in self.module.rules)
+            rules = tuple(self._rule(r, Scope(), seen_rules) for r in self.module.rules)
             out.rulesets[stem] = RuleSet(stem, (), tuple(r for r in rules if r), tuple(self.module.tests),
                                          self.module.path, self.module.rules[0].pos.line)
         for test in self.module.tests:
@@ -242,11 +73,11 @@ class Compiler:
                 self.error(block.pos, f"duplicate rule set name '{block.name}'")
                 continue
             params = self._params(block)
-            scope_params = {p.name: _param_kind(p) for p in params}
+            scope_params = {p.name: param_kind(p) for p in params}
             local_seen: dict[str, ast.Pos] = {}
             rules = []
             for rule in block.rules:
-                compiled = self._rule(rule, _Scope(params=dict(scope_params)), local_seen)
+                compiled = self._rule(rule, Scope(params=dict(scope_params)), local_seen)
                 if compiled:
                     rules.append(compiled.with_params({p.name: p.default for p in params}))
             for include in block.includes:
@@ -324,22 +155,9 @@ class Compiler:
             else:
                 args[key] = self.constant(expr)
         return StageCall(stage.name, args, f"{self.module.path}:{stage.pos.line}:{stage.pos.column}")
-
-    def constant(self, expr: ast.Expr) -> Any:
-        """The value of an expression that needs no match (parameter defaults, stage arguments)."""
-        fn, _ = self.value(expr, _Scope())
-        try:
-            # numpy would print its overflow and divide-by-zero warnings; the inf or nan they
-            # produce is reported (or used) like any other value instead.
-            with np.errstate(all="ignore"):
-                return fn(None)
-        except Exception as error:
-            self.error(expr.pos, f"cannot compute this value: {error}")
-            return None
-
     # -- rules --
 
-    def _rule(self, rule: ast.Rule, scope: _Scope, seen: dict[str, ast.Pos]) -> Rule | None:
+    def _rule(self, rule: ast.Rule, scope: Scope, seen: dict[str, ast.Pos]) -> Rule | None:
         errors_before = len(self.errors)
         if rule.name in seen:
             self.error(rule.pos, f"duplicate rule name '{rule.name}' (first at line {seen[rule.name].line})")
@@ -369,11 +187,11 @@ class Compiler:
         if len(self.errors) > errors_before or pattern is None:
             return None
         location = f"{self.module.path}:{rule.pos.line}"
-        guard = _make_guard(rule.name, location, pattern.root_var, steps) if steps else None
+        guard = make_guard(rule.name, location, pattern.root_var, steps) if steps else None
         op_filter = _op_filter(rule.clauses, pattern, scope)
         return Rule(rule.name, pattern, guard, actions, rule.priority, location, op_filter=op_filter)
 
-    def _pattern(self, rule: ast.Rule, scope: _Scope) -> Pattern | None:
+    def _pattern(self, rule: ast.Rule, scope: Scope) -> Pattern | None:
         for stmt in rule.patterns:
             if stmt.var in scope.statements:
                 self.error(stmt.pos, f"'{stmt.var}' is already bound (line {scope.statements[stmt.var].pos.line})")
@@ -401,7 +219,7 @@ class Compiler:
                      for a in rule.actions)
         return Pattern(roots[0], statements, private=builds)
 
-    def _collect(self, node: ast.NodePattern, scope: _Scope, referenced: set[str]) -> None:
+    def _collect(self, node: ast.NodePattern, scope: Scope, referenced: set[str]) -> None:
         """First pass: record tensor, list and attr names, so later uses resolve in any order."""
         if node.alternatives:
             first = _mentioned(node.alternatives[0])
@@ -442,9 +260,9 @@ class Compiler:
             if isinstance(item.value, ast.Var) and self._is_attr_binding(item.value.name, scope):
                 scope.attrs.setdefault(item.value.name, item.pos)
 
-    def _is_attr_binding(self, name: str, scope: _Scope) -> bool:
+    def _is_attr_binding(self, name: str, scope: Scope) -> bool:
         kind = scope.kind_of(name)
-        return (kind is None or name in scope.attrs) and _dtype_constant(name) is None
+        return (kind is None or name in scope.attrs) and dtype_constant(name) is None
 
     def _check_ops(self, node: ast.NodePattern) -> None:
         for op in node.ops or ():
@@ -483,7 +301,7 @@ class Compiler:
             names = ", ".join(arg.name for arg in op_def.inputs) or "none"
             self.error(pos, f"op '{op}' takes {expected} input{'s' if expected != 1 else ''} ({names}), not {count}")
 
-    def _node_pattern(self, node: ast.NodePattern, scope: _Scope, kept: bool = False) -> NodePattern:
+    def _node_pattern(self, node: ast.NodePattern, scope: Scope, kept: bool = False) -> NodePattern:
         if node.alternatives:
             return NodePattern(None, alternatives=tuple(self._node_pattern(a, scope, kept) for a in node.alternatives))
         ops = frozenset(node.ops) if node.ops is not None else None
@@ -508,7 +326,7 @@ class Compiler:
                                     (op_registry.get_op(op) and op_registry.get_op(op).is_commutative))
         return NodePattern(ops, inputs, tuple(attrs), commutative, variadic, node.shared or kept)
 
-    def _input_pattern(self, arg, scope: _Scope) -> InputPattern:
+    def _input_pattern(self, arg, scope: Scope) -> InputPattern:
         if isinstance(arg, ast.ArgVar):
             if arg.name in scope.statements:
                 return InputPattern(node_var=arg.name, port=0)
@@ -525,7 +343,7 @@ class Compiler:
 
     # -- replacements --
 
-    def _bindings(self, statements, scope: _Scope, result: ast.Expr | None = None) -> None:
+    def _bindings(self, statements, scope: Scope, result: ast.Expr | None = None) -> None:
         """Declare the nodes a replacement (or a template) names, so any action can read them."""
         named = {}
         for stmt in statements:
@@ -561,7 +379,7 @@ class Compiler:
                     stack.append(read)
         return False
 
-    def _action(self, action, scope: _Scope):
+    def _action(self, action, scope: Scope):
         if isinstance(action, ast.Bind):
             source = self.producer(action.expr, scope)
             return rw.Bind(action.name, source) if source is not None else None
@@ -584,7 +402,7 @@ class Compiler:
             return None
         return rw.Reroute(target.name, target.port, target.all_ports, source)
 
-    def producer(self, expr: ast.Expr, scope: _Scope):
+    def producer(self, expr: ast.Expr, scope: Scope):
         """Compile a replacement expression into what the rewriter builds or reuses."""
         if isinstance(expr, ast.Var) and scope.kind_of(expr.name) in ("tensor", "list"):
             return rw.TensorOf(expr.name)
@@ -615,9 +433,9 @@ class Compiler:
         if kind in ("string", "dtype"):
             self.error(expr.pos, f"a {kind} cannot be a tensor here")
             return None
-        return rw.ConstNode(_known(fn))
+        return rw.ConstNode(must_be_known(fn))
 
-    def _changes(self, items, scope: _Scope, edit: bool = False) -> tuple[tuple, tuple]:
+    def _changes(self, items, scope: Scope, edit: bool = False) -> tuple[tuple, tuple]:
         """What a copy or an edit changes: its attrs, and its node fields (`op`, `device`, and for an
         edit `control_inputs`). An attr's name may be computed (`(EXPR): value`), and `none`
         deletes the attr."""
@@ -631,7 +449,7 @@ class Compiler:
                     continue
             else:
                 fn, kind = self._attr_value(item.value, scope)
-                fn = _known(fn)
+                fn = must_be_known(fn)
             if item.key == "control_inputs":
                 if not edit:
                     self.error(item.pos, "a copy takes over the control edges of the node it replaces",
@@ -651,11 +469,11 @@ class Compiler:
                 key_fn, key_kind = self.value(item.key_expr, scope)
                 if key_kind not in ("string", "any"):
                     self.error(item.key_expr.pos, f"type error: an attr's name is a string, not a {key_kind}")
-                key = _known(key_fn)
+                key = must_be_known(key_fn)
             attrs.append((key, fn))
         return tuple(attrs), tuple(fields)
 
-    def _attr_value(self, expr: ast.Expr, scope: _Scope):
+    def _attr_value(self, expr: ast.Expr, scope: Scope):
         """An attr value and its kind; `attr(m, name)` is the attr as m stores it, copied exactly
         (decoded and encoded again, a dtype would be an int under a name its op does not declare)."""
         errors = len(self.errors)
@@ -666,7 +484,7 @@ class Compiler:
         node, name = (self.value(arg, scope)[0] for arg in expr.args)
         return (lambda ctx: stored_attr(ctx, node(ctx), name(ctx))), kind
 
-    def _is_list(self, expr: ast.Expr, scope: _Scope) -> bool:
+    def _is_list(self, expr: ast.Expr, scope: Scope) -> bool:
         """True if an input expression spreads into several inputs (a list binding or result)."""
         if isinstance(expr, ast.Comprehension):
             return True
@@ -683,7 +501,7 @@ class Compiler:
 
     # -- templates --
 
-    def _expand(self, call: ast.Call, scope: _Scope):
+    def _expand(self, call: ast.Call, scope: Scope):
         template = self._template(call.func)
         definition = self.templates[call.func]
         if len(call.args) != len(definition.params):
@@ -715,7 +533,7 @@ class Compiler:
         if name in self.compiled_templates:
             return self.compiled_templates[name]
         self.compiling.add(name)
-        scope = _Scope(built={param: "node" for param in definition.params})
+        scope = Scope(built={param: "node" for param in definition.params})
         if len(set(definition.params)) != len(definition.params):
             self.error(definition.pos, f"template '{name}' names a parameter twice")
         errors_before = len(self.errors)
@@ -729,7 +547,7 @@ class Compiler:
         self.compiled_templates[name] = compiled
         return compiled
 
-    def _new_node(self, expr: ast.NewNode, scope: _Scope):
+    def _new_node(self, expr: ast.NewNode, scope: Scope):
         op_def = op_registry.get_op(expr.op)
         if op_def is None:
             self.error(expr.pos, f"unknown op '{expr.op}'", self._suggest(expr.op, op_registry.all_op_names()))
@@ -748,7 +566,7 @@ class Compiler:
                 self.error(expr.args[0].pos, f"type error: a Const value cannot be a {kind}")
             dtype_expr = expr.args[1] if len(expr.args) == 2 else (attr_items["dtype"].value if "dtype" in attr_items else None)
             dtype_fn = self.value(dtype_expr, scope)[0] if dtype_expr is not None else None
-            return rw.ConstNode(_known(value_fn), dtype_fn and _known(dtype_fn))
+            return rw.ConstNode(must_be_known(value_fn), dtype_fn and must_be_known(dtype_fn))
         self._check_attrs(expr.op, op_def, expr.attrs)
         inputs = ()
         if expr.args is not None:
@@ -757,212 +575,9 @@ class Compiler:
             inputs = tuple(p for p in (self.producer(a, scope) for a in expr.args) if p)
         elif op_def.inputs:
             self._check_input_count(expr.op, op_def, 0, expr.pos)
-        attrs = tuple((item.key, _known(self.value(item.value, scope)[0])) for item in expr.attrs
+        attrs = tuple((item.key, must_be_known(self.value(item.value, scope)[0])) for item in expr.attrs
                       if item.key is not None)
         return rw.NewNode(expr.op, inputs, attrs)
-
-    # -- expressions --
-
-    def value(self, expr: ast.Expr, scope: _Scope) -> tuple[Callable[[MatchContext], Any], str]:
-        """Compile an expression to a function of the match context, and infer its kind."""
-        if isinstance(expr, ast.Number):
-            v = expr.value
-            return (lambda ctx: v), "value"
-        if isinstance(expr, ast.String):
-            s = expr.value
-            return (lambda ctx: s), "string"
-        if isinstance(expr, ast.Bool):
-            b = expr.value
-            return (lambda ctx: b), "bool"
-        if isinstance(expr, ast.NoneValue):
-            self.error(expr.pos, "'none' deletes an attr: it is only the value of an attr of a copy or an edit")
-            return (lambda ctx: None), "any"
-        if isinstance(expr, ast.Var):
-            return self._var(expr, scope)
-        if isinstance(expr, ast.Port):
-            name, port = expr.name, expr.port
-            if scope.kind_of(name) != "tensor":
-                self.error(expr.pos, f"'{name}' is not a node of the pattern")
-            return (lambda ctx: OutputRef(ctx.bindings[name].node, port)), "tensor"
-        if isinstance(expr, ast.ListExpr):
-            fns = [self.value(item, scope)[0] for item in expr.items]
-            return (lambda ctx: [f(ctx) for f in fns]), "list"
-        if isinstance(expr, ast.Call):
-            return self._call(expr, scope)
-        if isinstance(expr, (ast.NewNode, ast.CopyNode)):
-            self.error(expr.pos, "a node can only be built in a replacement (after '=>')")
-            return (lambda ctx: None), "any"
-        if isinstance(expr, ast.BoolOp):
-            fns = [self.value(item, scope)[0] for item in expr.items]
-            if expr.op == "and":
-                return (lambda ctx: _kleene_and(fns, ctx)), "bool"
-            return (lambda ctx: _kleene_or(fns, ctx)), "bool"
-        if isinstance(expr, ast.Unary):
-            fn, kind = self.value(expr.operand, scope)
-            if expr.op == "not":
-                return (lambda ctx: _kleene_not(_truth(fn, ctx))), "bool"
-            self._want_value(expr.operand, kind, "-")
-            return (lambda ctx: _arithmetic(operator.neg, _num(ctx, fn(ctx)))), "value"
-        if isinstance(expr, ast.Index):
-            target, kind = self.value(expr.target, scope)
-            index, index_kind = self.value(expr.index, scope)
-            if kind in ("dtype", "bool"):
-                self.error(expr.target.pos, f"type error: a {kind} cannot be indexed")
-            # An array indexed by an array (`value(p)[value(q)]`) is an array, as in numpy.
-            return (lambda ctx: _index(ctx, target(ctx), index(ctx))), "any"
-        if isinstance(expr, ast.Slice):
-            return self._slice(expr, scope)
-        if isinstance(expr, ast.Comprehension):
-            return self._comprehension(expr, scope)
-        if isinstance(expr, ast.MapExpr):
-            return self._map(expr, scope)
-        if isinstance(expr, ast.BinOp):
-            return self._binop(expr, scope)
-        raise AssertionError(f"unknown expression {expr!r}")
-
-    def _slice(self, expr: ast.Slice, scope: _Scope):
-        target, kind = self.value(expr.target, scope)
-        if kind in ("string", "dtype", "bool"):
-            self.error(expr.target.pos, f"type error: a {kind} cannot be sliced")
-        bounds = []
-        for bound in (expr.start, expr.stop):
-            if bound is None:
-                bounds.append(lambda ctx: None)
-                continue
-            fn, bound_kind = self.value(bound, scope)
-            self._want_value(bound, bound_kind, "[:]")
-            bounds.append(fn)
-        start, stop = bounds
-        return (lambda ctx: _slice(ctx, target(ctx), start(ctx), stop(ctx))), \
-            "list" if kind in ("list", "tensor", "value") else "any"
-
-    def _comprehension(self, expr: ast.Comprehension, scope: _Scope):
-        items, kind = self.value(expr.items, scope)
-        if kind in ("string", "dtype", "bool"):
-            self.error(expr.items.pos, f"type error: 'for' needs a list to go over, not a {kind}")
-        name = expr.var
-        if scope.kind_of(name) is not None or _dtype_constant(name) is not None:
-            self.error(expr.pos, f"'{name}' is already bound; the loop needs a name of its own")
-            return (lambda ctx: None), "list"
-        scope.lets[name] = "any"  # visible in the item and the condition only
-        try:
-            item, _ = self.value(expr.item, scope)
-            condition = self.value(expr.condition, scope)[0] if expr.condition is not None else None
-        finally:
-            del scope.lets[name]
-
-        def build(ctx):
-            values = items(ctx)
-            if values is UNKNOWN:
-                return UNKNOWN
-            values = _elements(ctx, values)
-            out = []
-            try:
-                for value in values:
-                    ctx.bindings[name] = value
-                    if condition is not None:
-                        keep = _truth(condition, ctx)
-                        if keep is UNKNOWN:
-                            return UNKNOWN
-                        if not keep:
-                            continue
-                    out.append(item(ctx))
-            finally:
-                ctx.bindings.pop(name, None)
-            return out
-        return build, "list"
-
-    def _map(self, expr: ast.MapExpr, scope: _Scope):
-        table = {}
-        for key, entry in expr.entries:
-            if not isinstance(key, (ast.String, ast.Number)):
-                self.error(key.pos, "a map's keys are strings or numbers")
-                continue
-            if key.value in table:
-                self.error(key.pos, f"key {key.value!r} is given twice")
-            table[key.value] = self.value(entry, scope)[0]
-        return (lambda ctx: {key: fn(ctx) for key, fn in table.items()}), "any"
-
-    def _var(self, expr: ast.Var, scope: _Scope):
-        name = expr.name
-        if name in scope.built:
-            self.error(expr.pos, f"'{name}' is a node the replacement builds: it can be an input of a "
-                                 f"node, but has no value to compute with")
-            return (lambda ctx: None), "any"
-        kind = scope.kind_of(name)
-        if kind is not None:
-            if name in scope.params and name not in scope.lets:
-                return (lambda ctx: ctx.params[name]), kind
-            return (lambda ctx: ctx.bindings[name]), kind
-        dtype = _dtype_constant(name)
-        if dtype is not None:
-            return (lambda ctx: dtype), "dtype"
-        self.error(expr.pos, f"unbound name '{name}'", self._suggest(name, scope.names()))
-        return (lambda ctx: None), "any"
-
-    def _call(self, expr: ast.Call, scope: _Scope):
-        if scope.kind_of(expr.func) == "tensor":
-            self.error(expr.pos, f"'{expr.func}(...)' copies a node, which only a replacement can do")
-            return (lambda ctx: None), "any"
-        function = FUNCTIONS.get(expr.func)
-        if function is None:
-            self.error(expr.pos, f"unknown function '{expr.func}'", self._suggest(expr.func, FUNCTIONS))
-            return (lambda ctx: None), "any"
-        low, high = function.arity
-        if not low <= len(expr.args) <= high:
-            want = str(low) if low == high else f"{low} to {high}"
-            self.error(expr.pos, f"{expr.func}() takes {want} argument{'s' if high != 1 else ''}, "
-                                 f"not {len(expr.args)}")
-        compiled = []
-        for arg, want in zip(expr.args, function.args):
-            fn, kind = self.value(arg, scope)
-            if not _compatible(kind, want):
-                self.error(arg.pos, f"type error: {expr.func}() wants a {want} here, not a {kind}")
-            if want == "value" and kind in ("tensor", "any"):
-                fn = (lambda f: lambda ctx: tensor_value(ctx, f(ctx)))(fn)  # a Const's value, not its name
-            compiled.append(fn)
-        return (_caller(function.impl, compiled, function.needs_context, not function.accepts_unknown),
-                function.returns)
-
-    def _want_value(self, expr: ast.Expr, kind: str, op: str) -> None:
-        if kind in ("string", "dtype", "list"):
-            self.error(expr.pos, f"type error: '{op}' needs numbers or tensors, not a {kind}")
-
-    def _binop(self, expr: ast.BinOp, scope: _Scope):
-        left, lkind = self.value(expr.left, scope)
-        right, rkind = self.value(expr.right, scope)
-        op = expr.op
-        if op == "+" and lkind == "list" and rkind == "list":  # lists concatenate
-            return (lambda ctx: _concatenate(left(ctx), right(ctx))), "list"
-        if op in ("+", "-", "*", "/", "%", "**"):
-            self._want_value(expr.left, lkind, op)
-            self._want_value(expr.right, rkind, op)
-            fn = _ARITHMETIC[op]
-            return _binary_arithmetic(fn, left, right), "value"
-        if op in ("in", "not in"):
-            if rkind not in ("list", "any"):
-                self.error(expr.right.pos, f"type error: '{op}' needs a list on its right, not a {rkind}")
-            if op == "not in":
-                return (lambda ctx: _kleene_not(_member(left(ctx), right(ctx)))), "bool"
-            return (lambda ctx: _member(left(ctx), right(ctx))), "bool"
-        if op in ("<", "<=", ">", ">="):
-            self._want_value(expr.left, lkind, op)
-            self._want_value(expr.right, rkind, op)
-        fn = _COMPARISON[op]
-        return (lambda ctx: _compare(ctx, fn, left(ctx), right(ctx))), "bool"
-
-
-_ARITHMETIC = {
-    "+": np.add, "-": np.subtract, "*": np.multiply, "/": np.true_divide, "%": np.mod, "**": np.power,
-}
-_COMPARISON = {
-    "==": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater,
-    ">=": np.greater_equal,
-}
-_PYTHON_COMPARISON = {
-    np.equal: operator.eq, np.not_equal: operator.ne, np.less: operator.lt,
-    np.less_equal: operator.le, np.greater: operator.gt, np.greater_equal: operator.ge,
-}
 
 
 def _names_in(node: Any) -> set[str]:
@@ -1011,231 +626,8 @@ def _tensor_sources(node: Any) -> set[str]:
     return set()
 
 
-def _compatible(kind: str, want: str) -> bool:
-    if want == "any" or kind == "any" or kind == want:
-        return True
-    if want == "value":
-        return kind in ("tensor", "bool", "list")
-    if want == "bool":
-        return kind == "value"
-    return False
 
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, np.ndarray):
-        return bool(value.all())
-    return bool(value)
-
-
-# Three-valued (Kleene) logic: an operand that is unknown, or that asks what does not hold for
-# this match (NotApplicable: the value of a non-Const), decides nothing on its own.
-
-def _truth(fn, ctx) -> Any:
-    """True, False or UNKNOWN."""
-    try:
-        value = fn(ctx)
-    except NotApplicable:
-        return UNKNOWN
-    return UNKNOWN if value is UNKNOWN else _truthy(value)
-
-
-def _kleene_and(fns, ctx) -> Any:
-    result = True
-    for fn in fns:
-        value = _truth(fn, ctx)
-        if value is False:
-            return False
-        if value is UNKNOWN:
-            result = UNKNOWN
-    return result
-
-
-def _kleene_or(fns, ctx) -> Any:
-    result = False
-    for fn in fns:
-        value = _truth(fn, ctx)
-        if value is True:
-            return True
-        if value is UNKNOWN:
-            result = UNKNOWN
-    return result
-
-
-def _kleene_not(value: Any) -> Any:
-    return UNKNOWN if value is UNKNOWN else not _truthy(value)
-
-
-def _kleene_all(values) -> Any:
-    result = True
-    for value in values:
-        if value is UNKNOWN:
-            result = UNKNOWN
-        elif not _truthy(value):
-            return False
-    return result
-
-
-def _caller(impl: Callable[..., Any], args: list, needs_context: bool, strict: bool) -> Callable[[MatchContext], Any]:
-    """`impl` called on the values of `args` (and the context first, if it needs it); if `strict`,
-    an argument that is (or holds) UNKNOWN makes the result unknown without a call. Guards run
-    on every node a rule is tried at, so the common arities get a closure of their own."""
-    if len(args) == 1:
-        (a,) = args
-
-        def call_one(ctx):
-            x = a(ctx)
-            if strict and is_unknown(x):
-                return UNKNOWN
-            return impl(ctx, x) if needs_context else impl(x)
-        return call_one
-    if len(args) == 2:
-        a, b = args
-
-        def call_two(ctx):
-            x, y = a(ctx), b(ctx)
-            if strict and (is_unknown(x) or is_unknown(y)):
-                return UNKNOWN
-            return impl(ctx, x, y) if needs_context else impl(x, y)
-        return call_two
-
-    def call(ctx):
-        values = [f(ctx) for f in args]
-        if strict and any(is_unknown(v) for v in values):
-            return UNKNOWN
-        return impl(ctx, *values) if needs_context else impl(*values)
-    return call
-
-
-def _num(ctx, value: Any) -> Any:
-    value = tensor_value(ctx, value)
-    if is_unknown(value):
-        return UNKNOWN
-    return np.asarray(value) if isinstance(value, list) else value
-
-
-def _arithmetic(fn, *operands) -> Any:
-    return UNKNOWN if any(x is UNKNOWN for x in operands) else fn(*operands)
-
-
-def _binary_arithmetic(fn, left, right):
-    """`_arithmetic` of two operands, without the packing: it runs in every computed value."""
-    def arithmetic(ctx):
-        x, y = _num(ctx, left(ctx)), _num(ctx, right(ctx))
-        return UNKNOWN if x is UNKNOWN or y is UNKNOWN else fn(x, y)
-    return arithmetic
-
-
-def _elements(ctx, items: Any) -> list:
-    """The elements of a list, an array (along its first axis) or a Const-bound tensor."""
-    if isinstance(items, TensorRef):
-        items = tensor_value(ctx, items)
-    if isinstance(items, np.ndarray):
-        if items.ndim == 0:
-            raise ValueError("cannot go over a scalar")
-        items = list(items)
-    elif not isinstance(items, (list, tuple)):
-        raise ValueError(f"cannot go over {items!r}")
-    if len(items) > MAX_LIST_LENGTH:
-        raise ValueError(f"a loop over {len(items):,} elements (at most {MAX_LIST_LENGTH:,})")
-    return list(items)
-
-
-def _index(ctx, target: Any, index: Any) -> Any:
-    if target is UNKNOWN or is_unknown(index):
-        return UNKNOWN
-    if isinstance(target, dict):
-        key = index.decode("utf-8", "replace") if isinstance(index, bytes) else index
-        key = key.item() if isinstance(key, np.generic) else key
-        if isinstance(key, (list, np.ndarray)) or key not in target:
-            raise NotApplicable(f"{index!r} is not a key of the map")
-        return target[key]
-    if isinstance(target, TensorRef):
-        target = tensor_value(ctx, target)
-    if isinstance(index, TensorRef):
-        index = tensor_value(ctx, index)
-    try:
-        if np.ndim(index) > 0:  # an array indexed by an array: the elements at those positions
-            positions = np.asarray(index)
-            if positions.dtype.kind not in "iu":
-                raise ValueError(f"indices must be whole numbers, not {positions.dtype}")
-            if isinstance(target, (list, tuple)):
-                return [target[int(i)] for i in positions.reshape(-1)]
-            return np.asarray(target)[positions]
-        return target[int(index)]
-    except IndexError:
-        raise NotApplicable(f"index {index} is out of range") from None
-
-
-def _slice(ctx, target: Any, start: Any, stop: Any) -> Any:
-    if target is UNKNOWN or start is UNKNOWN or stop is UNKNOWN:
-        return UNKNOWN
-    if isinstance(target, TensorRef):
-        target = tensor_value(ctx, target)
-    cut = slice(None if start is None else int(start), None if stop is None else int(stop))
-    return list(target[cut]) if isinstance(target, tuple) else target[cut]
-
-
-def _concatenate(a: Any, b: Any) -> Any:
-    if a is UNKNOWN or b is UNKNOWN:
-        return UNKNOWN
-    return [*(a.tolist() if isinstance(a, np.ndarray) else a), *(b.tolist() if isinstance(b, np.ndarray) else b)]
-
-
-def _member(item: Any, items: Any) -> Any:
-    if item is UNKNOWN or items is UNKNOWN:
-        return UNKNOWN
-    if isinstance(item, bytes):
-        item = item.decode("utf-8", "replace")
-    known = [x for x in items if x is not UNKNOWN]
-    if item in known:
-        return True
-    return UNKNOWN if len(known) < len(items) else False
-
-
-def _compare(ctx, fn, a: Any, b: Any) -> Any:
-    if type(a) is type(b) and type(a) in (int, float):  # the common `size(w) >= 1024`: no numpy
-        return _PYTHON_COMPARISON[fn](a, b)
-    if a is UNKNOWN or b is UNKNOWN:
-        return UNKNOWN
-    if isinstance(a, TensorRef) and isinstance(b, TensorRef):
-        return fn(0 if a == b else 1, 0) if fn in (np.equal, np.not_equal) else False
-    if isinstance(a, (str, bytes)) or isinstance(b, (str, bytes)):
-        a = a.decode() if isinstance(a, bytes) else a
-        b = b.decode() if isinstance(b, bytes) else b
-        return bool(fn(0 if a == b else 1, 0)) if fn in (np.equal, np.not_equal) else False
-    a, b = tensor_value(ctx, a), tensor_value(ctx, b)
-    if is_unknown(a) or is_unknown(b):
-        return _compare_partial(fn, a, b)
-    if fn in (np.equal, np.not_equal) and (isinstance(a, (list, tuple)) or isinstance(b, (list, tuple))):
-        # A shape or list compares as a whole: equal shapes and equal elements.
-        left, right = np.asarray(a), np.asarray(b)
-        equal = left.shape == right.shape and bool(np.array_equal(left, right))
-        return equal if fn is np.equal else not equal
-    if a is None or b is None:
-        return (a is b) == (fn is np.equal)
-    return bool(np.all(fn(a, b)))
-
-
-def _compare_partial(fn, a: Any, b: Any) -> Any:
-    """A comparison with a list that has unknown elements (a shape with unknown dims), element by
-    element: a known difference decides, otherwise an unknown element leaves it unknown."""
-    a, b = (x.tolist() if isinstance(x, np.ndarray) else list(x) if isinstance(x, tuple) else x for x in (a, b))
-    if fn in (np.equal, np.not_equal):
-        if not (isinstance(a, list) and isinstance(b, list)) or len(a) != len(b):
-            return fn is np.not_equal  # a list of another length, or not a list: known to differ
-        equal = _kleene_all(UNKNOWN if x is UNKNOWN or y is UNKNOWN else _compare(None, np.equal, x, y)
-                            for x, y in zip(a, b))
-        return equal if fn is np.equal else _kleene_not(equal)
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            raise ValueError(f"cannot compare lists of {len(a)} and {len(b)} elements")
-        pairs = zip(a, b)
-    else:
-        pairs = ((x, b) for x in a) if isinstance(a, list) else ((a, y) for y in b)
-    return _kleene_all(_compare(None, fn, x, y) for x, y in pairs)
-
-
-def _op_filter(clauses, pattern: Pattern, scope: _Scope) -> tuple[str, ...] | str | None:
+def _op_filter(clauses, pattern: Pattern, scope: Scope) -> tuple[str, ...] | str | None:
     """The ops a rule's first test `where op(root) in LIST [and ...]` (or `op(root) == OP`) lets
     through: the strings, or the name of the parameter that holds them. None if the guard starts otherwise, or if the
     pattern checks attrs against expressions (which could fail on a node the test rejects)."""
@@ -1259,40 +651,6 @@ def _op_filter(clauses, pattern: Pattern, scope: _Scope) -> tuple[str, ...] | st
         return tuple(item.value for item in items.items)
     return None
 
-
-def _known(fn: Callable[[MatchContext], Any]) -> Callable[[MatchContext], Any]:
-    """A value a replacement builds from: an unknown one fails the rewrite (a `let` would have
-    rejected the match instead)."""
-    def known(ctx):
-        value = fn(ctx)
-        if is_unknown(value):
-            raise ValueError("a value the replacement needs is not known statically; compute it in "
-                             "a 'let', which rejects the match when it is unknown")
-        return value
-    return known
-
-
-def _make_guard(rule_name: str, location: str, root_var: str, steps):
-    def guard(ctx: MatchContext) -> bool:
-        for kind, name, fn, pos in steps:
-            try:
-                result = fn(ctx)
-            except NotApplicable:
-                return False
-            except Exception as error:
-                root = ctx.bindings.get(root_var)
-                what = f"let '{name}'" if kind == "let" else "where"
-                raise RewriteError(f"rule '{rule_name}' at node '{root.node if root else '?'}': {what} "
-                                   f"failed: {type(error).__name__}: {error}",
-                                   path=location.rsplit(":", 1)[0], line=pos.line, column=pos.column) from error
-            if is_unknown(result):
-                return False  # a guard that ends unknown does not fire; nor does a let that is unknown
-            if kind == "let":
-                ctx.bindings[name] = result
-            elif not _truthy(result):
-                return False
-        return True
-    return guard
 
 
 def compile_module(module: ast.Module) -> CompiledFile:

@@ -24,7 +24,8 @@ from gtt_rules.engine.tensors import encode_tensor
 from gtt_rules.errors import GttRulesError, RulesCheckError
 from gtt_rules.grammar import ast
 
-from .compiler import Compiler, StageCall
+from .compiler import Compiler
+from .params import StageCall
 from .library import Library
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from gtt_rules.errors import GttRulesError, UsageError, did_you_mean
 
-from .compiler import StageCall
+from .params import StageCall
 from .library import Library, Stage
 
 

@@ -23,7 +23,8 @@ from gtt_rules.errors import RulesCheckError, RulesSyntaxError, UsageError, did_
 from gtt_rules.grammar import ast
 from gtt_rules.grammar.parser import parse, parse_file
 
-from .compiler import CompiledFile, PipelineDef, RuleSet, StageCall, compile_module
+from .compiler import CompiledFile, PipelineDef, compile_module
+from .params import RuleSet, StageCall
 from .passes import PASSES, GraphPass, PassContext, load_standard_passes
 
 STDLIB = pathlib.Path(__file__).resolve().parent.parent / "stdlib_rules"

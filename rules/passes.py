@@ -4,7 +4,7 @@ A pass is registered under a name with typed parameters, and then works wherever
 does: in `--rules`, in pipelines and in GTT transform strings.
 
     from gtt_rules.rules.passes import register_pass
-    from gtt_rules.rules.compiler import Param
+    from gtt_rules.rules.params import Param
 
     @register_pass("drop_devices")
     def drop_devices(graph, ctx):
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from gtt_rules.engine.graph import Graph
 
-from .compiler import Param, bind_params
+from .params import Param, bind_params
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from gtt_rules.engine.attrs import decode_attr, encode_attr
 from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64, REF_OFFSET
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.errors import UsageError
-from gtt_rules.rules.compiler import Param
+from gtt_rules.rules.params import Param
 from gtt_rules.rules.passes import PassContext, register_pass
 
 
