@@ -134,8 +134,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
     dispatch = _Dispatch(rules)
     report = Report(nodes_before=len(graph))
     max_rewrites = limits.max_rewrites if limits.max_rewrites is not None else 10 * len(graph) + 10_000
-    per_node: collections.Counter = collections.Counter()
-    history: dict[str, list[str]] = collections.defaultdict(list)
+    history: dict[str, list[str]] = collections.defaultdict(list)  # the rules fired at each node
     notes: dict[str, str] = {}
 
     # Only nodes some rule could root at are visited: the rest cost nothing per rule set. File
@@ -176,21 +175,20 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
             report.added += len(result.created) - replaced
             report.removed += len(result.removed) - replaced
             report.replaced += replaced
-            application = Application(rule.name, rule.location, name, result.created, result.removed)
             if trace or on_apply is not None:
-                application.rewired = sorted(n for n in result.changed if n in graph and n not in result.created)
-                application.created_ops = {n: graph[n].op for n in result.created}
-                application.removed_ops = result.removed_ops
+                application = Application(rule.name, rule.location, name, result.created, result.removed, sorted(
+                    n for n in result.changed if n in graph and n not in result.created),
+                    {n: graph[n].op for n in result.created}, result.removed_ops)
             if trace:
                 report.applications.append(application)
             if on_apply is not None:
                 on_apply(application)
-            per_node[name] += 1
-            history[name].append(rule.name)
-            if per_node[name] > limits.max_rewrites_per_node:
-                cycling = set(history[name][-limits.max_rewrites_per_node:])
+            fired = history[name]
+            fired.append(rule.name)
+            if len(fired) > limits.max_rewrites_per_node:
                 report.stop_reason = StopReason.NODE_CYCLE
-                raise _cycle_error(dispatch, cycling, name, per_node[name], report, graph)
+                raise _cycle_error(dispatch, set(fired[-limits.max_rewrites_per_node:]), name, len(fired), report,
+                                   graph)
             for again in _neighbourhood(graph, name, result):
                 if again not in queued and (roots is None or graph[again].op in roots):
                     queued.add(again)

@@ -605,8 +605,7 @@ class Graph:
         gets the checks of the inputs named by position."""
         for name, keys in made.items():
             node = self._nodes[name]
-            _check_node(node, keys)
-            _check_required_attrs(node)
+            _check_node(node, keys, required=True)
             if node.inputs:
                 self._check_inputs(node, range(len(node.inputs)))
             for control in node.control_inputs:
@@ -614,7 +613,7 @@ class Graph:
                     raise GraphError(f"control input '^{control}' names a missing node", node=name)
         for name, positions in rerouted.items():
             node = self._nodes.get(name)  # a rerouted node may have gone since
-            if node is not None and name not in made:
+            if positions and node is not None and name not in made:
                 self._check_inputs(node, positions)
 
     def check_acyclic(self, names: Iterable[str]) -> None:
@@ -1082,9 +1081,10 @@ _NOT_OUTPUTS = frozenset({"Const", "NoOp", "Assert", "Placeholder", "Placeholder
 _KNOWN_DTYPES = frozenset(pb.DataType.values())
 
 
-def _check_node(node: Node, keys: Collection[str] | None = None) -> None:
+def _check_node(node: Node, keys: Collection[str] | None = None, required: bool = False) -> None:
     """A node's own checks: a name, an op, well-formed attrs, and what its op's definition asks
-    (of the attrs `keys` only, when given, and of its input count)."""
+    (of the attrs `keys` only, when given, and of its input count); with `required`, every attr
+    its op gives no default is set."""
     if not node.name:
         raise GraphError("a node has an empty name")
     if not node.op:
@@ -1096,15 +1096,10 @@ def _check_node(node: Node, keys: Collection[str] | None = None) -> None:
     for attr_name in attrs:
         _check_attr(node, attr_name, attrs[attr_name])
     op_def = op_registry.get_op(node.op)
-    if op_def is not None:
-        _check_against_op(node, op_def, attrs)
-
-
-def _check_required_attrs(node: Node) -> None:
-    op_def = op_registry.get_op(node.op)
     if op_def is None:
         return
-    missing = [name for name in _op_checks(op_def)[3] if node.attr_value(name) is None]
+    _check_against_op(node, op_def, attrs)
+    missing = [name for name in _op_checks(op_def)[3] if node.attr_value(name) is None] if required else ()
     if missing:
         raise GraphError(f"{node.op} needs attr{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(repr(m) for m in missing)}, which has no default", node=node.name)

@@ -141,7 +141,7 @@ class RewriteResult:
     removed: list[str] = field(default_factory=list)
     removed_ops: dict[str, str] = field(default_factory=dict)  # for the trace
     touched: set[str] = field(default_factory=set)  # nodes whose inputs changed, and their producers
-    # Existing nodes that read other tensors now, with the positions of the inputs that changed.
+    # Existing nodes that read other tensors now, with the positions to check: `_same_dtype`.
     changed: dict[str, set[int]] = field(default_factory=dict)
     # The attrs of each created node that its checks look at (None: all; see `_Planned.checked`).
     checked: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
@@ -162,7 +162,7 @@ class _Planned:
     source: Node | None = None  # the matched node this is a copy of
     proto: pb.NodeDef | None = None  # the attrs, encoded: the new node takes this NodeDef over
     # The attrs the checks look at: those computed here, when the others come from a node of the
-    # same op (they passed the checks there), none for a Const encoded here, None for all.
+    # same op (they passed the checks there), None for all; a Const encoded here is not checked.
     checked: tuple[str, ...] | None = None
 
 
@@ -219,7 +219,8 @@ def _replaces_with_itself(graph: Graph, planner: "_Planner", reroutes, heirs, re
 def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, reroutes, planner) -> None:
     """The loader's checks on the nodes the rewrite made or changed, and no new cycle."""
     try:
-        graph.check_nodes({name: result.checked[name] for name in result.created}, result.changed)
+        graph.check_nodes({name: result.checked[name] for name in result.created if name in result.checked},
+                          result.changed)
         if not _only_upstream(root, reroutes, planner):
             graph.check_acyclic(list(dict.fromkeys(result.created + sorted(result.changed))))
     except GraphError as error:
@@ -490,9 +491,9 @@ class _Planner:
         planned, port = source
         if planned.dtypes is None:
             op_def = op_registry.get_op(planned.op)
-            # A copy's type attrs are mostly the matched node's own, not in `attrs`.
-            attrs = planned.attrs if planned.source is None else \
-                {**{key: planned.source.get_attr(key) for key in planned.copied}, **planned.attrs}
+            # A copy's type attrs are mostly the matched node's own, not in `attrs`: read as asked.
+            attrs = planned.attrs if planned.source is None else lambda key: planned.attrs[key] \
+                if key in planned.attrs or key not in planned.copied else planned.source.get_attr(key)
             planned.dtypes = op_registry.output_dtypes(op_def, attrs) if op_def else None
         return planned.dtypes[port] if planned.dtypes and port < len(planned.dtypes) else None
 
@@ -558,26 +559,29 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         if planned.source is not None:
             graph.copy_attrs(node, planned.source, planned.copied)
         result.created.append(planned.name)
-        result.checked[planned.name] = planned.checked
+        if planned.source is not None or planned.checked != ():  # a Const encoded here is valid as made
+            result.checked[planned.name] = planned.checked
     rerouted_consumers: dict[str, set[str]] = {}
     created = set(result.created)
     in_place = _in_place_target(graph, reroutes, heirs, removals, created)
     if in_place is not None:
         # Its consumers are left as they are: the heir takes the target's place below.
+        heir = heirs[in_place].name
         for consumer in graph.consumers(in_place):
-            positions = {i for i, r in enumerate(consumer.inputs) if r.node == in_place}
-            if positions:
+            if any(r.node == in_place for r in consumer.inputs):
                 rerouted_consumers.setdefault(in_place, set()).add(consumer.name)
                 result.touched.add(consumer.name)
-                result.changed[consumer.name] = positions
+                result.changed[consumer.name] = {i for i, r in enumerate(consumer.inputs) if r.node == in_place
+                                                 and not _same_dtype(graph, r, TensorRef(heir, r.port))}
         reroutes = ()
     for old, new in reroutes:
         new_ref = _resolve(new)
         if new_ref == old:
             continue
+        same = _same_dtype(graph, old, new_ref)
         for consumer, positions in graph.reroute(old, new_ref, exclude=created).items():
             result.touched.add(consumer)
-            result.changed.setdefault(consumer, set()).update(positions)
+            result.changed.setdefault(consumer, set()).update(() if same else positions)
             rerouted_consumers.setdefault(old.node, set()).add(consumer)
     for name in removals:
         if graph.is_read(name):
@@ -597,7 +601,8 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         if final != in_place:  # in place, the heir has its name already
             graph.rename_node(temp, final)
         result.created[result.created.index(temp)] = final
-        result.checked[final] = result.checked.pop(temp)
+        if temp in result.checked:
+            result.checked[final] = result.checked.pop(temp)
     # Sweep what the rewrite left unused, walking up from the nodes it touched.
     seeds = [name for name in removals] + list(rerouted_consumers) + [
         v.node for v in planner.ctx.bindings.values() if isinstance(v, TensorRef)]
@@ -611,6 +616,13 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     result.removed_ops.update(removed)
     result.touched |= touched
     return result
+
+
+def _same_dtype(graph: Graph, old: TensorRef, new: TensorRef) -> bool:
+    """Whether a reader of `old` may read `new` unchecked: both have one known dtype (so `new`
+    exists), and the reader passed its checks reading `old` when the graph was loaded or built."""
+    dtype = graph.dtype_of(old)
+    return dtype is not None and dtype == graph.dtype_of(new)
 
 
 def _in_place_target(graph: Graph, reroutes, heirs, removals, created: set[str]) -> str | None:
