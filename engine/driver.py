@@ -16,7 +16,7 @@ from gtt_rules.errors import RewriteError
 
 from .graph import Graph
 from .pattern import MatchContext, MatchLimitError, match
-from .rewrite import RewriteResult, rewrite_or_none
+from .rewrite import RewriteResult, rewrite
 from .rule import Rule
 
 
@@ -162,13 +162,12 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
             if result is None:
                 continue
             if at_limit:  # one rewrite too many: it was undone, the graph holds exactly the limit
-                report.nodes_after = len(graph)
+                involved = set(report.fires) | {rule.name}
                 if limits.max_rewrites is not None:
-                    report.stop_reason = StopReason.REWRITE_LIMIT
-                    raise _limit_error(dispatch, set(report.fires) | {rule.name}, max_rewrites, report)
-                report.stop_reason = StopReason.NO_FIXED_POINT
-                raise _cycle_error(dispatch, set(report.fires) | {rule.name}, None, report.rewrites, report,
-                                   graph)
+                    raise _stopped(report, StopReason.REWRITE_LIMIT, graph, dispatch, involved, f"stopped at the "
+                                   f"rewrite limit of {max_rewrites:,} (max_rewrites) with rules still matching")
+                raise _stopped(report, StopReason.NO_FIXED_POINT, graph, dispatch, involved,
+                               f"the rules do not terminate ({report.rewrites} rewrites)")
             report.fires[rule.name] += 1
             rewrites += 1
             replaced = len(set(result.created).intersection(result.removed)) if result.created and result.removed else 0
@@ -186,9 +185,8 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
             fired = history[name]
             fired.append(rule.name)
             if len(fired) > limits.max_rewrites_per_node:
-                report.stop_reason = StopReason.NODE_CYCLE
-                raise _cycle_error(dispatch, set(fired[-limits.max_rewrites_per_node:]), name, len(fired), report,
-                                   graph)
+                raise _stopped(report, StopReason.NODE_CYCLE, graph, dispatch, set(fired[-limits.max_rewrites_per_node:]),
+                               f"the rules do not terminate (node '{name}' was rewritten {len(fired)} times)")
             for again in _neighbourhood(graph, name, result):
                 if again not in queued and (roots is None or graph[again].op in roots):
                     queued.add(again)
@@ -222,7 +220,7 @@ def _try(graph: Graph, rule: Rule, node, protected, undo: bool = False,
             if rule.guard is not None and not rule.guard(ctx):
                 continue
             try:
-                result = rewrite_or_none(graph, rule.name, rule.actions, ctx, node)
+                result = rewrite(graph, rule.name, rule.actions, ctx, node)
             except RewriteError as error:
                 error.message = f"{rule.location}: {error.message}" if rule.location else error.message
                 raise
@@ -248,23 +246,13 @@ def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> list[str]:
     return [n for n in dict.fromkeys(around) if n in graph]
 
 
-def _located(dispatch: _Dispatch, rules: set[str]) -> str:
-    """Each rule with the file and line it was written at, so that a loop can be found."""
+def _stopped(report: Report, reason: StopReason, graph: Graph, dispatch: _Dispatch, rules: set[str],
+             what: str) -> RewriteError:
+    """The error that ends a run at a limit, carrying the report; it names each rule involved with
+    the file and line it was written at, so that a loop can be found."""
+    report.stop_reason, report.nodes_after = reason, len(graph)
     located = {rule.name: rule.location for rule in dispatch.rules if rule.name in rules}
-    return ", ".join(f"{name} ({located[name]})" if located.get(name) else name for name in sorted(rules))
-
-
-def _cycle_error(dispatch: _Dispatch, rules: set[str], node: str | None, count: int, report: Report,
-                 graph: Graph) -> RewriteError:
-    report.nodes_after = len(graph)
-    where = f"node '{node}' was rewritten {count} times" if node else f"{count} rewrites"
-    error = RewriteError(f"the rules do not terminate ({where}); rules involved: {_located(dispatch, rules)}")
-    error.report = report
-    return error
-
-
-def _limit_error(dispatch: _Dispatch, rules: set[str], limit: int, report: Report) -> RewriteError:
-    error = RewriteError(f"stopped at the rewrite limit of {limit:,} (max_rewrites) with rules still "
-                         f"matching; rules involved: {_located(dispatch, rules)}")
+    names = ", ".join(f"{name} ({located[name]})" if located.get(name) else name for name in sorted(rules))
+    error = RewriteError(f"{what}; rules involved: {names}")
     error.report = report
     return error

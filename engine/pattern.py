@@ -221,14 +221,10 @@ def _deferred_checks(pattern: Pattern, bindings: dict, graph: Graph, ctx: MatchC
 def _attr_expectations(node_pattern: NodePattern, node: Node, ctx: MatchContext) -> Iterator[Any]:
     for attr in node_pattern.attrs:
         if attr.expected is not None:
-            yield _values_equal(_attr_value(node, attr.key), attr.expected(ctx))
+            yield _values_equal(node.get_attr(attr.key, _NO_ATTR), attr.expected(ctx))
 
 
 _NO_ATTR = object()
-
-
-def _attr_value(node: Node, key: str) -> Any:
-    return node.get_attr(key, _NO_ATTR)
 
 
 def _values_equal(a: Any, b: Any) -> bool:
@@ -254,7 +250,7 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
         bindings = {**bindings, _INNER: (node.name, not node_pattern.shared, bindings.get(_INNER))}
     for attr in node_pattern.attrs:
         if attr.var is not None:
-            value = _attr_value(node, attr.key)
+            value = node.get_attr(attr.key, _NO_ATTR)
             if value is _NO_ATTR:
                 return
             if attr.var in bindings:
@@ -262,7 +258,8 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
                     return
             else:
                 bindings = {**bindings, attr.var: value}
-        elif attr.expected is not None and attr.key not in node.proto.attr and _attr_value(node, attr.key) is _NO_ATTR:
+        elif attr.expected is not None and node.attr_value(attr.key) is None \
+                and node.get_attr(attr.key, _NO_ATTR) is _NO_ATTR:  # unset, and no default
             return
     if node_pattern.inputs is None:
         yield bindings

@@ -168,7 +168,8 @@ class _Planned:
 
 def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: MatchContext,
             root: Node) -> RewriteResult | None:
-    """Apply `actions` under the bindings in `ctx`; None if they would change nothing."""
+    """Apply `actions` under the bindings in `ctx`; None if they would change nothing (the graph
+    is then left as it was)."""
     try:
         planner = _Planner(graph, rule_name, ctx, root)
         reroutes, heirs, removals = planner.plan(actions)
@@ -178,13 +179,16 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
         raise RewriteError(f"rule '{rule_name}' failed at node '{root.name}' while computing its "
                            f"replacement: {type(error).__name__}: {error}") from error
     if _replaces_with_itself(graph, planner, reroutes, heirs, removals):
-        raise _NoChange()
-    with graph.transaction():
-        result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected)
-        _drop_unread(graph, result, ctx.protected)
-        if not (result.created or result.removed or result.touched):
-            raise _NoChange()
-        _check(graph, result, rule_name, root, reroutes, planner)
+        return None
+    try:
+        with graph.transaction():
+            result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected)
+            _drop_unread(graph, result, ctx.protected)
+            if not (result.created or result.removed or result.touched):
+                raise _NoChange()  # undoes what the rewrite did
+            _check(graph, result, rule_name, root, reroutes, planner)
+    except _NoChange:
+        return None
     return result
 
 
@@ -192,7 +196,7 @@ def _drop_unread(graph: Graph, result: RewriteResult, protected) -> None:
     """Remove the new nodes nothing reads: what a reroute of consumers that are gone (a port
     rerouted before) built. A rewrite that only builds such nodes changes nothing."""
     for name in reversed(list(result.created)):
-        if name not in protected and not graph.consumers(name):
+        if name not in protected and not graph.consumer_names(name):
             graph.remove_node(name)
             result.created.remove(name)
 
@@ -256,14 +260,6 @@ def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
 
 class _NoChange(Exception):
     pass
-
-
-def rewrite_or_none(graph: Graph, rule_name: str, actions, ctx: MatchContext, root: Node) -> RewriteResult | None:
-    """Like `rewrite`, but a rewrite that changes nothing returns None (and leaves no trace)."""
-    try:
-        return rewrite(graph, rule_name, actions, ctx, root)
-    except _NoChange:
-        return None
 
 
 class _Env:
