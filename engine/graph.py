@@ -11,7 +11,6 @@ the type attrs a new node's inputs imply (`implied_attrs`).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import warnings
@@ -732,22 +731,9 @@ class Graph:
 
     # ---- editing ----
 
-    @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self) -> "_Transaction":
         """Group edits: if the block raises, every edit made in it is undone."""
-        if self._journal is not None:
-            yield
-            return
-        self._journal, self._left = [], {}
-        try:
-            yield
-        except BaseException:
-            journal, self._journal = self._journal, None
-            for undo in reversed(journal):
-                undo()
-            self._restore_order()
-            raise
-        self._journal = None
+        return _Transaction(self)
 
     def _restore_order(self) -> None:
         """After an undo: the nodes that left and came back go back to their file positions."""
@@ -1048,6 +1034,32 @@ class Graph:
                 self._consumers[name].discard(node.name)
 
 
+class _Transaction:
+    """`Graph.transaction`: a class, not a generator, as every rewrite opens one. An inner
+    transaction is part of the outer one."""
+
+    __slots__ = ("graph", "outer")
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+
+    def __enter__(self) -> None:
+        graph = self.graph
+        self.outer = graph._journal is not None
+        if not self.outer:
+            graph._journal, graph._left = [], {}
+
+    def __exit__(self, kind, error, traceback) -> None:
+        graph = self.graph
+        if self.outer:
+            return
+        journal, graph._journal = graph._journal, None
+        if kind is not None:
+            for undo in reversed(journal):
+                undo()
+            graph._restore_order()
+
+
 def const_node_def(array: np.ndarray, dtype: int | None = None) -> pb.NodeDef:
     """A Const's NodeDef, without a name, holding `array` as `dtype` (default: the array's own),
     encoded straight into the node's attr: a new weight's bytes are not copied again."""
@@ -1143,6 +1155,7 @@ _ATTR_FIELDS = {"string": "s", "int": "i", "float": "f", "bool": "b", "type": "t
                 "shape": "shape", "tensor": "tensor", "func": "func"}
 _OP_CHECKS: dict[str, tuple] = {}
 _SIGNATURES: dict[tuple, tuple] = {}  # (op, dtype attrs as bytes) -> (input dtypes, output dtypes)
+_DTYPE_ATTRS: dict[str, tuple] = {}  # op -> (its definition, the attrs that set its dtypes); () if unknown
 
 
 def _signature(node: Node) -> tuple:
@@ -1152,23 +1165,27 @@ def _signature(node: Node) -> tuple:
     found = node._signature
     if found is not None:
         return found
-    op = node.op
+    op = node._op
     dtype = node.attr_value("dtype") if op == "Const" else None
+    names = _DTYPE_ATTRS.get(op)
+    if names is None:
+        op_def = op_registry.get_op(op)
+        names = _DTYPE_ATTRS[op] = () if op_def is None else (op_def, *_op_checks(op_def)[2])
     if dtype is not None and dtype.WhichOneof("value") == "type":  # the commonest node, the fastest
         found = ((), (dtype.type,))
-    elif (op_def := op_registry.get_op(op)) is None:
+    elif not names:
         found = (None, None)
     else:
         # A type attr (the commonest) keys by its dtype number, any other by its bytes: an int
         # and bytes never compare equal, and serializing costs several times the read.
         key = (op, *[None if (value := node.attr_value(a)) is None else value.type or value.SerializeToString()
-                     for a in _op_checks(op_def)[2]])
+                     for a in names[1:]])
         found = _SIGNATURES.get(key)
         if found is None:
             if len(_SIGNATURES) > 100_000:
                 _SIGNATURES.clear()
-            found = _SIGNATURES[key] = (_dtypes(op_registry.input_dtypes, op_def, node),
-                                        _dtypes(op_registry.output_dtypes, op_def, node))
+            found = _SIGNATURES[key] = (_dtypes(op_registry.input_dtypes, names[0], node),
+                                        _dtypes(op_registry.output_dtypes, names[0], node))
     node._signature = found
     return found
 

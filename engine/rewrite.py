@@ -471,9 +471,10 @@ class _Planner:
         if op_def is None:
             return
         # The values of the attrs that size list arguments; for the rest, only whether they are set.
-        given = {key: planned.attrs[key] if key in planned.attrs else planned.source.get_attr(key)
-                 for key in _count_attrs(op_def) if key in planned.attrs or key in planned.copied}
-        given.update(dict.fromkeys(k for k in (*planned.attrs, *planned.copied) if k not in given))
+        given = dict.fromkeys((*planned.attrs, *planned.copied))
+        for key in _count_attrs(op_def):
+            if key in given:
+                given[key] = planned.attrs[key] if key in planned.attrs else planned.source.get_attr(key)
         dtypes = [self._dtype_of(source) for source in planned.inputs]
         try:
             planned.attrs.update(self.graph.implied_attrs(planned.op, dtypes, given))
