@@ -182,13 +182,14 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
                 report.applications.append(application)
             if on_apply is not None:
                 on_apply(application)
-            fired = history[name]
+            fired, most = history[name], limits.max_rewrites_per_node
             fired.append(rule.name)
-            if len(fired) > limits.max_rewrites_per_node:
-                raise _stopped(report, StopReason.NODE_CYCLE, graph, dispatch, set(fired[-limits.max_rewrites_per_node:]),
+            if len(fired) > most:
+                raise _stopped(report, StopReason.NODE_CYCLE, graph, dispatch, set(fired[-most:]),
                                f"the rules do not terminate (node '{name}' was rewritten {len(fired)} times)")
             for again in _neighbourhood(graph, name, result):
-                if again not in queued and (roots is None or graph[again].op in roots):
+                near = None if again in queued else graph.get(again)
+                if near is not None and (roots is None or near.op in roots):
                     queued.add(again)
                     worklist.append(again)
             break
@@ -233,17 +234,17 @@ def _try(graph: Graph, rule: Rule, node, protected, undo: bool = False,
     return None
 
 
-def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> list[str]:
-    names = list(result.created) + sorted(result.touched) + [root]
+def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> dict[str, None]:
+    """What the rewrite made or rewired, and the root, with their consumers and producers, in that
+    order (producers may name missing nodes in a graph loaded without validation)."""
     around = []
-    for name in names:
+    for name in [*result.created, *sorted(result.touched), root]:
         node = graph.get(name)
-        if node is None:
-            continue
-        around.append(name)
-        around.extend(c.name for c in graph.consumers(name))
-        around.extend(ref.node for ref in node.inputs)
-    return [n for n in dict.fromkeys(around) if n in graph]
+        if node is not None:
+            around.append(name)
+            around += [c.name for c in graph.consumers(name)]
+            around += [ref.node for ref in node.inputs]
+    return dict.fromkeys(around)
 
 
 def _stopped(report: Report, reason: StopReason, graph: Graph, dispatch: _Dispatch, rules: set[str],

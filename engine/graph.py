@@ -1167,25 +1167,26 @@ def _signature(node: Node) -> tuple:
         return found
     op = node._op
     dtype = node.attr_value("dtype") if op == "Const" else None
-    names = _DTYPE_ATTRS.get(op)
-    if names is None:
+    entry = _DTYPE_ATTRS.get(op)
+    if entry is None:
         op_def = op_registry.get_op(op)
-        names = _DTYPE_ATTRS[op] = () if op_def is None else (op_def, *_op_checks(op_def)[2])
+        entry = _DTYPE_ATTRS[op] = (op_def, () if op_def is None else _op_checks(op_def)[2])
+    op_def, names = entry
     if dtype is not None and dtype.WhichOneof("value") == "type":  # the commonest node, the fastest
         found = ((), (dtype.type,))
-    elif not names:
+    elif op_def is None:
         found = (None, None)
     else:
         # A type attr (the commonest) keys by its dtype number, any other by its bytes: an int
         # and bytes never compare equal, and serializing costs several times the read.
         key = (op, *[None if (value := node.attr_value(a)) is None else value.type or value.SerializeToString()
-                     for a in names[1:]])
+                     for a in names])
         found = _SIGNATURES.get(key)
         if found is None:
             if len(_SIGNATURES) > 100_000:
                 _SIGNATURES.clear()
-            found = _SIGNATURES[key] = (_dtypes(op_registry.input_dtypes, names[0], node),
-                                        _dtypes(op_registry.output_dtypes, names[0], node))
+            found = _SIGNATURES[key] = (_dtypes(op_registry.input_dtypes, op_def, node),
+                                        _dtypes(op_registry.output_dtypes, op_def, node))
     node._signature = found
     return found
 

@@ -575,8 +575,9 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         new_ref = _resolve(new)
         if new_ref == old:
             continue
-        same = _same_dtype(graph, old, new_ref)
-        for consumer, positions in graph.reroute(old, new_ref, exclude=created).items():
+        rerouted = graph.reroute(old, new_ref, exclude=created)
+        same = rerouted and _same_dtype(graph, old, new_ref)
+        for consumer, positions in rerouted.items():
             result.touched.add(consumer)
             result.changed.setdefault(consumer, set()).update(() if same else positions)
             rerouted_consumers.setdefault(old.node, set()).add(consumer)
