@@ -104,18 +104,17 @@ class Pattern:
     checks_privacy: bool = field(init=False)  # some node is matched through its inputs (inner)
 
     def __post_init__(self):
-        object.__setattr__(self, "root_ops", _ops(self.statements[self.root_var]))
-        object.__setattr__(self, "checks_attrs", any(_checks_attrs(s) for s in self.statements.values()))
+        root = self.statements[self.root_var]
+        walked = [(var, n) for var, s in self.statements.items() for n in _walk(s)]
+        object.__setattr__(self, "root_ops", _ops(root))
+        object.__setattr__(self, "checks_attrs", any(a.expected is not None for _, n in walked for a in n.attrs))
         # One commutative node, and no alternative or variadic run before it to try it again, is
         # tried once per root: the memo would only cost.
-        nodes = [n for s in self.statements.values() for n in _walk(s)]
-        commutative = sum(1 for n in nodes if n.commutative)
+        commutative = sum(1 for _, n in walked if n.commutative)
         object.__setattr__(self, "searches", commutative > 1 or commutative == 1 and any(
-            n.alternatives or n.variadic is not None for n in nodes))
-        root = self.statements[self.root_var]
-        object.__setattr__(self, "checks_privacy", self.private and (
-            any(_has_inner(s) for var, s in self.statements.items() if var != self.root_var)
-            or any(_has_inner(n) for n in _nested(root))))
+            n.alternatives or n.variadic is not None for _, n in walked))
+        object.__setattr__(self, "checks_privacy", self.private and any(
+            n.inputs is not None and (var != self.root_var or n is not root) for var, n in walked))
 
 
 def _ops(node: NodePattern) -> frozenset[str] | None:
@@ -132,19 +131,11 @@ def _nested(node: NodePattern):
     yield from (i.node for i in node.inputs or () if i.node is not None)
 
 
-def _has_inner(node: NodePattern) -> bool:
-    return node.inputs is not None or any(_has_inner(n) for n in _nested(node))
-
-
 def _walk(node: NodePattern):
     """`node` and every node pattern inside it."""
     yield node
     for nested in _nested(node):
         yield from _walk(nested)
-
-
-def _checks_attrs(node: NodePattern) -> bool:
-    return any(a.expected is not None for a in node.attrs) or any(_checks_attrs(n) for n in _nested(node))
 
 
 class MatchContext:
@@ -328,17 +319,8 @@ def _names(node_pattern: NodePattern) -> tuple[str, ...] | None:
     cached = _NAMES.get(id(node_pattern))
     if cached is not None and cached[0] is node_pattern:
         return cached[1]
-    names: list[str] | None = [attr.var for attr in node_pattern.attrs if attr.var]
-    names += [want.var for want in node_pattern.inputs or () if want.var]
-    for nested in _nested(node_pattern):
-        more = _names(nested)
-        if more is None:
-            names = None
-            break
-        names += more
-    if any(want.node_var is not None for want in node_pattern.inputs or ()):
-        names = None
-    names = None if names is None else tuple(dict.fromkeys(names))
+    shared = any(want.node_var is not None for n in _walk(node_pattern) for want in n.inputs or ())
+    names = None if shared else tuple(sorted(_bound_names(node_pattern)))
     _NAMES[id(node_pattern)] = (node_pattern, names)
     return names
 
@@ -386,12 +368,8 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
 def _bound_names(node_pattern: NodePattern) -> set[str]:
     """Every name a node pattern binds (tensors, lists, attrs, shared statements). (Not `_names`,
     whose None keeps a pattern that reads a shared statement out of the commutative memo.)"""
-    names = {a.var for a in node_pattern.attrs if a.var}
-    for want in node_pattern.inputs or ():
-        names |= {n for n in (want.var, want.node_var) if n}
-    for nested in _nested(node_pattern):
-        names |= _bound_names(nested)
-    return names
+    return {name for n in _walk(node_pattern) for name in
+            [a.var for a in n.attrs] + [v for want in n.inputs or () for v in (want.var, want.node_var)] if name}
 
 
 def _same_bindings(a: dict, b: dict) -> bool:

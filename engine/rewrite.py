@@ -593,7 +593,15 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         for waiting in graph.hand_over(target, planned.name, waiting=target != in_place, memo=planner.pure):
             result.touched.add(waiting)
             result.changed.setdefault(waiting, set())
-        _remove(graph, target, result, heir=planned.name if target == in_place else None)
+        replaced = graph[target]
+        producers = {r.node for r in replaced.inputs} | set(replaced.control_inputs)
+        result.removed_ops[target] = replaced.op
+        if target == in_place:
+            graph.replace_node(target, planned.name)  # the heir takes its place and its name
+        else:
+            graph.remove_node(target)
+        result.removed.append(target)
+        result.touched.update(p for p in producers if p in graph)
         renames.append((planned.name, target))
     for temp, final in renames:
         if final != in_place:  # in place, the heir has its name already
@@ -641,15 +649,3 @@ def _in_place_target(graph: Graph, reroutes, heirs, removals, created: set[str])
         if consumer.name in created or any(r.node == target and r.port not in ports for r in consumer.inputs):
             return None
     return target
-
-
-def _remove(graph: Graph, name: str, result: RewriteResult, heir: str | None = None) -> None:
-    """Remove node `name`; or, with `heir`, put that node in its place (`Graph.replace_node`)."""
-    producers = {r.node for r in graph[name].inputs} | set(graph[name].control_inputs)
-    result.removed_ops[name] = graph[name].op
-    if heir is None:
-        graph.remove_node(name)
-    else:
-        graph.replace_node(name, heir)
-    result.removed.append(name)
-    result.touched.update(p for p in producers if p in graph)
