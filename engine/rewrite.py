@@ -399,7 +399,7 @@ class _Planner:
             dtype = producer.dtype(self.ctx) if producer.dtype is not None else None
             return self._const(self._value(producer), dtype)
         source = self.graph[self._bound_node(producer.copy_of)] if producer.copy_of else None
-        fields = {key: expression(self.ctx) for key, expression in producer.fields}
+        fields = {key: expression(self.ctx) for key, expression in producer.fields} if producer.fields else {}
         op = fields.get("op") or producer.op or source.op
         if not isinstance(op, str) or not op:
             raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {op!r} is not an op name")
@@ -468,8 +468,9 @@ class _Planner:
     def _infer_type_attrs(self, planned: _Planned) -> None:
         """Fill the attrs the rule left out that the inputs imply (`T`, `N`, ...)."""
         op_def = op_registry.get_op(planned.op)
-        if op_def is None:
-            return
+        if op_def is None or all(key in planned.attrs or key in planned.copied for arg in op_def.inputs
+                                 for key in (arg.type_attr, arg.number_attr, arg.type_list_attr) if key):
+            return  # nothing left for the inputs to imply
         # The values of the attrs that size list arguments; for the rest, only whether they are set.
         given = dict.fromkeys((*planned.attrs, *planned.copied))
         for key in _count_attrs(op_def):
@@ -503,7 +504,7 @@ def _node_def(planned: _Planned) -> pb.NodeDef:
     """A NodeDef holding a planned node's computed attrs (a copy shares the matched node's
     others: `Graph.copy_attrs`)."""
     proto = pb.NodeDef(op=planned.op)
-    node = Node(proto)
+    node = Node(proto) if planned.attrs else None
     for key, value in planned.attrs.items():
         node.set_attr(key, value)
     return proto
