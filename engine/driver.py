@@ -96,26 +96,16 @@ class _Dispatch:
     """Rules by root op, highest priority first, then in the order they were written."""
 
     def __init__(self, rules: Iterable[Rule]):
-        ordered = sorted(enumerate(rules), key=lambda item: (-item[1].priority, item[0]))
-        self.by_op: dict[str, list[Rule]] = collections.defaultdict(list)
-        self.any_op: list[Rule] = []
-        for _, rule in ordered:
-            if rule.root_ops is None:
-                self.any_op.append(rule)
-            else:
-                for op in rule.root_ops:
-                    self.by_op[op].append(rule)
+        self.rules = [rule for _, rule in sorted(enumerate(rules), key=lambda item: (-item[1].priority, item[0]))]
         # The ops some rule can root at (None: any op): a set lookup per node, not a call.
-        self.root_ops: frozenset[str] | None = None if self.any_op else frozenset(self.by_op)
-        self.order = {id(rule): i for i, (_, rule) in enumerate(ordered)}
-        self.rules = [rule for _, rule in ordered]
+        self.root_ops: frozenset[str] | None = None if any(r.root_ops is None for r in self.rules) \
+            else frozenset().union(*(r.root_ops for r in self.rules))
         self._cache: dict[str, list[Rule]] = {}
 
     def rules_for(self, op: str) -> list[Rule]:
         rules = self._cache.get(op)
         if rules is None:
-            rules = sorted(self.by_op.get(op, []) + self.any_op, key=lambda r: self.order[id(r)])
-            self._cache[op] = rules
+            rules = self._cache[op] = [r for r in self.rules if r.root_ops is None or op in r.root_ops]
         return rules
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from gtt_rules.errors import GraphError, GttRulesError, RewriteError
 
 from . import op_registry
+from .dtypes import numpy_dtype
 from .graph import Graph, Node, TensorRef, const_node_def
 from .pattern import Expression, MatchContext
 from .proto import graph_def_pb2 as pb
@@ -295,25 +296,20 @@ class _Planner:
                 continue
             target = self._bound_node(action.var)
             node = self.graph[target]
-            if action.all_ports or action.port is None:
-                sources = self._sources(action.source, all_ports=action.all_ports, target=node)
-                if isinstance(sources, _Planned):
-                    # An op the registry does not know has as many outputs as its readers read.
-                    count = self.graph.num_outputs(node) or 1 + max(
-                        (r.port for c in self.graph.consumers(target) for r in c.inputs if r.node == target), default=0)
-                    reroutes += [(TensorRef(target, i), (sources, i)) for i in range(count)]
-                    heirs.setdefault(target, sources)
-                elif isinstance(sources, list):  # one Const per output
-                    reroutes += [(TensorRef(target, i), (s, 0)) for i, s in enumerate(sources)]
-                    heirs.setdefault(target, sources[0])
-                else:
-                    reroutes.append((TensorRef(target, 0), _output(sources)))
-                    if not isinstance(sources, TensorRef) and _output(sources)[1] == 0:
-                        heirs.setdefault(target, _output(sources)[0])
-            else:
-                source = _output(self._sources(action.source, all_ports=False))
-                reroutes.append((TensorRef(target, action.port), source))
-                if not isinstance(source, TensorRef) and action.port == 0 and source[1] == 0:
+            sources = self._sources(action.source, all_ports=action.all_ports, target=node)
+            if isinstance(sources, _Planned) and action.port is None:  # `n -> Op(...)`, `n:* -> Op(...)`
+                # An op the registry does not know has as many outputs as its readers read.
+                count = self.graph.num_outputs(node) or 1 + max(
+                    (r.port for c in self.graph.consumers(target) for r in c.inputs if r.node == target), default=0)
+                reroutes += [(TensorRef(target, i), (sources, i)) for i in range(count)]
+                heirs.setdefault(target, sources)
+            elif isinstance(sources, list):  # one Const per output
+                reroutes += [(TensorRef(target, i), (s, 0)) for i, s in enumerate(sources)]
+                heirs.setdefault(target, sources[0])
+            else:  # one output (`n:1 -> ...`), or a node's output 0
+                source = _output(sources)
+                reroutes.append((TensorRef(target, action.port or 0), source))
+                if not isinstance(source, TensorRef) and not action.port and source[1] == 0:
                     heirs.setdefault(target, source[0])
         # A protected node's name goes to the node that computes what it computed: the
         # replacement's root. Only a graph input (what is fed: a placeholder, or a node without
@@ -511,8 +507,6 @@ def _node_def(planned: _Planned) -> pb.NodeDef:
 
 
 def _const_array(value: Any, dtype: int | None) -> np.ndarray:
-    from .dtypes import numpy_dtype
-
     array = np.asarray(value)
     if array.dtype.kind in "USO" and dtype is None:
         raise TypeError(f"a computed constant must be numbers, not {value!r}")
