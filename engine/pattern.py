@@ -263,8 +263,12 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
     if len(inputs) != len(wanted):
         return
     if node.op in node_pattern.commutative and len(inputs) == 2 and inputs[0] != inputs[1]:
-        yield from _match_commutative(pattern, node_pattern, node, bindings, graph)
-        return
+        if _SEARCH in bindings:
+            yield from _match_commutative(pattern, node_pattern, node, bindings, graph)
+            return
+        # Tried once per root, or matched apart from one (a variadic run's): no memo.
+        yield from _match_inputs(pattern, wanted, inputs, 0, bindings, graph)
+        inputs = [inputs[1], inputs[0]]
     yield from _match_inputs(pattern, wanted, inputs, 0, bindings, graph)
 
 
@@ -284,11 +288,7 @@ class _Search:
 def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
     inputs = node.inputs
     orders = (inputs, [inputs[1], inputs[0]])
-    search = bindings.get(_SEARCH)
-    if search is None:  # tried once per root, or matched apart from one (a variadic run's): no memo
-        for ordered in orders:
-            yield from _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph)
-        return
+    search = bindings[_SEARCH]
     search.tries += 1
     if search.tries > MAX_COMMUTATIVE_TRIES:
         raise MatchLimitError(f"matching at node '{search.root}' took more than "
