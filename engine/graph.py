@@ -198,7 +198,8 @@ class Node:
             return value
         if self._mapped is not None and name in self._mapped:
             return self._mapped[name][0]
-        encoded = self.attr_value(name)
+        attrs = self._proto.attr  # `attr_value`, inline: every guard and kernel reads attrs here
+        encoded = attrs[name] if name in attrs else None if self._borrowed is None else self._borrowed.get(name)
         if encoded is not None:
             value = decode_attr(encoded)
             if not isinstance(value, list):
@@ -817,7 +818,8 @@ class Graph:
         if self._consumers[name]:
             raise GraphError(f"cannot remove '{name}': still used by "
                              f"{', '.join(sorted(self._consumers[name]))}", node=name)
-        self._note_leaving(name)
+        if self._journal is not None:  # `_note_leaving`, inline: sweeps remove nodes by the thousand
+            self._left.setdefault(name, self._sequence[name])
         node = self._nodes.pop(name)
         self._unlink(node)
         del self._consumers[name]
