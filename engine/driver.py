@@ -16,7 +16,7 @@ from gtt_rules.errors import RewriteError
 
 from .graph import Graph
 from .pattern import MatchContext, MatchLimitError, match
-from .rewrite import RewriteResult, rewrite_or_none
+from .rewrite import RewriteResult, rewrite
 from .rule import Rule
 
 
@@ -96,26 +96,16 @@ class _Dispatch:
     """Rules by root op, highest priority first, then in the order they were written."""
 
     def __init__(self, rules: Iterable[Rule]):
-        ordered = sorted(enumerate(rules), key=lambda item: (-item[1].priority, item[0]))
-        self.by_op: dict[str, list[Rule]] = collections.defaultdict(list)
-        self.any_op: list[Rule] = []
-        for _, rule in ordered:
-            if rule.root_ops is None:
-                self.any_op.append(rule)
-            else:
-                for op in rule.root_ops:
-                    self.by_op[op].append(rule)
+        self.rules = [rule for _, rule in sorted(enumerate(rules), key=lambda item: (-item[1].priority, item[0]))]
         # The ops some rule can root at (None: any op): a set lookup per node, not a call.
-        self.root_ops: frozenset[str] | None = None if self.any_op else frozenset(self.by_op)
-        self.order = {id(rule): i for i, (_, rule) in enumerate(ordered)}
-        self.rules = [rule for _, rule in ordered]
+        self.root_ops: frozenset[str] | None = None if any(r.root_ops is None for r in self.rules) \
+            else frozenset().union(*(r.root_ops for r in self.rules))
         self._cache: dict[str, list[Rule]] = {}
 
     def rules_for(self, op: str) -> list[Rule]:
         rules = self._cache.get(op)
         if rules is None:
-            rules = sorted(self.by_op.get(op, []) + self.any_op, key=lambda r: self.order[id(r)])
-            self._cache[op] = rules
+            rules = self._cache[op] = [r for r in self.rules if r.root_ops is None or op in r.root_ops]
         return rules
 
 
@@ -134,8 +124,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
     dispatch = _Dispatch(rules)
     report = Report(nodes_before=len(graph))
     max_rewrites = limits.max_rewrites if limits.max_rewrites is not None else 10 * len(graph) + 10_000
-    per_node: collections.Counter = collections.Counter()
-    history: dict[str, list[str]] = collections.defaultdict(list)
+    history: dict[str, list[str]] = collections.defaultdict(list)  # the rules fired at each node
     notes: dict[str, str] = {}
 
     # Only nodes some rule could root at are visited: the rest cost nothing per rule set. File
@@ -163,36 +152,34 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
             if result is None:
                 continue
             if at_limit:  # one rewrite too many: it was undone, the graph holds exactly the limit
-                report.nodes_after = len(graph)
+                involved = set(report.fires) | {rule.name}
                 if limits.max_rewrites is not None:
-                    report.stop_reason = StopReason.REWRITE_LIMIT
-                    raise _limit_error(dispatch, set(report.fires) | {rule.name}, max_rewrites, report)
-                report.stop_reason = StopReason.NO_FIXED_POINT
-                raise _cycle_error(dispatch, set(report.fires) | {rule.name}, None, report.rewrites, report,
-                                   graph)
+                    raise _stopped(report, StopReason.REWRITE_LIMIT, graph, dispatch, involved, f"stopped at the "
+                                   f"rewrite limit of {max_rewrites:,} (max_rewrites) with rules still matching")
+                raise _stopped(report, StopReason.NO_FIXED_POINT, graph, dispatch, involved,
+                               f"the rules do not terminate ({report.rewrites} rewrites)")
             report.fires[rule.name] += 1
             rewrites += 1
             replaced = len(set(result.created).intersection(result.removed)) if result.created and result.removed else 0
             report.added += len(result.created) - replaced
             report.removed += len(result.removed) - replaced
             report.replaced += replaced
-            application = Application(rule.name, rule.location, name, result.created, result.removed)
             if trace or on_apply is not None:
-                application.rewired = sorted(n for n in result.changed if n in graph and n not in result.created)
-                application.created_ops = {n: graph[n].op for n in result.created}
-                application.removed_ops = result.removed_ops
+                application = Application(rule.name, rule.location, name, result.created, result.removed, sorted(
+                    n for n in result.changed if n in graph and n not in result.created),
+                    {n: graph[n].op for n in result.created}, result.removed_ops)
             if trace:
                 report.applications.append(application)
             if on_apply is not None:
                 on_apply(application)
-            per_node[name] += 1
-            history[name].append(rule.name)
-            if per_node[name] > limits.max_rewrites_per_node:
-                cycling = set(history[name][-limits.max_rewrites_per_node:])
-                report.stop_reason = StopReason.NODE_CYCLE
-                raise _cycle_error(dispatch, cycling, name, per_node[name], report, graph)
+            fired, most = history[name], limits.max_rewrites_per_node
+            fired.append(rule.name)
+            if len(fired) > most:
+                raise _stopped(report, StopReason.NODE_CYCLE, graph, dispatch, set(fired[-most:]),
+                               f"the rules do not terminate (node '{name}' was rewritten {len(fired)} times)")
             for again in _neighbourhood(graph, name, result):
-                if again not in queued and (roots is None or graph[again].op in roots):
+                near = None if again in queued else graph.get(again)
+                if near is not None and (roots is None or near.op in roots):
                     queued.add(again)
                     worklist.append(again)
             break
@@ -224,7 +211,7 @@ def _try(graph: Graph, rule: Rule, node, protected, undo: bool = False,
             if rule.guard is not None and not rule.guard(ctx):
                 continue
             try:
-                result = rewrite_or_none(graph, rule.name, rule.actions, ctx, node)
+                result = rewrite(graph, rule.name, rule.actions, ctx, node)
             except RewriteError as error:
                 error.message = f"{rule.location}: {error.message}" if rule.location else error.message
                 raise
@@ -237,36 +224,26 @@ def _try(graph: Graph, rule: Rule, node, protected, undo: bool = False,
     return None
 
 
-def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> list[str]:
-    names = list(result.created) + sorted(result.touched) + [root]
+def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> dict[str, None]:
+    """What the rewrite made or rewired, and the root, with their consumers and producers, in that
+    order (producers may name missing nodes in a graph loaded without validation)."""
     around = []
-    for name in names:
+    for name in [*result.created, *sorted(result.touched), root]:
         node = graph.get(name)
-        if node is None:
-            continue
-        around.append(name)
-        around.extend(c.name for c in graph.consumers(name))
-        around.extend(ref.node for ref in node.inputs)
-    return [n for n in dict.fromkeys(around) if n in graph]
+        if node is not None:
+            around.append(name)
+            around += [c.name for c in graph.consumers(name)]
+            around += [ref.node for ref in node.inputs]
+    return dict.fromkeys(around)
 
 
-def _located(dispatch: _Dispatch, rules: set[str]) -> str:
-    """Each rule with the file and line it was written at, so that a loop can be found."""
+def _stopped(report: Report, reason: StopReason, graph: Graph, dispatch: _Dispatch, rules: set[str],
+             what: str) -> RewriteError:
+    """The error that ends a run at a limit, carrying the report; it names each rule involved with
+    the file and line it was written at, so that a loop can be found."""
+    report.stop_reason, report.nodes_after = reason, len(graph)
     located = {rule.name: rule.location for rule in dispatch.rules if rule.name in rules}
-    return ", ".join(f"{name} ({located[name]})" if located.get(name) else name for name in sorted(rules))
-
-
-def _cycle_error(dispatch: _Dispatch, rules: set[str], node: str | None, count: int, report: Report,
-                 graph: Graph) -> RewriteError:
-    report.nodes_after = len(graph)
-    where = f"node '{node}' was rewritten {count} times" if node else f"{count} rewrites"
-    error = RewriteError(f"the rules do not terminate ({where}); rules involved: {_located(dispatch, rules)}")
-    error.report = report
-    return error
-
-
-def _limit_error(dispatch: _Dispatch, rules: set[str], limit: int, report: Report) -> RewriteError:
-    error = RewriteError(f"stopped at the rewrite limit of {limit:,} (max_rewrites) with rules still "
-                         f"matching; rules involved: {_located(dispatch, rules)}")
+    names = ", ".join(f"{name} ({located[name]})" if located.get(name) else name for name in sorted(rules))
+    error = RewriteError(f"{what}; rules involved: {names}")
     error.report = report
     return error

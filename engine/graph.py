@@ -11,7 +11,6 @@ the type attrs a new node's inputs imply (`implied_attrs`).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import warnings
@@ -199,7 +198,8 @@ class Node:
             return value
         if self._mapped is not None and name in self._mapped:
             return self._mapped[name][0]
-        encoded = self.attr_value(name)
+        attrs = self._proto.attr  # `attr_value`, inline: every guard and kernel reads attrs here
+        encoded = attrs[name] if name in attrs else None if self._borrowed is None else self._borrowed.get(name)
         if encoded is not None:
             value = decode_attr(encoded)
             if not isinstance(value, list):
@@ -605,8 +605,7 @@ class Graph:
         gets the checks of the inputs named by position."""
         for name, keys in made.items():
             node = self._nodes[name]
-            _check_node(node, keys)
-            _check_required_attrs(node)
+            _check_node(node, keys, required=True)
             if node.inputs:
                 self._check_inputs(node, range(len(node.inputs)))
             for control in node.control_inputs:
@@ -614,7 +613,7 @@ class Graph:
                     raise GraphError(f"control input '^{control}' names a missing node", node=name)
         for name, positions in rerouted.items():
             node = self._nodes.get(name)  # a rerouted node may have gone since
-            if node is not None and name not in made:
+            if positions and node is not None and name not in made:
                 self._check_inputs(node, positions)
 
     def check_acyclic(self, names: Iterable[str]) -> None:
@@ -733,22 +732,9 @@ class Graph:
 
     # ---- editing ----
 
-    @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self) -> "_Transaction":
         """Group edits: if the block raises, every edit made in it is undone."""
-        if self._journal is not None:
-            yield
-            return
-        self._journal, self._left = [], {}
-        try:
-            yield
-        except BaseException:
-            journal, self._journal = self._journal, None
-            for undo in reversed(journal):
-                undo()
-            self._restore_order()
-            raise
-        self._journal = None
+        return _Transaction(self)
 
     def _restore_order(self) -> None:
         """After an undo: the nodes that left and came back go back to their file positions."""
@@ -832,7 +818,8 @@ class Graph:
         if self._consumers[name]:
             raise GraphError(f"cannot remove '{name}': still used by "
                              f"{', '.join(sorted(self._consumers[name]))}", node=name)
-        self._note_leaving(name)
+        if self._journal is not None:  # `_note_leaving`, inline: sweeps remove nodes by the thousand
+            self._left.setdefault(name, self._sequence[name])
         node = self._nodes.pop(name)
         self._unlink(node)
         del self._consumers[name]
@@ -1074,6 +1061,32 @@ class Graph:
                 self._consumers[name].discard(node.name)
 
 
+class _Transaction:
+    """`Graph.transaction`: a class, not a generator, as every rewrite opens one. An inner
+    transaction is part of the outer one."""
+
+    __slots__ = ("graph", "outer")
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+
+    def __enter__(self) -> None:
+        graph = self.graph
+        self.outer = graph._journal is not None
+        if not self.outer:
+            graph._journal, graph._left = [], {}
+
+    def __exit__(self, kind, error, traceback) -> None:
+        graph = self.graph
+        if self.outer:
+            return
+        journal, graph._journal = graph._journal, None
+        if kind is not None:
+            for undo in reversed(journal):
+                undo()
+            graph._restore_order()
+
+
 def const_node_def(array: np.ndarray, dtype: int | None = None) -> pb.NodeDef:
     """A Const's NodeDef, without a name, holding `array` as `dtype` (default: the array's own),
     encoded straight into the node's attr: a new weight's bytes are not copied again."""
@@ -1107,9 +1120,10 @@ _NOT_OUTPUTS = frozenset({"Const", "NoOp", "Assert", "Placeholder", "Placeholder
 _KNOWN_DTYPES = frozenset(pb.DataType.values())
 
 
-def _check_node(node: Node, keys: Collection[str] | None = None) -> None:
+def _check_node(node: Node, keys: Collection[str] | None = None, required: bool = False) -> None:
     """A node's own checks: a name, an op, well-formed attrs, and what its op's definition asks
-    (of the attrs `keys` only, when given, and of its input count)."""
+    (of the attrs `keys` only, when given, and of its input count); with `required`, every attr
+    its op gives no default is set."""
     if not node.name:
         raise GraphError("a node has an empty name")
     if not node.op:
@@ -1121,15 +1135,10 @@ def _check_node(node: Node, keys: Collection[str] | None = None) -> None:
     for attr_name in attrs:
         _check_attr(node, attr_name, attrs[attr_name])
     op_def = op_registry.get_op(node.op)
-    if op_def is not None:
-        _check_against_op(node, op_def, attrs)
-
-
-def _check_required_attrs(node: Node) -> None:
-    op_def = op_registry.get_op(node.op)
     if op_def is None:
         return
-    missing = [name for name in _op_checks(op_def)[3] if node.attr_value(name) is None]
+    _check_against_op(node, op_def, attrs)
+    missing = [name for name in _op_checks(op_def)[3] if node.attr_value(name) is None] if required else ()
     if missing:
         raise GraphError(f"{node.op} needs attr{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(repr(m) for m in missing)}, which has no default", node=node.name)
@@ -1173,6 +1182,7 @@ _ATTR_FIELDS = {"string": "s", "int": "i", "float": "f", "bool": "b", "type": "t
                 "shape": "shape", "tensor": "tensor", "func": "func"}
 _OP_CHECKS: dict[str, tuple] = {}
 _SIGNATURES: dict[tuple, tuple] = {}  # (op, dtype attrs as bytes) -> (input dtypes, output dtypes)
+_DTYPE_ATTRS: dict[str, tuple] = {}  # op -> (its definition, the attrs that set its dtypes); () if unknown
 
 
 def _signature(node: Node) -> tuple:
@@ -1182,17 +1192,22 @@ def _signature(node: Node) -> tuple:
     found = node._signature
     if found is not None:
         return found
-    op = node.op
+    op = node._op
     dtype = node.attr_value("dtype") if op == "Const" else None
+    entry = _DTYPE_ATTRS.get(op)
+    if entry is None:
+        op_def = op_registry.get_op(op)
+        entry = _DTYPE_ATTRS[op] = (op_def, () if op_def is None else _op_checks(op_def)[2])
+    op_def, names = entry
     if dtype is not None and dtype.WhichOneof("value") == "type":  # the commonest node, the fastest
         found = ((), (dtype.type,))
-    elif (op_def := op_registry.get_op(op)) is None:
+    elif op_def is None:
         found = (None, None)
     else:
         # A type attr (the commonest) keys by its dtype number, any other by its bytes: an int
         # and bytes never compare equal, and serializing costs several times the read.
         key = (op, *[None if (value := node.attr_value(a)) is None else value.type or value.SerializeToString()
-                     for a in _op_checks(op_def)[2]])
+                     for a in names])
         found = _SIGNATURES.get(key)
         if found is None:
             if len(_SIGNATURES) > 100_000:

@@ -104,18 +104,17 @@ class Pattern:
     checks_privacy: bool = field(init=False)  # some node is matched through its inputs (inner)
 
     def __post_init__(self):
-        object.__setattr__(self, "root_ops", _ops(self.statements[self.root_var]))
-        object.__setattr__(self, "checks_attrs", any(_checks_attrs(s) for s in self.statements.values()))
+        root = self.statements[self.root_var]
+        walked = [(var, n) for var, s in self.statements.items() for n in _walk(s)]
+        object.__setattr__(self, "root_ops", _ops(root))
+        object.__setattr__(self, "checks_attrs", any(a.expected is not None for _, n in walked for a in n.attrs))
         # One commutative node, and no alternative or variadic run before it to try it again, is
         # tried once per root: the memo would only cost.
-        nodes = [n for s in self.statements.values() for n in _walk(s)]
-        commutative = sum(1 for n in nodes if n.commutative)
+        commutative = sum(1 for _, n in walked if n.commutative)
         object.__setattr__(self, "searches", commutative > 1 or commutative == 1 and any(
-            n.alternatives or n.variadic is not None for n in nodes))
-        root = self.statements[self.root_var]
-        object.__setattr__(self, "checks_privacy", self.private and (
-            any(_has_inner(s) for var, s in self.statements.items() if var != self.root_var)
-            or any(_has_inner(n) for n in _nested(root))))
+            n.alternatives or n.variadic is not None for _, n in walked))
+        object.__setattr__(self, "checks_privacy", self.private and any(
+            n.inputs is not None and (var != self.root_var or n is not root) for var, n in walked))
 
 
 def _ops(node: NodePattern) -> frozenset[str] | None:
@@ -132,19 +131,11 @@ def _nested(node: NodePattern):
     yield from (i.node for i in node.inputs or () if i.node is not None)
 
 
-def _has_inner(node: NodePattern) -> bool:
-    return node.inputs is not None or any(_has_inner(n) for n in _nested(node))
-
-
 def _walk(node: NodePattern):
     """`node` and every node pattern inside it."""
     yield node
     for nested in _nested(node):
         yield from _walk(nested)
-
-
-def _checks_attrs(node: NodePattern) -> bool:
-    return any(a.expected is not None for a in node.attrs) or any(_checks_attrs(n) for n in _nested(node))
 
 
 class MatchContext:
@@ -221,14 +212,10 @@ def _deferred_checks(pattern: Pattern, bindings: dict, graph: Graph, ctx: MatchC
 def _attr_expectations(node_pattern: NodePattern, node: Node, ctx: MatchContext) -> Iterator[Any]:
     for attr in node_pattern.attrs:
         if attr.expected is not None:
-            yield _values_equal(_attr_value(node, attr.key), attr.expected(ctx))
+            yield _values_equal(node.get_attr(attr.key, _NO_ATTR), attr.expected(ctx))
 
 
 _NO_ATTR = object()
-
-
-def _attr_value(node: Node, key: str) -> Any:
-    return node.get_attr(key, _NO_ATTR)
 
 
 def _values_equal(a: Any, b: Any) -> bool:
@@ -254,7 +241,7 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
         bindings = {**bindings, _INNER: (node.name, not node_pattern.shared, bindings.get(_INNER))}
     for attr in node_pattern.attrs:
         if attr.var is not None:
-            value = _attr_value(node, attr.key)
+            value = node.get_attr(attr.key, _NO_ATTR)
             if value is _NO_ATTR:
                 return
             if attr.var in bindings:
@@ -262,7 +249,8 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
                     return
             else:
                 bindings = {**bindings, attr.var: value}
-        elif attr.expected is not None and attr.key not in node.proto.attr and _attr_value(node, attr.key) is _NO_ATTR:
+        elif attr.expected is not None and node.attr_value(attr.key) is None \
+                and node.get_attr(attr.key, _NO_ATTR) is _NO_ATTR:  # unset, and no default
             return
     if node_pattern.inputs is None:
         yield bindings
@@ -275,8 +263,12 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
     if len(inputs) != len(wanted):
         return
     if node.op in node_pattern.commutative and len(inputs) == 2 and inputs[0] != inputs[1]:
-        yield from _match_commutative(pattern, node_pattern, node, bindings, graph)
-        return
+        if _SEARCH in bindings:
+            yield from _match_commutative(pattern, node_pattern, node, bindings, graph)
+            return
+        # Tried once per root, or matched apart from one (a variadic run's): no memo.
+        yield from _match_inputs(pattern, wanted, inputs, 0, bindings, graph)
+        inputs = [inputs[1], inputs[0]]
     yield from _match_inputs(pattern, wanted, inputs, 0, bindings, graph)
 
 
@@ -296,11 +288,7 @@ class _Search:
 def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
     inputs = node.inputs
     orders = (inputs, [inputs[1], inputs[0]])
-    search = bindings.get(_SEARCH)
-    if search is None:  # tried once per root, or matched apart from one (a variadic run's): no memo
-        for ordered in orders:
-            yield from _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph)
-        return
+    search = bindings[_SEARCH]
     search.tries += 1
     if search.tries > MAX_COMMUTATIVE_TRIES:
         raise MatchLimitError(f"matching at node '{search.root}' took more than "
@@ -331,17 +319,8 @@ def _names(node_pattern: NodePattern) -> tuple[str, ...] | None:
     cached = _NAMES.get(id(node_pattern))
     if cached is not None and cached[0] is node_pattern:
         return cached[1]
-    names: list[str] | None = [attr.var for attr in node_pattern.attrs if attr.var]
-    names += [want.var for want in node_pattern.inputs or () if want.var]
-    for nested in _nested(node_pattern):
-        more = _names(nested)
-        if more is None:
-            names = None
-            break
-        names += more
-    if any(want.node_var is not None for want in node_pattern.inputs or ()):
-        names = None
-    names = None if names is None else tuple(dict.fromkeys(names))
+    shared = any(want.node_var is not None for n in _walk(node_pattern) for want in n.inputs or ())
+    names = None if shared else tuple(sorted(_bound_names(node_pattern)))
     _NAMES[id(node_pattern)] = (node_pattern, names)
     return names
 
@@ -389,12 +368,8 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
 def _bound_names(node_pattern: NodePattern) -> set[str]:
     """Every name a node pattern binds (tensors, lists, attrs, shared statements). (Not `_names`,
     whose None keeps a pattern that reads a shared statement out of the commutative memo.)"""
-    names = {a.var for a in node_pattern.attrs if a.var}
-    for want in node_pattern.inputs or ():
-        names |= {n for n in (want.var, want.node_var) if n}
-    for nested in _nested(node_pattern):
-        names |= _bound_names(nested)
-    return names
+    return {name for n in _walk(node_pattern) for name in
+            [a.var for a in n.attrs] + [v for want in n.inputs or () for v in (want.var, want.node_var)] if name}
 
 
 def _same_bindings(a: dict, b: dict) -> bool:

@@ -33,6 +33,7 @@ import numpy as np
 from gtt_rules.errors import GraphError, GttRulesError, RewriteError
 
 from . import op_registry
+from .dtypes import numpy_dtype
 from .graph import Graph, Node, TensorRef, const_node_def
 from .pattern import Expression, MatchContext
 from .proto import graph_def_pb2 as pb
@@ -161,7 +162,7 @@ class RewriteResult:
     removed: list[str] = field(default_factory=list)
     removed_ops: dict[str, str] = field(default_factory=dict)  # for the trace
     touched: set[str] = field(default_factory=set)  # nodes whose inputs changed, and their producers
-    # Existing nodes that read other tensors now, with the positions of the inputs that changed.
+    # Existing nodes that read other tensors now, with the positions to check: `_same_dtype`.
     changed: dict[str, set[int]] = field(default_factory=dict)
     # The attrs of each created node that its checks look at (None: all; see `_Planned.checked`).
     checked: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
@@ -182,13 +183,14 @@ class _Planned:
     source: Node | None = None  # the matched node this is a copy of
     proto: pb.NodeDef | None = None  # the attrs, encoded: the new node takes this NodeDef over
     # The attrs the checks look at: those computed here, when the others come from a node of the
-    # same op (they passed the checks there), none for a Const encoded here, None for all.
+    # same op (they passed the checks there), None for all; a Const encoded here is not checked.
     checked: tuple[str, ...] | None = None
 
 
 def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: MatchContext,
             root: Node) -> RewriteResult | None:
-    """Apply `actions` under the bindings in `ctx`; None if they would change nothing."""
+    """Apply `actions` under the bindings in `ctx`; None if they would change nothing (the graph
+    is then left as it was)."""
     try:
         planner = _Planner(graph, rule_name, ctx, root)
         reroutes, heirs, removals = planner.plan(actions)
@@ -198,28 +200,31 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
         raise RewriteError(f"rule '{rule_name}' failed at node '{root.name}' while computing its "
                            f"replacement: {type(error).__name__}: {error}") from error
     if _replaces_with_itself(graph, planner, reroutes, heirs, removals):
-        raise _NoChange()
-    with graph.transaction():
-        edited = _edit(graph, planner)
-        # An edit alone sweeps nothing: the node it changed may be one nothing reads.
-        result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected) \
-            if reroutes or removals or planner.planned else RewriteResult()
-        _drop_unread(graph, result, ctx.protected)
-        for name, (op, checked) in edited.items():  # an edited node is replaced: same name, new node
-            if name in graph:
-                result.created.append(name)
-                result.removed.append(name)
-                result.removed_ops[name] = op
-                # A new device or fewer control edges is nothing the checks see; another op or
-                # other attrs are checked, and so is what reads the node (its outputs may differ).
-                if checked != ():
-                    result.checked[name] = checked
-                    for consumer in graph.consumers(name):
-                        result.changed.setdefault(consumer.name, set()).update(
-                            i for i, ref in enumerate(consumer.inputs) if ref.node == name)
-        if not (result.created or result.removed or result.touched):
-            raise _NoChange()
-        _check(graph, result, rule_name, root, reroutes, planner)
+        return None
+    try:
+        with graph.transaction():
+            edited = _edit(graph, planner)
+            # An edit alone sweeps nothing: the node it changed may be one nothing reads.
+            result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected) \
+                if reroutes or removals or planner.planned else RewriteResult()
+            _drop_unread(graph, result, ctx.protected)
+            for name, (op, checked) in edited.items():  # an edited node is replaced: same name, new node
+                if name in graph:
+                    result.created.append(name)
+                    result.removed.append(name)
+                    result.removed_ops[name] = op
+                    # A new device or fewer control edges is nothing the checks see; another op or
+                    # other attrs are checked, and so is what reads the node (its outputs may differ).
+                    if checked != ():
+                        result.checked[name] = checked
+                        for consumer in graph.consumers(name):
+                            result.changed.setdefault(consumer.name, set()).update(
+                                i for i, ref in enumerate(consumer.inputs) if ref.node == name)
+            if not (result.created or result.removed or result.touched):
+                raise _NoChange()  # undoes what the rewrite did
+            _check(graph, result, rule_name, root, reroutes, planner)
+    except _NoChange:
+        return None
     return result
 
 
@@ -249,7 +254,7 @@ def _drop_unread(graph: Graph, result: RewriteResult, protected) -> None:
     """Remove the new nodes nothing reads: what a reroute of consumers that are gone (a port
     rerouted before) built. A rewrite that only builds such nodes changes nothing."""
     for name in reversed(list(result.created)):
-        if name not in protected and not graph.consumers(name):
+        if name not in protected and not graph.consumer_names(name):
             graph.remove_node(name)
             result.created.remove(name)
 
@@ -317,14 +322,6 @@ class _NoChange(Exception):
     pass
 
 
-def rewrite_or_none(graph: Graph, rule_name: str, actions, ctx: MatchContext, root: Node) -> RewriteResult | None:
-    """Like `rewrite`, but a rewrite that changes nothing returns None (and leaves no trace)."""
-    try:
-        return rewrite(graph, rule_name, actions, ctx, root)
-    except _NoChange:
-        return None
-
-
 class _Env:
     """The replacement's named nodes, or a template call's parameters and named nodes."""
 
@@ -363,25 +360,20 @@ class _Planner:
                 continue
             target = self._bound_node(action.var)
             node = self.graph[target]
-            if action.all_ports or action.port is None:
-                sources = self._sources(action.source, all_ports=action.all_ports, target=node)
-                if isinstance(sources, _Planned):
-                    # An op the registry does not know has as many outputs as its readers read.
-                    count = self.graph.num_outputs(node) or 1 + max(
-                        (r.port for c in self.graph.consumers(target) for r in c.inputs if r.node == target), default=0)
-                    reroutes += [(TensorRef(target, i), (sources, i)) for i in range(count)]
-                    heirs.setdefault(target, sources)
-                elif isinstance(sources, list):  # one Const per output
-                    reroutes += [(TensorRef(target, i), (s, 0)) for i, s in enumerate(sources)]
-                    heirs.setdefault(target, sources[0])
-                else:
-                    reroutes.append((TensorRef(target, 0), _output(sources)))
-                    if not isinstance(sources, TensorRef) and _output(sources)[1] == 0:
-                        heirs.setdefault(target, _output(sources)[0])
-            else:
-                source = _output(self._sources(action.source, all_ports=False))
-                reroutes.append((TensorRef(target, action.port), source))
-                if not isinstance(source, TensorRef) and action.port == 0 and source[1] == 0:
+            sources = self._sources(action.source, all_ports=action.all_ports, target=node)
+            if isinstance(sources, _Planned) and action.port is None:  # `n -> Op(...)`, `n:* -> Op(...)`
+                # An op the registry does not know has as many outputs as its readers read.
+                count = self.graph.num_outputs(node) or 1 + max(
+                    (r.port for c in self.graph.consumers(target) for r in c.inputs if r.node == target), default=0)
+                reroutes += [(TensorRef(target, i), (sources, i)) for i in range(count)]
+                heirs.setdefault(target, sources)
+            elif isinstance(sources, list):  # one Const per output
+                reroutes += [(TensorRef(target, i), (s, 0)) for i, s in enumerate(sources)]
+                heirs.setdefault(target, sources[0])
+            else:  # one output (`n:1 -> ...`), or a node's output 0
+                source = _output(sources)
+                reroutes.append((TensorRef(target, action.port or 0), source))
+                if not isinstance(source, TensorRef) and not action.port and source[1] == 0:
                     heirs.setdefault(target, source[0])
         # A protected node's name goes to the node that computes what it computed: the
         # replacement's root. Only a graph input (what is fed: a placeholder, or a node without
@@ -468,7 +460,7 @@ class _Planner:
             dtype = producer.dtype(self.ctx) if producer.dtype is not None else None
             return self._const(self._value(producer), dtype)
         source = self.graph[self._bound_node(producer.copy_of)] if producer.copy_of else None
-        fields = {key: expression(self.ctx) for key, expression in producer.fields}
+        fields = {key: expression(self.ctx) for key, expression in producer.fields} if producer.fields else {}
         op = fields.get("op") or producer.op or source.op
         if not isinstance(op, str) or not op:
             raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {op!r} is not an op name")
@@ -561,12 +553,14 @@ class _Planner:
     def _infer_type_attrs(self, planned: _Planned) -> None:
         """Fill the attrs the rule left out that the inputs imply (`T`, `N`, ...)."""
         op_def = op_registry.get_op(planned.op)
-        if op_def is None:
-            return
+        if op_def is None or all(key in planned.attrs or key in planned.copied for arg in op_def.inputs
+                                 for key in (arg.type_attr, arg.number_attr, arg.type_list_attr) if key):
+            return  # nothing left for the inputs to imply
         # The values of the attrs that size list arguments; for the rest, only whether they are set.
-        given = {key: planned.attrs[key] if key in planned.attrs else planned.source.get_attr(key)
-                 for key in _count_attrs(op_def) if key in planned.attrs or key in planned.copied}
-        given.update(dict.fromkeys(k for k in (*planned.attrs, *planned.copied) if k not in given))
+        given = dict.fromkeys((*planned.attrs, *planned.copied))
+        for key in _count_attrs(op_def):
+            if key in given:
+                given[key] = planned.attrs[key] if key in planned.attrs else planned.source.get_attr(key)
         dtypes = [self._dtype_of(source) for source in planned.inputs]
         try:
             planned.attrs.update(self.graph.implied_attrs(planned.op, dtypes, given))
@@ -580,9 +574,9 @@ class _Planner:
         planned, port = source
         if planned.dtypes is None:
             op_def = op_registry.get_op(planned.op)
-            # A copy's type attrs are mostly the matched node's own, not in `attrs`.
-            attrs = planned.attrs if planned.source is None else \
-                {**{key: planned.source.get_attr(key) for key in planned.copied}, **planned.attrs}
+            # A copy's type attrs are mostly the matched node's own, not in `attrs`: read as asked.
+            attrs = planned.attrs if planned.source is None else lambda key: planned.attrs[key] \
+                if key in planned.attrs or key not in planned.copied else planned.source.get_attr(key)
             planned.dtypes = op_registry.output_dtypes(op_def, attrs) if op_def else None
         return planned.dtypes[port] if planned.dtypes and port < len(planned.dtypes) else None
 
@@ -595,15 +589,13 @@ def _node_def(planned: _Planned) -> pb.NodeDef:
     """A NodeDef holding a planned node's computed attrs (a copy shares the matched node's
     others: `Graph.copy_attrs`)."""
     proto = pb.NodeDef(op=planned.op)
-    node = Node(proto)
+    node = Node(proto) if planned.attrs else None
     for key, value in planned.attrs.items():
         node.set_attr(key, value)
     return proto
 
 
 def _const_array(value: Any, dtype: int | None) -> np.ndarray:
-    from .dtypes import numpy_dtype
-
     array = np.asarray(value)
     if array.dtype.kind in "USO" and dtype is None:
         raise TypeError(f"a computed constant must be numbers, not {value!r}")
@@ -648,26 +640,30 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         if planned.source is not None:
             graph.copy_attrs(node, planned.source, planned.copied)
         result.created.append(planned.name)
-        result.checked[planned.name] = planned.checked
+        if planned.source is not None or planned.checked != ():  # a Const encoded here is valid as made
+            result.checked[planned.name] = planned.checked
     rerouted_consumers: dict[str, set[str]] = {}
     created = set(result.created)
     in_place = _in_place_target(graph, reroutes, heirs, removals, created)
     if in_place is not None:
         # Its consumers are left as they are: the heir takes the target's place below.
+        heir = heirs[in_place].name
         for consumer in graph.consumers(in_place):
-            positions = {i for i, r in enumerate(consumer.inputs) if r.node == in_place}
-            if positions:
+            if any(r.node == in_place for r in consumer.inputs):
                 rerouted_consumers.setdefault(in_place, set()).add(consumer.name)
                 result.touched.add(consumer.name)
-                result.changed[consumer.name] = positions
+                result.changed[consumer.name] = {i for i, r in enumerate(consumer.inputs) if r.node == in_place
+                                                 and not _same_dtype(graph, r, TensorRef(heir, r.port))}
         reroutes = ()
     for old, new in reroutes:
         new_ref = _resolve(new)
         if new_ref == old:
             continue
-        for consumer, positions in graph.reroute(old, new_ref, exclude=created).items():
+        rerouted = graph.reroute(old, new_ref, exclude=created)
+        same = rerouted and _same_dtype(graph, old, new_ref)
+        for consumer, positions in rerouted.items():
             result.touched.add(consumer)
-            result.changed.setdefault(consumer, set()).update(positions)
+            result.changed.setdefault(consumer, set()).update(() if same else positions)
             rerouted_consumers.setdefault(old.node, set()).add(consumer)
     for name in removals:
         if graph.is_read(name):
@@ -681,13 +677,22 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         for waiting in graph.hand_over(target, planned.name, waiting=target != in_place, memo=planner.pure):
             result.touched.add(waiting)
             result.changed.setdefault(waiting, set())
-        _remove(graph, target, result, heir=planned.name if target == in_place else None)
+        replaced = graph[target]
+        producers = {r.node for r in replaced.inputs} | set(replaced.control_inputs)
+        result.removed_ops[target] = replaced.op
+        if target == in_place:
+            graph.replace_node(target, planned.name)  # the heir takes its place and its name
+        else:
+            graph.remove_node(target)
+        result.removed.append(target)
+        result.touched.update(p for p in producers if p in graph)
         renames.append((planned.name, target))
     for temp, final in renames:
         if final != in_place:  # in place, the heir has its name already
             graph.rename_node(temp, final)
         result.created[result.created.index(temp)] = final
-        result.checked[final] = result.checked.pop(temp)
+        if temp in result.checked:
+            result.checked[final] = result.checked.pop(temp)
     # Sweep what the rewrite left unused, walking up from the nodes it touched.
     seeds = [name for name in removals] + list(rerouted_consumers) + [
         v.node for v in planner.ctx.bindings.values() if isinstance(v, TensorRef)]
@@ -701,6 +706,13 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     result.removed_ops.update(removed)
     result.touched |= touched
     return result
+
+
+def _same_dtype(graph: Graph, old: TensorRef, new: TensorRef) -> bool:
+    """Whether a reader of `old` may read `new` unchecked: both have one known dtype (so `new`
+    exists), and the reader passed its checks reading `old` when the graph was loaded or built."""
+    dtype = graph.dtype_of(old)
+    return dtype is not None and dtype == graph.dtype_of(new)
 
 
 def _in_place_target(graph: Graph, reroutes, heirs, removals, created: set[str]) -> str | None:
@@ -721,15 +733,3 @@ def _in_place_target(graph: Graph, reroutes, heirs, removals, created: set[str])
         if consumer.name in created or any(r.node == target and r.port not in ports for r in consumer.inputs):
             return None
     return target
-
-
-def _remove(graph: Graph, name: str, result: RewriteResult, heir: str | None = None) -> None:
-    """Remove node `name`; or, with `heir`, put that node in its place (`Graph.replace_node`)."""
-    producers = {r.node for r in graph[name].inputs} | set(graph[name].control_inputs)
-    result.removed_ops[name] = graph[name].op
-    if heir is None:
-        graph.remove_node(name)
-    else:
-        graph.replace_node(name, heir)
-    result.removed.append(name)
-    result.touched.update(p for p in producers if p in graph)

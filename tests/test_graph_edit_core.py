@@ -52,6 +52,21 @@ def test_a_rerouted_input_of_another_dtype_fails():
     """, "input 'r' is int32, but Neg takes float")
 
 
+def test_a_reroute_to_an_existing_tensor_of_another_dtype_fails():
+    # Readers of a rerouted tensor go unchecked only when the new tensor has the old one's dtype.
+    graph = fixture_graph("""
+        x = Placeholder {dtype: int32, shape: [2]}
+        c = Cast(x) {SrcT: int32, DstT: float}
+        r = Relu(c)
+        out = Neg(r)
+    """)
+    assert_refused(graph, """
+        rule skip-cast:
+            n = Relu(Cast(x))
+            => n -> x
+    """, "input 'x' is int32, but Neg takes float")
+
+
 def test_derived_names_do_not_nest():
     # A Const one rule made, rewritten by the next: its helper is named after the node the Const
     # was made for, not after the Const (which gave `out/make/Const/retag/Const`).
