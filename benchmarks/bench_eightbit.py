@@ -31,7 +31,7 @@ from bench_inference import THREADS, ensure_model, tensorflow_runner, timed  # a
 import numpy as np  # noqa: E402
 
 from gtt_rules import apply, load_rules  # noqa: E402
-from gtt_rules.engine import calibration  # noqa: E402
+from gtt_rules import calibration  # noqa: E402
 from gtt_rules.engine.evaluator import Evaluator, random_feeds  # noqa: E402
 from gtt_rules.engine.graph import Graph  # noqa: E402
 

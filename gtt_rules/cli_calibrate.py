@@ -76,7 +76,7 @@ def add_sample_options(parser: argparse.ArgumentParser, *, default_random: int |
 
 
 def calibration_estimators() -> tuple[str, ...]:
-    from gtt_rules.engine.calibration import ESTIMATORS
+    from gtt_rules.calibration import ESTIMATORS
     return ESTIMATORS
 
 
@@ -119,7 +119,7 @@ def calibrate(graph, args: argparse.Namespace, outputs: list[str], label: str, *
     """Freeze every range `graph` computes at run time from `samples` (default: those the options
     name); returns the records and the number of samples. Errors name `label` (the graph's file)."""
     from gtt_rules import progress
-    from gtt_rules.engine import calibration
+    from gtt_rules import calibration
 
     samples, count = sample_feeds(args, graph) if samples is None else (samples, len(samples))
     percentile = None
@@ -147,7 +147,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     from gtt_rules import progress
     from gtt_rules.cli import input_path, output_path
     from gtt_rules.cli_run import parse_outputs
-    from gtt_rules.engine import calibration
+    from gtt_rules import calibration
     from gtt_rules.engine.output import check_output, write_output
 
     args.graph = input_path(args)
@@ -191,7 +191,7 @@ def calibrate_after_apply(graph, reports: list, args: argparse.Namespace, output
     `rerun(kept_names) -> (graph, reports)`. Returns
     the graph, the reports, and what to tell the user: what was frozen and kept float, or that the
     graph computes ranges at run time, if it does."""
-    from gtt_rules.engine import calibration
+    from gtt_rules import calibration
 
     dynamic = len(calibration.runtime_ranges(graph))
     if not samples_given(args):
@@ -210,7 +210,7 @@ def _keep_float_above(graph, reports, args, outputs, label, original: bytes, rer
     """Calibrate, measure the error each converted layer adds against the float graph, keep the
     worst float and convert again, until no layer adds more than the bound (TFLite's quantization
     debugger builds its deny-list in the same spirit)."""
-    from gtt_rules.engine import calibration
+    from gtt_rules import calibration
     from gtt_rules.engine.graph import Graph
 
     samples, count = sample_feeds(args, graph)

@@ -319,7 +319,7 @@ def _output_channels(layer, weights) -> int:
 def freeze_requantization_ranges(graph: Graph, ctx: PassContext) -> None:
     """Replace each RequantizationRange (or range-measuring Min or Max) in a GTT-format min/max log
     with Consts of its logged range."""
-    from gtt_rules.engine import calibration
+    from gtt_rules import calibration
 
     log = ctx.params["min_max_log_file"]
     if not log:

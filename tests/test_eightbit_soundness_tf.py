@@ -158,7 +158,7 @@ def _alone_and_in_batch(run, stacked):
 
 
 def test_calibrated_graph_gives_one_input_the_same_answer_alone_and_in_a_batch(tf, tmp_path, capsys):
-    from gtt_rules.engine import calibration
+    from gtt_rules import calibration
 
     data, stacked = _cnn_and_samples(tf, tmp_path)
     graph, path = _eightbit(tmp_path, data)
@@ -228,7 +228,7 @@ def test_estimators_choose_ranges_inside_the_minmax_one(tf, tmp_path):
 
 
 def test_moving_average_and_minmax_estimates():
-    from gtt_rules.engine import calibration
+    from gtt_rules import calibration
 
     observed = [(-1.0, 1.0), (-3.0, 2.0), (-2.0, 0.5)]
     assert calibration.estimate(observed, "minmax") == (-3.0, 2.0)
@@ -437,7 +437,7 @@ def sensitive_first_layer(tf, x, w):
 
 
 def test_keep_float_above_keeps_the_layer_that_loses_most_float(tf, tmp_path, capsys):
-    from gtt_rules.engine import calibration
+    from gtt_rules import calibration
 
     data, _ = _build(tf, [None, 8, 8, 4], sensitive_first_layer)
     stacked = np.random.default_rng(2).standard_normal((8, 8, 8, 4)).astype(np.float32)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import fixture_path, fixture_spec, random_feeds, tf_run
 from gtt_rules.cli import main
-from gtt_rules.engine import calibration
+from gtt_rules import calibration
 from gtt_rules.engine.evaluator import evaluate, run_kernel
 from gtt_rules.engine.graph import Graph
 from gtt_rules.rules.library import load_rules

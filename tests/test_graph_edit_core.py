@@ -153,7 +153,7 @@ def test_fresh_names_are_unique():
 def test_frozen_ranges_keep_what_waited_on_the_range():
     # Calibration used to drop the control edges from a range it froze; it hands them to the
     # Const that takes its place, as a rewrite does.
-    from gtt_rules.engine import calibration
+    from gtt_rules import calibration
 
     graph = _graph()
     graph.add_node("axis", "Const", attrs={"dtype": 3, "value": 0})

@@ -207,7 +207,7 @@ def test_eightbit_is_bit_exact_node_by_node_and_the_evaluator_agrees(real_models
 
 @pytest.mark.parametrize("name", EIGHT_BIT_MODELS)
 def test_calibrated_eightbit_has_no_range_scan_and_stays_close(real_models, name):
-    from gtt_rules.engine import calibration
+    from gtt_rules import calibration
 
     model = real_models(name)
     graph = model.through("eightbit")

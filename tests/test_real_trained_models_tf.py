@@ -31,7 +31,7 @@ import real_models
 from conftest import tf_run
 from gtt_rules import evaluate
 from gtt_rules.cli import main as cli
-from gtt_rules.engine import calibration
+from gtt_rules import calibration
 from gtt_rules.engine.graph import Graph
 from test_real_models import assert_close
 

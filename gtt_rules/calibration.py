@@ -22,11 +22,11 @@ import numpy as np
 
 from gtt_rules.errors import GraphError, UsageError
 
-from .dtypes import DT_FLOAT
-from .evaluator import Evaluator
-from .graph import Graph, TensorRef
-from .kernels import chunked
-from .limits import max_memory, memory_budget
+from gtt_rules.engine.dtypes import DT_FLOAT
+from gtt_rules.engine.evaluator import Evaluator
+from gtt_rules.engine.graph import Graph, TensorRef
+from gtt_rules.engine.kernels import chunked
+from gtt_rules.engine.limits import max_memory, memory_budget
 
 Records = dict[str, list[tuple[float, float]]]  # range node name -> (min, max) per sample
 
@@ -174,7 +174,7 @@ def _measured(node, values: list, percentile: float | None) -> tuple[float, floa
             return float(values[0]), float(values[1])
         return float(values[0]), float(values[0])
     if node.op == "RequantizationRange":
-        from .kernels.quantized import requantization_range
+        from gtt_rules.engine.kernels.quantized import requantization_range
 
         codes = np.asarray(values[0]).reshape(-1)
         if codes.size:   # the range of the codes between the percentiles, as the kernel measures it
