@@ -76,7 +76,7 @@ class AttrItem:
 
 
 @dataclass(frozen=True)
-class NewNode:
+class NewNodeExpr:
     """`Op(args) {attrs}`: a node to create (in replacements and fixtures)."""
 
     op: str
@@ -171,14 +171,14 @@ class MapExpr:
     pos: Pos
 
 
-Expr = Union[Number, String, Bool, NoneValue, Var, Port, Call, NewNode, CopyNode, ListExpr, BinOp, BoolOp,
+Expr = Union[Number, String, Bool, NoneValue, Var, Port, Call, NewNodeExpr, CopyNode, ListExpr, BinOp, BoolOp,
              Unary, Index, Slice, Comprehension, MapExpr]
 
 
 # ---- patterns ----
 
 @dataclass(frozen=True)
-class NodePattern:
+class NodePatternExpr:
     """`Op1|Op2(args) {attrs}`; `ops` None means any op, `args` None means any inputs. `shared`
     (written `shared Op(...)`): an inner node that the rest of the graph may read too."""
 
@@ -187,7 +187,7 @@ class NodePattern:
     attrs: tuple[AttrItem, ...]
     pos: Pos
     shared: bool = False
-    alternatives: tuple["NodePattern", ...] = ()  # `A(x) or B(x)`: ops, args and attrs unused
+    alternatives: tuple["NodePatternExpr", ...] = ()  # `A(x) or B(x)`: ops, args and attrs unused
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ class ArgBound:
     """`w: Const`: bind w and require its producer to match a pattern."""
 
     name: str
-    node: NodePattern
+    node: NodePatternExpr
     pos: Pos
 
 
@@ -221,7 +221,7 @@ class ArgVariadic:
     """`xs...` or `xs...: Const`: all remaining inputs, each optionally matching a pattern."""
 
     name: str
-    node: NodePattern | None
+    node: NodePatternExpr | None
     pos: Pos
 
 
@@ -229,7 +229,7 @@ class ArgVariadic:
 class ArgNested:
     """An anonymous nested pattern: `Relu(Conv2D(x, w))`."""
 
-    node: NodePattern
+    node: NodePatternExpr
     pos: Pos
 
 
@@ -247,7 +247,7 @@ PatternArg = Union[ArgVar, ArgPort, ArgBound, ArgVariadic, ArgNested, ArgLiteral
 @dataclass(frozen=True)
 class PatternStmt:
     var: str
-    node: NodePattern
+    node: NodePatternExpr
     pos: Pos
 
 
@@ -277,20 +277,20 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Reroute:
+class RerouteStmt:
     target: Target
     expr: Expr
     pos: Pos
 
 
 @dataclass(frozen=True)
-class Remove:
+class RemoveStmt:
     name: str
     pos: Pos
 
 
 @dataclass(frozen=True)
-class Bind:
+class BindStmt:
     """`name = EXPR` after '=>': a node the replacement builds once and may read at several ports."""
 
     name: str
@@ -299,7 +299,7 @@ class Bind:
 
 
 @dataclass(frozen=True)
-class Edit:
+class EditStmt:
     """`n {attrs}` after '=>': node n changed where it stands (its op, device and attrs)."""
 
     name: str
@@ -307,11 +307,11 @@ class Edit:
     pos: Pos
 
 
-Action = Union[Reroute, Remove, Bind, Edit]
+Action = Union[RerouteStmt, RemoveStmt, BindStmt, EditStmt]
 
 
 @dataclass(frozen=True)
-class Template:
+class TemplateDecl:
     """`define name(params):` nodes a replacement builds by calling `name(...)`."""
 
     name: str
@@ -322,7 +322,7 @@ class Template:
 
 
 @dataclass(frozen=True)
-class Rule:
+class RuleDecl:
     name: str
     priority: int
     patterns: tuple[PatternStmt, ...]
@@ -334,7 +334,7 @@ class Rule:
 # ---- files ----
 
 @dataclass(frozen=True)
-class Param:
+class ParamDecl:
     name: str
     type: str
     is_list: bool
@@ -343,7 +343,7 @@ class Param:
 
 
 @dataclass(frozen=True)
-class Stage:
+class StageRef:
     """`name` or `name(key=value, ...)`: a rule set called with arguments."""
 
     name: str
@@ -361,7 +361,7 @@ class NodeStmt:
 @dataclass(frozen=True)
 class Test:
     name: str
-    using: Stage | None
+    using: StageRef | None
     given: tuple[NodeStmt, ...]
     expect: tuple[NodeStmt, ...]
     outputs: tuple[str, ...]
@@ -379,8 +379,8 @@ class Include:
 @dataclass(frozen=True)
 class Ruleset:
     name: str
-    params: tuple[Param, ...]
-    rules: tuple[Rule, ...]
+    params: tuple[ParamDecl, ...]
+    rules: tuple[RuleDecl, ...]
     tests: tuple[Test, ...]
     pos: Pos
     includes: tuple[Include, ...] = ()
@@ -389,7 +389,7 @@ class Ruleset:
 @dataclass(frozen=True)
 class Pipeline:
     name: str
-    stages: tuple[Stage, ...]
+    stages: tuple[StageRef, ...]
     pos: Pos
 
 
@@ -407,8 +407,8 @@ class Module:
     path: str
     source: str
     imports: list[Import] = field(default_factory=list)
-    rules: list[Rule] = field(default_factory=list)
+    rules: list[RuleDecl] = field(default_factory=list)
     rulesets: list[Ruleset] = field(default_factory=list)
     pipelines: list[Pipeline] = field(default_factory=list)
-    templates: list[Template] = field(default_factory=list)
+    templates: list[TemplateDecl] = field(default_factory=list)
     tests: list[Test] = field(default_factory=list)

@@ -184,8 +184,8 @@ def _too_deep(items: list) -> ast.Pos | None:
 
 def _module(path: str, source: str, items: list) -> ast.Module:
     module = ast.Module(path, source)
-    groups = {ast.Import: module.imports, ast.Rule: module.rules, ast.Ruleset: module.rulesets,
-              ast.Pipeline: module.pipelines, ast.Template: module.templates, ast.Test: module.tests}
+    groups = {ast.Import: module.imports, ast.RuleDecl: module.rules, ast.Ruleset: module.rulesets,
+              ast.Pipeline: module.pipelines, ast.TemplateDecl: module.templates, ast.Test: module.tests}
     for item in items:
         groups[type(item)].append(item)
     return module
@@ -277,7 +277,7 @@ class _ToAst(Transformer):
         name = children[0]
         priority = children[1] if len(children) == 3 else 0
         body = children[-1]
-        return ast.Rule(str(name), priority, *body, pos=_tok_pos(name))
+        return ast.RuleDecl(str(name), priority, *body, pos=_tok_pos(name))
 
     def priority(self, children):
         number = children[-1]
@@ -300,7 +300,7 @@ class _ToAst(Transformer):
     def ruleset(self, children):
         name = children[0]
         params = children[1] if len(children) > 1 and isinstance(children[1], tuple) else ()
-        rules = tuple(c for c in children if isinstance(c, ast.Rule))
+        rules = tuple(c for c in children if isinstance(c, ast.RuleDecl))
         tests = tuple(c for c in children if isinstance(c, ast.Test))
         includes = tuple(c for c in children if isinstance(c, ast.Include))
         return ast.Ruleset(str(name), params, rules, tests, _tok_pos(name), includes)
@@ -314,7 +314,7 @@ class _ToAst(Transformer):
     def param(self, children):
         name, (type_name, is_list) = children[0], children[1]
         default = children[2] if len(children) > 2 else None
-        return ast.Param(str(name), type_name, is_list, default, _tok_pos(name))
+        return ast.ParamDecl(str(name), type_name, is_list, default, _tok_pos(name))
 
     def scalar_type(self, children):
         return str(children[0]), False
@@ -326,7 +326,7 @@ class _ToAst(Transformer):
         return ast.Pipeline(str(children[0]), tuple(children[1:]), _tok_pos(children[0]))
 
     def call_stage(self, children):
-        return ast.Stage(str(children[0]), tuple(children[1:]), _tok_pos(children[0]))
+        return ast.StageRef(str(children[0]), tuple(children[1:]), _tok_pos(children[0]))
 
     def kwarg(self, children):
         return str(children[0]), children[1]
@@ -335,7 +335,7 @@ class _ToAst(Transformer):
         name, *rest = children
         params = tuple(str(c) for c in rest if isinstance(c, Token))
         bindings = tuple(c for c in rest if isinstance(c, ast.NodeStmt))
-        return ast.Template(str(name), params, bindings, rest[-1], _tok_pos(name))
+        return ast.TemplateDecl(str(name), params, bindings, rest[-1], _tok_pos(name))
 
     # patterns
     def pattern_stmt(self, children):
@@ -348,10 +348,10 @@ class _ToAst(Transformer):
         names, first = (None, ops) if isinstance(ops, Token) else (tuple(str(op) for op in ops), ops[0])
         args = next((c for c in children[1:] if isinstance(c, tuple) and c and c[0] == "args"), None)
         attrs = next((c for c in children[1:] if isinstance(c, list)), [])
-        return ast.NodePattern(names, None if args is None else args[1], tuple(attrs), _tok_pos(first), shared)
+        return ast.NodePatternExpr(names, None if args is None else args[1], tuple(attrs), _tok_pos(first), shared)
 
     def alternatives(self, children):
-        return ast.NodePattern(None, None, (), children[0].pos, alternatives=tuple(children))
+        return ast.NodePatternExpr(None, None, (), children[0].pos, alternatives=tuple(children))
 
     def ops(self, children):
         return tuple(children)
@@ -406,16 +406,16 @@ class _ToAst(Transformer):
         return ("actions", tuple(children))
 
     def reroute(self, children):
-        return ast.Reroute(children[0], children[1], children[0].pos)
+        return ast.RerouteStmt(children[0], children[1], children[0].pos)
 
     def remove(self, children):
-        return ast.Remove(str(children[1]), _tok_pos(children[0]))
+        return ast.RemoveStmt(str(children[1]), _tok_pos(children[0]))
 
     def bind(self, children):
-        return ast.Bind(str(children[0]), children[1], _tok_pos(children[0]))
+        return ast.BindStmt(str(children[0]), children[1], _tok_pos(children[0]))
 
     def edit(self, children):
-        return ast.Edit(str(children[0]), tuple(children[1]), _tok_pos(children[0]))
+        return ast.EditStmt(str(children[0]), tuple(children[1]), _tok_pos(children[0]))
 
     def target_node(self, children):
         return ast.Target(str(children[0]), None, False, _tok_pos(children[0]))
@@ -432,7 +432,7 @@ class _ToAst(Transformer):
         # A test without given or expect is reported once the whole file has parsed (_parse_items),
         # so that a syntax error anywhere in the file is reported first.
         name = children[0]
-        using = next((c for c in children if isinstance(c, ast.Stage)), None)
+        using = next((c for c in children if isinstance(c, ast.StageRef)), None)
         parts = [c for c in children[1:] if isinstance(c, tuple)]
         given = next((p[1] for p in parts if p[0] == "given"), ())
         expect = next((p[1] for p in parts if p[0] == "expect"), ())
@@ -530,7 +530,7 @@ class _ToAst(Transformer):
     def new_node(self, children):
         args = next((c for c in children[1:] if isinstance(c, tuple)), None)
         attrs = next((c for c in children[1:] if isinstance(c, list)), [])
-        return ast.NewNode(str(children[0]), args, tuple(attrs), _tok_pos(children[0]))
+        return ast.NewNodeExpr(str(children[0]), args, tuple(attrs), _tok_pos(children[0]))
 
     def call_args(self, children):
         return tuple(children)

@@ -48,7 +48,7 @@ class Compiler(ExpressionCompiler):
 
     def __init__(self, module: ast.Module):
         super().__init__(module)
-        self.templates: dict[str, ast.Template] = {}
+        self.templates: dict[str, ast.TemplateDecl] = {}
         self.compiled_templates: dict[str, rw.Template | None] = {}
         self.compiling: set[str] = set()  # templates being compiled: calling one again is recursion
         for template in module.templates:
@@ -146,7 +146,7 @@ class Compiler(ExpressionCompiler):
             params.append(Param(p.name, p.type, p.is_list, default))
         return tuple(params)
 
-    def _stage(self, stage: ast.Stage) -> StageCall:
+    def _stage(self, stage: ast.StageRef) -> StageCall:
         args = {}
         for key, expr in stage.kwargs:
             if key in args:
@@ -157,7 +157,7 @@ class Compiler(ExpressionCompiler):
         return StageCall(stage.name, args, f"{self.module.path}:{stage.pos.line}:{stage.pos.column}")
     # -- rules --
 
-    def _rule(self, rule: ast.Rule, scope: Scope, seen: dict[str, ast.Pos]) -> Rule | None:
+    def _rule(self, rule: ast.RuleDecl, scope: Scope, seen: dict[str, ast.Pos]) -> Rule | None:
         errors_before = len(self.errors)
         if rule.name in seen:
             self.error(rule.pos, f"duplicate rule name '{rule.name}' (first at line {seen[rule.name].line})")
@@ -174,15 +174,15 @@ class Compiler(ExpressionCompiler):
                 fn, kind = self.value(clause.expr, scope)
                 scope.lets[clause.name] = kind
                 steps.append(("let", clause.name, fn, clause.pos))
-        if all(isinstance(a, ast.Bind) and a.name not in scope.statements for a in rule.actions):
+        if all(isinstance(a, ast.BindStmt) and a.name not in scope.statements for a in rule.actions):
             self.error(rule.actions[0].pos, "a replacement needs at least one 'n -> SOURCE', 'remove n' "
                                             "or 'n {changes}'")
         self._bindings(rule.actions, scope)
         edited: set[str] = set()
         for action in rule.actions:
-            if isinstance(action, ast.Edit) and action.name in edited:
+            if isinstance(action, ast.EditStmt) and action.name in edited:
                 self.error(action.pos, f"'{action.name}' is edited twice", "put every change in one block")
-            edited.add(action.name if isinstance(action, ast.Edit) else None)
+            edited.add(action.name if isinstance(action, ast.EditStmt) else None)
         actions = tuple(a for a in (self._action(a, scope) for a in rule.actions) if a is not None)
         if len(self.errors) > errors_before or pattern is None:
             return None
@@ -191,7 +191,7 @@ class Compiler(ExpressionCompiler):
         op_filter = _op_filter(rule.clauses, pattern, scope)
         return Rule(rule.name, pattern, guard, actions, rule.priority, location, op_filter=op_filter)
 
-    def _pattern(self, rule: ast.Rule, scope: Scope) -> Pattern | None:
+    def _pattern(self, rule: ast.RuleDecl, scope: Scope) -> Pattern | None:
         for stmt in rule.patterns:
             if stmt.var in scope.statements:
                 self.error(stmt.pos, f"'{stmt.var}' is already bound (line {scope.statements[stmt.var].pos.line})")
@@ -214,12 +214,12 @@ class Compiler(ExpressionCompiler):
             self.error(root.pos, "the root is what the rule replaces: it cannot be 'shared'")
         statements = {s.var: self._node_pattern(s.node, scope, s.var in scope.kept) for s in rule.patterns}
         # A rule that only reroutes to tensors the match has computes nothing twice.
-        builds = any(isinstance(a, ast.Bind) or
-                     (isinstance(a, ast.Reroute) and not isinstance(a.expr, (ast.Var, ast.Port)))
+        builds = any(isinstance(a, ast.BindStmt) or
+                     (isinstance(a, ast.RerouteStmt) and not isinstance(a.expr, (ast.Var, ast.Port)))
                      for a in rule.actions)
         return Pattern(roots[0], statements, private=builds)
 
-    def _collect(self, node: ast.NodePattern, scope: Scope, referenced: set[str]) -> None:
+    def _collect(self, node: ast.NodePatternExpr, scope: Scope, referenced: set[str]) -> None:
         """First pass: record tensor, list and attr names, so later uses resolve in any order."""
         if node.alternatives:
             first = _mentioned(node.alternatives[0])
@@ -264,7 +264,7 @@ class Compiler(ExpressionCompiler):
         kind = scope.kind_of(name)
         return (kind is None or name in scope.attrs) and dtype_constant(name) is None
 
-    def _check_ops(self, node: ast.NodePattern) -> None:
+    def _check_ops(self, node: ast.NodePatternExpr) -> None:
         for op in node.ops or ():
             op_def = op_registry.get_op(op)
             if op_def is None:
@@ -301,7 +301,7 @@ class Compiler(ExpressionCompiler):
             names = ", ".join(arg.name for arg in op_def.inputs) or "none"
             self.error(pos, f"op '{op}' takes {expected} input{'s' if expected != 1 else ''} ({names}), not {count}")
 
-    def _node_pattern(self, node: ast.NodePattern, scope: Scope, kept: bool = False) -> NodePattern:
+    def _node_pattern(self, node: ast.NodePatternExpr, scope: Scope, kept: bool = False) -> NodePattern:
         if node.alternatives:
             return NodePattern(None, alternatives=tuple(self._node_pattern(a, scope, kept) for a in node.alternatives))
         ops = frozenset(node.ops) if node.ops is not None else None
@@ -347,9 +347,9 @@ class Compiler(ExpressionCompiler):
         """Declare the nodes a replacement (or a template) names, so any action can read them."""
         named = {}
         for stmt in statements:
-            if not isinstance(stmt, (ast.Bind, ast.NodeStmt)):
+            if not isinstance(stmt, (ast.BindStmt, ast.NodeStmt)):
                 continue
-            name = stmt.name if isinstance(stmt, ast.Bind) else stmt.var
+            name = stmt.name if isinstance(stmt, ast.BindStmt) else stmt.var
             if name in scope.statements:
                 self.error(stmt.pos, f"'{name}' is a node of the pattern, so it cannot be bound again",
                            f"to replace it, write '{name} -> ...'")
@@ -360,7 +360,7 @@ class Compiler(ExpressionCompiler):
                 named[name] = stmt
         reads = _names_in(result) if result is not None else set()
         for stmt in statements:
-            reads |= _names_in(stmt.expr) if isinstance(stmt, (ast.Bind, ast.NodeStmt)) else _names_in(stmt)
+            reads |= _names_in(stmt.expr) if isinstance(stmt, (ast.BindStmt, ast.NodeStmt)) else _names_in(stmt)
         for name, stmt in named.items():
             if name not in reads:
                 self.error(stmt.pos, f"'{name}' is built but never used")
@@ -380,16 +380,16 @@ class Compiler(ExpressionCompiler):
         return False
 
     def _action(self, action, scope: Scope):
-        if isinstance(action, ast.Bind):
+        if isinstance(action, ast.BindStmt):
             source = self.producer(action.expr, scope)
             return rw.Bind(action.name, source) if source is not None else None
-        if isinstance(action, (ast.Remove, ast.Edit)) and scope.kind_of(action.name) != "tensor":
+        if isinstance(action, (ast.RemoveStmt, ast.EditStmt)) and scope.kind_of(action.name) != "tensor":
             self.error(action.pos, f"'{action.name}' is not a node of the pattern",
                        self._suggest(action.name, scope.statements))
             return None
-        if isinstance(action, ast.Remove):
+        if isinstance(action, ast.RemoveStmt):
             return rw.Remove(action.name)
-        if isinstance(action, ast.Edit):  # `n {changes}`: n changed where it stands
+        if isinstance(action, ast.EditStmt):  # `n {changes}`: n changed where it stands
             attrs, fields = self._changes(action.attrs, scope, edit=True)
             return rw.Edit(action.name, rw.NewNode(None, None, attrs, copy_of=action.name, fields=fields))
         target = action.target
@@ -418,7 +418,7 @@ class Compiler(ExpressionCompiler):
                 self.error(expr.pos, f"'{expr.name}' is not a node of the pattern")
                 return None
             return rw.TensorOf(expr.name, expr.port)
-        if isinstance(expr, ast.NewNode):
+        if isinstance(expr, ast.NewNodeExpr):
             return self._new_node(expr, scope)
         if isinstance(expr, ast.CopyNode) or (isinstance(expr, ast.Call) and scope.kind_of(expr.func) == "tensor"):
             var = expr.var if isinstance(expr, ast.CopyNode) else expr.func
@@ -547,7 +547,7 @@ class Compiler(ExpressionCompiler):
         self.compiled_templates[name] = compiled
         return compiled
 
-    def _new_node(self, expr: ast.NewNode, scope: Scope):
+    def _new_node(self, expr: ast.NewNodeExpr, scope: Scope):
         op_def = op_registry.get_op(expr.op)
         if op_def is None:
             self.error(expr.pos, f"unknown op '{expr.op}'", self._suggest(expr.op, op_registry.all_op_names()))
@@ -594,7 +594,7 @@ def _names_in(node: Any) -> set[str]:
     return names
 
 
-def _mentioned(node: ast.NodePattern) -> set[str]:
+def _mentioned(node: ast.NodePatternExpr) -> set[str]:
     """Every name a node pattern mentions: its inputs' names and its attrs' bare names."""
     names = {item.value.name for item in node.attrs if isinstance(item.value, ast.Var)}
     for arg in node.args or ():
@@ -611,16 +611,16 @@ def _tensor_sources(node: Any) -> set[str]:
     nodes to copy: the nodes it keeps."""
     if isinstance(node, (ast.Var, ast.Port, ast.Spread)):
         return {node.name}
-    if isinstance(node, (ast.Reroute, ast.Bind)):
+    if isinstance(node, (ast.RerouteStmt, ast.BindStmt)):
         return _tensor_sources(node.expr)
-    if isinstance(node, ast.Edit):  # an edited node stays where it is
+    if isinstance(node, ast.EditStmt):  # an edited node stays where it is
         return {node.name}
     function = FUNCTIONS.get(node.func) if isinstance(node, ast.Call) else None
     if function is not None and function.returns not in ("tensor", "list", "any"):
         return set()  # a value computed from the match
-    if isinstance(node, (ast.NewNode, ast.CopyNode, ast.Call)):
+    if isinstance(node, (ast.NewNodeExpr, ast.CopyNode, ast.Call)):
         names = set().union(*(_tensor_sources(a) for a in node.args or ()))
-        return names if not isinstance(node, ast.NewNode) or node.op != "Const" else set()
+        return names if not isinstance(node, ast.NewNodeExpr) or node.op != "Const" else set()
     if isinstance(node, (ast.ListExpr, ast.Comprehension, ast.Index, ast.Slice)):
         return _names_in(node)
     return set()

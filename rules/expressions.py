@@ -124,7 +124,7 @@ class ExpressionCompiler:
             return (lambda ctx: [f(ctx) for f in fns]), "list"
         if isinstance(expr, ast.Call):
             return self._call(expr, scope)
-        if isinstance(expr, (ast.NewNode, ast.CopyNode)):
+        if isinstance(expr, (ast.NewNodeExpr, ast.CopyNode)):
             self.error(expr.pos, "a node can only be built in a replacement (after '=>')")
             return (lambda ctx: None), "any"
         if isinstance(expr, ast.BoolOp):

@@ -155,20 +155,20 @@ def build_graph(statements, module: ast.Module, base=()) -> Graph:
 def _references(expr) -> list[str]:
     if isinstance(expr, (ast.Var, ast.Port)):
         return [expr.name]
-    if isinstance(expr, ast.NewNode):
+    if isinstance(expr, ast.NewNodeExpr):
         return [n for a in expr.args or () for n in _references(a)]
     return []
 
 
 def _add_statement(graph_def: pb.GraphDef, stmt: ast.NodeStmt, compiler: Compiler) -> None:
     expr = stmt.expr
-    if not isinstance(expr, ast.NewNode):
+    if not isinstance(expr, ast.NewNodeExpr):
         compiler.error(stmt.pos, "a fixture line builds a node: 'name = Op(inputs) {attrs}'")
         return
     _add_node(graph_def, stmt.var, expr, compiler)
 
 
-def _add_node(graph_def: pb.GraphDef, name: str, expr: ast.NewNode, compiler: Compiler) -> None:
+def _add_node(graph_def: pb.GraphDef, name: str, expr: ast.NewNodeExpr, compiler: Compiler) -> None:
     proto = graph_def.node.add(name=name, op=expr.op)
     node = Node(proto)
     for item in expr.attrs:
@@ -197,13 +197,13 @@ def _add_node(graph_def: pb.GraphDef, name: str, expr: ast.NewNode, compiler: Co
             proto.input.append(arg.name)
         elif isinstance(arg, ast.Port):
             proto.input.append(str(TensorRef(arg.name, arg.port)))
-        elif isinstance(arg, ast.NewNode):
+        elif isinstance(arg, ast.NewNodeExpr):
             helper = f"{name}/{arg.op}_{index}"
             _add_node(graph_def, helper, arg, compiler)
             proto.input.append(helper)
         elif isinstance(arg, (ast.Number, ast.Unary)):
             helper = f"{name}/const_{index}"
-            _add_node(graph_def, helper, ast.NewNode("Const", (arg,), (), arg.pos), compiler)
+            _add_node(graph_def, helper, ast.NewNodeExpr("Const", (arg,), (), arg.pos), compiler)
             proto.input.append(helper)
         else:
             compiler.error(arg.pos, "a fixture input is a node name, name:port, a number or a node")

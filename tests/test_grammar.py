@@ -64,7 +64,7 @@ def test_a_rule_parses_to_positions_and_parts():
     assert (rule.name, rule.priority, rule.pos) == ("fold", 3, ast.Pos(2, 6))
     conv, out = rule.patterns
     assert conv.node.ops == ("Conv2D", "MatMul")
-    assert conv.node.args[1] == ast.ArgBound("w", ast.NodePattern(("Const",), None, (), ast.Pos(3, 32)), ast.Pos(3, 29))
+    assert conv.node.args[1] == ast.ArgBound("w", ast.NodePatternExpr(("Const",), None, (), ast.Pos(3, 32)), ast.Pos(3, 29))
     assert conv.node.attrs[0].key == "padding" and conv.node.attrs[0].value == ast.Var("p", ast.Pos(3, 49))
     assert out.node.args[1] == ast.ArgLiteral(2.0, ast.Pos(4, 21))
     where, let = rule.clauses
@@ -72,7 +72,7 @@ def test_a_rule_parses_to_positions_and_parts():
     assert isinstance(let, ast.Let) and let.name == "scale"
     first, second, third = rule.actions
     assert first.target == ast.Target("out", None, False, ast.Pos(7, 8))
-    assert second.target.port == 1 and isinstance(third, ast.Remove)
+    assert second.target.port == 1 and isinstance(third, ast.RemoveStmt)
 
 
 def test_rulesets_pipelines_imports_and_tests_parse():
