@@ -31,7 +31,8 @@ the loaded rule sets have, and that no other rule fires.
 
 Each (size, variant) runs in a fresh subprocess that prints one JSON object; a worker that runs
 past --timeout is killed and reported as not finishing (larger sizes are then skipped). Timed
-separately: construction (`Graph(graph_def)`, which indexes and validates), rule application
+separately: construction (what `Graph.load` does with a parsed file: `Graph(graph_def)`, which
+indexes and validates, then `check_dtypes`, as every graph the tool rewrites is loaded), rule application
 (every stage of `load_rules(["cleanup", "batch_norm", "quantization"])` through `apply_rules`),
 and serialization (`Graph.to_bytes()`). Memory is from /proc/self/status: "graph MB" is the RSS
 growth from generating the GraphDef and building the Graph; each phase's peak is VmHWM, reset
@@ -349,6 +350,7 @@ def run_worker(n_nodes: int, extra_rules: int, profile: str | None) -> dict:
     reset = _reset_peak()   # from here on, each phase's peak includes the resident GraphDef
     t2 = time.perf_counter()
     graph = Graph(graph_def)
+    graph.check_dtypes()  # as Graph.load checks every file; the rewrites reuse what it works out
     t3 = time.perf_counter()
     del graph_def  # the Graph holds the message; as after Graph.load, nothing else does
     construct_peak_kb = _status_kb("VmHWM")
