@@ -453,9 +453,8 @@ def _list(args: argparse.Namespace) -> int:
         entry = {"name": name, "kind": "pass" if isinstance(item, GraphPass) else "ruleset", "file": item.path,
                  "params": [{"name": p.name, "type": f"[{p.type}]" if p.is_list else p.type,
                              "default": _param_default(p)} for p in item.params]}
-        if isinstance(item, GraphPass):
-            entry["doc"] = item.doc
-        else:
+        entry["doc"] = item.doc
+        if not isinstance(item, GraphPass):
             entry["rules"] = [r.name for r in item.rules]
         entries.append(entry)
     if args.json:
@@ -467,7 +466,8 @@ def _list(args: argparse.Namespace) -> int:
     for column in ("name", "kind", "parameters (defaults)", "contents"):
         table.add_column(column)
     for entry in entries:
-        params = ", ".join(f"{p['name']}: {p['type']} = {_default_text(p)}" for p in entry.get("params", []))
+        params = ", ".join(f"{p['name']}: {p['type']} " + ("(required)" if p["default"] is None else
+                                                           f"= {_default_text(p)}") for p in entry.get("params", []))
         contents = entry.get("doc") or ", ".join(entry.get("rules") or entry.get("stages") or [])
         table.add_row(markup(entry["name"]), entry["kind"], markup(params or "-"), markup(contents))
     console().print(table)

@@ -64,8 +64,12 @@ class Compiler(ExpressionCompiler):
         seen_rules: dict[str, ast.Pos] = {}
         if self.module.rules:
             rules = tuple(self._rule(r, Scope(), seen_rules) for r in self.module.rules)
+            # The file's top-level rules are described by the comment that opens the file.
+            opening = next((i for i, text in enumerate(self.module.source.splitlines(), 1)
+                            if not text.lstrip().startswith("#")), 1)
             out.rulesets[stem] = RuleSet(stem, (), tuple(r for r in rules if r), tuple(self.module.tests),
-                                         self.module.path, self.module.rules[0].pos.line)
+                                         self.module.path, self.module.rules[0].pos.line,
+                                         _comment_above(self.module.source, opening))
         for test in self.module.tests:
             out.tests.append((test, stem))
         for block in self.module.rulesets:
@@ -91,7 +95,8 @@ class Compiler(ExpressionCompiler):
                 else:
                     rules += [r.with_params({p.name: p.default for p in params}) for r in included.rules]
             out.rulesets[block.name] = RuleSet(block.name, params, tuple(rules), block.tests,
-                                               self.module.path, block.pos.line)
+                                               self.module.path, block.pos.line,
+                                               _comment_above(self.module.source, block.pos.line))
             for test in block.tests:
                 out.tests.append((test, block.name))
         for pipeline in self.module.pipelines:
@@ -651,6 +656,17 @@ def _op_filter(clauses, pattern: Pattern, scope: Scope) -> tuple[str, ...] | str
         return tuple(item.value for item in items.items)
     return None
 
+
+
+def _comment_above(source: str, line: int) -> str:
+    """The first sentence of the comment right above `line` (a rule set's description), or ""."""
+    lines = source.splitlines()[:line - 1]
+    block = []
+    while lines and lines[-1].lstrip().startswith("#"):
+        block.insert(0, lines.pop().lstrip()[1:].strip())
+    text = " ".join(block)
+    end = text.find(". ")
+    return text if end < 0 else text[:end + 1]
 
 
 def compile_module(module: ast.Module) -> CompiledFile:

@@ -39,7 +39,7 @@ class RuleSet:
     tests: tuple[ast.Test, ...]
     path: str
     line: int
-    doc: str = ""
+    doc: str = ""  # the first sentence of the comment right above the `ruleset` line
 
     def instantiate(self, args: dict[str, Any] | None = None, *, where: str = "") -> list[Rule]:
         """The rules with parameter values: defaults overridden by `args` (checked against types)."""

@@ -154,3 +154,20 @@ def test_list_shows_rule_sets_with_parameters(tmp_path, capsys):
     assert {"cleanup", "batch_norm", "quantization", "shrink"} <= set(entries)
     assert entries["shrink"]["params"] == [{"name": "limit", "type": "int", "default": 4}]
     assert "remove-identity" in entries["cleanup"]["rules"]
+
+
+def test_list_describes_each_rule_set_by_its_comment_and_marks_required_parameters(tmp_path, capsys):
+    extra = tmp_path / "extra.rules"
+    extra.write_text("# Unused: drop Relus. Second sentence.\n\n# Shrinks things. Not shown.\n"
+                     "ruleset shrink(limit: int):\n    rule r:\n        n = Relu(x)\n        where limit > 0\n"
+                     "        => n -> x\n\nrule top:\n    n = Relu6(x)\n    => n -> x\n")
+    assert main(["list", str(extra), "--json"]) == 0
+    entries = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
+    assert entries["shrink"]["doc"] == "Shrinks things."
+    assert entries["extra"]["doc"] == "Unused: drop Relus."      # the file's top-level rules
+    assert entries["set_device"]["doc"].startswith("GTT's set_device: every node")
+    assert entries["cleanup"]["doc"] == "Nodes that do nothing at inference time."
+    assert main(["list", str(extra)]) == 0
+    table = capsys.readouterr().out
+    assert "limit: int (required)" in table and "Shrinks things." in table
+    assert "old_op_name: str (required)" in table
