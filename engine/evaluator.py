@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from gtt_rules.errors import EvaluationError, did_you_mean
+from gtt_rules.errors import EvaluationError, MemoryBudgetError, did_you_mean
 
 from .dtypes import DT_BFLOAT16, dtype_info, dtype_name, numpy_dtype
 from .functions import FunctionLibrary
@@ -296,7 +296,7 @@ class Evaluator:
         held = {ref: _bytes(value) for ref, value in values.items()}   # what each live value counts
         live = sum(held.values())
         if live > budget:
-            raise EvaluationError(f"the inputs take {format_size(live)}, over the memory budget of "
+            raise MemoryBudgetError(f"the inputs take {format_size(live)}, over the memory budget of "
                                   f"{format_size(budget)}; raise it with --max-memory")
         peak = live
         with np.errstate(all="ignore"):     # TensorFlow gives inf/nan silently, so do we
@@ -365,8 +365,8 @@ def _bytes(value: np.ndarray) -> int:
     return value.nbytes
 
 
-def _over_budget(node: Node, size: int, live: int, budget: int) -> EvaluationError:
-    return EvaluationError(f"{node.op} needs {format_size(size)} for its outputs with "
+def _over_budget(node: Node, size: int, live: int, budget: int) -> MemoryBudgetError:
+    return MemoryBudgetError(f"{node.op} needs {format_size(size)} for its outputs with "
                            f"{format_size(live)} of tensors live, over the memory budget of "
                            f"{format_size(budget)}; raise it with --max-memory", node=node.name)
 
@@ -451,7 +451,7 @@ def random_feeds(graph: Graph, seed: int = 0, overrides: Mapping[str, np.ndarray
         # Random numbers are drawn in 64 bits, then narrowed: both exist for a moment.
         drawn = math.prod(shape) * {"float": 8, "complex": 32}.get(info.kind, 0)
         if total + size + drawn > budget:
-            raise EvaluationError(f"a random value for placeholder '{node.name}' "
+            raise MemoryBudgetError(f"a random value for placeholder '{node.name}' "
                                   f"({_describe_placeholder(node)}) needs {format_size(size + drawn)} "
                                   f"with {format_size(total)} of inputs made, over the memory budget "
                                   f"of {format_size(budget)}; raise it with --max-memory or feed it",

@@ -480,6 +480,9 @@ class _Planner:
                 self.graph.ordering(source.control_inputs, self.pure)
             planned.device = source.device
         planned.device = fields.get("device", planned.device)
+        if not isinstance(planned.device, str):
+            raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {planned.device!r} is not a "
+                               f"device name")
         if "control_inputs" in fields:
             control = fields["control_inputs"]
             if not isinstance(control, list) or not all(isinstance(c, str) and c in self.graph for c in control):

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from gtt_rules.errors import GraphError, UsageError
+from gtt_rules.errors import EvaluationError, GraphError, MemoryBudgetError, UsageError
 
 from gtt_rules.engine.dtypes import DT_FLOAT
 from gtt_rules.engine.evaluator import Evaluator
@@ -50,11 +50,6 @@ def runtime_ranges(graph: Graph) -> list[str]:
               for port, ref in enumerate(node.inputs) if port in _RANGE_INPUTS[node.op]]
     found = graph.walk(ranges, lambda node: [r.node for r in node.inputs] if node.op in _RANGE_ARITHMETIC else ())
     return [node.name for node in graph if node.name in found and node.op in _MEASURING_OPS]
-
-
-def requantization_ranges(graph: Graph) -> list[str]:
-    """The names of the graph's RequantizationRange nodes, in file order."""
-    return [node.name for node in graph if node.op == "RequantizationRange"]
 
 
 def record_ranges(graph: Graph, samples: Iterable[Mapping[str, np.ndarray]], *,
@@ -95,39 +90,46 @@ def record_ranges(graph: Graph, samples: Iterable[Mapping[str, np.ndarray]], *,
 def _measure_all(measure, first, rest: Iterator, evaluator: Evaluator, workers: int | None):
     """measure(first), then measure(sample) for each of `rest`, in order: in this process, or over
     forked workers (see record_ranges). An error reading a sample is raised once the samples before
-    it are measured, and a worker's error as it comes in order, as a run in one process raises them."""
+    it are measured, and a worker's error as it comes in order, as a run in one process raises them.
+    A sample a worker's share of the memory budget cannot hold is measured here, with all of it."""
     yield measure(first)        # constants and prepared weights are then computed once, for all
     workers = _worker_count(workers, evaluator.peak_bytes)
     if workers < 2:
         yield from map(measure, rest)
         return
     import multiprocessing      # with concurrent.futures' processes, 15 ms to import: only when used
+    import os
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    global _WORKER
-    _WORKER = measure, max_memory() // workers
-    pending: collections.deque = collections.deque()
+    pending: collections.deque = collections.deque()   # (future, feeds), in sample order
     unread: Exception | None = None
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
-        try:
-            while True:
-                while unread is None and len(pending) < 4 * workers:    # a few samples read ahead
-                    try:
-                        feeds = next(rest)
-                    except StopIteration:
-                        break
-                    except Exception as error:  # noqa: BLE001 - raised in its turn, below
-                        unread = error
-                        break
-                    pending.append(pool.submit(_measure_in_worker, feeds))
-                if not pending:
+    # Forked, the workers inherit `measure` (a closure over this graph's evaluator) unpickled.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_start_worker, initargs=(measure, max_memory() // workers, os.getpid()))
+    try:
+        while True:
+            while unread is None and len(pending) < 4 * workers:    # a few samples read ahead
+                try:
+                    feeds = next(rest)
+                except StopIteration:
                     break
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
-            _WORKER = None
+                except Exception as error:  # noqa: BLE001 - raised in its turn, below
+                    unread = error
+                    break
+                pending.append((pool.submit(_measure_in_worker, feeds), feeds))
+            if not pending:
+                break
+            future, feeds = pending.popleft()
+            try:
+                measured = future.result()
+            except BrokenProcessPool:
+                raise EvaluationError("a calibration worker process died (killed for memory?); "
+                                      "lower --max-memory, or give fewer samples at once") from None
+            yield measure(feeds) if measured is None else measured
+    finally:
+        # Stop at once on an error or Ctrl-C: queued samples are dropped, not measured first.
+        pool.shutdown(wait=True, cancel_futures=True)
     if unread is not None:
         raise unread
 
@@ -145,21 +147,36 @@ def _worker_count(requested: int | None, peak: int) -> int:
     return max(workers, 1)
 
 
-_WORKER: tuple[Callable, int] | None = None     # what a forked worker runs, and its memory budget
+_WORKER: tuple[Callable, int] | None = None     # in a worker: what it runs, and its memory budget
 
 
-def _start_worker() -> None:
+def _start_worker(measure: Callable, budget: int, parent: int) -> None:
+    import ctypes
+    import os
     import signal
 
-    # The parent answers Ctrl-C; the workers together fill the cores, so each keeps to one.
+    global _WORKER
+    _WORKER = measure, budget
+    # The parent answers Ctrl-C; a worker dies with its parent (killed, or out of memory) rather
+    # than wait on its queue forever.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    chunked.use_one_thread()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:      # the parent was gone before that took effect
+        os._exit(1)
+    chunked.use_one_thread()        # the workers together fill the cores, so each keeps to one
 
 
-def _measure_in_worker(feeds: Mapping[str, np.ndarray]) -> list[tuple[float, float]]:
+def _measure_in_worker(feeds: Mapping[str, np.ndarray]) -> list[tuple[float, float]] | None:
+    """The sample's records, or None where this worker's share of the budget cannot hold it."""
     measure, budget = _WORKER
-    with memory_budget(budget):
-        return measure(feeds)
+    try:
+        with memory_budget(budget):
+            return measure(feeds)
+    except MemoryBudgetError:
+        return None
 
 
 def _fetches(node, percentile: bool) -> list[str]:

@@ -87,6 +87,10 @@ class EvaluationError(GttRulesError):
     """Running a graph failed (unknown op, bad feed, kernel error)."""
 
 
+class MemoryBudgetError(EvaluationError):
+    """Running a graph would hold more tensors at once than the memory budget allows."""
+
+
 class UsageError(GttRulesError):
     """The command line is wrong."""
 

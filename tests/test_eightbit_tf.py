@@ -474,3 +474,96 @@ def test_gtt_percentiles_choose_like_gtt():
     # 5%: index round(20 * 0.05) = 1 from the bottom of the mins, round(20 * 0.95) = 19 of the maxes.
     assert calibration.chosen_range(observed, 5.0, 5.0) == (-19.0, 20.0)
     assert calibration.chosen_range(observed, 10.0, 10.0) == (-18.0, 19.0)   # indices 2 and 18
+
+
+def test_a_sample_a_workers_share_cannot_hold_is_measured_by_the_parent():
+    """The workers split the budget; a sample that needs more than a share but fits the whole
+    budget gives the records of one process, not an over-budget error."""
+    from gtt_rules.engine.limits import memory_budget
+
+    data, feeds = _tf1_graph(conv_bias_relu)
+    graph = transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"])
+    graph["x"].set_attr("shape", [-1, 9, 9, 3])     # any batch
+    rng = np.random.default_rng(3)
+    samples = [{"x": rng.standard_normal((batch, 9, 9, 3)).astype(np.float32)} for batch in (1, 1, 60, 1, 1)]
+    alone = calibration.record_ranges(graph, samples, workers=1)
+    big = calibration.Evaluator(graph, [f"{n}:0" for n in calibration.runtime_ranges(graph)], fed=["x"])
+    big.run(samples[2])
+    budget = big.peak_bytes * 3 // 2    # holds the batch of 60; half of it holds a batch of 1 only
+    with memory_budget(budget // 2), pytest.raises(calibration.MemoryBudgetError):
+        calibration.record_ranges(graph, samples[2:3], workers=1)
+    with memory_budget(budget):
+        assert calibration._worker_count(2, big.peak_bytes // 60) == 2
+        assert calibration.record_ranges(graph, iter(samples), workers=2) == alone
+
+
+def test_a_worker_that_dies_is_a_one_line_error(monkeypatch):
+    import os
+
+    from gtt_rules.errors import EvaluationError
+
+    data, feeds = _tf1_graph(conv_bias_relu)
+    graph = transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"])
+    parent = os.getpid()
+    real = calibration._measured
+
+    def dies_in_a_worker(node, values, percentile):
+        if os.getpid() != parent:
+            os._exit(9)
+        return real(node, values, percentile)
+    monkeypatch.setattr(calibration, "_measured", dies_in_a_worker)
+    with pytest.raises(EvaluationError, match="a calibration worker process died"):
+        calibration.record_ranges(graph, _calibration_samples(6), workers=2)
+
+
+def test_workers_die_with_their_parent(tmp_path):
+    """A calibrating process killed (as `timeout` does) leaves no worker behind."""
+    import os
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pids = tmp_path / "workers"
+    script = f"""
+import os, sys, numpy as np
+sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
+from test_eightbit_tf import _tf1_graph, conv_bias_relu, transform, Graph, calibration
+data, feeds = _tf1_graph(conv_bias_relu)
+graph = transform(Graph.from_bytes(data), "quantize_nodes", list(feeds), ["out"])
+parent, real = os.getpid(), calibration._measured
+def slow(node, values, percentile):
+    if os.getpid() != parent:
+        with open({str(pids)!r}, "a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+        import time; time.sleep(0.2)
+    return real(node, values, percentile)
+calibration._measured = slow
+def forever():
+    rng = np.random.default_rng(0)
+    while True:
+        yield {{"x": rng.standard_normal((2, 9, 9, 3)).astype(np.float32)}}
+calibration.record_ranges(graph, forever(), workers=2)
+"""
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not (pids.exists() and len(set(pids.read_text().split())) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = {int(p) for p in pids.read_text().split()}
+    assert len(workers) >= 2
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    time.sleep(1.0)
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    left = [pid for pid in workers if alive(pid)]
+    for pid in left:                # not to leave them running if the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left

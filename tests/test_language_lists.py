@@ -523,6 +523,18 @@ def test_an_edit_to_a_node_that_does_not_exist_fails():
         """), protected=["x", "out"])
 
 
+@pytest.mark.parametrize("replacement", ['n {device: attr(n, "T")}', 'n -> n(x) {device: attr(n, "T")}'])
+def test_a_device_that_is_not_a_string_fails_in_one_line(replacement):
+    graph = _guarded_relu()
+    with pytest.raises(RewriteError, match="is not a device name"):
+        apply_rules(graph, compile_rules(f"""
+            rule device-from-a-dtype:
+                n = Relu(x)
+                => {replacement}
+        """), protected=["x", "out"])
+    assert graph["n"].device == ""
+
+
 @pytest.mark.parametrize("line, message", [
     ("n = Relu(x) {T: none}", "'none' deletes an attr"),
     ("n = Relu(x) {(\"T\"): float}", "a fixture node names its attrs"),
