@@ -73,6 +73,12 @@ class AttrDef:
     allowed_values: tuple | None
     minimum: int | None
 
+    @property
+    def known_default(self) -> bool:
+        """Whether the attr has a default we can write: TensorFlow's importer fills it into a node
+        that leaves the attr unset (a tensor's default, which reads as None here, is left alone)."""
+        return self.has_default and (self.default is not None or self.type == "shape")
+
 
 @dataclass(frozen=True)
 class OpDef:

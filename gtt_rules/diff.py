@@ -93,7 +93,7 @@ def _attr_or_default(attrs, op: str, key: str) -> pb.AttrValue | None:
         return attrs[key]
     op_def = op_registry.get_op(op)
     attr = op_def.attrs.get(key) if op_def is not None else None
-    if attr is None or not attr.has_default or (attr.default is None and attr.type != "shape"):
+    if attr is None or not attr.known_default:
         return None
     return encode_attr(attr.default, attr.type)
 

@@ -26,7 +26,7 @@ class Param:
 
     def describe(self) -> str:
         kind = f"[{self.type}]" if self.is_list else self.type
-        return f"{self.name}: {kind} = {self.default!r}"
+        return f"{self.name}: {kind} " + ("(required)" if self.default is None else f"= {self.default!r}")
 
 
 @dataclass

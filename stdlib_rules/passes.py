@@ -143,7 +143,7 @@ def add_default_attributes(graph: Graph, ctx: PassContext) -> None:
         if op_def is None:
             continue
         for name, attr in op_def.attrs.items():
-            if attr.has_default and name not in node.attr and (attr.default is not None or attr.type == "shape"):
+            if attr.known_default and name not in node.attr:
                 node.set_attr(name, attr.default, attr.type)
 
 
@@ -565,9 +565,7 @@ def strip_default_attrs(graph: Graph, ctx: PassContext) -> None:
         if found is None:
             op_def = op_registry.get_op(node.op)
             attrs = op_def.attrs.values() if op_def is not None else ()
-            # A tensor's default cannot be decoded back (it reads as None): such attrs stay.
-            found = defaults[node.op] = [(a.name, encode_attr(a.default, a.type)) for a in attrs
-                                         if a.has_default and (a.default is not None or a.type == "shape")]
+            found = defaults[node.op] = [(a.name, encode_attr(a.default, a.type)) for a in attrs if a.known_default]
         redundant = [name for name, default in found if node.attr_value(name) == default]
         if redundant:
             attrs = node.attr
