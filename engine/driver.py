@@ -244,6 +244,4 @@ def _stopped(report: Report, reason: StopReason, graph: Graph, dispatch: _Dispat
     report.stop_reason, report.nodes_after = reason, len(graph)
     located = {rule.name: rule.location for rule in dispatch.rules if rule.name in rules}
     names = ", ".join(f"{name} ({located[name]})" if located.get(name) else name for name in sorted(rules))
-    error = RewriteError(f"{what}; rules involved: {names}")
-    error.report = report
-    return error
+    return RewriteError(f"{what}; rules involved: {names}", report=report)

@@ -321,6 +321,8 @@ def _names(node_pattern: NodePattern) -> tuple[str, ...] | None:
         return cached[1]
     shared = any(want.node_var is not None for n in _walk(node_pattern) for want in n.inputs or ())
     names = None if shared else tuple(sorted(_bound_names(node_pattern)))
+    if len(_NAMES) > 10_000:    # patterns of rules compiled and dropped (library use) are not kept
+        _NAMES.clear()
     _NAMES[id(node_pattern)] = (node_pattern, names)
     return names
 

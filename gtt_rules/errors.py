@@ -80,7 +80,12 @@ class GraphError(GttRulesError):
 
 
 class RewriteError(GttRulesError):
-    """Applying a rule failed; the graph was left as it was before that rewrite."""
+    """Applying a rule failed; the graph was left as it was before that rewrite. A run stopped at a
+    limit carries its `report` (fires and stop reason so far)."""
+
+    def __init__(self, message: str, *, report=None, **location):
+        super().__init__(message, **location)
+        self.report = report
 
 
 class EvaluationError(GttRulesError):

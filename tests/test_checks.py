@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from gtt_rules.errors import GttRulesError, RulesCheckError
+from gtt_rules.errors import GttRulesError, RewriteError, RulesCheckError
 from gtt_rules.grammar.parser import parse
 from gtt_rules.rules.compiler import compile_module
 from gtt_rules.rules.library import Library
@@ -220,5 +220,6 @@ def test_every_error_declares_its_fields(error_class):
     """The CLI reads the location, excerpt and hint of any error directly: each class declares them."""
     bare = error_class("m")
     assert (bare.path, bare.line, bare.column, bare.node, bare.excerpt, bare.hint) == (None,) * 6
+    assert not isinstance(bare, RewriteError) or bare.report is None
     placed = error_class("m", path="f.rules", line=2, column=3, source="a\nbcd e\n", hint="h")
     assert (str(placed), placed.excerpt, placed.hint) == ("f.rules:2:3: m", "    bcd e\n      ^", "h")
