@@ -233,7 +233,18 @@ class Node:
         self._unshare()
         if self._mapped is not None and self._mapped.pop(name, None) is not None and not self._mapped:
             self._mapped = None     # the old bytes are not copied in only to be replaced
-        self.proto.attr[name].CopyFrom(encoded)
+        self.header.attr[name].CopyFrom(encoded)    # other mapped tensors stay in the file
+        EDITS.record(self._name)
+
+    def delete_attr(self, name: str) -> None:
+        """Remove attr `name`. The bytes of a mapped tensor (`map_tensor`) are not copied in: only
+        the header changes, or the mapping of `name` itself goes."""
+        self._decoded.pop(name, None)
+        self._signature = None
+        self._unshare()
+        if self._mapped is not None and self._mapped.pop(name, None) is not None and not self._mapped:
+            self._mapped = None
+        del self.header.attr[name]
         EDITS.record(self._name)
 
     def _settle(self) -> None:
@@ -929,7 +940,7 @@ class Graph:
     def edit_node(self, name: str, op: str, device: str, attrs: Mapping[str, pb.AttrValue | None]) -> None:
         """Change node `name` where it stands: its op, its device, and the attrs `attrs` names (to
         that value; None deletes the attr). Its name, inputs and control edges stay; undone with
-        the transaction. A change of op or device alone copies no mapped tensor in (`map_tensor`)."""
+        the transaction. No mapped tensor (`map_tensor`) is copied in but one the edit changes."""
         node = self._nodes[name]
 
         def apply(op, device, attrs):
@@ -940,14 +951,18 @@ class Graph:
                 if value is not None:
                     node.set_attr(key, value)
                 elif node.attr_value(key) is not None:
-                    del node.attr[key]
+                    node.delete_attr(key)
             EDITS.record(name)
 
-        before = {key: None for key in attrs}
+        before: dict[str, pb.AttrValue | None] = {}     # what undo writes back
         for key in attrs:
-            if node.attr_value(key) is not None:
+            # Only a mapped tensor that is itself edited is read whole (its bytes copied in).
+            current = node.proto.attr[key] if key in node.mapped else node.attr_value(key)
+            if current is not None:
                 before[key] = pb.AttrValue()
-                before[key].CopyFrom(node.proto.attr[key])
+                before[key].CopyFrom(current)
+            else:
+                before[key] = None
         self._record(functools.partial(apply, node.op, node.device, before))
         apply(op, device, attrs)
 

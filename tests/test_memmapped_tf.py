@@ -14,14 +14,16 @@ import re
 import numpy as np
 import pytest
 
-from conftest import fixture_path, fixture_spec, random_feeds, tf_run
+from conftest import compile_rules, fixture_path, fixture_spec, random_feeds, tf_run
 from gtt_rules.cli import main
 from gtt_rules.engine import graph_io, memmapped, op_registry
+from gtt_rules.engine.driver import apply_rules
 from gtt_rules.engine.evaluator import evaluate
 from gtt_rules.engine.graph import Graph
 from gtt_rules.engine.proto import graph_def_pb2 as pb
 from gtt_rules.engine.proto import memmapped_pb2
 from gtt_rules.engine.tensors import encode_tensor
+from gtt_rules.rules.library import load_rules
 
 ROUND_TRIP = ["keras_mobilenet_tiny", "tf1_conv_bn", "quantized_ops", "all_dtypes_consts", "tf1_while_loop"]
 # The smallest tensor given a region: every fixed-size one, except in MobileNet, where TensorFlow
@@ -442,3 +444,15 @@ def test_setting_a_mapped_value_replaces_it(tmp_path):
     assert node.mapped == ()
     np.testing.assert_array_equal(node.get_attr("value"), new)
     np.testing.assert_array_equal(Graph.from_bytes(graph.to_bytes())[node.name].get_attr("value"), new)
+
+
+def test_editing_other_attrs_of_a_mapped_weight_leaves_its_bytes_in_the_file():
+    graph = Graph.load(fixture_path("tf1_conv_bn"))
+    whole = Graph.from_bytes(fixture_path("tf1_conv_bn").read_bytes())
+    (node,) = [n for n in graph if n.mapped]
+    apply_rules(graph, compile_rules("rule mark:\n    n = Const\n    => n {_kept: true}\n"), protected=[])
+    assert node.get_attr("_kept") is True and node.mapped == ("value",)
+    (stage,) = load_rules(['remove_attribute(attribute_name="_kept")'])
+    stage.run(graph, inputs=[], outputs=[])
+    assert "_kept" not in node.header.attr and node.mapped == ("value",)
+    assert graph.to_bytes() == whole.to_bytes()
