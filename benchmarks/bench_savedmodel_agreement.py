@@ -27,7 +27,10 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "tests" / "fixtures" / "real" / "basic_pitch_icassp_2022"
+sys.path.insert(0, str(ROOT / "tests"))
+from real_models import FIXTURES, basic_pitch_without_slots  # noqa: E402
+
+SOURCE = FIXTURES / "basic_pitch_icassp_2022"
 INPUT = "input_2"
 
 # One configuration per process: thread counts and oneDNN are fixed when TensorFlow starts.
@@ -81,19 +84,6 @@ RUNS = [  # (label, mode, threads, oneDNN)
 ]
 
 
-def _slotless_copy(folder: pathlib.Path) -> pathlib.Path:
-    """Basic Pitch with its optimizer slots removed: TensorFlow's loader cannot revive them."""
-    import shutil
-    from tensorflow.core.protobuf import saved_model_pb2    # ours leaves slot_variables out
-    copy = folder / "model"
-    shutil.copytree(SOURCE, copy)
-    saved = saved_model_pb2.SavedModel.FromString((SOURCE / "saved_model.pb").read_bytes())
-    for node in saved.meta_graphs[0].object_graph_def.nodes:
-        del node.slot_variables[:]
-    (copy / "saved_model.pb").write_bytes(saved.SerializeToString())
-    return copy
-
-
 def _distance(actual: dict, reference: dict) -> float:
     worst = 0.0
     for key, expected in reference.items():
@@ -110,7 +100,7 @@ def main(argv=None) -> int:
     samples = (rng.normal(size=(args.samples, 1, 43844, 1)) * 0.1).astype(np.float32)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = pathlib.Path(scratch)
-        model = _slotless_copy(scratch)
+        model = basic_pitch_without_slots(scratch)  # TensorFlow's loader fails on its optimizer slots
         feeds = scratch / "feeds.npz"
         np.savez(feeds, samples=samples, keys=np.array([]))
         outputs = {}

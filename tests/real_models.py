@@ -356,25 +356,29 @@ def _build_mtcnn_onet(spec: Spec):
     return _freeze_keras(model, spec, ("box", "landmarks", "face"))
 
 
-def _build_basic_pitch(spec: Spec):
-    """Freeze the SavedModel's serving signature.
-
-    Keras 3 cannot revive the Keras 2 optimizer that the SavedModel carries, and loading it
-    fails on the optimizer's slot variables; inference needs neither, so a copy of the
-    SavedModel without the slot variables is loaded instead."""
-    import tensorflow as tf
+def basic_pitch_without_slots(folder: pathlib.Path) -> pathlib.Path:
+    """A copy of Basic Pitch's SavedModel, in `folder`, without the optimizer's slot variables:
+    Keras 3 cannot revive the Keras 2 optimizer, and TensorFlow's loader fails on them; inference
+    needs neither."""
     from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     source = FIXTURES / "basic_pitch_icassp_2022"
+    copy = folder / "basic_pitch"
+    shutil.copytree(source, copy)
+    saved = saved_model_pb2.SavedModel.FromString((source / "saved_model.pb").read_bytes())
+    for node in saved.meta_graphs[0].object_graph_def.nodes:
+        del node.slot_variables[:]
+    (copy / "saved_model.pb").write_bytes(saved.SerializeToString())
+    return copy
+
+
+def _build_basic_pitch(spec: Spec):
+    """Freeze the SavedModel's serving signature (loaded from `basic_pitch_without_slots`)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
     with tempfile.TemporaryDirectory() as scratch:
-        copy = pathlib.Path(scratch) / "model"
-        shutil.copytree(source, copy)
-        saved = saved_model_pb2.SavedModel.FromString((source / "saved_model.pb").read_bytes())
-        for node in saved.meta_graphs[0].object_graph_def.nodes:
-            del node.slot_variables[:]
-        (copy / "saved_model.pb").write_bytes(saved.SerializeToString())
-        loaded = tf.saved_model.load(str(copy))     # keeps the variables alive
+        loaded = tf.saved_model.load(str(basic_pitch_without_slots(pathlib.Path(scratch))))  # keeps the variables alive
         function = loaded.signatures["serving_default"]
         frozen = convert_variables_to_constants_v2(function)
     graph_def = frozen.graph.as_graph_def()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 
 import numpy as np
 import pytest
@@ -226,15 +225,10 @@ def test_real_published_saved_model_basic_pitch(tf, tmp_path):
     before it (1e-7 to 5e-7 of their largest value) into 1e-5, and TensorFlow's own sums there change
     with its thread count. Its signature run with 1 intra-op thread is 1.6e-5 from its run with 2, and
     with oneDNN 1.9e-5 from without; our evaluator is 5e-6 to 1.8e-5 from TensorFlow's runs."""
-    from tensorflow.core.protobuf import saved_model_pb2
+    from real_models import basic_pitch_without_slots
 
     source = REAL / "basic_pitch_icassp_2022"
-    copy = tmp_path / "model"
-    shutil.copytree(source, copy)
-    saved = saved_model_pb2.SavedModel.FromString((source / "saved_model.pb").read_bytes())
-    for node in saved.meta_graphs[0].object_graph_def.nodes:
-        del node.slot_variables[:]
-    (copy / "saved_model.pb").write_bytes(saved.SerializeToString())
+    copy = basic_pitch_without_slots(tmp_path)
     feeds = {"input_2": (np.random.default_rng(5).normal(size=(1, 43844, 1)) * 0.1).astype(np.float32)}
     expected = _signature_run(tf, copy, "serving_default", feeds)
     _check(tf, source, feeds, expected=expected, evaluator_rtol=5e-5)
