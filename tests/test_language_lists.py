@@ -322,17 +322,15 @@ def test_device_and_control_edge_predicates():
     assert (graph["a"].op, graph["b"].op) == ("Relu", "Abs")
 
 
-@pytest.mark.parametrize("body, message", [
+# Rule bodies the checker refuses before any graph is read, with (part of) the message: the new
+# expressions here, the edit form's below.
+CHECKED_EXPRESSIONS = [
     ("n = Relu(x)\n    where {\"a\": 1, \"a\": 2}[\"a\"] == 1\n    => n -> x", "key 'a' is given twice"),
     ("n = Relu(x)\n    where float[1:] == 1\n    => n -> x", "a dtype cannot be sliced"),
     ("n = Relu(x)\n    where all([t for t in dtype(x)])\n    => n -> x", "'for' needs a list to go over, not a dtype"),
     ("n = Relu(x)\n    => n -> n {op: 3}", "a node's op is a string, not a value"),
     ("n = shared Relu(x)\n    => n -> Identity(x)", "the root is what the rule replaces"),
-])
-def test_new_expressions_are_checked_before_any_graph_is_read(body, message):
-    with pytest.raises(RulesCheckError, match=message) as caught:
-        compile_rules(f"rule r:\n    {body}\n")
-    assert caught.value.line is not None and caught.value.column is not None
+]
 
 
 def test_a_commutative_node_that_reads_a_shared_statement_is_not_remembered_as_failed():
@@ -470,7 +468,7 @@ def test_an_edit_that_would_write_an_invalid_node_leaves_the_node_as_it_was():
     assert (node.device, node.get_attr("T"), node.get_attr("_note")) == ("", 1, "kept")
 
 
-@pytest.mark.parametrize("body, message", [
+CHECKED_EDITS = [
     ("n = Relu(x)\n    where none\n    => n -> x", "'none' deletes an attr"),
     ("n = Relu(x) {T: none}\n    => n -> x", "'none' deletes an attr"),
     ("n = Relu(x) {(\"T\"): float}\n    => n -> x", "a pattern names its attrs"),
@@ -482,8 +480,11 @@ def test_an_edit_that_would_write_an_invalid_node_leaves_the_node_as_it_was():
     ("n = Relu(x)\n    => n -> n {control_inputs: []}", "a copy takes over the control edges"),
     ("n = Relu(x)\n    => n {control_inputs: \"x\"}", "control_inputs are a list of names, not a string"),
     ("n = Relu(x)\n    => n {device: \"\"}, n {T: float}", "'n' is edited twice"),
-])
-def test_edits_are_checked_before_any_graph_is_read(body, message):
+]
+
+
+@pytest.mark.parametrize("body, message", CHECKED_EXPRESSIONS + CHECKED_EDITS)
+def test_new_expressions_and_edits_are_checked_before_any_graph_is_read(body, message):
     with pytest.raises(RulesCheckError, match=message) as caught:
         compile_rules(f"rule r:\n    {body}\n")
     assert caught.value.line is not None and caught.value.column is not None
