@@ -566,8 +566,5 @@ def strip_default_attrs(graph: Graph, ctx: PassContext) -> None:
             op_def = op_registry.get_op(node.op)
             attrs = op_def.attrs.values() if op_def is not None else ()
             found = defaults[node.op] = [(a.name, encode_attr(a.default, a.type)) for a in attrs if a.known_default]
-        redundant = [name for name, default in found if node.attr_value(name) == default]
-        if redundant:
-            attrs = node.attr
-            for name in redundant:
-                del attrs[name]
+        for name in [name for name, default in found if node.attr_value(name) == default]:
+            node.delete_attr(name)
