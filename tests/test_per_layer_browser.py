@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from gtt_rules import cli as cli_module
-from gtt_rules.engine.graph import Graph
 from gtt_rules.per_layer import sqnr_text
 from test_per_layer import BROKEN, EXAMPLE, widen_broken_range
 
