@@ -135,18 +135,6 @@ def _rename(graph: Graph, renames: dict[str, str]) -> None:
             node.attr["_class"].list.s.extend(updated)
 
 
-@register_pass("add_default_attributes")
-def add_default_attributes(graph: Graph, ctx: PassContext) -> None:
-    """Write out every attr an op declares a default for but the node leaves unset."""
-    for node in graph:
-        op_def = op_registry.get_op(node.op)
-        if op_def is None:
-            continue
-        for name, attr in op_def.attrs.items():
-            if attr.known_default and name not in node.attr:
-                node.set_attr(name, attr.default, attr.type)
-
-
 @register_pass("obfuscate_names")
 def obfuscate_names(graph: Graph, ctx: PassContext) -> None:
     """Give every node but the inputs and outputs a short meaningless name."""
@@ -545,26 +533,3 @@ def _output_ports(body, functions) -> dict[str, int]:
         first = op_registry.num_outputs(replace(op_def, outputs=op_def.outputs[:k + 1]),
                                         attr) or first + 1
     return ports
-
-
-@register_pass("strip_default_attrs")
-def strip_default_attrs(graph: Graph, ctx: PassContext) -> None:
-    """Drop every attr whose value is its op's registered default.
-
-    TensorFlow's importer writes the registered defaults back in, and our nodes read them
-    through the registry (`Node.get_attr`), so such attrs only take room in the file: as
-    TensorFlow's `strip_default_attrs` does when it saves a model. Calls into the graph's
-    function library are left alone: their attrs are not the registry's.
-    """
-    functions = {function.signature.name for function in graph.library.function}
-    defaults: dict[str, list[tuple[str, object]]] = {}
-    for node in graph:
-        if node.op in functions:
-            continue
-        found = defaults.get(node.op)
-        if found is None:
-            op_def = op_registry.get_op(node.op)
-            attrs = op_def.attrs.values() if op_def is not None else ()
-            found = defaults[node.op] = [(a.name, encode_attr(a.default, a.type)) for a in attrs if a.known_default]
-        for name in [name for name, default in found if node.attr_value(name) == default]:
-            node.delete_attr(name)
