@@ -21,6 +21,7 @@ Register a function for your own rules:
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from gtt_rules.engine.dtypes import numpy_dtype
 from gtt_rules.engine.graph import TensorRef
 from gtt_rules.engine.kernels import KERNELS, load_all
 from gtt_rules.engine.pattern import MatchContext, NotApplicable
+from gtt_rules.engine.proto import graph_def_pb2 as pb
 from gtt_rules.engine.shapes import infer_shape
 from gtt_rules.errors import EvaluationError
 
@@ -259,13 +261,20 @@ def attrs(ctx, x):
     return sorted(ctx.graph[x.node].header.attr)
 
 
-def _defaults(ctx, x) -> dict:
-    """The attrs x's op declares a default for, name -> AttrDef (none for a library call)."""
-    node = ctx.graph[x.node]
-    op_def = op_registry.get_op(node.op)
-    if op_def is None or any(f.signature.name == node.op for f in ctx.graph.library.function):
+def _defaults(ctx, x) -> dict[str, pb.AttrValue]:
+    """The attrs x's op declares a default for, name -> the default as stored (none for a library
+    call)."""
+    op = ctx.graph[x.node].op
+    if any(f.signature.name == op for f in ctx.graph.library.function):
         return {}
-    return {name: a for name, a in op_def.attrs.items() if a.known_default}
+    return _registered_defaults(op)
+
+
+@functools.lru_cache(maxsize=None)
+def _registered_defaults(op: str) -> dict[str, pb.AttrValue]:
+    op_def = op_registry.get_op(op)
+    return {} if op_def is None else {name: encode_attr(a.default, a.type)
+                                      for name, a in op_def.attrs.items() if a.known_default}
 
 
 @register_function(args=("tensor",), returns="list", needs_context=True)
@@ -281,14 +290,14 @@ def default_attr(ctx, x, name):
     found = _defaults(ctx, x).get(name)
     if found is None:
         raise NotApplicable(f"'{ctx.graph[x.node].op}' declares no default for attr '{name}'")
-    return encode_attr(found.default, found.type)
+    return found
 
 
 @register_function(args=("tensor", "string"), returns="bool", needs_context=True)
 def is_default(ctx, x, name):
     """True if attr `name` is set on x's node to the default its op declares (stored as is)."""
-    stored, found = ctx.graph[x.node].attr_value(name), _defaults(ctx, x).get(name)
-    return stored is not None and found is not None and stored == encode_attr(found.default, found.type)
+    stored = ctx.graph[x.node].attr_value(name)
+    return stored is not None and stored == _defaults(ctx, x).get(name)
 
 
 @register_function(args=("any",), returns="list", needs_context=True)
