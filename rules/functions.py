@@ -225,6 +225,12 @@ def op(ctx, x):
     return ctx.graph[x.node].op
 
 
+@register_function(args=("tensor",), returns="value")
+def port(x):
+    """Which output of its node tensor x is (0 for the first)."""
+    return x.port
+
+
 @register_function(args=("tensor",), returns="dtype", needs_context=True)
 def dtype(ctx, x):
     """The dtype of tensor x."""

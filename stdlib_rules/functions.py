@@ -7,15 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gtt_rules.engine.graph import TensorRef
 from gtt_rules.engine.pattern import NotApplicable
 from gtt_rules.rules.functions import register_function
-
-
-def _tensors(xs) -> list[TensorRef]:
-    if not isinstance(xs, list) or not xs or not all(isinstance(x, TensorRef) for x in xs):
-        raise NotApplicable("wants a non-empty list of tensors")
-    return xs
 
 
 @register_function(args=("tensor", "tensor"), returns="bool", needs_context=True)
@@ -62,25 +55,6 @@ def eight_bit_broadcast(ctx, x, y):
     small, large = (a, b) if np.prod(a) < np.prod(b) else (b, a)
     return (len(large) >= 1 and int(np.prod(small)) == large[-1] and len(small) <= len(large)
             and all(d == 1 for d in small[:-1]) and tuple(np.broadcast_shapes(a, b)) == tuple(large))
-
-
-@register_function(args=("list",), returns="list", needs_context=True)
-def quantized_floats(ctx, xs):
-    """For the inputs of a QuantizedConcat's values (N codes, N mins, N maxes), the N floats that
-    QuantizeV2s made them from; not applicable unless each value is one QuantizeV2's codes, min and
-    max."""
-    xs = _tensors(xs)
-    count = len(xs) // 3
-    if not count or len(xs) != 3 * count:
-        raise NotApplicable("wants N codes, N mins and N maxes")
-    floats = []
-    for i, codes in enumerate(xs[:count]):
-        node = ctx.graph[codes.node]
-        if node.op != "QuantizeV2" or [(x.node, x.port) for x in xs[i::count]] != \
-                [(node.name, port) for port in range(3)]:
-            raise NotApplicable(f"'{codes}' is not a QuantizeV2's codes with its range")
-        floats.append(node.inputs[0])
-    return floats
 
 
 def _ints(values) -> list[int]:
