@@ -369,7 +369,7 @@ def insert_logging(graph: Graph, ctx: PassContext) -> None:
     also adds one where nothing reads it). As in GTT, with neither `op` nor `prefix` every such
     node is logged.
 
-    Not a rule: each Print has GTT's name, `NODE__print__`, which no node a rule makes can have.
+    Not a rule: one pass logs each chosen node once (a rule would log its own Prints), as `NODE__print__`.
     """
     params = ctx.params
     ops, prefixes = set(params["op"]), tuple(params["prefix"])
