@@ -21,6 +21,7 @@ Register a function for your own rules:
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -29,10 +30,12 @@ from typing import Any, Callable
 import numpy as np
 
 from gtt_rules.engine import limits, op_registry
+from gtt_rules.engine.attrs import encode_attr
 from gtt_rules.engine.dtypes import numpy_dtype
 from gtt_rules.engine.graph import TensorRef
 from gtt_rules.engine.kernels import KERNELS, load_all
 from gtt_rules.engine.pattern import MatchContext, NotApplicable
+from gtt_rules.engine.proto import graph_def_pb2 as pb
 from gtt_rules.engine.shapes import infer_shape
 from gtt_rules.errors import EvaluationError
 
@@ -178,6 +181,32 @@ def inputs(ctx, x):
     return list(ctx.graph[x.node].inputs)
 
 
+@register_function(args=("tensor", "list"), returns="bool", needs_context=True)
+def only_read_by(ctx, x, ops):
+    """True if x's node has consumers and every one of them is one of `ops`."""
+    consumers = ctx.graph.consumers(x.node)
+    wanted = {op.decode() if isinstance(op, bytes) else op for op in ops}
+    return bool(consumers) and all(c.op in wanted for c in consumers)
+
+
+@register_function(args=("string",), returns="bool", needs_context=True)
+def in_loop_frame(ctx, name):
+    """True if node `name` is inside a TF1 while loop: an Enter reaches it without passing an Exit."""
+    if name not in ctx.graph:
+        raise NotApplicable(f"no node named '{name}'")
+    graph, stack, seen = ctx.graph, [name], {name}
+    while stack:
+        node = graph[stack.pop()]
+        if node.op in ("Enter", "RefEnter"):
+            return True
+        if node.op not in ("Exit", "RefExit"):
+            for producer in [r.node for r in node.inputs] + node.control_inputs:
+                if producer not in seen:
+                    seen.add(producer)
+                    stack.append(producer)
+    return False
+
+
 @register_function(args=("tensor",), returns="value", needs_context=True)
 def control_uses(ctx, x):
     """How many nodes wait on x's node through control edges."""
@@ -194,6 +223,12 @@ def is_output(ctx, x):
 def op(ctx, x):
     """The op of x's node."""
     return ctx.graph[x.node].op
+
+
+@register_function(args=("tensor",), returns="value")
+def port(x):
+    """Which output of its node tensor x is (0 for the first)."""
+    return x.port
 
 
 @register_function(args=("tensor",), returns="dtype", needs_context=True)
@@ -230,6 +265,45 @@ def stored_attr(ctx, x, name):
 def attrs(ctx, x):
     """The names of the attrs set on x's node (not those left to their defaults), sorted."""
     return sorted(ctx.graph[x.node].header.attr)
+
+
+def _defaults(ctx, x) -> dict[str, pb.AttrValue]:
+    """The attrs x's op declares a default for, name -> the default as stored (none for a library
+    call)."""
+    op = ctx.graph[x.node].op
+    if any(f.signature.name == op for f in ctx.graph.library.function):
+        return {}
+    return _registered_defaults(op)
+
+
+@functools.lru_cache(maxsize=None)
+def _registered_defaults(op: str) -> dict[str, pb.AttrValue]:
+    op_def = op_registry.get_op(op)
+    return {} if op_def is None else {name: encode_attr(a.default, a.type)
+                                      for name, a in op_def.attrs.items() if a.known_default}
+
+
+@register_function(args=("tensor",), returns="list", needs_context=True)
+def default_attrs(ctx, x):
+    """The names of the attrs x's op declares a default for, set on the node or not (none for an op
+    the registry does not know, or a call of the graph's function library)."""
+    return list(_defaults(ctx, x))
+
+
+@register_function(args=("tensor", "string"), returns="any", needs_context=True)
+def default_attr(ctx, x, name):
+    """The default x's op declares for attr `name`, as a node stores it (for an attr block to write)."""
+    found = _defaults(ctx, x).get(name)
+    if found is None:
+        raise NotApplicable(f"'{ctx.graph[x.node].op}' declares no default for attr '{name}'")
+    return found
+
+
+@register_function(args=("tensor", "string"), returns="bool", needs_context=True)
+def is_default(ctx, x, name):
+    """True if attr `name` is set on x's node to the default its op declares (stored as is)."""
+    stored = ctx.graph[x.node].attr_value(name)
+    return stored is not None and stored == _defaults(ctx, x).get(name)
 
 
 @register_function(args=("any",), returns="list", needs_context=True)
@@ -377,6 +451,24 @@ def max_(ctx, a, b=None):
     return np.max(values)
 
 
+@register_function(args=("value",), returns="value", needs_context=True)
+def floor(ctx, x):
+    """Element-wise floor (the largest integer not above x), keeping float32 as float32."""
+    return np.floor(tensor_value(ctx, x))
+
+
+@register_function(args=("value",), returns="bool", needs_context=True)
+def all_finite(ctx, x):
+    """True if no element of x is NaN or infinite."""
+    return bool(np.isfinite(tensor_value(ctx, x)).all())
+
+
+@register_function(args=("value",), returns="value", needs_context=True)
+def count_distinct(ctx, x):
+    """How many different values x holds."""
+    return int(np.unique(np.asarray(tensor_value(ctx, x)).reshape(-1)).size)
+
+
 @register_function(args=("value", "value"), returns="value", needs_context=True)
 def minimum(ctx, a, b):
     """Element-wise minimum."""
@@ -424,6 +516,43 @@ def cast(ctx, x, to):
 def len_(x):
     """The length of a list (of a shape: known where the rank is)."""
     return UNKNOWN if x is UNKNOWN else len(x)
+
+
+@register_function(args=("value", "value", "value"), returns="value", needs_context=True)
+def dilate_filter(ctx, w, rate_h, rate_w):
+    """A [h, w, ...] filter with rate - 1 zeros between its taps along h and w.
+
+    A convolution with the result equals the convolution with `w` at dilation rates
+    (rate_h, rate_w), on kernels that have no dilation attr.
+    """
+    w = np.asarray(tensor_value(ctx, w))
+    rate_h, rate_w = int(rate_h), int(rate_w)
+    if w.ndim < 2 or rate_h < 1 or rate_w < 1:
+        raise NotApplicable("dilate_filter wants a filter of rank 2 or more and rates of at least 1")
+    height, width = (w.shape[0] - 1) * rate_h + 1, (w.shape[1] - 1) * rate_w + 1
+    out = np.zeros((height, width, *w.shape[2:]), dtype=w.dtype)
+    out[::rate_h, ::rate_w] = w
+    return out
+
+
+@register_function(args=("value", "value", "value", "dtype"), returns="value", needs_context=True)
+def quantize(ctx, x, range_min, range_max, dtype):
+    """The codes of float x in `dtype` over exactly [range_min, range_max], MIN_FIRST rounding.
+
+    This is TensorFlow's FloatTensorToQuantized (what QuantizeV2 MIN_FIRST computes, without its
+    range widening), done by the engine's bit-exact kernel. The range must contain 0.
+    """
+    from gtt_rules.engine.kernels import quantization
+
+    lo, hi = np.float32(tensor_value(ctx, range_min)), np.float32(tensor_value(ctx, range_max))
+    if not lo <= 0.0 <= hi or lo == hi:
+        raise NotApplicable("quantize wants a non-empty range that contains 0")
+    values = np.asarray(tensor_value(ctx, x), dtype=np.float32)
+    codes, out_min, out_max = quantization.quantize(values, lo, hi, dtype, mode="MIN_FIRST",
+                                                    ensure_minimum_range=0.0, onednn=False)
+    if out_min != lo or out_max != hi:  # the kernel must not have widened the range
+        raise NotApplicable("quantize could not keep the range as given")
+    return codes
 
 
 @register_function(args=("value", "tensor"), returns="value", needs_context=True)

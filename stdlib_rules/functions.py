@@ -7,32 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gtt_rules.engine.graph import TensorRef
 from gtt_rules.engine.pattern import NotApplicable
-from gtt_rules.rules.functions import register_function, tensor_value
-
-
-def _tensors(xs) -> list[TensorRef]:
-    if not isinstance(xs, list) or not xs or not all(isinstance(x, TensorRef) for x in xs):
-        raise NotApplicable("wants a non-empty list of tensors")
-    return xs
-
-
-@register_function(args=("value", "value", "value"), returns="value", needs_context=True)
-def dilate_filter(ctx, w, rate_h, rate_w):
-    """A [h, w, ...] filter with rate - 1 zeros between its taps along h and w.
-
-    A convolution with the result equals the convolution with `w` at dilation rates
-    (rate_h, rate_w), on kernels that have no dilation attr.
-    """
-    w = np.asarray(tensor_value(ctx, w))
-    rate_h, rate_w = int(rate_h), int(rate_w)
-    if w.ndim < 2 or rate_h < 1 or rate_w < 1:
-        raise NotApplicable("dilate_filter wants a filter of rank 2 or more and rates of at least 1")
-    height, width = (w.shape[0] - 1) * rate_h + 1, (w.shape[1] - 1) * rate_w + 1
-    out = np.zeros((height, width, *w.shape[2:]), dtype=w.dtype)
-    out[::rate_h, ::rate_w] = w
-    return out
+from gtt_rules.rules.functions import register_function
 
 
 @register_function(args=("tensor", "tensor"), returns="bool", needs_context=True)
@@ -62,69 +38,7 @@ def channel_vector(ctx, c, layer):
                          and shape[-1] == channels)
 
 
-@register_function(args=("string",), returns="bool", needs_context=True)
-def in_loop_frame(ctx, name):
-    """True if node `name` is inside a TF1 while loop: an Enter reaches it without passing an Exit."""
-    graph, stack, seen = ctx.graph, [name], {name}
-    while stack:
-        node = graph[stack.pop()]
-        if node.op in ("Enter", "RefEnter"):
-            return True
-        if node.op not in ("Exit", "RefExit"):
-            for producer in [r.node for r in node.inputs] + node.control_inputs:
-                if producer not in seen:
-                    seen.add(producer)
-                    stack.append(producer)
-    return False
-
-
-# ---- weights: round_weights and quantize_weights ------------------------------------------------
-
-@register_function(args=("value",), returns="value", needs_context=True)
-def floor(ctx, x):
-    """Element-wise floor (the largest integer not above x), keeping float32 as float32."""
-    return np.floor(tensor_value(ctx, x))
-
-
-@register_function(args=("value",), returns="bool", needs_context=True)
-def all_finite(ctx, x):
-    """True if no element of x is NaN or infinite."""
-    return bool(np.isfinite(tensor_value(ctx, x)).all())
-
-
-@register_function(args=("value",), returns="value", needs_context=True)
-def count_distinct(ctx, x):
-    """How many different values x holds."""
-    return int(np.unique(np.asarray(tensor_value(ctx, x)).reshape(-1)).size)
-
-
-@register_function(args=("value", "value", "value", "dtype"), returns="value", needs_context=True)
-def quantize(ctx, x, range_min, range_max, dtype):
-    """The codes of float x in `dtype` over exactly [range_min, range_max], MIN_FIRST rounding.
-
-    This is TensorFlow's FloatTensorToQuantized (what QuantizeV2 MIN_FIRST computes, without its
-    range widening), done by the engine's bit-exact kernel. The range must contain 0.
-    """
-    from gtt_rules.engine.kernels import quantization
-
-    lo, hi = np.float32(tensor_value(ctx, range_min)), np.float32(tensor_value(ctx, range_max))
-    if not lo <= 0.0 <= hi or lo == hi:
-        raise NotApplicable("quantize wants a non-empty range that contains 0")
-    values = np.asarray(tensor_value(ctx, x), dtype=np.float32)
-    codes, out_min, out_max = quantization.quantize(values, lo, hi, dtype, mode="MIN_FIRST",
-                                                    ensure_minimum_range=0.0, onednn=False)
-    if out_min != lo or out_max != hi:  # the kernel must not have widened the range
-        raise NotApplicable("quantize could not keep the range as given")
-    return codes
-
-
-@register_function(args=("tensor", "list"), returns="bool", needs_context=True)
-def only_read_by(ctx, x, ops):
-    """True if x's node has consumers and every one of them is one of `ops`."""
-    consumers = ctx.graph.consumers(x.node)
-    wanted = {op.decode() if isinstance(op, bytes) else op for op in ops}
-    return bool(consumers) and all(c.op in wanted for c in consumers)
-
+# ---- eight-bit conversion: what TensorFlow's eight-bit kernels accept -----------------------------
 
 @register_function(args=("tensor", "tensor"), returns="bool", needs_context=True)
 def eight_bit_broadcast(ctx, x, y):
@@ -142,27 +56,6 @@ def eight_bit_broadcast(ctx, x, y):
     return (len(large) >= 1 and int(np.prod(small)) == large[-1] and len(small) <= len(large)
             and all(d == 1 for d in small[:-1]) and tuple(np.broadcast_shapes(a, b)) == tuple(large))
 
-
-@register_function(args=("list",), returns="list", needs_context=True)
-def quantized_floats(ctx, xs):
-    """For the inputs of a QuantizedConcat's values (N codes, N mins, N maxes), the N floats that
-    QuantizeV2s made them from; not applicable unless each value is one QuantizeV2's codes, min and
-    max."""
-    xs = _tensors(xs)
-    count = len(xs) // 3
-    if not count or len(xs) != 3 * count:
-        raise NotApplicable("wants N codes, N mins and N maxes")
-    floats = []
-    for i, codes in enumerate(xs[:count]):
-        node = ctx.graph[codes.node]
-        if node.op != "QuantizeV2" or [(x.node, x.port) for x in xs[i::count]] != \
-                [(node.name, port) for port in range(3)]:
-            raise NotApplicable(f"'{codes}' is not a QuantizeV2's codes with its range")
-        floats.append(node.inputs[0])
-    return floats
-
-
-# ---- eight-bit conversion: what TensorFlow's eight-bit kernels accept -----------------------------
 
 def _ints(values) -> list[int]:
     return [int(v) for v in values] if values is not None else []

@@ -29,6 +29,8 @@ def strip_unused_nodes(graph: Graph, ctx: PassContext) -> None:
     A node the outputs reach only through control edges that order nothing (from Consts and
     other nodes without side effects: frozen Keras graphs hang every weight on such a NoOp) is
     not needed, and those edges go.
+
+    Not a rule: what the outputs need is a reachability walk over the whole graph.
     """
     if not ctx.outputs:
         raise UsageError("strip_unused_nodes needs the graph's outputs (--outputs)")
@@ -107,13 +109,19 @@ def _remove_all(graph: Graph, names: list[str]) -> None:
 
 @register_pass("sort_by_execution_order")
 def sort_by_execution_order(graph: Graph, ctx: PassContext) -> None:
-    """Order the nodes so that each comes after its inputs."""
+    """Order the nodes so that each comes after its inputs.
+
+    Not a rule: an order is a property of the whole graph, not of one node.
+    """
     graph.reorder([node.name for node in graph.topological_order()])
 
 
 @register_pass("rename_node", Param("old_node_name", "str", False, ""), Param("new_node_name", "str", False, ""))
 def rename_node(graph: Graph, ctx: PassContext) -> None:
-    """Rename one node, and every input that names it."""
+    """Rename one node, and every input that names it.
+
+    Not a rule: a rule's nodes keep their names or take the one of the node they replace.
+    """
     old, new = ctx.params["old_node_name"], ctx.params["new_node_name"]
     if old not in graph:
         raise UsageError(f"rename_node: no node named '{old}'")
@@ -135,22 +143,12 @@ def _rename(graph: Graph, renames: dict[str, str]) -> None:
             node.attr["_class"].list.s.extend(updated)
 
 
-@register_pass("add_default_attributes")
-def add_default_attributes(graph: Graph, ctx: PassContext) -> None:
-    """Write out every attr an op declares a default for but the node leaves unset."""
-    for node in graph:
-        op_def = op_registry.get_op(node.op)
-        if op_def is None:
-            continue
-        for name, attr in op_def.attrs.items():
-            if attr.known_default and name not in node.attr:
-                node.set_attr(name, attr.default, attr.type)
-
-
 @register_pass("obfuscate_names")
 def obfuscate_names(graph: Graph, ctx: PassContext) -> None:
-    """Give every node but the inputs and outputs a short meaningless name. Python: it renames
-    every node."""
+    """Give every node but the inputs and outputs a short meaningless name.
+
+    Not a rule: it renames every node, in the graph's order.
+    """
     _shorten(graph, [node.name for node in graph if node.name not in ctx.protected], ctx.protected)
 
 
@@ -159,7 +157,10 @@ def compact_names(graph: Graph, ctx: PassContext) -> None:
     """Give the helper nodes that this run's rewrites made short names, as a shipped model wants
     (on fer's eight-bit model, their long derived names were a fifth of the file). An eight-bit op
     whose layer's float node is gone takes that node's name, so the layer keeps its name and
-    `compare --per-layer` finds it. Python: it renames nodes across the whole graph."""
+    `compare --per-layer` finds it.
+
+    Not a rule: it renames nodes across the whole graph, in the graph's order.
+    """
     made = [node for node in graph if graph.origin(node.name) != node.name and node.name not in ctx.protected]
     renames: dict[str, str] = {}
     for node in made:
@@ -210,8 +211,7 @@ def _short_name(n: int) -> str:
 def merge_duplicate_nodes(graph: Graph, ctx: PassContext) -> None:
     """Merge nodes with the same op, inputs, attrs and device, until no two are alike.
 
-    Not a rule: a pattern has one root, and duplicates are found by grouping every node of the
-    graph by its content.
+    Not a rule: duplicates are found by grouping every node of the graph by its content.
     """
     keep = ctx.protected
     changed = True
@@ -260,10 +260,7 @@ def fold_batch_norms_after_concat(graph: Graph, ctx: PassContext) -> None:
     """Fold an inference FusedBatchNorm that follows a channel ConcatV2 of convolutions into each
     convolution's weights, leaving one bias add after the concat.
 
-    A rule cannot say this: the scale splits into one slice per concatenated layer, a number of
-    new nodes that depends on the graph (a replacement builds a list of nodes only from a
-    template, which computes no values), and each folded layer keeps its layer's name (only the
-    node a rule replaces hands its name on).
+    Not a rule: each folded layer keeps its layer's name, and only a rule's root hands its name on.
     """
     for bn in [n for n in graph if n.op in ("FusedBatchNorm", "FusedBatchNormV3")]:
         plan = _concat_fold_plan(graph, bn)
@@ -339,7 +336,10 @@ def _output_channels(layer, weights) -> int:
                Param("min_percentile", "float", False, 5.0), Param("max_percentile", "float", False, 5.0))
 def freeze_requantization_ranges(graph: Graph, ctx: PassContext) -> None:
     """Replace each RequantizationRange (or range-measuring Min or Max) in a GTT-format min/max log
-    with Consts of its logged range."""
+    with Consts of its logged range.
+
+    Not a rule: it reads a log file.
+    """
     from gtt_rules import calibration
 
     log = ctx.params["min_max_log_file"]
@@ -366,9 +366,7 @@ def backport_tensor_array_v3(graph: Graph, ctx: PassContext) -> None:
     V2 arrays have no flow output: what read a V3 array's flow (output 1) reads a float Const 1.0
     instead, as in GTT (the value is arbitrary; V2 ops only need some float there).
 
-    Not a rule: an array and its users are valid only all V3 or all V2 (their handles' types must
-    agree), where rules would convert them one node at a time; and the flow's stand-in has GTT's
-    name, `ARRAY/replacement_flow_node`, which no helper a rule makes can have.
+    Not a rule: the flow's stand-in has GTT's name, `ARRAY/replacement_flow_node`, which no node a rule makes can have.
     """
     for node in [n for n in graph if n.op in ("TensorArrayV3", "TensorArrayGradV3")]:
         flow = TensorRef(node.name, 1)
@@ -393,6 +391,8 @@ def insert_logging(graph: Graph, ctx: PassContext) -> None:
     Only nodes whose output 0 something reads get one: a Print nothing reads would never run (GTT
     also adds one where nothing reads it). As in GTT, with neither `op` nor `prefix` every such
     node is logged.
+
+    Not a rule: one pass logs each chosen node once (a rule would log its own Prints), as `NODE__print__`.
     """
     params = ctx.params
     ops, prefixes = set(params["op"]), tuple(params["prefix"])
@@ -422,6 +422,8 @@ def sparsify_gather(graph: Graph, ctx: PassContext) -> None:
     `group_init_node` (a NoOp, made if missing) before the graph.
 
     Entries under 1e-5 in magnitude count as zero, and ids not in the table read 0, as in GTT.
+
+    Not a rule: every table's initializer hangs on one group_init_node, made once for the whole graph.
     """
     tables = []
     for gather in [n for n in graph if n.op in ("Gather", "GatherV2")]:
@@ -503,6 +505,8 @@ def inline_partitionedcall(graph: Graph, ctx: PassContext) -> None:
     `CALL/NODE`; what read the call's outputs reads the function's results.
 
     The library keeps the function. A call that is a graph input or output stays, with a note.
+
+    Not a rule: it copies a function body from the graph's library, node by node.
     """
     functions = {f.signature.name: f for f in graph.library.function}
     for call in [n for n in graph if n.op == "PartitionedCall"]:
@@ -566,26 +570,3 @@ def _output_ports(body, functions) -> dict[str, int]:
         first = op_registry.num_outputs(replace(op_def, outputs=op_def.outputs[:k + 1]),
                                         attr) or first + 1
     return ports
-
-
-@register_pass("strip_default_attrs")
-def strip_default_attrs(graph: Graph, ctx: PassContext) -> None:
-    """Drop every attr whose value is its op's registered default.
-
-    TensorFlow's importer writes the registered defaults back in, and our nodes read them
-    through the registry (`Node.get_attr`), so such attrs only take room in the file: as
-    TensorFlow's `strip_default_attrs` does when it saves a model. Calls into the graph's
-    function library are left alone: their attrs are not the registry's.
-    """
-    functions = {function.signature.name for function in graph.library.function}
-    defaults: dict[str, list[tuple[str, object]]] = {}
-    for node in graph:
-        if node.op in functions:
-            continue
-        found = defaults.get(node.op)
-        if found is None:
-            op_def = op_registry.get_op(node.op)
-            attrs = op_def.attrs.values() if op_def is not None else ()
-            found = defaults[node.op] = [(a.name, encode_attr(a.default, a.type)) for a in attrs if a.known_default]
-        for name in [name for name, default in found if node.attr_value(name) == default]:
-            node.delete_attr(name)

@@ -1980,3 +1980,55 @@ def test_fixture_graph_infers_type_and_count_attrs():
     assert graph["r"].attr["T"].type == FLOAT
     assert graph["s"].get_attr("N") == 3
     assert graph["c"].get_attr("N") == 2
+
+
+# ---- port and the op registry's defaults ----
+
+def test_port_tells_which_output_a_tensor_is():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [4]}
+        ax = Const(0)
+        sp = Split(ax, x) {num_split: 2, T: float}
+        first = Sub(sp, sp:1) {T: float}
+        second = Sub(sp:1, sp) {T: float}
+        out = AddV2(first, second) {T: float}
+    """)
+    report = run(graph, """
+        rule second-half-first:
+            n = Sub(a, b)
+            where port(a) == 1 and port(b) == 0
+            => n -> Neg(b)
+    """, protected=["x", "out"])
+    assert report.fires["second-half-first"] == 1
+    assert structure(graph)["first"] == ("Sub", ["sp", "sp:1"])
+    assert structure(graph)["second"] == ("Neg", ["sp"])
+
+
+def test_registered_defaults_are_written_and_recognized_as_stored():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [1, 4, 4, 1]}
+        w = Const([[[[1.0]]]])
+        conv = Conv2D(x, w) {T: float, strides: [1, 1, 1, 1], padding: "SAME", data_format: "NHWC",
+                             dilations: [1, 2, 2, 1]}
+    """)
+    # An attr at its default goes (data_format); one set otherwise stays (dilations).
+    run(graph, """
+        rule strip:
+            n = Conv2D(x, w)
+            let same = [a for a in default_attrs(n) if is_default(n, a)]
+            where len(same) > 0
+            => n {(same[0]): none}
+    """, protected=["x", "conv"])
+    assert "data_format" not in graph["conv"].attr and list(graph["conv"].get_attr("dilations")) == [1, 2, 2, 1]
+    # What is unset gets the registry's default, stored with the attr's own type.
+    run(graph, """
+        rule fill:
+            n = Conv2D(x, w)
+            let unset = [a for a in default_attrs(n) if a not in attrs(n)]
+            where len(unset) > 0
+            => n {(unset[0]): default_attr(n, unset[0])}
+    """, protected=["x", "conv"])
+    stored = graph["conv"]
+    assert stored.attr_value("data_format").s == b"NHWC" and stored.attr_value("use_cudnn_on_gpu").b is True
+    assert list(stored.attr_value("explicit_paddings").list.i) == [] and stored.attr_value("explicit_paddings").HasField("list")
+    assert list(stored.get_attr("dilations")) == [1, 2, 2, 1]
