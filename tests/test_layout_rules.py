@@ -102,6 +102,27 @@ def test_an_assert_that_can_fail_stays_and_its_output_waits_on_it(tf):
     assert_same_in_tensorflow(graph_def, graph, {"x": np.arange(8, dtype=np.float32).reshape(2, 4)}, ["y"])
 
 
+def test_a_reshape_keeping_the_batch_size_needs_no_shape_at_run_time(tf):
+    """Keras' Reshape layer: Reshape(x, Pack(Shape(x)[0], dims...)). Where x's known dims, ones
+    aside, are those dims, the shape is a Const with -1 for the batch; where they only hold as
+    many elements, it stays (no product of dims is checked, so none is assumed)."""
+    def build():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4, 5, 1], name="x")
+        batch = tf.shape(x)[0]
+        tf.reshape(x, tf.stack([batch, 4, 5]), name="same_dims")
+        tf.reshape(x, tf.stack([batch, 1, 4, 1, 5]), name="more_ones")
+        tf.reshape(x, tf.stack([batch, 20]), name="merged")
+
+    outputs = ["same_dims", "more_ones", "merged"]
+    graph_def = tf1_graph(tf, build)
+    graph = rewrite(graph_def, ["x"], outputs)
+    constant = [name for name in outputs if graph[graph[name].inputs[1].node].op == "Const"]
+    assert constant == ["same_dims", "more_ones"]
+    for batch in (1, 3):
+        feeds = {"x": np.random.default_rng(batch).standard_normal((batch, 4, 5, 1)).astype(np.float32)}
+        assert_same_in_tensorflow(graph_def, graph, feeds, outputs)
+
+
 # ---- random permutations, paddings and ranks ----
 
 @st.composite
