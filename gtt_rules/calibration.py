@@ -136,7 +136,7 @@ def _measure_all(measure, first, rest: Iterator, evaluator: Evaluator, workers: 
 
 def _worker_count(requested: int | None, peak: int) -> int:
     """How many processes measure the samples after the first: `requested` (default
-    chunked.THREADS), fewer where a share of the memory budget would not hold twice `peak`, and
+    chunked.THREADS: the usable cores, up to four), fewer where a share of the memory budget would not hold twice `peak`, and
     one but on Linux (a forked child of a process that loaded macOS's system libraries may crash)."""
     if not sys.platform.startswith("linux"):
         return 1

@@ -67,6 +67,10 @@ def add_sample_options(parser: argparse.ArgumentParser, *, default_random: int |
                              "0.9, as quantization-aware training tracks ranges)")
     parser.add_argument("--percentile", type=float, metavar="P", default=None,
                         help="P for --estimator percentile (default 99.99)")
+    parser.add_argument("--jobs", type=int, metavar="N", default=None,
+                        help="processes that measure the samples (default: one per core this process "
+                             "may use, up to four; 1 measures them all in this process). The ranges "
+                             "are the same for any N")
     if default_random is None:     # apply: it has the float graph and the steps to run again
         parser.add_argument("--keep-float-above", type=float, metavar="ERR", default=None,
                             help="after calibrating, measure the error each converted layer adds against "
@@ -89,6 +93,8 @@ def check_sample_options(args: argparse.Namespace) -> None:
     """UsageError for sample options that cannot work, before anything is read."""
     if args.random is not None and args.random < 1:
         raise UsageError("--random needs at least 1 sample")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs needs at least 1 process")
     bound = getattr(args, "keep_float_above", None)
     if bound is not None:
         if not samples_given(args):
@@ -127,7 +133,7 @@ def calibrate(graph, args: argparse.Namespace, outputs: list[str], label: str, *
         percentile = args.percentile if args.percentile is not None else 99.99
     with progress.step("calibrating", total=count) as shown:
         try:
-            records = calibration.record_ranges(graph, samples, percentile=percentile,
+            records = calibration.record_ranges(graph, samples, percentile=percentile, workers=args.jobs,
                                                 on_sample=lambda done: shown.advance(done - shown.done))
         except GttRulesError as error:
             raise error.located(label) from None

@@ -4,12 +4,14 @@ The layers are found without hand-listed names. An eight-bit graph made by `quan
 a float node's name on whatever now computes its value: the Dequantize that replaced it, the op
 itself where it stayed float, or the BiasAdd that took over an AddV2. Where that Dequantize was
 cancelled against the next op's QuantizeV2, the value lives on only as eight-bit codes, in the op
-that the rewrite named below the float node (`X/relu6/QuantizedRelu6` for the Relu6 `X`). So a
-float tensor of the float graph is a layer when the eight-bit graph has
+that the rewrite named below the float node (`X/relu6/QuantizedRelu6` for the Relu6 `X`), or that
+`compact_names` gave the float node's name. So a float tensor of the float graph is a layer when
+the eight-bit graph has
 
 - a float tensor of the same name and port (and, once run, the same shape), or
-- an op `Quantized<Op>` named under it, where the float node's op is `<Op>` (V2 suffixes aside):
-  its codes, after the Requantize that narrows a 32-bit result, are dequantized for the comparison.
+- an op `Quantized<Op>` of that name or named under it, where the float node's op is `<Op>` (V2
+  suffixes aside): its codes, after the Requantize that narrows a 32-bit result, are dequantized
+  for the comparison.
 
 Constants, inputs and pass-throughs (Identity) are not layers. The range used is the eight-bit
 range a layer's value is held in: the Dequantize's, the range of the QuantizeV2 that reads a float
@@ -105,13 +107,14 @@ def _codes_layer(eightbit: Graph, node: Node | None, name: str, op: str) -> Laye
 
 
 def _quantized_ops_by_float_name(float_graph: Graph, eightbit: Graph) -> dict[str, Node]:
-    """For each float node, the `Quantized*` op named below it (the nearest such name wins)."""
+    """For each float node, the `Quantized*` op of its name or named below it (the nearest such
+    name wins)."""
     found: dict[str, Node] = {}
     for node in eightbit:
         if not node.op.startswith("Quantized"):
             continue
         parts = node.name.split("/")
-        for cut in range(len(parts) - 1, 0, -1):
+        for cut in range(len(parts), 0, -1):
             prefix = "/".join(parts[:cut])
             if prefix in float_graph:
                 found.setdefault(prefix, node)

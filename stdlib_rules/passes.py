@@ -149,27 +149,48 @@ def add_default_attributes(graph: Graph, ctx: PassContext) -> None:
 
 @register_pass("obfuscate_names")
 def obfuscate_names(graph: Graph, ctx: PassContext) -> None:
-    """Give every node but the inputs and outputs a short meaningless name."""
-    keep = ctx.protected
-    graph_names = [node.name for node in graph]
+    """Give every node but the inputs and outputs a short meaningless name. Python: it renames
+    every node."""
+    _shorten(graph, [node.name for node in graph if node.name not in ctx.protected], ctx.protected)
+
+
+@register_pass("compact_names")
+def compact_names(graph: Graph, ctx: PassContext) -> None:
+    """Give the helper nodes that this run's rewrites made short names, as a shipped model wants
+    (on fer's eight-bit model, their long derived names were a fifth of the file). An eight-bit op
+    whose layer's float node is gone takes that node's name, so the layer keeps its name and
+    `compare --per-layer` finds it. Python: it renames nodes across the whole graph."""
+    made = [node for node in graph if graph.origin(node.name) != node.name and node.name not in ctx.protected]
+    renames: dict[str, str] = {}
+    for node in made:
+        origin = graph.origin(node.name)
+        if node.op.startswith("Quantized") and origin not in graph and origin not in renames.values():
+            renames[node.name] = origin
+    _shorten(graph, [node.name for node in made if node.name not in renames], ctx.protected | set(renames.values()))
+    _rename(graph, renames)
+
+
+def _shorten(graph: Graph, names: list[str], keep) -> None:
+    """Rename `names`, in order, to a, b, ..., aa, ...: to the first that no node outside `names`
+    has, nor `keep`."""
+    everything = [node.name for node in graph]
+    stay = (set(everything) - set(names)) | set(keep)
     renames: dict[str, str] = {}
     counter = 0
-    for name in graph_names:
-        if name in keep:
-            continue
+    for name in names:
         # Like the GTT, avoid only the names that stay: a second run then names every node as
         # the first did and changes nothing.
         while True:
             counter += 1
             short = _short_name(counter)
-            if short not in keep:
+            if short not in stay:
                 break
         if short != name:
             renames[name] = short
     # A new name may still be an old one, renamed later: go by a name no node has first.
-    if set(renames.values()) & set(graph_names):
+    if set(renames.values()) & set(names):
         suffix = "_"
-        while any(name.endswith(suffix) for name in graph_names):
+        while any(name.endswith(suffix) for name in everything):
             suffix += "_"
         _rename(graph, {old: new + suffix for old, new in renames.items()})
         renames = {new + suffix: new for new in renames.values()}

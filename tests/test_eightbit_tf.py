@@ -343,6 +343,36 @@ def test_workers_share_the_memory_budget_and_fall_back_to_one_process():
         assert calibration._worker_count(None, 1) == calibration.chunked.THREADS
 
 
+def test_the_cores_counted_are_those_this_process_may_use(monkeypatch, tmp_path):
+    """A container's CPU quota or a taskset caps the workers, not the host's core count."""
+    chunked = calibration.chunked
+    monkeypatch.setattr(chunked.os, "sched_getaffinity", lambda pid: {0, 1, 2, 5, 7, 9}, raising=False)
+    assert chunked.usable_cpus(str(tmp_path / "absent")) == 6
+    quota = tmp_path / "cpu.max"
+    for text, count in (("max 100000", 6), ("150000 100000", 2), ("50000 100000", 1), ("garbage", 6)):
+        quota.write_text(text + "\n")
+        assert chunked.usable_cpus(str(quota)) == count, text
+
+
+def test_jobs_sets_the_measuring_processes_and_the_ranges_stay(monkeypatch, tmp_path, capsys):
+    import concurrent.futures
+
+    example = fixture_path("keras_mobilenet_tiny")
+    common = ["apply", str(example), "--pipeline", "eightbit", "--random", "3"]
+    assert main(common + ["-o", str(tmp_path / "two.pb"), "--jobs", "2"]) == 0
+
+    def no_fork(*args, **kwargs):
+        raise AssertionError("--jobs 1 forked")
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_fork)
+    assert main(common + ["-o", str(tmp_path / "one.pb"), "--jobs", "1"]) == 0
+    assert (tmp_path / "one.pb").read_bytes() == (tmp_path / "two.pb").read_bytes()
+    capsys.readouterr()
+    assert main(common + ["-o", str(tmp_path / "none.pb"), "--jobs", "0"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--jobs needs at least 1 process" in error and "\n" not in error
+    assert not (tmp_path / "none.pb").exists()
+
+
 def test_a_worker_error_and_a_sample_that_cannot_be_read_are_raised_in_sample_order():
     from gtt_rules.errors import EvaluationError, UsageError
 

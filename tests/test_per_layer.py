@@ -35,6 +35,17 @@ def eightbit(tmp_path_factory) -> pathlib.Path:
     return path
 
 
+def widen_broken_range(eightbit: pathlib.Path, bad: pathlib.Path) -> None:
+    """Write to `bad` the eight-bit graph with BROKEN's range a hundredfold wider."""
+    graph = Graph.load(eightbit)
+    # The layer's eight-bit op took its name; the top of the range its QuantizeV2 reads is a Const.
+    assert graph[BROKEN].op == "QuantizedRelu6"
+    maximum = graph[graph[graph[BROKEN].inputs[0].node].inputs[2].node]
+    assert maximum.op == "Const"
+    maximum.set_attr("value", (maximum.get_attr("value") * F32(100)).astype(F32))
+    graph.save(bad)
+
+
 def per_layer_json(capsys, float_path, eightbit_path, *extra) -> dict:
     capsys.readouterr()
     assert cli("compare", float_path, eightbit_path, "--per-layer", "--json", *extra) == 0
@@ -110,11 +121,8 @@ def test_numbers_equal_what_tensorflow_computes(capsys, eightbit, tf):
 
 
 def test_a_layer_made_bad_shows_the_worst_sqnr(capsys, eightbit, tmp_path):
-    graph = Graph.load(eightbit)
-    maximum = graph[f"{BROKEN}/quantize-for-relu6/Maximum"]
-    maximum.set_attr("value", (maximum.get_attr("value") * F32(100)).astype(F32))
     bad = tmp_path / "bad.pb"
-    graph.save(bad)
+    widen_broken_range(eightbit, bad)
     good = {row["layer"]: row for row in per_layer_json(capsys, EXAMPLE, eightbit)["layers"]}
     report = per_layer_json(capsys, EXAMPLE, bad)
     assert report["worst"] == BROKEN

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from gtt_rules import cli as cli_module
-from gtt_rules.engine.graph import Graph
 from gtt_rules.per_layer import sqnr_text
-from test_per_layer import BROKEN, EXAMPLE, F32
+from test_per_layer import BROKEN, EXAMPLE, widen_broken_range
 
 WIDTH, HEIGHT = 1200, 1500
 
@@ -41,10 +40,7 @@ def report(tmp_path_factory):
     eight, bad = folder / "tiny8.pb", folder / "bad.pb"
     assert cli_module.main(["apply", str(EXAMPLE), "-o", str(eight), "--pipeline", "eightbit",
                             "--outputs", "Identity", "--random", "4"]) == 0
-    graph = Graph.load(eight)
-    maximum = graph[f"{BROKEN}/quantize-for-relu6/Maximum"]
-    maximum.set_attr("value", (maximum.get_attr("value") * F32(100)).astype(F32))
-    graph.save(bad)
+    widen_broken_range(eight, bad)
     page = folder / "report.html"
     assert cli_module.main(["compare", str(EXAMPLE), str(bad), "--per-layer", "--html", str(page)]) == 0
     return page, bad

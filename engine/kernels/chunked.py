@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+import pathlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -23,7 +24,25 @@ import numpy as np
 CHUNK = 1 << 17
 # Below this many elements one thread does the work.
 PARALLEL_MIN = 1 << 18
-THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def usable_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container limited to two of the host's 64 cores has `os.cpu_count()` 64)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    try:
+        quota, period = pathlib.Path(cpu_max).read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+THREADS = min(4, usable_cpus())
 
 # Multiply-adds below which a matrix product runs on one BLAS thread. OpenBLAS hands products far
 # smaller to all its threads; a hand-off costs more than it saves there, and on a shared machine,
