@@ -202,6 +202,7 @@ PIPELINES = {
     "fold_old_batch_norms": True,
     "remove_nodes(op=[\"Identity\", \"CheckNumerics\"])": True,
     "simplify": True,
+    "layout": True,
     "merge_duplicate_nodes": True,
     "sort_by_execution_order": True,
     "remove_control_dependencies": True,

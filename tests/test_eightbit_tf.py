@@ -216,6 +216,27 @@ def float_compute_left(graph) -> list[str]:
         and not any(c.op == "QuantizeV2" for c in graph.consumers(n.name)))]
 
 
+def test_a_concatenation_of_eight_bit_results_read_as_floats_is_left_eight_bit(tf):
+    """lone_moves_to_float takes a QuantizedConcat back to float only where QuantizeV2s made each
+    of its values from floats; one of max pools' codes (musicnn's branches, once the layout rules
+    join their squeezes after the concatenation) stays as it is, and is no rewrite error."""
+    def build(tf, rng):
+        feeds = {}
+        x = _placeholder(tf, rng, feeds, [1, 6, 6, 2])
+        y = tf.nn.relu(tf.nn.conv2d(x, _weights(tf, rng, [3, 3, 2, 4]), 1, "SAME"))
+        pools = [tf.nn.max_pool2d(y, 2, 2, "VALID"), tf.nn.max_pool2d(y, [1, 2], 2, "VALID")]
+        tf.tanh(tf.concat(pools, axis=3), name="out")
+        return feeds
+
+    graph_bytes, feeds = _tf1_graph(build)
+    graph = transform(Graph.from_bytes(graph_bytes), "eightbit", ["x"], ["out"])
+    concat = next(n for n in graph if n.op == "QuantizedConcat")
+    assert {graph[r.node].op for r in concat.inputs[1:3]} == {"QuantizedMaxPool"}
+    (expected,) = tf_run(graph_bytes, feeds, ["out"])
+    (actual,) = tf_run(graph.to_bytes(), feeds, ["out"])
+    assert cosine(actual, expected) > 0.99
+
+
 def test_eightbit_pipeline_leaves_no_float_compute_op_and_no_detour(eightbit_model):
     name, spec, graph, _ = eightbit_model
     ops = {n.op for n in graph}
