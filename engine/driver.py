@@ -20,7 +20,6 @@ from .rewrite import RewriteResult, rewrite
 from .rule import Rule
 
 
-
 class StopReason(enum.StrEnum):
     """Why a run stopped, as egg names it: a fixed point, or the limit that ended it."""
 
@@ -29,7 +28,6 @@ class StopReason(enum.StrEnum):
     NO_FIXED_POINT = "no fixed point"    # the default limit, scaled to the graph: the rules do not terminate
     NODE_CYCLE = "node cycle"            # one node rewritten over and over
     PASS_DONE = "pass done"              # a whole-graph pass ran once
-
 
 
 @dataclass

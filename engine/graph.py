@@ -23,7 +23,7 @@ from gtt_rules.errors import GraphError, UnknownOpWarning
 
 from . import op_registry
 from .attrs import decode_attr, encode_attr
-from .dtypes import REF_OFFSET as _REF_OFFSET, dtype_for_array, dtype_name
+from .dtypes import REF_OFFSET as _REF_OFFSET, dtype_for_array, dtype_name, numpy_dtype
 from .proto import graph_def_pb2 as pb
 from .tensors import check_tensor, encode_tensor_into
 
@@ -937,11 +937,19 @@ class Graph:
         node._proto.name = node._name = name
         self._insert(node)
 
-    def edit_node(self, name: str, op: str, device: str, attrs: Mapping[str, pb.AttrValue | None]) -> None:
-        """Change node `name` where it stands: its op, its device, and the attrs `attrs` names (to
-        that value; None deletes the attr). Its name, inputs and control edges stay; undone with
-        the transaction. No mapped tensor (`map_tensor`) is copied in but one the edit changes."""
+    def edit_node(self, name: str, op: str, device: str, attrs: Mapping[str, pb.AttrValue],
+                  keep: Collection[str] = (), control_inputs: list[str] | None = None) -> tuple[str, ...] | None:
+        """Node `name` becomes, where it stands, a node of `op` on `device` with attrs `attrs` and
+        those of its own that `keep` names, waiting on `control_inputs` (None: as it does); its name
+        and data inputs stay. The names of the attrs that changed, or None if nothing did. Undone
+        with the transaction; no mapped tensor (`map_tensor`) is copied in but one the edit changes."""
         node = self._nodes[name]
+        changes: dict[str, pb.AttrValue | None] = {
+            key: value for key, value in attrs.items() if node.attr_value(key) != value}
+        changes.update((key, None) for key in node.header.attr if key not in attrs and key not in keep)
+        control = node.control_inputs if control_inputs is None else control_inputs
+        if op == node.op and device == node.device and not changes and control == node.control_inputs:
+            return None
 
         def apply(op, device, attrs):
             if op != node.op:
@@ -955,16 +963,17 @@ class Graph:
             EDITS.record(name)
 
         before: dict[str, pb.AttrValue | None] = {}     # what undo writes back
-        for key in attrs:
+        for key in changes:
             # Only a mapped tensor that is itself edited is read whole (its bytes copied in).
             current = node.proto.attr[key] if key in node.mapped else node.attr_value(key)
+            before[key] = None if current is None else pb.AttrValue()
             if current is not None:
-                before[key] = pb.AttrValue()
                 before[key].CopyFrom(current)
-            else:
-                before[key] = None
         self._record(functools.partial(apply, node.op, node.device, before))
-        apply(op, device, attrs)
+        apply(op, device, changes)
+        if control != node.control_inputs:
+            self.set_inputs(node, node.inputs, control)
+        return tuple(changes)
 
     def copy_attrs(self, node: Node, source: Node, keys: Iterable[str]) -> None:
         """Give `node` the attrs `keys` of node `source`, which `node` does not have.
@@ -1110,6 +1119,21 @@ def const_node_def(array: np.ndarray, dtype: int | None = None) -> pb.NodeDef:
     proto.attr["dtype"].type = dtype
     encode_tensor_into(proto.attr["value"].tensor, array, dtype)
     return proto
+
+
+def const_array(value: Any, dtype: int | None) -> np.ndarray:
+    """`value`, a constant a rule computed, as an array of `dtype`, or else of TensorFlow's usual
+    float32 / int32 for Python numbers and float64 results."""
+    array = np.asarray(value)
+    if array.dtype.kind in "USO" and dtype is None:
+        raise TypeError(f"a computed constant must be numbers, not {value!r}")
+    if dtype is not None:
+        return array.astype(numpy_dtype(dtype), copy=False)
+    if array.dtype == np.float64:
+        return array.astype(np.float32)
+    if array.dtype == np.int64 and not isinstance(value, np.ndarray):
+        return array.astype(np.int32)
+    return array
 
 
 _PURITY_WALK = 10_000  # nodes `orders_nothing` looks at in one call before it keeps the edge

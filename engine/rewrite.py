@@ -1,25 +1,20 @@
 """Replacements: what a rule's right-hand side builds, and the all-or-nothing rewriter.
 
 A rewrite first computes everything (constant values, attrs, names) without touching the graph,
-then edits it inside a transaction, so a failure at any step leaves the graph as it was.
-
-Semantics (DESIGN.md, "Engine semantics"):
-- the node that takes over a replaced node's outputs (its heir) takes the old node's name;
-- helper nodes get deterministic names `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ...,
-  where a root that got its name so stands for the node it was named after (`Graph.origin`):
-  names do not nest with each rewrite;
-- control inputs of a removed node move to its heir, or else to the consumers rerouted away from
-  it; a node with control consumers and no heir is kept;
-- but a control edge from a node without side effects, that waits on none, orders nothing
-  (`Graph.orders_nothing`): such edges are not carried over, and a node only they read is swept;
+then makes its edits through the graph-edit core (engine/graph.py) inside a transaction, so a
+failure at any step leaves the graph as it was. Semantics (DESIGN.md, "Engine semantics"):
+- the node that takes over a replaced node's outputs (its heir) takes the old node's name; helper
+  nodes are named `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ..., after the root's
+  `Graph.origin`, so names do not nest with each rewrite;
+- control edges follow `Graph.hand_over` and `Graph.sweep`: a removed node's go to its heir, or
+  else to the consumers rerouted away from it, but those that order nothing
+  (`Graph.orders_nothing`); a node with control consumers and no heir is kept;
 - protected nodes (graph inputs and outputs) are never removed or renamed, only replaced by an
-  heir that takes their name: the replacement's root, which computes what the old node computed,
-  never a copy nested inside it; only a graph input without data inputs (what is fed) hands its
-  name to its copy, so an input can be changed in place (a float Placeholder becoming an eight-bit
-  one);
-- nodes left without consumers by the rewrite are swept;
-- a rewrite that leaves the graph as it was (new nodes nothing reads, a node replaced by its own
-  likeness) is no change;
+  heir that takes their name: the replacement's root, never a copy nested inside it; only a graph
+  input without data inputs (what is fed) hands its name to its copy, so an input can be changed
+  in place (a float Placeholder becoming an eight-bit one);
+- nodes left without consumers are swept; a rewrite that leaves the graph as it was (new nodes
+  nothing reads, a node replaced by its own likeness) is no change;
 - the nodes a rewrite makes or changes pass the loader's checks (op arity, attrs, dtypes, no
   cycle), or the rewrite fails as the rule's error and leaves the graph as it was.
 """
@@ -28,13 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-import numpy as np
-
 from gtt_rules.errors import GraphError, GttRulesError, RewriteError
 
 from . import op_registry
-from .dtypes import numpy_dtype
-from .graph import Graph, Node, TensorRef, const_node_def
+from .graph import Graph, Node, TensorRef, const_array, const_node_def
 from .pattern import Expression, MatchContext
 from .proto import graph_def_pb2 as pb
 
@@ -203,7 +195,13 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
         return None
     try:
         with graph.transaction():
-            edited = _edit(graph, planner)
+            edited = {}  # node -> (its op before, the attrs its checks look at: None for all)
+            for target, planned in planner.edits:
+                op = graph[target].op
+                changed = graph.edit_node(target, planned.op, planned.device, planned.proto.attr,
+                                          planned.copied, planned.control_inputs)
+                if changed is not None:
+                    edited[target] = (op, changed if planned.op == op else None)
             # An edit alone sweeps nothing: the node it changed may be one nothing reads.
             result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected) \
                 if reroutes or removals or planner.planned else RewriteResult()
@@ -226,28 +224,6 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
     except _NoChange:
         return None
     return result
-
-
-def _edit(graph: Graph, planner: "_Planner") -> dict[str, tuple[str, tuple[str, ...] | None]]:
-    """Give each edited node the op, device, attrs and control inputs of its planned copy (`Edit`);
-    the nodes that changed, each with its old op and the attrs its checks look at (None: all, as
-    its op changed)."""
-    edited = {}
-    for target, planned in planner.edits:
-        node = graph[target]
-        changes: dict[str, pb.AttrValue | None] = {
-            key: value for key, value in planned.proto.attr.items() if node.attr_value(key) != value}
-        changes.update((key, None) for key in node.header.attr if key not in planned.copied
-                       and key not in planned.attrs)
-        control = planned.control_inputs
-        if planned.op == node.op and planned.device == node.device and not changes and control == node.control_inputs:
-            continue
-        edited[target] = (node.op, tuple(changes) if planned.op == node.op else None)
-        graph.edit_node(target, planned.op, planned.device, changes)
-        if control != node.control_inputs:
-            planner.grew |= not set(control) <= set(node.control_inputs)  # a cycle, maybe
-            graph.set_inputs(node, node.inputs, control)
-    return edited
 
 
 def _drop_unread(graph: Graph, result: RewriteResult, protected) -> None:
@@ -385,6 +361,9 @@ class _Planner:
                                      heirs[target])
         return reroutes, heirs, removals
 
+    def _error(self, problem: str) -> RewriteError:
+        return RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {problem}")
+
     def _bound_node(self, var: str) -> str:
         value = self.ctx.bindings.get(var)
         if not isinstance(value, TensorRef):
@@ -463,7 +442,7 @@ class _Planner:
         fields = {key: expression(self.ctx) for key, expression in producer.fields} if producer.fields else {}
         op = fields.get("op") or producer.op or source.op
         if not isinstance(op, str) or not op:
-            raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {op!r} is not an op name")
+            raise self._error(f"{op!r} is not an op name")
         if producer.inputs is not None:
             inputs = [item for p in producer.inputs for item in self._input(p)]
         else:
@@ -481,20 +460,19 @@ class _Planner:
             planned.device = source.device
         planned.device = fields.get("device", planned.device)
         if not isinstance(planned.device, str):
-            raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {planned.device!r} is not a "
-                               f"device name")
+            raise self._error(f"{planned.device!r} is not a device name")
         if "control_inputs" in fields:
             control = fields["control_inputs"]
             if not isinstance(control, list) or not all(isinstance(c, str) and c in self.graph for c in control):
-                raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': control_inputs {control!r} "
-                                   f"is not a list of names of nodes")
+                raise self._error(f"control_inputs {control!r} is not a list of names of nodes")
             planned.control_inputs = list(dict.fromkeys(control))
+            self.grew |= in_place and not set(control) <= set(source.control_inputs)  # a cycle, maybe
         deleted = set()
         for key, expression in producer.attrs:
             if not isinstance(key, str):
                 key = key(self.ctx)
                 if not isinstance(key, str) or not key:
-                    raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {key!r} is not an attr name")
+                    raise self._error(f"{key!r} is not an attr name")
             value = expression(self.ctx)
             planned.copied.pop(key, None)
             if value is DELETE:
@@ -540,7 +518,7 @@ class _Planner:
             self.env = caller
 
     def _const(self, value: Any, dtype: int | None) -> _Planned:
-        proto = const_node_def(_const_array(value, dtype), dtype)
+        proto = const_node_def(const_array(value, dtype), dtype)
         dt = proto.attr["dtype"].type
         planned = _Planned(self._name("Const"), "Const", [], {"dtype": dt}, device=self.root.device,
                            dtypes=[dt], proto=proto, checked=())
@@ -596,20 +574,6 @@ def _node_def(planned: _Planned) -> pb.NodeDef:
     for key, value in planned.attrs.items():
         node.set_attr(key, value)
     return proto
-
-
-def _const_array(value: Any, dtype: int | None) -> np.ndarray:
-    array = np.asarray(value)
-    if array.dtype.kind in "USO" and dtype is None:
-        raise TypeError(f"a computed constant must be numbers, not {value!r}")
-    if dtype is not None:
-        return array.astype(numpy_dtype(dtype), copy=False)
-    # Python numbers and float64 results become TensorFlow's usual float32 / int32.
-    if array.dtype == np.float64:
-        return array.astype(np.float32)
-    if array.dtype == np.int64 and not isinstance(value, np.ndarray):
-        return array.astype(np.int32)
-    return array
 
 
 def _output(source: Any) -> Any:
