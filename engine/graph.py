@@ -6,8 +6,9 @@ keeps the parsed data and control edges in step with the NodeDef `input` strings
 
 It is also the one graph-edit core that the rewriter, the Python passes and calibration share:
 `reroute` (data edges), `hand_over` (the control-edge policy when a node takes another's place),
-`sweep` (what nothing reads), `walk` (reachability), `fresh_name` and `origin`, `add_const`, and
-the type attrs a new node's inputs imply (`implied_attrs`).
+`succeed` (a node taking another's place and name), `edit_node`, `sweep` (what nothing reads),
+`walk` (reachability), `fresh_name` and `origin`, `add_const`, and the type attrs a new node's
+inputs imply (`implied_attrs`).
 """
 from __future__ import annotations
 
@@ -886,6 +887,20 @@ class Graph:
         if extra:
             self.set_inputs(node, node.inputs, node.control_inputs + extra)
         return [c.name for c in waits]
+
+    def succeed(self, old: str, heir: str, *, in_place: bool = False, memo: dict[str, bool] | None = None
+                ) -> list[str]:
+        """Node `heir` takes the place of node `old`, and its name; `old` goes. With `in_place`, what
+        read `old` reads `heir` (`replace_node`), else nothing may read `old` any more. Control
+        edges move as `hand_over` moves them (in place, what waits on `old` waits on `heir` as it
+        is). The nodes that waited on `old`, by name."""
+        waiting = self.hand_over(old, heir, waiting=not in_place, memo=memo)
+        if in_place:
+            self.replace_node(old, heir)
+        else:
+            self.remove_node(old)
+            self.rename_node(heir, old)
+        return waiting
 
     def replace_node(self, old: str, new: str) -> None:
         """Remove node `old` and give its name to node `new`, which nothing reads yet: whatever read

@@ -635,35 +635,26 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     for name in removals:
         if graph.is_read(name):
             raise RewriteError(f"cannot remove '{name}': its outputs are still used")
-    # Heirs take over the replaced nodes (and their names) before anything is swept.
-    renames: list[tuple[str, str]] = []
+    # Heirs take over the replaced nodes, and their names, before anything is swept.
+    renamed_to = set()
     for target, planned in heirs.items():
         if target != in_place and graph.is_read(target):
             continue  # some output of the target is still read: it stays, and keeps its name
-        # In place, what waits on the target waits on the heir as it is.
-        for waiting in graph.hand_over(target, planned.name, waiting=target != in_place, memo=planner.pure):
-            result.touched.add(waiting)
-            result.changed.setdefault(waiting, set())
         replaced = graph[target]
         producers = {r.node for r in replaced.inputs} | set(replaced.control_inputs)
+        for waiting in graph.succeed(target, planned.name, in_place=target == in_place, memo=planner.pure):
+            result.touched.add(waiting)
+            result.changed.setdefault(waiting, set())
         result.removed_ops[target] = replaced.op
-        if target == in_place:
-            graph.replace_node(target, planned.name)  # the heir takes its place and its name
-        else:
-            graph.remove_node(target)
         result.removed.append(target)
         result.touched.update(p for p in producers if p in graph)
-        renames.append((planned.name, target))
-    for temp, final in renames:
-        if final != in_place:  # in place, the heir has its name already
-            graph.rename_node(temp, final)
-        result.created[result.created.index(temp)] = final
-        if temp in result.checked:
-            result.checked[final] = result.checked.pop(temp)
+        result.created[result.created.index(planned.name)] = target
+        if planned.name in result.checked:
+            result.checked[target] = result.checked.pop(planned.name)
+        renamed_to.add(target)
     # Sweep what the rewrite left unused, walking up from the nodes it touched.
     seeds = [name for name in removals] + list(rerouted_consumers) + [
         v.node for v in planner.ctx.bindings.values() if isinstance(v, TensorRef)]
-    renamed_to = {final for _, final in renames}
     # Producers of the nodes heirs replaced (anonymous nested nodes, variadic lists) are seeds too.
     seeds += sorted(result.touched)
     # A swept interior node's control inputs go to what replaced the match.
