@@ -745,7 +745,8 @@ class Graph:
     # ---- editing ----
 
     def transaction(self) -> "_Transaction":
-        """Group edits: if the block raises, every edit made in it is undone."""
+        """Group edits: if the block raises, every edit made in it is undone; so is every edit
+        made so far when the block calls the transaction's `undo` (`with graph.transaction() as t`)."""
         return _Transaction(self)
 
     def _restore_order(self) -> None:
@@ -1102,27 +1103,36 @@ class Graph:
 
 class _Transaction:
     """`Graph.transaction`: a class, not a generator, as every rewrite opens one. An inner
-    transaction is part of the outer one."""
+    transaction is part of the outer one: only the outer one undoes what a raise leaves."""
 
-    __slots__ = ("graph", "outer")
+    __slots__ = ("graph", "outer", "start")
 
     def __init__(self, graph: Graph):
         self.graph = graph
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> "_Transaction":
         graph = self.graph
         self.outer = graph._journal is not None
         if not self.outer:
             graph._journal, graph._left = [], {}
+        self.start = len(graph._journal)
+        return self
 
     def __exit__(self, kind, error, traceback) -> None:
+        if not self.outer:
+            if kind is not None:
+                self.undo()
+            self.graph._journal = None
+
+    def undo(self) -> None:
+        """Undo every edit made in this transaction so far; it stays open."""
         graph = self.graph
-        if self.outer:
-            return
-        journal, graph._journal = graph._journal, None
-        if kind is not None:
-            for undo in reversed(journal):
-                undo()
+        journal, graph._journal = graph._journal, None  # undoing records nothing
+        for step in reversed(journal[self.start:]):
+            step()
+        del journal[self.start:]
+        graph._journal = journal
+        if not self.outer:
             graph._restore_order()
 
 

@@ -193,36 +193,34 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
                            f"replacement: {type(error).__name__}: {error}") from error
     if _replaces_with_itself(graph, planner, reroutes, heirs, removals):
         return None
-    try:
-        with graph.transaction():
-            edited = {}  # node -> (its op before, the attrs its checks look at: None for all)
-            for target, planned in planner.edits:
-                op = graph[target].op
-                changed = graph.edit_node(target, planned.op, planned.device, planned.proto.attr,
-                                          planned.copied, planned.control_inputs)
-                if changed is not None:
-                    edited[target] = (op, changed if planned.op == op else None)
-            # An edit alone sweeps nothing: the node it changed may be one nothing reads.
-            result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected) \
-                if reroutes or removals or planner.planned else RewriteResult()
-            _drop_unread(graph, result, ctx.protected)
-            for name, (op, checked) in edited.items():  # an edited node is replaced: same name, new node
-                if name in graph:
-                    result.created.append(name)
-                    result.removed.append(name)
-                    result.removed_ops[name] = op
-                    # A new device or fewer control edges is nothing the checks see; another op or
-                    # other attrs are checked, and so is what reads the node (its outputs may differ).
-                    if checked != ():
-                        result.checked[name] = checked
-                        for consumer in graph.consumers(name):
-                            result.changed.setdefault(consumer.name, set()).update(
-                                i for i, ref in enumerate(consumer.inputs) if ref.node == name)
-            if not (result.created or result.removed or result.touched):
-                raise _NoChange()  # undoes what the rewrite did
-            _check(graph, result, rule_name, root, reroutes, planner)
-    except _NoChange:
-        return None
+    with graph.transaction() as edits:
+        edited = {}  # node -> (its op before, the attrs its checks look at: None for all)
+        for target, planned in planner.edits:
+            op = graph[target].op
+            changed = graph.edit_node(target, planned.op, planned.device, planned.proto.attr,
+                                      planned.copied, planned.control_inputs)
+            if changed is not None:
+                edited[target] = (op, changed if planned.op == op else None)
+        # An edit alone sweeps nothing: the node it changed may be one nothing reads.
+        result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected) \
+            if reroutes or removals or planner.planned else RewriteResult()
+        _drop_unread(graph, result, ctx.protected)
+        for name, (op, checked) in edited.items():  # an edited node is replaced: same name, new node
+            if name in graph:
+                result.created.append(name)
+                result.removed.append(name)
+                result.removed_ops[name] = op
+                # A new device or fewer control edges is nothing the checks see; another op or
+                # other attrs are checked, and so is what reads the node (its outputs may differ).
+                if checked != ():
+                    result.checked[name] = checked
+                    for consumer in graph.consumers(name):
+                        result.changed.setdefault(consumer.name, set()).update(
+                            i for i, ref in enumerate(consumer.inputs) if ref.node == name)
+        if not (result.created or result.removed or result.touched):
+            edits.undo()
+            return None
+        _check(graph, result, rule_name, root, reroutes, planner)
     return result
 
 
@@ -292,10 +290,6 @@ def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
         elif type(value) is list:
             read.difference_update([ref.node for ref in value if type(ref) is TensorRef])
     return not read
-
-
-class _NoChange(Exception):
-    pass
 
 
 class _Env:
