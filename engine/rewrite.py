@@ -533,7 +533,7 @@ class _Planner:
             return  # nothing left for the inputs to imply
         # The values of the attrs that size list arguments; for the rest, only whether they are set.
         given = dict.fromkeys((*planned.attrs, *planned.copied))
-        for key in _count_attrs(op_def):
+        for key in (key for arg in op_def.inputs for key in (arg.number_attr, arg.type_list_attr)):
             if key in given:
                 given[key] = planned.attrs[key] if key in planned.attrs else planned.source.get_attr(key)
         dtypes = [self._dtype_of(source) for source in planned.inputs]
@@ -554,10 +554,6 @@ class _Planner:
                 if key in planned.attrs or key not in planned.copied else planned.source.get_attr(key)
             planned.dtypes = op_registry.output_dtypes(op_def, attrs) if op_def else None
         return planned.dtypes[port] if planned.dtypes and port < len(planned.dtypes) else None
-
-
-def _count_attrs(op_def) -> list[str]:
-    return [a for arg in op_def.inputs for a in (arg.number_attr, arg.type_list_attr) if a]
 
 
 def _node_def(planned: _Planned) -> pb.NodeDef:
@@ -587,10 +583,7 @@ def _at_port(value: Any, port: int | None) -> Any:
 
 
 def _resolve(ref: Any) -> TensorRef:
-    if isinstance(ref, TensorRef):
-        return ref
-    planned, port = ref
-    return TensorRef(planned.name, port)
+    return ref if isinstance(ref, TensorRef) else TensorRef(ref[0].name, ref[1])
 
 
 def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protected) -> RewriteResult:
