@@ -751,12 +751,11 @@ class Graph:
 
     def _restore_order(self) -> None:
         """After an undo: the nodes that left and came back go back to their file positions."""
-        left, self._left = self._left, {}
-        if not left:
+        back = [name for name in self._left if name in self._sequence]
+        if not back:
             return
-        for name, position in left.items():
-            if name in self._sequence:
-                self._sequence[name] = position
+        for name in back:
+            self._sequence[name] = self._left.pop(name)
         self._nodes = dict(sorted(self._nodes.items(), key=lambda item: self._sequence[item[0]]))
 
     def _note_leaving(self, name: str) -> None:
@@ -1103,7 +1102,8 @@ class Graph:
 
 class _Transaction:
     """`Graph.transaction`: a class, not a generator, as every rewrite opens one. An inner
-    transaction is part of the outer one: only the outer one undoes what a raise leaves."""
+    transaction is part of the outer one: only the outer one undoes what a raise leaves, and
+    an inner one's `undo` undoes only its own edits."""
 
     __slots__ = ("graph", "outer", "start")
 
@@ -1132,8 +1132,7 @@ class _Transaction:
             step()
         del journal[self.start:]
         graph._journal = journal
-        if not self.outer:
-            graph._restore_order()
+        graph._restore_order()
 
 
 def const_node_def(array: np.ndarray, dtype: int | None = None) -> pb.NodeDef:
