@@ -20,7 +20,6 @@ from .rewrite import RewriteResult, rewrite
 from .rule import Rule
 
 
-
 class StopReason(enum.StrEnum):
     """Why a run stopped, as egg names it: a fixed point, or the limit that ended it."""
 
@@ -29,7 +28,6 @@ class StopReason(enum.StrEnum):
     NO_FIXED_POINT = "no fixed point"    # the default limit, scaled to the graph: the rules do not terminate
     NODE_CYCLE = "node cycle"            # one node rewritten over and over
     PASS_DONE = "pass done"              # a whole-graph pass ran once
-
 
 
 @dataclass
@@ -188,22 +186,14 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
     return report
 
 
-class _Undo(Exception):
-    pass
-
-
 def _try(graph: Graph, rule: Rule, node, protected, undo: bool = False,
          notes: dict[str, str] | None = None) -> RewriteResult | None:
     """Match and rewrite; with `undo`, only say whether a rewrite would happen (graph unchanged)."""
     if undo:
-        try:
-            with graph.transaction():
-                result = _try(graph, rule, node, protected, notes=notes)
-                if result is not None:
-                    raise _Undo
-        except _Undo:
-            return result
-        return None
+        with graph.transaction() as edits:
+            result = _try(graph, rule, node, protected, notes=notes)
+            edits.undo()
+        return result
     ctx = MatchContext(graph, rule.params, protected, notes)
     try:
         for bindings in match(rule.pattern, graph, node, ctx):

@@ -6,8 +6,9 @@ keeps the parsed data and control edges in step with the NodeDef `input` strings
 
 It is also the one graph-edit core that the rewriter, the Python passes and calibration share:
 `reroute` (data edges), `hand_over` (the control-edge policy when a node takes another's place),
-`sweep` (what nothing reads), `walk` (reachability), `fresh_name` and `origin`, `add_const`, and
-the type attrs a new node's inputs imply (`implied_attrs`).
+`succeed` (a node taking another's place and name), `edit_node`, `sweep` (what nothing reads),
+`walk` (reachability), `fresh_name` and `origin`, `add_const`, and the type attrs a new node's
+inputs imply (`implied_attrs`).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from gtt_rules.errors import GraphError, UnknownOpWarning
 
 from . import op_registry
 from .attrs import decode_attr, encode_attr
-from .dtypes import REF_OFFSET as _REF_OFFSET, dtype_for_array, dtype_name
+from .dtypes import REF_OFFSET as _REF_OFFSET, dtype_for_array, dtype_name, numpy_dtype
 from .proto import graph_def_pb2 as pb
 from .tensors import check_tensor, encode_tensor_into
 
@@ -744,17 +745,17 @@ class Graph:
     # ---- editing ----
 
     def transaction(self) -> "_Transaction":
-        """Group edits: if the block raises, every edit made in it is undone."""
+        """Group edits: if the block raises, every edit made in it is undone; so is every edit
+        made so far when the block calls the transaction's `undo` (`with graph.transaction() as t`)."""
         return _Transaction(self)
 
     def _restore_order(self) -> None:
         """After an undo: the nodes that left and came back go back to their file positions."""
-        left, self._left = self._left, {}
-        if not left:
+        back = [name for name in self._left if name in self._sequence]
+        if not back:
             return
-        for name, position in left.items():
-            if name in self._sequence:
-                self._sequence[name] = position
+        for name in back:
+            self._sequence[name] = self._left.pop(name)
         self._nodes = dict(sorted(self._nodes.items(), key=lambda item: self._sequence[item[0]]))
 
     def _note_leaving(self, name: str) -> None:
@@ -887,6 +888,20 @@ class Graph:
             self.set_inputs(node, node.inputs, node.control_inputs + extra)
         return [c.name for c in waits]
 
+    def succeed(self, old: str, heir: str, *, in_place: bool = False, memo: dict[str, bool] | None = None
+                ) -> list[str]:
+        """Node `heir` takes the place of node `old`, and its name; `old` goes. With `in_place`, what
+        read `old` reads `heir` (`replace_node`), else nothing may read `old` any more. Control
+        edges move as `hand_over` moves them (in place, what waits on `old` waits on `heir` as it
+        is). The nodes that waited on `old`, by name."""
+        waiting = self.hand_over(old, heir, waiting=not in_place, memo=memo)
+        if in_place:
+            self.replace_node(old, heir)
+        else:
+            self.remove_node(old)
+            self.rename_node(heir, old)
+        return waiting
+
     def replace_node(self, old: str, new: str) -> None:
         """Remove node `old` and give its name to node `new`, which nothing reads yet: whatever read
         output `p` of `old` reads output `p` of `new`, with no input renamed.
@@ -937,11 +952,19 @@ class Graph:
         node._proto.name = node._name = name
         self._insert(node)
 
-    def edit_node(self, name: str, op: str, device: str, attrs: Mapping[str, pb.AttrValue | None]) -> None:
-        """Change node `name` where it stands: its op, its device, and the attrs `attrs` names (to
-        that value; None deletes the attr). Its name, inputs and control edges stay; undone with
-        the transaction. No mapped tensor (`map_tensor`) is copied in but one the edit changes."""
+    def edit_node(self, name: str, op: str, device: str, attrs: Mapping[str, pb.AttrValue],
+                  keep: Collection[str] = (), control_inputs: list[str] | None = None) -> tuple[str, ...] | None:
+        """Node `name` becomes, where it stands, a node of `op` on `device` with attrs `attrs` and
+        those of its own that `keep` names, waiting on `control_inputs` (None: as it does); its name
+        and data inputs stay. The names of the attrs that changed, or None if nothing did. Undone
+        with the transaction; no mapped tensor (`map_tensor`) is copied in but one the edit changes."""
         node = self._nodes[name]
+        changes: dict[str, pb.AttrValue | None] = {
+            key: value for key, value in attrs.items() if node.attr_value(key) != value}
+        changes.update((key, None) for key in node.header.attr if key not in attrs and key not in keep)
+        control = node.control_inputs if control_inputs is None else control_inputs
+        if op == node.op and device == node.device and not changes and control == node.control_inputs:
+            return None
 
         def apply(op, device, attrs):
             if op != node.op:
@@ -955,16 +978,17 @@ class Graph:
             EDITS.record(name)
 
         before: dict[str, pb.AttrValue | None] = {}     # what undo writes back
-        for key in attrs:
+        for key in changes:
             # Only a mapped tensor that is itself edited is read whole (its bytes copied in).
             current = node.proto.attr[key] if key in node.mapped else node.attr_value(key)
+            before[key] = None if current is None else pb.AttrValue()
             if current is not None:
-                before[key] = pb.AttrValue()
                 before[key].CopyFrom(current)
-            else:
-                before[key] = None
         self._record(functools.partial(apply, node.op, node.device, before))
-        apply(op, device, attrs)
+        apply(op, device, changes)
+        if control != node.control_inputs:
+            self.set_inputs(node, node.inputs, control)
+        return tuple(changes)
 
     def copy_attrs(self, node: Node, source: Node, keys: Iterable[str]) -> None:
         """Give `node` the attrs `keys` of node `source`, which `node` does not have.
@@ -1078,28 +1102,37 @@ class Graph:
 
 class _Transaction:
     """`Graph.transaction`: a class, not a generator, as every rewrite opens one. An inner
-    transaction is part of the outer one."""
+    transaction is part of the outer one: only the outer one undoes what a raise leaves, and
+    an inner one's `undo` undoes only its own edits."""
 
-    __slots__ = ("graph", "outer")
+    __slots__ = ("graph", "outer", "start")
 
     def __init__(self, graph: Graph):
         self.graph = graph
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> "_Transaction":
         graph = self.graph
         self.outer = graph._journal is not None
         if not self.outer:
             graph._journal, graph._left = [], {}
+        self.start = len(graph._journal)
+        return self
 
     def __exit__(self, kind, error, traceback) -> None:
+        if not self.outer:
+            if kind is not None:
+                self.undo()
+            self.graph._journal = None
+
+    def undo(self) -> None:
+        """Undo every edit made in this transaction so far; it stays open."""
         graph = self.graph
-        if self.outer:
-            return
-        journal, graph._journal = graph._journal, None
-        if kind is not None:
-            for undo in reversed(journal):
-                undo()
-            graph._restore_order()
+        journal, graph._journal = graph._journal, None  # undoing records nothing
+        for step in reversed(journal[self.start:]):
+            step()
+        del journal[self.start:]
+        graph._journal = journal
+        graph._restore_order()
 
 
 def const_node_def(array: np.ndarray, dtype: int | None = None) -> pb.NodeDef:
@@ -1110,6 +1143,21 @@ def const_node_def(array: np.ndarray, dtype: int | None = None) -> pb.NodeDef:
     proto.attr["dtype"].type = dtype
     encode_tensor_into(proto.attr["value"].tensor, array, dtype)
     return proto
+
+
+def const_array(value: Any, dtype: int | None) -> np.ndarray:
+    """`value`, a constant a rule computed, as an array of `dtype`, or else of TensorFlow's usual
+    float32 / int32 for Python numbers and float64 results."""
+    array = np.asarray(value)
+    if array.dtype.kind in "USO" and dtype is None:
+        raise TypeError(f"a computed constant must be numbers, not {value!r}")
+    if dtype is not None:
+        return array.astype(numpy_dtype(dtype), copy=False)
+    if array.dtype == np.float64:
+        return array.astype(np.float32)
+    if array.dtype == np.int64 and not isinstance(value, np.ndarray):
+        return array.astype(np.int32)
+    return array
 
 
 _PURITY_WALK = 10_000  # nodes `orders_nothing` looks at in one call before it keeps the edge

@@ -1,23 +1,18 @@
 """Patterns over graph nodes, and the matcher that finds them.
 
 A pattern is plain data compiled from a rule's left-hand side. Matching starts at a root node
-(the driver dispatches by its op) and walks up the inputs, binding names to tensors. A name bound
-twice must be the same tensor. Commutative binary ops also try their inputs swapped. A
-commutative pattern node that failed at a graph node, under the same bindings of its own names,
-is not tried there again, so nested commutative patterns cost what the distinct (pattern node,
-graph node) pairs cost, not 2^k tries for k commutative nodes. A pattern that matches in
-exponentially many ways still could; past `MAX_COMMUTATIVE_TRIES` at one root it is an error.
-A pattern whose one commutative node can be reached only once per root (no second commutative
-node, no alternative, no variadic run) needs neither the memo nor the bound, and skips both.
-
-A name inside a variadic element pattern is one tensor for every element (`AddN(ms...: Mul(x, *))`
-is a sum of products sharing the factor x). A literal matches only a Const whose broadcast cannot
-change what its node computes. An alternative (`A or B`) matches what its first matching
-alternative matches, each in turn.
+(the driver dispatches by its op) and walks up the inputs, binding names to tensors; a name bound
+twice must be the same tensor, and one inside a variadic element pattern is one tensor for every
+element (`AddN(ms...: Mul(x, *))`). Commutative binary ops also try their inputs swapped. Where a
+commutative pattern node can be tried again at one root, one that failed at a graph node under
+the same bindings of its own names is not tried there again (k nested commutative nodes cost the
+distinct pairs, not 2^k tries), and past `MAX_COMMUTATIVE_TRIES` at one root it is an error. A
+literal matches only a Const whose broadcast cannot change what its node computes. An alternative
+(`A or B`) matches what each of its alternatives matches, in turn.
 
 Inner nodes (matched through their inputs, other than the root) are private when the rule builds
-nodes: a match whose private inner node is a graph output, or is read by a node outside the
-match, is no match, since the rewrite would leave that node computing beside its replacement.
+nodes: a match whose private inner node is a graph output, or is read from outside the match, is
+no match, since the rewrite would leave that node computing beside its replacement.
 """
 from __future__ import annotations
 
@@ -162,7 +157,7 @@ def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iter
         if pattern.checks_attrs:
             ctx.bindings = bindings
             try:
-                if not all(_truthy(ok) for ok in _deferred_checks(pattern, bindings, graph, ctx)):
+                if not all(_deferred_checks(pattern, bindings, graph, ctx)):
                     continue
             except NotApplicable:
                 continue
@@ -190,29 +185,16 @@ def _private(root: str, bindings: dict, graph: Graph, protected) -> bool:
     return True
 
 
-def _truthy(value: Any) -> bool:
-    if isinstance(value, np.ndarray):
-        return bool(value.all())
-    return bool(value)
-
-
-def _deferred_checks(pattern: Pattern, bindings: dict, graph: Graph, ctx: MatchContext) -> Iterator[Any]:
+def _deferred_checks(pattern: Pattern, bindings: dict, graph: Graph, ctx: MatchContext) -> Iterator[bool]:
     # Attr values given as expressions (`{T: dtype(x)}`) may use names bound anywhere in the
     # pattern, so they are checked once the whole pattern has matched.
-    for var, node_pattern in pattern.statements.items():
-        if var not in bindings:
-            continue
-        yield from _attr_expectations(node_pattern, graph[bindings[var].node], ctx)
-    for key, value in bindings.items():
-        if key.startswith(_NESTED):
-            node_pattern, node_name = value
-            yield from _attr_expectations(node_pattern, graph[node_name], ctx)
-
-
-def _attr_expectations(node_pattern: NodePattern, node: Node, ctx: MatchContext) -> Iterator[Any]:
-    for attr in node_pattern.attrs:
-        if attr.expected is not None:
-            yield _values_equal(node.get_attr(attr.key, _NO_ATTR), attr.expected(ctx))
+    checked = [(n, bindings[var].node) for var, n in pattern.statements.items() if var in bindings]
+    checked += [value for key, value in bindings.items() if key.startswith(_NESTED)]
+    for node_pattern, name in checked:
+        node = graph[name]
+        for attr in node_pattern.attrs:
+            if attr.expected is not None:
+                yield _values_equal(node.get_attr(attr.key, _NO_ATTR), attr.expected(ctx))
 
 
 _NO_ATTR = object()

@@ -1,25 +1,20 @@
 """Replacements: what a rule's right-hand side builds, and the all-or-nothing rewriter.
 
 A rewrite first computes everything (constant values, attrs, names) without touching the graph,
-then edits it inside a transaction, so a failure at any step leaves the graph as it was.
-
-Semantics (DESIGN.md, "Engine semantics"):
-- the node that takes over a replaced node's outputs (its heir) takes the old node's name;
-- helper nodes get deterministic names `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ...,
-  where a root that got its name so stands for the node it was named after (`Graph.origin`):
-  names do not nest with each rewrite;
-- control inputs of a removed node move to its heir, or else to the consumers rerouted away from
-  it; a node with control consumers and no heir is kept;
-- but a control edge from a node without side effects, that waits on none, orders nothing
-  (`Graph.orders_nothing`): such edges are not carried over, and a node only they read is swept;
+then makes its edits through the graph-edit core (engine/graph.py) inside a transaction, so a
+failure at any step leaves the graph as it was. Semantics (DESIGN.md, "Engine semantics"):
+- the node that takes over a replaced node's outputs (its heir) takes the old node's name; helper
+  nodes are named `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ..., after the root's
+  `Graph.origin`, so names do not nest with each rewrite;
+- control edges follow `Graph.hand_over` and `Graph.sweep`: a removed node's go to its heir, or
+  else to the consumers rerouted away from it, but those that order nothing
+  (`Graph.orders_nothing`); a node with control consumers and no heir is kept;
 - protected nodes (graph inputs and outputs) are never removed or renamed, only replaced by an
-  heir that takes their name: the replacement's root, which computes what the old node computed,
-  never a copy nested inside it; only a graph input without data inputs (what is fed) hands its
-  name to its copy, so an input can be changed in place (a float Placeholder becoming an eight-bit
-  one);
-- nodes left without consumers by the rewrite are swept;
-- a rewrite that leaves the graph as it was (new nodes nothing reads, a node replaced by its own
-  likeness) is no change;
+  heir that takes their name: the replacement's root, never a copy nested inside it; only a graph
+  input without data inputs (what is fed) hands its name to its copy, so an input can be changed
+  in place (a float Placeholder becoming an eight-bit one);
+- nodes left without consumers are swept; a rewrite that leaves the graph as it was (new nodes
+  nothing reads, a node replaced by its own likeness) is no change;
 - the nodes a rewrite makes or changes pass the loader's checks (op arity, attrs, dtypes, no
   cycle), or the rewrite fails as the rule's error and leaves the graph as it was.
 """
@@ -28,13 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-import numpy as np
-
 from gtt_rules.errors import GraphError, GttRulesError, RewriteError
 
 from . import op_registry
-from .dtypes import numpy_dtype
-from .graph import Graph, Node, TensorRef, const_node_def
+from .graph import Graph, Node, TensorRef, const_array, const_node_def
 from .pattern import Expression, MatchContext
 from .proto import graph_def_pb2 as pb
 
@@ -201,53 +193,35 @@ def rewrite(graph: Graph, rule_name: str, actions: tuple[Action, ...], ctx: Matc
                            f"replacement: {type(error).__name__}: {error}") from error
     if _replaces_with_itself(graph, planner, reroutes, heirs, removals):
         return None
-    try:
-        with graph.transaction():
-            edited = _edit(graph, planner)
-            # An edit alone sweeps nothing: the node it changed may be one nothing reads.
-            result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected) \
-                if reroutes or removals or planner.planned else RewriteResult()
-            _drop_unread(graph, result, ctx.protected)
-            for name, (op, checked) in edited.items():  # an edited node is replaced: same name, new node
-                if name in graph:
-                    result.created.append(name)
-                    result.removed.append(name)
-                    result.removed_ops[name] = op
-                    # A new device or fewer control edges is nothing the checks see; another op or
-                    # other attrs are checked, and so is what reads the node (its outputs may differ).
-                    if checked != ():
-                        result.checked[name] = checked
-                        for consumer in graph.consumers(name):
-                            result.changed.setdefault(consumer.name, set()).update(
-                                i for i, ref in enumerate(consumer.inputs) if ref.node == name)
-            if not (result.created or result.removed or result.touched):
-                raise _NoChange()  # undoes what the rewrite did
-            _check(graph, result, rule_name, root, reroutes, planner)
-    except _NoChange:
-        return None
+    with graph.transaction() as edits:
+        edited = {}  # node -> (its op before, the attrs its checks look at: None for all)
+        for target, planned in planner.edits:
+            op = graph[target].op
+            changed = graph.edit_node(target, planned.op, planned.device, planned.proto.attr,
+                                      planned.copied, planned.control_inputs)
+            if changed is not None:
+                edited[target] = (op, changed if planned.op == op else None)
+        # An edit alone sweeps nothing: the node it changed may be one nothing reads.
+        result = _execute(graph, planner, reroutes, heirs, removals, ctx.protected) \
+            if reroutes or removals or planner.planned else RewriteResult()
+        _drop_unread(graph, result, ctx.protected)
+        for name, (op, checked) in edited.items():  # an edited node is replaced: same name, new node
+            if name in graph:
+                result.created.append(name)
+                result.removed.append(name)
+                result.removed_ops[name] = op
+                # A new device or fewer control edges is nothing the checks see; another op or
+                # other attrs are checked, and so is what reads the node (its outputs may differ).
+                if checked != ():
+                    result.checked[name] = checked
+                    for consumer in graph.consumers(name):
+                        result.changed.setdefault(consumer.name, set()).update(
+                            i for i, ref in enumerate(consumer.inputs) if ref.node == name)
+        if not (result.created or result.removed or result.touched):
+            edits.undo()
+            return None
+        _check(graph, result, rule_name, root, reroutes, planner)
     return result
-
-
-def _edit(graph: Graph, planner: "_Planner") -> dict[str, tuple[str, tuple[str, ...] | None]]:
-    """Give each edited node the op, device, attrs and control inputs of its planned copy (`Edit`);
-    the nodes that changed, each with its old op and the attrs its checks look at (None: all, as
-    its op changed)."""
-    edited = {}
-    for target, planned in planner.edits:
-        node = graph[target]
-        changes: dict[str, pb.AttrValue | None] = {
-            key: value for key, value in planned.proto.attr.items() if node.attr_value(key) != value}
-        changes.update((key, None) for key in node.header.attr if key not in planned.copied
-                       and key not in planned.attrs)
-        control = planned.control_inputs
-        if planned.op == node.op and planned.device == node.device and not changes and control == node.control_inputs:
-            continue
-        edited[target] = (node.op, tuple(changes) if planned.op == node.op else None)
-        graph.edit_node(target, planned.op, planned.device, changes)
-        if control != node.control_inputs:
-            planner.grew |= not set(control) <= set(node.control_inputs)  # a cycle, maybe
-            graph.set_inputs(node, node.inputs, control)
-    return edited
 
 
 def _drop_unread(graph: Graph, result: RewriteResult, protected) -> None:
@@ -318,10 +292,6 @@ def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
     return not read
 
 
-class _NoChange(Exception):
-    pass
-
-
 class _Env:
     """The replacement's named nodes, or a template call's parameters and named nodes."""
 
@@ -384,6 +354,9 @@ class _Planner:
                 heirs[target] = next((p for p in self.planned if p.source and p.source.name == target),
                                      heirs[target])
         return reroutes, heirs, removals
+
+    def _error(self, problem: str) -> RewriteError:
+        return RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {problem}")
 
     def _bound_node(self, var: str) -> str:
         value = self.ctx.bindings.get(var)
@@ -463,7 +436,7 @@ class _Planner:
         fields = {key: expression(self.ctx) for key, expression in producer.fields} if producer.fields else {}
         op = fields.get("op") or producer.op or source.op
         if not isinstance(op, str) or not op:
-            raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {op!r} is not an op name")
+            raise self._error(f"{op!r} is not an op name")
         if producer.inputs is not None:
             inputs = [item for p in producer.inputs for item in self._input(p)]
         else:
@@ -481,20 +454,19 @@ class _Planner:
             planned.device = source.device
         planned.device = fields.get("device", planned.device)
         if not isinstance(planned.device, str):
-            raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {planned.device!r} is not a "
-                               f"device name")
+            raise self._error(f"{planned.device!r} is not a device name")
         if "control_inputs" in fields:
             control = fields["control_inputs"]
             if not isinstance(control, list) or not all(isinstance(c, str) and c in self.graph for c in control):
-                raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': control_inputs {control!r} "
-                                   f"is not a list of names of nodes")
+                raise self._error(f"control_inputs {control!r} is not a list of names of nodes")
             planned.control_inputs = list(dict.fromkeys(control))
+            self.grew |= in_place and not set(control) <= set(source.control_inputs)  # a cycle, maybe
         deleted = set()
         for key, expression in producer.attrs:
             if not isinstance(key, str):
                 key = key(self.ctx)
                 if not isinstance(key, str) or not key:
-                    raise RewriteError(f"rule '{self.rule_name}' at '{self.root.name}': {key!r} is not an attr name")
+                    raise self._error(f"{key!r} is not an attr name")
             value = expression(self.ctx)
             planned.copied.pop(key, None)
             if value is DELETE:
@@ -540,7 +512,7 @@ class _Planner:
             self.env = caller
 
     def _const(self, value: Any, dtype: int | None) -> _Planned:
-        proto = const_node_def(_const_array(value, dtype), dtype)
+        proto = const_node_def(const_array(value, dtype), dtype)
         dt = proto.attr["dtype"].type
         planned = _Planned(self._name("Const"), "Const", [], {"dtype": dt}, device=self.root.device,
                            dtypes=[dt], proto=proto, checked=())
@@ -561,7 +533,7 @@ class _Planner:
             return  # nothing left for the inputs to imply
         # The values of the attrs that size list arguments; for the rest, only whether they are set.
         given = dict.fromkeys((*planned.attrs, *planned.copied))
-        for key in _count_attrs(op_def):
+        for key in (key for arg in op_def.inputs for key in (arg.number_attr, arg.type_list_attr)):
             if key in given:
                 given[key] = planned.attrs[key] if key in planned.attrs else planned.source.get_attr(key)
         dtypes = [self._dtype_of(source) for source in planned.inputs]
@@ -584,10 +556,6 @@ class _Planner:
         return planned.dtypes[port] if planned.dtypes and port < len(planned.dtypes) else None
 
 
-def _count_attrs(op_def) -> list[str]:
-    return [a for arg in op_def.inputs for a in (arg.number_attr, arg.type_list_attr) if a]
-
-
 def _node_def(planned: _Planned) -> pb.NodeDef:
     """A NodeDef holding a planned node's computed attrs (a copy shares the matched node's
     others: `Graph.copy_attrs`)."""
@@ -596,20 +564,6 @@ def _node_def(planned: _Planned) -> pb.NodeDef:
     for key, value in planned.attrs.items():
         node.set_attr(key, value)
     return proto
-
-
-def _const_array(value: Any, dtype: int | None) -> np.ndarray:
-    array = np.asarray(value)
-    if array.dtype.kind in "USO" and dtype is None:
-        raise TypeError(f"a computed constant must be numbers, not {value!r}")
-    if dtype is not None:
-        return array.astype(numpy_dtype(dtype), copy=False)
-    # Python numbers and float64 results become TensorFlow's usual float32 / int32.
-    if array.dtype == np.float64:
-        return array.astype(np.float32)
-    if array.dtype == np.int64 and not isinstance(value, np.ndarray):
-        return array.astype(np.int32)
-    return array
 
 
 def _output(source: Any) -> Any:
@@ -629,10 +583,7 @@ def _at_port(value: Any, port: int | None) -> Any:
 
 
 def _resolve(ref: Any) -> TensorRef:
-    if isinstance(ref, TensorRef):
-        return ref
-    planned, port = ref
-    return TensorRef(planned.name, port)
+    return ref if isinstance(ref, TensorRef) else TensorRef(ref[0].name, ref[1])
 
 
 def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protected) -> RewriteResult:
@@ -671,35 +622,26 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     for name in removals:
         if graph.is_read(name):
             raise RewriteError(f"cannot remove '{name}': its outputs are still used")
-    # Heirs take over the replaced nodes (and their names) before anything is swept.
-    renames: list[tuple[str, str]] = []
+    # Heirs take over the replaced nodes, and their names, before anything is swept.
+    renamed_to = set()
     for target, planned in heirs.items():
         if target != in_place and graph.is_read(target):
             continue  # some output of the target is still read: it stays, and keeps its name
-        # In place, what waits on the target waits on the heir as it is.
-        for waiting in graph.hand_over(target, planned.name, waiting=target != in_place, memo=planner.pure):
-            result.touched.add(waiting)
-            result.changed.setdefault(waiting, set())
         replaced = graph[target]
         producers = {r.node for r in replaced.inputs} | set(replaced.control_inputs)
+        for waiting in graph.succeed(target, planned.name, in_place=target == in_place, memo=planner.pure):
+            result.touched.add(waiting)
+            result.changed.setdefault(waiting, set())
         result.removed_ops[target] = replaced.op
-        if target == in_place:
-            graph.replace_node(target, planned.name)  # the heir takes its place and its name
-        else:
-            graph.remove_node(target)
         result.removed.append(target)
         result.touched.update(p for p in producers if p in graph)
-        renames.append((planned.name, target))
-    for temp, final in renames:
-        if final != in_place:  # in place, the heir has its name already
-            graph.rename_node(temp, final)
-        result.created[result.created.index(temp)] = final
-        if temp in result.checked:
-            result.checked[final] = result.checked.pop(temp)
+        result.created[result.created.index(planned.name)] = target
+        if planned.name in result.checked:
+            result.checked[target] = result.checked.pop(planned.name)
+        renamed_to.add(target)
     # Sweep what the rewrite left unused, walking up from the nodes it touched.
     seeds = [name for name in removals] + list(rerouted_consumers) + [
         v.node for v in planner.ctx.bindings.values() if isinstance(v, TensorRef)]
-    renamed_to = {final for _, final in renames}
     # Producers of the nodes heirs replaced (anonymous nested nodes, variadic lists) are seeds too.
     seeds += sorted(result.touched)
     # A swept interior node's control inputs go to what replaced the match.

@@ -183,9 +183,9 @@ def _add_node(graph_def: pb.GraphDef, name: str, expr: ast.NewNodeExpr, compiler
             compiler.error(expr.pos, "a fixture Const needs its value: Const(value[, dtype])")
             return
         from gtt_rules.engine.dtypes import dtype_for_array
-        from gtt_rules.engine.rewrite import _const_array
+        from gtt_rules.engine.graph import const_array
         try:  # strings, ragged lists, out-of-range numbers, unknown dtypes
-            array = _const_array(value, dtype)
+            array = const_array(value, dtype)
             dt = dtype if dtype is not None else dtype_for_array(array)
             node.set_attr("dtype", dt)
             node.set_attr("value", encode_tensor(array, dt))

@@ -126,6 +126,61 @@ def test_hand_over_moves_waiting_nodes_and_ordering_control_inputs_only():
     assert graph["new"].control_inputs == ["effect"]  # a Const's edge orders nothing
 
 
+def test_succeed_gives_the_heir_the_place_the_name_and_the_ordering_control_edges():
+    from gtt_rules.engine.graph import TensorRef
+
+    graph = _graph()
+    graph.add_node("w", "Const", attrs={"dtype": FLOAT, "value": 1.0})
+    graph.add_node("old", "Relu", ["x"], ["effect", "w"])
+    graph.add_node("later", "Neg", ["old"], ["old"])
+    graph.add_node("new", "Elu", ["x"])
+    assert graph.succeed("old", "new", in_place=True) == ["later"]
+    assert (graph["old"].op, graph["old"].control_inputs) == ("Elu", ["effect"])
+    assert (graph["later"].inputs, graph["later"].control_inputs) == ([TensorRef("old")], ["old"])
+    assert "new" not in graph
+    graph.add_node("unread", "Relu", ["x"])
+    graph.add_node("heir", "Neg", ["x"])
+    graph.succeed("unread", "heir")  # nothing reads the old node: removed, its name taken over
+    assert graph["unread"].op == "Neg" and "heir" not in graph
+
+
+def test_edit_node_says_which_attrs_changed_and_keeps_those_asked():
+    from gtt_rules.engine.proto import graph_def_pb2 as pb
+
+    graph = _graph()
+    node = graph.add_node("r", "LeakyRelu", ["x"], attrs={"alpha": 0.5})
+    same = {key: node.attr_value(key) for key in ("T", "alpha")}
+    assert graph.edit_node("r", "LeakyRelu", "", same) is None
+    assert graph.edit_node("r", "LeakyRelu", "/cpu:0", same) == ()
+    alpha = pb.AttrValue(f=0.25)
+    assert graph.edit_node("r", "LeakyRelu", "/cpu:0", {"alpha": alpha}, keep=["T"]) == ("alpha",)
+    assert graph.edit_node("r", "Relu", "/cpu:0", {}, keep=["T"], control_inputs=["effect"]) == ("alpha",)
+    assert (node.op, node.get_attr("T"), node.attr_value("alpha"), node.control_inputs) == \
+        ("Relu", FLOAT, None, ["effect"])
+
+
+def test_a_transaction_undoes_on_request_and_stays_open():
+    graph = _graph()
+    before = graph.to_bytes()
+    with graph.transaction() as outer:
+        graph.add_node("a", "Relu", ["x"])
+        with graph.transaction() as inner:
+            graph.add_node("b", "Neg", ["a"])
+            graph.remove_node("effect")
+            inner.undo()  # only what the inner transaction did
+        assert [node.name for node in graph] == ["x", "effect", "a"]  # back in its place
+        graph.add_node("c", "Neg", ["a"])
+        outer.undo()
+        assert graph.to_bytes() == before
+        graph.add_node("d", "Relu", ["x"])  # still open: this edit stays
+    assert "d" in graph
+    with pytest.raises(RuntimeError):
+        with graph.transaction():
+            graph.remove_node("d")
+            raise RuntimeError
+    assert [node.name for node in graph] == ["x", "effect", "d"]  # back, in its place
+
+
 def test_implied_attrs_of_a_new_node():
     graph = _graph()
     graph.add_node("axis", "Const", attrs={"dtype": 3, "value": 0})
