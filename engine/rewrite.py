@@ -52,13 +52,18 @@ class _Delete:
 # The value of an attr that a copy or an edit deletes (`n {key: none}`).
 DELETE = _Delete()
 
+# In place of an attr's name: the expression gives a list of (name, value) pairs, one per element
+# of `(EXPR): value for x in xs`.
+EACH = object()
+
 
 @dataclass(frozen=True)
 class NewNode:
     """A node to create. With `copy_of`, a copy of that matched node: same op, attrs and inputs
     unless given here; `fields` compute its op or device (NODE_FIELDS). A copy as another op
     keeps only the attrs that op declares (all of them if the registry does not know the op).
-    An attr's name may be computed too (an Expression, not a str), and a value DELETE drops it."""
+    An attr's name may be computed too (an Expression, not a str), and a value DELETE drops it;
+    with the name EACH, the expression gives a list of (name, value) pairs."""
 
     op: str | None
     inputs: tuple["Producer", ...] | None
@@ -463,18 +468,20 @@ class _Planner:
             self.grew |= in_place and not set(control) <= set(source.control_inputs)  # a cycle, maybe
         deleted = set()
         for key, expression in producer.attrs:
-            if not isinstance(key, str):
-                key = key(self.ctx)
+            if key is EACH:
+                pairs = expression(self.ctx)
+            else:
+                pairs = ((key if isinstance(key, str) else key(self.ctx), expression(self.ctx)),)
+            for key, value in pairs:
                 if not isinstance(key, str) or not key:
                     raise self._error(f"{key!r} is not an attr name")
-            value = expression(self.ctx)
-            planned.copied.pop(key, None)
-            if value is DELETE:
-                deleted.add(key)
-                planned.attrs.pop(key, None)
-            else:
-                deleted.discard(key)
-                planned.attrs[key] = value
+                planned.copied.pop(key, None)
+                if value is DELETE:
+                    deleted.add(key)
+                    planned.attrs.pop(key, None)
+                else:
+                    deleted.discard(key)
+                    planned.attrs[key] = value
         if not (in_place and op == source.op):  # an edit keeps the type attrs its node has
             self._infer_type_attrs(planned)
         for key in deleted:  # deleted even where the inputs would imply it

@@ -67,12 +67,24 @@ class NoneValue:
 @dataclass(frozen=True)
 class AttrItem:
     """`key: value` in an attr block; `(EXPR): value` names the attr by a string expression
-    (`key` is None, `key_expr` the expression)."""
+    (`key` is None, `key_expr` the expression), and `(EXPR): value for var in items if condition`
+    gives one such attr per element (`each` holds the loop)."""
 
     key: str | None
     value: "Expr"
     pos: Pos
     key_expr: "Expr | None" = None
+    each: "AttrLoop | None" = None
+
+
+@dataclass(frozen=True)
+class AttrLoop:
+    """The `for var in items if condition` of an attr block entry that names several attrs."""
+
+    var: str
+    items: "Expr"
+    condition: "Expr | None"
+    pos: Pos
 
 
 @dataclass(frozen=True)

@@ -392,6 +392,11 @@ class _ToAst(Transformer):
         bracket, key, value = children
         return ast.AttrItem(None, value, _tok_pos(bracket), key_expr=key)
 
+    def computed_attr_items(self, children):
+        bracket, key, value, var, items, *condition = children
+        loop = ast.AttrLoop(str(var), items, condition[0] if condition else None, _tok_pos(var))
+        return ast.AttrItem(None, value, _tok_pos(bracket), key_expr=key, each=loop)
+
     def where(self, children):
         return ast.Where(children[1], _tok_pos(children[0]))
 

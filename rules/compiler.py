@@ -443,18 +443,20 @@ class Compiler(ExpressionCompiler):
     def _changes(self, items, scope: Scope, edit: bool = False) -> tuple[tuple, tuple]:
         """What a copy or an edit changes: its attrs, and its node fields (`op`, `device`, and for an
         edit `control_inputs`). An attr's name may be computed (`(EXPR): value`), and `none`
-        deletes the attr."""
+        deletes the attr; `(EXPR): value for x in xs` gives one such attr per element."""
         attrs, fields = [], []
         for item in items:
-            if isinstance(item.value, ast.NoneValue):
-                fn, kind = (lambda ctx: rw.DELETE), "none"
-                if item.key in rw.NODE_FIELDS:
-                    self.error(item.value.pos, f"'none' deletes an attr; a node's {item.key} is not one",
-                               "write \"\" for no device" if item.key == "device" else None)
-                    continue
-            else:
-                fn, kind = self._attr_value(item.value, scope)
-                fn = must_be_known(fn)
+            if item.each is not None:
+                loop = item.each
+                pairs = self.loop(loop.var, loop.items, loop.condition, loop.pos, scope,
+                                  lambda item=item: self._attr_pair(item, scope))
+                attrs.append((rw.EACH, must_be_known(pairs)))
+                continue
+            if isinstance(item.value, ast.NoneValue) and item.key in rw.NODE_FIELDS:
+                self.error(item.value.pos, f"'none' deletes an attr; a node's {item.key} is not one",
+                           "write \"\" for no device" if item.key == "device" else None)
+                continue
+            fn, kind = self._change_value(item.value, scope)
             if item.key == "control_inputs":
                 if not edit:
                     self.error(item.pos, "a copy takes over the control edges of the node it replaces",
@@ -469,14 +471,27 @@ class Compiler(ExpressionCompiler):
                     self.error(item.value.pos, f"type error: a node's {item.key} is a string, not a {kind}")
                 fields.append((item.key, fn))
                 continue
-            key = item.key
-            if key is None:
-                key_fn, key_kind = self.value(item.key_expr, scope)
-                if key_kind not in ("string", "any"):
-                    self.error(item.key_expr.pos, f"type error: an attr's name is a string, not a {key_kind}")
-                key = must_be_known(key_fn)
-            attrs.append((key, fn))
+            attrs.append((item.key if item.key is not None else self._attr_name(item.key_expr, scope), fn))
         return tuple(attrs), tuple(fields)
+
+    def _attr_name(self, expr: ast.Expr, scope: Scope):
+        """A computed attr name (`(EXPR): value`), checked to be a string."""
+        fn, kind = self.value(expr, scope)
+        if kind not in ("string", "any"):
+            self.error(expr.pos, f"type error: an attr's name is a string, not a {kind}")
+        return must_be_known(fn)
+
+    def _change_value(self, expr: ast.Expr, scope: Scope):
+        """A copy's or an edit's value for an attr or field, and its kind; `none` is DELETE."""
+        if isinstance(expr, ast.NoneValue):
+            return (lambda ctx: rw.DELETE), "none"
+        fn, kind = self._attr_value(expr, scope)
+        return must_be_known(fn), kind
+
+    def _attr_pair(self, item: ast.AttrItem, scope: Scope):
+        """One element's (name, value) of `(EXPR): value for x in xs`."""
+        name, value = self._attr_name(item.key_expr, scope), self._change_value(item.value, scope)[0]
+        return lambda ctx: (name(ctx), value(ctx))
 
     def _attr_value(self, expr: ast.Expr, scope: Scope):
         """An attr value and its kind; `attr(m, name)` is the attr as m stores it, copied exactly

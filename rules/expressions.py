@@ -172,17 +172,24 @@ class ExpressionCompiler:
             "list" if kind in ("list", "tensor", "value") else "any"
 
     def _comprehension(self, expr: ast.Comprehension, scope: Scope):
-        items, kind = self.value(expr.items, scope)
+        return self.loop(expr.var, expr.items, expr.condition, expr.pos, scope,
+                         lambda: self.value(expr.item, scope)[0]), "list"
+
+    def loop(self, name: str, items_expr: ast.Expr, condition_expr: ast.Expr | None, pos: ast.Pos,
+             scope: Scope, compile_item: Callable[[], Callable[[MatchContext], Any]]):
+        """`for name in items if condition`: a function of the context giving the list of the
+        item's values, one per element kept; compile_item compiles the item with `name` in scope.
+        Bounded by MAX_LIST_LENGTH; UNKNOWN if the list or a condition is."""
+        items, kind = self.value(items_expr, scope)
         if kind in ("string", "dtype", "bool"):
-            self.error(expr.items.pos, f"type error: 'for' needs a list to go over, not a {kind}")
-        name = expr.var
+            self.error(items_expr.pos, f"type error: 'for' needs a list to go over, not a {kind}")
         if scope.kind_of(name) is not None or dtype_constant(name) is not None:
-            self.error(expr.pos, f"'{name}' is already bound; the loop needs a name of its own")
-            return (lambda ctx: None), "list"
+            self.error(pos, f"'{name}' is already bound; the loop needs a name of its own")
+            return lambda ctx: None
         scope.lets[name] = "any"  # visible in the item and the condition only
         try:
-            item, _ = self.value(expr.item, scope)
-            condition = self.value(expr.condition, scope)[0] if expr.condition is not None else None
+            item = compile_item()
+            condition = self.value(condition_expr, scope)[0] if condition_expr is not None else None
         finally:
             del scope.lets[name]
 
@@ -205,7 +212,7 @@ class ExpressionCompiler:
             finally:
                 ctx.bindings.pop(name, None)
             return out
-        return build, "list"
+        return build
 
     def _map(self, expr: ast.MapExpr, scope: Scope):
         table = {}
