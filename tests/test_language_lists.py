@@ -456,6 +456,73 @@ def test_attr_names_from_parameters_and_values_copied_as_stored():
     assert stored["_type"].WhichOneof("value") == "type" and stored["_type"].type == 1
 
 
+def test_an_attr_comprehension_edits_as_many_attrs_as_its_list_has_kept_elements():
+    graph = _guarded_relu()
+    report = apply_rules(graph, compile_rules("""
+        ruleset t(names: [str] = ["_a", "_bb", "_skipped", "_ccc"]):
+            rule mark:
+                n = Relu(x)
+                where "_a" not in attrs(n)
+                => n {(k): len(k) for k in names if k != "_skipped", _type: attr(n, "T")}
+    """), protected=["x", "out"])
+    assert report.rewrites == 1     # one edit sets every attr of the list
+    node = graph["n"]
+    assert {k: node.get_attr(k) for k in ("_a", "_bb", "_ccc")} == {"_a": 2, "_bb": 3, "_ccc": 4}
+    assert "_skipped" not in node.proto.attr and node.get_attr("_note") == "kept"
+    assert node.proto.attr["_type"].WhichOneof("value") == "type"
+
+
+def test_an_attr_comprehension_copies_attrs_as_stored_into_a_copy():
+    graph = _guarded_relu()
+    apply_rules(graph, compile_rules("""
+        rule moved:
+            n = Relu(x)
+            where "_note" in attrs(n)
+            => n -> n {({"T": "_copyT", "_note": "_copy_note"}[k]): attr(n, k) for k in attrs(n), _note: none}
+    """), protected=["x", "out"])
+    stored = graph[graph["out"].inputs[0].node].proto.attr
+    assert "_note" not in stored and stored["_copy_note"].s == b"kept"
+    # A dtype attr copied under a name Relu does not declare stays a dtype.
+    assert stored["_copyT"].WhichOneof("value") == "type" and stored["_copyT"].type == 1
+
+
+def test_none_in_an_attr_comprehension_deletes_each_attr():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        n = Relu(x) {_a: 1, _b: "two", _c: 3.0}
+        out = Neg(n)
+    """)
+    report = apply_rules(graph, compile_rules("""
+        rule clean:
+            n = Relu(x)
+            => n {(k): none for k in attrs(n) if k != "_c" and k != "T"}
+    """), protected=["x", "out"])
+    assert report.rewrites == 1 and sorted(graph["n"].proto.attr) == ["T", "_c"]
+
+
+def test_an_attr_comprehension_over_an_empty_list_is_no_rewrite():
+    graph = _guarded_relu()
+    before = graph.to_bytes()
+    report = apply_rules(graph, compile_rules("""
+        rule nothing:
+            n = *
+            => n {(k): none for k in attrs(n) if k == "_absent", (k): 1 for k in []}
+    """), protected=["x", "out"])
+    assert report.rewrites == 0 and graph.to_bytes() == before
+
+
+def test_an_attr_comprehension_over_too_long_a_list_is_an_error_not_a_hang():
+    graph = _guarded_relu()
+    with pytest.raises(RewriteError, match="at most"):
+        apply_rules(graph, compile_rules("""
+            ruleset t(name: str = "_many"):
+                rule many:
+                    n = Relu(x)
+                    => n {(name): k for k in range(100000000)}
+        """), protected=["x", "out"])
+    assert sorted(graph["n"].proto.attr) == ["T", "_note"]
+
+
 def test_an_edit_that_would_write_an_invalid_node_leaves_the_node_as_it_was():
     graph = _guarded_relu()
     with pytest.raises(RewriteError, match="Relu needs attr 'T'"):
@@ -480,6 +547,12 @@ CHECKED_EDITS = [
     ("n = Relu(x)\n    => n -> n {control_inputs: []}", "a copy takes over the control edges"),
     ("n = Relu(x)\n    => n {control_inputs: \"x\"}", "control_inputs are a list of names, not a string"),
     ("n = Relu(x)\n    => n {device: \"\"}, n {T: float}", "'n' is edited twice"),
+    ("n = Relu(x)\n    => n {(k + 1): 1 for k in [1, 2]}", "an attr's name is a string, not a value"),
+    ("n = Relu(x)\n    => n {(k): 1 for k in \"ab\"}", "'for' needs a list to go over, not a string"),
+    ("n = Relu(x)\n    => n {(x): none for x in attrs(n)}", "'x' is already bound"),
+    ("n = Relu(x)\n    => n {(k): v for k in attrs(n)}", "unbound name 'v'"),
+    ("n = Relu(x)\n    => n -> Relu6(x) {(k): 1 for k in [\"_a\"]}", "a new Relu6 names its attrs"),
+    ("n = Relu(x) {(k): 1 for k in [\"_a\"]}\n    => n -> x", "a pattern names its attrs"),
 ]
 
 

@@ -138,3 +138,16 @@ def test_parser_tables_from_the_cache_report_the_same_syntax_errors(cache_dir, m
         assert messages() == built
     finally:
         parser._parser.cache_clear()
+
+
+def test_an_attr_comprehension_comes_back_from_the_cache_as_parsed(cache_dir, tmp_path, monkeypatch):
+    path = tmp_path / "a.rules"
+    path.write_text("rule r:\n    n = Relu(x)\n    => n {(k): none for k in attrs(n) if k != \"T\", _a: 1}\n")
+    first = parse_file(path)
+    _no_parsing(monkeypatch)
+    again = parse_file(path)
+    assert again == first
+    (edit,) = again.rules[0].actions
+    loop = edit.attrs[0].each
+    assert (loop.var, loop.items.func, loop.condition.op) == ("k", "attrs", "!=")
+    assert edit.attrs[1].each is None
