@@ -449,7 +449,7 @@ class Compiler(ExpressionCompiler):
             if item.each is not None:
                 loop = item.each
                 pairs = self.loop(loop.var, loop.items, loop.condition, loop.pos, scope,
-                                  lambda item=item: self._attr_pair(item, scope))
+                                  lambda: self._attr_pair(item, scope))
                 attrs.append((rw.EACH, must_be_known(pairs)))
                 continue
             if isinstance(item.value, ast.NoneValue) and item.key in rw.NODE_FIELDS:
