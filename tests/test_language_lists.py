@@ -612,6 +612,7 @@ def test_a_device_that_is_not_a_string_fails_in_one_line(replacement):
 @pytest.mark.parametrize("line, message", [
     ("n = Relu(x) {T: none}", "'none' deletes an attr"),
     ("n = Relu(x) {(\"T\"): float}", "a fixture node names its attrs"),
+    ("n = Relu(x) {(k): 1 for k in [\"_a\"]}", "a fixture node names its attrs"),
 ])
 def test_a_fixture_node_neither_deletes_nor_computes_attr_names(line, message):
     with pytest.raises(RulesCheckError, match=message) as caught:
