@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 
 from gtt_rules.engine import op_registry
-from gtt_rules.engine.attrs import decode_attr, encode_attr
+from gtt_rules.engine.attrs import decode_attr
 from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64, REF_OFFSET
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.errors import UsageError
