@@ -16,14 +16,14 @@ no match, since the rewrite would leave that node computing beside its replaceme
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from gtt_rules.errors import RewriteError
 
 from .graph import Graph, Node, TensorRef
+from .rule import InputPattern, NodePattern, Pattern
 from .shapes import infer_shape
 
 MAX_COMMUTATIVE_TRIES = 10_000
@@ -38,99 +38,8 @@ class NotApplicable(Exception):
     the answer is unknown, so a guard that rests on it does not fire; no error is reported."""
 
 
-# A check or value computed from the match so far (compiled from a rule's expression).
-Expression = Callable[["MatchContext"], Any]
-
 _NESTED = "\0nested:"  # binding keys of anonymous nodes whose attrs are checked after the match
 _INNER = "\0inner"     # binding key of the inner nodes matched: a chain (name, is private, rest)
-
-
-@dataclass(frozen=True)
-class AttrPattern:
-    """`{key: value}` on a node pattern: bind `var` to the attr, or require it to equal `expected`."""
-
-    key: str
-    var: str | None = None
-    expected: Expression | None = None
-
-
-@dataclass(frozen=True)
-class NodePattern:
-    """A node: which ops, what inputs, which attrs. `ops` None matches any op; `inputs` None, any inputs."""
-
-    ops: frozenset[str] | None
-    inputs: tuple["InputPattern", ...] | None = None
-    attrs: tuple[AttrPattern, ...] = ()
-    commutative: frozenset[str] = frozenset()  # ops whose two inputs may match swapped
-    variadic: int | None = None  # index of the input pattern that takes a run of inputs (`xs...`)
-    shared: bool = False  # an inner node the rest of the graph may read too (`shared Op(...)`)
-    alternatives: tuple["NodePattern", ...] = ()  # `A(x) or B(x)`: matches what one of them matches
-
-
-@dataclass(frozen=True)
-class InputPattern:
-    """One input of a node pattern.
-
-    - `var`: the name the input tensor binds to (or must equal, once bound).
-    - `port`: the input must be this output of its producer.
-    - `node`: a pattern the producer must match; `node_var` names a shared pattern statement
-      (a DAG pattern): it is matched once, then every later use must be the same node.
-    - `literal`: the producer is a Const whose elements all equal this number, and whose broadcast
-      cannot change what the node computes (see `_literal_matches`).
-    """
-
-    var: str | None = None
-    port: int | None = None
-    node: NodePattern | None = None
-    node_var: str | None = None
-    literal: float | None = None
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """A rule's whole left-hand side: the root statement and the named statements it uses."""
-
-    root_var: str
-    statements: dict[str, NodePattern]
-    private: bool = True  # inner nodes are private (the rule builds nodes that would duplicate them)
-    root_ops: frozenset[str] | None = field(init=False)
-    checks_attrs: bool = field(init=False)  # some attr is compared with an expression
-    searches: bool = field(init=False)  # a commutative node may be tried again: memo and bound it
-    checks_privacy: bool = field(init=False)  # some node is matched through its inputs (inner)
-
-    def __post_init__(self):
-        root = self.statements[self.root_var]
-        walked = [(var, n) for var, s in self.statements.items() for n in _walk(s)]
-        object.__setattr__(self, "root_ops", _ops(root))
-        object.__setattr__(self, "checks_attrs", any(a.expected is not None for _, n in walked for a in n.attrs))
-        # One commutative node, and no alternative or variadic run before it to try it again, is
-        # tried once per root: the memo would only cost.
-        commutative = sum(1 for _, n in walked if n.commutative)
-        object.__setattr__(self, "searches", commutative > 1 or commutative == 1 and any(
-            n.alternatives or n.variadic is not None for _, n in walked))
-        object.__setattr__(self, "checks_privacy", self.private and any(
-            n.inputs is not None and (var != self.root_var or n is not root) for var, n in walked))
-
-
-def _ops(node: NodePattern) -> frozenset[str] | None:
-    """The ops a node pattern can match (None: any)."""
-    if not node.alternatives:
-        return node.ops
-    each = [_ops(a) for a in node.alternatives]
-    return None if None in each else frozenset().union(*each)
-
-
-def _nested(node: NodePattern):
-    """The node patterns right inside `node`: its alternatives and its inputs' patterns."""
-    yield from node.alternatives
-    yield from (i.node for i in node.inputs or () if i.node is not None)
-
-
-def _walk(node: NodePattern):
-    """`node` and every node pattern inside it."""
-    yield node
-    for nested in _nested(node):
-        yield from _walk(nested)
 
 
 class MatchContext:
@@ -301,7 +210,7 @@ def _names(node_pattern: NodePattern) -> tuple[str, ...] | None:
     cached = _NAMES.get(id(node_pattern))
     if cached is not None and cached[0] is node_pattern:
         return cached[1]
-    shared = any(want.node_var is not None for n in _walk(node_pattern) for want in n.inputs or ())
+    shared = any(want.node_var is not None for n in node_pattern.walk() for want in n.inputs or ())
     names = None if shared else tuple(sorted(_bound_names(node_pattern)))
     if len(_NAMES) > 10_000:    # patterns of rules compiled and dropped (library use) are not kept
         _NAMES.clear()
@@ -352,7 +261,7 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
 def _bound_names(node_pattern: NodePattern) -> set[str]:
     """Every name a node pattern binds (tensors, lists, attrs, shared statements). (Not `_names`,
     whose None keeps a pattern that reads a shared statement out of the commutative memo.)"""
-    return {name for n in _walk(node_pattern) for name in
+    return {name for n in node_pattern.walk() for name in
             [a.var for a in n.attrs] + [v for want in n.inputs or () for v in (want.var, want.node_var)] if name}
 
 

@@ -21,134 +21,15 @@ failure at any step leaves the graph as it was. Semantics (DESIGN.md, "Engine se
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from gtt_rules.errors import GraphError, GttRulesError, RewriteError
 
 from . import op_registry
 from .graph import Graph, Node, TensorRef, const_array, const_node_def
-from .pattern import Expression, MatchContext
+from .pattern import MatchContext
 from .proto import graph_def_pb2 as pb
-
-
-@dataclass(frozen=True)
-class TensorOf:
-    """An existing tensor: what `var` is bound to, or output `port` of the node bound to `var`."""
-
-    var: str
-    port: int | None = None
-
-
-# What a copy may change besides attrs and inputs: `n {op: "Relu6"}`, `n {device: "/cpu:0"}`; an
-# edit also what its node waits on (`n {control_inputs: []}`).
-NODE_FIELDS = ("op", "device", "control_inputs")
-
-
-class _Delete:
-    def __repr__(self) -> str:
-        return "none"
-
-
-# The value of an attr that a copy or an edit deletes (`n {key: none}`).
-DELETE = _Delete()
-
-# In place of an attr's name: the expression gives a list of (name, value) pairs, one per element
-# of `(EXPR): value for x in xs`.
-EACH = object()
-
-
-@dataclass(frozen=True)
-class NewNode:
-    """A node to create. With `copy_of`, a copy of that matched node: same op, attrs and inputs
-    unless given here; `fields` compute its op or device (NODE_FIELDS). A copy as another op
-    keeps only the attrs that op declares (all of them if the registry does not know the op).
-    An attr's name may be computed too (an Expression, not a str), and a value DELETE drops it;
-    with the name EACH, the expression gives a list of (name, value) pairs."""
-
-    op: str | None
-    inputs: tuple["Producer", ...] | None
-    attrs: tuple[tuple[str | Expression, Expression], ...] = ()
-    copy_of: str | None = None
-    fields: tuple[tuple[str, Expression], ...] = ()
-
-
-@dataclass(frozen=True)
-class ConstNode:
-    """A Const computed from the match; a list value makes one Const per output (`n:* -> ...`)."""
-
-    value: Expression
-    dtype: Expression | None = None
-
-
-@dataclass(frozen=True)
-class Bound:
-    """A node the replacement binds by name (`q = QuantizeV2(...)`), or one of its outputs (`q:1`).
-
-    Built once however often it is read; a binding to a list (`qs = eight_bit(xs...)`) reads as the
-    list of its nodes' outputs."""
-
-    name: str
-    port: int | None = None
-
-
-@dataclass(frozen=True)
-class Template:
-    """A compiled `define`: parameters, named nodes built when first read, and the result."""
-
-    name: str
-    params: tuple[str, ...]
-    bindings: tuple[tuple[str, "Producer"], ...]
-    result: "Producer"
-
-
-@dataclass(frozen=True)
-class Expand:
-    """A template call. With `spread`, that argument is a list and the template is applied to each
-    of its tensors, giving a list."""
-
-    template: Template
-    args: tuple["Producer", ...]
-    spread: int | None = None
-
-
-Producer = Union[TensorOf, NewNode, ConstNode, Bound, Expand]
-
-
-@dataclass(frozen=True)
-class Reroute:
-    """`var -> source`, `var:port -> source` or `var:* -> source`."""
-
-    var: str
-    port: int | None
-    all_ports: bool
-    source: Producer
-
-
-@dataclass(frozen=True)
-class Remove:
-    """`remove var`: delete a node whose consumers the rule rerouted."""
-
-    var: str
-
-
-@dataclass(frozen=True)
-class Bind:
-    """`name = SOURCE` after '=>': names a node for the other actions to read."""
-
-    name: str
-    source: Producer
-
-
-@dataclass(frozen=True)
-class Edit:
-    """`n {attrs}` after '=>': node n becomes what `change` (a copy of n, without new inputs)
-    describes, where it stands: its name, inputs and control edges stay."""
-
-    var: str
-    change: NewNode
-
-
-Action = Union[Reroute, Remove, Bind, Edit]
+from .rule import DELETE, EACH, Action, Bind, Bound, ConstNode, Edit, Expand, Producer, Remove, Template, TensorOf
 
 
 @dataclass

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gtt_rules.engine import op_registry
-from gtt_rules.engine import rewrite as rw
-from gtt_rules.engine.pattern import AttrPattern, InputPattern, NodePattern, Pattern
-from gtt_rules.engine.rule import Rule
+from gtt_rules.engine import rule as engine  # its replacement classes share names with the AST's
+from gtt_rules.engine.rule import AttrPattern, InputPattern, NodePattern, Pattern, Rule
 from gtt_rules.errors import RulesCheckError
 from gtt_rules.grammar import ast
 
@@ -49,7 +48,7 @@ class Compiler(ExpressionCompiler):
     def __init__(self, module: ast.Module):
         super().__init__(module)
         self.templates: dict[str, ast.TemplateDecl] = {}
-        self.compiled_templates: dict[str, rw.Template | None] = {}
+        self.compiled_templates: dict[str, engine.Template | None] = {}
         self.compiling: set[str] = set()  # templates being compiled: calling one again is recursion
         for template in module.templates:
             if template.name in self.templates:
@@ -387,16 +386,16 @@ class Compiler(ExpressionCompiler):
     def _action(self, action, scope: Scope):
         if isinstance(action, ast.BindStmt):
             source = self.producer(action.expr, scope)
-            return rw.Bind(action.name, source) if source is not None else None
+            return engine.Bind(action.name, source) if source is not None else None
         if isinstance(action, (ast.RemoveStmt, ast.EditStmt)) and scope.kind_of(action.name) != "tensor":
             self.error(action.pos, f"'{action.name}' is not a node of the pattern",
                        self._suggest(action.name, scope.statements))
             return None
         if isinstance(action, ast.RemoveStmt):
-            return rw.Remove(action.name)
+            return engine.Remove(action.name)
         if isinstance(action, ast.EditStmt):  # `n {changes}`: n changed where it stands
             attrs, fields = self._changes(action.attrs, scope, edit=True)
-            return rw.Edit(action.name, rw.NewNode(None, None, attrs, copy_of=action.name, fields=fields))
+            return engine.Edit(action.name, engine.NewNode(None, None, attrs, copy_of=action.name, fields=fields))
         target = action.target
         if scope.kind_of(target.name) != "tensor":
             self.error(target.pos, f"'{target.name}' is not a node of the pattern",
@@ -405,14 +404,14 @@ class Compiler(ExpressionCompiler):
         source = self.producer(action.expr, scope)
         if source is None:
             return None
-        return rw.Reroute(target.name, target.port, target.all_ports, source)
+        return engine.Reroute(target.name, target.port, target.all_ports, source)
 
     def producer(self, expr: ast.Expr, scope: Scope):
         """Compile a replacement expression into what the rewriter builds or reuses."""
         if isinstance(expr, ast.Var) and scope.kind_of(expr.name) in ("tensor", "list"):
-            return rw.TensorOf(expr.name)
+            return engine.TensorOf(expr.name)
         if isinstance(expr, (ast.Var, ast.Port)) and expr.name in scope.built:
-            return rw.Bound(expr.name, expr.port if isinstance(expr, ast.Port) else None)
+            return engine.Bound(expr.name, expr.port if isinstance(expr, ast.Port) else None)
         if isinstance(expr, ast.Call) and expr.func in self.templates:
             return self._expand(expr, scope)
         if isinstance(expr, ast.Spread):
@@ -422,7 +421,7 @@ class Compiler(ExpressionCompiler):
             if scope.kind_of(expr.name) != "tensor":
                 self.error(expr.pos, f"'{expr.name}' is not a node of the pattern")
                 return None
-            return rw.TensorOf(expr.name, expr.port)
+            return engine.TensorOf(expr.name, expr.port)
         if isinstance(expr, ast.NewNodeExpr):
             return self._new_node(expr, scope)
         if isinstance(expr, ast.CopyNode) or (isinstance(expr, ast.Call) and scope.kind_of(expr.func) == "tensor"):
@@ -433,12 +432,12 @@ class Compiler(ExpressionCompiler):
             args = expr.args
             inputs = None if args is None else tuple(p for p in (self.producer(a, scope) for a in args) if p)
             attrs, fields = self._changes(getattr(expr, "attrs", ()), scope)
-            return rw.NewNode(None, inputs, attrs, copy_of=var, fields=fields)
+            return engine.NewNode(None, inputs, attrs, copy_of=var, fields=fields)
         fn, kind = self.value(expr, scope)
         if kind in ("string", "dtype"):
             self.error(expr.pos, f"a {kind} cannot be a tensor here")
             return None
-        return rw.ConstNode(must_be_known(fn))
+        return engine.ConstNode(must_be_known(fn))
 
     def _changes(self, items, scope: Scope, edit: bool = False) -> tuple[tuple, tuple]:
         """What a copy or an edit changes: its attrs, and its node fields (`op`, `device`, and for an
@@ -450,9 +449,9 @@ class Compiler(ExpressionCompiler):
                 loop = item.each
                 pairs = self.loop(loop.var, loop.items, loop.condition, loop.pos, scope,
                                   lambda: self._attr_pair(item, scope))
-                attrs.append((rw.EACH, must_be_known(pairs)))
+                attrs.append((engine.EACH, must_be_known(pairs)))
                 continue
-            if isinstance(item.value, ast.NoneValue) and item.key in rw.NODE_FIELDS:
+            if isinstance(item.value, ast.NoneValue) and item.key in engine.NODE_FIELDS:
                 self.error(item.value.pos, f"'none' deletes an attr; a node's {item.key} is not one",
                            "write \"\" for no device" if item.key == "device" else None)
                 continue
@@ -466,7 +465,7 @@ class Compiler(ExpressionCompiler):
                                                f"not a {kind}")
                 fields.append((item.key, fn))
                 continue
-            if item.key in rw.NODE_FIELDS:  # a copy as another op, or on another device
+            if item.key in engine.NODE_FIELDS:  # a copy as another op, or on another device
                 if kind not in ("string", "any"):
                     self.error(item.value.pos, f"type error: a node's {item.key} is a string, not a {kind}")
                 fields.append((item.key, fn))
@@ -484,7 +483,7 @@ class Compiler(ExpressionCompiler):
     def _change_value(self, expr: ast.Expr, scope: Scope):
         """A copy's or an edit's value for an attr or field, and its kind; `none` is DELETE."""
         if isinstance(expr, ast.NoneValue):
-            return (lambda ctx: rw.DELETE), "none"
+            return (lambda ctx: engine.DELETE), "none"
         fn, kind = self._attr_value(expr, scope)
         return must_be_known(fn), kind
 
@@ -537,14 +536,14 @@ class Compiler(ExpressionCompiler):
                 if scope.kind_of(arg.name) not in ("list", "nodes"):
                     self.error(arg.pos, f"'{arg.name}...' needs '{arg.name}' to be a list of tensors")
                     return None
-                args.append(rw.Bound(arg.name) if arg.name in scope.built else rw.TensorOf(arg.name))
+                args.append(engine.Bound(arg.name) if arg.name in scope.built else engine.TensorOf(arg.name))
             else:
                 args.append(self.producer(arg, scope))
         if template is None or None in args:
             return None
-        return rw.Expand(template, tuple(args), spreads[0] if spreads else None)
+        return engine.Expand(template, tuple(args), spreads[0] if spreads else None)
 
-    def _template(self, name: str) -> rw.Template | None:
+    def _template(self, name: str) -> engine.Template | None:
         """Compile a template once."""
         definition = self.templates[name]
         if name in self.compiling:
@@ -562,7 +561,7 @@ class Compiler(ExpressionCompiler):
         result = self.producer(definition.result, scope)
         compiled = None
         if len(self.errors) == errors_before and result is not None:
-            compiled = rw.Template(name, definition.params, bindings, result)
+            compiled = engine.Template(name, definition.params, bindings, result)
         self.compiling.discard(name)
         self.compiled_templates[name] = compiled
         return compiled
@@ -586,7 +585,7 @@ class Compiler(ExpressionCompiler):
                 self.error(expr.args[0].pos, f"type error: a Const value cannot be a {kind}")
             dtype_expr = expr.args[1] if len(expr.args) == 2 else (attr_items["dtype"].value if "dtype" in attr_items else None)
             dtype_fn = self.value(dtype_expr, scope)[0] if dtype_expr is not None else None
-            return rw.ConstNode(must_be_known(value_fn), dtype_fn and must_be_known(dtype_fn))
+            return engine.ConstNode(must_be_known(value_fn), dtype_fn and must_be_known(dtype_fn))
         self._check_attrs(expr.op, op_def, expr.attrs)
         inputs = ()
         if expr.args is not None:
@@ -597,7 +596,7 @@ class Compiler(ExpressionCompiler):
             self._check_input_count(expr.op, op_def, 0, expr.pos)
         attrs = tuple((item.key, must_be_known(self.value(item.value, scope)[0])) for item in expr.attrs
                       if item.key is not None)
-        return rw.NewNode(expr.op, inputs, attrs)
+        return engine.NewNode(expr.op, inputs, attrs)
 
 
 def _names_in(node: Any) -> set[str]:
