@@ -1,14 +1,13 @@
-"""Patterns over graph nodes, and the matcher that finds them.
+"""The matcher: where a rule's pattern (its left-hand side, engine/rule.py) matches the graph.
 
-A pattern is plain data compiled from a rule's left-hand side. Matching starts at a root node
-(the driver dispatches by its op) and walks up the inputs, binding names to tensors; a name bound
-twice must be the same tensor, and one inside a variadic element pattern is one tensor for every
-element (`AddN(ms...: Mul(x, *))`). Commutative binary ops also try their inputs swapped. Where a
-commutative pattern node can be tried again at one root, one that failed at a graph node under
-the same bindings of its own names is not tried there again (k nested commutative nodes cost the
-distinct pairs, not 2^k tries), and past `MAX_COMMUTATIVE_TRIES` at one root it is an error. A
-literal matches only a Const whose broadcast cannot change what its node computes. An alternative
-(`A or B`) matches what each of its alternatives matches, in turn.
+Matching starts at a root node (the driver dispatches by its op) and walks up the inputs, binding
+names to tensors; a name bound twice must be the same tensor, and one inside a variadic element
+pattern is one tensor for every element (`AddN(ms...: Mul(x, *))`). Commutative binary ops also try
+their inputs swapped. Where a commutative pattern node can be tried again at one root, one that
+failed at a graph node under the same bindings of its own names is not tried there again (k nested
+commutative nodes cost the distinct pairs, not 2^k tries), and past `MAX_COMMUTATIVE_TRIES` at one
+root it is an error. A literal matches only a Const whose broadcast cannot change what its node
+computes. An alternative (`A or B`) matches what each of its alternatives matches, in turn.
 
 Inner nodes (matched through their inputs, other than the root) are private when the rule builds
 nodes: a match whose private inner node is a graph output, or is read from outside the match, is
@@ -185,7 +184,7 @@ def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator
         raise MatchLimitError(f"matching at node '{search.root}' took more than "
                               f"{MAX_COMMUTATIVE_TRIES:,} tries of commutative inputs; the pattern "
                               f"matches in too many ways")
-    failed, names = search.failed, _names(node_pattern)
+    failed, names = search.failed, node_pattern.memo_names
     key = None if names is None else (id(node_pattern), node.name, *(bindings.get(n) for n in names))
     try:
         if key in failed:
@@ -199,23 +198,6 @@ def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator
             yield extended
     if not found and key is not None:
         failed.add(key)
-
-
-_NAMES: dict[int, tuple[NodePattern, tuple[str, ...] | None]] = {}
-
-
-def _names(node_pattern: NodePattern) -> tuple[str, ...] | None:
-    """Every name a node pattern binds or reads, nested patterns included: all its match depends
-    on besides the graph. None if it uses a shared statement, whose names are elsewhere."""
-    cached = _NAMES.get(id(node_pattern))
-    if cached is not None and cached[0] is node_pattern:
-        return cached[1]
-    shared = any(want.node_var is not None for n in node_pattern.walk() for want in n.inputs or ())
-    names = None if shared else tuple(sorted(_bound_names(node_pattern)))
-    if len(_NAMES) > 10_000:    # patterns of rules compiled and dropped (library use) are not kept
-        _NAMES.clear()
-    _NAMES[id(node_pattern)] = (node_pattern, names)
-    return names
 
 
 def _match_variadic(pattern, wanted, at, inputs, bindings, graph) -> Iterator[dict]:
@@ -240,7 +222,7 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
         matched = element.ops is None or all(graph[ref.node].op in element.ops for ref in tail)
         return [bindings] if matched else []
     if not tail:  # no element binds the names: a match would leave them unbound
-        return [bindings] if _bound_names(element) <= bindings.keys() else []
+        return [bindings] if element.bound_names <= bindings.keys() else []
     checks_attrs = any(a.expected is not None for a in element.attrs)
     states = [bindings]
     for ref in tail:
@@ -256,13 +238,6 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
         if not states:
             break
     return states
-
-
-def _bound_names(node_pattern: NodePattern) -> set[str]:
-    """Every name a node pattern binds (tensors, lists, attrs, shared statements). (Not `_names`,
-    whose None keeps a pattern that reads a shared statement out of the commutative memo.)"""
-    return {name for n in node_pattern.walk() for name in
-            [a.var for a in n.attrs] + [v for want in n.inputs or () for v in (want.var, want.node_var)] if name}
 
 
 def _same_bindings(a: dict, b: dict) -> bool:

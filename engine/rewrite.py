@@ -1,4 +1,4 @@
-"""Replacements: what a rule's right-hand side builds, and the all-or-nothing rewriter.
+"""The all-or-nothing rewriter: it builds what a rule's actions (engine/rule.py) describe.
 
 A rewrite first computes everything (constant values, attrs, names) without touching the graph,
 then makes its edits through the graph-edit core (engine/graph.py) inside a transaction, so a

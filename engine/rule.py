@@ -8,6 +8,7 @@ producers). Expressions are compiled to callables over the match context.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 if TYPE_CHECKING:
@@ -45,6 +46,21 @@ class NodePattern:
         yield self
         for nested in (*self.alternatives, *(i.node for i in self.inputs or () if i.node is not None)):
             yield from nested.walk()
+
+    @cached_property
+    def bound_names(self) -> frozenset[str]:
+        """Every name this node pattern binds, nested ones included (tensors, lists, attrs, shared
+        statements)."""
+        return frozenset(name for n in self.walk() for name in (
+            *(a.var for a in n.attrs), *(v for want in n.inputs or () for v in (want.var, want.node_var))) if name)
+
+    @cached_property
+    def memo_names(self) -> tuple[str, ...] | None:
+        """The names all its match depends on besides the graph, for the matcher's memo of failed
+        tries; None if it reads a shared statement, whose names are elsewhere."""
+        if any(want.node_var is not None for n in self.walk() for want in n.inputs or ()):
+            return None
+        return tuple(sorted(self.bound_names))
 
     def matched_ops(self) -> frozenset[str] | None:
         """The ops this node pattern can match (None: any)."""
