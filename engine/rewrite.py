@@ -227,7 +227,7 @@ class _Planner:
                 reroutes += [(TensorRef(target, i), (s, 0)) for i, s in enumerate(sources)]
                 heirs.setdefault(target, sources[0])
             else:  # one output (`n:1 -> ...`), or a node's output 0
-                source = _output(sources)
+                source = (sources, 0) if isinstance(sources, _Planned) else sources
                 reroutes.append((TensorRef(target, action.port or 0), source))
                 if not isinstance(source, TensorRef) and not action.port and source[1] == 0:
                     heirs.setdefault(target, source[0])
@@ -452,11 +452,6 @@ def _node_def(planned: _Planned) -> pb.NodeDef:
     for key, value in planned.attrs.items():
         node.set_attr(key, value)
     return proto
-
-
-def _output(source: Any) -> Any:
-    """A source as one tensor: TensorRef, or (_Planned, port) (a bare planned node is its output 0)."""
-    return (source, 0) if isinstance(source, _Planned) else source
 
 
 def _at_port(value: Any, port: int | None) -> Any:
