@@ -223,13 +223,12 @@ def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict
         return [bindings] if matched else []
     if not tail:  # no element binds the names: a match would leave them unbound
         return [bindings] if element.bound_names <= bindings.keys() else []
-    checks_attrs = any(a.expected is not None for a in element.attrs)
     states = [bindings]
     for ref in tail:
         producer = graph.get(ref.node)
         found: list[dict] = []
         for state in states if producer is not None else ():
-            if checks_attrs:
+            if element.checks_attrs:
                 state = {**state, f"{_NESTED}{id(element)}:{ref.node}": (element, ref.node)}
             for extended in _match_node(pattern, element, producer, state, graph):
                 if not any(_same_bindings(extended, other) for other in found):
@@ -287,7 +286,7 @@ def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings:
         yield from _match_node(pattern, statement, producer, {**bindings, want.node_var: TensorRef(ref.node, 0)}, graph)
         return
     if want.node is not None:
-        if any(a.expected is not None for a in want.node.attrs):
+        if want.node.checks_attrs:
             bindings = {**bindings, f"{_NESTED}{id(want.node)}:{ref.node}": (want.node, ref.node)}
         yield from _match_node(pattern, want.node, producer, bindings, graph)
         return

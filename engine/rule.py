@@ -48,6 +48,12 @@ class NodePattern:
             yield from nested.walk()
 
     @cached_property
+    def checks_attrs(self) -> bool:
+        """Some attr of this node (nested ones aside) is compared with an expression: checked once
+        the whole pattern has matched, as it may read names bound anywhere in it."""
+        return any(a.expected is not None for a in self.attrs)
+
+    @cached_property
     def bound_names(self) -> frozenset[str]:
         """Every name this node pattern binds, nested ones included (tensors, lists, attrs, shared
         statements)."""
@@ -105,7 +111,7 @@ class Pattern:
         root = self.statements[self.root_var]
         walked = [(var, n) for var, s in self.statements.items() for n in s.walk()]
         object.__setattr__(self, "root_ops", root.matched_ops())
-        object.__setattr__(self, "checks_attrs", any(a.expected is not None for _, n in walked for a in n.attrs))
+        object.__setattr__(self, "checks_attrs", any(n.checks_attrs for _, n in walked))
         # One commutative node, and no alternative or variadic run before it to try it again, is
         # tried once per root: the memo would only cost.
         commutative = sum(1 for _, n in walked if n.commutative)
