@@ -523,7 +523,7 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
             result.checked[target] = result.checked.pop(planned.name)
         renamed_to.add(target)
     # Sweep what the rewrite left unused, walking up from the nodes it touched.
-    seeds = [name for name in removals] + list(rerouted_consumers) + [
+    seeds = removals + list(rerouted_consumers) + [
         v.node for v in planner.ctx.bindings.values() if isinstance(v, TensorRef)]
     # Producers of the nodes heirs replaced (anonymous nested nodes, variadic lists) are seeds too.
     seeds += sorted(result.touched)

@@ -7,7 +7,7 @@ producers). Expressions are compiled to callables over the match context.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Union
 
@@ -275,5 +275,5 @@ class Rule:
         return allowed if ops is None else ops & allowed
 
     def with_params(self, params: dict[str, Any]) -> "Rule":
-        return Rule(self.name, self.pattern, self.guard, self.actions, self.priority, self.location, params,
-                    self.op_filter)
+        """This rule reading the rule set's parameters `params`."""
+        return replace(self, params=params)
