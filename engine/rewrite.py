@@ -389,7 +389,11 @@ class _Planner:
             return [self._instantiate(producer.template, args[:producer.spread] + [item] +
                                       args[producer.spread + 1:]) for item in items]
         items = self._input(producer)
-        is_list = isinstance(producer, TensorOf) and isinstance(self.ctx.bindings.get(producer.var), list)
+        # A list stays a list: a variadic binding, or existing tensors an expression picks (`xs[1:]`).
+        if isinstance(producer, TensorOf):
+            is_list = isinstance(self.ctx.bindings.get(producer.var), list)
+        else:
+            is_list = self._computed_tensors(producer) is not None and isinstance(self._value(producer), list)
         return items if is_list else items[0]
 
     def _instantiate(self, template: Template, args: list[Any]) -> Any:

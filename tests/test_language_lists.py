@@ -652,3 +652,25 @@ def test_an_edit_that_changes_an_output_type_has_its_readers_checked():
                 => n {DstT: int32}
         """), protected=["x", "out"])
     assert graph["n"].get_attr("DstT") == 1
+
+
+def test_a_name_bound_to_a_slice_of_tensors_keeps_every_tensor(tf):
+    """`=> ys = xs[1:]` names two tensors; the AddN reading ys must get both (it got the first)."""
+    rules = """
+        rule drop-first:
+            n = AddN(xs...)
+            where len(xs) == 3
+            => ys = xs[1:]
+            => n -> AddN(ys)
+    """
+    feeds = {name: np.full(2, value, np.float32) for name, value in (("a", 1.0), ("b", 2.0), ("c", 4.0))}
+
+    def body():
+        a, b, c = (tf.compat.v1.placeholder(tf.float32, [2], name=name) for name in "abc")
+        tf.negative(tf.math.add_n([a, b, c]), name="out")
+    graph = Graph.from_bytes(_tf_graph(tf, body))
+    apply_rules(graph, compile_rules(rules), protected=[*feeds, "out"])
+    addn = graph[graph["out"].inputs[0].node]
+    assert addn.op == "AddN" and [ref.node for ref in addn.inputs] == ["b", "c"]
+    [got] = tf_run(graph.to_bytes(), feeds, ["out"])
+    np.testing.assert_array_equal(got, np.full(2, -6.0, np.float32))
