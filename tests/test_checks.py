@@ -5,10 +5,10 @@ import pathlib
 
 import pytest
 
+from gtt_rules import standard_library
 from gtt_rules.errors import GttRulesError, RewriteError, RulesCheckError
 from gtt_rules.grammar.parser import parse
 from gtt_rules.rules.compiler import compile_module
-from gtt_rules import standard_library
 
 RULE = "rule r:\n    n = Relu(x)\n    => n -> x\n"
 

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import tf_run
 from test_gtt import build_tf_graph
+from gtt_rules import standard_library
 from gtt_rules.engine.graph import Graph
 from gtt_rules.per_layer import match_layers
-from gtt_rules import standard_library
 
 EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "mobilenet_tiny.pb"
 INPUT, OUTPUT = "input", "Identity"

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
+from gtt_rules import standard_library
 from gtt_rules.grammar.parser import parse
 from gtt_rules.rules.compiler import compile_module
 from gtt_rules.rules.fixtures import run_file
-from gtt_rules import standard_library
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "language.md"
 FENCE = re.compile(r"^```rules\n(.*?)^```", re.S | re.M)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import fixture_path, fixture_spec, random_feeds, tf_run
+from gtt_rules import standard_library
 from gtt_rules.cli import main
 from gtt_rules.engine.graph import Graph
 from gtt_rules.errors import UsageError
 from gtt_rules.rules.gtt import Transform, parse_transforms, transform_stages
-from gtt_rules import standard_library
 
 
 # ---- helpers ----

@@ -14,13 +14,13 @@ import re
 import numpy as np
 import pytest
 
+from gtt_rules import standard_library
 from gtt_rules.engine.dtypes import numpy_dtype
 from gtt_rules.engine.evaluator import evaluate
 from gtt_rules.engine.graph import Graph
 from gtt_rules.engine.kernels import load_all
 from gtt_rules.grammar import ast
 from gtt_rules.rules.fixtures import _stage_call, build_graph, run_file
-from gtt_rules import standard_library
 
 PEERS = pathlib.Path(__file__).resolve().parent.parent / "examples" / "peers"
 FILES = sorted(PEERS.glob("*.rules"))
