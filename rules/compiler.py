@@ -19,8 +19,8 @@ from gtt_rules.grammar import ast
 
 from .expressions import ExpressionCompiler, Scope, dtype_constant, make_guard, must_be_known
 from .functions import stored_attr, tensor_value
-from .registry import Registry
 from .params import PARAM_TYPES, Param, RuleSet, StageCall, coerce_param, param_kind
+from .registry import Registry
 
 # Ops whose two inputs commute although TensorFlow's registry does not flag them (Add also
 # concatenates strings, which is not commutative, but rules match numeric graphs).

@@ -72,7 +72,7 @@ class ExpressionCompiler:
 
     def __init__(self, module: ast.Module, registry: Registry | None = None):
         self.module = module
-        self.functions = (registry or LANGUAGE).functions
+        self.functions = (registry if registry is not None else LANGUAGE).functions
         self.errors: list[RulesCheckError] = []
 
     # -- errors --

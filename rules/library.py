@@ -74,7 +74,7 @@ class Library:
     """
 
     def __init__(self, registry: Registry | None = None, stdlib: pathlib.Path | None = None):
-        self.registry = registry or LANGUAGE
+        self.registry = registry if registry is not None else LANGUAGE
         self.stdlib = stdlib
         self.files: dict[str, CompiledFile] = {}
         self._stdlib_loaded = False
@@ -100,12 +100,11 @@ class Library:
         return compiled
 
     def _resolve_import(self, item: ast.Import, importer: pathlib.Path, module: ast.Module) -> pathlib.Path:
+        stdlib = self.stdlib if self.stdlib is not None else pathlib.Path()
+        candidate = (importer.parent / item.target) if item.is_path else stdlib / f"{item.target}.rules"
         if not item.is_path and self.stdlib is None:
-            raise RulesCheckError(f"cannot import '{item.target}': this library has no standard library",
-                                  path=module.path, line=item.pos.line, column=item.pos.column,
-                                  source=module.source)
-        candidate = (importer.parent / item.target) if item.is_path else self.stdlib / f"{item.target}.rules"
-        if not (candidate.suffix == ".rules" and _resolved(candidate).suffix == ".rules"):
+            problem = "this library has no standard library"
+        elif not (candidate.suffix == ".rules" and _resolved(candidate).suffix == ".rules"):
             # Only rules source is read, so an import cannot show a line of a secret or a device.
             problem = "only .rules files can be imported"
         elif not _is_file(candidate):
