@@ -60,7 +60,7 @@ def is_unknown(value: Any) -> bool:
 
 
 # The language's own functions. Rules compile against a Registry that includes this one: see
-# gtt_rules.registry() for the one the command line and the API use.
+# gtt_rules.standard_registry() for the one the command line and the API use.
 BUILTINS = Registry()
 # What rules compile against when given no registry: the language alone, without the standard library.
 LANGUAGE = Registry(REGISTERED, BUILTINS)

@@ -97,5 +97,5 @@ class Registry:
 
 
 # What the user's own code registers with `register_function` / `register_pass`: the command line
-# and the Python API compile rules against it too (gtt_rules.registry()).
+# and the Python API compile rules against it too (gtt_rules.standard_registry()).
 REGISTERED = Registry()
