@@ -20,7 +20,7 @@ from bench_rules import generate  # noqa: E402  (the same graph as the rules ben
 
 from gtt_rules.engine.driver import apply_rules  # noqa: E402
 from gtt_rules.engine.graph import Graph  # noqa: E402
-from gtt_rules.rules.library import load_rules  # noqa: E402
+from gtt_rules import load_rules  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

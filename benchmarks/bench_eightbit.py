@@ -44,10 +44,11 @@ def _io(graph: Graph) -> tuple[list[str], list[str]]:
 
 def quantize_weights_ours(path: pathlib.Path, out: pathlib.Path, specs: list[str], io) -> None:
     """Load, rewrite and save in this process, the rules read afresh (a new Library each time)."""
-    from gtt_rules.rules.library import Library, load_rules as load_with
+    from gtt_rules import standard_library
+    from gtt_rules.rules.library import load_rules as load_with
 
     graph = Graph.load(path)
-    apply(graph, load_with(specs, Library()), inputs=io[0], outputs=io[1])
+    apply(graph, load_with(specs, standard_library()), inputs=io[0], outputs=io[1])
     graph.save(out)
 
 

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from conftest import grappler_optimize, random_feeds, tf_run  # noqa: E402
 from gtt_rules.engine.graph import Graph  # noqa: E402
-from gtt_rules.rules.library import load_rules  # noqa: E402
+from gtt_rules import load_rules  # noqa: E402
 
 BATCH_NORM_OPS = {"FusedBatchNorm", "FusedBatchNormV3", "BatchNormWithGlobalNormalization"}
 

@@ -323,7 +323,7 @@ def _reset_peak() -> bool:
 def run_worker(n_nodes: int, extra_rules: int, profile: str | None) -> dict:
     from gtt_rules.engine.driver import apply_rules
     from gtt_rules.engine.graph import Graph
-    from gtt_rules.rules.library import load_rules
+    from gtt_rules import load_rules
 
     stages = load_rules(STDLIB_SETS)
     base_kb = _status_kb("VmRSS")

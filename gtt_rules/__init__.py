@@ -20,7 +20,24 @@ from gtt_rules.errors import (EvaluationError, GraphError, GttRulesError, Rewrit
 def load_rules(specs: Iterable[str] | str):
     """Stages for rule specs: .rules paths, rule set / pass / pipeline names, or `name(key=value)`."""
     from gtt_rules.rules.library import load_rules as load
-    return load(specs)
+    return load(specs, standard_library())
+
+
+def standard_registry():
+    """What the rules the command line and this API load may call: the functions and passes
+    registered with register_function / register_pass, then the standard library's, then the
+    language's builtins (a name is looked up in that order)."""
+    from gtt_rules import stdlib_rules
+    from gtt_rules.rules.functions import BUILTINS
+    from gtt_rules.rules.registry import REGISTERED, Registry
+    return Registry(REGISTERED, stdlib_rules.REGISTRY, BUILTINS)
+
+
+def standard_library():
+    """A new rules Library with the standard library: its .rules files, functions and passes."""
+    from gtt_rules import stdlib_rules
+    from gtt_rules.rules.library import Library
+    return Library(standard_registry(), stdlib_rules.DIRECTORY)
 
 
 def apply(graph: Any, rules, *, inputs: Iterable[str] | None = None, outputs: Iterable[str] | None = None):
@@ -57,5 +74,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'gtt_rules' has no attribute '{name}'")
 
 
-__all__ = ["Graph", "Node", "TensorRef", "load_rules", "apply", "evaluate", "GttRulesError",
-           "GraphError", "RulesSyntaxError", "RulesCheckError", "RewriteError", "EvaluationError"]
+__all__ = ["Graph", "Node", "TensorRef", "load_rules", "standard_library", "standard_registry", "apply",
+           "evaluate", "GttRulesError", "GraphError", "RulesSyntaxError", "RulesCheckError", "RewriteError", "EvaluationError"]

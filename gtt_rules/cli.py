@@ -328,9 +328,9 @@ def _apply(args: argparse.Namespace) -> int:
 def _steps(options: list[tuple[str, str]]) -> list[tuple[str, list, bool]]:
     """(label, stages, ignore_errors) for each --rules, --pipeline and --transforms, in order."""
     from gtt_rules.rules.gtt import transform_stages
-    from gtt_rules.rules.library import Library
+    from gtt_rules import standard_library
 
-    library = Library()
+    library = standard_library()
     steps = []
     for option, value in options:
         if option == "transforms":
@@ -371,12 +371,12 @@ def _print_reports(reports) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from gtt_rules.rules.library import Library
+    from gtt_rules import standard_library
 
     failed = False
     files = []
     for path in args.paths:
-        library = Library()
+        library = standard_library()
         try:
             compiled = library.load_file(path)
         except GttRulesError as error:
@@ -418,9 +418,10 @@ def _rules_files(paths: list[str]) -> list[pathlib.Path]:
 
 
 def _test(args: argparse.Namespace) -> int:
+    from gtt_rules import standard_library
     from gtt_rules.rules.fixtures import run_file
 
-    results = [result for path in _rules_files(args.paths) for result in run_file(path)]
+    results = [result for path in _rules_files(args.paths) for result in run_file(path, standard_library())]
     failed = sum(not result.passed for result in results)
     if args.json:
         print(json.dumps({"passed": len(results) - failed, "failed": failed, "tests": [
@@ -436,10 +437,10 @@ def _test(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from gtt_rules.rules.compiler import PipelineDef
-    from gtt_rules.rules.library import Library
-    from gtt_rules.rules.passes import GraphPass
+    from gtt_rules import standard_library
+    from gtt_rules.rules.registry import GraphPass
 
-    library = Library()
+    library = standard_library()
     library.load_stdlib()
     for path in _rules_files(args.paths):
         library.load_file(path)

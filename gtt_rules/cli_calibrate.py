@@ -142,7 +142,7 @@ def calibrate(graph, args: argparse.Namespace, outputs: list[str], label: str, *
               for name, observed in records.items()}
     calibration.freeze_ranges(graph, ranges, protected=outputs)
     # The widening of each frozen range around zero is constant now: computed once, here.
-    from gtt_rules.rules.library import load_rules
+    from gtt_rules import load_rules
     inputs = [node.name for node in graph.placeholders()]
     for stage in load_rules(['fold_constants(exclude_op=["Dequantize"])']):
         stage.run(graph, inputs=inputs, outputs=outputs)

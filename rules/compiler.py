@@ -17,8 +17,9 @@ from gtt_rules.errors import RulesCheckError
 from gtt_rules.grammar import ast
 
 from .expressions import ExpressionCompiler, Scope, dtype_constant, make_guard, must_be_known
-from .functions import FUNCTIONS, stored_attr, tensor_value
+from .functions import stored_attr, tensor_value
 from .params import PARAM_TYPES, Param, RuleSet, StageCall, coerce_param, param_kind
+from .registry import Registry
 
 # Ops whose two inputs commute although TensorFlow's registry does not flag them (Add also
 # concatenates strings, which is not commutative, but rules match numeric graphs).
@@ -45,8 +46,8 @@ class CompiledFile:
 class Compiler(ExpressionCompiler):
     """Compiles one module; collects every check error instead of stopping at the first."""
 
-    def __init__(self, module: ast.Module):
-        super().__init__(module)
+    def __init__(self, module: ast.Module, registry: Registry | None = None):
+        super().__init__(module, registry)
         self.templates: dict[str, ast.TemplateDecl] = {}
         self.compiled_templates: dict[str, engine.Template | None] = {}
         self.compiling: set[str] = set()  # templates being compiled: calling one again is recursion
@@ -212,7 +213,7 @@ class Compiler(ExpressionCompiler):
                                              f"roots here: {names}")
             return None
         # An inner node the replacement reads stays in the graph anyway: others may read it too.
-        scope.kept = set().union(*(_tensor_sources(a) for a in rule.actions))
+        scope.kept = set().union(*(_tensor_sources(a, self.functions) for a in rule.actions))
         root = scope.statements[roots[0]].node
         if root.shared or any(a.shared for a in root.alternatives):
             self.error(root.pos, "the root is what the rule replaces: it cannot be 'shared'")
@@ -515,7 +516,7 @@ class Compiler(ExpressionCompiler):
             return scope.kind_of(expr.name) in ("list", "nodes")
         if isinstance(expr, ast.Call) and expr.func in self.templates:
             return any(isinstance(a, ast.Spread) for a in expr.args)
-        function = FUNCTIONS.get(expr.func) if isinstance(expr, ast.Call) else None
+        function = self.functions.get(expr.func) if isinstance(expr, ast.Call) else None
         return function is not None and function.returns == "list"
 
     # -- templates --
@@ -625,20 +626,20 @@ def _mentioned(node: ast.NodePatternExpr) -> set[str]:
     return names
 
 
-def _tensor_sources(node: Any) -> set[str]:
+def _tensor_sources(node: Any, functions) -> set[str]:
     """The names a replacement reads as tensors (`n -> x`, `Relu(conv:1)`), not as values or as
     nodes to copy: the nodes it keeps."""
     if isinstance(node, (ast.Var, ast.Port, ast.Spread)):
         return {node.name}
     if isinstance(node, (ast.RerouteStmt, ast.BindStmt)):
-        return _tensor_sources(node.expr)
+        return _tensor_sources(node.expr, functions)
     if isinstance(node, ast.EditStmt):  # an edited node stays where it is
         return {node.name}
-    function = FUNCTIONS.get(node.func) if isinstance(node, ast.Call) else None
+    function = functions.get(node.func) if isinstance(node, ast.Call) else None
     if function is not None and function.returns not in ("tensor", "list", "any"):
         return set()  # a value computed from the match
     if isinstance(node, (ast.NewNodeExpr, ast.CopyNode, ast.Call)):
-        names = set().union(*(_tensor_sources(a) for a in node.args or ()))
+        names = set().union(*(_tensor_sources(a, functions) for a in node.args or ()))
         return names if not isinstance(node, ast.NewNodeExpr) or node.op != "Const" else set()
     if isinstance(node, (ast.ListExpr, ast.Comprehension, ast.Index, ast.Slice)):
         return _names_in(node)
@@ -683,9 +684,10 @@ def _comment_above(source: str, line: int) -> str:
     return text if end < 0 else text[:end + 1]
 
 
-def compile_module(module: ast.Module) -> CompiledFile:
-    """Compile a module; raises the first check error (all errors are on `.all_errors`)."""
-    compiler = Compiler(module)
+def compile_module(module: ast.Module, registry: Registry | None = None) -> CompiledFile:
+    """Compile a module against `registry` (default: the language's own functions and those
+    registered with register_function); raises the first check error (all on `.all_errors`)."""
+    compiler = Compiler(module, registry)
     compiled = compiler.compile()
     if compiler.errors:
         first = compiler.errors[0]

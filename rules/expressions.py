@@ -21,8 +21,8 @@ from gtt_rules.engine.pattern import MatchContext
 from gtt_rules.errors import RewriteError, RulesCheckError
 from gtt_rules.grammar import ast
 
-from .functions import (FUNCTIONS, MAX_LIST_LENGTH, UNKNOWN, NotApplicable, OutputRef, is_unknown,
-                        load_standard_functions, tensor_value)
+from .functions import LANGUAGE, MAX_LIST_LENGTH, UNKNOWN, NotApplicable, OutputRef, is_unknown, tensor_value
+from .registry import Registry
 
 
 @dataclass
@@ -66,13 +66,14 @@ def dtype_constant(name: str) -> int | None:
 
 
 class ExpressionCompiler:
-    """Compiles the expressions of one module; collects every check error instead of stopping at
-    the first."""
+    """Compiles the expressions of one module, calling the functions of `registry` (default: the
+    language's own and those registered with register_function); collects every check error
+    instead of stopping at the first."""
 
-    def __init__(self, module: ast.Module):
+    def __init__(self, module: ast.Module, registry: Registry | None = None):
         self.module = module
+        self.functions = (registry if registry is not None else LANGUAGE).functions
         self.errors: list[RulesCheckError] = []
-        load_standard_functions()
 
     # -- errors --
 
@@ -246,9 +247,9 @@ class ExpressionCompiler:
         if scope.kind_of(expr.func) == "tensor":
             self.error(expr.pos, f"'{expr.func}(...)' copies a node, which only a replacement can do")
             return (lambda ctx: None), "any"
-        function = FUNCTIONS.get(expr.func)
+        function = self.functions.get(expr.func)
         if function is None:
-            self.error(expr.pos, f"unknown function '{expr.func}'", self._suggest(expr.func, FUNCTIONS))
+            self.error(expr.pos, f"unknown function '{expr.func}'", self._suggest(expr.func, self.functions))
             return (lambda ctx: None), "any"
         low, high = function.arity
         if not low <= len(expr.args) <= high:

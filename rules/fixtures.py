@@ -27,6 +27,7 @@ from gtt_rules.grammar import ast
 from .compiler import Compiler
 from .params import StageCall
 from .library import Library
+from .registry import Registry
 
 
 @dataclass
@@ -44,9 +45,8 @@ class FixtureResult:
         return f"{self.path}:{self.line}"
 
 
-def run_file(path: str | pathlib.Path, library: Library | None = None) -> list[FixtureResult]:
-    """Run every test block of a .rules file (checking and compiling the file first)."""
-    library = library or Library()
+def run_file(path: str | pathlib.Path, library: Library) -> list[FixtureResult]:
+    """Run every test block of a .rules file, loaded into `library` (checked and compiled first)."""
     compiled = library.load_file(path)
     module_source = pathlib.Path(path).read_text(encoding="utf-8")
     results = []
@@ -64,9 +64,9 @@ def run_test(test: ast.Test, owner: str, path: str, source: str, library: Librar
         return FixtureResult(test.name, path, test.pos.line, False, message + limits_hit)
 
     module = ast.Module(path, source)
-    given = build_graph(test.given, module)
-    expected = build_graph(test.expect, module, base=test.given)
-    stages = library.call(_stage_call(test, owner, module))
+    given = build_graph(test.given, module, registry=library.registry)
+    expected = build_graph(test.expect, module, base=test.given, registry=library.registry)
+    stages = library.call(_stage_call(test, owner, module, library.registry))
     outputs = list(test.outputs) or [n.name for n in given.sinks()]
     inputs = [n.name for n in given.placeholders()]
     fires: collections.Counter = collections.Counter()
@@ -115,19 +115,20 @@ def render_graph(graph: Graph, indent: str = "    ") -> str:
     return "\n".join(lines)
 
 
-def _stage_call(test: ast.Test, owner: str, module: ast.Module) -> StageCall:
+def _stage_call(test: ast.Test, owner: str, module: ast.Module, registry: Registry | None = None) -> StageCall:
     if test.using is None:
         return StageCall(owner, {}, f"{module.path}:{test.pos.line}:{test.pos.column}")
-    compiler = Compiler(module)
+    compiler = Compiler(module, registry)
     call = compiler._stage(test.using)
     if compiler.errors:
         raise compiler.errors[0]
     return call
 
 
-def build_graph(statements, module: ast.Module, base=()) -> Graph:
-    """A Graph from node statements; `base` statements are added where the others refer to them."""
-    compiler = Compiler(module)
+def build_graph(statements, module: ast.Module, base=(), registry: Registry | None = None) -> Graph:
+    """A Graph from node statements, their values computed with `registry`'s functions (default:
+    the language's); `base` statements are added where the others refer to them."""
+    compiler = Compiler(module, registry)
     defined = {s.var: s for s in statements}
     referenced_base = {s.var: s for s in base if s.var not in defined}
     graph_def = pb.GraphDef()

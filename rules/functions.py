@@ -1,6 +1,7 @@
-"""Functions that rule expressions can call, and the decorator that registers more.
+"""The language's builtin functions (`BUILTINS`), and `register_function` for the user's own.
 
-A rule file is data: it can only call functions registered here, never arbitrary Python. Each
+A rule file is data: it can only call functions of the Registry it is compiled against (see
+rules/registry.py), never arbitrary Python. Each
 function declares the kinds of its arguments and result, which the static checker uses:
 
 - `tensor`: a tensor bound by the pattern (a `TensorRef`);
@@ -24,7 +25,6 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -39,8 +39,7 @@ from gtt_rules.engine.proto import graph_def_pb2 as pb
 from gtt_rules.engine.shapes import infer_shape
 from gtt_rules.errors import EvaluationError
 
-KINDS = ("tensor", "value", "string", "bool", "dtype", "list", "any")
-
+from .registry import REGISTERED, Registry
 
 class Unknown:
     """The value of a fact that cannot be known statically: neither true nor false."""
@@ -60,50 +59,19 @@ def is_unknown(value: Any) -> bool:
     return value is UNKNOWN or (type(value) is list and any(v is UNKNOWN for v in value))
 
 
-@dataclass(frozen=True)
-class Function:
-    name: str
-    impl: Callable[..., Any]
-    args: tuple[str, ...]          # kinds of the positional arguments
-    optional: int                  # how many trailing args may be left out
-    returns: str
-    needs_context: bool
-    doc: str
-    accepts_unknown: bool = False  # called with unknown arguments too (else: unknown without a call)
-
-    @property
-    def arity(self) -> tuple[int, int]:
-        return len(self.args) - self.optional, len(self.args)
-
-
-FUNCTIONS: dict[str, Function] = {}
-
-
-def load_standard_functions() -> dict[str, Function]:
-    """Import the standard library's own functions, so FUNCTIONS is complete."""
-    from gtt_rules.stdlib_rules import functions  # noqa: F401  (registration happens on import)
-    return FUNCTIONS
+# The language's own functions. Rules compile against a Registry that includes this one: see
+# gtt_rules.standard_registry() for the one the command line and the API use.
+BUILTINS = Registry()
+# What rules compile against when given no registry: the language alone, without the standard library.
+LANGUAGE = Registry(REGISTERED, BUILTINS)
 
 
 def register_function(name: str | None = None, *, args: tuple[str, ...] = (), returns: str = "any",
                       optional: int = 0, needs_context: bool = False, accepts_unknown: bool = False):
-    """Make a Python function callable from .rules expressions as `name(...)`.
-
-    `args` and `returns` are kinds (see the module docstring). With `needs_context`, the function
-    receives the MatchContext (graph, bindings, parameters) as its first argument. With
-    `accepts_unknown`, it is called even when an argument is (or holds) `UNKNOWN`.
-    """
-    for kind in (*args, returns):
-        if kind not in KINDS:
-            raise ValueError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
-
-    def decorate(impl: Callable[..., Any]) -> Callable[..., Any]:
-        fname = name or impl.__name__
-        doc = (impl.__doc__ or "").strip().splitlines()[0] if impl.__doc__ else ""
-        FUNCTIONS[fname] = Function(fname, impl, tuple(args), optional, returns, needs_context, doc,
-                                    accepts_unknown)
-        return impl
-    return decorate
+    """Make a Python function callable as `name(...)` from the rules the command line and the API
+    load (it goes into `REGISTERED`; see Registry.function for the arguments)."""
+    return REGISTERED.function(name, args=args, returns=returns, optional=optional,
+                               needs_context=needs_context, accepts_unknown=accepts_unknown)
 
 
 # ---- reading tensors ----
@@ -148,25 +116,25 @@ class OutputRef(TensorRef):
     __slots__ = ()
 
 
-@register_function(args=("tensor",), returns="value", needs_context=True)
+@BUILTINS.function(args=("tensor",), returns="value", needs_context=True)
 def uses(ctx, x):
     """How many data inputs read any output of x's node (written `uses(n:1)`, read output 1)."""
     return ctx.graph.uses(TensorRef(*x) if isinstance(x, OutputRef) else x.node)
 
 
-@register_function(args=("tensor",), returns="string", needs_context=True)
+@BUILTINS.function(args=("tensor",), returns="string", needs_context=True)
 def device(ctx, x):
     """The device x's node is placed on ("" if none)."""
     return ctx.graph[x.node].device
 
 
-@register_function(args=("tensor",), returns="list", needs_context=True)
+@BUILTINS.function(args=("tensor",), returns="list", needs_context=True)
 def control_inputs(ctx, x):
     """The names of the nodes x's node waits on through control edges."""
     return list(ctx.graph[x.node].control_inputs)
 
 
-@register_function(args=("string",), returns="bool", needs_context=True)
+@BUILTINS.function(args=("string",), returns="bool", needs_context=True)
 def orders_nothing(ctx, name):
     """True if a control edge from node `name` orders nothing: neither it nor what it waits on has
     a side effect (see Engine semantics, "Control edges")."""
@@ -175,13 +143,13 @@ def orders_nothing(ctx, name):
     return ctx.graph.orders_nothing(name)
 
 
-@register_function(args=("tensor",), returns="list", needs_context=True)
+@BUILTINS.function(args=("tensor",), returns="list", needs_context=True)
 def inputs(ctx, x):
     """The data inputs of x's node, a list of tensors."""
     return list(ctx.graph[x.node].inputs)
 
 
-@register_function(args=("tensor", "list"), returns="bool", needs_context=True)
+@BUILTINS.function(args=("tensor", "list"), returns="bool", needs_context=True)
 def only_read_by(ctx, x, ops):
     """True if x's node has consumers and every one of them is one of `ops`."""
     consumers = ctx.graph.consumers(x.node)
@@ -189,7 +157,7 @@ def only_read_by(ctx, x, ops):
     return bool(consumers) and all(c.op in wanted for c in consumers)
 
 
-@register_function(args=("string",), returns="bool", needs_context=True)
+@BUILTINS.function(args=("string",), returns="bool", needs_context=True)
 def in_loop_frame(ctx, name):
     """True if node `name` is inside a TF1 while loop: an Enter reaches it without passing an Exit."""
     if name not in ctx.graph:
@@ -207,31 +175,31 @@ def in_loop_frame(ctx, name):
     return False
 
 
-@register_function(args=("tensor",), returns="value", needs_context=True)
+@BUILTINS.function(args=("tensor",), returns="value", needs_context=True)
 def control_uses(ctx, x):
     """How many nodes wait on x's node through control edges."""
     return sum(1 for c in ctx.graph.consumers(x.node) if x.node in c.control_inputs)
 
 
-@register_function(args=("tensor",), returns="bool", needs_context=True)
+@BUILTINS.function(args=("tensor",), returns="bool", needs_context=True)
 def is_output(ctx, x):
     """True if x's node is a graph input or output (protected from removal)."""
     return x.node in ctx.protected
 
 
-@register_function(args=("tensor",), returns="string", needs_context=True)
+@BUILTINS.function(args=("tensor",), returns="string", needs_context=True)
 def op(ctx, x):
     """The op of x's node."""
     return ctx.graph[x.node].op
 
 
-@register_function(args=("tensor",), returns="value")
+@BUILTINS.function(args=("tensor",), returns="value")
 def port(x):
     """Which output of its node tensor x is (0 for the first)."""
     return x.port
 
 
-@register_function(args=("tensor",), returns="dtype", needs_context=True)
+@BUILTINS.function(args=("tensor",), returns="dtype", needs_context=True)
 def dtype(ctx, x):
     """The dtype of tensor x."""
     if not isinstance(x, TensorRef):
@@ -243,7 +211,7 @@ def dtype(ctx, x):
     return dtypes[x.port]
 
 
-@register_function(args=("tensor", "string"), returns="any", needs_context=True)
+@BUILTINS.function(args=("tensor", "string"), returns="any", needs_context=True)
 def attr(ctx, x, name):
     """The value of attr `name` on x's node."""
     value = ctx.graph[x.node].get_attr(name, None)
@@ -261,7 +229,7 @@ def stored_attr(ctx, x, name):
     return node.proto.attr[name] if name in node.mapped else node.attr_value(name)
 
 
-@register_function(args=("tensor",), returns="list", needs_context=True)
+@BUILTINS.function(args=("tensor",), returns="list", needs_context=True)
 def attrs(ctx, x):
     """The names of the attrs set on x's node (not those left to their defaults), sorted."""
     return sorted(ctx.graph[x.node].header.attr)
@@ -283,14 +251,14 @@ def _registered_defaults(op: str) -> dict[str, pb.AttrValue]:
                                       for name, a in op_def.attrs.items() if a.known_default}
 
 
-@register_function(args=("tensor",), returns="list", needs_context=True)
+@BUILTINS.function(args=("tensor",), returns="list", needs_context=True)
 def default_attrs(ctx, x):
     """The names of the attrs x's op declares a default for, set on the node or not (none for an op
     the registry does not know, or a call of the graph's function library)."""
     return list(_defaults(ctx, x))
 
 
-@register_function(args=("tensor", "string"), returns="any", needs_context=True)
+@BUILTINS.function(args=("tensor", "string"), returns="any", needs_context=True)
 def default_attr(ctx, x, name):
     """The default x's op declares for attr `name`, as a node stores it (for an attr block to write)."""
     found = _defaults(ctx, x).get(name)
@@ -299,28 +267,28 @@ def default_attr(ctx, x, name):
     return found
 
 
-@register_function(args=("tensor", "string"), returns="bool", needs_context=True)
+@BUILTINS.function(args=("tensor", "string"), returns="bool", needs_context=True)
 def is_default(ctx, x, name):
     """True if attr `name` is set on x's node to the default its op declares (stored as is)."""
     stored = ctx.graph[x.node].attr_value(name)
     return stored is not None and stored == _defaults(ctx, x).get(name)
 
 
-@register_function(args=("any",), returns="list", needs_context=True)
+@BUILTINS.function(args=("any",), returns="list", needs_context=True)
 def shape(ctx, x):
     """The static shape of x, as a list; an unknown dim is unknown (all of it, if the rank is)."""
     dims = partial_shape(ctx, x)
     return UNKNOWN if dims is None else [UNKNOWN if d is None else d for d in dims]
 
 
-@register_function(args=("any",), returns="value", needs_context=True)
+@BUILTINS.function(args=("any",), returns="value", needs_context=True)
 def rank(ctx, x):
     """The number of dimensions of x (known even where some dims are not)."""
     dims = partial_shape(ctx, x)
     return UNKNOWN if dims is None else len(dims)
 
 
-@register_function(args=("any", "value"), returns="value", needs_context=True)
+@BUILTINS.function(args=("any", "value"), returns="value", needs_context=True)
 def dim(ctx, x, axis):
     """The size of dimension `axis` of x (negative: from the last); unknown if not known."""
     dims = partial_shape(ctx, x)
@@ -332,7 +300,7 @@ def dim(ctx, x, axis):
     return UNKNOWN if dims[axis] is None else dims[axis]
 
 
-@register_function(args=("any",), returns="value", needs_context=True)
+@BUILTINS.function(args=("any",), returns="value", needs_context=True)
 def size(ctx, x):
     """The number of elements of x (0 if some dim is known to be 0)."""
     dims = partial_shape(ctx, x)
@@ -343,19 +311,19 @@ def size(ctx, x):
     return UNKNOWN if None in dims else math.prod(dims)
 
 
-@register_function(args=("tensor",), returns="bool", needs_context=True)
+@BUILTINS.function(args=("tensor",), returns="bool", needs_context=True)
 def is_const(ctx, x):
     """True if x is the output of a Const."""
     return ctx.graph[x.node].op == "Const"
 
 
-@register_function(args=("any",), returns="value", needs_context=True)
+@BUILTINS.function(args=("any",), returns="value", needs_context=True)
 def value(ctx, x):
     """The constant value of x (x must come from a Const)."""
     return tensor_value(ctx, x)
 
 
-@register_function(args=("any", "any"), returns="bool", needs_context=True)
+@BUILTINS.function(args=("any", "any"), returns="bool", needs_context=True)
 def same_value(ctx, a, b):
     """True if a and b are the same tensor or constants with equal shape and values."""
     if isinstance(a, TensorRef) and isinstance(b, TensorRef) and a == b:
@@ -367,7 +335,7 @@ def same_value(ctx, a, b):
     return va.shape == vb.shape and bool(np.array_equal(va, vb))
 
 
-@register_function(args=("any",), returns="bool", needs_context=True)
+@BUILTINS.function(args=("any",), returns="bool", needs_context=True)
 def all_equal(ctx, x):
     """True if every element of constant x, or of a list, is the same (a list of tensors: the same tensor)."""
     if isinstance(x, list) and any(isinstance(v, TensorRef) for v in x):
@@ -383,7 +351,7 @@ def all_equal(ctx, x):
 MAX_LIST_LENGTH = 1 << 20
 
 
-@register_function("range", args=("value", "value"), optional=1, returns="list")
+@BUILTINS.function("range", args=("value", "value"), optional=1, returns="list")
 def range_(a, b=None):
     """The whole numbers 0 to a - 1, or a to b - 1 (at most a million of them)."""
     start, stop = (0, int(a)) if b is None else (int(a), int(b))
@@ -405,13 +373,13 @@ def _kleene(values, stop_at: bool) -> Any:
     return result
 
 
-@register_function("all", args=("list",), returns="bool", accepts_unknown=True)
+@BUILTINS.function("all", args=("list",), returns="bool", accepts_unknown=True)
 def all_(xs):
     """True if every element of the list is true (unknown if one is unknown and none false)."""
     return UNKNOWN if xs is UNKNOWN else _kleene(xs, False)
 
 
-@register_function("any", args=("list",), returns="bool", accepts_unknown=True)
+@BUILTINS.function("any", args=("list",), returns="bool", accepts_unknown=True)
 def any_(xs):
     """True if some element of the list is true (unknown if one is unknown and none true)."""
     return UNKNOWN if xs is UNKNOWN else _kleene(xs, True)
@@ -423,7 +391,7 @@ def _numeric(name: str, fn: Callable[[np.ndarray], np.ndarray], doc: str):
     def impl(ctx, x):
         return fn(np.asarray(tensor_value(ctx, x)))
     impl.__doc__ = doc
-    register_function(name, args=("value",), returns="value", needs_context=True)(impl)
+    BUILTINS.function(name, args=("value",), returns="value", needs_context=True)(impl)
 
 
 for _name, _fn, _doc in (
@@ -437,88 +405,88 @@ for _name, _fn, _doc in (
     _numeric(_name, _fn, _doc)
 
 
-@register_function("min", args=("value", "value"), optional=1, returns="value", needs_context=True)
+@BUILTINS.function("min", args=("value", "value"), optional=1, returns="value", needs_context=True)
 def min_(ctx, a, b=None):
     """The smallest element of a (and of b, if given)."""
     values = [np.min(np.asarray(tensor_value(ctx, v))) for v in (a, b) if v is not None]
     return np.min(values)
 
 
-@register_function("max", args=("value", "value"), optional=1, returns="value", needs_context=True)
+@BUILTINS.function("max", args=("value", "value"), optional=1, returns="value", needs_context=True)
 def max_(ctx, a, b=None):
     """The largest element of a (and of b, if given)."""
     values = [np.max(np.asarray(tensor_value(ctx, v))) for v in (a, b) if v is not None]
     return np.max(values)
 
 
-@register_function(args=("value",), returns="value", needs_context=True)
+@BUILTINS.function(args=("value",), returns="value", needs_context=True)
 def floor(ctx, x):
     """Element-wise floor (the largest integer not above x), keeping float32 as float32."""
     return np.floor(tensor_value(ctx, x))
 
 
-@register_function(args=("value",), returns="bool", needs_context=True)
+@BUILTINS.function(args=("value",), returns="bool", needs_context=True)
 def all_finite(ctx, x):
     """True if no element of x is NaN or infinite."""
     return bool(np.isfinite(tensor_value(ctx, x)).all())
 
 
-@register_function(args=("value",), returns="value", needs_context=True)
+@BUILTINS.function(args=("value",), returns="value", needs_context=True)
 def count_distinct(ctx, x):
     """How many different values x holds."""
     return int(np.unique(np.asarray(tensor_value(ctx, x)).reshape(-1)).size)
 
 
-@register_function(args=("value", "value"), returns="value", needs_context=True)
+@BUILTINS.function(args=("value", "value"), returns="value", needs_context=True)
 def minimum(ctx, a, b):
     """Element-wise minimum."""
     return np.minimum(tensor_value(ctx, a), tensor_value(ctx, b))
 
 
-@register_function(args=("value", "value"), returns="value", needs_context=True)
+@BUILTINS.function(args=("value", "value"), returns="value", needs_context=True)
 def maximum(ctx, a, b):
     """Element-wise maximum."""
     return np.maximum(tensor_value(ctx, a), tensor_value(ctx, b))
 
 
-@register_function("sum", args=("value", "value"), optional=1, returns="value", needs_context=True)
+@BUILTINS.function("sum", args=("value", "value"), optional=1, returns="value", needs_context=True)
 def sum_(ctx, x, axis=None):
     """Sum of x, over `axis` if given."""
     return np.sum(tensor_value(ctx, x), axis=None if axis is None else int(axis))
 
 
-@register_function(args=("value", "value"), optional=1, returns="value", needs_context=True)
+@BUILTINS.function(args=("value", "value"), optional=1, returns="value", needs_context=True)
 def mean(ctx, x, axis=None):
     """Mean of x, over `axis` if given."""
     return np.mean(tensor_value(ctx, x), axis=None if axis is None else int(axis))
 
 
-@register_function(args=("value", "list"), returns="value", needs_context=True)
+@BUILTINS.function(args=("value", "list"), returns="value", needs_context=True)
 def reshape(ctx, x, new_shape):
     """x with a new shape (-1 allowed once)."""
     return np.reshape(tensor_value(ctx, x), [int(d) for d in new_shape])
 
 
-@register_function(args=("value", "list"), optional=1, returns="value", needs_context=True)
+@BUILTINS.function(args=("value", "list"), optional=1, returns="value", needs_context=True)
 def transpose(ctx, x, perm=None):
     """x with its axes permuted (reversed if no permutation is given)."""
     return np.transpose(tensor_value(ctx, x), None if perm is None else [int(p) for p in perm])
 
 
-@register_function(args=("value", "dtype"), returns="value", needs_context=True)
+@BUILTINS.function(args=("value", "dtype"), returns="value", needs_context=True)
 def cast(ctx, x, to):
     """x converted to dtype `to`."""
     from gtt_rules.engine.dtypes import numpy_dtype
     return np.asarray(tensor_value(ctx, x)).astype(numpy_dtype(to))
 
 
-@register_function("len", args=("any",), returns="value", accepts_unknown=True)
+@BUILTINS.function("len", args=("any",), returns="value", accepts_unknown=True)
 def len_(x):
     """The length of a list (of a shape: known where the rank is)."""
     return UNKNOWN if x is UNKNOWN else len(x)
 
 
-@register_function(args=("value", "value", "value"), returns="value", needs_context=True)
+@BUILTINS.function(args=("value", "value", "value"), returns="value", needs_context=True)
 def dilate_filter(ctx, w, rate_h, rate_w):
     """A [h, w, ...] filter with rate - 1 zeros between its taps along h and w.
 
@@ -535,7 +503,7 @@ def dilate_filter(ctx, w, rate_h, rate_w):
     return out
 
 
-@register_function(args=("value", "value", "value", "dtype"), returns="value", needs_context=True)
+@BUILTINS.function(args=("value", "value", "value", "dtype"), returns="value", needs_context=True)
 def quantize(ctx, x, range_min, range_max, dtype):
     """The codes of float x in `dtype` over exactly [range_min, range_max], MIN_FIRST rounding.
 
@@ -555,7 +523,7 @@ def quantize(ctx, x, range_min, range_max, dtype):
     return codes
 
 
-@register_function(args=("value", "tensor"), returns="value", needs_context=True)
+@BUILTINS.function(args=("value", "tensor"), returns="value", needs_context=True)
 def per_out_channel(ctx, s, layer):
     """Reshape per-output-channel values `s` to broadcast against `layer`'s weights.
 
@@ -588,7 +556,7 @@ _NEVER_FOLD = frozenset({
 })
 
 
-@register_function(args=("tensor", "value"), optional=1, returns="bool", needs_context=True)
+@BUILTINS.function(args=("tensor", "value"), optional=1, returns="bool", needs_context=True)
 def foldable(ctx, n, max_bytes=None):
     """True if n's node can be computed now: a kernel exists, the op is pure, all inputs are Consts,
     and its outputs (at most `max_bytes` if given), inputs and cost are within the limits."""
@@ -651,7 +619,7 @@ def _skip(node, reason: str) -> bool:
     return False
 
 
-@register_function("eval", args=("tensor",), returns="list", needs_context=True)
+@BUILTINS.function("eval", args=("tensor",), returns="list", needs_context=True)
 def eval_node(ctx, n):
     """The output values of n's node, computed from its constant inputs by the engine's kernels."""
     from gtt_rules.engine.evaluator import run_kernel  # imports every kernel: only when folding
@@ -665,7 +633,7 @@ def eval_node(ctx, n):
         raise NotApplicable(str(error)) from None
 
 
-@register_function(args=("any",), returns="value", needs_context=True)
+@BUILTINS.function(args=("any",), returns="value", needs_context=True)
 def nbytes(ctx, x):
     """Bytes that the value (or list of values) x takes."""
     x = tensor_value(ctx, x)
@@ -674,7 +642,7 @@ def nbytes(ctx, x):
     return np.asarray(x).nbytes
 
 
-@register_function(args=("tensor",), returns="string", needs_context=True)
+@BUILTINS.function(args=("tensor",), returns="string", needs_context=True)
 def name(ctx, x):
     """The name of x's node."""
     return x.node

@@ -25,18 +25,9 @@ from gtt_rules.grammar.parser import parse, parse_file
 
 from .compiler import CompiledFile, PipelineDef, compile_module
 from .params import RuleSet, StageCall
-from .passes import PASSES, GraphPass, PassContext, load_standard_passes
-
-STDLIB = pathlib.Path(__file__).resolve().parent.parent / "stdlib_rules"
-
-
-def _stdlib_dir() -> pathlib.Path:
-    # Installed, stdlib_rules is the sibling package gtt_rules.stdlib_rules.
-    try:
-        from gtt_rules import stdlib_rules
-        return pathlib.Path(stdlib_rules.__file__).parent
-    except ImportError:  # pragma: no cover - running from a bare source tree
-        return STDLIB
+from .functions import LANGUAGE
+from .passes import PassContext
+from .registry import GraphPass, Registry
 
 
 @dataclass
@@ -74,9 +65,17 @@ class Stage:
 
 
 class Library:
-    """Loaded .rules files, with imports resolved, and name lookup for rule sets and pipelines."""
+    """Loaded .rules files, with imports resolved, and name lookup for rule sets, pipelines and passes.
 
-    def __init__(self):
+    Its rules call the functions of `registry` and its passes are `registry`'s (default: the
+    language's own and those registered with register_function / register_pass). `stdlib` is the
+    folder of .rules files that `import NAME` and names no loaded file defines are looked up in
+    (default: none). gtt_rules.standard_library() gives both the standard library's.
+    """
+
+    def __init__(self, registry: Registry | None = None, stdlib: pathlib.Path | None = None):
+        self.registry = registry if registry is not None else LANGUAGE
+        self.stdlib = stdlib
         self.files: dict[str, CompiledFile] = {}
         self._stdlib_loaded = False
 
@@ -94,28 +93,32 @@ class Library:
             if imported:  # reached through someone else's import, and not rules source: show none of it
                 error.excerpt = None
             raise
-        compiled = compile_module(module)
+        compiled = compile_module(module, self.registry)
         self.files[key] = compiled
         for item in module.imports:
             self._load(self._resolve_import(item, path, module), imported=True)
         return compiled
 
     def _resolve_import(self, item: ast.Import, importer: pathlib.Path, module: ast.Module) -> pathlib.Path:
-        candidate = (importer.parent / item.target) if item.is_path else _stdlib_dir() / f"{item.target}.rules"
-        if not (candidate.suffix == ".rules" and _resolved(candidate).suffix == ".rules"):
+        stdlib = self.stdlib if self.stdlib is not None else pathlib.Path()
+        candidate = (importer.parent / item.target) if item.is_path else stdlib / f"{item.target}.rules"
+        if not item.is_path and self.stdlib is None:
+            problem = "this library has no standard library"
+        elif not (candidate.suffix == ".rules" and _resolved(candidate).suffix == ".rules"):
             # Only rules source is read, so an import cannot show a line of a secret or a device.
             problem = "only .rules files can be imported"
         elif not _is_file(candidate):
             problem = f"no file {candidate}" if item.is_path else \
-                f"no standard library file '{item.target}' (have: {', '.join(stdlib_names())})"
+                f"no standard library file '{item.target}' (have: {', '.join(stdlib_names(self.stdlib))})"
         else:
             return candidate
         raise RulesCheckError(f"cannot import '{item.target}': {problem}", path=module.path,
                               line=item.pos.line, column=item.pos.column, source=module.source)
 
     def load_stdlib(self) -> None:
+        """Load every file of the standard library (if this library has one)."""
         self._stdlib_loaded = True
-        for path in sorted(_stdlib_dir().glob("*.rules")):
+        for path in sorted(self.stdlib.glob("*.rules")) if self.stdlib is not None else ():
             self.load_file(path)
 
     def find(self, name: str) -> RuleSet | PipelineDef | GraphPass | None:
@@ -126,9 +129,9 @@ class Library:
                 return compiled.rulesets[name]
             if name in compiled.pipelines:
                 return compiled.pipelines[name]
-        if name in load_standard_passes():
-            return PASSES[name]
-        path = _stdlib_index().get(name)
+        if name in self.registry.passes:
+            return self.registry.passes[name]
+        path = _stdlib_index(self.stdlib).get(name) if self.stdlib is not None else None
         if path is not None and str(path.resolve()) not in self.files:
             self.load_file(path)
             return self.find(name)
@@ -138,7 +141,7 @@ class Library:
         return None
 
     def names(self) -> list[str]:
-        found = list(load_standard_passes())
+        found = list(self.registry.passes)
         for compiled in self.files.values():
             found += list(compiled.rulesets) + list(compiled.pipelines)
         return sorted(set(found))
@@ -154,7 +157,7 @@ class Library:
             if stem in compiled.rulesets:
                 return [Stage(stem, compiled.rulesets[stem].instantiate())]
             return [Stage(name, rules=rs.instantiate()) for name, rs in compiled.rulesets.items()]
-        name, args = parse_call(spec)
+        name, args = parse_call(spec, self.registry)
         return self.call(StageCall(name, args, "command line"))
 
     def call(self, call: StageCall, depth: int = 0) -> list[Stage]:
@@ -198,26 +201,27 @@ _DEFINITION = re.compile(r"^\s*(?:ruleset|pipeline)\s+([a-z][A-Za-z0-9_]*)", re.
 
 
 @functools.lru_cache(maxsize=None)
-def _stdlib_index() -> dict[str, pathlib.Path]:
+def _stdlib_index(stdlib: pathlib.Path) -> dict[str, pathlib.Path]:
     """Which standard library file defines each name, read without parsing (parsing every file
     would be most of a short command's time); a file's top-level rule set is named after it."""
     index: dict[str, pathlib.Path] = {}
-    for path in sorted(_stdlib_dir().glob("*.rules")):
+    for path in sorted(stdlib.glob("*.rules")):
         index.setdefault(path.stem, path)
         for name in _DEFINITION.findall(path.read_text(encoding="utf-8")):
             index.setdefault(name, path)
     return index
 
 
-def stdlib_names() -> list[str]:
-    return sorted(p.stem for p in _stdlib_dir().glob("*.rules"))
+def stdlib_names(stdlib: pathlib.Path) -> list[str]:
+    return sorted(p.stem for p in stdlib.glob("*.rules"))
 
 
 _NAME = re.compile(r"[a-z][A-Za-z0-9_]*")
 
 
-def parse_call(spec: str) -> tuple[str, dict[str, Any]]:
-    """`name` or `name(key=value, ...)` with values written as in .rules files."""
+def parse_call(spec: str, registry: Registry | None = None) -> tuple[str, dict[str, Any]]:
+    """`name` or `name(key=value, ...)` with values written as in .rules files (calling the
+    functions of `registry`, by default the language's)."""
     spec = spec.strip()
     if _NAME.fullmatch(spec):  # a plain name: no need to load the parser
         return spec, {}
@@ -232,18 +236,17 @@ def parse_call(spec: str) -> tuple[str, dict[str, Any]]:
         raise UsageError(f"cannot read rule spec '{spec}': {getattr(error, 'message', error)}") from None
     (stage,) = module.pipelines[0].stages
     from .compiler import Compiler
-    compiler = Compiler(module)
+    compiler = Compiler(module, registry)
     call = compiler._stage(stage)
     if compiler.errors:
         raise UsageError(f"cannot read rule spec '{spec}': {compiler.errors[0].message}")
     return call.name, call.args
 
 
-def load_rules(specs: Iterable[str] | str, library: Library | None = None) -> list[Stage]:
-    """The stages for rule specs (paths, names or calls), in order."""
+def load_rules(specs: Iterable[str] | str, library: Library) -> list[Stage]:
+    """The stages for rule specs (paths, names or calls) in `library`, in order."""
     if isinstance(specs, str):
         specs = [specs]
-    library = library or Library()
     stages = []
     for spec in specs:
         stages += library.stages(spec)

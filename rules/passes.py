@@ -1,7 +1,7 @@
 """Whole-graph passes: the few transforms that no pattern can express, as named Python functions.
 
-A pass is registered under a name with typed parameters, and then works wherever a rule set
-does: in `--rules`, in pipelines and in GTT transform strings.
+A pass is registered under a name with typed parameters, in a Registry (rules/registry.py), and
+then works wherever a rule set does: in `--rules`, in pipelines and in GTT transform strings.
 
     from gtt_rules.rules.passes import register_pass
     from gtt_rules.rules.params import Param
@@ -14,11 +14,10 @@ does: in `--rules`, in pipelines and in GTT transform strings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from gtt_rules.engine.graph import Graph
-
-from .params import Param, bind_params
+from .params import Param
+from .registry import REGISTERED
 
 
 @dataclass(frozen=True)
@@ -35,31 +34,7 @@ class PassContext:
         return frozenset(self.inputs + self.outputs)
 
 
-@dataclass(frozen=True)
-class GraphPass:
-    name: str
-    fn: Callable[[Graph, PassContext], None]
-    params: tuple[Param, ...]
-    doc: str
-    path: str = "<python>"
-
-    def bind(self, args: dict[str, Any], *, where: str = "") -> dict[str, Any]:
-        return bind_params(self, args, where=where)  # type: ignore[arg-type]
-
-
-PASSES: dict[str, GraphPass] = {}
-
-
 def register_pass(name: str, *params: Param):
-    """Register `fn(graph, ctx)` as the whole-graph pass `name` with the given parameters."""
-    def decorate(fn: Callable[[Graph, PassContext], None]):
-        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        PASSES[name] = GraphPass(name, fn, tuple(params), doc)
-        return fn
-    return decorate
-
-
-def load_standard_passes() -> dict[str, GraphPass]:
-    """Import the standard library's passes, so PASSES is complete."""
-    from gtt_rules.stdlib_rules import passes  # noqa: F401  (registration happens on import)
-    return PASSES
+    """Register `fn(graph, ctx)` as the whole-graph pass `name` with the given parameters, for the
+    rules the command line and the API load (it goes into `REGISTERED`)."""
+    return REGISTERED.pass_(name, *params)

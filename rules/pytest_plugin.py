@@ -35,10 +35,11 @@ class RulesFileError(Exception):
 
 class RulesFile(pytest.File):
     def collect(self):
-        from .fixtures import run_test
-        from .library import Library
+        from gtt_rules import standard_library  # the top layer: what `gtt-rules test` runs with
 
-        library = Library()
+        from .fixtures import run_test
+
+        library = standard_library()
         try:
             compiled = library.load_file(self.path)
         except GttRulesError as error:

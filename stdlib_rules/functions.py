@@ -1,17 +1,18 @@
-"""Functions that the standard library's rules call and the base set lacks.
+"""Functions that the standard library's rules call and the language's builtins lack.
 
-Registration happens on import: `load_standard_functions()` imports this module before any rule
-file is compiled, so rules call these like the base functions.
+They go into this module's `REGISTRY`, part of the standard library's (gtt_rules.stdlib_rules).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from gtt_rules.engine.pattern import NotApplicable
-from gtt_rules.rules.functions import register_function
+from gtt_rules.rules.registry import Registry
+
+REGISTRY = Registry()
 
 
-@register_function(args=("tensor", "tensor"), returns="bool", needs_context=True)
+@REGISTRY.function(args=("tensor", "tensor"), returns="bool", needs_context=True)
 def channel_vector(ctx, c, layer):
     """True if constant c holds one value per output channel of `layer` (a Conv2D,
     DepthwiseConv2dNative or MatMul with constant weights), broadcasting like a bias: every
@@ -40,7 +41,7 @@ def channel_vector(ctx, c, layer):
 
 # ---- eight-bit conversion: what TensorFlow's eight-bit kernels accept -----------------------------
 
-@register_function(args=("tensor", "tensor"), returns="bool", needs_context=True)
+@REGISTRY.function(args=("tensor", "tensor"), returns="bool", needs_context=True)
 def eight_bit_broadcast(ctx, x, y):
     """True if QuantizedAdd/QuantizedMul compute x op y as the float op does: equal static shapes,
     a single-element operand, or a vector along the last dimension. (Other broadcasts TensorFlow's
@@ -120,7 +121,7 @@ def eight_bit_refusal(ctx, node) -> str | None:
     return None
 
 
-@register_function(args=("tensor", "list", "list", "list"), optional=1, returns="bool", needs_context=True)
+@REGISTRY.function(args=("tensor", "list", "list", "list"), optional=1, returns="bool", needs_context=True)
 def converts(ctx, n, exclude_node, exclude_op, more_exclude_op=None):
     """True if float node n is to become eight-bit: not excluded (see `excluded`), and TensorFlow's
     eight-bit kernel takes it as it is and computes what it computes. A node the kernel would not
@@ -140,7 +141,7 @@ def _names(patterns) -> list[str]:
     return [p.decode() if isinstance(p, bytes) else str(p) for p in patterns or []]
 
 
-@register_function(args=("tensor", "list", "list", "list"), optional=1, returns="bool", needs_context=True)
+@REGISTRY.function(args=("tensor", "list", "list", "list"), optional=1, returns="bool", needs_context=True)
 def excluded(ctx, n, node_patterns, op_patterns, more_op_patterns=None):
     """True if n's name matches one of node_patterns, or its op one of op_patterns (or of
     more_op_patterns), with `*` and `?` as wildcards (fnmatch, case-sensitive)."""
@@ -253,7 +254,7 @@ def _dot_product_refusal(values: np.ndarray, low: float, high: float) -> str | N
     return None
 
 
-@register_function(args=("tensor",), returns="bool", needs_context=True)
+@REGISTRY.function(args=("tensor",), returns="bool", needs_context=True)
 def eight_bits_hold(ctx, w):
     """True if eight-bit codes can stand for float Const w (see `weight_refusal`); otherwise the
     reason goes to the report, and w stays float."""
@@ -263,7 +264,7 @@ def eight_bits_hold(ctx, w):
     return reason is None
 
 
-@register_function(args=("tensor", "list", "list"), returns="bool", needs_context=True)
+@REGISTRY.function(args=("tensor", "list", "list"), returns="bool", needs_context=True)
 def weight_excluded(ctx, w, node_patterns, op_patterns):
     """True if Const w's name, or the name of a node that reads it (or of an Identity between),
     matches one of node_patterns, or such a reader's op one of op_patterns (`*`, `?` wildcards)."""

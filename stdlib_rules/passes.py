@@ -1,6 +1,7 @@
 """The standard library's whole-graph passes: what no pattern can express.
 
 Each keeps the Graph Transform Tool's name and parameters, so GTT command lines run unchanged.
+They go into this module's `REGISTRY`, part of the standard library's (gtt_rules.stdlib_rules).
 """
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64, REF_OFFSET
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.errors import UsageError
 from gtt_rules.rules.params import Param
-from gtt_rules.rules.passes import PassContext, register_pass
+from gtt_rules.rules.passes import PassContext
+from gtt_rules.rules.registry import Registry
+
+REGISTRY = Registry()
 
 
 def _list_param(name: str, kind: str) -> Param:
     return Param(name, kind, True, [])
 
 
-@register_pass("strip_unused_nodes", Param("type", "dtype", False, DT_FLOAT), Param("shape", "str", False, ""),
+@REGISTRY.pass_("strip_unused_nodes", Param("type", "dtype", False, DT_FLOAT), Param("shape", "str", False, ""),
                _list_param("name", "str"), _list_param("type_for_name", "dtype"), _list_param("shape_for_name", "str"))
 def strip_unused_nodes(graph: Graph, ctx: PassContext) -> None:
     """Keep only what the outputs need; the inputs become Placeholders of the given type and shape.
@@ -107,7 +111,7 @@ def _remove_all(graph: Graph, names: list[str]) -> None:
         graph.remove_node(name)
 
 
-@register_pass("sort_by_execution_order")
+@REGISTRY.pass_("sort_by_execution_order")
 def sort_by_execution_order(graph: Graph, ctx: PassContext) -> None:
     """Order the nodes so that each comes after its inputs.
 
@@ -116,7 +120,7 @@ def sort_by_execution_order(graph: Graph, ctx: PassContext) -> None:
     graph.reorder([node.name for node in graph.topological_order()])
 
 
-@register_pass("rename_node", Param("old_node_name", "str", False, ""), Param("new_node_name", "str", False, ""))
+@REGISTRY.pass_("rename_node", Param("old_node_name", "str", False, ""), Param("new_node_name", "str", False, ""))
 def rename_node(graph: Graph, ctx: PassContext) -> None:
     """Rename one node, and every input that names it.
 
@@ -143,7 +147,7 @@ def _rename(graph: Graph, renames: dict[str, str]) -> None:
             node.attr["_class"].list.s.extend(updated)
 
 
-@register_pass("obfuscate_names")
+@REGISTRY.pass_("obfuscate_names")
 def obfuscate_names(graph: Graph, ctx: PassContext) -> None:
     """Give every node but the inputs and outputs a short meaningless name.
 
@@ -152,7 +156,7 @@ def obfuscate_names(graph: Graph, ctx: PassContext) -> None:
     _shorten(graph, [node.name for node in graph if node.name not in ctx.protected], ctx.protected)
 
 
-@register_pass("compact_names")
+@REGISTRY.pass_("compact_names")
 def compact_names(graph: Graph, ctx: PassContext) -> None:
     """Give the helper nodes that this run's rewrites made short names, as a shipped model wants
     (on fer's eight-bit model, their long derived names were a fifth of the file). An eight-bit op
@@ -207,7 +211,7 @@ def _short_name(n: int) -> str:
     return out
 
 
-@register_pass("merge_duplicate_nodes")
+@REGISTRY.pass_("merge_duplicate_nodes")
 def merge_duplicate_nodes(graph: Graph, ctx: PassContext) -> None:
     """Merge nodes with the same op, inputs, attrs and device, until no two are alike.
 
@@ -255,7 +259,7 @@ def _same_attrs(a, b) -> bool:
     return all(ours[key] == theirs[key] for key in ours)
 
 
-@register_pass("fold_batch_norms_after_concat")
+@REGISTRY.pass_("fold_batch_norms_after_concat")
 def fold_batch_norms_after_concat(graph: Graph, ctx: PassContext) -> None:
     """Fold an inference FusedBatchNorm that follows a channel ConcatV2 of convolutions into each
     convolution's weights, leaving one bias add after the concat.
@@ -332,7 +336,7 @@ def _output_channels(layer, weights) -> int:
     return weights.shape[2] * weights.shape[3] if layer.op == "DepthwiseConv2dNative" else weights.shape[3]
 
 
-@register_pass("freeze_requantization_ranges", Param("min_max_log_file", "str", False, ""),
+@REGISTRY.pass_("freeze_requantization_ranges", Param("min_max_log_file", "str", False, ""),
                Param("min_percentile", "float", False, 5.0), Param("max_percentile", "float", False, 5.0))
 def freeze_requantization_ranges(graph: Graph, ctx: PassContext) -> None:
     """Replace each RequantizationRange (or range-measuring Min or Max) in a GTT-format min/max log
@@ -359,7 +363,7 @@ _TENSOR_ARRAY_V3_USERS = ("TensorArrayWriteV3", "TensorArrayReadV3", "TensorArra
                           "TensorArrayConcatV3", "TensorArraySplitV3", "TensorArraySizeV3", "TensorArrayCloseV3")
 
 
-@register_pass("backport_tensor_array_v3")
+@REGISTRY.pass_("backport_tensor_array_v3")
 def backport_tensor_array_v3(graph: Graph, ctx: PassContext) -> None:
     """Turn TensorArray V3 ops into their V2 forms, for runtimes older than TensorFlow 1.0.
 
@@ -380,7 +384,7 @@ def backport_tensor_array_v3(graph: Graph, ctx: PassContext) -> None:
             node.op = node.op[:-1] + "2"
 
 
-@register_pass("insert_logging", _list_param("op", "str"), _list_param("prefix", "str"),
+@REGISTRY.pass_("insert_logging", _list_param("op", "str"), _list_param("prefix", "str"),
                Param("message", "str", False, ""), Param("show_name", "bool", False, False),
                Param("show_op", "bool", False, False), Param("first_n", "int", False, -1),
                Param("summarize", "int", False, 1024))
@@ -414,7 +418,7 @@ def insert_logging(graph: Graph, ctx: PassContext) -> None:
         graph.reroute(TensorRef(node.name, 0), TensorRef(printer.name), exclude=[printer.name])
 
 
-@register_pass("sparsify_gather", Param("input_checkpoint", "str", False, ""),
+@REGISTRY.pass_("sparsify_gather", Param("input_checkpoint", "str", False, ""),
                Param("group_init_node", "str", False, "group_deps"))
 def sparsify_gather(graph: Graph, ctx: PassContext) -> None:
     """Replace a Gather from a [N, 1] float embedding (Const -> Identity -> Gather, or GatherV2 on axis
@@ -499,7 +503,7 @@ def _sparsifiable_weights(graph: Graph, gather, ctx: PassContext):
     return weights
 
 
-@register_pass("inline_partitionedcall")
+@REGISTRY.pass_("inline_partitionedcall")
 def inline_partitionedcall(graph: Graph, ctx: PassContext) -> None:
     """Replace each PartitionedCall by the nodes of the library function it calls, named
     `CALL/NODE`; what read the call's outputs reads the function's results.

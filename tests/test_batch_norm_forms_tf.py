@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tf_run
 from gtt_rules.engine.graph import Graph
-from gtt_rules.rules.library import load_rules
+from gtt_rules import load_rules
 
 RNG = np.random.default_rng(11)
 

@@ -5,10 +5,10 @@ import pathlib
 
 import pytest
 
+from gtt_rules import standard_library
 from gtt_rules.errors import GttRulesError, RewriteError, RulesCheckError
 from gtt_rules.grammar.parser import parse
 from gtt_rules.rules.compiler import compile_module
-from gtt_rules.rules.library import Library
 
 RULE = "rule r:\n    n = Relu(x)\n    => n -> x\n"
 
@@ -167,7 +167,7 @@ def test_import_that_does_not_resolve(tmp_path):
     path = tmp_path / "a.rules"
     path.write_text('import "missing.rules"\n' + RULE)
     with pytest.raises(RulesCheckError) as caught:
-        Library().load_file(path)
+        standard_library().load_file(path)
     error = caught.value
     assert (error.line, error.column) == (1, 1)
     assert error.message == f"cannot import 'missing.rules': no file {tmp_path / 'missing.rules'}"
@@ -177,7 +177,7 @@ def test_import_of_unknown_stdlib_name(tmp_path):
     path = tmp_path / "a.rules"
     path.write_text("\nimport cleanupp\n" + RULE)
     with pytest.raises(RulesCheckError) as caught:
-        Library().load_file(path)
+        standard_library().load_file(path)
     assert caught.value.line == 2
     assert caught.value.message.startswith("cannot import 'cleanupp': no standard library file 'cleanupp' (have: ")
 
@@ -195,22 +195,22 @@ def test_parameter_errors_at_instantiation():
 
 
 def test_every_stdlib_file_passes_its_checks():
-    library = Library()
+    library = standard_library()
     library.load_stdlib()
     assert {"cleanup", "batch_norm", "quantization"} <= set(library.names())
 
 
 def test_stdlib_names_load_only_the_file_that_defines_them():
-    everything = Library()
+    everything = standard_library()
     everything.load_stdlib()
     names = {name: str(pathlib.Path(f.path).resolve()) for f in everything.files.values()
              for name in [*f.rulesets, *f.pipelines]}
     for name, path in names.items():
-        library = Library()
+        library = standard_library()
         found = library.find(name)
         assert found is not None and type(found) is type(everything.find(name)), name
         assert path in library.files
-    weights = Library()
+    weights = standard_library()
     weights.find("quantize_weights")
     assert [pathlib.Path(p).name for p in weights.files] == ["weights.rules"]
 

@@ -132,13 +132,13 @@ def test_an_npz_with_several_arrays_none_named_says_so(tmp_path, capsys):
 def test_max_rewrites_is_its_own_stop_reason_not_a_loop(tmp_path, capsys):
     from gtt_rules.engine.driver import Limits
     from gtt_rules.errors import RewriteError
-    from gtt_rules.rules.library import Library
+    from gtt_rules import standard_library
 
     assert main(["apply", str(GRAPH), "-o", str(tmp_path / "out.pb"), "--rules", "cleanup",
                  "--max-rewrites", "1"]) == 2
     line = error_line(capsys)
     assert "stopped at the rewrite limit of 1 (max_rewrites)" in line and "do not terminate" not in line
-    (stage,) = Library().stages("cleanup")
+    (stage,) = standard_library().stages("cleanup")
     graph = Graph.load(GRAPH)
     with pytest.raises(RewriteError) as caught:
         stage.run(graph, inputs=["input"], outputs=["output"], limits=Limits(max_rewrites=1))

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import tf_run
 from test_gtt import build_tf_graph
+from gtt_rules import standard_library
 from gtt_rules.engine.graph import Graph
 from gtt_rules.per_layer import match_layers
-from gtt_rules.rules.library import Library
 
 EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "mobilenet_tiny.pb"
 INPUT, OUTPUT = "input", "Identity"
@@ -20,7 +20,7 @@ INPUT, OUTPUT = "input", "Identity"
 
 def eightbit_before_and_after_compaction(graph: Graph, inputs, outputs) -> tuple[bytes, bytes]:
     """`graph` through the eightbit pipeline: the bytes before its last pass, compact_names, and after."""
-    stages = Library().stages("eightbit")
+    stages = standard_library().stages("eightbit")
     assert stages[-1].name == "compact_names"
     for stage in stages[:-1]:
         stage.run(graph, inputs=inputs, outputs=outputs)
@@ -89,5 +89,5 @@ def test_a_short_name_the_graph_already_has_is_skipped(tf):
 def test_a_graph_read_from_a_file_has_no_helpers_to_rename(example):
     _, _, after = example
     graph = Graph.from_bytes(after.to_bytes())
-    Library().stages("compact_names")[0].run(graph, inputs=[INPUT], outputs=[OUTPUT])
+    standard_library().stages("compact_names")[0].run(graph, inputs=[INPUT], outputs=[OUTPUT])
     assert graph.to_bytes() == after.to_bytes()

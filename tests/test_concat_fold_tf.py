@@ -7,7 +7,7 @@ import numpy as np
 
 from conftest import tf_run
 from gtt_rules.engine.graph import Graph
-from gtt_rules.rules.library import load_rules
+from gtt_rules import load_rules
 
 
 def build_concat_batch_norm_graph(tf) -> bytes:

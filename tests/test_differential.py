@@ -36,7 +36,8 @@ from gtt_rules.errors import GttRulesError
 from gtt_rules.grammar.parser import parse
 from gtt_rules.rules.compiler import compile_module
 from gtt_rules.rules.gtt import transform_stages
-from gtt_rules.rules.library import Library, Stage, load_rules
+from gtt_rules import load_rules, standard_library
+from gtt_rules.rules.library import Stage
 
 # Folds reassociate float arithmetic (a batch norm into conv weights): a few ulps of float32,
 # grown by the ops after them.
@@ -223,7 +224,7 @@ GTT_RECIPE = ("strip_unused_nodes remove_nodes(op=Identity, op=CheckNumerics) fo
 
 def pipeline_stages(spec: str) -> list[Stage]:
     if spec == GTT_RECIPE:
-        return [stage for _, stages in transform_stages(spec, Library()) for stage in stages]
+        return [stage for _, stages in transform_stages(spec, standard_library()) for stage in stages]
     return load_rules([spec])
 
 

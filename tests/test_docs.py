@@ -7,10 +7,10 @@ import re
 
 import pytest
 
+from gtt_rules import standard_library
 from gtt_rules.grammar.parser import parse
 from gtt_rules.rules.compiler import compile_module
 from gtt_rules.rules.fixtures import run_file
-from gtt_rules.rules.library import Library
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "language.md"
 FENCE = re.compile(r"^```rules\n(.*?)^```", re.S | re.M)
@@ -55,19 +55,17 @@ def test_doc_block_parses_and_compiles(name, line, body):
 
 @pytest.mark.parametrize("name, line, body", BLOCKS, ids=[f"line{line}" for _, line, _ in BLOCKS])
 def test_doc_block_loads_and_its_tests_pass(name, line, body, doc_files):
-    results = run_file(doc_files / name, Library())
+    results = run_file(doc_files / name, standard_library())
     failed = [f"{r.name}: {r.message}" for r in results if not r.passed]
     assert not failed, f"docs/language.md:{line}: " + "; ".join(failed)
     assert len(results) == len(re.findall(r"^\s*test \S+", body, re.M))
 
 
 def test_every_documented_function_exists_and_every_function_is_documented():
-    from gtt_rules.rules.functions import FUNCTIONS, load_standard_functions
+    from gtt_rules import stdlib_rules
+    from gtt_rules.rules.functions import BUILTINS
 
-    load_standard_functions()
     text = DOC.read_text(encoding="utf-8")
     section = text.split("## Functions", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `([a-z_]+)\(", section, re.M))
-    builtin = {name for name, f in FUNCTIONS.items()
-               if not f.impl.__module__.startswith(("tests.", "test_"))}
-    assert documented == builtin
+    assert documented == set(BUILTINS.functions) | set(stdlib_rules.REGISTRY.functions)

@@ -17,7 +17,7 @@ from gtt_rules.cli import main
 from gtt_rules import calibration
 from gtt_rules.engine.evaluator import evaluate, run_kernel
 from gtt_rules.engine.graph import Graph
-from gtt_rules.rules.library import load_rules
+from gtt_rules import load_rules
 
 CONVERTED = {"Conv2D", "MatMul", "BiasAdd", "Relu", "Relu6", "MaxPool", "AvgPool", "ConcatV2", "Concat",
              "ResizeBilinear"}

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 
 from conftest import fixture_path, fixture_spec, random_feeds, tf_run
+from gtt_rules import standard_library
 from gtt_rules.cli import main
 from gtt_rules.engine.graph import Graph
 from gtt_rules.errors import UsageError
 from gtt_rules.rules.gtt import Transform, parse_transforms, transform_stages
-from gtt_rules.rules.library import Library
 
 
 # ---- helpers ----
 
 def run_transforms(graph: Graph, text: str, *, inputs=(), outputs=()) -> Graph:
     """Run a GTT transform string on `graph` in place, as `apply --transforms` does."""
-    for _, stages in transform_stages(text, Library()):
+    for _, stages in transform_stages(text, standard_library()):
         for stage in stages:
             stage.run(graph, inputs=inputs, outputs=outputs)
     return graph
@@ -134,7 +134,7 @@ def test_bad_ignore_errors_value_is_refused():
 
 
 def test_transform_stages_check_names_and_parameters():
-    library = Library()
+    library = standard_library()
     with pytest.raises(UsageError) as caught:
         transform_stages("sort_by_execution_order fold_constantz", library)
     assert caught.value.message == ("--transforms: unknown transform 'fold_constantz'; did you mean "
@@ -150,7 +150,7 @@ def test_transform_stages_check_names_and_parameters():
 
 
 def test_transform_arguments_are_converted_to_parameter_types():
-    library = Library()
+    library = standard_library()
     (_, (stage,)), = transform_stages('strip_unused_nodes(type=int32, shape="2,3", name=a, name=b)', library)
     assert stage.params["type"] == 3 and stage.params["shape"] == "2,3" and stage.params["name"] == ["a", "b"]
     (_, (stage,)), = transform_stages("set_device(device=/cpu:0, if_default=true)", library)

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 
 from conftest import compile_rules, fixture_graph
+from gtt_rules import standard_library, standard_registry
 from gtt_rules.engine.driver import Limits, apply_rules
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.engine.pattern import MatchContext, match
 from gtt_rules.errors import RewriteError, RulesCheckError
 from gtt_rules.grammar.parser import parse
 from gtt_rules.rules.compiler import compile_module
-from gtt_rules.rules.functions import FUNCTIONS, register_function
-from gtt_rules.rules.library import Library, load_rules, parse_call
+from gtt_rules.rules.functions import register_function
+from gtt_rules.rules.library import load_rules, parse_call
 
 FLOAT, INT32, HALF = 1, 3, 19  # TensorFlow DataType enum values
 
@@ -1200,7 +1201,7 @@ def _consumers(ctx, tensor):
 
 
 def test_registered_function_is_listed_with_its_kinds_and_doc():
-    function = FUNCTIONS["test_language_triple"]
+    function = standard_registry().functions["test_language_triple"]
     assert (function.args, function.returns, function.needs_context) == (("value",), "value", False)
     assert function.doc == "Three times x (registered by tests/test_language.py)."
 
@@ -1901,7 +1902,7 @@ def test_pipeline_runs_rule_sets_in_order(tmp_path):
             relu_to_relu6
             relu6_to_tanh(skip=true)
     """)
-    library = Library()
+    library = standard_library()
     library.load_file(tmp_path / "main.rules")
     expected_ops = {"forward": "Tanh", "backward": "Relu6", "forward_skipping": "Relu6"}
     for name, op in expected_ops.items():
@@ -1923,7 +1924,7 @@ def test_import_of_another_file_and_of_the_standard_library(tmp_path):
             cleanup
             relu_to_relu6
     """)
-    library = Library()
+    library = standard_library()
     library.load_file(tmp_path / "main.rules")
     assert {"relu_to_relu6", "relu6_to_tanh", "tidy", "cleanup"} <= set(library.names())
     stages = load_rules("tidy", library)
@@ -1946,7 +1947,7 @@ def test_import_that_does_not_resolve_is_a_check_error(tmp_path):
         import "missing.rules"
     """)
     with pytest.raises(RulesCheckError) as error:
-        Library().load_file(tmp_path / "main.rules")
+        standard_library().load_file(tmp_path / "main.rules")
     assert error.value.message.startswith("cannot import 'missing.rules': no file ")
     assert (error.value.line, error.value.column) == (2, 1)
 
@@ -1957,7 +1958,7 @@ def test_rules_file_spec_runs_its_top_level_rules(tmp_path):
             n = Relu(x)
             => n -> Elu(x)
     """)
-    stages = load_rules(str(path), Library())
+    stages = load_rules(str(path), standard_library())
     assert [(s.name, [r.name for r in s.rules]) for s in stages] == [("mine", ["relu-to-elu"])]
     graph = _relu_graph()
     _run_stages(graph, stages)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import tf_run
 from gtt_rules.engine.graph import Graph
-from gtt_rules.rules.library import load_rules
+from gtt_rules import load_rules
 
 FEW = settings(max_examples=12, deadline=None, derandomize=True, database=None,
                suppress_health_check=[HealthCheck.too_slow], print_blob=False)

@@ -23,7 +23,7 @@ from gtt_rules.engine.graph import Graph
 from gtt_rules.engine.proto import graph_def_pb2 as pb
 from gtt_rules.engine.proto import memmapped_pb2
 from gtt_rules.engine.tensors import encode_tensor
-from gtt_rules.rules.library import load_rules
+from gtt_rules import load_rules
 
 ROUND_TRIP = ["keras_mobilenet_tiny", "tf1_conv_bn", "quantized_ops", "all_dtypes_consts", "tf1_while_loop"]
 # The smallest tensor given a region: every fixed-size one, except in MobileNet, where TensorFlow

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from gtt_rules.errors import RulesSyntaxError
+from gtt_rules.errors import RulesCheckError, RulesSyntaxError
 from gtt_rules.grammar import cache, parser
 from gtt_rules.grammar.parser import parse, parse_file
 
@@ -151,3 +151,23 @@ def test_an_attr_comprehension_comes_back_from_the_cache_as_parsed(cache_dir, tm
     loop = edit.attrs[0].each
     assert (loop.var, loop.items.func, loop.condition.op) == ("k", "attrs", "!=")
     assert edit.attrs[1].each is None
+
+
+def test_an_entry_holds_no_function_table(cache_dir, tmp_path, monkeypatch):
+    # What a call in a rule means is decided when a Library compiles the file, by the registry
+    # it was given, not by what was imported or registered when the entry was written.
+    from gtt_rules.rules.functions import LANGUAGE
+    from gtt_rules.rules.library import Library
+    from gtt_rules.rules.registry import Registry
+
+    path = tmp_path / "a.rules"
+    path.write_text("rule r:\n    n = Relu(x)\n    where test_cache_known(x)\n    => n -> x\n")
+    with pytest.raises(RulesCheckError, match="unknown function 'test_cache_known'"):
+        Library().load_file(path)
+    assert len(_entries(cache_dir)) == 1
+    _no_parsing(monkeypatch)
+    registry = Registry(LANGUAGE)
+    registry.function("test_cache_known", args=("tensor",), returns="bool")(lambda x: True)
+    assert [rule.name for rule in Library(registry).load_file(path).rulesets["a"].rules] == ["r"]
+    with pytest.raises(RulesCheckError, match="unknown function 'test_cache_known'"):
+        Library().load_file(path)

@@ -14,13 +14,13 @@ import re
 import numpy as np
 import pytest
 
+from gtt_rules import standard_library
 from gtt_rules.engine.dtypes import numpy_dtype
 from gtt_rules.engine.evaluator import evaluate
 from gtt_rules.engine.graph import Graph
 from gtt_rules.engine.kernels import load_all
 from gtt_rules.grammar import ast
 from gtt_rules.rules.fixtures import _stage_call, build_graph, run_file
-from gtt_rules.rules.library import Library
 
 PEERS = pathlib.Path(__file__).resolve().parent.parent / "examples" / "peers"
 FILES = sorted(PEERS.glob("*.rules"))
@@ -104,14 +104,14 @@ def test_the_readme_table_lists_every_rewrite_as_the_files_do():
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
 def test_the_test_blocks_pass(path):
-    results = run_file(path, Library())
+    results = run_file(path, standard_library())
     assert results, f"{path.name} has no test block"
     failed = [f"{r.location} {r.name}: {r.message}" for r in results if not r.passed]
     assert not failed, "\n".join(failed)
 
 
 def _test_blocks():
-    library = Library()
+    library = standard_library()
     cases = []
     for path in FILES:
         compiled = library.load_file(path)
@@ -161,7 +161,7 @@ def _evaluable(graph: Graph) -> bool:
 
 def rewrite(path: pathlib.Path, test: ast.Test, owner: str):
     """A test block's given graph, the graph its rules make of it, its outputs, and the fires."""
-    library = Library()
+    library = standard_library()
     library.load_file(path)
     module = ast.Module(str(path), path.read_text(encoding="utf-8"))
     given = build_graph(test.given, module)

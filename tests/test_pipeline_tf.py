@@ -8,7 +8,7 @@ import pytest
 
 from conftest import fixture_path, fixture_spec, grappler_optimize, random_feeds, tf_run
 from gtt_rules.engine.graph import Graph
-from gtt_rules.rules.library import load_rules
+from gtt_rules import load_rules
 
 BATCH_NORM_OPS = {"FusedBatchNorm", "FusedBatchNormV3", "BatchNormWithGlobalNormalization"}
 LAYERS = {"Conv2D", "DepthwiseConv2dNative", "MatMul"}

@@ -324,12 +324,13 @@ test {name} using fold_constants(max_constant_size_in_bytes=4):
 def test_a_fixture_keeps_the_limits_it_hits_to_itself(tmp_path, expected, passes):
     """A limit a test sets on purpose is not a warning of the run; a failing test shows it."""
     import warnings
+    from gtt_rules import standard_library
     from gtt_rules.rules.fixtures import run_file
     path = tmp_path / "limited.rules"
     path.write_text(_LIMITED_FIXTURE.format(name="kept", expected=expected))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        (result,) = run_file(path)
+        (result,) = run_file(path, standard_library())
     assert result.passed is passes
     if not passes:
         assert "'out' (Sqrt) is not folded" in result.message

@@ -9,7 +9,7 @@ from conftest import FIXTURES, fixture_names, fixture_path, tf_run
 from gtt_rules import apply
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.engine.shapes import infer_shape, infer_value
-from gtt_rules.rules.library import load_rules
+from gtt_rules import load_rules
 
 # Fixtures where TensorFlow knows every shape through ops we cover: we must know nearly all too.
 CONV_FIXTURES = ("tf1_conv_bn", "tf1_mul_fold", "keras_bn_frozen", "keras_mobilenet_tiny", "quantized_ops",

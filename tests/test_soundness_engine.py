@@ -19,7 +19,7 @@ from gtt_rules.engine.evaluator import evaluate
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.errors import GraphError, RewriteError
 from gtt_rules.rules.fixtures import run_file
-from gtt_rules.rules.library import load_rules
+from gtt_rules import load_rules, standard_library
 
 FLOAT = 1
 
@@ -371,7 +371,7 @@ def test_a_test_whose_rule_never_fired_says_so(tmp_path):
         expect:
             out = Identity(x)
     """))
-    [result] = run_file(path)
+    [result] = run_file(path, standard_library())
     assert not result.passed
     assert "rule neg-neg never fired" in result.message
     assert "out = Neg(m)" in result.message  # the graph it got

@@ -17,7 +17,7 @@ from gtt_rules.engine import op_registry
 from gtt_rules.engine.attrs import encode_attr
 from gtt_rules.engine.evaluator import evaluate
 from gtt_rules.engine.graph import Graph
-from gtt_rules.rules.library import load_rules
+from gtt_rules import load_rules
 
 
 def run_stages(graph: Graph, spec: str, inputs: list[str], outputs: list[str]) -> Graph:
