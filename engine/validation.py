@@ -19,14 +19,17 @@ from .tensors import check_tensor
 
 _UNCOUNTED = object()
 
+# The checks read the graph's node index (`graph._nodes`) directly rather than through
+# `graph.get` and `in graph`: they run on every rewrite, and a method call per input shows there.
+
 
 def validate(graph: Graph) -> None:
     """Raise GraphError naming the first problem: bad names, dangling inputs, cycles, bad tensors."""
     # Every node's attrs first: counting a producer's outputs reads its attrs.
-    for node in graph:
+    for node in graph._nodes.values():
         _check_node(node)
     counts: dict[str, int | None] = {}  # outputs of each producer, counted once
-    for node in graph:
+    for node in graph._nodes.values():
         _check_edges(graph, node, counts)
     graph.topological_order()
 
@@ -37,7 +40,7 @@ def check_dtypes(graph: Graph) -> None:
 
     Apart from `validate`, as graphs built in tests and rule fixtures may mix dtypes freely.
     """
-    for node in graph:
+    for node in graph._nodes.values():
         if node.inputs:
             _check_inputs(graph, node, range(len(node.inputs)), edges=False)
 
@@ -61,16 +64,17 @@ def check_nodes(graph: Graph, made: Mapping[str, Collection[str] | None],
     attr its op gives no default, as TensorFlow's importer demands (loading lets the graphs of
     rules' tests leave them out), and gets the checks of its inputs; each node it `rerouted`
     gets the checks of the inputs named by position."""
+    nodes = graph._nodes
     for name, keys in made.items():
-        node = graph[name]
+        node = nodes[name]
         _check_node(node, keys, required=True)
         if node.inputs:
             _check_inputs(graph, node, range(len(node.inputs)))
         for control in node.control_inputs:
-            if control not in graph:
+            if control not in nodes:
                 raise GraphError(f"control input '^{control}' names a missing node", node=name)
     for name, positions in rerouted.items():
-        node = graph.get(name)  # a rerouted node may have gone since
+        node = nodes.get(name)  # a rerouted node may have gone since
         if positions and node is not None and name not in made:
             _check_inputs(graph, node, positions)
 
@@ -78,9 +82,9 @@ def check_nodes(graph: Graph, made: Mapping[str, Collection[str] | None],
 def check_acyclic(graph: Graph, names: Iterable[str]) -> None:
     """Raise GraphError if a cycle (not through a NextIteration) runs through what these
     nodes read: a walk up from them, which costs what lies above them, not the whole graph."""
-    done: set[str] = set()
+    nodes, done = graph._nodes, set()
     for start in names:
-        if start in done or start not in graph:
+        if start in done or start not in nodes:
             continue
         path, on_path = [(start, iter(graph._producer_names(start)))], {start}
         while path:
@@ -93,24 +97,25 @@ def check_acyclic(graph: Graph, names: Iterable[str]) -> None:
             elif producer in on_path:
                 cycle = [n for n, _ in path[[n for n, _ in path].index(producer):]] + [producer]
                 raise GraphError(f"the graph has a cycle: {' -> '.join(reversed(cycle))}")
-            elif producer not in done and producer in graph:
+            elif producer not in done and producer in nodes:
                 path.append((producer, iter(graph._producer_names(producer))))
                 on_path.add(producer)
 
 
 def _check_edges(graph: Graph, node: Node, counts: dict[str, int | None]) -> None:
     """Every input of `node` names an existing node, and an output that node has."""
+    nodes = graph._nodes
     for ref in node.inputs:
         count = counts.get(ref.node, _UNCOUNTED)
         if count is _UNCOUNTED:
-            producer = graph.get(ref.node)
+            producer = nodes.get(ref.node)
             if producer is None:
                 raise GraphError(f"input '{ref}' names a missing node", node=node.name)
             count = counts[ref.node] = graph.num_outputs(producer)
         if count is not None and ref.port >= count:
-            raise _port_error(node, ref, graph[ref.node], count)
+            raise _port_error(node, ref, nodes[ref.node], count)
     for name in node.control_inputs:
-        if name not in graph:
+        if name not in nodes:
             raise GraphError(f"control input '^{name}' names a missing node", node=node.name)
 
 
@@ -118,9 +123,10 @@ def _check_inputs(graph: Graph, node: Node, positions: Iterable[int], edges: boo
     """The inputs of `node` at `positions` name outputs their producers have (with `edges`), of
     the dtypes its op takes there, as far as the op registry can tell."""
     wants = (node._signature or _signature(node))[0]
+    nodes = graph._nodes
     for position in positions:
         ref = node.inputs[position]
-        producer = graph.get(ref.node)
+        producer = nodes.get(ref.node)
         if producer is None:
             raise GraphError(f"input '{ref}' names a missing node", node=node.name)
         have = (producer._signature or _signature(producer))[1]
