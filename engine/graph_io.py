@@ -1,4 +1,5 @@
-"""Reading and writing graph files: binary and text GraphDefs, and memory-mapped packages.
+"""Reading and writing graphs: files (binary and text GraphDefs, memory-mapped packages), bytes and
+GraphDef messages.
 
 Binary files are read from a memory map, node by node. A big Const's `tensor_content` is not
 copied: its value is a read-only numpy view of the mapped file (`Node.map_tensor`), so a model's
