@@ -321,6 +321,7 @@ def _reset_peak() -> bool:
 
 
 def run_worker(n_nodes: int, extra_rules: int, profile: str | None) -> dict:
+    from gtt_rules.engine import validation
     from gtt_rules.engine.driver import apply_rules
     from gtt_rules.engine.graph import Graph
     from gtt_rules import load_rules
@@ -350,7 +351,7 @@ def run_worker(n_nodes: int, extra_rules: int, profile: str | None) -> dict:
     reset = _reset_peak()   # from here on, each phase's peak includes the resident GraphDef
     t2 = time.perf_counter()
     graph = Graph(graph_def)
-    graph.check_dtypes()  # as Graph.load checks every file; the rewrites reuse what it works out
+    validation.check_dtypes(graph)  # as Graph.load checks every file; the rewrites reuse what it works out
     t3 = time.perf_counter()
     del graph_def  # the Graph holds the message; as after Graph.load, nothing else does
     construct_peak_kb = _status_kb("VmHWM")

@@ -9,24 +9,26 @@ It is also the one graph-edit core that the rewriter, the Python passes and cali
 `succeed` (a node taking another's place and name), `edit_node`, `sweep` (what nothing reads),
 `walk` (reachability), `fresh_name` and `origin`, `add_const`, and the type attrs a new node's
 inputs imply (`implied_attrs`).
+
+Validation lives in `engine/validation.py` and reading and writing files in `engine/graph_io.py`;
+the Graph keeps one-line delegations for the calls used everywhere (`Graph.load`, `save`,
+`check`, ...).
 """
 from __future__ import annotations
 
 import functools
 import os
-import warnings
 from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
-from google.protobuf import text_format, unknown_fields
 
-from gtt_rules.errors import GraphError, UnknownOpWarning
+from gtt_rules.errors import GraphError
 
 from . import op_registry
 from .attrs import decode_attr, encode_attr
-from .dtypes import REF_OFFSET as _REF_OFFSET, dtype_for_array, dtype_name, numpy_dtype
+from .dtypes import dtype_for_array, numpy_dtype
 from .proto import graph_def_pb2 as pb
-from .tensors import check_tensor, encode_tensor_into
+from .tensors import encode_tensor_into
 
 _MISSING = object()
 
@@ -306,71 +308,34 @@ class Graph:
                 if consumers is not None:
                     consumers.add(node._name)
         if validate:
-            self.validate()
+            validation.validate(self)
 
-    # ---- reading and writing ----
+    # ---- reading and writing (engine/graph_io.py) ----
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Graph":
-        """Read a `.pb` (binary) or `.pbtxt` (text) GraphDef file, or a memory-mapped package
-        (`engine/memmapped.py`), validated and its dtypes checked, or a SavedModel folder, whose
-        default signature is frozen (`engine/savedmodel.py`). Big tensors of a binary file are not
-        copied in: they stay views of the mapped file (`engine/graph_io.py`)."""
+        """Read a graph file, a memory-mapped package or a SavedModel: see `graph_io.load`."""
         from . import graph_io
         return graph_io.load(path)
 
-    def _warn_unknown_ops(self, path: str) -> None:
-        """Warn of ops neither TensorFlow's registry nor the library defines: they load, rewrite
-        and save, but no kernel runs them, and a misspelt op otherwise shows only at `run`."""
-        functions = {f.signature.name for f in self._graph_def.library.function}
-        unknown = sorted(op for op in {node.op for node in self} if op not in functions
-                         and op_registry.get_op(op) is None)
-        if unknown:
-            shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-            warnings.warn(UnknownOpWarning(f"{path}: ops unknown to TensorFlow's registry: {shown} (they are "
-                                           f"kept as they are, but `run` cannot evaluate them)"), stacklevel=3)
-
     @classmethod
     def from_bytes(cls, data: bytes, *, text: bool = False) -> "Graph":
-        """Parse a serialized GraphDef: text format when `text`, else binary (or text, if it is)."""
+        """Parse a serialized GraphDef: see `graph_io.from_bytes`."""
         from . import graph_io
         return graph_io.from_bytes(data, text=text)
 
-    @classmethod
-    def from_graph_def(cls, message: Any) -> "Graph":
-        """A Graph from any GraphDef message (ours, TensorFlow's) or its serialized bytes."""
-        if isinstance(message, pb.GraphDef):
-            return cls(message)
-        if isinstance(message, (bytes, bytearray, memoryview)):
-            return cls.from_bytes(bytes(message))
-        return cls.from_bytes(message.SerializeToString())
-
     def to_graph_def(self) -> pb.GraphDef:
-        """The GraphDef message for this graph (shared, not a copy)."""
-        if self._membership_changed:
-            rebuilt = _without_nodes(self._graph_def)
-            rebuilt.node.extend(node.proto for node in self._nodes.values())
-            # Point every Node at its copy inside the new message, so later edits land there.
-            for node, proto in zip(self._nodes.values(), rebuilt.node):
-                node.proto = proto
-            self._graph_def = rebuilt
-            self._membership_changed = False
-        return self._graph_def
+        """The GraphDef message for this graph (shared, not a copy): see `graph_io.to_graph_def`."""
+        from . import graph_io
+        return graph_io.to_graph_def(self)
 
     def to_bytes(self, *, text: bool = False) -> bytes:
-        """Serialize, deterministically: the same graph always gives the same bytes."""
-        graph_def = self.to_graph_def()
-        if text:
-            return text_format.MessageToString(graph_def).encode("utf-8")
-        return graph_def.SerializeToString(deterministic=True)
+        """Serialize, deterministically: see `graph_io.to_bytes`."""
+        from . import graph_io
+        return graph_io.to_bytes(self, text=text)
 
     def save(self, path: str | os.PathLike, *, text: bool | None = None) -> None:
-        """Write through the one output writer (`engine/output.py`): atomically for a regular file,
-        to its target for a symlink, directly to a device, a FIFO or `-` (stdout).
-
-        Text format is chosen by `text`, or else by a `.pbtxt`/`.txt` suffix. The graph is
-        checked first as loading checks it (`check`): an invalid graph is never written.
-        """
+        """Write, checked first, through the one output writer: see `graph_io.save`."""
         from . import graph_io
         graph_io.save(self, path, text=text)
 
@@ -575,123 +540,26 @@ class Graph:
             raise GraphError(f"the graph has a cycle: {' -> '.join(self._find_cycle(remaining))}")
         return order
 
-    # ---- validation ----
-
-    def validate(self) -> None:
-        """Raise GraphError naming the first problem: bad names, dangling inputs, cycles, bad tensors."""
-        # Every node's attrs first: counting a producer's outputs reads its attrs.
-        for node in self._nodes.values():
-            _check_node(node)
-        counts: dict[str, int | None] = {}  # outputs of each producer, counted once
-        for node in self._nodes.values():
-            self._check_edges(node, counts)
-        self.topological_order()
-
-    def check_dtypes(self) -> None:
-        """Raise GraphError if a data input has another dtype than its node's op takes there, as
-        TensorFlow's importer does. Dtypes the op registry cannot tell pass.
-
-        Apart from `validate`, as graphs built in tests and rule fixtures may mix dtypes freely.
-        """
-        for node in self._nodes.values():
-            if node.inputs:
-                self._check_inputs(node, range(len(node.inputs)), edges=False)
+    # ---- validation (engine/validation.py) ----
 
     def check(self) -> None:
-        """Every check loading makes (`validate` and `check_dtypes`): what a graph passes before
-        it leaves the tool. A graph that passed and has not changed since is not checked again
-        (saving what was just loaded costs no second validation)."""
-        if self._checked_at is not None and self._checked_at == EDITS.mark():
-            return
-        self.validate()
-        self.check_dtypes()
-        self._checked_at = EDITS.mark()
+        """Every check loading makes: see `validation.check`."""
+        validation.check(self)
 
     def check_nodes(self, made: Mapping[str, Collection[str] | None],
                     rerouted: Mapping[str, Collection[int]] = {}) -> None:
-        """The checks of `check`, but for cycles, on what a rewrite did, at a cost that does not
-        grow with the graph. Each node it `made` gets the checks of its attrs (of those named, when
-        it has the others from a node of its own op, which passed them there), must carry every
-        attr its op gives no default, as TensorFlow's importer demands (loading lets the graphs of
-        rules' tests leave them out), and gets the checks of its inputs; each node it `rerouted`
-        gets the checks of the inputs named by position."""
-        for name, keys in made.items():
-            node = self._nodes[name]
-            _check_node(node, keys, required=True)
-            if node.inputs:
-                self._check_inputs(node, range(len(node.inputs)))
-            for control in node.control_inputs:
-                if control not in self._nodes:
-                    raise GraphError(f"control input '^{control}' names a missing node", node=name)
-        for name, positions in rerouted.items():
-            node = self._nodes.get(name)  # a rerouted node may have gone since
-            if positions and node is not None and name not in made:
-                self._check_inputs(node, positions)
+        """The checks of `check` on what a rewrite did: see `validation.check_nodes`."""
+        validation.check_nodes(self, made, rerouted)
 
     def check_acyclic(self, names: Iterable[str]) -> None:
-        """Raise GraphError if a cycle (not through a NextIteration) runs through what these
-        nodes read: a walk up from them, which costs what lies above them, not the whole graph."""
-        done: set[str] = set()
-        for start in names:
-            if start in done or start not in self._nodes:
-                continue
-            path, on_path = [(start, iter(self._producer_names(start)))], {start}
-            while path:
-                name, producers = path[-1]
-                producer = next(producers, None)
-                if producer is None:
-                    path.pop()
-                    on_path.discard(name)
-                    done.add(name)
-                elif producer in on_path:
-                    cycle = [n for n, _ in path[[n for n, _ in path].index(producer):]] + [producer]
-                    raise GraphError(f"the graph has a cycle: {' -> '.join(reversed(cycle))}")
-                elif producer not in done and producer in self._nodes:
-                    path.append((producer, iter(self._producer_names(producer))))
-                    on_path.add(producer)
+        """No cycle runs through what these nodes read: see `validation.check_acyclic`."""
+        validation.check_acyclic(self, names)
 
     def _producer_names(self, name: str) -> list[str]:
         """The nodes `name` waits on; a NextIteration closes a loop and is not waited on."""
         node = self._nodes[name]
         return [p for p in dict.fromkeys([r.node for r in node.inputs] + node.control_inputs)
                 if not self._is_back_edge(p)]
-
-    def _check_edges(self, node: Node, counts: dict[str, int | None]) -> None:
-        """Every input of `node` names an existing node, and an output that node has."""
-        for ref in node.inputs:
-            count = counts.get(ref.node, _MISSING)
-            if count is _MISSING:
-                producer = self._nodes.get(ref.node)
-                if producer is None:
-                    raise GraphError(f"input '{ref}' names a missing node", node=node.name)
-                count = counts[ref.node] = self.num_outputs(producer)
-            if count is not None and ref.port >= count:
-                raise _port_error(node, ref, self._nodes[ref.node], count)
-        for name in node.control_inputs:
-            if name not in self._nodes:
-                raise GraphError(f"control input '^{name}' names a missing node", node=node.name)
-
-    def _check_inputs(self, node: Node, positions: Iterable[int], edges: bool = True) -> None:
-        """The inputs of `node` at `positions` name outputs their producers have (with `edges`), of
-        the dtypes its op takes there, as far as the op registry can tell."""
-        wants = (node._signature or _signature(node))[0]
-        for position in positions:
-            ref = node.inputs[position]
-            producer = self._nodes.get(ref.node)
-            if producer is None:
-                raise GraphError(f"input '{ref}' names a missing node", node=node.name)
-            have = (producer._signature or _signature(producer))[1]
-            if edges:
-                count = len(have) if have is not None else self.num_outputs(producer)
-                if count is not None and ref.port >= count:
-                    raise _port_error(node, ref, producer, count)
-            if have is None or wants is None or ref.port >= len(have) or position >= len(wants):
-                continue
-            want = wants[position]
-            # A reference (a TF1 variable) is read as the value it refers to.
-            if have[ref.port] != want and have[ref.port] != want + _REF_OFFSET:
-                raise GraphError(f"input '{ref}' is {dtype_name(have[ref.port])}, but "
-                                 f"{node.op} takes {dtype_name(want)} there", node=node.name)
 
     def _kahn(self) -> tuple[list[Node], set[str]]:
         nodes, consumers, position = self._nodes, self._consumers, self._position
@@ -1005,9 +873,9 @@ class Graph:
             node._settle()
         node._borrowed = borrowed
         # A copy of its source's op with all of its source's dtype attrs has its signature.
-        op_def = op_registry.get_op(node.op) if node.op == source.op else None
+        op_def, dtype_attrs = _dtype_attrs(node.op) if node.op == source.op else (None, ())
         same = op_def is not None and all(key not in node._proto.attr and (key in borrowed) == (key in attrs)
-                                          for key in _op_checks(op_def)[2])
+                                          for key in dtype_attrs)
         node._signature = _signature(source) if same else None
         source._lent = (source._lent or []) + [node]
         EDITS.record(node.name)
@@ -1180,70 +1048,6 @@ _NOT_OUTPUTS = frozenset({"Const", "NoOp", "Assert", "Placeholder", "Placeholder
                           "VarHandleOp", "VariableV2", "Assign", "AssignVariableOp", "SaveV2", "RestoreV2"})
 
 
-_KNOWN_DTYPES = frozenset(pb.DataType.values())
-
-
-def _check_node(node: Node, keys: Collection[str] | None = None, required: bool = False) -> None:
-    """A node's own checks: a name, an op, well-formed attrs, and what its op's definition asks
-    (of the attrs `keys` only, when given, and of its input count); with `required`, every attr
-    its op gives no default is set."""
-    if not node.name:
-        raise GraphError("a node has an empty name")
-    if not node.op:
-        raise GraphError("node has no op", node=node.name)
-    if keys is None:
-        attrs = node.header.attr     # a mapped tensor's bytes are not read, nor copied in
-    else:  # read in place: a copy's attrs shared with its original stay shared
-        attrs = {key: value for key in keys if (value := node.attr_value(key)) is not None} if keys else {}
-    for attr_name in attrs:
-        _check_attr(node, attr_name, attrs[attr_name])
-    op_def = op_registry.get_op(node.op)
-    if op_def is None:
-        return
-    _check_against_op(node, op_def, attrs)
-    missing = [name for name in _op_checks(op_def)[3] if node.attr_value(name) is None] if required else ()
-    if missing:
-        raise GraphError(f"{node.op} needs attr{'s' if len(missing) > 1 else ''} "
-                         f"{', '.join(repr(m) for m in missing)}, which has no default", node=node.name)
-
-
-def _check_attr(node: Node, name: str, value: pb.AttrValue) -> None:
-    kind = value.WhichOneof("value")
-    if kind == "shape":
-        _check_shape(node, name, value.shape)
-    elif kind == "tensor":
-        try:
-            check_tensor(value.tensor)
-        except GraphError as e:
-            raise GraphError(f"attr '{name}': {e.message}", node=node.name) from None
-    elif kind == "type" and value.type not in _KNOWN_DTYPES:
-        raise GraphError(f"attr '{name}' has unknown dtype {value.type}", node=node.name)
-    elif kind == "list":
-        for dtype in value.list.type:
-            if dtype not in _KNOWN_DTYPES:
-                raise GraphError(f"attr '{name}' has unknown dtype {dtype}", node=node.name)
-        for tensor in value.list.tensor:
-            try:
-                check_tensor(tensor)
-            except GraphError as e:
-                raise GraphError(f"attr '{name}': {e.message}", node=node.name) from None
-        for shape in value.list.shape:
-            _check_shape(node, name, shape)
-
-
-def _check_shape(node: Node, name: str, shape: pb.TensorShapeProto) -> None:
-    dims = [d.size for d in shape.dim]
-    if shape.unknown_rank and dims:
-        raise GraphError(f"attr '{name}': a shape of unknown rank has dimensions", node=node.name)
-    if dims and min(dims) < -1:
-        raise GraphError(f"attr '{name}': shape [{', '.join(map(str, dims))}] has a dimension "
-                         f"below -1 (-1 is unknown)", node=node.name)
-
-
-# The AttrValue field that holds each attr type of an op definition, bare or in a list.
-_ATTR_FIELDS = {"string": "s", "int": "i", "float": "f", "bool": "b", "type": "type",
-                "shape": "shape", "tensor": "tensor", "func": "func"}
-_OP_CHECKS: dict[str, tuple] = {}
 _SIGNATURES: dict[tuple, tuple] = {}  # (op, dtype attrs as bytes) -> (input dtypes, output dtypes)
 _DTYPE_ATTRS: dict[str, tuple] = {}  # op -> (its definition, the attrs that set its dtypes); () if unknown
 
@@ -1257,11 +1061,7 @@ def _signature(node: Node) -> tuple:
         return found
     op = node._op
     dtype = node.attr_value("dtype") if op == "Const" else None
-    entry = _DTYPE_ATTRS.get(op)
-    if entry is None:
-        op_def = op_registry.get_op(op)
-        entry = _DTYPE_ATTRS[op] = (op_def, () if op_def is None else _op_checks(op_def)[2])
-    op_def, names = entry
+    op_def, names = _DTYPE_ATTRS.get(op) or _dtype_attrs(op)
     if dtype is not None and dtype.WhichOneof("value") == "type":  # the commonest node, the fastest
         found = ((), (dtype.type,))
     elif op_def is None:
@@ -1281,6 +1081,19 @@ def _signature(node: Node) -> tuple:
     return found
 
 
+def _dtype_attrs(op: str) -> tuple:
+    """(the definition of `op`, the attrs that set its inputs' and outputs' dtypes and counts),
+    worked out once per op; (None, ()) for an op the registry does not know."""
+    entry = _DTYPE_ATTRS.get(op)
+    if entry is None:
+        op_def = op_registry.get_op(op)
+        names = () if op_def is None else tuple(sorted({
+            a for arg in (*op_def.inputs, *op_def.outputs)
+            for a in (arg.type_attr, arg.number_attr, arg.type_list_attr) if a}))
+        entry = _DTYPE_ATTRS[op] = (op_def, names)
+    return entry
+
+
 def _dtypes(function, op_def, node: Node) -> tuple[int, ...] | None:
     try:
         dtypes = function(op_def, lambda a: node.get_attr(a))
@@ -1289,104 +1102,9 @@ def _dtypes(function, op_def, node: Node) -> tuple[int, ...] | None:
     return None if dtypes is None else tuple(dtypes)
 
 
-def _port_error(node: Node, ref: TensorRef, producer: Node, count: int) -> GraphError:
-    return GraphError(f"input '{ref}' asks for output {ref.port}, but '{producer.name}' "
-                      f"({producer.op}) has {count} output{'' if count == 1 else 's'}", node=node.name)
-
-
-def _attr_type(value: pb.AttrValue) -> str:
-    """The attr type an AttrValue holds, in an op definition's terms ("int", "list(type)")."""
-    kind = value.WhichOneof("value")
-    if kind == "list":
-        held = [t for t, f in _ATTR_FIELDS.items() if len(getattr(value.list, f))]
-        return f"list({'/'.join(held)})" if held else "an empty list"
-    return {f: t for t, f in _ATTR_FIELDS.items()}.get(kind, kind or "empty")
-
-
-def _op_checks(op_def) -> tuple:
-    """Per attr of `op_def`: (name, declared type, is a list, AttrValue field, allowed values);
-    its input count when no attr sets it; the attrs that set its inputs' and outputs' dtypes
-    and counts; and the attrs without a default. Made once per op: validation is on the load path."""
-    checks = _OP_CHECKS.get(op_def.name)
-    if checks is None:
-        attrs = []
-        for name, attr_def in op_def.attrs.items():
-            is_list = attr_def.type.startswith("list(")
-            field = _ATTR_FIELDS[attr_def.type[5:-1] if is_list else attr_def.type]
-            allowed = attr_def.allowed_values if field in ("type", "s") else None
-            attrs.append((name, attr_def.type, is_list, field, allowed))
-        fixed = not any(arg.number_attr or arg.type_list_attr for arg in op_def.inputs)
-        dtype_attrs = tuple(sorted({a for arg in (*op_def.inputs, *op_def.outputs)
-                                    for a in (arg.type_attr, arg.number_attr, arg.type_list_attr) if a}))
-        required = tuple(name for name, attr_def in op_def.attrs.items() if not attr_def.has_default)
-        checks = _OP_CHECKS[op_def.name] = (attrs, len(op_def.inputs) if fixed else None, dtype_attrs,
-                                            required)
-    return checks
-
-
-def _check_against_op(node: Node, op_def, attrs) -> None:
-    """TensorFlow's checks of a NodeDef against its op, which its importer makes too: each attr
-    the op declares holds the declared type, within the allowed values, and the node has as many
-    inputs as the op takes. Kernels, shape functions and rules then get attrs of the types they
-    expect."""
-    def fail(message: str):
-        raise GraphError(message, node=node.name)
-
-    checks, expected = _op_checks(op_def)[:2]
-    for name, want, is_list, field, allowed in checks if attrs else ():
-        if name not in attrs:
-            continue  # rules' test graphs leave out attrs; whatever reads one reports it missing
-        value = attrs[name]
-        kind = value.WhichOneof("value")
-        if is_list:
-            if kind is None:
-                continue  # an empty list, as GraphDefs before version 5 wrote it
-            items = getattr(value.list, field)
-            if kind != "list" or len(value.list.ListFields()) > (1 if len(items) else 0):
-                fail(f"attr '{name}' is {_attr_type(value)}, but {node.op} takes {want}")
-        elif kind != field:
-            fail(f"attr '{name}' is {_attr_type(value)}, but {node.op} takes {want}")
-        else:
-            items = (getattr(value, field),)
-        if field == "type":
-            for dtype in items:
-                if dtype == pb.DT_INVALID or dtype > _REF_OFFSET:
-                    shown = "DT_INVALID" if dtype == pb.DT_INVALID else dtype_name(dtype)
-                    fail(f"attr '{name}' is {shown}; {node.op} takes a value type")
-        if allowed is not None:
-            show = dtype_name if field == "type" else repr
-            for item in items:
-                item = item.decode("utf-8", "replace") if field == "s" else item
-                if item not in allowed:
-                    fail(f"attr '{name}' is {show(item)}, but {node.op} allows only "
-                         f"{', '.join(show(a) for a in allowed)}")
-    if expected is None:
-        expected = op_registry.input_count(op_def, node.get_attr)
-    if expected is not None and expected != len(node.inputs):
-        fail(f"{node.op} takes {expected} input{'' if expected == 1 else 's'}, but the node has "
-             f"{len(node.inputs)}")
-
-
 def _delete_attrs(proto: pb.NodeDef, keys: list[str]) -> None:
     for key in keys:
         del proto.attr[key]
 
 
-def _without_nodes(graph_def: pb.GraphDef) -> pb.GraphDef:
-    """A copy of everything but the nodes (versions, library, ...), without copying the nodes."""
-    rest = pb.GraphDef()
-    if len(unknown_fields.UnknownFieldSet(graph_def)):
-        rest.CopyFrom(graph_def)  # fields we do not know must survive: copy all, then drop nodes
-        del rest.node[:]
-        return rest
-    for field, value in graph_def.ListFields():
-        if field.number == _NODE_FIELD:
-            continue
-        if field.message_type is not None:
-            getattr(rest, field.name).CopyFrom(value)
-        else:
-            setattr(rest, field.name, value)
-    return rest
-
-
-_NODE_FIELD = pb.GraphDef.DESCRIPTOR.fields_by_name["node"].number
+from . import validation  # noqa: E402  (validation reads the model above: imported last)

@@ -1,4 +1,5 @@
-"""Reading and writing graph files: binary and text GraphDefs, and memory-mapped packages.
+"""Reading and writing graphs: files (binary and text GraphDefs, memory-mapped packages), bytes and
+GraphDef messages.
 
 Binary files are read from a memory map, node by node. A big Const's `tensor_content` is not
 copied: its value is a read-only numpy view of the mapped file (`Node.map_tensor`), so a model's
@@ -12,17 +13,18 @@ import os
 import pathlib
 import re
 import stat
-from typing import BinaryIO, Callable, Iterator, NamedTuple
+import warnings
+from typing import Any, BinaryIO, Callable, Iterator, NamedTuple
 
 import numpy as np
 from google.protobuf import message as protobuf_message
 from google.protobuf import text_format, unknown_fields
 
-from gtt_rules.errors import GraphError
+from gtt_rules.errors import GraphError, UnknownOpWarning
 
-from . import memmapped
+from . import memmapped, op_registry, validation
 from .dtypes import DT_BFLOAT16, dtype_info
-from .graph import EDITS, Graph, Node, _NODE_FIELD, _without_nodes
+from .graph import EDITS, Graph, Node
 from .output import write_output
 from .proto import graph_def_pb2 as pb
 from .tensors import decode_tensor
@@ -42,8 +44,10 @@ class Parsed(NamedTuple):
 
 
 def load(path: str | os.PathLike) -> Graph:
-    """Read a `.pb` (binary) or `.pbtxt` (text) GraphDef file, or a memory-mapped package,
-    validated and its dtypes checked; or a SavedModel folder, frozen."""
+    """Read a `.pb` (binary) or `.pbtxt` (text) GraphDef file, or a memory-mapped package
+    (`engine/memmapped.py`), validated and its dtypes checked, or a SavedModel folder, whose
+    default signature is frozen (`engine/savedmodel.py`). Big tensors of a binary file are not
+    copied in: they stay views of the mapped file."""
     from .savedmodel import freeze, is_saved_model
     if is_saved_model(path):
         return freeze(path)
@@ -65,12 +69,24 @@ def load(path: str | os.PathLike) -> Graph:
         raise e.located(str(path)) from None
     try:
         graph = _graph(parsed) if parsed is not None else from_bytes(data, text=text)
-        graph.check_dtypes()
+        validation.check_dtypes(graph)
     except GraphError as e:
         raise e.located(str(path)) from None
     graph._checked_at = EDITS.mark()    # what `check` would do again before saving
-    graph._warn_unknown_ops(str(path))
+    _warn_unknown_ops(graph, str(path))
     return graph
+
+
+def _warn_unknown_ops(graph: Graph, path: str) -> None:
+    """Warn of ops neither TensorFlow's registry nor the library defines: they load, rewrite
+    and save, but no kernel runs them, and a misspelt op otherwise shows only at `run`."""
+    functions = {f.signature.name for f in graph.library.function}
+    unknown = sorted(op for op in {node.op for node in graph} if op not in functions
+                     and op_registry.get_op(op) is None)
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        warnings.warn(UnknownOpWarning(f"{path}: ops unknown to TensorFlow's registry: {shown} (they are "
+                                       f"kept as they are, but `run` cannot evaluate them)"), stacklevel=3)
 
 
 def source_format(path: str | os.PathLike) -> str:
@@ -126,13 +142,48 @@ def from_bytes(data: bytes, *, text: bool = False) -> Graph:
     return Graph(graph_def)
 
 
+def from_graph_def(message: Any) -> Graph:
+    """A Graph from any GraphDef message (ours, TensorFlow's) or its serialized bytes."""
+    if isinstance(message, pb.GraphDef):
+        return Graph(message)
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return from_bytes(bytes(message))
+    return from_bytes(message.SerializeToString())
+
+
+def to_graph_def(graph: Graph) -> pb.GraphDef:
+    """The GraphDef message for `graph` (shared, not a copy): rebuilt once after nodes came or
+    went, and every Node then points at its copy inside it, so later edits land there."""
+    if graph._membership_changed:
+        rebuilt = _without_nodes(graph._graph_def)
+        rebuilt.node.extend(node.proto for node in graph)
+        for node, proto in zip(graph, rebuilt.node):
+            node.proto = proto
+        graph._graph_def = rebuilt
+        graph._membership_changed = False
+    return graph._graph_def
+
+
+def to_bytes(graph: Graph, *, text: bool = False) -> bytes:
+    """Serialize `graph`, deterministically: the same graph always gives the same bytes."""
+    graph_def = to_graph_def(graph)
+    if text:
+        return text_format.MessageToString(graph_def).encode("utf-8")
+    return graph_def.SerializeToString(deterministic=True)
+
+
 def save(graph: Graph, path: str | os.PathLike, *, text: bool | None = None) -> None:
-    """Write `graph` through the one output writer (see `Graph.save`)."""
-    graph.check()
+    """Write `graph` through the one output writer (`engine/output.py`): atomically for a regular
+    file, to its target for a symlink, directly to a device, a FIFO or `-` (stdout).
+
+    Text format is chosen by `text`, or else by a `.pbtxt`/`.txt` suffix. The graph is
+    checked first as loading checks it (`validation.check`): an invalid graph is never written.
+    """
+    validation.check(graph)
     if text is None:
         text = pathlib.Path(path).suffix.lower() in TEXT_SUFFIXES
     if text:
-        write_output(path, lambda f: f.write(graph.to_bytes(text=True)))
+        write_output(path, lambda f: f.write(to_bytes(graph, text=True)))
     else:
         write_output(path, lambda f: write_binary(graph, f))
 
@@ -177,7 +228,7 @@ def write_binary(graph: Graph, f: BinaryIO, serialize: Callable[[Node], bytes] =
     (peak memory above 3x the file size). Returns the number of bytes written."""
     graph_def = graph._graph_def
     if serialize is serialize_node and len(unknown_fields.UnknownFieldSet(graph_def)):
-        data = graph.to_bytes()   # keep unknown fields in place
+        data = to_bytes(graph)   # keep unknown fields in place
         f.write(data)
         return len(data)
     written = 0
@@ -246,7 +297,7 @@ def _graph(parsed: Parsed) -> Graph:
     graph = Graph(parsed.rest, node_defs=parsed.nodes, validate=False)
     for index, value, content in parsed.mapped:
         graph[parsed.nodes[index].name].map_tensor("value", value, content)
-    graph.validate()
+    validation.validate(graph)
     return graph
 
 
@@ -381,6 +432,25 @@ def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
             raise protobuf_message.DecodeError("varint too long")
 
 
+def _without_nodes(graph_def: pb.GraphDef) -> pb.GraphDef:
+    """A copy of everything but the nodes (versions, library, ...), without copying the nodes."""
+    rest = pb.GraphDef()
+    if len(unknown_fields.UnknownFieldSet(graph_def)):
+        rest.CopyFrom(graph_def)  # fields we do not know must survive: copy all, then drop nodes
+        del rest.node[:]
+        return rest
+    for field, value in graph_def.ListFields():
+        if field.number == _NODE_FIELD:
+            continue
+        if field.message_type is not None:
+            getattr(rest, field.name).CopyFrom(value)
+        else:
+            setattr(rest, field.name, value)
+    return rest
+
+
+
+_NODE_FIELD = pb.GraphDef.DESCRIPTOR.fields_by_name["node"].number
 _NODE_TAG = bytes([_NODE_FIELD << 3 | 2])  # field 1, length-delimited
 
 

@@ -48,8 +48,9 @@ def apply(graph: Any, rules, *, inputs: Iterable[str] | None = None, outputs: It
     checks loading makes (GraphError otherwise), as every graph that leaves gtt-rules does.
     """
     from gtt_rules.engine.graph import Graph
+    from gtt_rules.engine.graph_io import from_graph_def
     if not isinstance(graph, Graph):
-        graph = Graph.from_graph_def(graph)
+        graph = from_graph_def(graph)
     inputs = list(inputs) if inputs is not None else [n.name for n in graph.placeholders()]
     outputs = list(outputs) if outputs is not None else [n.name for n in graph.sinks()]
     reports = [(stage.name, stage.run(graph, inputs=inputs, outputs=outputs)) for stage in rules]
@@ -61,8 +62,9 @@ def evaluate(graph: Any, feeds, outputs: list[str]):
     """Run a graph in the numpy evaluator: the values of `outputs` given `feeds`."""
     from gtt_rules.engine.evaluator import evaluate as run
     from gtt_rules.engine.graph import Graph
+    from gtt_rules.engine.graph_io import from_graph_def
     if not isinstance(graph, Graph):
-        graph = Graph.from_graph_def(graph)
+        graph = from_graph_def(graph)
     return run(graph, feeds, outputs)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import strategies as st
 
-from gtt_rules.engine import op_registry
+from gtt_rules.engine import op_registry, validation
 from gtt_rules.engine.dtypes import dtype_name
 from gtt_rules.engine.graph import Graph
 
@@ -371,7 +371,7 @@ def graphs(draw, max_steps: int = 8) -> GraphCase:
         x = b.pool[-1]
         b.add(b.node("Identity", [x.ref], {"T": FLOAT}, control=[noop]), x.shape)
     graph = b.graph
-    graph.validate()
+    validation.validate(graph)
     outputs = [n.name for n in graph.sinks()]
     feeds = {name: b.rng.standard_normal(shape).astype(np.float32) for name, shape in zip(inputs, shapes)}
     return GraphCase(graph, inputs, outputs, feeds)

@@ -2,7 +2,7 @@
 library's pipelines. Every example checks:
 
 - what the engine leaves behind is a valid graph: it saves, loads back through `Graph.load` (op
-  arity, attrs, dtypes, cycles) and passes `Graph.validate()`;
+  arity, attrs, dtypes, cycles) and passes `validation.validate`;
 - rules and pipelines that keep what a graph computes do: the evaluator gives the same outputs
   before and after;
 - the engine terminates, or stops with one of our named errors (a GttRulesError), never another
@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from graph_generators import (KNOWN_BUGS, SCALE, GraphCase, RuleCase, arbitrary_rules, graphs, preserving_rules,
                               preserving_templates)
+from gtt_rules.engine import validation
 from gtt_rules.engine.driver import Limits
 from gtt_rules.engine.evaluator import evaluate
 from gtt_rules.engine.graph import Graph
@@ -89,8 +90,8 @@ def check_valid(graph: Graph) -> None:
         path = pathlib.Path(folder) / "written.pb"
         try:
             graph.save(path)
-            Graph.load(path).validate()
-            graph.validate()
+            validation.validate(Graph.load(path))
+            validation.validate(graph)
         except GttRulesError as error:
             raise InvalidGraph(f"the written graph does not load: {error}") from error
 

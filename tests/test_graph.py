@@ -7,6 +7,7 @@ from google.protobuf import text_format
 
 from conftest import fixture_names, fixture_path, fixture_spec, random_feeds, tf_run
 from gtt_rules.engine.graph import Graph, TensorRef
+from gtt_rules.engine.graph_io import from_graph_def
 from gtt_rules.engine.proto import graph_def_pb2 as pb
 from gtt_rules.errors import GraphError
 
@@ -54,7 +55,7 @@ def test_save_is_deterministic():
 
 def test_accepts_tensorflow_graph_def_message(tf):
     original = tf.compat.v1.GraphDef.FromString(fixture_path("tf1_conv_bn").read_bytes())
-    graph = Graph.from_graph_def(original)
+    graph = from_graph_def(original)
     assert len(graph) == len(original.node)
     assert tf.compat.v1.GraphDef.FromString(graph.to_bytes()) == original
 

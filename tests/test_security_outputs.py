@@ -348,9 +348,10 @@ def test_an_unwritable_place_fails_before_the_work(monkeypatch, capsys):
 
 def test_a_graph_that_fails_to_save_leaves_no_min_max_log(tmp_path, capsys, monkeypatch):
     from gtt_rules.errors import GttRulesError
-    def refuse(self):
+    from gtt_rules.engine import validation
+    def refuse(graph):
         raise GttRulesError("the graph is invalid (simulated)")
-    monkeypatch.setattr(Graph, "check", refuse)
+    monkeypatch.setattr(validation, "check", refuse)
     assert main(["calibrate", str(EIGHT_BIT), "-o", str(tmp_path / "calibrated.pb"), "--random", "1",
                  "--log", str(tmp_path / "ranges.log")]) == 2
     one_error_line(capsys.readouterr().err, "the graph is invalid (simulated)")
