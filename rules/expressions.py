@@ -131,8 +131,8 @@ class ExpressionCompiler:
         if isinstance(expr, ast.BoolOp):
             fns = [self.value(item, scope)[0] for item in expr.items]
             if expr.op == "and":
-                return (lambda ctx: _kleene_and(fns, ctx)), "bool"
-            return (lambda ctx: _kleene_or(fns, ctx)), "bool"
+                return (lambda ctx: _kleene(fns, ctx, False)), "bool"
+            return (lambda ctx: _kleene(fns, ctx, True)), "bool"
         if isinstance(expr, ast.Unary):
             fn, kind = self.value(expr.operand, scope)
             if expr.op == "not":
@@ -336,23 +336,14 @@ def _truth(fn, ctx) -> Any:
     return UNKNOWN if value is UNKNOWN else _truthy(value)
 
 
-def _kleene_and(fns, ctx) -> Any:
-    result = True
+def _kleene(fns, ctx, decisive: bool) -> Any:
+    """`and` (decisive False) or `or` (decisive True) of the guards: the first decisive operand
+    decides; otherwise an unknown one leaves the result unknown."""
+    result = not decisive
     for fn in fns:
         value = _truth(fn, ctx)
-        if value is False:
-            return False
-        if value is UNKNOWN:
-            result = UNKNOWN
-    return result
-
-
-def _kleene_or(fns, ctx) -> Any:
-    result = False
-    for fn in fns:
-        value = _truth(fn, ctx)
-        if value is True:
-            return True
+        if value is decisive:
+            return decisive
         if value is UNKNOWN:
             result = UNKNOWN
     return result

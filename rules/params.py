@@ -91,20 +91,14 @@ def coerce_param(param: Param, value: Any, *, where: str = "") -> Any:
                 return v
             if isinstance(v, str) and v.lower() in ("true", "false", "1", "0"):
                 return v.lower() in ("true", "1")
-        elif param.type == "int":
-            if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-                return int(v)
+        elif param.type in ("int", "float"):
+            number = int if param.type == "int" else float
+            numeric = (int, np.integer) if number is int else (int, float, np.number)  # no float as int
+            if isinstance(v, numeric) and not isinstance(v, bool):
+                return number(v)
             if isinstance(v, str):
                 try:
-                    return int(v)
-                except ValueError:
-                    pass
-        elif param.type == "float":
-            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
-                return float(v)
-            if isinstance(v, str):
-                try:
-                    return float(v)
+                    return number(v)
                 except ValueError:
                     pass
         elif param.type == "str":

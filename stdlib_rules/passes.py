@@ -90,12 +90,11 @@ def _replace_with_placeholder(graph: Graph, name: str, dtype: int, shape) -> Non
         temp = graph.add_node(graph.fresh_name(f"{name}/placeholder"), "Placeholder", attrs={"dtype": dtype})
         if shape is not None:
             temp.set_attr("shape", shape)
+        # Every output read goes to the one the Placeholder has.
         for port in {r.port for c in graph.consumers(name) for r in c.inputs if r.node == name}:
             graph.reroute(TensorRef(name, port), TensorRef(temp.name))
         graph.set_inputs(graph[name], [], [])  # what is fed waits on nothing
-        graph.hand_over(name, temp.name)
-        graph.remove_node(name)
-        graph.rename_node(temp.name, name)
+        graph.succeed(name, temp.name)
 
 
 def _remove_all(graph: Graph, names: list[str]) -> None:
