@@ -708,6 +708,13 @@ class Graph:
         EDITS.record(name)
         self._record(lambda: self._insert(node))
 
+    def remove_nodes(self, names: Collection[str]) -> None:
+        """Remove a set of nodes that nothing outside the set consumes (they may feed each other)."""
+        for name in names:
+            self.set_inputs(self._nodes[name], [], [])
+        for name in names:
+            self.remove_node(name)
+
     def set_inputs(self, node: Node, inputs: Iterable[TensorRef], control_inputs: Iterable[str] | None = None) -> None:
         """Replace the data inputs (and, if given, the control inputs) of `node`."""
         if self._journal is not None:
@@ -934,11 +941,21 @@ class Graph:
         self._record(lambda: self.rename_node(new, old))
 
     def rename_nodes(self, renames: dict[str, str]) -> None:
-        """Rename several nodes at once, keeping the file order (O(nodes), unlike rename_node)."""
+        """Rename several nodes at once, keeping the file order (O(nodes), unlike rename_node), and
+        the colocation attrs (`_class: loc:@NAME`) that name them."""
         order = [renames.get(name, name) for name in self._nodes]
         for old, new in renames.items():
             self.rename_node(old, new)
         self.reorder(order)
+        prefix = b"loc:@"
+        for node in self:
+            if "_class" in node.attr:
+                entries = list(node.attr["_class"].list.s)
+                updated = [prefix + renames.get(e[len(prefix):].decode(), e[len(prefix):].decode()).encode()
+                           if e.startswith(prefix) else e for e in entries]
+                if updated != entries:
+                    del node.attr["_class"].list.s[:]
+                    node.attr["_class"].list.s.extend(updated)
 
     def reorder(self, names: list[str]) -> None:
         """Put the nodes in the given order (a permutation of all node names)."""

@@ -5,8 +5,6 @@ They go into this module's `REGISTRY`, part of the standard library's (gtt_rules
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from gtt_rules.engine import op_registry
@@ -54,7 +52,7 @@ def strip_unused_nodes(graph: Graph, ctx: PassContext) -> None:
             node.set_attr("dtype", node.get_attr("dtype", dtype))
             if shape is not None:
                 node.set_attr("shape", shape)
-    _remove_all(graph, [n.name for n in graph if n.name not in needed])
+    graph.remove_nodes([n.name for n in graph if n.name not in needed])
     graph.reorder([name for name in order if name in graph])
 
 
@@ -97,19 +95,6 @@ def _replace_with_placeholder(graph: Graph, name: str, dtype: int, shape) -> Non
         graph.succeed(name, temp.name)
 
 
-def _remove_all(graph: Graph, names: list[str]) -> None:
-    """Remove a set of nodes that only feed each other."""
-    doomed = set(names)
-    for name in names:
-        node = graph[name]
-        graph.set_inputs(node, [], [])
-    for name in names:
-        if graph.consumers(name):
-            kept = [c.name for c in graph.consumers(name) if c.name not in doomed]
-            raise UsageError(f"cannot remove '{name}': {', '.join(kept)} still use it")
-        graph.remove_node(name)
-
-
 @REGISTRY.pass_("sort_by_execution_order")
 def sort_by_execution_order(graph: Graph, ctx: PassContext) -> None:
     """Order the nodes so that each comes after its inputs.
@@ -128,22 +113,7 @@ def rename_node(graph: Graph, ctx: PassContext) -> None:
     old, new = ctx.params["old_node_name"], ctx.params["new_node_name"]
     if old not in graph:
         raise UsageError(f"rename_node: no node named '{old}'")
-    _rename(graph, {old: new})
-
-
-def _rename(graph: Graph, renames: dict[str, str]) -> None:
-    """Rename nodes in place, and the colocation attrs (`_class: loc:@name`) that name them."""
-    graph.rename_nodes(renames)
-    prefix = b"loc:@"
-    for node in graph:
-        if "_class" not in node.attr:
-            continue
-        entries = list(node.attr["_class"].list.s)
-        updated = [prefix + renames.get(e[len(prefix):].decode(), e[len(prefix):].decode()).encode()
-                   if e.startswith(prefix) else e for e in entries]
-        if updated != entries:
-            del node.attr["_class"].list.s[:]
-            node.attr["_class"].list.s.extend(updated)
+    graph.rename_nodes({old: new})
 
 
 @REGISTRY.pass_("obfuscate_names")
@@ -171,7 +141,7 @@ def compact_names(graph: Graph, ctx: PassContext) -> None:
         if node.op.startswith("Quantized") and origin not in graph and origin not in renames.values():
             renames[node.name] = origin
     _shorten(graph, [node.name for node in made if node.name not in renames], ctx.protected | set(renames.values()))
-    _rename(graph, renames)
+    graph.rename_nodes(renames)
 
 
 def _shorten(graph: Graph, names: list[str], keep) -> None:
@@ -196,9 +166,9 @@ def _shorten(graph: Graph, names: list[str], keep) -> None:
         suffix = "_"
         while any(name.endswith(suffix) for name in everything):
             suffix += "_"
-        _rename(graph, {old: new + suffix for old, new in renames.items()})
+        graph.rename_nodes({old: new + suffix for old, new in renames.items()})
         renames = {new + suffix: new for new in renames.values()}
-    _rename(graph, renames)
+    graph.rename_nodes(renames)
 
 
 def _short_name(n: int) -> str:
@@ -553,23 +523,9 @@ def inline_partitionedcall(graph: Graph, ctx: PassContext) -> None:
             graph.set_inputs(call, [], [])
             graph.remove_node(call.name)
 
-
 def _output_ports(body, functions) -> dict[str, int]:
     """The first output port of each output argument of a function body's node."""
-    def attr(key: str):
-        if key not in body.attr:
-            raise KeyError(key)
-        return decode_attr(body.attr[key])
-
     if body.op in functions:
         return {arg.name: k for k, arg in enumerate(functions[body.op].signature.output_arg)}
     op_def = op_registry.get_op(body.op)
-    if op_def is None:
-        return {}
-    first, ports = 0, {}
-    for k, arg in enumerate(op_def.outputs):
-        ports[arg.name] = first
-        # The ports before the next argument: those of the op cut after this one.
-        first = op_registry.num_outputs(replace(op_def, outputs=op_def.outputs[:k + 1]),
-                                        attr) or first + 1
-    return ports
+    return {} if op_def is None else op_registry.output_ports(op_def, lambda key: decode_attr(body.attr[key]))

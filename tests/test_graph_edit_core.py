@@ -234,3 +234,35 @@ def test_strip_unused_nodes_keeps_what_waited_on_an_input():
     assert graph["y"].op == "Placeholder" and not graph["y"].inputs and not graph["y"].control_inputs
     assert graph["after"].control_inputs == ["y"]
     assert sorted(node.name for node in graph) == ["after", "effect", "out", "x", "y"]
+
+
+def test_remove_nodes_takes_a_set_that_feeds_itself_and_nothing_else():
+    graph = _graph()
+    graph.add_node("a", "Relu", ["x"])
+    graph.add_node("b", "Neg", ["a"], ["a"])
+    graph.remove_nodes(["a", "b"])
+    assert "a" not in graph and "b" not in graph and [c.name for c in graph.consumers("x")] == ["effect"]
+    graph.add_node("c", "Relu", ["x"])
+    graph.add_node("d", "Neg", ["c"])
+    with pytest.raises(Exception, match="cannot remove 'c'"):
+        graph.remove_nodes(["c"])
+
+
+def test_renaming_nodes_renames_the_colocation_attrs_that_name_them():
+    graph = _graph()
+    graph.add_node("w", "Relu", ["x"])
+    reader = graph.add_node("r", "Neg", ["w"])
+    reader.attr["_class"].list.s.extend([b"loc:@w", b"loc:@x", b"other"])
+    graph.rename_nodes({"w": "v"})
+    assert list(graph["r"].attr["_class"].list.s) == [b"loc:@v", b"loc:@x", b"other"]
+    assert graph["r"].inputs[0].node == "v"
+
+
+def test_output_ports_follow_the_list_lengths_the_attrs_give():
+    from gtt_rules.engine import op_registry
+
+    split = op_registry.get_op("SparseSplit")
+    assert op_registry.output_ports(split, {"num_split": 3}) == \
+        {"output_indices": 0, "output_values": 3, "output_shape": 6}
+    # Without the count, only the first argument's port is known.
+    assert op_registry.output_ports(split, {}) == {"output_indices": 0}
