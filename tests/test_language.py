@@ -1599,25 +1599,27 @@ def test_same_priority_first_written_wins():
     assert graph["r"].op == "Elu"
 
 
+# A fusion rooted at the Sqrt, downstream of the Square the smaller rule takes first in file order.
+SQRT_OF_SQUARE = """
+    rule square-to-mul:
+        n = Square(x)
+        => n -> Mul(x, x)
+
+    rule sqrt-of-square priority 1:
+        s = Square(x)
+        n = Sqrt(s)
+        => n -> Abs(x)
+"""
+
+
 def test_priority_orders_rules_across_roots():
-    # The fusion is rooted at the Sqrt, downstream of the Square the smaller rule takes first in
-    # file order: only its priority lets it see the Square.
     graph = fixture_graph("""
         x = Placeholder {dtype: float, shape: [2]}
         s = Square(x) {T: float}
         r = Sqrt(s) {T: float}
         out = Neg(r) {T: float}
     """)
-    report = run(graph, """
-        rule square-to-mul:
-            n = Square(x)
-            => n -> Mul(x, x)
-
-        rule sqrt-of-square priority 1:
-            s = Square(x)
-            n = Sqrt(s)
-            => n -> Abs(x)
-    """, protected=["x", "out"])
+    report = run(graph, SQRT_OF_SQUARE, protected=["x", "out"])
     assert report.fires == {"sqrt-of-square": 1}
     assert structure(graph) == {"x": ("Placeholder", []), "r": ("Abs", ["x"]), "out": ("Neg", ["r"])}
 
@@ -1631,20 +1633,11 @@ def test_a_match_a_lower_priority_rewrite_makes_is_served_first():
         r = Sqrt(e) {T: float}
         out = Neg(r) {T: float}
     """)
-    report = run(graph, """
-        rule exp-to-square:
-            n = Exp(x)
-            => n -> Square(x)
-
-        rule square-to-mul:
-            n = Square(x)
-            => n -> Mul(x, x)
-
-        rule sqrt-of-square priority 1:
-            s = Square(x)
-            n = Sqrt(s)
-            => n -> Abs(x)
-    """, protected=["x", "out"])
+    report = run(graph, SQRT_OF_SQUARE + """
+    rule exp-to-square:
+        n = Exp(x)
+        => n -> Square(x)
+""", protected=["x", "out"])
     assert report.fires == {"exp-to-square": 1, "sqrt-of-square": 1}
     assert structure(graph) == {"x": ("Placeholder", []), "r": ("Abs", ["x"]), "out": ("Neg", ["r"])}
 
