@@ -16,8 +16,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from gtt_rules.engine.driver import Limits, Report, StopReason, apply_rules
+from gtt_rules.engine.driver import Limits, apply_rules
 from gtt_rules.engine.graph import Graph
+from gtt_rules.engine.report import Report, StopReason
 from gtt_rules.engine.rule import Rule
 from gtt_rules.errors import RulesCheckError, RulesSyntaxError, UsageError, did_you_mean
 from gtt_rules.grammar import ast

@@ -13,7 +13,7 @@ import pytest
 from conftest import fixture_path, tf_run
 from gtt_rules.cli import main
 from gtt_rules.console import LINE_LIMIT
-from gtt_rules.engine.driver import StopReason
+from gtt_rules.engine.report import StopReason
 from gtt_rules.engine.graph import Graph
 
 GRAPH = fixture_path("tf1_conv_bn")

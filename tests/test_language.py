@@ -1599,6 +1599,49 @@ def test_same_priority_first_written_wins():
     assert graph["r"].op == "Elu"
 
 
+# A fusion rooted at the Sqrt, downstream of the Square the smaller rule takes first in file order.
+SQRT_OF_SQUARE = """
+    rule square-to-mul:
+        n = Square(x)
+        => n -> Mul(x, x)
+
+    rule sqrt-of-square priority 1:
+        s = Square(x)
+        n = Sqrt(s)
+        => n -> Abs(x)
+"""
+
+
+def test_priority_orders_rules_across_roots():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        s = Square(x) {T: float}
+        r = Sqrt(s) {T: float}
+        out = Neg(r) {T: float}
+    """)
+    report = run(graph, SQRT_OF_SQUARE, protected=["x", "out"])
+    assert report.fires == {"sqrt-of-square": 1}
+    assert structure(graph) == {"x": ("Placeholder", []), "r": ("Abs", ["x"]), "out": ("Neg", ["r"])}
+
+
+def test_a_match_a_lower_priority_rewrite_makes_is_served_first():
+    # exp-to-square makes the Square the fusion needs; square-to-mul would take it next at the
+    # same node, but the higher priority is served again first.
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        e = Exp(x) {T: float}
+        r = Sqrt(e) {T: float}
+        out = Neg(r) {T: float}
+    """)
+    report = run(graph, SQRT_OF_SQUARE + """
+    rule exp-to-square:
+        n = Exp(x)
+        => n -> Square(x)
+""", protected=["x", "out"])
+    assert report.fires == {"exp-to-square": 1, "sqrt-of-square": 1}
+    assert structure(graph) == {"x": ("Placeholder", []), "r": ("Abs", ["x"]), "out": ("Neg", ["r"])}
+
+
 def test_report_counts_fires_nodes_and_stop_reason():
     graph = fixture_graph("""
         x = Placeholder {dtype: float, shape: [2]}
