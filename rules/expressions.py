@@ -76,6 +76,7 @@ class ExpressionCompiler:
         self.errors: list[RulesCheckError] = []
         self.templates: dict[str, ast.TemplateDecl] = {}  # `define`s, templates and functions alike
         self.inlining: list[str] = []  # the functions whose bodies are being compiled, outermost first
+        self.bodies: dict[tuple, tuple[Callable[[MatchContext], Any], str]] = {}  # (name, argument kinds)
 
     # -- errors --
 
@@ -290,11 +291,14 @@ class ExpressionCompiler:
             self.error(expr.pos, f"'{expr.func}' calls itself ({chain}): a function cannot be recursive")
             return (lambda ctx: None), "any"
         args = [self.value(arg, scope) for arg in expr.args]
-        self.inlining.append(expr.func)
-        try:
-            body, kind = self.value(definition.result, Scope(lets={p: k for p, (_, k) in zip(definition.params, args)}))
-        finally:
-            self.inlining.pop()
+        key = (expr.func, *(k for _, k in args))  # the body reads nothing but its parameters
+        if key not in self.bodies:
+            self.inlining.append(expr.func)
+            try:
+                self.bodies[key] = self.value(definition.result, Scope(lets=dict(zip(definition.params, key[1:]))))
+            finally:
+                self.inlining.pop()
+        body, kind = self.bodies[key]
         params, fns = definition.params, [fn for fn, _ in args]
 
         def call(ctx):
