@@ -193,8 +193,8 @@ class MapExpr:
     pos: Pos
 
 
-Expr = Union[Number, String, Bool, NoneValue, Var, Port, Call, NewNodeExpr, CopyNode, ListExpr, BinOp, BoolOp, Conditional,
-             Unary, Index, Slice, Comprehension, MapExpr]
+Expr = Union[Number, String, Bool, NoneValue, Var, Port, Call, NewNodeExpr, CopyNode, ListExpr, BinOp, BoolOp,
+             Conditional, Unary, Index, Slice, Comprehension, MapExpr]
 
 
 # ---- patterns ----

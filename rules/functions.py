@@ -160,18 +160,15 @@ def only_read_by(ctx, x, ops):
 @BUILTINS.function(args=("tensor", "list"), returns="list", needs_context=True)
 def readers(ctx, x, through):
     """The data inputs that read x's node, as [reader, input port] pairs (the reader a tensor:
-    its output 0), and past each reader whose op is in `through`, that one's readers in turn."""
-    found, stack, seen, graph = [], [x.node], set(), ctx.graph
-    while stack:
-        current = stack.pop()
-        for consumer in graph.consumers(current):
-            for port_, ref in enumerate(consumer.inputs):
-                if ref.node == current and (consumer.name, port_) not in seen:
-                    seen.add((consumer.name, port_))
-                    found.append([TensorRef(consumer.name, 0), port_])
-                    if consumer.op in through:
-                        stack.append(consumer.name)
-    return found
+    its output 0), and past each reader whose op is in `through`, that one's readers in turn
+    (in the order of the names of the nodes read)."""
+    graph = ctx.graph
+
+    def pairs(name):
+        return [[TensorRef(c.name, 0), i] for c in graph.consumers(name) for i, ref in enumerate(c.inputs)
+                if ref.node == name]
+    read = graph.walk([x.node], lambda node: [r.node for r, _ in pairs(node.name) if graph[r.node].op in through])
+    return [pair for name in sorted(read) for pair in pairs(name)]
 
 
 @BUILTINS.function(args=("tensor", "list", "value"), returns="list", needs_context=True)
