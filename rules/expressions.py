@@ -159,6 +159,9 @@ class ExpressionCompiler:
             return self._binop(expr, scope)
         if isinstance(expr, ast.Conditional):
             return self._conditional(expr, scope)
+        if isinstance(expr, ast.Spread):
+            self.error(expr.pos, f"'{expr.name}...' can only be an argument of a template call")
+            return (lambda ctx: None), "any"
         raise AssertionError(f"unknown expression {expr!r}")
 
     def _slice(self, expr: ast.Slice, scope: Scope):

@@ -159,6 +159,9 @@ CASES = {
         "define neg(x):\n    => Neg(x)\nrule r:\n    n = Relu(x)\n    where neg(x) == 1\n    => n -> x\n",
         5, 11, "'neg' is a template: it builds nodes, which only a replacement can do",
         "a function is written 'define neg(...) = expression'"),
+    "spread argument of a function": (
+        "rule r:\n    n = AddN(xs...)\n    where len(xs...) > 1\n    => n -> xs[0]\n",
+        3, 15, "'xs...' can only be an argument of a template call", None),
     "function naming a parameter twice": (
         "define f(x, x) = x\n" + RULE,
         1, 8, "'f' names a parameter twice", None),
