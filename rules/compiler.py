@@ -488,6 +488,9 @@ class Compiler(ExpressionCompiler):
         """A copy's or an edit's value for an attr or field, and its kind; `none` is DELETE."""
         if isinstance(expr, ast.NoneValue):
             return (lambda ctx: engine.DELETE), "none"
+        if isinstance(expr, ast.Conditional):  # `v if c else none`: set where c holds, deleted where not
+            fn, kind = self._conditional(expr, scope, self._change_value)
+            return must_be_known(fn), kind
         fn, kind = self._attr_value(expr, scope)
         return must_be_known(fn), kind
 

@@ -315,10 +315,12 @@ class ExpressionCompiler:
                     _restore(ctx.bindings, p, old)
         return call, kind
 
-    def _conditional(self, expr: ast.Conditional, scope: Scope):
-        then, then_kind = self.value(expr.then, scope)
+    def _conditional(self, expr: ast.Conditional, scope: Scope, branch=None):
+        """`a if c else b`; `branch` compiles a and b (default: as values)."""
+        branch = branch or self.value
+        then, then_kind = branch(expr.then, scope)
         condition = self.value(expr.condition, scope)[0]
-        otherwise, otherwise_kind = self.value(expr.otherwise, scope)
+        otherwise, otherwise_kind = branch(expr.otherwise, scope)
 
         def choose(ctx):
             holds = _truth(condition, ctx)

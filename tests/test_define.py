@@ -147,3 +147,21 @@ def test_defines_come_with_the_files_that_import_them(tmp_path):
     """)
     apply_rules(graph, [rule])
     assert "n" not in graph
+
+
+def test_a_conditional_attr_of_a_copy_may_be_none():
+    rules = compile_rules(textwrap.dedent("""
+        rule r:
+            n = Relu|Elu(x) {T: float}
+            => n -> n(x) {op: "LeakyRelu", alpha: 0.5 if op(n) == "Elu" else none}
+        """), "t")
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Relu(x)
+        b = Elu(x)
+        o = AddV2(a, b)
+    """)
+    apply_rules(graph, rules)
+    made = [graph[ref.node] for ref in graph["o"].inputs]
+    assert [node.op for node in made] == ["LeakyRelu", "LeakyRelu"]
+    assert "alpha" not in made[0].proto.attr and made[1].get_attr("alpha") == pytest.approx(0.5)
