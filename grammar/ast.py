@@ -165,6 +165,16 @@ class Slice:
 
 
 @dataclass(frozen=True)
+class Conditional:
+    """`then if condition else otherwise`."""
+
+    then: "Expr"
+    condition: "Expr"
+    otherwise: "Expr"
+    pos: Pos
+
+
+@dataclass(frozen=True)
 class Comprehension:
     """`[item for var in items if condition]`: a list built over a finite list."""
 
@@ -184,7 +194,7 @@ class MapExpr:
 
 
 Expr = Union[Number, String, Bool, NoneValue, Var, Port, Call, NewNodeExpr, CopyNode, ListExpr, BinOp, BoolOp,
-             Unary, Index, Slice, Comprehension, MapExpr]
+             Conditional, Unary, Index, Slice, Comprehension, MapExpr]
 
 
 # ---- patterns ----
@@ -324,13 +334,15 @@ Action = Union[RerouteStmt, RemoveStmt, BindStmt, EditStmt]
 
 @dataclass(frozen=True)
 class TemplateDecl:
-    """`define name(params):` nodes a replacement builds by calling `name(...)`."""
+    """`define name(params):` nodes a replacement builds by calling `name(...)`, or with
+    `function`, `define name(params) = expr`: a value any expression can call for."""
 
     name: str
     params: tuple[str, ...]
     bindings: tuple["NodeStmt", ...]
     result: Expr
     pos: Pos
+    function: bool = False
 
 
 @dataclass(frozen=True)

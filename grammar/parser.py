@@ -333,9 +333,10 @@ class _ToAst(Transformer):
 
     def template(self, children):
         name, *rest = children
-        params = tuple(str(c) for c in rest if isinstance(c, Token))
+        params = tuple(str(c) for c in rest if isinstance(c, Token) and c.type == "VAR")
         bindings = tuple(c for c in rest if isinstance(c, ast.NodeStmt))
-        return ast.TemplateDecl(str(name), params, bindings, rest[-1], _tok_pos(name))
+        function = any(isinstance(c, Token) and c.type == "DEFINE_EQ" for c in rest)
+        return ast.TemplateDecl(str(name), params, bindings, rest[-1], _tok_pos(name), function)
 
     # patterns
     def pattern_stmt(self, children):
@@ -502,6 +503,10 @@ class _ToAst(Transformer):
         start = bounds[0] if colon == 1 else None
         stop = bounds[colon + 1] if colon + 1 < len(bounds) else None
         return ast.Slice(target, start, stop, self._start(target))
+
+    def conditional(self, children):
+        then, condition, otherwise = children
+        return ast.Conditional(then, condition, otherwise, self._start(then))
 
     def comprehension(self, children):
         bracket, item, var, items, *condition = children

@@ -41,25 +41,28 @@ class CompiledFile:
     pipelines: dict[str, PipelineDef] = field(default_factory=dict)
     imports: list[ast.Import] = field(default_factory=list)
     tests: list[tuple[ast.Test, str]] = field(default_factory=list)  # (test, owning rule set)
+    defines: dict[str, ast.TemplateDecl] = field(default_factory=dict)  # its own and imported, for importers
 
 
 class Compiler(ExpressionCompiler):
     """Compiles one module; collects every check error instead of stopping at the first."""
 
-    def __init__(self, module: ast.Module, registry: Registry | None = None):
+    def __init__(self, module: ast.Module, registry: Registry | None = None,
+                 imported: dict[str, ast.TemplateDecl] | None = None):
         super().__init__(module, registry)
-        self.templates: dict[str, ast.TemplateDecl] = {}
         self.compiled_templates: dict[str, engine.Template | None] = {}
         self.compiling: set[str] = set()  # templates being compiled: calling one again is recursion
         for template in module.templates:
             if template.name in self.templates:
                 self.error(template.pos, f"duplicate template name '{template.name}'")
             self.templates.setdefault(template.name, template)
+        for name, template in (imported or {}).items():  # the file's own define of a name wins
+            self.templates.setdefault(name, template)
 
     # -- files --
 
     def compile(self) -> CompiledFile:
-        out = CompiledFile(self.module.path, imports=list(self.module.imports))
+        out = CompiledFile(self.module.path, imports=list(self.module.imports), defines=self.templates)
         stem = self.module.path.rsplit("/", 1)[-1].rsplit(".", 1)[0] if self.module.path else "rules"
         seen_rules: dict[str, ast.Pos] = {}
         if self.module.rules:
@@ -106,8 +109,8 @@ class Compiler(ExpressionCompiler):
             stages = tuple(self._stage(s) for s in pipeline.stages)
             out.pipelines[pipeline.name] = PipelineDef(pipeline.name, stages, self.module.path, pipeline.pos.line)
         self._pipeline_cycles()
-        for name in self.templates:
-            self._template(name)
+        for definition in self.module.templates:
+            self._template(definition.name)
         test_names: dict[str, ast.Pos] = {}
         for test, _ in out.tests:
             if test.name in test_names:
@@ -413,7 +416,7 @@ class Compiler(ExpressionCompiler):
             return engine.TensorOf(expr.name)
         if isinstance(expr, (ast.Var, ast.Port)) and expr.name in scope.built:
             return engine.Bound(expr.name, expr.port if isinstance(expr, ast.Port) else None)
-        if isinstance(expr, ast.Call) and expr.func in self.templates:
+        if isinstance(expr, ast.Call) and expr.func in self.templates and not self.templates[expr.func].function:
             return self._expand(expr, scope)
         if isinstance(expr, ast.Spread):
             self.error(expr.pos, f"'{expr.name}...' can only be an argument of a template call")
@@ -485,6 +488,9 @@ class Compiler(ExpressionCompiler):
         """A copy's or an edit's value for an attr or field, and its kind; `none` is DELETE."""
         if isinstance(expr, ast.NoneValue):
             return (lambda ctx: engine.DELETE), "none"
+        if isinstance(expr, ast.Conditional):  # `v if c else none`: set where c holds, deleted where not
+            fn, kind = self._conditional(expr, scope, self._change_value)
+            return must_be_known(fn), kind
         fn, kind = self._attr_value(expr, scope)
         return must_be_known(fn), kind
 
@@ -552,10 +558,16 @@ class Compiler(ExpressionCompiler):
             return None
         if name in self.compiled_templates:
             return self.compiled_templates[name]
+        if len(set(definition.params)) != len(definition.params):
+            self.error(definition.pos, f"'{name}' names a parameter twice")
+        if definition.function:  # checked for any kinds of arguments; each call is checked for its own
+            self.compiled_templates[name] = None
+            self.inlining.append(name)
+            self.value(definition.result, Scope(lets=dict.fromkeys(definition.params, "any")))
+            self.inlining.pop()
+            return None
         self.compiling.add(name)
         scope = Scope(built={param: "node" for param in definition.params})
-        if len(set(definition.params)) != len(definition.params):
-            self.error(definition.pos, f"template '{name}' names a parameter twice")
         errors_before = len(self.errors)
         self._bindings(definition.bindings, scope, definition.result)
         bindings = tuple((b.var, self.producer(b.expr, scope)) for b in definition.bindings)
@@ -684,10 +696,12 @@ def _comment_above(source: str, line: int) -> str:
     return text if end < 0 else text[:end + 1]
 
 
-def compile_module(module: ast.Module, registry: Registry | None = None) -> CompiledFile:
+def compile_module(module: ast.Module, registry: Registry | None = None,
+                   imported: dict[str, ast.TemplateDecl] | None = None) -> CompiledFile:
     """Compile a module against `registry` (default: the language's own functions and those
-    registered with register_function); raises the first check error (all on `.all_errors`)."""
-    compiler = Compiler(module, registry)
+    registered with register_function), with the `define`s of the files it imports; raises the
+    first check error (all on `.all_errors`)."""
+    compiler = Compiler(module, registry, imported)
     compiled = compiler.compile()
     if compiler.errors:
         first = compiler.errors[0]

@@ -74,6 +74,9 @@ class ExpressionCompiler:
         self.module = module
         self.functions = (registry if registry is not None else LANGUAGE).functions
         self.errors: list[RulesCheckError] = []
+        self.templates: dict[str, ast.TemplateDecl] = {}  # `define`s, templates and functions alike
+        self.inlining: list[str] = []  # the functions whose bodies are being compiled, outermost first
+        self.bodies: dict[tuple, tuple[Callable[[MatchContext], Any], str]] = {}  # (name, argument kinds)
 
     # -- errors --
 
@@ -154,6 +157,11 @@ class ExpressionCompiler:
             return self._map(expr, scope)
         if isinstance(expr, ast.BinOp):
             return self._binop(expr, scope)
+        if isinstance(expr, ast.Conditional):
+            return self._conditional(expr, scope)
+        if isinstance(expr, ast.Spread):
+            self.error(expr.pos, f"'{expr.name}...' can only be an argument of a template call")
+            return (lambda ctx: None), "any"
         raise AssertionError(f"unknown expression {expr!r}")
 
     def _slice(self, expr: ast.Slice, scope: Scope):
@@ -199,7 +207,7 @@ class ExpressionCompiler:
             if values is UNKNOWN:
                 return UNKNOWN
             values = _elements(ctx, values)
-            out = []
+            out, outer = [], ctx.bindings.get(name, _ABSENT)  # a function's loop may reuse its caller's name
             try:
                 for value in values:
                     ctx.bindings[name] = value
@@ -211,7 +219,7 @@ class ExpressionCompiler:
                             continue
                     out.append(item(ctx))
             finally:
-                ctx.bindings.pop(name, None)
+                _restore(ctx.bindings, name, outer)
             return out
         return build
 
@@ -247,6 +255,8 @@ class ExpressionCompiler:
         if scope.kind_of(expr.func) == "tensor":
             self.error(expr.pos, f"'{expr.func}(...)' copies a node, which only a replacement can do")
             return (lambda ctx: None), "any"
+        if expr.func in self.templates:
+            return self._function(expr, scope)
         function = self.functions.get(expr.func)
         if function is None:
             self.error(expr.pos, f"unknown function '{expr.func}'", self._suggest(expr.func, self.functions))
@@ -267,6 +277,56 @@ class ExpressionCompiler:
         return (_caller(function.impl, compiled, function.needs_context, not function.accepts_unknown),
                 function.returns)
 
+    def _function(self, expr: ast.Call, scope: Scope):
+        """A call of a `define`d function: its body, compiled for the kinds of these arguments,
+        run with its parameters bound to their values (and nothing else of the caller's in sight)."""
+        definition = self.templates[expr.func]
+        if not definition.function:
+            self.error(expr.pos, f"'{expr.func}' is a template: it builds nodes, which only a replacement can do",
+                       f"a function is written 'define {expr.func}(...) = expression'")
+            return (lambda ctx: None), "any"
+        if len(expr.args) != len(definition.params):
+            want = len(definition.params)
+            self.error(expr.pos, f"{expr.func}() takes {want} argument{'s' if want != 1 else ''}, not {len(expr.args)}")
+            return (lambda ctx: None), "any"
+        if expr.func in self.inlining:
+            chain = " -> ".join(self.inlining[self.inlining.index(expr.func):] + [expr.func])
+            self.error(expr.pos, f"'{expr.func}' calls itself ({chain}): a function cannot be recursive")
+            return (lambda ctx: None), "any"
+        args = [self.value(arg, scope) for arg in expr.args]
+        key = (expr.func, *(k for _, k in args))  # the body reads nothing but its parameters
+        if key not in self.bodies:
+            self.inlining.append(expr.func)
+            try:
+                self.bodies[key] = self.value(definition.result, Scope(lets=dict(zip(definition.params, key[1:]))))
+            finally:
+                self.inlining.pop()
+        body, kind = self.bodies[key]
+        params, fns = definition.params, [fn for fn, _ in args]
+
+        def call(ctx):
+            values = [fn(ctx) for fn in fns]
+            saved = [ctx.bindings.get(p, _ABSENT) for p in params]
+            ctx.bindings.update(zip(params, values))
+            try:
+                return body(ctx)
+            finally:
+                for p, old in zip(params, saved):
+                    _restore(ctx.bindings, p, old)
+        return call, kind
+
+    def _conditional(self, expr: ast.Conditional, scope: Scope, branch=None):
+        """`a if c else b`; `branch` compiles a and b (default: as values)."""
+        branch = branch or self.value
+        then, then_kind = branch(expr.then, scope)
+        condition = self.value(expr.condition, scope)[0]
+        otherwise, otherwise_kind = branch(expr.otherwise, scope)
+
+        def choose(ctx):
+            holds = _truth(condition, ctx)
+            return UNKNOWN if holds is UNKNOWN else then(ctx) if holds else otherwise(ctx)
+        return choose, then_kind if then_kind == otherwise_kind else "any"
+
     def _want_value(self, expr: ast.Expr, kind: str, op: str) -> None:
         if kind in ("string", "dtype", "list"):
             self.error(expr.pos, f"type error: '{op}' needs numbers or tensors, not a {kind}")
@@ -277,6 +337,8 @@ class ExpressionCompiler:
         op = expr.op
         if op == "+" and lkind == "list" and rkind == "list":  # lists concatenate
             return (lambda ctx: _concatenate(left(ctx), right(ctx))), "list"
+        if op == "+" and "string" in (lkind, rkind) and {lkind, rkind} <= {"string", "any"}:  # and so do strings
+            return (lambda ctx: _arithmetic(operator.add, left(ctx), right(ctx))), "string"
         if op in ("+", "-", "*", "/", "%", "**"):
             self._want_value(expr.left, lkind, op)
             self._want_value(expr.right, rkind, op)
@@ -293,6 +355,16 @@ class ExpressionCompiler:
             self._want_value(expr.right, rkind, op)
         fn = _COMPARISON[op]
         return (lambda ctx: _compare(ctx, fn, left(ctx), right(ctx))), "bool"
+
+
+_ABSENT = object()  # a name the caller had not bound
+
+
+def _restore(bindings: dict, name: str, old: Any) -> None:
+    if old is _ABSENT:
+        bindings.pop(name, None)
+    else:
+        bindings[name] = old
 
 
 _ARITHMETIC = {

@@ -157,6 +157,30 @@ def only_read_by(ctx, x, ops):
     return bool(consumers) and all(c.op in wanted for c in consumers)
 
 
+@BUILTINS.function(args=("tensor", "list"), returns="list", needs_context=True)
+def readers(ctx, x, through):
+    """The data inputs that read x's node, as [reader, input port] pairs (the reader a tensor:
+    its output 0), and past each reader whose op is in `through`, that one's readers in turn
+    (in the order of the names of the nodes read)."""
+    graph = ctx.graph
+
+    def pairs(name):
+        return [[TensorRef(c.name, 0), i] for c in graph.consumers(name) for i, ref in enumerate(c.inputs)
+                if ref.node == name]
+    read = graph.walk([x.node], lambda node: [r.node for r, _ in pairs(node.name) if graph[r.node].op in through])
+    return [pair for name in sorted(read) for pair in pairs(name)]
+
+
+@BUILTINS.function(args=("tensor", "list", "value"), returns="list", needs_context=True)
+def producers(ctx, x, through, depth):
+    """The tensors x comes from: x itself, or if its node's op is in `through`, what that node's
+    data inputs come from, at most `depth` nodes up."""
+    node = ctx.graph[x.node]
+    if depth <= 0 or node.op not in through:
+        return [x]
+    return [p for ref in node.inputs for p in producers(ctx, ref, through, depth - 1)]
+
+
 @BUILTINS.function(args=("string",), returns="bool", needs_context=True)
 def in_loop_frame(ctx, name):
     """True if node `name` is inside a TF1 while loop: an Enter reaches it without passing an Exit."""
@@ -211,10 +235,10 @@ def dtype(ctx, x):
     return dtypes[x.port]
 
 
-@BUILTINS.function(args=("tensor", "string"), returns="any", needs_context=True)
-def attr(ctx, x, name):
-    """The value of attr `name` on x's node."""
-    value = ctx.graph[x.node].get_attr(name, None)
+@BUILTINS.function(args=("tensor", "string", "any"), optional=1, returns="any", needs_context=True)
+def attr(ctx, x, name, default=None):
+    """The value of attr `name` on x's node (or `default`, if given, where the node has no such attr)."""
+    value = ctx.graph[x.node].get_attr(name, default)
     if value is None:
         raise NotApplicable(f"'{x.node}' has no attr '{name}'")
     return value
@@ -401,6 +425,8 @@ for _name, _fn, _doc in (
     ("exp", np.exp, "Element-wise e**x."),
     ("log", np.log, "Element-wise natural logarithm."),
     ("square", np.square, "Element-wise x*x."),
+    ("log10", np.log10, "Element-wise base-10 logarithm."),
+    ("round", np.round, "Element-wise rounding to the nearest integer, halves to even."),
 ):
     _numeric(_name, _fn, _doc)
 
@@ -429,6 +455,12 @@ def floor(ctx, x):
 def all_finite(ctx, x):
     """True if no element of x is NaN or infinite."""
     return bool(np.isfinite(tensor_value(ctx, x)).all())
+
+
+@BUILTINS.function(args=("value",), returns="value", needs_context=True)
+def count_nonzero(ctx, x):
+    """How many elements of x are not 0."""
+    return int(np.count_nonzero(tensor_value(ctx, x)))
 
 
 @BUILTINS.function(args=("value",), returns="value", needs_context=True)
@@ -646,3 +678,41 @@ def nbytes(ctx, x):
 def name(ctx, x):
     """The name of x's node."""
     return x.node
+
+
+# ---- text and reasons ----
+
+@BUILTINS.function(args=("string", "string"), returns="bool")
+def matches(text, pattern):
+    """True if `text` matches glob `pattern`: `*` any run of characters, `?` any one (case-sensitive)."""
+    from fnmatch import fnmatchcase
+    return fnmatchcase(_plain(text), _plain(pattern))
+
+
+@BUILTINS.function("format", args=("any", "string"), optional=1, returns="string")
+def format_(x, spec=""):
+    """x as text, in Python's format `spec` if given (".3g": three significant digits)."""
+    return format(_plain(x), _plain(spec))
+
+
+def _plain(x: Any) -> Any:
+    """x with numpy scalars, arrays, tuples and bytes made plain Python values (for text)."""
+    if isinstance(x, bytes):
+        return x.decode("utf-8", "replace")
+    if isinstance(x, (np.ndarray, np.generic)):
+        return x.tolist()
+    return [_plain(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+@BUILTINS.function(args=("any",), returns="bool", accepts_unknown=True)
+def known(x):
+    """True if x is known statically (a shape: every dim of it)."""
+    return not is_unknown(x)
+
+
+@BUILTINS.function(args=("tensor", "string"), returns="bool", needs_context=True)
+def note(ctx, x, text):
+    """False, having recorded `text` as the reason x's node is left as it is: the stage's report
+    lists it (`where ok or note(n, "why not")`)."""
+    ctx.notes[x.node] = _plain(text)
+    return False

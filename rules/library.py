@@ -94,10 +94,17 @@ class Library:
             if imported:  # reached through someone else's import, and not rules source: show none of it
                 error.excerpt = None
             raise
-        compiled = compile_module(module, self.registry)
+        # Imports first, for their `define`s; a file that imports one being loaded (a cycle) gets none of its.
+        self.files[key] = CompiledFile(str(path))
+        defines: dict[str, ast.TemplateDecl] = {}
+        try:
+            for item in module.imports:
+                defines.update(self._load(self._resolve_import(item, path, module), imported=True).defines)
+            compiled = compile_module(module, self.registry, defines)
+        except BaseException:
+            del self.files[key]
+            raise
         self.files[key] = compiled
-        for item in module.imports:
-            self._load(self._resolve_import(item, path, module), imported=True)
         return compiled
 
     def _resolve_import(self, item: ast.Import, importer: pathlib.Path, module: ast.Module) -> pathlib.Path:

@@ -1,12 +1,13 @@
-"""The standard library: the .rules files in this folder (`DIRECTORY`), and the Python functions
-and whole-graph passes they call (`REGISTRY`), which a Library is given explicitly."""
+"""The standard library: the .rules files in this folder (`DIRECTORY`), and the whole-graph
+passes they call (`REGISTRY`), which a Library is given explicitly. Its functions are rules
+(`define`s in the .rules files)."""
 from __future__ import annotations
 
 import pathlib
 
 from gtt_rules.rules.registry import Registry
 
-from . import functions, passes
+from . import passes
 
 DIRECTORY = pathlib.Path(__file__).resolve().parent
-REGISTRY = Registry(functions.REGISTRY, passes.REGISTRY)
+REGISTRY = Registry(passes.REGISTRY)

@@ -143,6 +143,28 @@ CASES = {
         "ruleset s:\n    include t\n",
         6, 13, "rule set 't' has parameters, so it cannot be included; list it as a pipeline stage instead",
         None),
+    "function that calls itself": (
+        "define f(x) = f(x) + 1\n" + RULE,
+        1, 15, "'f' calls itself (f -> f): a function cannot be recursive", None),
+    "functions that call each other": (
+        "define f(x) = g(x)\ndefine g(x) = 2 * f(x)\n" + RULE,
+        2, 19, "'f' calls itself (f -> g -> f): a function cannot be recursive", None),
+    "function called with the wrong arity": (
+        "define wide(x, n) = rank(x) >= n\nrule r:\n    n = Relu(x)\n    where wide(x)\n    => n -> x\n",
+        4, 11, "wide() takes 2 arguments, not 1", None),
+    "function body reads the caller's names": (
+        "define big(n) = size(x) > 4\n" + RULE,
+        1, 22, "unbound name 'x'", None),
+    "template called in a guard": (
+        "define neg(x):\n    => Neg(x)\nrule r:\n    n = Relu(x)\n    where neg(x) == 1\n    => n -> x\n",
+        5, 11, "'neg' is a template: it builds nodes, which only a replacement can do",
+        "a function is written 'define neg(...) = expression'"),
+    "spread argument of a function": (
+        "rule r:\n    n = AddN(xs...)\n    where len(xs...) > 1\n    => n -> xs[0]\n",
+        3, 15, "'xs...' can only be an argument of a template call", None),
+    "function naming a parameter twice": (
+        "define f(x, x) = x\n" + RULE,
+        1, 8, "'f' names a parameter twice", None),
 }
 
 
@@ -211,8 +233,8 @@ def test_stdlib_names_load_only_the_file_that_defines_them():
         assert found is not None and type(found) is type(everything.find(name)), name
         assert path in library.files
     weights = standard_library()
-    weights.find("quantize_weights")
-    assert [pathlib.Path(p).name for p in weights.files] == ["weights.rules"]
+    weights.find("quantize_weights")  # and what weights.rules imports, for its `define`s
+    assert sorted(pathlib.Path(p).name for p in weights.files) == ["quantization.rules", "weights.rules"]
 
 
 @pytest.mark.parametrize("error_class", [GttRulesError, *GttRulesError.__subclasses__()])
