@@ -29,7 +29,7 @@ from . import op_registry
 from .graph import Graph, Node, TensorRef, const_array, const_node_def
 from .pattern import MatchContext
 from .proto import graph_def_pb2 as pb
-from .rule import DELETE, EACH, Action, Bind, Bound, ConstNode, Edit, Expand, Producer, Remove, Template, TensorOf
+from .rule import DELETE, EACH, Action, Bind, Bound, ConstNode, Each, Edit, Expand, Producer, Remove, Template, TensorOf
 
 
 @dataclass
@@ -194,6 +194,7 @@ class _Planner:
         self.root = root
         self.planned: list[_Planned] = []
         self.taken: set[str] = set()
+        self.wished: dict[str, str] = {}  # planned name -> the name the rule gives it, taken as yet
         self.values: dict[int, Any] = {}
         self.env = _Env({}, {})
         self.pure: dict[str, bool] = {}  # `Graph.orders_nothing` answers, as of the match
@@ -269,7 +270,7 @@ class _Planner:
         return None
 
     def _sources(self, producer: Producer, *, all_ports: bool, target: Node | None = None):
-        if isinstance(producer, (Bound, Expand)):
+        if isinstance(producer, (Bound, Expand, Each)):
             value = self._build(producer)
             if isinstance(value, list):
                 raise RewriteError(f"'{self.rule_name}' replaces one node with a list of nodes")
@@ -300,7 +301,7 @@ class _Planner:
         return value if producer.port is None else TensorRef(value.node, producer.port)
 
     def _input(self, producer: Producer) -> list[Any]:
-        if isinstance(producer, (Bound, Expand)):
+        if isinstance(producer, (Bound, Expand, Each)):
             value = self._build(producer)
             return list(value) if isinstance(value, list) else [value]
         tensors = self._computed_tensors(producer)
@@ -317,7 +318,7 @@ class _Planner:
         """The node a producer builds; `in_place`: what an edited node becomes (not built)."""
         if isinstance(producer, ConstNode):
             dtype = producer.dtype(self.ctx) if producer.dtype is not None else None
-            return self._const(self._value(producer), dtype)
+            return self._const(self._value(producer), dtype, producer.name and producer.name(self.ctx))
         source = self.graph[self._bound_node(producer.copy_of)] if producer.copy_of else None
         fields = {key: expression(self.ctx) for key, expression in producer.fields} if producer.fields else {}
         op = fields.get("op") or producer.op or source.op
@@ -328,7 +329,7 @@ class _Planner:
         else:
             inputs = list(source.inputs) if source is not None else []
         # An edited node keeps its name; a copy gets a fresh one (the heir renames it later).
-        name = source.name if in_place else self._name(op)
+        name = source.name if in_place else self._name(op, fields.get("name"))
         planned = _Planned(name, op, inputs, {}, device=self.root.device)
         if source is not None:
             planned.source = source
@@ -388,6 +389,16 @@ class _Planner:
             items = args[producer.spread]
             return [self._instantiate(producer.template, args[:producer.spread] + [item] +
                                       args[producer.spread + 1:]) for item in items]
+        if isinstance(producer, Each):  # each element's nodes are its own: its values are computed anew
+            values, built = self.values, []
+            try:
+                for item in producer.items(self.ctx):
+                    self.ctx.bindings[producer.var], self.values = item, {}
+                    built += self._input(producer.element)
+            finally:
+                self.values = values
+                self.ctx.bindings.pop(producer.var, None)
+            return built
         items = self._input(producer)
         # A list stays a list: a variadic binding, or existing tensors an expression picks (`xs[1:]`).
         if isinstance(producer, TensorOf):
@@ -403,17 +414,26 @@ class _Planner:
         finally:
             self.env = caller
 
-    def _const(self, value: Any, dtype: int | None) -> _Planned:
+    def _const(self, value: Any, dtype: int | None, wanted: str | None = None) -> _Planned:
         proto = const_node_def(const_array(value, dtype), dtype)
         dt = proto.attr["dtype"].type
-        planned = _Planned(self._name("Const"), "Const", [], {"dtype": dt}, device=self.root.device,
+        planned = _Planned(self._name("Const", wanted), "Const", [], {"dtype": dt}, device=self.root.device,
                            dtypes=[dt], proto=proto, checked=())
         self.planned.append(planned)
         return planned
 
-    def _name(self, op: str) -> str:
-        origin = self.graph.origin(self.root.name)
-        name = self.graph.fresh_name(f"{origin}/{self.rule_name}/{op}", self.taken, origin)
+    def _name(self, op: str, wanted: Any = None) -> str:
+        """A fresh name: the one the rule gives (`{name: ...}`), else `<root>/<rule>/<op>`. A name
+        some node has gets a fresh variant, and is taken after all if the rewrite removes that node."""
+        if wanted is None:
+            origin = self.graph.origin(self.root.name)
+            name = self.graph.fresh_name(f"{origin}/{self.rule_name}/{op}", self.taken, origin)
+        elif not isinstance(wanted, str) or not wanted:
+            raise self._error(f"{wanted!r} is not a node name")
+        else:
+            name = self.graph.fresh_name(wanted, self.taken)
+            if name != wanted:
+                self.wished[name] = wanted
         self.taken.add(name)
         return name
 
@@ -522,9 +542,7 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         result.removed_ops[target] = replaced.op
         result.removed.append(target)
         result.touched.update(p for p in producers if p in graph)
-        result.created[result.created.index(planned.name)] = target
-        if planned.name in result.checked:
-            result.checked[target] = result.checked.pop(planned.name)
+        _rename_created(result, planned.name, target)
         renamed_to.add(target)
     # Sweep what the rewrite left unused, walking up from the nodes it touched.
     seeds = removals + list(rerouted_consumers) + [
@@ -537,7 +555,17 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     result.removed += removed
     result.removed_ops.update(removed)
     result.touched |= touched
+    for name, wanted in planner.wished.items():  # a name that a node the rewrite removed had
+        if name in graph and wanted not in graph:
+            graph.rename_node(name, wanted)
+            _rename_created(result, name, wanted)
     return result
+
+
+def _rename_created(result: RewriteResult, old: str, new: str) -> None:
+    result.created[result.created.index(old)] = new
+    if old in result.checked:
+        result.checked[new] = result.checked.pop(old)
 
 
 def _same_dtype(graph: Graph, old: TensorRef, new: TensorRef) -> bool:

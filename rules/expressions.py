@@ -177,17 +177,17 @@ class ExpressionCompiler:
                          lambda: self.value(expr.item, scope)[0]), "list"
 
     def loop(self, name: str, items_expr: ast.Expr, condition_expr: ast.Expr | None, pos: ast.Pos,
-             scope: Scope, compile_item: Callable[[], Callable[[MatchContext], Any]]):
+             scope: Scope, compile_item: Callable[[], Callable[[MatchContext], Any]], var_kind: str = "any"):
         """`for name in items if condition`: a function of the context giving the list of the
-        item's values, one per element kept; compile_item compiles the item with `name` in scope.
-        Bounded by MAX_LIST_LENGTH; UNKNOWN if the list or a condition is."""
+        item's values, one per element kept; compile_item compiles the item with `name` in scope
+        (as a `var_kind`). Bounded by MAX_LIST_LENGTH; UNKNOWN if the list or a condition is."""
         items, kind = self.value(items_expr, scope)
         if kind in ("string", "dtype", "bool"):
             self.error(items_expr.pos, f"type error: 'for' needs a list to go over, not a {kind}")
         if scope.kind_of(name) is not None or dtype_constant(name) is not None:
             self.error(pos, f"'{name}' is already bound; the loop needs a name of its own")
             return lambda ctx: None
-        scope.lets[name] = "any"  # visible in the item and the condition only
+        scope.lets[name] = var_kind  # visible in the item and the condition only
         try:
             item = compile_item()
             condition = self.value(condition_expr, scope)[0] if condition_expr is not None else None
@@ -277,6 +277,8 @@ class ExpressionCompiler:
         op = expr.op
         if op == "+" and lkind == "list" and rkind == "list":  # lists concatenate
             return (lambda ctx: _concatenate(left(ctx), right(ctx))), "list"
+        if op == "+" and "string" in (lkind, rkind) and {lkind, rkind} <= {"string", "any"}:  # strings join
+            return (lambda ctx: _join(left(ctx), right(ctx))), "string"
         if op in ("+", "-", "*", "/", "%", "**"):
             self._want_value(expr.left, lkind, op)
             self._want_value(expr.right, rkind, op)
@@ -293,6 +295,14 @@ class ExpressionCompiler:
             self._want_value(expr.right, rkind, op)
         fn = _COMPARISON[op]
         return (lambda ctx: _compare(ctx, fn, left(ctx), right(ctx))), "bool"
+
+
+def _join(a: Any, b: Any) -> Any:
+    if a is UNKNOWN or b is UNKNOWN:
+        return UNKNOWN
+    if not (isinstance(a, str) and isinstance(b, str)):
+        raise TypeError(f"'+' joins two strings, not {a!r} and {b!r}")
+    return a + b
 
 
 _ARITHMETIC = {

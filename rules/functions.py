@@ -149,6 +149,24 @@ def inputs(ctx, x):
     return list(ctx.graph[x.node].inputs)
 
 
+@BUILTINS.function(args=("tensor",), returns="list", needs_context=True)
+def outputs(ctx, x):
+    """The outputs of x's node, a list of tensors (`uses` of one counts its readers)."""
+    count = ctx.graph.num_outputs(ctx.graph[x.node])
+    if count is None:
+        raise NotApplicable(f"the outputs of '{x.node}' are not known")
+    return [OutputRef(x.node, port) for port in range(count)]
+
+
+@BUILTINS.function(args=("list", "any"), returns="value")
+def index(xs, x):
+    """The position of the first element of xs equal to x."""
+    for position, item in enumerate(xs):
+        if item is x or (type(item) is type(x) and item == x):
+            return position
+    raise NotApplicable(f"{x!r} is not in the list")
+
+
 @BUILTINS.function(args=("tensor", "list"), returns="bool", needs_context=True)
 def only_read_by(ctx, x, ops):
     """True if x's node has consumers and every one of them is one of `ops`."""
