@@ -158,6 +158,21 @@ def outputs(ctx, x):
     return [OutputRef(x.node, port) for port in range(count)]
 
 
+@BUILTINS.function(args=("tensor",), returns="list", needs_context=True)
+def readers(ctx, x):
+    """The nodes whose data inputs read x (written `n:1`, output 1 only; else any output of x's
+    node), in the graph's order, each as its output 0."""
+    def reads(ref):
+        return ref.node == x.node and (ref.port == x.port or not isinstance(x, OutputRef))
+    return [TensorRef(c.name, 0) for c in ctx.graph.consumers(x.node) if any(reads(r) for r in c.inputs)]
+
+
+@BUILTINS.function(args=("string", "string"), returns="bool")
+def starts_with(text, prefix):
+    """Whether string `text` begins with `prefix`."""
+    return text.startswith(prefix)
+
+
 @BUILTINS.function(args=("list", "any"), returns="value")
 def index(xs, x):
     """The position of the first element of xs equal to x."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from gtt_rules.engine import op_registry
 from gtt_rules.engine.attrs import decode_attr
-from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64, REF_OFFSET
+from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.errors import UsageError
 from gtt_rules.rules.params import Param
@@ -277,7 +277,7 @@ def freeze_requantization_ranges(graph: Graph, ctx: PassContext) -> None:
                                       for name, observed in records.items()}, protected=ctx.protected)
 
 
-# ---- GTT's remaining transforms: backport_tensor_array_v3, insert_logging, sparsify_gather ----
+# ---- GTT's remaining transforms: backport_tensor_array_v3, sparsify_gather ----
 
 # The TensorArray ops whose V3 form only differs from V2 by its handle's type (a resource, not a
 # string): the V2 op of the same inputs and attrs reads the V2 handle.
@@ -292,7 +292,8 @@ def backport_tensor_array_v3(graph: Graph, ctx: PassContext) -> None:
     V2 arrays have no flow output: what read a V3 array's flow (output 1) reads a float Const 1.0
     instead, as in GTT (the value is arbitrary; V2 ops only need some float there).
 
-    Not a rule: the flow's stand-in has GTT's name, `ARRAY/replacement_flow_node`, which no node a rule makes can have.
+    Not a rule: an array and all its readers change op in one step (a V2 handle is a string, a V3
+    one a resource), and a rule edits only the nodes its pattern matched, upstream of its root.
     """
     for node in [n for n in graph if n.op in ("TensorArrayV3", "TensorArrayGradV3")]:
         flow = TensorRef(node.name, 1)
@@ -304,40 +305,6 @@ def backport_tensor_array_v3(graph: Graph, ctx: PassContext) -> None:
     for node in graph:
         if node.op in _TENSOR_ARRAY_V3_USERS:
             node.op = node.op[:-1] + "2"
-
-
-@REGISTRY.pass_("insert_logging", _list_param("op", "str"), _list_param("prefix", "str"),
-               Param("message", "str", False, ""), Param("show_name", "bool", False, False),
-               Param("show_op", "bool", False, False), Param("first_n", "int", False, -1),
-               Param("summarize", "int", False, 1024))
-def insert_logging(graph: Graph, ctx: PassContext) -> None:
-    """Print the outputs of the nodes of the given ops (`op`) and name prefixes (`prefix`) when they
-    run: a Print node passes output 0 through, and logs every output something reads.
-
-    Only nodes whose output 0 something reads get one: a Print nothing reads would never run (GTT
-    also adds one where nothing reads it). As in GTT, with neither `op` nor `prefix` every such
-    node is logged.
-
-    Not a rule: one pass logs each chosen node once (a rule would log its own Prints), as `NODE__print__`.
-    """
-    params = ctx.params
-    ops, prefixes = set(params["op"]), tuple(params["prefix"])
-    for node in list(graph):
-        if ops and node.op not in ops or prefixes and not node.name.startswith(prefixes):
-            continue
-        consumers = graph.consumers(node.name)
-        read = sorted({ref.port for c in consumers for ref in c.inputs if ref.node == node.name})
-        dtypes = graph.output_dtypes(node)
-        if 0 not in read or not dtypes:      # the Print would not run, or the types are unknown
-            continue
-        dtypes = [d - REF_OFFSET if d > REF_OFFSET else d for d in dtypes]   # a ref is logged by value
-        name = graph.fresh_name(f"{node.name}__print__")
-        message = (f";{node.op};" if params["show_op"] else "") + (f";{name};" if params["show_name"] else "")
-        printer = graph.add_node(name, "Print", [TensorRef(node.name, 0)] + [TensorRef(node.name, p) for p in read],
-                                 attrs={"T": dtypes[0], "U": [dtypes[p] for p in read],
-                                        "message": message + params["message"], "first_n": params["first_n"],
-                                        "summarize": params["summarize"]}, device=node.device)
-        graph.reroute(TensorRef(node.name, 0), TensorRef(printer.name), exclude=[printer.name])
 
 
 @REGISTRY.pass_("sparsify_gather", Param("input_checkpoint", "str", False, ""),
