@@ -29,7 +29,8 @@ from . import op_registry
 from .graph import Graph, Node, TensorRef, const_array, const_node_def
 from .pattern import MatchContext
 from .proto import graph_def_pb2 as pb
-from .rule import DELETE, EACH, Action, Bind, Bound, ConstNode, Each, Edit, Expand, Producer, Remove, Template, TensorOf
+from .rule import (DELETE, EACH, Action, Bind, Bound, ConstNode, Each, Edit, Expand, NewNode, Producer, Remove,
+                   Template, TensorOf)
 
 
 @dataclass
@@ -178,14 +179,6 @@ def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
     return not read
 
 
-class _Env:
-    """The replacement's named nodes, or a template call's parameters and named nodes."""
-
-    def __init__(self, lazy: dict[str, Producer], values: dict[str, Any]):
-        self.lazy = lazy      # name -> producer, built when first read
-        self.values = values  # name -> TensorRef | (_Planned, port) | list of them
-
-
 class _Planner:
     def __init__(self, graph: Graph, rule_name: str, ctx: MatchContext, root: Node):
         self.graph = graph
@@ -196,7 +189,10 @@ class _Planner:
         self.taken: set[str] = set()
         self.wished: dict[str, str] = {}  # planned name -> the name the rule gives it, taken as yet
         self.values: dict[int, Any] = {}
-        self.env = _Env({}, {})
+        # The replacement's named nodes (a template call's, in the call), built when first read;
+        # once built, and a template's parameters: TensorRef | (_Planned, port) | a list of them.
+        self.lazy: dict[str, Producer] = {}
+        self.named: dict[str, Any] = {}
         self.pure: dict[str, bool] = {}  # `Graph.orders_nothing` answers, as of the match
         self.edits: list[tuple[str, _Planned]] = []  # edited node -> what it becomes
         self.grew = False  # an edit gave a node a control input it did not have
@@ -205,7 +201,7 @@ class _Planner:
         reroutes: list[tuple[TensorRef, Any]] = []  # old tensor -> TensorRef | (_Planned, port)
         heirs: dict[str, _Planned] = {}
         removals: list[str] = []
-        self.env.lazy.update((a.name, a.source) for a in actions if isinstance(a, Bind))
+        self.lazy.update((a.name, a.source) for a in actions if isinstance(a, Bind))
         for action in actions:
             if isinstance(action, Bind):
                 continue
@@ -270,18 +266,15 @@ class _Planner:
         return None
 
     def _sources(self, producer: Producer, *, all_ports: bool, target: Node | None = None):
-        if isinstance(producer, (Bound, Expand, Each)):
+        """What an action reroutes to: a node built for it (each of its outputs, `n -> Op(...)`),
+        one Const per output (`n:* -> [...]`), or one TensorRef | (_Planned, port)."""
+        if not isinstance(producer, (NewNode, ConstNode)) or self._computed_tensors(producer) is not None:
             value = self._build(producer)
             if isinstance(value, list):
                 raise RewriteError(f"'{self.rule_name}' replaces one node with a list of nodes")
             if all_ports and isinstance(value, tuple) and value[1] == 0:
                 return value[0]         # `n:* -> q`: every output of the node q names
             return value
-        tensors = self._computed_tensors(producer)
-        if tensors is not None and len(tensors) == 1:
-            return tensors[0]
-        if isinstance(producer, TensorOf):
-            return self._tensor(producer)
         if isinstance(producer, ConstNode) and all_ports and producer.dtype is None:
             # A Const that takes over an output has that output's dtype (quint8 stays quint8,
             # not the uint8 that holds its codes).
@@ -301,18 +294,8 @@ class _Planner:
         return value if producer.port is None else TensorRef(value.node, producer.port)
 
     def _input(self, producer: Producer) -> list[Any]:
-        if isinstance(producer, (Bound, Expand, Each)):
-            value = self._build(producer)
-            return list(value) if isinstance(value, list) else [value]
-        tensors = self._computed_tensors(producer)
-        if tensors is not None:
-            return tensors
-        if isinstance(producer, TensorOf):
-            value = self.ctx.bindings.get(producer.var)
-            if isinstance(value, list):  # a variadic binding spreads into several inputs
-                return list(value)
-            return [self._tensor(producer)]
-        return [(self._node(producer), 0)]
+        value = self._build(producer)
+        return value if isinstance(value, list) else [value]  # a list spreads into several inputs
 
     def _node(self, producer: Producer, in_place: bool = False) -> _Planned:
         """The node a producer builds; `in_place`: what an edited node becomes (not built)."""
@@ -376,12 +359,12 @@ class _Planner:
         return planned
 
     def _build(self, producer: Producer) -> Any:
-        """A named node's or a template call's value: TensorRef | (_Planned, port) | a list of them."""
+        """What a producer stands for, built: TensorRef | (_Planned, port) | a list of them (a
+        variadic binding, existing tensors an expression picks (`xs[1:]`), nodes built per element)."""
         if isinstance(producer, Bound):
-            env = self.env
-            if producer.name not in env.values:
-                env.values[producer.name] = self._build(env.lazy[producer.name])
-            return _at_port(env.values[producer.name], producer.port)
+            if producer.name not in self.named:
+                self.named[producer.name] = self._build(self.lazy[producer.name])
+            return _at_port(self.named[producer.name], producer.port)
         if isinstance(producer, Expand):
             args = [self._build(a) for a in producer.args]
             if producer.spread is None:
@@ -399,20 +382,21 @@ class _Planner:
                 self.values = values
                 self.ctx.bindings.pop(producer.var, None)
             return built
-        items = self._input(producer)
-        # A list stays a list: a variadic binding, or existing tensors an expression picks (`xs[1:]`).
         if isinstance(producer, TensorOf):
-            is_list = isinstance(self.ctx.bindings.get(producer.var), list)
-        else:
-            is_list = self._computed_tensors(producer) is not None and isinstance(self._value(producer), list)
-        return items if is_list else items[0]
+            value = self.ctx.bindings.get(producer.var)
+            return list(value) if isinstance(value, list) else self._tensor(producer)
+        tensors = self._computed_tensors(producer)
+        if tensors is not None:
+            return tensors if isinstance(self._value(producer), list) else tensors[0]
+        return self._node(producer), 0
 
     def _instantiate(self, template: Template, args: list[Any]) -> Any:
-        caller, self.env = self.env, _Env(dict(template.bindings), dict(zip(template.params, args)))
+        caller = self.lazy, self.named
+        self.lazy, self.named = dict(template.bindings), dict(zip(template.params, args))
         try:
             return self._build(template.result)
         finally:
-            self.env = caller
+            self.lazy, self.named = caller
 
     def _const(self, value: Any, dtype: int | None, wanted: str | None = None) -> _Planned:
         proto = const_node_def(const_array(value, dtype), dtype)
