@@ -254,21 +254,18 @@ class _Planner:
             self.values[key] = producer.value(self.ctx)
         return self.values[key]
 
-    def _computed_tensors(self, producer: Producer) -> list[TensorRef] | None:
-        # `xs[0]`, `xs[-1]`, `xs[:-1]`: existing tensors, not constants to build.
-        if not isinstance(producer, ConstNode) or producer.dtype is not None:
-            return None
-        value = self._value(producer)
-        if isinstance(value, TensorRef):
-            return [value]
-        if isinstance(value, list) and value and all(isinstance(v, TensorRef) for v in value):
-            return list(value)
+    def _picked(self, producer: Producer) -> TensorRef | list[TensorRef] | None:
+        """The existing tensors an expression picks (`xs[0]`, `xs[:-1]`), not a constant to build."""
+        value = self._value(producer) if isinstance(producer, ConstNode) and producer.dtype is None else None
+        if isinstance(value, TensorRef) or isinstance(value, list) and value and \
+                all(isinstance(v, TensorRef) for v in value):
+            return value
         return None
 
     def _sources(self, producer: Producer, *, all_ports: bool, target: Node | None = None):
         """What an action reroutes to: a node built for it (each of its outputs, `n -> Op(...)`),
         one Const per output (`n:* -> [...]`), or one TensorRef | (_Planned, port)."""
-        if not isinstance(producer, (NewNode, ConstNode)) or self._computed_tensors(producer) is not None:
+        if not isinstance(producer, (NewNode, ConstNode)) or self._picked(producer) is not None:
             value = self._build(producer)
             if isinstance(value, list):
                 raise RewriteError(f"'{self.rule_name}' replaces one node with a list of nodes")
@@ -286,12 +283,6 @@ class _Planner:
                                    f"gives {len(values)} values")
             return [self._const(v, dt) for v, dt in zip(values, dtypes)]
         return self._node(producer)
-
-    def _tensor(self, producer: TensorOf) -> TensorRef:
-        value = self.ctx.bindings.get(producer.var)
-        if not isinstance(value, TensorRef):
-            raise RewriteError(f"'{producer.var}' is not bound to a tensor")
-        return value if producer.port is None else TensorRef(value.node, producer.port)
 
     def _input(self, producer: Producer) -> list[Any]:
         value = self._build(producer)
@@ -384,10 +375,14 @@ class _Planner:
             return built
         if isinstance(producer, TensorOf):
             value = self.ctx.bindings.get(producer.var)
-            return list(value) if isinstance(value, list) else self._tensor(producer)
-        tensors = self._computed_tensors(producer)
-        if tensors is not None:
-            return tensors if isinstance(self._value(producer), list) else tensors[0]
+            if isinstance(value, list):
+                return list(value)
+            if not isinstance(value, TensorRef):
+                raise RewriteError(f"'{producer.var}' is not bound to a tensor")
+            return value if producer.port is None else TensorRef(value.node, producer.port)
+        picked = self._picked(producer)
+        if picked is not None:
+            return list(picked) if isinstance(picked, list) else picked
         return self._node(producer), 0
 
     def _instantiate(self, template: Template, args: list[Any]) -> Any:
