@@ -5,7 +5,8 @@ then makes its edits through the graph-edit core (engine/graph.py) inside a tran
 failure at any step leaves the graph as it was. Semantics (DESIGN.md, "Engine semantics"):
 - the node that takes over a replaced node's outputs (its heir) takes the old node's name; helper
   nodes are named `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ..., after the root's
-  `Graph.origin`, so names do not nest with each rewrite;
+  `Graph.origin`, so names do not nest with each rewrite, or as the rule names them (taken once
+  the node that has the name is gone, if the rewrite removes it);
 - control edges follow `Graph.hand_over` and `Graph.sweep`: a removed node's go to its heir, or
   else to the consumers rerouted away from it, but those that order nothing
   (`Graph.orders_nothing`); a node with control consumers and no heir is kept;
@@ -404,15 +405,12 @@ class _Planner:
     def _name(self, op: str, wanted: Any = None) -> str:
         """A fresh name: the one the rule gives (`{name: ...}`), else `<root>/<rule>/<op>`. A name
         some node has gets a fresh variant, and is taken after all if the rewrite removes that node."""
-        if wanted is None:
-            origin = self.graph.origin(self.root.name)
-            name = self.graph.fresh_name(f"{origin}/{self.rule_name}/{op}", self.taken, origin)
-        elif not isinstance(wanted, str) or not wanted:
+        if wanted is not None and (not isinstance(wanted, str) or not wanted):
             raise self._error(f"{wanted!r} is not a node name")
-        else:
-            name = self.graph.fresh_name(wanted, self.taken)
-            if name != wanted:
-                self.wished[name] = wanted
+        origin = self.graph.origin(self.root.name)
+        name = self.graph.fresh_name(wanted or f"{origin}/{self.rule_name}/{op}", self.taken, None if wanted else origin)
+        if wanted and name != wanted:
+            self.wished[name] = wanted
         self.taken.add(name)
         return name
 
