@@ -270,7 +270,7 @@ class _Planner:
             value = self._build(producer)
             if isinstance(value, list):
                 raise RewriteError(f"'{self.rule_name}' replaces one node with a list of nodes")
-            if all_ports and isinstance(value, tuple) and value[1] == 0:
+            if all_ports and not isinstance(value, TensorRef) and value[1] == 0:
                 return value[0]         # `n:* -> q`: every output of the node q names
             return value
         if isinstance(producer, ConstNode) and all_ports and producer.dtype is None:

@@ -148,3 +148,17 @@ def test_a_list_of_nodes_cannot_replace_one_node():
             n   = ConcatV2(x, x, Const(0))
             out = Neg(n)
         """)
+
+
+def test_every_output_rerouted_to_an_existing_tensor():
+    # `n:* -> x` with x a tensor of the match, not a node built: output 0 of n is x.
+    graph = _apply("""
+        rule skip-identity:
+            n = Identity(x)
+            => n:* -> x
+    """, """
+        x   = Placeholder {dtype: float, shape: [2]}
+        n   = Identity(x)
+        out = Neg(n)
+    """)
+    assert [node.name for node in graph] == ["x", "out"] and graph["out"].inputs[0].node == "x"
