@@ -343,6 +343,8 @@ def infer_input_attrs(op_def: OpDef, input_dtypes: list[int | None], given: Mapp
     except _Undetermined:
         return {}  # a given count attr is malformed: validation names it
     found: dict[str, Any] = {}
+    # A type attr is a value type: an input of a ref type implies its base type (read by value).
+    input_dtypes = [dt - _REF_OFFSET if dt is not None and dt > _REF_OFFSET else dt for dt in input_dtypes]
     index = 0  # the node input where this argument starts; a list argument spans several
     for arg in op_def.inputs:
         count = 1

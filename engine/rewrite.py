@@ -5,7 +5,8 @@ then makes its edits through the graph-edit core (engine/graph.py) inside a tran
 failure at any step leaves the graph as it was. Semantics (DESIGN.md, "Engine semantics"):
 - the node that takes over a replaced node's outputs (its heir) takes the old node's name; helper
   nodes are named `<root>/<rule>/<op>`, made unique with `_1`, `_2`, ..., after the root's
-  `Graph.origin`, so names do not nest with each rewrite;
+  `Graph.origin`, so names do not nest with each rewrite, or as the rule names them (taken once
+  the node that has the name is gone, if the rewrite removes it);
 - control edges follow `Graph.hand_over` and `Graph.sweep`: a removed node's go to its heir, or
   else to the consumers rerouted away from it, but those that order nothing
   (`Graph.orders_nothing`); a node with control consumers and no heir is kept;
@@ -29,7 +30,8 @@ from . import op_registry
 from .graph import Graph, Node, TensorRef, const_array, const_node_def
 from .pattern import MatchContext
 from .proto import graph_def_pb2 as pb
-from .rule import DELETE, EACH, Action, Bind, Bound, ConstNode, Edit, Expand, Producer, Remove, Template, TensorOf
+from .rule import (DELETE, EACH, Action, Bind, Bound, ConstNode, Each, Edit, Expand, NewNode, Producer, Remove,
+                   Template, TensorOf)
 
 
 @dataclass
@@ -178,14 +180,6 @@ def _only_upstream(root: Node, reroutes, planner: "_Planner") -> bool:
     return not read
 
 
-class _Env:
-    """The replacement's named nodes, or a template call's parameters and named nodes."""
-
-    def __init__(self, lazy: dict[str, Producer], values: dict[str, Any]):
-        self.lazy = lazy      # name -> producer, built when first read
-        self.values = values  # name -> TensorRef | (_Planned, port) | list of them
-
-
 class _Planner:
     def __init__(self, graph: Graph, rule_name: str, ctx: MatchContext, root: Node):
         self.graph = graph
@@ -194,8 +188,12 @@ class _Planner:
         self.root = root
         self.planned: list[_Planned] = []
         self.taken: set[str] = set()
+        self.wished: dict[str, str] = {}  # planned name -> the name the rule gives it, taken as yet
         self.values: dict[int, Any] = {}
-        self.env = _Env({}, {})
+        # The replacement's named nodes (a template call's, in the call), built when first read;
+        # once built, and a template's parameters: TensorRef | (_Planned, port) | a list of them.
+        self.lazy: dict[str, Producer] = {}
+        self.named: dict[str, Any] = {}
         self.pure: dict[str, bool] = {}  # `Graph.orders_nothing` answers, as of the match
         self.edits: list[tuple[str, _Planned]] = []  # edited node -> what it becomes
         self.grew = False  # an edit gave a node a control input it did not have
@@ -204,7 +202,7 @@ class _Planner:
         reroutes: list[tuple[TensorRef, Any]] = []  # old tensor -> TensorRef | (_Planned, port)
         heirs: dict[str, _Planned] = {}
         removals: list[str] = []
-        self.env.lazy.update((a.name, a.source) for a in actions if isinstance(a, Bind))
+        self.lazy.update((a.name, a.source) for a in actions if isinstance(a, Bind))
         for action in actions:
             if isinstance(action, Bind):
                 continue
@@ -257,30 +255,24 @@ class _Planner:
             self.values[key] = producer.value(self.ctx)
         return self.values[key]
 
-    def _computed_tensors(self, producer: Producer) -> list[TensorRef] | None:
-        # `xs[0]`, `xs[-1]`, `xs[:-1]`: existing tensors, not constants to build.
-        if not isinstance(producer, ConstNode) or producer.dtype is not None:
-            return None
-        value = self._value(producer)
-        if isinstance(value, TensorRef):
-            return [value]
-        if isinstance(value, list) and value and all(isinstance(v, TensorRef) for v in value):
-            return list(value)
+    def _picked(self, producer: Producer) -> TensorRef | list[TensorRef] | None:
+        """The existing tensors an expression picks (`xs[0]`, `xs[:-1]`), not a constant to build."""
+        value = self._value(producer) if isinstance(producer, ConstNode) and producer.dtype is None else None
+        if isinstance(value, TensorRef) or isinstance(value, list) and value and \
+                all(isinstance(v, TensorRef) for v in value):
+            return value
         return None
 
     def _sources(self, producer: Producer, *, all_ports: bool, target: Node | None = None):
-        if isinstance(producer, (Bound, Expand)):
+        """What an action reroutes to: a node built for it (each of its outputs, `n -> Op(...)`),
+        one Const per output (`n:* -> [...]`), or one TensorRef | (_Planned, port)."""
+        if not isinstance(producer, (NewNode, ConstNode)) or self._picked(producer) is not None:
             value = self._build(producer)
             if isinstance(value, list):
                 raise RewriteError(f"'{self.rule_name}' replaces one node with a list of nodes")
-            if all_ports and isinstance(value, tuple) and value[1] == 0:
+            if all_ports and not isinstance(value, TensorRef) and value[1] == 0:
                 return value[0]         # `n:* -> q`: every output of the node q names
             return value
-        tensors = self._computed_tensors(producer)
-        if tensors is not None and len(tensors) == 1:
-            return tensors[0]
-        if isinstance(producer, TensorOf):
-            return self._tensor(producer)
         if isinstance(producer, ConstNode) and all_ports and producer.dtype is None:
             # A Const that takes over an output has that output's dtype (quint8 stays quint8,
             # not the uint8 that holds its codes).
@@ -293,31 +285,15 @@ class _Planner:
             return [self._const(v, dt) for v, dt in zip(values, dtypes)]
         return self._node(producer)
 
-    def _tensor(self, producer: TensorOf) -> TensorRef:
-        value = self.ctx.bindings.get(producer.var)
-        if not isinstance(value, TensorRef):
-            raise RewriteError(f"'{producer.var}' is not bound to a tensor")
-        return value if producer.port is None else TensorRef(value.node, producer.port)
-
     def _input(self, producer: Producer) -> list[Any]:
-        if isinstance(producer, (Bound, Expand)):
-            value = self._build(producer)
-            return list(value) if isinstance(value, list) else [value]
-        tensors = self._computed_tensors(producer)
-        if tensors is not None:
-            return tensors
-        if isinstance(producer, TensorOf):
-            value = self.ctx.bindings.get(producer.var)
-            if isinstance(value, list):  # a variadic binding spreads into several inputs
-                return list(value)
-            return [self._tensor(producer)]
-        return [(self._node(producer), 0)]
+        value = self._build(producer)
+        return value if isinstance(value, list) else [value]  # a list spreads into several inputs
 
     def _node(self, producer: Producer, in_place: bool = False) -> _Planned:
         """The node a producer builds; `in_place`: what an edited node becomes (not built)."""
         if isinstance(producer, ConstNode):
             dtype = producer.dtype(self.ctx) if producer.dtype is not None else None
-            return self._const(self._value(producer), dtype)
+            return self._const(self._value(producer), dtype, producer.name and producer.name(self.ctx))
         source = self.graph[self._bound_node(producer.copy_of)] if producer.copy_of else None
         fields = {key: expression(self.ctx) for key, expression in producer.fields} if producer.fields else {}
         op = fields.get("op") or producer.op or source.op
@@ -328,7 +304,7 @@ class _Planner:
         else:
             inputs = list(source.inputs) if source is not None else []
         # An edited node keeps its name; a copy gets a fresh one (the heir renames it later).
-        name = source.name if in_place else self._name(op)
+        name = source.name if in_place else self._name(op, fields.get("name"))
         planned = _Planned(name, op, inputs, {}, device=self.root.device)
         if source is not None:
             planned.source = source
@@ -375,12 +351,12 @@ class _Planner:
         return planned
 
     def _build(self, producer: Producer) -> Any:
-        """A named node's or a template call's value: TensorRef | (_Planned, port) | a list of them."""
+        """What a producer stands for, built: TensorRef | (_Planned, port) | a list of them (a
+        variadic binding, existing tensors an expression picks (`xs[1:]`), nodes built per element)."""
         if isinstance(producer, Bound):
-            env = self.env
-            if producer.name not in env.values:
-                env.values[producer.name] = self._build(env.lazy[producer.name])
-            return _at_port(env.values[producer.name], producer.port)
+            if producer.name not in self.named:
+                self.named[producer.name] = self._build(self.lazy[producer.name])
+            return _at_port(self.named[producer.name], producer.port)
         if isinstance(producer, Expand):
             args = [self._build(a) for a in producer.args]
             if producer.spread is None:
@@ -388,32 +364,53 @@ class _Planner:
             items = args[producer.spread]
             return [self._instantiate(producer.template, args[:producer.spread] + [item] +
                                       args[producer.spread + 1:]) for item in items]
-        items = self._input(producer)
-        # A list stays a list: a variadic binding, or existing tensors an expression picks (`xs[1:]`).
+        if isinstance(producer, Each):  # each element's nodes are its own: its values are computed anew
+            values, built = self.values, []
+            try:
+                for item in producer.items(self.ctx):
+                    self.ctx.bindings[producer.var], self.values = item, {}
+                    built += self._input(producer.element)
+            finally:
+                self.values = values
+                self.ctx.bindings.pop(producer.var, None)
+            return built
         if isinstance(producer, TensorOf):
-            is_list = isinstance(self.ctx.bindings.get(producer.var), list)
-        else:
-            is_list = self._computed_tensors(producer) is not None and isinstance(self._value(producer), list)
-        return items if is_list else items[0]
+            value = self.ctx.bindings.get(producer.var)
+            if isinstance(value, list):
+                return list(value)
+            if not isinstance(value, TensorRef):
+                raise RewriteError(f"'{producer.var}' is not bound to a tensor")
+            return value if producer.port is None else TensorRef(value.node, producer.port)
+        picked = self._picked(producer)
+        if picked is not None:
+            return list(picked) if isinstance(picked, list) else picked
+        return self._node(producer), 0
 
     def _instantiate(self, template: Template, args: list[Any]) -> Any:
-        caller, self.env = self.env, _Env(dict(template.bindings), dict(zip(template.params, args)))
+        caller = self.lazy, self.named
+        self.lazy, self.named = dict(template.bindings), dict(zip(template.params, args))
         try:
             return self._build(template.result)
         finally:
-            self.env = caller
+            self.lazy, self.named = caller
 
-    def _const(self, value: Any, dtype: int | None) -> _Planned:
+    def _const(self, value: Any, dtype: int | None, wanted: str | None = None) -> _Planned:
         proto = const_node_def(const_array(value, dtype), dtype)
         dt = proto.attr["dtype"].type
-        planned = _Planned(self._name("Const"), "Const", [], {"dtype": dt}, device=self.root.device,
+        planned = _Planned(self._name("Const", wanted), "Const", [], {"dtype": dt}, device=self.root.device,
                            dtypes=[dt], proto=proto, checked=())
         self.planned.append(planned)
         return planned
 
-    def _name(self, op: str) -> str:
+    def _name(self, op: str, wanted: Any = None) -> str:
+        """A fresh name: the one the rule gives (`{name: ...}`), else `<root>/<rule>/<op>`. A name
+        some node has gets a fresh variant, and is taken after all if the rewrite removes that node."""
+        if wanted is not None and (not isinstance(wanted, str) or not wanted):
+            raise self._error(f"{wanted!r} is not a node name")
         origin = self.graph.origin(self.root.name)
-        name = self.graph.fresh_name(f"{origin}/{self.rule_name}/{op}", self.taken, origin)
+        name = self.graph.fresh_name(wanted or f"{origin}/{self.rule_name}/{op}", self.taken, None if wanted else origin)
+        if wanted and name != wanted:
+            self.wished[name] = wanted
         self.taken.add(name)
         return name
 
@@ -522,9 +519,7 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
         result.removed_ops[target] = replaced.op
         result.removed.append(target)
         result.touched.update(p for p in producers if p in graph)
-        result.created[result.created.index(planned.name)] = target
-        if planned.name in result.checked:
-            result.checked[target] = result.checked.pop(planned.name)
+        _rename_created(result, planned.name, target)
         renamed_to.add(target)
     # Sweep what the rewrite left unused, walking up from the nodes it touched.
     seeds = removals + list(rerouted_consumers) + [
@@ -537,7 +532,17 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     result.removed += removed
     result.removed_ops.update(removed)
     result.touched |= touched
+    for name, wanted in planner.wished.items():  # a name that a node the rewrite removed had
+        if name in graph and wanted not in graph:
+            graph.rename_node(name, wanted)
+            _rename_created(result, name, wanted)
     return result
+
+
+def _rename_created(result: RewriteResult, old: str, new: str) -> None:
+    result.created[result.created.index(old)] = new
+    if old in result.checked:
+        result.checked[new] = result.checked.pop(old)
 
 
 def _same_dtype(graph: Graph, old: TensorRef, new: TensorRef) -> bool:

@@ -132,8 +132,9 @@ class TensorOf:
 
 
 # What a copy may change besides attrs and inputs: `n {op: "Relu6"}`, `n {device: "/cpu:0"}`; an
-# edit also what its node waits on (`n {control_inputs: []}`).
-NODE_FIELDS = ("op", "device", "control_inputs")
+# edit also what its node waits on (`n {control_inputs: []}`); a new node or a copy its name
+# (`{name: name(n) + "/x"}`).
+NODE_FIELDS = ("op", "device", "control_inputs", "name")
 
 
 class _Delete:
@@ -170,6 +171,7 @@ class ConstNode:
 
     value: Expression
     dtype: Expression | None = None
+    name: Expression | None = None
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,17 @@ class Expand:
     spread: int | None = None
 
 
-Producer = Union[TensorOf, NewNode, ConstNode, Bound, Expand]
+@dataclass(frozen=True)
+class Each:
+    """`[SOURCE for var in xs if c]`: SOURCE built once per element `items` keeps, with `var`
+    bound to it; a list."""
+
+    var: str
+    items: Expression
+    element: "Producer"
+
+
+Producer = Union[TensorOf, NewNode, ConstNode, Bound, Expand, Each]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ names, unknown functions and wrong argument counts, type errors in expressions, 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gtt_rules.engine import op_registry
@@ -437,11 +437,24 @@ class Compiler(ExpressionCompiler):
             inputs = None if args is None else tuple(p for p in (self.producer(a, scope) for a in args) if p)
             attrs, fields = self._changes(getattr(expr, "attrs", ()), scope)
             return engine.NewNode(None, inputs, attrs, copy_of=var, fields=fields)
+        if isinstance(expr, ast.Comprehension) and (isinstance(expr.item, (ast.NewNodeExpr, ast.CopyNode)) or
+                                                    isinstance(expr.item, ast.Call) and expr.item.func == expr.var):
+            return self._each(expr, scope)
         fn, kind = self.value(expr, scope)
         if kind in ("string", "dtype"):
             self.error(expr.pos, f"a {kind} cannot be a tensor here")
             return None
         return engine.ConstNode(must_be_known(fn))
+
+    def _each(self, expr: ast.Comprehension, scope: Scope):
+        """`[SOURCE for x in xs if c]` where SOURCE builds nodes: one SOURCE per element kept; `x` is
+        a node of the match where SOURCE copies it (`[x(...) for x in xs]`)."""
+        item, element = expr.item, []
+        copies = getattr(item, "var", None) == expr.var or getattr(item, "func", None) == expr.var
+        kept = self.loop(expr.var, expr.items, expr.condition, expr.pos, scope,
+                         lambda: element.append(self.producer(item, scope)) or (lambda ctx: ctx.bindings[expr.var]),
+                         var_kind="tensor" if copies else "any")
+        return engine.Each(expr.var, must_be_known(kept), element[0]) if element[0] is not None else None
 
     def _changes(self, items, scope: Scope, edit: bool = False) -> tuple[tuple, tuple]:
         """What a copy or an edit changes: its attrs, and its node fields (`op`, `device`, and for an
@@ -469,7 +482,10 @@ class Compiler(ExpressionCompiler):
                                                f"not a {kind}")
                 fields.append((item.key, fn))
                 continue
-            if item.key in engine.NODE_FIELDS:  # a copy as another op, or on another device
+            if item.key == "name" and edit:
+                self.error(item.pos, "an edit keeps its node's name", "a copy or a new node can be named")
+                continue
+            if item.key in engine.NODE_FIELDS:  # a copy as another op, on another device, or named
                 if kind not in ("string", "any"):
                     self.error(item.value.pos, f"type error: a node's {item.key} is a string, not a {kind}")
                 fields.append((item.key, fn))
@@ -587,6 +603,12 @@ class Compiler(ExpressionCompiler):
         for item in expr.attrs:
             if item.key is None:
                 self.error(item.pos, f"a new {expr.op} names its attrs: '(EXPR): value' is for a copy or an edit")
+        named = [item for item in expr.attrs if item.key == "name"]
+        if named:  # the node's name, not an attr
+            expr = replace(expr, attrs=tuple(item for item in expr.attrs if item.key != "name"))
+            fields = self._changes(named, scope)[1]
+        else:
+            fields = ()
         attr_items = {item.key: item for item in expr.attrs}
         if expr.op == "Const":
             if not expr.args or len(expr.args) > 2:
@@ -598,7 +620,8 @@ class Compiler(ExpressionCompiler):
                 self.error(expr.args[0].pos, f"type error: a Const value cannot be a {kind}")
             dtype_expr = expr.args[1] if len(expr.args) == 2 else (attr_items["dtype"].value if "dtype" in attr_items else None)
             dtype_fn = self.value(dtype_expr, scope)[0] if dtype_expr is not None else None
-            return engine.ConstNode(must_be_known(value_fn), dtype_fn and must_be_known(dtype_fn))
+            return engine.ConstNode(must_be_known(value_fn), dtype_fn and must_be_known(dtype_fn),
+                                    fields[0][1] if fields else None)
         self._check_attrs(expr.op, op_def, expr.attrs)
         inputs = ()
         if expr.args is not None:
@@ -609,7 +632,7 @@ class Compiler(ExpressionCompiler):
             self._check_input_count(expr.op, op_def, 0, expr.pos)
         attrs = tuple((item.key, must_be_known(self.value(item.value, scope)[0])) for item in expr.attrs
                       if item.key is not None)
-        return engine.NewNode(expr.op, inputs, attrs)
+        return engine.NewNode(expr.op, inputs, attrs, fields=fields)
 
 
 def _names_in(node: Any) -> set[str]:

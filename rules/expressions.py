@@ -185,17 +185,17 @@ class ExpressionCompiler:
                          lambda: self.value(expr.item, scope)[0]), "list"
 
     def loop(self, name: str, items_expr: ast.Expr, condition_expr: ast.Expr | None, pos: ast.Pos,
-             scope: Scope, compile_item: Callable[[], Callable[[MatchContext], Any]]):
+             scope: Scope, compile_item: Callable[[], Callable[[MatchContext], Any]], var_kind: str = "any"):
         """`for name in items if condition`: a function of the context giving the list of the
-        item's values, one per element kept; compile_item compiles the item with `name` in scope.
-        Bounded by MAX_LIST_LENGTH; UNKNOWN if the list or a condition is."""
+        item's values, one per element kept; compile_item compiles the item with `name` in scope
+        (as a `var_kind`). Bounded by MAX_LIST_LENGTH; UNKNOWN if the list or a condition is."""
         items, kind = self.value(items_expr, scope)
         if kind in ("string", "dtype", "bool"):
             self.error(items_expr.pos, f"type error: 'for' needs a list to go over, not a {kind}")
         if scope.kind_of(name) is not None or dtype_constant(name) is not None:
             self.error(pos, f"'{name}' is already bound; the loop needs a name of its own")
             return lambda ctx: None
-        scope.lets[name] = "any"  # visible in the item and the condition only
+        scope.lets[name] = var_kind  # visible in the item and the condition only
         try:
             item = compile_item()
             condition = self.value(condition_expr, scope)[0] if condition_expr is not None else None

@@ -149,6 +149,30 @@ def inputs(ctx, x):
     return list(ctx.graph[x.node].inputs)
 
 
+@BUILTINS.function(args=("tensor",), returns="list", needs_context=True)
+def outputs(ctx, x):
+    """The outputs of x's node, a list of tensors (`uses` of one counts its readers)."""
+    count = ctx.graph.num_outputs(ctx.graph[x.node])
+    if count is None:
+        raise NotApplicable(f"the outputs of '{x.node}' are not known")
+    return [OutputRef(x.node, port) for port in range(count)]
+
+
+@BUILTINS.function(args=("string", "string"), returns="bool")
+def starts_with(text, prefix):
+    """Whether string `text` begins with `prefix`."""
+    return text.startswith(prefix)
+
+
+@BUILTINS.function(args=("list", "any"), returns="value")
+def index(xs, x):
+    """The position of the first element of xs equal to x."""
+    for position, item in enumerate(xs):
+        if item is x or (type(item) is type(x) and item == x):
+            return position
+    raise NotApplicable(f"{x!r} is not in the list")
+
+
 @BUILTINS.function(args=("tensor", "list"), returns="bool", needs_context=True)
 def only_read_by(ctx, x, ops):
     """True if x's node has consumers and every one of them is one of `ops`."""
@@ -157,16 +181,18 @@ def only_read_by(ctx, x, ops):
     return bool(consumers) and all(c.op in wanted for c in consumers)
 
 
-@BUILTINS.function(args=("tensor", "list"), returns="list", needs_context=True)
-def readers(ctx, x, through):
-    """The data inputs that read x's node, as [reader, input port] pairs (the reader a tensor:
-    its output 0), and past each reader whose op is in `through`, that one's readers in turn
-    (in the order of the names of the nodes read)."""
-    graph = ctx.graph
+@BUILTINS.function(args=("tensor", "list"), optional=1, returns="list", needs_context=True)
+def readers(ctx, x, through=None):
+    """The data inputs that read x, as [reader, input port] pairs (the reader a tensor: its output
+    0): written `n:1`, those of output 1 only, else those of any output of x's node. Past each
+    reader whose op is in `through`, that one's readers in turn (it is listed too); in the order
+    of the names of the nodes read."""
+    graph, port = ctx.graph, x.port if isinstance(x, OutputRef) else None
 
     def pairs(name):
         return [[TensorRef(c.name, 0), i] for c in graph.consumers(name) for i, ref in enumerate(c.inputs)
-                if ref.node == name]
+                if ref.node == name and (name != x.node or port is None or ref.port == port)]
+    through = through or ()
     read = graph.walk([x.node], lambda node: [r.node for r, _ in pairs(node.name) if graph[r.node].op in through])
     return [pair for name in sorted(read) for pair in pairs(name)]
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from gtt_rules.engine import op_registry
 from gtt_rules.engine.attrs import decode_attr
-from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64, REF_OFFSET
+from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.errors import UsageError
 from gtt_rules.rules.params import Param
@@ -228,83 +228,6 @@ def _same_attrs(a, b) -> bool:
     return all(ours[key] == theirs[key] for key in ours)
 
 
-@REGISTRY.pass_("fold_batch_norms_after_concat")
-def fold_batch_norms_after_concat(graph: Graph, ctx: PassContext) -> None:
-    """Fold an inference FusedBatchNorm that follows a channel ConcatV2 of convolutions into each
-    convolution's weights, leaving one bias add after the concat.
-
-    Not a rule: each folded layer keeps its layer's name, and only a rule's root hands its name on.
-    """
-    for bn in [n for n in graph if n.op in ("FusedBatchNorm", "FusedBatchNormV3")]:
-        plan = _concat_fold_plan(graph, bn)
-        if plan is None or any(graph.uses(TensorRef(bn.name, port)) for port in range(1, graph.num_outputs(bn))):
-            continue
-        concat, layers, scale, offset = plan
-        renames = {}  # the folded copies take the names of the nodes they replace
-        with graph.transaction():
-            start = 0
-            new_inputs = []
-            for layer in layers:
-                weights = graph[layer.inputs[1].node].get_attr("value")
-                channels = _output_channels(layer, weights)
-                piece = scale[start:start + channels]
-                start += channels
-                if layer.op == "DepthwiseConv2dNative":
-                    piece = piece.reshape(weights.shape[2], weights.shape[3])
-                folded = graph.add_const(graph.fresh_name(f"{layer.name}/folded_weights"),
-                                         (weights * piece).astype(np.float32))
-                copy = graph.add_node(graph.fresh_name(f"{layer.name}/folded"), layer.op,
-                                      [layer.inputs[0], TensorRef(folded.name)], device=layer.device)
-                for key, value in layer.attr.items():
-                    copy.attr[key].CopyFrom(value)
-                new_inputs.append(TensorRef(copy.name))
-                renames[copy.name] = layer.name
-            axis = concat.inputs[-1]
-            new_concat = graph.add_node(graph.fresh_name(f"{concat.name}/folded"), "ConcatV2", new_inputs + [axis])
-            renames[new_concat.name] = concat.name
-            # TensorFlow names a FusedBatchNorm's offset input `NAME/offset` when it makes it itself.
-            bias = graph.add_const(graph.fresh_name(f"{bn.name}/offset"), offset.astype(np.float32))
-            heir = graph.add_node(graph.fresh_name(f"{bn.name}/folded"), "BiasAdd",
-                                  [TensorRef(new_concat.name), TensorRef(bias.name)], device=bn.device)
-            graph.reroute(TensorRef(bn.name), TensorRef(heir.name))
-            graph.hand_over(bn.name, heir.name)
-            # The replaced nodes go even if protected: the folded copies take their names.
-            graph.sweep([bn.name], set(ctx.protected) - set(renames.values()) - {bn.name})
-            renames[heir.name] = bn.name
-            for temporary, final in renames.items():
-                graph.rename_node(temporary, final)
-
-
-def _concat_fold_plan(graph: Graph, bn):
-    if bn.get_attr("is_training", True) or bn.get_attr("data_format", "NHWC") != "NHWC":
-        return None
-    concat = graph[bn.inputs[0].node]
-    if concat.op != "ConcatV2" or graph.uses(concat.name) != 1 or concat.control_inputs:
-        return None
-    axis_node = graph[concat.inputs[-1].node]
-    if axis_node.op != "Const" or int(axis_node.get_attr("value")) not in (3, -1):
-        return None
-    layers = [graph[ref.node] for ref in concat.inputs[:-1]]
-    for layer, ref in zip(layers, concat.inputs[:-1]):
-        if layer.op not in ("Conv2D", "DepthwiseConv2dNative") or ref.port != 0 or graph.uses(layer.name) != 1 \
-                or layer.control_inputs or layer.get_attr("data_format", "NHWC") != "NHWC" \
-                or graph[layer.inputs[1].node].op != "Const":
-            return None
-    params = [graph[ref.node] for ref in bn.inputs[1:5]]
-    if any(p.op != "Const" for p in params):
-        return None
-    gamma, beta, mean, var = (p.get_attr("value").astype(np.float64) for p in params)
-    scale = gamma / np.sqrt(var + bn.get_attr("epsilon"))
-    channels = sum(_output_channels(l, graph[l.inputs[1].node].get_attr("value")) for l in layers)
-    if scale.shape != (channels,):
-        return None
-    return concat, layers, scale, beta - mean * scale
-
-
-def _output_channels(layer, weights) -> int:
-    return weights.shape[2] * weights.shape[3] if layer.op == "DepthwiseConv2dNative" else weights.shape[3]
-
-
 @REGISTRY.pass_("freeze_requantization_ranges", Param("min_max_log_file", "str", False, ""),
                Param("min_percentile", "float", False, 5.0), Param("max_percentile", "float", False, 5.0))
 def freeze_requantization_ranges(graph: Graph, ctx: PassContext) -> None:
@@ -324,7 +247,7 @@ def freeze_requantization_ranges(graph: Graph, ctx: PassContext) -> None:
                                       for name, observed in records.items()}, protected=ctx.protected)
 
 
-# ---- GTT's remaining transforms: backport_tensor_array_v3, insert_logging, sparsify_gather ----
+# ---- GTT's remaining transforms: backport_tensor_array_v3, sparsify_gather ----
 
 # The TensorArray ops whose V3 form only differs from V2 by its handle's type (a resource, not a
 # string): the V2 op of the same inputs and attrs reads the V2 handle.
@@ -339,7 +262,8 @@ def backport_tensor_array_v3(graph: Graph, ctx: PassContext) -> None:
     V2 arrays have no flow output: what read a V3 array's flow (output 1) reads a float Const 1.0
     instead, as in GTT (the value is arbitrary; V2 ops only need some float there).
 
-    Not a rule: the flow's stand-in has GTT's name, `ARRAY/replacement_flow_node`, which no node a rule makes can have.
+    Not a rule: an array and all its readers change op in one step (a V2 handle is a string, a V3
+    one a resource), and a rule edits only the nodes its pattern matched, upstream of its root.
     """
     for node in [n for n in graph if n.op in ("TensorArrayV3", "TensorArrayGradV3")]:
         flow = TensorRef(node.name, 1)
@@ -351,40 +275,6 @@ def backport_tensor_array_v3(graph: Graph, ctx: PassContext) -> None:
     for node in graph:
         if node.op in _TENSOR_ARRAY_V3_USERS:
             node.op = node.op[:-1] + "2"
-
-
-@REGISTRY.pass_("insert_logging", _list_param("op", "str"), _list_param("prefix", "str"),
-               Param("message", "str", False, ""), Param("show_name", "bool", False, False),
-               Param("show_op", "bool", False, False), Param("first_n", "int", False, -1),
-               Param("summarize", "int", False, 1024))
-def insert_logging(graph: Graph, ctx: PassContext) -> None:
-    """Print the outputs of the nodes of the given ops (`op`) and name prefixes (`prefix`) when they
-    run: a Print node passes output 0 through, and logs every output something reads.
-
-    Only nodes whose output 0 something reads get one: a Print nothing reads would never run (GTT
-    also adds one where nothing reads it). As in GTT, with neither `op` nor `prefix` every such
-    node is logged.
-
-    Not a rule: one pass logs each chosen node once (a rule would log its own Prints), as `NODE__print__`.
-    """
-    params = ctx.params
-    ops, prefixes = set(params["op"]), tuple(params["prefix"])
-    for node in list(graph):
-        if ops and node.op not in ops or prefixes and not node.name.startswith(prefixes):
-            continue
-        consumers = graph.consumers(node.name)
-        read = sorted({ref.port for c in consumers for ref in c.inputs if ref.node == node.name})
-        dtypes = graph.output_dtypes(node)
-        if 0 not in read or not dtypes:      # the Print would not run, or the types are unknown
-            continue
-        dtypes = [d - REF_OFFSET if d > REF_OFFSET else d for d in dtypes]   # a ref is logged by value
-        name = graph.fresh_name(f"{node.name}__print__")
-        message = (f";{node.op};" if params["show_op"] else "") + (f";{name};" if params["show_name"] else "")
-        printer = graph.add_node(name, "Print", [TensorRef(node.name, 0)] + [TensorRef(node.name, p) for p in read],
-                                 attrs={"T": dtypes[0], "U": [dtypes[p] for p in read],
-                                        "message": message + params["message"], "first_n": params["first_n"],
-                                        "summarize": params["summarize"]}, device=node.device)
-        graph.reroute(TensorRef(node.name, 0), TensorRef(printer.name), exclude=[printer.name])
 
 
 @REGISTRY.pass_("sparsify_gather", Param("input_checkpoint", "str", False, ""),

@@ -135,6 +135,23 @@ def test_insert_logging_by_prefix_only_logs_those_nodes(tf, tmp_path):
     assert all(p.name[:-len("__print__")] in names for p in prints)
 
 
+def test_insert_logging_logs_a_reference_by_value(tf, tmp_path):
+    # A VariableV2's output is a float_ref: its Print takes T and U as float, as TensorFlow reads it.
+    with tf.Graph().as_default() as graph:
+        v = tf.compat.v1.Variable(tf.constant([1.0, 2.0]), name="v", use_resource=False)
+        tf.identity(v * 2.0, name="out")
+    source, out = tmp_path / "ref.pb", tmp_path / "logged.pb"
+    source.write_bytes(graph.as_graph_def().SerializeToString())
+    assert main(["apply", str(source), "-o", str(out), "--transforms", "insert_logging(op=VariableV2)"]) == 0
+    graph_def = tf.compat.v1.GraphDef.FromString(out.read_bytes())
+    printer, = [node for node in graph_def.node if node.op == "Print"]
+    assert printer.name == "v__print__" and printer.attr["T"].type == tf.float32.as_datatype_enum
+    assert list(printer.attr["U"].list.type) == [tf.float32.as_datatype_enum]
+    with tf.Graph().as_default() as logged, tf.compat.v1.Session(graph=logged) as session:
+        tf.graph_util.import_graph_def(graph_def, name="")
+        np.testing.assert_array_equal(session.run("out:0", {"v:0": [1.0, 2.0]}), [2.0, 4.0])
+
+
 # ---- sparsify_gather ----
 
 def _embedding_graph(tf, weights: np.ndarray, gather_v2: bool):
