@@ -61,7 +61,10 @@ def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iter
     start = {pattern.root_var: TensorRef(root.name, 0)}
     if pattern.searches:
         start[_SEARCH] = _Search(root.name)
-    for bindings in _match_node(pattern, pattern.statements[pattern.root_var], root, start, graph):
+    found = _match_node(pattern, pattern.statements[pattern.root_var], root, start, graph)
+    if pattern.further:
+        found = (more for bindings in found for more in _match_roots(pattern, 0, bindings, graph))
+    for bindings in found:
         if pattern.checks_attrs:
             ctx.bindings = bindings
             try:
@@ -69,12 +72,35 @@ def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iter
                     continue
             except NotApplicable:
                 continue
-        if pattern.checks_privacy and not _private(root.name, bindings, graph, ctx.protected):
+        if pattern.checks_privacy and not _private(pattern, root.name, bindings, graph, ctx.protected):
             continue
         yield bindings
 
 
-def _private(root: str, bindings: dict, graph: Graph, protected) -> bool:
+def _match_roots(pattern: Pattern, at: int, bindings: dict, graph: Graph) -> Iterator[dict]:
+    """The roots after the first, from `at` on: each is one of the readers of a tensor it shares
+    with the match so far (of the one with the fewest readers), and a node the match has not."""
+    if at == len(pattern.further):
+        yield bindings
+        return
+    var, joins = pattern.further[at]
+    sources = [ref.node for name in joins for ref in _refs(bindings.get(name))]
+    if not sources:  # an empty list: no tensor to find readers of
+        return
+    source = min(sources, key=lambda name: len(graph.consumer_names(name)))
+    taken = {bindings[v].node for v in pattern.statements if v in bindings}
+    for reader in graph.consumers(source):
+        if reader.name not in taken:
+            start = {**bindings, var: TensorRef(reader.name, 0)}
+            for extended in _match_node(pattern, pattern.statements[var], reader, start, graph):
+                yield from _match_roots(pattern, at + 1, extended, graph)
+
+
+def _refs(bound) -> list[TensorRef]:
+    return bound if isinstance(bound, list) else [] if bound is None else [bound]
+
+
+def _private(pattern: Pattern, root: str, bindings: dict, graph: Graph, protected) -> bool:
     """True if no private inner node of the match is a graph output or read from outside the
     match: a rewrite then leaves none of them behind, computing what it already replaced."""
     matched, private = {root}, []
@@ -84,7 +110,10 @@ def _private(root: str, bindings: dict, graph: Graph, protected) -> bool:
         matched.add(name)
         if is_private:
             private.append(name)
+    roots = {bindings[var].node for var, _ in pattern.further}  # roots, not inner nodes
     for name in private:
+        if name in roots:
+            continue
         if name in protected:
             return False
         for consumer in graph.consumer_names(name):
@@ -211,7 +240,11 @@ def _match_variadic(pattern, wanted, at, inputs, bindings, graph) -> Iterator[di
     for head in _match_inputs(pattern, fixed_wanted, fixed_inputs, 0, bindings, graph, inputs):
         states = [head] if rest.node is None else _match_elements(pattern, rest.node, tail, head, graph)
         for state in states:
-            yield {**state, rest.var: list(tail)} if rest.var else state
+            if rest.var in state:  # a list bound twice: the same tensors
+                if state[rest.var] == tail:
+                    yield state
+            else:
+                yield {**state, rest.var: list(tail)} if rest.var else state
 
 
 def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict, graph: Graph) -> list[dict]:

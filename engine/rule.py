@@ -97,11 +97,15 @@ class InputPattern:
 
 @dataclass(frozen=True)
 class Pattern:
-    """A rule's whole left-hand side: the root statement and the named statements it uses."""
+    """A rule's whole left-hand side: the root statement and the named statements it uses.
+
+    `further` are the other roots (lines nothing in the pattern reads), in the order written, each
+    with the names it reads that the lines before it bind: it is looked for among their readers."""
 
     root_var: str
     statements: dict[str, NodePattern]
     private: bool = True  # inner nodes are private (the rule builds nodes that would duplicate them)
+    further: tuple[tuple[str, tuple[str, ...]], ...] = ()
     root_ops: frozenset[str] | None = field(init=False)
     checks_attrs: bool = field(init=False)  # some attr is compared with an expression
     searches: bool = field(init=False)  # a commutative node may be tried again: memo and bound it

@@ -207,22 +207,47 @@ class Compiler(ExpressionCompiler):
         for stmt in rule.patterns:
             self._collect(stmt.node, scope, referenced)
         roots = [s.var for s in rule.patterns if s.var not in referenced]
-        if len(roots) != 1:
-            names = ", ".join(f"'{r}'" for r in roots) or "none (the pattern lines form a loop)"
-            self.error(rule.patterns[0].pos, f"a pattern needs exactly one root, the node the others feed; "
-                                             f"roots here: {names}")
+        if not roots:
+            self.error(rule.patterns[0].pos, "a pattern needs a root, a line no other line reads; here "
+                                             "the pattern lines form a loop")
             return None
+        further = self._further_roots(roots, scope)
         # An inner node the replacement reads stays in the graph anyway: others may read it too.
         scope.kept = set().union(*(_tensor_sources(a, self.functions) for a in rule.actions))
-        root = scope.statements[roots[0]].node
-        if root.shared or any(a.shared for a in root.alternatives):
-            self.error(root.pos, "the root is what the rule replaces: it cannot be 'shared'")
+        for root in (scope.statements[r].node for r in roots):
+            if root.shared or any(a.shared for a in root.alternatives):
+                self.error(root.pos, "a root is what the rule replaces: it cannot be 'shared'")
         statements = {s.var: self._node_pattern(s.node, scope, s.var in scope.kept) for s in rule.patterns}
         # A rule that only reroutes to tensors the match has computes nothing twice.
         builds = any(isinstance(a, ast.BindStmt) or
                      (isinstance(a, ast.RerouteStmt) and not isinstance(a.expr, (ast.Var, ast.Port)))
                      for a in rule.actions)
-        return Pattern(roots[0], statements, private=builds)
+        return Pattern(roots[0], statements, private=builds, further=further)
+
+    def _further_roots(self, roots: list[str], scope: Scope) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Each root after the first with the names it reads that the lines before it bind: the
+        matcher looks for it among their readers, so it must read one."""
+        def reach(var: str, seen: set[str]) -> set[str]:
+            seen.add(var)
+            for name in _mentioned(scope.statements[var].node) - seen:
+                if name in scope.statements:
+                    reach(name, seen)
+                else:
+                    seen.add(name)
+            return seen
+        bound, further = reach(roots[0], set()), []
+        for var in roots[1:]:
+            node = scope.statements[var].node
+            reads = set.intersection(*({a.name for a in n.args or () if hasattr(a, "name")}
+                                       for n in node.alternatives or (node,)))
+            joins = tuple(sorted(reads & bound))
+            if not joins:
+                self.error(node.pos, f"'{var}' is a second root: it must read, as an input of its own, a "
+                                     f"tensor the pattern lines before it bind, to be found among its readers",
+                           "a pattern with several roots matches nodes that read a common tensor")
+            further.append((var, joins))
+            bound |= reach(var, set())
+        return tuple(further)
 
     def _collect(self, node: ast.NodePatternExpr, scope: Scope, referenced: set[str]) -> None:
         """First pass: record tensor, list and attr names, so later uses resolve in any order."""
@@ -251,7 +276,7 @@ class Compiler(ExpressionCompiler):
                 scope.tensors.setdefault(arg.name, arg.pos)
                 self._collect(arg.node, scope, referenced)
             elif isinstance(arg, ast.ArgVariadic):
-                if arg.name in scope.tensors or arg.name in scope.statements or arg.name in scope.lists:
+                if arg.name in scope.tensors or arg.name in scope.statements:  # a list twice: the same list
                     self.error(arg.pos, f"'{arg.name}' is already bound")
                 scope.lists.setdefault(arg.name, arg.pos)
                 if arg.node:
