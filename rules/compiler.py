@@ -242,9 +242,9 @@ class Compiler(ExpressionCompiler):
                                        for n in node.alternatives or (node,)))
             joins = tuple(sorted(reads & bound))
             if not joins:
-                self.error(node.pos, f"'{var}' is a second root: it must read, as an input of its own, a "
-                                     f"tensor the pattern lines before it bind, to be found among its readers",
-                           "a pattern with several roots matches nodes that read a common tensor")
+                self.error(node.pos, f"'{var}' is a second root, and none of its inputs is a tensor the "
+                                     f"lines before it bind: it is looked for among their readers",
+                           "give it an input in common with the lines above, or read it from the others")
             further.append((var, joins))
             bound |= reach(var, set())
         return tuple(further)

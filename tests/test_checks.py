@@ -75,9 +75,22 @@ CASES = {
     "duplicate rule name": (
         RULE + RULE,
         4, 6, "duplicate rule name 'r' (first at line 1)", None),
-    "two roots": (
+    "a second root with no input in common": (
         "rule r:\n    a = Relu(x)\n    b = Neg(y)\n    => a -> x\n",
-        2, 5, "a pattern needs exactly one root, the node the others feed; roots here: 'a', 'b'", None),
+        3, 9, "'b' is a second root, and none of its inputs is a tensor the lines before it bind: it is "
+              "looked for among their readers",
+        "give it an input in common with the lines above, or read it from the others"),
+    "a second root joined only through a nested pattern": (
+        "rule r:\n    a = Relu(x)\n    b = Neg(Abs(x))\n    => a -> x\n",
+        3, 9, "'b' is a second root, and none of its inputs is a tensor the lines before it bind: it is "
+              "looked for among their readers",
+        "give it an input in common with the lines above, or read it from the others"),
+    "a shared second root": (
+        "rule r:\n    a = Relu(x)\n    b = shared Neg(x)\n    => a -> x\n",
+        3, 16, "a root is what the rule replaces: it cannot be 'shared'", None),
+    "pattern lines in a loop": (
+        "rule r:\n    a = Relu(b)\n    b = Neg(a)\n    => a -> b\n",
+        2, 5, "a pattern needs a root, a line no other line reads; here the pattern lines form a loop", None),
     "reroute of a non-pattern name": (
         "rule r:\n    n = Relu(x)\n    => m -> x\n",
         3, 8, "'m' is not a node of the pattern", None),

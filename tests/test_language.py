@@ -613,6 +613,111 @@ def test_dag_pattern_with_a_shared_tensor_variable():
     assert structure(graph)["m2"] == ("Mul", ["y", "s"])
 
 
+def test_a_second_root_is_another_reader_of_a_shared_tensor():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Relu(x) {T: float}
+        b = Neg(x) {T: float}
+        c = Neg(x) {T: float}
+        out = AddN(a, b, c) {N: 3, T: float}
+    """)
+    matched = []
+    rules = compile_rules("""
+        rule pair:
+            r = Relu(x)
+            n = Neg(x)
+            => r -> n
+    """)
+    ctx = MatchContext(graph, {}, frozenset(["x", "out"]))
+    matched = [(b["r"].node, b["n"].node) for b in match(rules[0].pattern, graph, graph["a"], ctx)]
+    assert matched == [("a", "b"), ("a", "c")]  # each reader in node order; none at a Neg root
+    assert list(match(rules[0].pattern, graph, graph["b"], ctx)) == []
+
+
+def test_a_second_root_is_never_a_node_the_match_already_has():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Relu(x) {T: float}
+        out = Neg(a) {T: float}
+    """)
+    rules = compile_rules("""
+        rule pair:
+            a = Relu(x)
+            b = Relu(x)
+            => b -> a
+    """)
+    assert list(match(rules[0].pattern, graph, graph["a"], MatchContext(graph, {}, frozenset()))) == []
+
+
+def test_a_second_root_is_looked_for_among_the_readers_of_its_least_read_input():
+    # c feeds only `pair`'s two nodes, x a hundred more: the readers of c are the ones tried.
+    lines = ["x = Placeholder {dtype: float, shape: [2]}", "c = Const([1.0, 2.0])",
+             "a = Sub(x, c) {T: float}", "b = RealDiv(x, c) {T: float}"]
+    lines += [f"n{i} = Neg(x) {{T: float}}" for i in range(100)]
+    graph = fixture_graph("\n".join(lines))
+    rules = compile_rules("""
+        rule pair:
+            a = Sub(x, c)
+            b = RealDiv(x, c)
+            => b -> a
+    """)
+    tried = []
+    consumers = graph.consumers
+    graph.consumers = lambda name: tried.append(name) or consumers(name)
+    found = list(match(rules[0].pattern, graph, graph["a"], MatchContext(graph, {}, frozenset())))
+    assert [b["b"].node for b in found] == ["b"] and tried == ["c"]
+
+
+def test_a_list_bound_in_two_roots_is_the_same_list():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        y = Placeholder {dtype: float, shape: [2]}
+        a = AddN(x, y) {N: 2, T: float}
+        b = AddN(x, y) {N: 2, T: float}
+        c = AddN(y, x) {N: 2, T: float}
+        d = AddN(x, y, y) {N: 3, T: float}
+        out = AddN(a, b, c, d) {N: 4, T: float}
+    """)
+    report = run(graph, """
+        rule merge:
+            a = AddN(xs...)
+            b = AddN(xs...)
+            where position(a) < position(b)
+            => b -> a
+    """, protected=["x", "y", "out"])
+    assert report.fires["merge"] == 1
+    assert structure(graph)["out"][1] == ["a", "a", "c", "d"]
+
+
+def test_inner_nodes_of_a_second_root_are_private_but_the_root_is_not():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Relu(x) {T: float}
+        e = Exp(x) {T: float}
+        b = Sub(e, x) {T: float}
+        n = Abs(e) {T: float}
+        out = AddN(a, b, n) {N: 3, T: float}
+    """)
+    rules_text = """
+        rule pair:
+            r = Relu(x)
+            e = Exp(x)
+            n = Sub(e, x)
+            => n -> Tanh(x)
+    """
+    report = run(graph, rules_text, protected=["x", "out"])
+    assert report.fires["pair"] == 0  # e is read by Abs too: it is private to the match
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Relu(x) {T: float}
+        e = Exp(x) {T: float}
+        b = Sub(e, x) {T: float}
+        out = AddN(a, b, b) {N: 3, T: float}
+    """)
+    report = run(graph, rules_text, protected=["x", "out"])
+    assert report.fires["pair"] == 1 and structure(graph)["b"] == ("Tanh", ["x"])
+
+
 def test_guard_uses_count():
     graph = fixture_graph("""
         x = Placeholder {dtype: float, shape: [2]}
