@@ -110,10 +110,10 @@ def _private(pattern: Pattern, root: str, bindings: dict, graph: Graph, protecte
         matched.add(name)
         if is_private:
             private.append(name)
-    roots = {bindings[var].node for var, _ in pattern.further}  # roots, not inner nodes
+    if pattern.further:  # the other roots are roots, not inner nodes
+        roots = {bindings[var].node for var, _ in pattern.further}
+        private = [name for name in private if name not in roots]
     for name in private:
-        if name in roots:
-            continue
         if name in protected:
             return False
         for consumer in graph.consumer_names(name):
