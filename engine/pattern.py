@@ -319,11 +319,40 @@ def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings:
         yield from _match_node(pattern, statement, producer, {**bindings, want.node_var: TensorRef(ref.node, 0)}, graph)
         return
     if want.node is not None:
+        if want.node.repeat:
+            yield from _match_chain(pattern, want.node, ref, bindings, graph)
+            return
         if want.node.checks_attrs:
             bindings = {**bindings, f"{_NESTED}{id(want.node)}:{ref.node}": (want.node, ref.node)}
         yield from _match_node(pattern, want.node, producer, bindings, graph)
         return
     yield bindings
+
+
+def _match_chain(pattern: Pattern, chain: NodePattern, ref: TensorRef, bindings: dict, graph: Graph) -> Iterator[dict]:
+    """`Op*(end)`: the nodes of the chain from `ref` down, each one's first input the next, and
+    `end` matched where the chain stops; the longest chain first, then each shorter one. A node
+    met twice (a cycle, in a graph loaded without validation) ends the chain."""
+    link = chain.link
+    ways, seen = [(ref, bindings, [])], set()
+    while True:
+        ref, state, nodes = ways[-1]
+        node = graph.get(ref.node)
+        if node is None or not node.inputs or node.name in seen:
+            break
+        seen.add(node.name)
+        if chain.checks_attrs:
+            state = {**state, f"{_NESTED}{id(link)}:{node.name}": (link, node.name)}
+        state = next(_match_node(pattern, link, node, state, graph), None)
+        if state is None:
+            break
+        if pattern.checks_privacy:
+            state = {**state, _INNER: (node.name, not chain.shared, state.get(_INNER))}
+        ways.append((node.inputs[0], state, nodes + [ref]))
+    for ref, state, nodes in reversed(ways[1:] if chain.repeat == "+" else ways):
+        if chain.chain_var is not None:
+            state = {**state, chain.chain_var: nodes}
+        yield from _match_input(pattern, chain.inputs[0], ref, state, graph, [ref])
 
 
 def _literal_matches(graph: Graph, node: Node, number: float, ref: TensorRef, operands) -> bool:

@@ -7,7 +7,7 @@ names, unknown functions and wrong argument counts, type errors in expressions, 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gtt_rules.engine import op_registry
@@ -203,6 +203,8 @@ class Compiler(ExpressionCompiler):
             elif stmt.var in scope.params:
                 self.error(stmt.pos, f"'{stmt.var}' is a parameter of the rule set; pick another name")
             scope.statements.setdefault(stmt.var, stmt)
+            if stmt.node.repeat:
+                self.error(stmt.node.pos, "a chain stands in an input ('Relu(Identity*(x))'), not as a pattern line")
         referenced: set[str] = set()
         for stmt in rule.patterns:
             self._collect(stmt.node, scope, referenced)
@@ -254,12 +256,16 @@ class Compiler(ExpressionCompiler):
         if node.alternatives:
             first = _mentioned(node.alternatives[0])
             for alternative in node.alternatives:
+                if alternative.repeat:
+                    self.error(alternative.pos, "a chain cannot be one of alternatives: it may match no node")
                 if _mentioned(alternative) != first:
                     self.error(alternative.pos, "each alternative must name the same names (a name "
                                                 "only some of them bind would be unbound after the others)")
                 self._collect(alternative, scope, referenced)
             return
         self._check_ops(node)
+        if node.repeat and (len(node.args) != 1 or isinstance(node.args[0], ast.ArgVariadic)):
+            self.error(node.pos, "a chain reads one input, where it ends: 'Op*(x)'")
         for arg in node.args or ():
             if isinstance(arg, (ast.ArgVar, ast.ArgPort)) and arg.name in scope.statements:
                 referenced.add(arg.name)
@@ -273,12 +279,14 @@ class Compiler(ExpressionCompiler):
             elif isinstance(arg, ast.ArgBound):
                 if arg.name in scope.statements:
                     self.error(arg.pos, f"'{arg.name}' is already bound by a pattern line")
-                scope.tensors.setdefault(arg.name, arg.pos)
+                (scope.lists if arg.node.repeat else scope.tensors).setdefault(arg.name, arg.pos)
                 self._collect(arg.node, scope, referenced)
             elif isinstance(arg, ast.ArgVariadic):
                 if arg.name in scope.tensors or arg.name in scope.statements:  # a list twice: the same list
                     self.error(arg.pos, f"'{arg.name}' is already bound")
                 scope.lists.setdefault(arg.name, arg.pos)
+                if arg.node and arg.node.repeat:
+                    self.error(arg.node.pos, "a chain cannot be a variadic input's pattern: it may match no node")
                 if arg.node:
                     self._collect(arg.node, scope, referenced)
             elif isinstance(arg, ast.ArgNested):
@@ -301,7 +309,7 @@ class Compiler(ExpressionCompiler):
                 self.error(node.pos, f"unknown op '{op}'", self._suggest(op, op_registry.all_op_names()))
                 continue
             self._check_attrs(op, op_def, node.attrs)
-            if node.args is not None and not any(isinstance(a, ast.ArgVariadic) for a in node.args):
+            if node.args is not None and not node.repeat and not any(isinstance(a, ast.ArgVariadic) for a in node.args):
                 self._check_input_count(op, op_def, len(node.args), node.pos)
 
     def _check_attrs(self, op: str, op_def, attrs) -> None:
@@ -354,7 +362,7 @@ class Compiler(ExpressionCompiler):
             # Decided per op: `Add|Sub(x, c)` swaps inputs for an Add, never for a Sub.
             commutative = frozenset(op for op in ops if op in EXTRA_COMMUTATIVE or
                                     (op_registry.get_op(op) and op_registry.get_op(op).is_commutative))
-        return NodePattern(ops, inputs, tuple(attrs), commutative, variadic, node.shared or kept)
+        return NodePattern(ops, inputs, tuple(attrs), commutative, variadic, node.shared or kept, repeat=node.repeat)
 
     def _input_pattern(self, arg, scope: Scope) -> InputPattern:
         if isinstance(arg, ast.ArgVar):
@@ -364,7 +372,10 @@ class Compiler(ExpressionCompiler):
         if isinstance(arg, ast.ArgPort):
             return InputPattern(node_var=arg.name, port=arg.port)
         if isinstance(arg, ast.ArgBound):
-            return InputPattern(var=arg.name, node=self._node_pattern(arg.node, scope, arg.name in scope.kept))
+            node = self._node_pattern(arg.node, scope, arg.name in scope.kept)
+            if node.repeat:  # the name is the chain's nodes
+                return InputPattern(node=replace(node, chain_var=arg.name))
+            return InputPattern(var=arg.name, node=node)
         if isinstance(arg, ast.ArgVariadic):
             return InputPattern(var=arg.name, node=self._node_pattern(arg.node, scope) if arg.node else None)
         if isinstance(arg, ast.ArgNested):
