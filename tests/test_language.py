@@ -718,6 +718,75 @@ def test_inner_nodes_of_a_second_root_are_private_but_the_root_is_not():
     assert report.fires["pair"] == 1 and structure(graph)["b"] == ("Tanh", ["x"])
 
 
+def test_a_chain_binds_its_nodes_longest_first_then_each_shorter():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Identity(x) {T: float}
+        b = Snapshot(a) {T: float}
+        n = Relu(b) {T: float}
+    """)
+    rules = compile_rules("""
+        rule r:
+            n = Relu(ids: Identity|Snapshot*(end))
+            => n -> end
+    """)
+    found = [([str(t) for t in m["ids"]], str(m["end"]))
+             for m in match(rules[0].pattern, graph, graph["n"], MatchContext(graph, {}, frozenset()))]
+    assert found == [(["b", "a"], "x"), (["b"], "a"), ([], "b")]
+
+
+def test_a_one_or_more_chain_needs_a_node_and_its_attrs_hold_for_each():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Cast(x) {SrcT: float, DstT: float}
+        b = Cast(a) {SrcT: float, DstT: float}
+        n = Relu(b) {T: float}
+        m = Relu(x) {T: float}
+        out = AddN(n, m) {N: 2, T: float}
+    """)
+    rules = compile_rules("""
+        rule r:
+            n = Relu(casts: Cast+(end) {DstT: t})
+            => n -> end
+    """)
+    ctx = MatchContext(graph, {}, frozenset())
+    assert [[str(c) for c in m["casts"]] for m in match(rules[0].pattern, graph, graph["n"], ctx)] == [["b", "a"], ["b"]]
+    assert list(match(rules[0].pattern, graph, graph["m"], ctx)) == []
+
+
+def test_a_chain_ends_at_a_node_it_has_passed():
+    from gtt_rules.engine.proto import graph_def_pb2 as pb
+
+    graph_def = pb.GraphDef()  # a loop, loaded without validation: a -> b -> a
+    for name, op, source in (("a", "Identity", "b"), ("b", "Identity", "a"), ("n", "Relu", "b")):
+        node = graph_def.node.add(name=name, op=op, input=[source])
+        node.attr["T"].type = FLOAT
+    graph = Graph(graph_def, validate=False)
+    rules = compile_rules("""
+        rule r:
+            n = Relu(ids: Identity*(end))
+            => n -> end
+    """)
+    found = [len(m["ids"]) for m in match(rules[0].pattern, graph, graph["n"], MatchContext(graph, {}, frozenset()))]
+    assert found == [2, 1, 0]
+
+
+def test_chain_nodes_are_private():
+    graph = fixture_graph("""
+        c = Const([1.0, -2.0])
+        a = Identity(c) {T: float}
+        n = Relu(a) {T: float}
+        other = Neg(a) {T: float}
+        out = AddN(n, other) {N: 2, T: float}
+    """)
+    report = run(graph, """
+        rule r:
+            n = Relu(Identity*(c: Const))
+            => n -> Const(maximum(value(c), 0.0))
+    """, protected=["out"])
+    assert report.fires["r"] == 0  # a is read by Neg too; the chain without it ends at a, no Const
+
+
 def test_guard_uses_count():
     graph = fixture_graph("""
         x = Placeholder {dtype: float, shape: [2]}
