@@ -7,7 +7,8 @@ their inputs swapped. Where a commutative pattern node can be tried again at one
 failed at a graph node under the same bindings of its own names is not tried there again (k nested
 commutative nodes cost the distinct pairs, not 2^k tries), and past `MAX_COMMUTATIVE_TRIES` at one
 root it is an error. A literal matches only a Const whose broadcast cannot change what its node
-computes. An alternative (`A or B`) matches what each of its alternatives matches, in turn.
+computes. An alternative (`A or B`) matches what each of its alternatives matches, in turn; a chain
+(`Op*(x)`) its longest run first. Further roots are readers of a tensor the match has bound.
 
 Inner nodes (matched through their inputs, other than the root) are private when the rule builds
 nodes: a match whose private inner node is a graph output, or is read from outside the match, is
@@ -84,10 +85,10 @@ def _match_roots(pattern: Pattern, at: int, bindings: dict, graph: Graph) -> Ite
         yield bindings
         return
     var, joins = pattern.further[at]
-    sources = [ref.node for name in joins for ref in _refs(bindings.get(name))]
-    if not sources:  # an empty list: no tensor to find readers of
-        return
-    source = min(sources, key=lambda name: len(graph.consumer_names(name)))
+    bound = [bindings[name] for name in joins]
+    sources = [ref.node for value in bound for ref in (value if isinstance(value, list) else [value])]
+    # None (an empty list: no tensor to find readers of) has no readers.
+    source = min(sources, key=lambda name: len(graph.consumer_names(name)), default=None)
     taken = {bindings[v].node for v in pattern.statements if v in bindings}
     for reader in graph.consumers(source):
         if reader.name not in taken:
@@ -96,23 +97,17 @@ def _match_roots(pattern: Pattern, at: int, bindings: dict, graph: Graph) -> Ite
                 yield from _match_roots(pattern, at + 1, extended, graph)
 
 
-def _refs(bound) -> list[TensorRef]:
-    return bound if isinstance(bound, list) else [] if bound is None else [bound]
-
-
 def _private(pattern: Pattern, root: str, bindings: dict, graph: Graph, protected) -> bool:
     """True if no private inner node of the match is a graph output or read from outside the
     match: a rewrite then leaves none of them behind, computing what it already replaced."""
-    matched, private = {root}, []
+    roots = {root, *(bindings[var].node for var, _ in pattern.further)}  # roots are not inner nodes
+    matched, private = set(roots), []
     link = bindings.get(_INNER)
     while link is not None:
         name, is_private, link = link
         matched.add(name)
-        if is_private:
+        if is_private and name not in roots:
             private.append(name)
-    if pattern.further:  # the other roots are roots, not inner nodes
-        roots = {bindings[var].node for var, _ in pattern.further}
-        private = [name for name in private if name not in roots]
     for name in private:
         if name in protected:
             return False
@@ -240,10 +235,7 @@ def _match_variadic(pattern, wanted, at, inputs, bindings, graph) -> Iterator[di
     for head in _match_inputs(pattern, fixed_wanted, fixed_inputs, 0, bindings, graph, inputs):
         states = [head] if rest.node is None else _match_elements(pattern, rest.node, tail, head, graph)
         for state in states:
-            if rest.var in state:  # a list bound twice: the same tensors
-                if state[rest.var] == tail:
-                    yield state
-            else:
+            if rest.var is None or state.get(rest.var, tail) == tail:  # a list bound twice: the same tensors
                 yield {**state, rest.var: list(tail)} if rest.var else state
 
 
@@ -333,13 +325,9 @@ def _match_chain(pattern: Pattern, chain: NodePattern, ref: TensorRef, bindings:
     """`Op*(end)`: the nodes of the chain from `ref` down, each one's first input the next, and
     `end` matched where the chain stops; the longest chain first, then each shorter one. A node
     met twice (a cycle, in a graph loaded without validation) ends the chain."""
-    link = chain.link
-    ways, seen = [(ref, bindings, [])], set()
-    while True:
+    link, ways, seen = chain.link, [(ref, bindings, [])], set()
+    while (node := graph.get(ways[-1][0].node)) is not None and node.inputs and node.name not in seen:
         ref, state, nodes = ways[-1]
-        node = graph.get(ref.node)
-        if node is None or not node.inputs or node.name in seen:
-            break
         seen.add(node.name)
         if chain.checks_attrs:
             state = {**state, f"{_NESTED}{id(link)}:{node.name}": (link, node.name)}
