@@ -705,6 +705,17 @@ def test_merge_duplicate_nodes_follows_control_edges(tf):
     assert_same_outputs(original, graph.to_bytes(), feeds, ["out:0"])
 
 
+def test_merge_duplicate_nodes_needs_the_same_attrs_and_device():
+    graph = Graph()
+    graph.add_node("x", "Placeholder", attrs={"dtype": 1, "shape": [2]})
+    for name, attrs, device in (("a", {"_tag": 1}, ""), ("b", {"_tag": 2}, ""), ("c", {"_tag": 1}, ""),
+                                ("d", {}, "/cpu:0"), ("e", {}, "/gpu:0"), ("f", {}, "/cpu:0")):
+        graph.add_node(name, "Identity", ["x"], attrs={"T": 1, **attrs}, device=device)
+    graph.add_node("out", "AddN", list("abcdef"), attrs={"T": 1, "N": 6})
+    run_transforms(graph, "merge_duplicate_nodes", inputs=["x"], outputs=["out"])
+    assert [str(r) for r in graph["out"].inputs] == ["a", "b", "a", "d", "e", "d"]
+
+
 def test_merge_duplicate_nodes_keeps_a_real_model_running():
     original = fixture_path("keras_mobilenet_tiny").read_bytes()
     inputs, outputs = fixture_io("keras_mobilenet_tiny")
