@@ -85,10 +85,8 @@ def _match_roots(pattern: Pattern, at: int, bindings: dict, graph: Graph) -> Ite
         yield bindings
         return
     var, joins = pattern.further[at]
-    bound = [bindings[name] for name in joins]
-    sources = [ref.node for value in bound for ref in (value if isinstance(value, list) else [value])]
-    # None (an empty list: no tensor to find readers of) has no readers.
-    source = min(sources, key=lambda name: len(graph.consumer_names(name)), default=None)
+    sources = [r.node for n in joins for r in (bindings[n] if isinstance(bindings[n], list) else [bindings[n]])]
+    source = min(sources, key=lambda name: len(graph.consumer_names(name)), default=None)  # None: no readers
     taken = {bindings[v].node for v in pattern.statements if v in bindings}
     for reader in graph.consumers(source):
         if reader.name not in taken:
@@ -339,6 +337,8 @@ def _match_chain(pattern: Pattern, chain: NodePattern, ref: TensorRef, bindings:
         ways.append((node.inputs[0], state, nodes + [ref]))
     for ref, state, nodes in reversed(ways[1:] if chain.repeat == "+" else ways):
         if chain.chain_var is not None:
+            if state.get(chain.chain_var, nodes) != nodes:  # a list bound twice: the same tensors
+                continue
             state = {**state, chain.chain_var: nodes}
         yield from _match_input(pattern, chain.inputs[0], ref, state, graph, [ref])
 

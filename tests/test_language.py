@@ -771,6 +771,25 @@ def test_a_chain_ends_at_a_node_it_has_passed():
     assert found == [2, 1, 0]
 
 
+def test_a_chain_list_bound_twice_is_the_same_list():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Identity(x) {T: float}
+        n = Sub(a, a) {T: float}
+        b = Identity(x) {T: float}
+        m = Sub(a, b) {T: float}
+        out = AddV2(n, m) {T: float}
+    """)
+    rules = compile_rules("""
+        rule r:
+            n = Sub(ids: Identity*(x), ids: Identity*(y))
+            => n -> x
+    """)
+    ctx = MatchContext(graph, {}, frozenset())
+    assert [str(m["x"]) for m in match(rules[0].pattern, graph, graph["n"], ctx)] == ["x", "a"]
+    assert [str(m["x"]) for m in match(rules[0].pattern, graph, graph["m"], ctx)] == ["a"]
+
+
 def test_chain_nodes_are_private():
     graph = fixture_graph("""
         c = Const([1.0, -2.0])
