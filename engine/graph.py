@@ -372,7 +372,7 @@ class Graph:
         """Nodes that take `name` as a data or control input, in file order."""
         names = self._consumers.get(name, ())
         if len(names) > 1:
-            names = sorted(names, key=self._position)
+            names = sorted(names, key=self.position)
         return [self._nodes[n] for n in names]
 
     def consumer_names(self, name: str) -> Collection[str]:
@@ -562,7 +562,7 @@ class Graph:
                 if not self._is_back_edge(p)]
 
     def _kahn(self) -> tuple[list[Node], set[str]]:
-        nodes, consumers, position = self._nodes, self._consumers, self._position
+        nodes, consumers, position = self._nodes, self._consumers, self.position
         back = {name for name, node in nodes.items() if node.op == "NextIteration"}
         pending: dict[str, int] = {}
         for name, node in nodes.items():
@@ -587,7 +587,8 @@ class Graph:
         remaining = {name for name, count in pending.items() if count > 0}
         return [nodes[name] for name in ready], remaining
 
-    def _position(self, name: str) -> int:
+    def position(self, name: str) -> int:
+        """Where node `name` stands in the node order: file order, nodes added since last."""
         return self._sequence[name]
 
     def _place_last(self, name: str) -> None:
@@ -600,7 +601,7 @@ class Graph:
 
     def _find_cycle(self, remaining: set[str]) -> list[str]:
         # Every node left over waits on another left-over node, so walking inputs must loop.
-        start = min(remaining, key=self._position)
+        start = min(remaining, key=self.position)
         path, seen = [start], {start: 0}
         while True:
             nxt = next(p for p in self._producer_names(path[-1]) if p in remaining)

@@ -7,7 +7,8 @@ their inputs swapped. Where a commutative pattern node can be tried again at one
 failed at a graph node under the same bindings of its own names is not tried there again (k nested
 commutative nodes cost the distinct pairs, not 2^k tries), and past `MAX_COMMUTATIVE_TRIES` at one
 root it is an error. A literal matches only a Const whose broadcast cannot change what its node
-computes. An alternative (`A or B`) matches what each of its alternatives matches, in turn.
+computes. An alternative (`A or B`) matches what each of its alternatives matches, in turn; a chain
+(`Op*(x)`) its longest run first. Further roots are readers of a tensor the match has bound.
 
 Inner nodes (matched through their inputs, other than the root) are private when the rule builds
 nodes: a match whose private inner node is a graph output, or is read from outside the match, is
@@ -61,7 +62,10 @@ def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iter
     start = {pattern.root_var: TensorRef(root.name, 0)}
     if pattern.searches:
         start[_SEARCH] = _Search(root.name)
-    for bindings in _match_node(pattern, pattern.statements[pattern.root_var], root, start, graph):
+    found = _match_node(pattern, pattern.statements[pattern.root_var], root, start, graph)
+    if pattern.further:
+        found = (more for bindings in found for more in _match_roots(pattern, 0, bindings, graph))
+    for bindings in found:
         if pattern.checks_attrs:
             ctx.bindings = bindings
             try:
@@ -69,20 +73,38 @@ def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iter
                     continue
             except NotApplicable:
                 continue
-        if pattern.checks_privacy and not _private(root.name, bindings, graph, ctx.protected):
+        if pattern.checks_privacy and not _private(pattern, root.name, bindings, graph, ctx.protected):
             continue
         yield bindings
 
 
-def _private(root: str, bindings: dict, graph: Graph, protected) -> bool:
+def _match_roots(pattern: Pattern, at: int, bindings: dict, graph: Graph) -> Iterator[dict]:
+    """The roots after the first, from `at` on: each is one of the readers of a tensor it shares
+    with the match so far (of the one with the fewest readers), and a node the match has not."""
+    if at == len(pattern.further):
+        yield bindings
+        return
+    var, joins = pattern.further[at]
+    sources = [r.node for n in joins for r in (bindings[n] if isinstance(bindings[n], list) else [bindings[n]])]
+    source = min(sources, key=lambda name: len(graph.consumer_names(name)), default=None)  # None: no readers
+    taken = {bindings[v].node for v in pattern.statements if v in bindings}
+    for reader in graph.consumers(source):
+        if reader.name not in taken:
+            start = {**bindings, var: TensorRef(reader.name, 0)}
+            for extended in _match_node(pattern, pattern.statements[var], reader, start, graph):
+                yield from _match_roots(pattern, at + 1, extended, graph)
+
+
+def _private(pattern: Pattern, root: str, bindings: dict, graph: Graph, protected) -> bool:
     """True if no private inner node of the match is a graph output or read from outside the
     match: a rewrite then leaves none of them behind, computing what it already replaced."""
-    matched, private = {root}, []
+    roots = {root, *(bindings[var].node for var, _ in pattern.further)}  # roots are not inner nodes
+    matched, private = set(roots), []
     link = bindings.get(_INNER)
     while link is not None:
         name, is_private, link = link
         matched.add(name)
-        if is_private:
+        if is_private and name not in roots:
             private.append(name)
     for name in private:
         if name in protected:
@@ -211,7 +233,8 @@ def _match_variadic(pattern, wanted, at, inputs, bindings, graph) -> Iterator[di
     for head in _match_inputs(pattern, fixed_wanted, fixed_inputs, 0, bindings, graph, inputs):
         states = [head] if rest.node is None else _match_elements(pattern, rest.node, tail, head, graph)
         for state in states:
-            yield {**state, rest.var: list(tail)} if rest.var else state
+            if rest.var is None or state.get(rest.var, tail) == tail:  # a list bound twice: the same tensors
+                yield {**state, rest.var: list(tail)} if rest.var else state
 
 
 def _match_elements(pattern: Pattern, element: NodePattern, tail, bindings: dict, graph: Graph) -> list[dict]:
@@ -286,11 +309,38 @@ def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings:
         yield from _match_node(pattern, statement, producer, {**bindings, want.node_var: TensorRef(ref.node, 0)}, graph)
         return
     if want.node is not None:
+        if want.node.repeat:
+            yield from _match_chain(pattern, want.node, ref, bindings, graph)
+            return
         if want.node.checks_attrs:
             bindings = {**bindings, f"{_NESTED}{id(want.node)}:{ref.node}": (want.node, ref.node)}
         yield from _match_node(pattern, want.node, producer, bindings, graph)
         return
     yield bindings
+
+
+def _match_chain(pattern: Pattern, chain: NodePattern, ref: TensorRef, bindings: dict, graph: Graph) -> Iterator[dict]:
+    """`Op*(end)`: the nodes of the chain from `ref` down, each one's first input the next, and
+    `end` matched where the chain stops; the longest chain first, then each shorter one. A node
+    met twice (a cycle, in a graph loaded without validation) ends the chain."""
+    link, ways, seen = chain.link, [(ref, bindings, [])], set()
+    while (node := graph.get(ways[-1][0].node)) is not None and node.inputs and node.name not in seen:
+        ref, state, nodes = ways[-1]
+        seen.add(node.name)
+        if chain.checks_attrs:
+            state = {**state, f"{_NESTED}{id(link)}:{node.name}": (link, node.name)}
+        state = next(_match_node(pattern, link, node, state, graph), None)
+        if state is None:
+            break
+        if pattern.checks_privacy:
+            state = {**state, _INNER: (node.name, not chain.shared, state.get(_INNER))}
+        ways.append((node.inputs[0], state, nodes + [ref]))
+    for ref, state, nodes in reversed(ways[1:] if chain.repeat == "+" else ways):
+        if chain.chain_var is not None:
+            if state.get(chain.chain_var, nodes) != nodes:  # a list bound twice: the same tensors
+                continue
+            state = {**state, chain.chain_var: nodes}
+        yield from _match_input(pattern, chain.inputs[0], ref, state, graph, [ref])
 
 
 def _literal_matches(graph: Graph, node: Node, number: float, ref: TensorRef, operands) -> bool:

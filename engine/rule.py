@@ -40,6 +40,10 @@ class NodePattern:
     variadic: int | None = None  # index of the input pattern that takes a run of inputs (`xs...`)
     shared: bool = False  # an inner node the rest of the graph may read too (`shared Op(...)`)
     alternatives: tuple["NodePattern", ...] = ()  # `A(x) or B(x)`: matches what one of them matches
+    # `Op*(x)` ("*" or "+"): zero or more (one or more) such nodes, each reading the next through
+    # its first input, the last reading what `inputs[0]` matches; `chain_var` binds them as a list.
+    repeat: str | None = None
+    chain_var: str | None = None
 
     def walk(self):
         """This node pattern and every node pattern inside it (alternatives, inputs' patterns)."""
@@ -58,7 +62,8 @@ class NodePattern:
         """Every name this node pattern binds, nested ones included (tensors, lists, attrs, shared
         statements)."""
         return frozenset(name for n in self.walk() for name in (
-            *(a.var for a in n.attrs), *(v for want in n.inputs or () for v in (want.var, want.node_var))) if name)
+            *(a.var for a in n.attrs), *(v for want in n.inputs or () for v in (want.var, want.node_var)),
+            n.chain_var) if name)
 
     @cached_property
     def memo_names(self) -> tuple[str, ...] | None:
@@ -67,6 +72,11 @@ class NodePattern:
         if any(want.node_var is not None for n in self.walk() for want in n.inputs or ()):
             return None
         return tuple(sorted(self.bound_names))
+
+    @cached_property
+    def link(self) -> "NodePattern":
+        """One node of a chain (`repeat`): its ops and attrs, any inputs."""
+        return NodePattern(self.ops, attrs=self.attrs)
 
     def matched_ops(self) -> frozenset[str] | None:
         """The ops this node pattern can match (None: any)."""
@@ -97,11 +107,15 @@ class InputPattern:
 
 @dataclass(frozen=True)
 class Pattern:
-    """A rule's whole left-hand side: the root statement and the named statements it uses."""
+    """A rule's whole left-hand side: the root statement and the named statements it uses.
+
+    `further` are the other roots (lines nothing in the pattern reads), in the order written, each
+    with the names it reads that the lines before it bind: it is looked for among their readers."""
 
     root_var: str
     statements: dict[str, NodePattern]
     private: bool = True  # inner nodes are private (the rule builds nodes that would duplicate them)
+    further: tuple[tuple[str, tuple[str, ...]], ...] = ()
     root_ops: frozenset[str] | None = field(init=False)
     checks_attrs: bool = field(init=False)  # some attr is compared with an expression
     searches: bool = field(init=False)  # a commutative node may be tried again: memo and bound it

@@ -210,6 +210,7 @@ class NodePatternExpr:
     pos: Pos
     shared: bool = False
     alternatives: tuple["NodePatternExpr", ...] = ()  # `A(x) or B(x)`: ops, args and attrs unused
+    repeat: str | None = None  # `Op*(x)`, `Op+(x)`: a chain of such nodes, each reading the next
 
 
 @dataclass(frozen=True)

@@ -349,7 +349,9 @@ class _ToAst(Transformer):
         names, first = (None, ops) if isinstance(ops, Token) else (tuple(str(op) for op in ops), ops[0])
         args = next((c for c in children[1:] if isinstance(c, tuple) and c and c[0] == "args"), None)
         attrs = next((c for c in children[1:] if isinstance(c, list)), [])
-        return ast.NodePatternExpr(names, None if args is None else args[1], tuple(attrs), _tok_pos(first), shared)
+        repeat = next((str(c) for c in children[1:] if isinstance(c, Token) and c.type == "REPEAT"), None)
+        return ast.NodePatternExpr(names, None if args is None else args[1], tuple(attrs), _tok_pos(first), shared,
+                                   repeat=repeat)
 
     def alternatives(self, children):
         return ast.NodePatternExpr(None, None, (), children[0].pos, alternatives=tuple(children))

@@ -206,38 +206,69 @@ class Compiler(ExpressionCompiler):
             elif stmt.var in scope.params:
                 self.error(stmt.pos, f"'{stmt.var}' is a parameter of the rule set; pick another name")
             scope.statements.setdefault(stmt.var, stmt)
+            if stmt.node.repeat:
+                self.error(stmt.node.pos, "a chain stands in an input ('Relu(Identity*(x))'), not as a pattern line")
         referenced: set[str] = set()
         for stmt in rule.patterns:
             self._collect(stmt.node, scope, referenced)
         roots = [s.var for s in rule.patterns if s.var not in referenced]
-        if len(roots) != 1:
-            names = ", ".join(f"'{r}'" for r in roots) or "none (the pattern lines form a loop)"
-            self.error(rule.patterns[0].pos, f"a pattern needs exactly one root, the node the others feed; "
-                                             f"roots here: {names}")
+        if not roots:
+            self.error(rule.patterns[0].pos, "a pattern needs a root, a line no other line reads; here "
+                                             "the pattern lines form a loop")
             return None
+        further = self._further_roots(roots, scope)
         # An inner node the replacement reads stays in the graph anyway: others may read it too.
         scope.kept = set().union(*(_tensor_sources(a, self.functions) for a in rule.actions))
-        root = scope.statements[roots[0]].node
-        if root.shared or any(a.shared for a in root.alternatives):
-            self.error(root.pos, "the root is what the rule replaces: it cannot be 'shared'")
+        for root in (scope.statements[r].node for r in roots):
+            if root.shared or any(a.shared for a in root.alternatives):
+                self.error(root.pos, "a root is what the rule replaces: it cannot be 'shared'")
         statements = {s.var: self._node_pattern(s.node, scope, s.var in scope.kept) for s in rule.patterns}
         # A rule that only reroutes to tensors the match has computes nothing twice.
         builds = any(isinstance(a, ast.BindStmt) or
                      (isinstance(a, ast.RerouteStmt) and not isinstance(a.expr, (ast.Var, ast.Port)))
                      for a in rule.actions)
-        return Pattern(roots[0], statements, private=builds)
+        return Pattern(roots[0], statements, private=builds, further=further)
+
+    def _further_roots(self, roots: list[str], scope: Scope) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Each root after the first with the names it reads that the lines before it bind: the
+        matcher looks for it among their readers, so it must read one."""
+        def reach(var: str, seen: set[str]) -> set[str]:
+            seen.add(var)
+            for name in _mentioned(scope.statements[var].node) - seen:
+                if name in scope.statements:
+                    reach(name, seen)
+                else:
+                    seen.add(name)
+            return seen
+        bound, further = reach(roots[0], set()), []
+        for var in roots[1:]:
+            node = scope.statements[var].node
+            reads = set.intersection(*({a.name for a in n.args or () if hasattr(a, "name")}
+                                       for n in node.alternatives or (node,)))
+            joins = tuple(sorted(reads & bound))
+            if not joins:
+                self.error(node.pos, f"'{var}' is a second root, and none of its inputs is a tensor the "
+                                     f"lines before it bind: it is looked for among their readers",
+                           "give it an input in common with the lines above, or read it from the others")
+            further.append((var, joins))
+            bound |= reach(var, set())
+        return tuple(further)
 
     def _collect(self, node: ast.NodePatternExpr, scope: Scope, referenced: set[str]) -> None:
         """First pass: record tensor, list and attr names, so later uses resolve in any order."""
         if node.alternatives:
             first = _mentioned(node.alternatives[0])
             for alternative in node.alternatives:
+                if alternative.repeat:
+                    self.error(alternative.pos, "a chain cannot be one of alternatives: it may match no node")
                 if _mentioned(alternative) != first:
                     self.error(alternative.pos, "each alternative must name the same names (a name "
                                                 "only some of them bind would be unbound after the others)")
                 self._collect(alternative, scope, referenced)
             return
         self._check_ops(node)
+        if node.repeat and (len(node.args) != 1 or isinstance(node.args[0], ast.ArgVariadic)):
+            self.error(node.pos, "a chain reads one input, where it ends: 'Op*(x)'")
         for arg in node.args or ():
             if isinstance(arg, (ast.ArgVar, ast.ArgPort)) and arg.name in scope.statements:
                 referenced.add(arg.name)
@@ -251,12 +282,14 @@ class Compiler(ExpressionCompiler):
             elif isinstance(arg, ast.ArgBound):
                 if arg.name in scope.statements:
                     self.error(arg.pos, f"'{arg.name}' is already bound by a pattern line")
-                scope.tensors.setdefault(arg.name, arg.pos)
+                (scope.lists if arg.node.repeat else scope.tensors).setdefault(arg.name, arg.pos)
                 self._collect(arg.node, scope, referenced)
             elif isinstance(arg, ast.ArgVariadic):
-                if arg.name in scope.tensors or arg.name in scope.statements or arg.name in scope.lists:
+                if arg.name in scope.tensors or arg.name in scope.statements:  # a list twice: the same list
                     self.error(arg.pos, f"'{arg.name}' is already bound")
                 scope.lists.setdefault(arg.name, arg.pos)
+                if arg.node and arg.node.repeat:
+                    self.error(arg.node.pos, "a chain cannot be a variadic input's pattern: it may match no node")
                 if arg.node:
                     self._collect(arg.node, scope, referenced)
             elif isinstance(arg, ast.ArgNested):
@@ -279,7 +312,7 @@ class Compiler(ExpressionCompiler):
                 self.error(node.pos, f"unknown op '{op}'", self._suggest(op, op_registry.all_op_names()))
                 continue
             self._check_attrs(op, op_def, node.attrs)
-            if node.args is not None and not any(isinstance(a, ast.ArgVariadic) for a in node.args):
+            if node.args is not None and not node.repeat and not any(isinstance(a, ast.ArgVariadic) for a in node.args):
                 self._check_input_count(op, op_def, len(node.args), node.pos)
 
     def _check_attrs(self, op: str, op_def, attrs) -> None:
@@ -332,7 +365,7 @@ class Compiler(ExpressionCompiler):
             # Decided per op: `Add|Sub(x, c)` swaps inputs for an Add, never for a Sub.
             commutative = frozenset(op for op in ops if op in EXTRA_COMMUTATIVE or
                                     (op_registry.get_op(op) and op_registry.get_op(op).is_commutative))
-        return NodePattern(ops, inputs, tuple(attrs), commutative, variadic, node.shared or kept)
+        return NodePattern(ops, inputs, tuple(attrs), commutative, variadic, node.shared or kept, repeat=node.repeat)
 
     def _input_pattern(self, arg, scope: Scope) -> InputPattern:
         if isinstance(arg, ast.ArgVar):
@@ -342,7 +375,10 @@ class Compiler(ExpressionCompiler):
         if isinstance(arg, ast.ArgPort):
             return InputPattern(node_var=arg.name, port=arg.port)
         if isinstance(arg, ast.ArgBound):
-            return InputPattern(var=arg.name, node=self._node_pattern(arg.node, scope, arg.name in scope.kept))
+            node = self._node_pattern(arg.node, scope, arg.name in scope.kept)
+            if node.repeat:  # the name is the chain's nodes
+                return InputPattern(node=replace(node, chain_var=arg.name))
+            return InputPattern(var=arg.name, node=node)
         if isinstance(arg, ast.ArgVariadic):
             return InputPattern(var=arg.name, node=self._node_pattern(arg.node, scope) if arg.node else None)
         if isinstance(arg, ast.ArgNested):

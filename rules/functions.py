@@ -237,6 +237,26 @@ def is_output(ctx, x):
     return x.node in ctx.protected
 
 
+@BUILTINS.function(args=("tensor",), returns="bool", needs_context=True)
+def stateful(ctx, x):
+    """True if x's op may have a side effect: the registry marks it stateful, or does not know it."""
+    op_def = ctx.graph.op_def_of(ctx.graph[x.node])
+    return op_def is None or op_def.is_stateful
+
+
+@BUILTINS.function(args=("tensor",), returns="value", needs_context=True)
+def position(ctx, x):
+    """Where x's node stands in the graph's node order: file order, nodes made by rewrites last."""
+    return ctx.graph.position(x.node)
+
+
+@BUILTINS.function(args=("tensor", "tensor"), returns="bool", needs_context=True)
+def same_attrs(ctx, a, b):
+    """True if the nodes of a and b set the same attrs to the same values, as stored."""
+    ours, theirs = ctx.graph[a.node].proto.attr, ctx.graph[b.node].proto.attr
+    return set(ours) == set(theirs) and all(ours[key] == theirs[key] for key in ours)
+
+
 @BUILTINS.function(args=("tensor",), returns="string", needs_context=True)
 def op(ctx, x):
     """The op of x's node."""

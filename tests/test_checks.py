@@ -75,9 +75,34 @@ CASES = {
     "duplicate rule name": (
         RULE + RULE,
         4, 6, "duplicate rule name 'r' (first at line 1)", None),
-    "two roots": (
+    "a second root with no input in common": (
         "rule r:\n    a = Relu(x)\n    b = Neg(y)\n    => a -> x\n",
-        2, 5, "a pattern needs exactly one root, the node the others feed; roots here: 'a', 'b'", None),
+        3, 9, "'b' is a second root, and none of its inputs is a tensor the lines before it bind: it is "
+              "looked for among their readers",
+        "give it an input in common with the lines above, or read it from the others"),
+    "a second root joined only through a nested pattern": (
+        "rule r:\n    a = Relu(x)\n    b = Neg(Abs(x))\n    => a -> x\n",
+        3, 9, "'b' is a second root, and none of its inputs is a tensor the lines before it bind: it is "
+              "looked for among their readers",
+        "give it an input in common with the lines above, or read it from the others"),
+    "a shared second root": (
+        "rule r:\n    a = Relu(x)\n    b = shared Neg(x)\n    => a -> x\n",
+        3, 16, "a root is what the rule replaces: it cannot be 'shared'", None),
+    "a chain as a pattern line": (
+        "rule r:\n    a = Identity*(x)\n    => a -> x\n",
+        2, 9, "a chain stands in an input ('Relu(Identity*(x))'), not as a pattern line", None),
+    "a chain of two inputs": (
+        "rule r:\n    a = Relu(Identity*(x, y))\n    => a -> x\n",
+        2, 14, "a chain reads one input, where it ends: 'Op*(x)'", None),
+    "a chain as an alternative": (
+        "rule r:\n    a = Relu(Identity*(x) or Neg(x))\n    => a -> x\n",
+        2, 14, "a chain cannot be one of alternatives: it may match no node", None),
+    "a chain as a variadic element": (
+        "rule r:\n    a = AddN(xs...: Identity*(x))\n    => a -> x\n",
+        2, 21, "a chain cannot be a variadic input's pattern: it may match no node", None),
+    "pattern lines in a loop": (
+        "rule r:\n    a = Relu(b)\n    b = Neg(a)\n    => a -> b\n",
+        2, 5, "a pattern needs a root, a line no other line reads; here the pattern lines form a loop", None),
     "reroute of a non-pattern name": (
         "rule r:\n    n = Relu(x)\n    => m -> x\n",
         3, 8, "'m' is not a node of the pattern", None),

@@ -684,6 +684,38 @@ def test_merge_duplicate_nodes_keeps_outputs_and_stateful_ops(tf):
     tf_run(graph.to_bytes(), feeds, ["noise:0"])
 
 
+def test_merge_duplicate_nodes_follows_control_edges(tf):
+    def body():
+        x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
+        w1, w2 = tf.no_op(name="w1"), tf.no_op(name="w2")  # duplicates: k1 and k2 then wait on one
+        with tf.control_dependencies([w1]):
+            k1 = tf.constant(2.0, name="k1")
+            m1 = tf.multiply(x, 3.0, name="m1")
+        with tf.control_dependencies([w2]):
+            k2 = tf.constant(2.0, name="k2")
+            m2 = tf.multiply(x, 3.0, name="m2")
+        m3 = tf.multiply(x, 3.0, name="m3")  # waits on nothing: not a duplicate of m1
+        tf.add_n([k1 * m1, k2 * m2, m3], name="out")
+    original = build_tf_graph(tf, body)
+    graph = Graph.from_bytes(original)
+    run_transforms(graph, "merge_duplicate_nodes", inputs=["x"], outputs=["out"])
+    names = {n.name for n in graph}
+    assert {"w1", "k1", "m1", "m3"} <= names and not {"w2", "k2", "m2"} & names
+    feeds = {"x": np.array([1.0, -2.0], np.float32)}
+    assert_same_outputs(original, graph.to_bytes(), feeds, ["out:0"])
+
+
+def test_merge_duplicate_nodes_needs_the_same_attrs_and_device():
+    graph = Graph()
+    graph.add_node("x", "Placeholder", attrs={"dtype": 1, "shape": [2]})
+    for name, attrs, device in (("a", {"_tag": 1}, ""), ("b", {"_tag": 2}, ""), ("c", {"_tag": 1}, ""),
+                                ("d", {}, "/cpu:0"), ("e", {}, "/gpu:0"), ("f", {}, "/cpu:0")):
+        graph.add_node(name, "Identity", ["x"], attrs={"T": 1, **attrs}, device=device)
+    graph.add_node("out", "AddN", list("abcdef"), attrs={"T": 1, "N": 6})
+    run_transforms(graph, "merge_duplicate_nodes", inputs=["x"], outputs=["out"])
+    assert [str(r) for r in graph["out"].inputs] == ["a", "b", "a", "d", "e", "d"]
+
+
 def test_merge_duplicate_nodes_keeps_a_real_model_running():
     original = fixture_path("keras_mobilenet_tiny").read_bytes()
     inputs, outputs = fixture_io("keras_mobilenet_tiny")

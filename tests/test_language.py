@@ -613,6 +613,199 @@ def test_dag_pattern_with_a_shared_tensor_variable():
     assert structure(graph)["m2"] == ("Mul", ["y", "s"])
 
 
+def test_a_second_root_is_another_reader_of_a_shared_tensor():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Relu(x) {T: float}
+        b = Neg(x) {T: float}
+        c = Neg(x) {T: float}
+        out = AddN(a, b, c) {N: 3, T: float}
+    """)
+    matched = []
+    rules = compile_rules("""
+        rule pair:
+            r = Relu(x)
+            n = Neg(x)
+            => r -> n
+    """)
+    ctx = MatchContext(graph, {}, frozenset(["x", "out"]))
+    matched = [(b["r"].node, b["n"].node) for b in match(rules[0].pattern, graph, graph["a"], ctx)]
+    assert matched == [("a", "b"), ("a", "c")]  # each reader in node order; none at a Neg root
+    assert list(match(rules[0].pattern, graph, graph["b"], ctx)) == []
+
+
+def test_a_second_root_is_never_a_node_the_match_already_has():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Relu(x) {T: float}
+        out = Neg(a) {T: float}
+    """)
+    rules = compile_rules("""
+        rule pair:
+            a = Relu(x)
+            b = Relu(x)
+            => b -> a
+    """)
+    assert list(match(rules[0].pattern, graph, graph["a"], MatchContext(graph, {}, frozenset()))) == []
+
+
+def test_a_second_root_is_looked_for_among_the_readers_of_its_least_read_input():
+    # c feeds only `pair`'s two nodes, x a hundred more: the readers of c are the ones tried.
+    lines = ["x = Placeholder {dtype: float, shape: [2]}", "c = Const([1.0, 2.0])",
+             "a = Sub(x, c) {T: float}", "b = RealDiv(x, c) {T: float}"]
+    lines += [f"n{i} = Neg(x) {{T: float}}" for i in range(100)]
+    graph = fixture_graph("\n".join(lines))
+    rules = compile_rules("""
+        rule pair:
+            a = Sub(x, c)
+            b = RealDiv(x, c)
+            => b -> a
+    """)
+    tried = []
+    consumers = graph.consumers
+    graph.consumers = lambda name: tried.append(name) or consumers(name)
+    found = list(match(rules[0].pattern, graph, graph["a"], MatchContext(graph, {}, frozenset())))
+    assert [b["b"].node for b in found] == ["b"] and tried == ["c"]
+
+
+def test_a_list_bound_in_two_roots_is_the_same_list():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        y = Placeholder {dtype: float, shape: [2]}
+        a = AddN(x, y) {N: 2, T: float}
+        b = AddN(x, y) {N: 2, T: float}
+        c = AddN(y, x) {N: 2, T: float}
+        d = AddN(x, y, y) {N: 3, T: float}
+        out = AddN(a, b, c, d) {N: 4, T: float}
+    """)
+    report = run(graph, """
+        rule merge:
+            a = AddN(xs...)
+            b = AddN(xs...)
+            where position(a) < position(b)
+            => b -> a
+    """, protected=["x", "y", "out"])
+    assert report.fires["merge"] == 1
+    assert structure(graph)["out"][1] == ["a", "a", "c", "d"]
+
+
+def test_inner_nodes_of_a_second_root_are_private_but_the_root_is_not():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Relu(x) {T: float}
+        e = Exp(x) {T: float}
+        b = Sub(e, x) {T: float}
+        n = Abs(e) {T: float}
+        out = AddN(a, b, n) {N: 3, T: float}
+    """)
+    rules_text = """
+        rule pair:
+            r = Relu(x)
+            e = Exp(x)
+            n = Sub(e, x)
+            => n -> Tanh(x)
+    """
+    report = run(graph, rules_text, protected=["x", "out"])
+    assert report.fires["pair"] == 0  # e is read by Abs too: it is private to the match
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Relu(x) {T: float}
+        e = Exp(x) {T: float}
+        b = Sub(e, x) {T: float}
+        out = AddN(a, b, b) {N: 3, T: float}
+    """)
+    report = run(graph, rules_text, protected=["x", "out"])
+    assert report.fires["pair"] == 1 and structure(graph)["b"] == ("Tanh", ["x"])
+
+
+def test_a_chain_binds_its_nodes_longest_first_then_each_shorter():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Identity(x) {T: float}
+        b = Snapshot(a) {T: float}
+        n = Relu(b) {T: float}
+    """)
+    rules = compile_rules("""
+        rule r:
+            n = Relu(ids: Identity|Snapshot*(end))
+            => n -> end
+    """)
+    found = [([str(t) for t in m["ids"]], str(m["end"]))
+             for m in match(rules[0].pattern, graph, graph["n"], MatchContext(graph, {}, frozenset()))]
+    assert found == [(["b", "a"], "x"), (["b"], "a"), ([], "b")]
+
+
+def test_a_one_or_more_chain_needs_a_node_and_its_attrs_hold_for_each():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Cast(x) {SrcT: float, DstT: float}
+        b = Cast(a) {SrcT: float, DstT: float}
+        n = Relu(b) {T: float}
+        m = Relu(x) {T: float}
+        out = AddN(n, m) {N: 2, T: float}
+    """)
+    rules = compile_rules("""
+        rule r:
+            n = Relu(casts: Cast+(end) {DstT: t})
+            => n -> end
+    """)
+    ctx = MatchContext(graph, {}, frozenset())
+    assert [[str(c) for c in m["casts"]] for m in match(rules[0].pattern, graph, graph["n"], ctx)] == [["b", "a"], ["b"]]
+    assert list(match(rules[0].pattern, graph, graph["m"], ctx)) == []
+
+
+def test_a_chain_ends_at_a_node_it_has_passed():
+    from gtt_rules.engine.proto import graph_def_pb2 as pb
+
+    graph_def = pb.GraphDef()  # a loop, loaded without validation: a -> b -> a
+    for name, op, source in (("a", "Identity", "b"), ("b", "Identity", "a"), ("n", "Relu", "b")):
+        node = graph_def.node.add(name=name, op=op, input=[source])
+        node.attr["T"].type = FLOAT
+    graph = Graph(graph_def, validate=False)
+    rules = compile_rules("""
+        rule r:
+            n = Relu(ids: Identity*(end))
+            => n -> end
+    """)
+    found = [len(m["ids"]) for m in match(rules[0].pattern, graph, graph["n"], MatchContext(graph, {}, frozenset()))]
+    assert found == [2, 1, 0]
+
+
+def test_a_chain_list_bound_twice_is_the_same_list():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Identity(x) {T: float}
+        n = Sub(a, a) {T: float}
+        b = Identity(x) {T: float}
+        m = Sub(a, b) {T: float}
+        out = AddV2(n, m) {T: float}
+    """)
+    rules = compile_rules("""
+        rule r:
+            n = Sub(ids: Identity*(x), ids: Identity*(y))
+            => n -> x
+    """)
+    ctx = MatchContext(graph, {}, frozenset())
+    assert [str(m["x"]) for m in match(rules[0].pattern, graph, graph["n"], ctx)] == ["x", "a"]
+    assert [str(m["x"]) for m in match(rules[0].pattern, graph, graph["m"], ctx)] == ["a"]
+
+
+def test_chain_nodes_are_private():
+    graph = fixture_graph("""
+        c = Const([1.0, -2.0])
+        a = Identity(c) {T: float}
+        n = Relu(a) {T: float}
+        other = Neg(a) {T: float}
+        out = AddN(n, other) {N: 2, T: float}
+    """)
+    report = run(graph, """
+        rule r:
+            n = Relu(Identity*(c: Const))
+            => n -> Const(maximum(value(c), 0.0))
+    """, protected=["out"])
+    assert report.fires["r"] == 0  # a is read by Neg too; the chain without it ends at a, no Const
+
+
 def test_guard_uses_count():
     graph = fixture_graph("""
         x = Placeholder {dtype: float, shape: [2]}

@@ -329,7 +329,7 @@ CHECKED_EXPRESSIONS = [
     ("n = Relu(x)\n    where float[1:] == 1\n    => n -> x", "a dtype cannot be sliced"),
     ("n = Relu(x)\n    where all([t for t in dtype(x)])\n    => n -> x", "'for' needs a list to go over, not a dtype"),
     ("n = Relu(x)\n    => n -> n {op: 3}", "a node's op is a string, not a value"),
-    ("n = shared Relu(x)\n    => n -> Identity(x)", "the root is what the rule replaces"),
+    ("n = shared Relu(x)\n    => n -> Identity(x)", "a root is what the rule replaces"),
 ]
 
 
