@@ -180,31 +180,36 @@ def _short_name(n: int) -> str:
     return out
 
 
-@REGISTRY.pass_("merge_duplicate_sources")
-def merge_duplicate_sources(graph: Graph, ctx: PassContext) -> None:
-    """Merge nodes without data inputs (Consts, mostly) of the same op, attrs, device and control
-    inputs: merge_duplicate_nodes' first step (the rule set merge_duplicates does the rest).
+@REGISTRY.pass_("merge_duplicate_nodes")
+def merge_duplicate_nodes(graph: Graph, ctx: PassContext) -> None:
+    """Merge nodes with the same op, inputs, attrs and device, until no two are alike.
 
-    Not a rule: such nodes read no tensor in common, so no pattern finds one from the other.
+    Not a rule: it groups every node by its content, in linear time. As rules (several roots:
+    docs/language.md), a duplicate is found among the other readers of the node's inputs, pairwise,
+    which a tensor read by thousands of nodes makes quadratic; and Consts share no input.
     """
     keep = ctx.protected
-    # Nodes are grouped by a cheap key (no tensor contents); only nodes that share one are
-    # compared in full, so the weights of a big model are not hashed. In topological order, a
-    # node waits on the nodes merged before it.
-    seen: dict[tuple, list[str]] = {}
-    for node in graph.topological_order():
-        op_def = graph.op_def_of(node)
-        if node.inputs or op_def is None or op_def.is_stateful:
-            continue  # unknown ops and library calls may have effects: never merged
-        candidates = seen.setdefault(_cheap_key(node), [])
-        original = next((c for c in candidates if _same_attrs(graph[c], node)), None)
-        if original is None or node.name in keep:
-            candidates.append(node.name)
-            continue
-        for port in range(graph.num_outputs(node) or 1):
-            graph.reroute(TensorRef(node.name, port), TensorRef(original, port))
-        graph.hand_over(node.name, original)
-        graph.remove_node(node.name)
+    changed = True
+    while changed:
+        changed = False
+        # Nodes are grouped by a cheap key (no tensor contents); only nodes that share one are
+        # compared in full, so the weights of a big model are not hashed.
+        seen: dict[tuple, list[str]] = {}
+        for node in graph.topological_order():
+            op_def = graph.op_def_of(node)
+            if op_def is None or op_def.is_stateful:
+                continue  # unknown ops and library calls may have effects: never merged
+            candidates = seen.setdefault(_cheap_key(node), [])
+            original = next((c for c in candidates if _same_attrs(graph[c], node)), None)
+            if original is None or node.name in keep:
+                candidates.append(node.name)
+                continue
+            count = graph.num_outputs(node) or 1
+            for port in range(count):
+                graph.reroute(TensorRef(node.name, port), TensorRef(original, port))
+            graph.hand_over(node.name, original)
+            graph.remove_node(node.name)
+            changed = True
 
 
 def _cheap_key(node) -> tuple:

@@ -716,6 +716,25 @@ def test_merge_duplicate_nodes_needs_the_same_attrs_and_device():
     assert [str(r) for r in graph["out"].inputs] == ["a", "b", "a", "d", "e", "d"]
 
 
+def test_merge_duplicate_nodes_is_linear_in_the_readers_of_one_tensor(monkeypatch):
+    """A tensor read by k nodes that all differ: each node is compared with its own kind only (a
+    join through the readers would compare every pair). Counts comparisons, not seconds."""
+    from gtt_rules.engine import pattern
+    from gtt_rules.stdlib_rules import passes
+
+    k, work = 600, Counter()
+    monkeypatch.setattr(passes, "_same_attrs", lambda a, b, f=passes._same_attrs: work.update(["compare"]) or f(a, b))
+    monkeypatch.setattr(pattern, "_match_node", lambda *a, f=pattern._match_node: work.update(["match"]) or f(*a))
+    graph = Graph()
+    graph.add_node("x", "Placeholder", attrs={"dtype": 1, "shape": [2]})
+    for i in range(k):
+        graph.add_node(f"n{i}", "Identity", ["x"], attrs={"T": 1, "_tag": i % (k // 2)})
+    graph.add_node("out", "AddN", [f"n{i}" for i in range(k)], attrs={"T": 1, "N": k})
+    run_transforms(graph, "merge_duplicate_nodes", inputs=["x"], outputs=["out"])
+    assert len(graph) == 2 + k // 2      # n{i} and n{i + k/2} are alike: half merge
+    assert sum(work.values()) <= 4 * k
+
+
 def test_merge_duplicate_nodes_keeps_a_real_model_running():
     original = fixture_path("keras_mobilenet_tiny").read_bytes()
     inputs, outputs = fixture_io("keras_mobilenet_tiny")
