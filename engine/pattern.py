@@ -324,7 +324,8 @@ def _match_chain(pattern: Pattern, chain: NodePattern, ref: TensorRef, bindings:
     `end` matched where the chain stops; the longest chain first, then each shorter one. A node
     met twice (a cycle, in a graph loaded without validation) ends the chain."""
     link, ways, seen = chain.link, [(ref, bindings, [])], set()
-    while (node := graph.get(ways[-1][0].node)) is not None and node.inputs and node.name not in seen:
+    while (node := graph.get(ways[-1][0].node)) is not None and node.inputs and node.name not in seen \
+            and (chain.repeat != "?" or len(ways) == 1):
         ref, state, nodes = ways[-1]
         seen.add(node.name)
         if chain.checks_attrs:

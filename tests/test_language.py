@@ -754,6 +754,23 @@ def test_a_one_or_more_chain_needs_a_node_and_its_attrs_hold_for_each():
     assert list(match(rules[0].pattern, graph, graph["m"], ctx)) == []
 
 
+def test_an_optional_node_is_a_chain_of_at_most_one():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: float, shape: [2]}
+        a = Identity(x) {T: float}
+        b = Identity(a) {T: float}
+        n = Relu(b) {T: float}
+    """)
+    rules = compile_rules("""
+        rule r:
+            n = Relu(ids: Identity?(end))
+            => n -> end
+    """)
+    found = [([str(t) for t in m["ids"]], str(m["end"]))
+             for m in match(rules[0].pattern, graph, graph["n"], MatchContext(graph, {}, frozenset()))]
+    assert found == [(["b"], "a"), ([], "b")]
+
+
 def test_a_chain_ends_at_a_node_it_has_passed():
     from gtt_rules.engine.proto import graph_def_pb2 as pb
 
