@@ -31,7 +31,7 @@ import numpy as np
 
 from gtt_rules.engine import limits, op_registry
 from gtt_rules.engine.attrs import encode_attr
-from gtt_rules.engine.dtypes import numpy_dtype
+from gtt_rules.engine.dtypes import dtype_info, dtype_name, numpy_dtype
 from gtt_rules.engine.graph import TensorRef
 from gtt_rules.engine.kernels import KERNELS, load_all
 from gtt_rules.engine.pattern import MatchContext, NotApplicable
@@ -272,6 +272,38 @@ def dtype(ctx, x):
     if not dtypes or x.port >= len(dtypes):
         raise NotApplicable(f"the dtype of '{x}' is not known")
     return dtypes[x.port]
+
+
+@BUILTINS.function(args=("dtype",), returns="value")
+def dtype_size(d):
+    """The bytes one element of dtype d takes (1 for uint8 and quint8, 4 for float)."""
+    info = dtype_info(d)
+    if info is None or info.wire_size is None:
+        raise NotApplicable(f"{dtype_name(d)} has no fixed element size")
+    return info.wire_size
+
+
+# The real number types: integers by signedness and bits, floats by exponent and mantissa bits.
+_NUMBER_FORMATS = {"bool": ("u", 1), "uint8": ("u", 8), "uint16": ("u", 16), "uint32": ("u", 32),
+                   "uint64": ("u", 64), "int8": ("i", 8), "int16": ("i", 16), "int32": ("i", 32),
+                   "int64": ("i", 64), "half": ("f", 5, 10), "bfloat16": ("f", 8, 7), "float": ("f", 8, 23),
+                   "double": ("f", 11, 52)}
+
+
+@BUILTINS.function(args=("dtype", "dtype"), returns="bool")
+def can_hold(wide, narrow):
+    """True if every value of dtype `narrow` is exactly a value of dtype `wide` (int8 in float,
+    not int32 in float; bool in any number type)."""
+    a, b = _NUMBER_FORMATS.get(dtype_name(wide)), _NUMBER_FORMATS.get(dtype_name(narrow))
+    if a is None or b is None:
+        raise NotApplicable(f"can_hold compares real number types, not {dtype_name(wide)} and {dtype_name(narrow)}")
+    if a[0] == "f" and b[0] == "f":
+        return a[1] >= b[1] and a[2] >= b[2]
+    if a[0] == "f":   # an integer's magnitude bits fit the mantissa and its implicit bit
+        return b[1] - (b[0] == "i") <= a[2] + 1
+    if b[0] == "f" or a[0] == "u" and b[0] == "i":
+        return False
+    return b[1] + (a[0] == "i" and b[0] == "u") <= a[1]
 
 
 @BUILTINS.function(args=("tensor", "string", "any"), optional=1, returns="any", needs_context=True)
@@ -547,7 +579,7 @@ def transpose(ctx, x, perm=None):
 @BUILTINS.function(args=("value", "dtype"), returns="value", needs_context=True)
 def cast(ctx, x, to):
     """x converted to dtype `to`."""
-    from gtt_rules.engine.dtypes import numpy_dtype
+    from gtt_rules.engine.dtypes import dtype_info, dtype_name, numpy_dtype
     return np.asarray(tensor_value(ctx, x)).astype(numpy_dtype(to))
 
 

@@ -53,6 +53,11 @@ def fires(guard: str, lets: str = "") -> bool:
     '"a" + op(m) + "b" == "aMatMulb" and "rank " + format(rank(x)) == "rank 2"',
     '(1 if rank(x) == 2 else 2) == 1 and ("known" if known(shape(x)) else "not known") == "not known"',
     'not note(n, "a note is false")',
+    # dtype facts: sizes, and which type holds every value of another (exactly: int64 not in double)
+    'dtype_size(dtype(x)) == 4 and dtype_size(quint8) == 1 and dtype_size(complex128) == 16',
+    'can_hold(float, int16) and can_hold(float, bfloat16) and can_hold(int16, uint8) and can_hold(half, bool)',
+    'not can_hold(float, int32) and not can_hold(int8, uint8) and not can_hold(uint32, int8)',
+    'not can_hold(double, int64) and not can_hold(bfloat16, half) and not can_hold(int64, float)',
 ])
 def test_builtin(guard):
     assert fires(guard)
@@ -61,6 +66,9 @@ def test_builtin(guard):
 def test_a_false_builtin_guard_does_not_fire():
     assert not fires('matches(op(m), "Relu")')
     assert not fires('count_nonzero(w) == 4')
+    # unknown, not false: neither the fact nor its negation fires
+    assert not fires('can_hold(float, quint8)') and not fires('not can_hold(float, quint8)')
+    assert not fires('dtype_size(string) > 0') and not fires('not dtype_size(string) > 0')
 
 
 FUNCTIONS = """
