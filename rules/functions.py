@@ -579,7 +579,7 @@ def transpose(ctx, x, perm=None):
 @BUILTINS.function(args=("value", "dtype"), returns="value", needs_context=True)
 def cast(ctx, x, to):
     """x converted to dtype `to`."""
-    from gtt_rules.engine.dtypes import dtype_info, dtype_name, numpy_dtype
+    from gtt_rules.engine.dtypes import numpy_dtype
     return np.asarray(tensor_value(ctx, x)).astype(numpy_dtype(to))
 
 
