@@ -12,7 +12,7 @@ import collections
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from gtt_rules.errors import RewriteError
 
@@ -55,10 +55,11 @@ class _Level:
 
     def queue(self, graph: Graph, names: Iterable[str]) -> None:
         """Queue those of `names` that are in the graph, not queued yet, and that a rule could root at."""
+        queued, roots = self.queued, self.root_ops
         for name in names:
-            node = None if name in self.queued else graph.get(name)
-            if node is not None and (self.root_ops is None or node.op in self.root_ops):
-                self.queued.add(name)
+            node = None if name in queued else graph.get(name)
+            if node is not None and (roots is None or node.op in roots):
+                queued.add(name)
                 self.worklist.append(name)
 
 
@@ -116,7 +117,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
                 fired.append(rule.name)
                 if len(fired) > most:
                     raise report.stopped(StopReason.NODE_CYCLE, graph, rules, set(fired[-most:]), len(fired), name)
-                around = list(_neighbourhood(graph, name, result))
+                around = _neighbourhood(graph, name, result)
                 for each in levels:
                     each.queue(graph, around)
                 break
@@ -151,12 +152,12 @@ def _try(graph: Graph, rule: Rule, node, protected, undo: bool, notes: dict[str,
     return None
 
 
-def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> Iterator[str]:
+def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> list[str]:
     """What the rewrite made or rewired, and the root, with their consumers and producers, in that
     order (producers may name missing nodes in a graph loaded without validation)."""
+    around = []
     for name in [*result.created, *sorted(result.touched), root]:
         node = graph.get(name)
         if node is not None:
-            yield name
-            yield from (c.name for c in graph.consumers(name))
-            yield from (ref.node for ref in node.inputs)
+            around += [name] + [c.name for c in graph.consumers(name)] + [ref.node for ref in node.inputs]
+    return around
