@@ -1,10 +1,9 @@
 """Apply rules to a fixed point with an incremental worklist.
 
-Rules are dispatched by the root node's op. After a rewrite only the nodes it created, the nodes
-whose inputs it changed and their neighbours are looked at again. A rule of a higher priority is
-applied wherever it matches before one of a lower priority fires: each priority has its own
-worklist, served only while every higher one is empty. The run stops when nothing matches
-(saturated) or at a limit; a node rewritten over and over names the rules that cycle.
+Rules are dispatched by the root node's op; after a rewrite only what it made or rewired, and
+their neighbours, are looked at again. Each priority has its own worklist, served only while every
+higher one is empty. The run stops when nothing matches (saturated) or at a limit; a node rewritten
+over and over names the rules that cycle.
 """
 from __future__ import annotations
 
@@ -145,9 +144,10 @@ def _try(graph: Graph, rule: Rule, node, protected, undo: bool, notes: dict[str,
                 result = rewrite(graph, rule.name, rule.actions, ctx, node)
                 if result is not None:
                     return result
-    except RewriteError as error:  # say where the rule is; a search at its limit does not know the rule
-        named = f"rule '{rule.name}': {error.message}" if isinstance(error, MatchLimitError) else error.message
-        error.message = f"{rule.location}: {named}" if rule.location else named
+    except RewriteError as error:  # say where the rule is, unless the error does (a guard's does)
+        if error.path is None:  # a search at its limit does not know the rule either
+            named = f"rule '{rule.name}': {error.message}" if isinstance(error, MatchLimitError) else error.message
+            error.message = f"{rule.location}: {named}" if rule.location else named
         raise
     return None
 
