@@ -1,10 +1,9 @@
 """Apply rules to a fixed point with an incremental worklist.
 
-Rules are dispatched by the root node's op. After a rewrite only the nodes it created, the nodes
-whose inputs it changed and their neighbours are looked at again. A rule of a higher priority is
-applied wherever it matches before one of a lower priority fires: each priority has its own
-worklist, served only while every higher one is empty. The run stops when nothing matches
-(saturated) or at a limit; a node rewritten over and over names the rules that cycle.
+Rules are dispatched by the root node's op; after a rewrite only what it made or rewired, and
+their neighbours, are looked at again. Each priority has its own worklist, served only while every
+higher one is empty. The run stops when nothing matches (saturated) or at a limit; a node rewritten
+over and over names the rules that cycle.
 """
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import collections
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from gtt_rules.errors import RewriteError
 
@@ -55,10 +54,11 @@ class _Level:
 
     def queue(self, graph: Graph, names: Iterable[str]) -> None:
         """Queue those of `names` that are in the graph, not queued yet, and that a rule could root at."""
+        queued, roots = self.queued, self.root_ops
         for name in names:
-            node = None if name in self.queued else graph.get(name)
-            if node is not None and (self.root_ops is None or node.op in self.root_ops):
-                self.queued.add(name)
+            node = None if name in queued else graph.get(name)
+            if node is not None and (roots is None or node.op in roots):
+                queued.add(name)
                 self.worklist.append(name)
 
 
@@ -116,7 +116,7 @@ def apply_rules(graph: Graph, rules: Iterable[Rule], *, protected: Iterable[str]
                 fired.append(rule.name)
                 if len(fired) > most:
                     raise report.stopped(StopReason.NODE_CYCLE, graph, rules, set(fired[-most:]), len(fired), name)
-                around = list(_neighbourhood(graph, name, result))
+                around = _neighbourhood(graph, name, result)
                 for each in levels:
                     each.queue(graph, around)
                 break
@@ -144,19 +144,20 @@ def _try(graph: Graph, rule: Rule, node, protected, undo: bool, notes: dict[str,
                 result = rewrite(graph, rule.name, rule.actions, ctx, node)
                 if result is not None:
                     return result
-    except RewriteError as error:  # say where the rule is; a search at its limit does not know the rule
-        named = f"rule '{rule.name}': {error.message}" if isinstance(error, MatchLimitError) else error.message
-        error.message = f"{rule.location}: {named}" if rule.location else named
+    except RewriteError as error:  # say where the rule is, unless the error does (a guard's does)
+        if error.path is None:  # a search at its limit does not know the rule either
+            named = f"rule '{rule.name}': {error.message}" if isinstance(error, MatchLimitError) else error.message
+            error.message = f"{rule.location}: {named}" if rule.location else named
         raise
     return None
 
 
-def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> Iterator[str]:
+def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> list[str]:
     """What the rewrite made or rewired, and the root, with their consumers and producers, in that
     order (producers may name missing nodes in a graph loaded without validation)."""
+    around = []
     for name in [*result.created, *sorted(result.touched), root]:
         node = graph.get(name)
         if node is not None:
-            yield name
-            yield from (c.name for c in graph.consumers(name))
-            yield from (ref.node for ref in node.inputs)
+            around += [name] + [c.name for c in graph.consumers(name)] + [ref.node for ref in node.inputs]
+    return around

@@ -212,10 +212,10 @@ def in_loop_frame(ctx, name):
     """True if node `name` is inside a TF1 while loop: an Enter reaches it without passing an Exit."""
     if name not in ctx.graph:
         raise NotApplicable(f"no node named '{name}'")
-    graph, frame = ctx.graph, ("Enter", "RefEnter", "Exit", "RefExit")
-    reached = graph.walk([name], lambda node: () if node.op in frame
-                         else [r.node for r in node.inputs] + node.control_inputs)
-    return any(graph[n].op in ("Enter", "RefEnter") for n in reached)
+    frame_edges = ("Enter", "RefEnter", "Exit", "RefExit")  # the walk stops at both
+    reached = ctx.graph.walk([name], lambda node: () if node.op in frame_edges
+                             else [r.node for r in node.inputs] + node.control_inputs)
+    return any(ctx.graph[n].op in ("Enter", "RefEnter") for n in reached)
 
 
 @BUILTINS.function(args=("tensor",), returns="value", needs_context=True)

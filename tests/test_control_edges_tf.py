@@ -98,7 +98,8 @@ def test_recipe_without_quantization_keeps_the_keras_model_exact(tf, tmp_path):
 
 @pytest.mark.parametrize("steps", [(("transforms", RECIPE),),
                                    (("pipeline", "optimize_for_inference"),),
-                                   (("transforms", "strip_unused_nodes remove_trivial_control_dependencies"),)])
+                                   (("transforms", "strip_unused_nodes remove_trivial_control_dependencies"),),
+                                   (("transforms", "remove_control_dependencies"),)])
 def test_tf1_loop_frames_survive(tf, tmp_path, steps):
     """Inside a TF1 while loop a Const joins the loop's frame by a control edge: it must stay."""
     spec = fixture_spec("tf1_while_loop")
