@@ -304,19 +304,6 @@ def num_outputs(op_def: OpDef, attr: AttrLookup | Mapping[str, Any]) -> int | No
         return None
 
 
-def output_ports(op_def: OpDef, attr: AttrLookup | Mapping[str, Any]) -> dict[str, int]:
-    """The first output port of each of `op_def`'s output arguments, by name, as far as the attrs
-    settle the counts: past an argument whose count they leave open, the ports are unknown."""
-    ports, first = {}, 0
-    for arg in op_def.outputs:
-        ports[arg.name] = first
-        try:
-            first += _arg_count(op_def, arg, attr)
-        except _Undetermined:
-            break
-    return ports
-
-
 def input_count(op_def: OpDef, attr: AttrLookup | Mapping[str, Any]) -> int | None:
     """The number of data inputs a node of `op_def` takes (see `output_dtypes`)."""
     try:

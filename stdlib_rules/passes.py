@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gtt_rules.engine import op_registry
-from gtt_rules.engine.attrs import decode_attr
+from gtt_rules.engine.functions import body_tensor, output_ports
 from gtt_rules.engine.dtypes import DT_FLOAT, DT_INT32, DT_INT64
 from gtt_rules.engine.graph import Graph, TensorRef
 from gtt_rules.errors import UsageError
@@ -386,15 +385,14 @@ def inline_partitionedcall(graph: Graph, ctx: PassContext) -> None:
         names: dict[str, str] = {}
         for body in function.node_def:     # fresh against the graph and the names taken so far
             names[body.name] = graph.fresh_name(f"{call.name}/{body.name}", taken=names.values())
-        ports = {body.name: _output_ports(body, functions) for body in function.node_def}
+        fname = function.signature.name
+        ports = {body.name: output_ports(body, functions, fname) for body in function.node_def}
 
         def outside(text: str) -> TensorRef:
-            """A tensor a body node names (`arg`, `node`, `node:out_arg:index`), in the graph."""
-            node, _, rest = text.partition(":")
-            if node in arguments and not rest:
-                return arguments[node]
-            arg, _, index = rest.partition(":")
-            port = ports[node].get(arg, 0) + int(index or 0) if arg else 0
+            """A tensor a body node names (`arg`, `node:out_arg:index`), in the graph."""
+            if text in arguments:
+                return arguments[text]
+            node, port = body_tensor(text, ports, fname)
             return TensorRef(names[node], port)
 
         with graph.transaction():
@@ -414,10 +412,3 @@ def inline_partitionedcall(graph: Graph, ctx: PassContext) -> None:
                                  [c for c in consumer.control_inputs if c != call.name] + list(names.values()))
             graph.set_inputs(call, [], [])
             graph.remove_node(call.name)
-
-def _output_ports(body, functions) -> dict[str, int]:
-    """The first output port of each output argument of a function body's node."""
-    if body.op in functions:
-        return {arg.name: k for k, arg in enumerate(functions[body.op].signature.output_arg)}
-    op_def = op_registry.get_op(body.op)
-    return {} if op_def is None else op_registry.output_ports(op_def, lambda key: decode_attr(body.attr[key]))

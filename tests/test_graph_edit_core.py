@@ -257,12 +257,3 @@ def test_renaming_nodes_renames_the_colocation_attrs_that_name_them():
     assert list(graph["r"].attr["_class"].list.s) == [b"loc:@v", b"loc:@x", b"other"]
     assert graph["r"].inputs[0].node == "v"
 
-
-def test_output_ports_follow_the_list_lengths_the_attrs_give():
-    from gtt_rules.engine import op_registry
-
-    split = op_registry.get_op("SparseSplit")
-    assert op_registry.output_ports(split, {"num_split": 3}) == \
-        {"output_indices": 0, "output_values": 3, "output_shape": 6}
-    # Without the count, only the first argument's port is known.
-    assert op_registry.output_ports(split, {}) == {"output_indices": 0}
