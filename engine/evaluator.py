@@ -229,19 +229,11 @@ class Evaluator:
 
     def _needed_nodes(self, *, follow_control: bool) -> set[str]:
         fed_nodes = {ref.node for ref in self.fed}
-        needed: set[str] = set()
-        stack = [ref.node for ref in self.outputs if ref not in self.fed]
-        while stack:
-            name = stack.pop()
-            if name in needed:
-                continue
-            needed.add(name)
-            node = self.graph[name]
-            producers = [ref.node for ref in node.inputs if ref not in self.fed]
-            if follow_control:
-                producers += [c for c in node.control_inputs if c not in fed_nodes]
-            stack.extend(p for p in producers if p not in needed)
-        return needed
+
+        def producers(node: Node) -> list[str]:
+            found = [ref.node for ref in node.inputs if ref not in self.fed]
+            return found + [c for c in node.control_inputs if c not in fed_nodes] if follow_control else found
+        return self.graph.walk([ref.node for ref in self.outputs if ref not in self.fed], producers)
 
     def _schedule(self, needed: set[str]) -> list[Node]:
         """Depth-first post-order from the outputs: each producer runs just before it is first

@@ -414,14 +414,8 @@ class Graph:
     def walk(self, starts: Iterable[str], step: Callable[[Node], Iterable[str]]) -> set[str]:
         """The nodes reached from `starts` by following `step`, which names the nodes next to a
         node (its producers, say, or only some of its consumers); each is stepped from once."""
-        reached: set[str] = set()
-        stack = list(starts)
-        while stack:
-            name = stack.pop()
-            if name not in reached:
-                reached.add(name)
-                stack.extend(step(self._nodes[name]))
-        return reached
+        nodes = self._nodes
+        return set(walk(starts, lambda name: step(nodes[name])))
 
     def sweep(self, seeds: Iterable[str], protected: Collection[str], keep: Collection[str] = (),
               heirs: Mapping[str, Collection[str]] = {}, fallback: Collection[str] = ()
@@ -901,10 +895,7 @@ class Graph:
     def fresh_name(self, base: str, taken: Collection[str] = (), origin: str | None = None) -> str:
         """`base`, or `base_1`, `base_2`, ...: the first name no node has, nor any in `taken`.
         With `origin`, the name stands for that node from then on (see `origin`)."""
-        name, k = base, 0
-        while name in self._nodes or name in taken:
-            k += 1
-            name = f"{base}_{k}"
+        name = fresh_name(base, self._nodes, taken)
         if origin is not None:
             self._origins[name] = origin
         return name
@@ -1019,6 +1010,30 @@ class _Transaction:
         del journal[self.start:]
         graph._journal = journal
         graph._restore_order()
+
+
+def walk(starts: Iterable[str], step: Callable[[str], Iterable[str]]) -> list[str]:
+    """The names reached from `starts` by following `step` (the names next to a name), depth
+    first, in the order first reached; each is stepped from once. The one reachability walk:
+    `Graph.walk` on a graph, and the SavedModel freezer before a graph exists."""
+    reached: dict[str, None] = {}
+    stack = list(starts)
+    while stack:
+        name = stack.pop()
+        if name not in reached:
+            reached[name] = None
+            stack.extend(step(name))
+    return list(reached)
+
+
+def fresh_name(base: str, taken: Collection[str], also: Collection[str] = ()) -> str:
+    """`base`, or `base_1`, `base_2`, ...: the first name neither `taken` nor `also` holds (see
+    `Graph.fresh_name`)."""
+    name, k = base, 0
+    while name in taken or name in also:
+        k += 1
+        name = f"{base}_{k}"
+    return name
 
 
 def const_node_def(array: np.ndarray, dtype: int | None = None) -> pb.NodeDef:

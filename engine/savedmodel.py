@@ -36,6 +36,7 @@ from gtt_rules.errors import GraphError, did_you_mean
 
 from . import op_registry
 from .functions import attr_lookup, body_tensor, output_ports
+from .graph import fresh_name, walk
 from .proto import graph_def_pb2 as pb
 from .proto import saved_model_pb2 as smpb
 from .tensor_bundle import TensorBundle
@@ -247,20 +248,13 @@ class _Freezer:
 
     def _reachable(self, outputs: Iterable[str]) -> list[str]:
         """The nodes `outputs` read, through data and control inputs, aliases resolved."""
-        seen, order = set(), []
-        stack = [_split(self._resolve(r))[0] for r in outputs]
-        while stack:
-            name = stack.pop()
-            if name in seen:
-                continue
-            seen.add(name)
+        def step(name: str) -> list[str]:
             node = self.nodes.get(name)
             if node is None:
                 raise GraphError(f"node '{name}' is used but not defined")
-            order.append(name)
-            stack.extend(_split(self._resolve(r))[0] for r in _data_inputs(node))
-            stack.extend(c for r in _control_inputs(node) for c in self._resolve_control(r))
-        return order
+            return [_split(self._resolve(r))[0] for r in _data_inputs(node)] + \
+                [c for r in _control_inputs(node) for c in self._resolve_control(r)]
+        return walk([_split(self._resolve(r))[0] for r in outputs], step)
 
     def _resolve(self, ref: str) -> str:
         for _ in range(len(self.alias) + 1):
@@ -447,7 +441,8 @@ class _Freezer:
         if op == "ReadVariableOp" and handle not in self._consts and handle not in self._consts.values():
             self._const_of(handle, name)       # the first read becomes the Const itself
             return
-        params = self._const_of(handle, None if op == "ReadVariableOp" else self._fresh(f"{name}/params"))
+        params = self._const_of(handle, None if op == "ReadVariableOp"
+                                else fresh_name(f"{name}/params", self.nodes))
         dtype = self.nodes[params].attr["dtype"].type
         new = pb.NodeDef(name=name, device=node.device)
         indices = _data_inputs(node)[1:]
@@ -463,7 +458,7 @@ class _Freezer:
             new.attr["Tparams"].type = dtype
             new.attr["Tindices"].CopyFrom(node.attr["Tindices"])
         else:
-            axis = pb.NodeDef(name=self._fresh(f"{name}/axis"), op="Const")
+            axis = pb.NodeDef(name=fresh_name(f"{name}/axis", self.nodes), op="Const")
             axis.attr["dtype"].type = DT_INT32
             axis.attr["value"].tensor.dtype = DT_INT32
             axis.attr["value"].tensor.int_val.append(0)
@@ -475,13 +470,6 @@ class _Freezer:
             new.attr["batch_dims"].i = node.attr["batch_dims"].i if "batch_dims" in node.attr else 0
         new.input.extend("^" + c for c in _control_inputs(node))
         self.nodes[name] = new
-
-    def _fresh(self, name: str) -> str:
-        candidate, n = name, 0
-        while candidate in self.nodes:
-            n += 1
-            candidate = f"{name}_{n}"
-        return candidate
 
     # ---- functional control flow ----
 
@@ -605,7 +593,7 @@ class _Freezer:
         taken = set(self.nodes) - set(renames)
         for key in list(inputs) + list(outputs):
             if key in taken:                    # a node already has the key's name: move it
-                moved = self._fresh(key + "_")
+                moved = fresh_name(key + "_", self.nodes)
                 while moved in taken or moved in inputs or moved in outputs:
                     moved += "_"
                 renames[key] = moved
@@ -703,16 +691,9 @@ def _object_paths(nodes, children) -> dict[int, tuple[str, ...]]:
 
 def _used_functions(nodes: Iterable[pb.NodeDef], functions: dict[str, pb.FunctionDef]) -> list[str]:
     """The library functions `nodes` call, directly or through other functions, sorted."""
-    used: set[str] = set()
-    stack = [list(nodes)]
-    while stack:
-        for node in stack.pop():
-            names = [node.op] if node.op in functions else []
-            for value in node.attr.values():
-                names.append(value.func.name)
-                names.extend(f.name for f in value.list.func)
-            for name in names:
-                if name in functions and name not in used:
-                    used.add(name)
-                    stack.append(list(functions[name].node_def))
+    def called(body: Iterable[pb.NodeDef]) -> list[str]:
+        names = [n for node in body for n in [node.op] + [v.func.name for v in node.attr.values()]
+                 + [f.name for v in node.attr.values() for f in v.list.func]]
+        return [name for name in names if name in functions]
+    used = walk(called(nodes), lambda name: called(functions[name].node_def))
     return sorted(used)
