@@ -16,6 +16,7 @@ no match, since the rewrite would leave that node computing beside its replaceme
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -42,19 +43,16 @@ _NESTED = "\0nested:"  # binding keys of anonymous nodes whose attrs are checked
 _INNER = "\0inner"     # binding key of the inner nodes matched: a chain (name, is private, rest)
 
 
+@dataclass(slots=True, eq=False)
 class MatchContext:
     """What guards and computed values see: the graph, the bindings so far, the rule set's parameters,
     and `notes`, where a guard may say why it left a node as it was (node name -> reason)."""
 
-    __slots__ = ("graph", "bindings", "params", "protected", "notes")
-
-    def __init__(self, graph: Graph, params: dict[str, Any], protected: frozenset[str] | set[str],
-                 notes: dict[str, str] | None = None):
-        self.graph = graph
-        self.bindings: dict[str, Any] = {}
-        self.params = params
-        self.protected = protected
-        self.notes = notes if notes is not None else {}
+    graph: Graph
+    params: dict[str, Any]
+    protected: frozenset[str] | set[str]
+    notes: dict[str, str] = field(default_factory=dict)
+    bindings: dict[str, Any] = field(default_factory=dict)
 
 
 def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iterator[dict[str, Any]]:
@@ -96,8 +94,7 @@ def _match_roots(pattern: Pattern, at: int, bindings: dict, graph: Graph) -> Ite
 
 
 def _private(pattern: Pattern, root: str, bindings: dict, graph: Graph, protected) -> bool:
-    """True if no private inner node of the match is a graph output or read from outside the
-    match: a rewrite then leaves none of them behind, computing what it already replaced."""
+    """True if no private inner node of the match is a graph output or read from outside the match."""
     roots = {root, *(bindings[var].node for var, _ in pattern.further)}  # roots are not inner nodes
     matched, private = set(roots), []
     link = bindings.get(_INNER)
@@ -156,11 +153,10 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
             value = node.get_attr(attr.key, _NO_ATTR)
             if value is _NO_ATTR:
                 return
-            if attr.var in bindings:
-                if not _values_equal(bindings[attr.var], value):
-                    return
-            else:
+            if attr.var not in bindings:
                 bindings = {**bindings, attr.var: value}
+            elif not _values_equal(bindings[attr.var], value):
+                return
         elif attr.expected is not None and node.attr_value(attr.key) is None \
                 and node.get_attr(attr.key, _NO_ATTR) is _NO_ATTR:  # unset, and no default
             return
@@ -198,8 +194,6 @@ class _Search:
 
 
 def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
-    inputs = node.inputs
-    orders = (inputs, [inputs[1], inputs[0]])
     search = bindings[_SEARCH]
     search.tries += 1
     if search.tries > MAX_COMMUTATIVE_TRIES:
@@ -214,7 +208,7 @@ def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator
     except TypeError:   # a bound attr value that is a list or an array: not remembered
         key = None
     found = False
-    for ordered in orders:
+    for ordered in (node.inputs, node.inputs[::-1]):
         for extended in _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph):
             found = True
             yield extended
@@ -224,10 +218,9 @@ def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator
 
 def _match_variadic(pattern, wanted, at, inputs, bindings, graph) -> Iterator[dict]:
     # wanted = before + [rest...] + after: `before` and `after` take the first and last inputs.
-    rest, after = wanted[at], len(wanted) - at - 1
     if len(inputs) < len(wanted) - 1:
         return
-    end = len(inputs) - after
+    rest, end = wanted[at], len(inputs) - (len(wanted) - at - 1)
     fixed_wanted, fixed_inputs = wanted[:at] + wanted[at + 1:], inputs[:at] + inputs[end:]
     tail = inputs[at:end]
     for head in _match_inputs(pattern, fixed_wanted, fixed_inputs, 0, bindings, graph, inputs):
@@ -287,17 +280,15 @@ def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings:
         return
     if want.var is not None:
         bound = bindings.get(want.var)
-        if bound is not None:
-            if bound != ref:
-                return
-        else:
+        if bound is None:
             bindings = {**bindings, want.var: ref}
+        elif bound != ref:
+            return
     producer = graph.get(ref.node)
     if producer is None:
         return
-    if want.literal is not None:
-        if not _literal_matches(graph, producer, want.literal, ref, operands):
-            return
+    if want.literal is not None and not _literal_matches(graph, producer, want.literal, ref, operands):
+        return
     if want.node_var is not None:
         bound = bindings.get(want.node_var)
         if bound is not None:

@@ -483,21 +483,15 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     rerouted_consumers: dict[str, set[str]] = {}
     created = set(result.created)
     in_place = _in_place_target(graph, reroutes, heirs, removals, created)
-    if in_place is not None:
-        # Its consumers are left as they are: the heir takes the target's place below.
-        heir = heirs[in_place].name
-        for consumer in graph.consumers(in_place):
-            if any(r.node == in_place for r in consumer.inputs):
-                rerouted_consumers.setdefault(in_place, set()).add(consumer.name)
-                result.touched.add(consumer.name)
-                result.changed[consumer.name] = {i for i, r in enumerate(consumer.inputs) if r.node == in_place
-                                                 and not _same_dtype(graph, r, TensorRef(heir, r.port))}
-        reroutes = ()
     for old, new in reroutes:
         new_ref = _resolve(new)
         if new_ref == old:
             continue
-        rerouted = graph.reroute(old, new_ref, exclude=created)
+        if in_place is None:
+            rerouted = graph.reroute(old, new_ref, exclude=created)
+        else:  # the consumers are left as they are: the heir takes the target's place below
+            rerouted = {c.name: [i for i, r in enumerate(c.inputs) if r == old]
+                        for c in graph.consumers(in_place) if old in c.inputs}
         same = rerouted and _same_dtype(graph, old, new_ref)
         for consumer, positions in rerouted.items():
             result.touched.add(consumer)
