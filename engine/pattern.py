@@ -118,10 +118,9 @@ def _deferred_checks(pattern: Pattern, bindings: dict, graph: Graph, ctx: MatchC
     checked = [(n, bindings[var].node) for var, n in pattern.statements.items() if var in bindings]
     checked += [value for key, value in bindings.items() if key.startswith(_NESTED)]
     for node_pattern, name in checked:
-        node = graph[name]
         for attr in node_pattern.attrs:
             if attr.expected is not None:
-                yield _values_equal(node.get_attr(attr.key, _NO_ATTR), attr.expected(ctx))
+                yield _values_equal(graph[name].get_attr(attr.key, _NO_ATTR), attr.expected(ctx))
 
 
 _NO_ATTR = object()
@@ -163,8 +162,7 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
     if node_pattern.inputs is None:
         yield bindings
         return
-    inputs = node.inputs
-    wanted = node_pattern.inputs
+    inputs, wanted = node.inputs, node_pattern.inputs
     if node_pattern.variadic is not None:
         yield from _match_variadic(pattern, wanted, node_pattern.variadic, inputs, bindings, graph)
         return
@@ -291,13 +289,11 @@ def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings:
         return
     if want.node_var is not None:
         bound = bindings.get(want.node_var)
-        if bound is not None:
-            # A shared statement matched already: this input must come from that same node.
-            if bound.node == ref.node:
-                yield bindings
-            return
-        statement = pattern.statements[want.node_var]
-        yield from _match_node(pattern, statement, producer, {**bindings, want.node_var: TensorRef(ref.node, 0)}, graph)
+        if bound is None:
+            start = {**bindings, want.node_var: TensorRef(ref.node, 0)}
+            yield from _match_node(pattern, pattern.statements[want.node_var], producer, start, graph)
+        elif bound.node == ref.node:  # a shared statement matched already: this input must come from its node
+            yield bindings
         return
     if want.node is not None:
         if want.node.repeat:

@@ -31,7 +31,7 @@ from .graph import Graph, Node, TensorRef, const_array, const_node_def
 from .pattern import MatchContext
 from .proto import graph_def_pb2 as pb
 from .rule import (DELETE, EACH, Action, Bind, Bound, ConstNode, Each, Edit, Expand, NewNode, Producer, Remove,
-                   Template, TensorOf)
+                   Reroute, Template, TensorOf)
 
 
 @dataclass
@@ -130,9 +130,8 @@ def _replaces_with_itself(graph: Graph, planner: "_Planner", reroutes, heirs, re
     node = graph[target]
     if planned.source not in (None, node) or planned.op != node.op or planned.device != node.device \
             or [_resolve(r) for r in planned.inputs] != node.inputs \
-            or planned.control_inputs != node.control_inputs:
-        return False
-    if any(old.node != target or _resolve(new) != TensorRef(planned.name, old.port) for old, new in reroutes):
+            or planned.control_inputs != node.control_inputs \
+            or any(old.node != target or _resolve(new) != TensorRef(planned.name, old.port) for old, new in reroutes):
         return False
     theirs, ours = node.proto.attr, planned.proto.attr
     if set(theirs) != set(ours) | set(planned.copied):  # a copy's other attrs are the node's own
@@ -204,13 +203,11 @@ class _Planner:
         removals: list[str] = []
         self.lazy.update((a.name, a.source) for a in actions if isinstance(a, Bind))
         for action in actions:
-            if isinstance(action, Bind):
-                continue
             if isinstance(action, Remove):
                 removals.append(self._bound_node(action.var))
-                continue
-            if isinstance(action, Edit):
+            elif isinstance(action, Edit):
                 self.edits.append((self._bound_node(action.var), self._node(action.change, in_place=True)))
+            if not isinstance(action, Reroute):  # a Bind is built where it is read
                 continue
             target = self._bound_node(action.var)
             node = self.graph[target]
@@ -235,8 +232,7 @@ class _Planner:
         for target in heirs:
             node = self.graph[target]
             if target in self.ctx.protected and (not node.inputs or node.op == "PlaceholderWithDefault"):
-                heirs[target] = next((p for p in self.planned if p.source and p.source.name == target),
-                                     heirs[target])
+                heirs[target] = next((p for p in self.planned if p.source is node), heirs[target])
         return reroutes, heirs, removals
 
     def _error(self, problem: str) -> RewriteError:
@@ -250,10 +246,9 @@ class _Planner:
 
     def _value(self, producer: ConstNode) -> Any:
         """A computed value, computed once however often the plan looks at it."""
-        key = id(producer)
-        if key not in self.values:
-            self.values[key] = producer.value(self.ctx)
-        return self.values[key]
+        if id(producer) not in self.values:
+            self.values[id(producer)] = producer.value(self.ctx)
+        return self.values[id(producer)]
 
     def _picked(self, producer: Producer) -> TensorRef | list[TensorRef] | None:
         """The existing tensors an expression picks (`xs[0]`, `xs[:-1]`), not a constant to build."""
@@ -361,9 +356,8 @@ class _Planner:
             args = [self._build(a) for a in producer.args]
             if producer.spread is None:
                 return self._instantiate(producer.template, args)
-            items = args[producer.spread]
-            return [self._instantiate(producer.template, args[:producer.spread] + [item] +
-                                      args[producer.spread + 1:]) for item in items]
+            at = producer.spread
+            return [self._instantiate(producer.template, [*args[:at], item, *args[at + 1:]]) for item in args[at]]
         if isinstance(producer, Each):  # each element's nodes are its own: its values are computed anew
             values, built = self.values, []
             try:
@@ -461,9 +455,7 @@ def _at_port(value: Any, port: int | None) -> Any:
         return value
     if isinstance(value, list):
         return [_at_port(v, port) for v in value]
-    if isinstance(value, TensorRef):
-        return TensorRef(value.node, port)
-    return (value[0], port)
+    return TensorRef(value.node, port) if isinstance(value, TensorRef) else (value[0], port)
 
 
 def _resolve(ref: Any) -> TensorRef:
