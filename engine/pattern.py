@@ -104,11 +104,9 @@ def _private(pattern: Pattern, root: str, bindings: dict, graph: Graph, protecte
         if is_private and name not in roots:
             private.append(name)
     for name in private:
-        if name in protected:
+        outside = [c for c in graph.consumer_names(name) if c not in matched]
+        if name in protected or any(ref.node == name for c in outside for ref in graph[c].inputs):
             return False
-        for consumer in graph.consumer_names(name):
-            if consumer not in matched and any(ref.node == name for ref in graph[consumer].inputs):
-                return False
     return True
 
 

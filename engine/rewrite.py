@@ -133,10 +133,8 @@ def _replaces_with_itself(graph: Graph, planner: "_Planner", reroutes, heirs, re
             or planned.control_inputs != node.control_inputs \
             or any(old.node != target or _resolve(new) != TensorRef(planned.name, old.port) for old, new in reroutes):
         return False
-    theirs, ours = node.proto.attr, planned.proto.attr
-    if set(theirs) != set(ours) | set(planned.copied):  # a copy's other attrs are the node's own
-        return False
-    return all(theirs[key] == value for key, value in ours.items())
+    theirs, ours = node.proto.attr, planned.proto.attr  # a copy's other attrs are the node's own
+    return set(theirs) == set(ours) | set(planned.copied) and all(theirs[k] == v for k, v in ours.items())
 
 
 def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, reroutes, planner) -> None:
@@ -545,13 +543,10 @@ def _in_place_target(graph: Graph, reroutes, heirs, removals, created: set[str])
     if len(heirs) != 1:
         return None
     (target, planned), = heirs.items()
-    if target in removals or graph.consumers(planned.name):
+    if target in removals or graph.consumers(planned.name) or any(
+            old.node != target or _resolve(new) != TensorRef(planned.name, old.port) for old, new in reroutes):
         return None
-    ports = set()
-    for old, new in reroutes:
-        if old.node != target or _resolve(new) != TensorRef(planned.name, old.port):
-            return None
-        ports.add(old.port)
+    ports = {old.port for old, _ in reroutes}
     for consumer in graph.consumers(target):
         if consumer.name in created or any(r.node == target and r.port not in ports for r in consumer.inputs):
             return None
