@@ -16,6 +16,7 @@ no match, since the rewrite would leave that node computing beside its replaceme
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -42,19 +43,16 @@ _NESTED = "\0nested:"  # binding keys of anonymous nodes whose attrs are checked
 _INNER = "\0inner"     # binding key of the inner nodes matched: a chain (name, is private, rest)
 
 
+@dataclass(slots=True, eq=False)
 class MatchContext:
     """What guards and computed values see: the graph, the bindings so far, the rule set's parameters,
     and `notes`, where a guard may say why it left a node as it was (node name -> reason)."""
 
-    __slots__ = ("graph", "bindings", "params", "protected", "notes")
-
-    def __init__(self, graph: Graph, params: dict[str, Any], protected: frozenset[str] | set[str],
-                 notes: dict[str, str] | None = None):
-        self.graph = graph
-        self.bindings: dict[str, Any] = {}
-        self.params = params
-        self.protected = protected
-        self.notes = notes if notes is not None else {}
+    graph: Graph
+    params: dict[str, Any]
+    protected: frozenset[str] | set[str]
+    notes: dict[str, str] = field(default_factory=dict)
+    bindings: dict[str, Any] = field(default_factory=dict)
 
 
 def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iterator[dict[str, Any]]:
@@ -96,8 +94,7 @@ def _match_roots(pattern: Pattern, at: int, bindings: dict, graph: Graph) -> Ite
 
 
 def _private(pattern: Pattern, root: str, bindings: dict, graph: Graph, protected) -> bool:
-    """True if no private inner node of the match is a graph output or read from outside the
-    match: a rewrite then leaves none of them behind, computing what it already replaced."""
+    """True if no private inner node of the match is a graph output or read from outside the match."""
     roots = {root, *(bindings[var].node for var, _ in pattern.further)}  # roots are not inner nodes
     matched, private = set(roots), []
     link = bindings.get(_INNER)
@@ -107,11 +104,9 @@ def _private(pattern: Pattern, root: str, bindings: dict, graph: Graph, protecte
         if is_private and name not in roots:
             private.append(name)
     for name in private:
-        if name in protected:
+        outside = [c for c in graph.consumer_names(name) if c not in matched]
+        if name in protected or any(ref.node == name for c in outside for ref in graph[c].inputs):
             return False
-        for consumer in graph.consumer_names(name):
-            if consumer not in matched and any(ref.node == name for ref in graph[consumer].inputs):
-                return False
     return True
 
 
@@ -121,10 +116,9 @@ def _deferred_checks(pattern: Pattern, bindings: dict, graph: Graph, ctx: MatchC
     checked = [(n, bindings[var].node) for var, n in pattern.statements.items() if var in bindings]
     checked += [value for key, value in bindings.items() if key.startswith(_NESTED)]
     for node_pattern, name in checked:
-        node = graph[name]
         for attr in node_pattern.attrs:
             if attr.expected is not None:
-                yield _values_equal(node.get_attr(attr.key, _NO_ATTR), attr.expected(ctx))
+                yield _values_equal(graph[name].get_attr(attr.key, _NO_ATTR), attr.expected(ctx))
 
 
 _NO_ATTR = object()
@@ -156,19 +150,17 @@ def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, binding
             value = node.get_attr(attr.key, _NO_ATTR)
             if value is _NO_ATTR:
                 return
-            if attr.var in bindings:
-                if not _values_equal(bindings[attr.var], value):
-                    return
-            else:
+            if attr.var not in bindings:
                 bindings = {**bindings, attr.var: value}
+            elif not _values_equal(bindings[attr.var], value):
+                return
         elif attr.expected is not None and node.attr_value(attr.key) is None \
                 and node.get_attr(attr.key, _NO_ATTR) is _NO_ATTR:  # unset, and no default
             return
     if node_pattern.inputs is None:
         yield bindings
         return
-    inputs = node.inputs
-    wanted = node_pattern.inputs
+    inputs, wanted = node.inputs, node_pattern.inputs
     if node_pattern.variadic is not None:
         yield from _match_variadic(pattern, wanted, node_pattern.variadic, inputs, bindings, graph)
         return
@@ -198,8 +190,6 @@ class _Search:
 
 
 def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator[dict]:
-    inputs = node.inputs
-    orders = (inputs, [inputs[1], inputs[0]])
     search = bindings[_SEARCH]
     search.tries += 1
     if search.tries > MAX_COMMUTATIVE_TRIES:
@@ -214,7 +204,7 @@ def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator
     except TypeError:   # a bound attr value that is a list or an array: not remembered
         key = None
     found = False
-    for ordered in orders:
+    for ordered in (node.inputs, node.inputs[::-1]):
         for extended in _match_inputs(pattern, node_pattern.inputs, ordered, 0, bindings, graph):
             found = True
             yield extended
@@ -224,10 +214,9 @@ def _match_commutative(pattern, node_pattern, node, bindings, graph) -> Iterator
 
 def _match_variadic(pattern, wanted, at, inputs, bindings, graph) -> Iterator[dict]:
     # wanted = before + [rest...] + after: `before` and `after` take the first and last inputs.
-    rest, after = wanted[at], len(wanted) - at - 1
     if len(inputs) < len(wanted) - 1:
         return
-    end = len(inputs) - after
+    rest, end = wanted[at], len(inputs) - (len(wanted) - at - 1)
     fixed_wanted, fixed_inputs = wanted[:at] + wanted[at + 1:], inputs[:at] + inputs[end:]
     tail = inputs[at:end]
     for head in _match_inputs(pattern, fixed_wanted, fixed_inputs, 0, bindings, graph, inputs):
@@ -287,26 +276,22 @@ def _match_input(pattern: Pattern, want: InputPattern, ref: TensorRef, bindings:
         return
     if want.var is not None:
         bound = bindings.get(want.var)
-        if bound is not None:
-            if bound != ref:
-                return
-        else:
+        if bound is None:
             bindings = {**bindings, want.var: ref}
+        elif bound != ref:
+            return
     producer = graph.get(ref.node)
     if producer is None:
         return
-    if want.literal is not None:
-        if not _literal_matches(graph, producer, want.literal, ref, operands):
-            return
+    if want.literal is not None and not _literal_matches(graph, producer, want.literal, ref, operands):
+        return
     if want.node_var is not None:
         bound = bindings.get(want.node_var)
-        if bound is not None:
-            # A shared statement matched already: this input must come from that same node.
-            if bound.node == ref.node:
-                yield bindings
-            return
-        statement = pattern.statements[want.node_var]
-        yield from _match_node(pattern, statement, producer, {**bindings, want.node_var: TensorRef(ref.node, 0)}, graph)
+        if bound is None:
+            start = {**bindings, want.node_var: TensorRef(ref.node, 0)}
+            yield from _match_node(pattern, pattern.statements[want.node_var], producer, start, graph)
+        elif bound.node == ref.node:  # a shared statement matched already: this input must come from its node
+            yield bindings
         return
     if want.node is not None:
         if want.node.repeat:

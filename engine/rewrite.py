@@ -31,7 +31,7 @@ from .graph import Graph, Node, TensorRef, const_array, const_node_def
 from .pattern import MatchContext
 from .proto import graph_def_pb2 as pb
 from .rule import (DELETE, EACH, Action, Bind, Bound, ConstNode, Each, Edit, Expand, NewNode, Producer, Remove,
-                   Template, TensorOf)
+                   Reroute, Template, TensorOf)
 
 
 @dataclass
@@ -130,14 +130,11 @@ def _replaces_with_itself(graph: Graph, planner: "_Planner", reroutes, heirs, re
     node = graph[target]
     if planned.source not in (None, node) or planned.op != node.op or planned.device != node.device \
             or [_resolve(r) for r in planned.inputs] != node.inputs \
-            or planned.control_inputs != node.control_inputs:
+            or planned.control_inputs != node.control_inputs \
+            or any(old.node != target or _resolve(new) != TensorRef(planned.name, old.port) for old, new in reroutes):
         return False
-    if any(old.node != target or _resolve(new) != TensorRef(planned.name, old.port) for old, new in reroutes):
-        return False
-    theirs, ours = node.proto.attr, planned.proto.attr
-    if set(theirs) != set(ours) | set(planned.copied):  # a copy's other attrs are the node's own
-        return False
-    return all(theirs[key] == value for key, value in ours.items())
+    theirs, ours = node.proto.attr, planned.proto.attr  # a copy's other attrs are the node's own
+    return set(theirs) == set(ours) | set(planned.copied) and all(theirs[k] == v for k, v in ours.items())
 
 
 def _check(graph: Graph, result: RewriteResult, rule_name: str, root: Node, reroutes, planner) -> None:
@@ -204,13 +201,11 @@ class _Planner:
         removals: list[str] = []
         self.lazy.update((a.name, a.source) for a in actions if isinstance(a, Bind))
         for action in actions:
-            if isinstance(action, Bind):
-                continue
             if isinstance(action, Remove):
                 removals.append(self._bound_node(action.var))
-                continue
-            if isinstance(action, Edit):
+            elif isinstance(action, Edit):
                 self.edits.append((self._bound_node(action.var), self._node(action.change, in_place=True)))
+            if not isinstance(action, Reroute):  # a Bind is built where it is read
                 continue
             target = self._bound_node(action.var)
             node = self.graph[target]
@@ -235,8 +230,7 @@ class _Planner:
         for target in heirs:
             node = self.graph[target]
             if target in self.ctx.protected and (not node.inputs or node.op == "PlaceholderWithDefault"):
-                heirs[target] = next((p for p in self.planned if p.source and p.source.name == target),
-                                     heirs[target])
+                heirs[target] = next((p for p in self.planned if p.source is node), heirs[target])
         return reroutes, heirs, removals
 
     def _error(self, problem: str) -> RewriteError:
@@ -250,10 +244,9 @@ class _Planner:
 
     def _value(self, producer: ConstNode) -> Any:
         """A computed value, computed once however often the plan looks at it."""
-        key = id(producer)
-        if key not in self.values:
-            self.values[key] = producer.value(self.ctx)
-        return self.values[key]
+        if id(producer) not in self.values:
+            self.values[id(producer)] = producer.value(self.ctx)
+        return self.values[id(producer)]
 
     def _picked(self, producer: Producer) -> TensorRef | list[TensorRef] | None:
         """The existing tensors an expression picks (`xs[0]`, `xs[:-1]`), not a constant to build."""
@@ -361,9 +354,8 @@ class _Planner:
             args = [self._build(a) for a in producer.args]
             if producer.spread is None:
                 return self._instantiate(producer.template, args)
-            items = args[producer.spread]
-            return [self._instantiate(producer.template, args[:producer.spread] + [item] +
-                                      args[producer.spread + 1:]) for item in items]
+            at = producer.spread
+            return [self._instantiate(producer.template, [*args[:at], item, *args[at + 1:]]) for item in args[at]]
         if isinstance(producer, Each):  # each element's nodes are its own: its values are computed anew
             values, built = self.values, []
             try:
@@ -461,9 +453,7 @@ def _at_port(value: Any, port: int | None) -> Any:
         return value
     if isinstance(value, list):
         return [_at_port(v, port) for v in value]
-    if isinstance(value, TensorRef):
-        return TensorRef(value.node, port)
-    return (value[0], port)
+    return TensorRef(value.node, port) if isinstance(value, TensorRef) else (value[0], port)
 
 
 def _resolve(ref: Any) -> TensorRef:
@@ -483,21 +473,15 @@ def _execute(graph: Graph, planner: _Planner, reroutes, heirs, removals, protect
     rerouted_consumers: dict[str, set[str]] = {}
     created = set(result.created)
     in_place = _in_place_target(graph, reroutes, heirs, removals, created)
-    if in_place is not None:
-        # Its consumers are left as they are: the heir takes the target's place below.
-        heir = heirs[in_place].name
-        for consumer in graph.consumers(in_place):
-            if any(r.node == in_place for r in consumer.inputs):
-                rerouted_consumers.setdefault(in_place, set()).add(consumer.name)
-                result.touched.add(consumer.name)
-                result.changed[consumer.name] = {i for i, r in enumerate(consumer.inputs) if r.node == in_place
-                                                 and not _same_dtype(graph, r, TensorRef(heir, r.port))}
-        reroutes = ()
     for old, new in reroutes:
         new_ref = _resolve(new)
         if new_ref == old:
             continue
-        rerouted = graph.reroute(old, new_ref, exclude=created)
+        if in_place is None:
+            rerouted = graph.reroute(old, new_ref, exclude=created)
+        else:  # the consumers are left as they are: the heir takes the target's place below
+            rerouted = {c.name: [i for i, r in enumerate(c.inputs) if r == old]
+                        for c in graph.consumers(in_place) if old in c.inputs}
         same = rerouted and _same_dtype(graph, old, new_ref)
         for consumer, positions in rerouted.items():
             result.touched.add(consumer)
@@ -559,13 +543,10 @@ def _in_place_target(graph: Graph, reroutes, heirs, removals, created: set[str])
     if len(heirs) != 1:
         return None
     (target, planned), = heirs.items()
-    if target in removals or graph.consumers(planned.name):
+    if target in removals or graph.consumers(planned.name) or any(
+            old.node != target or _resolve(new) != TensorRef(planned.name, old.port) for old, new in reroutes):
         return None
-    ports = set()
-    for old, new in reroutes:
-        if old.node != target or _resolve(new) != TensorRef(planned.name, old.port):
-            return None
-        ports.add(old.port)
+    ports = {old.port for old, _ in reroutes}
     for consumer in graph.consumers(target):
         if consumer.name in created or any(r.node == target and r.port not in ports for r in consumer.inputs):
             return None
