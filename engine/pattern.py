@@ -136,7 +136,8 @@ def _values_equal(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, bindings: dict, graph: Graph) -> Iterator[dict]:
+def _match_node(pattern: Pattern, node_pattern: NodePattern, node: Node, bindings: dict,
+                graph: Graph) -> Iterator[dict]:
     if node_pattern.alternatives:
         for alternative in node_pattern.alternatives:
             yield from _match_node(pattern, alternative, node, bindings, graph)

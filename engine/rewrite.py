@@ -400,7 +400,8 @@ class _Planner:
         if wanted is not None and (not isinstance(wanted, str) or not wanted):
             raise self._error(f"{wanted!r} is not a node name")
         origin = self.graph.origin(self.root.name)
-        name = self.graph.fresh_name(wanted or f"{origin}/{self.rule_name}/{op}", self.taken, None if wanted else origin)
+        name = self.graph.fresh_name(wanted or f"{origin}/{self.rule_name}/{op}", self.taken,
+                                     None if wanted else origin)
         if wanted and name != wanted:
             self.wished[name] = wanted
         self.taken.add(name)

@@ -654,7 +654,8 @@ class Compiler(ExpressionCompiler):
             value_fn = (lambda f: lambda ctx: tensor_value(ctx, f(ctx)))(value_fn)  # Const(w): w's value
             if kind in ("string", "dtype"):
                 self.error(expr.args[0].pos, f"type error: a Const value cannot be a {kind}")
-            dtype_expr = expr.args[1] if len(expr.args) == 2 else (attr_items["dtype"].value if "dtype" in attr_items else None)
+            dtype_expr = expr.args[1] if len(expr.args) == 2 else \
+                (attr_items["dtype"].value if "dtype" in attr_items else None)
             dtype_fn = self.value(dtype_expr, scope)[0] if dtype_expr is not None else None
             return engine.ConstNode(must_be_known(value_fn), dtype_fn and must_be_known(dtype_fn),
                                     fields[0][1] if fields else None)

@@ -175,7 +175,8 @@ class Library:
         where = "" if call.location == "command line" else f"{call.location}: "
         target = self.find(call.name)
         if target is None:
-            raise UsageError(f"{where}unknown rule set or pipeline '{call.name}'{did_you_mean(call.name, self.names())} "
+            raise UsageError(f"{where}unknown rule set or pipeline "
+                             f"'{call.name}'{did_you_mean(call.name, self.names())} "
                              f"(`gtt-rules list` shows them all)")
         if isinstance(target, RuleSet):
             return [Stage(call.name, target.instantiate(call.args, where=where))]
