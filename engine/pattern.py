@@ -330,17 +330,17 @@ def _match_chain(pattern: Pattern, chain: NodePattern, ref: TensorRef, bindings:
         yield from _match_input(pattern, chain.inputs[0], ref, state, graph, [ref])
 
 
-def _literal_matches(graph: Graph, node: Node, number: float, ref: TensorRef, operands) -> bool:
-    """A literal stands for a Const whose every element equals `number` and whose broadcast
-    cannot change what the node computes: a scalar, or a Const whose shape broadcasts into the
-    static shape of each of the node's other inputs and leaves it as it is."""
+def _literal_matches(graph: Graph, node: Node, number: float | bool, ref: TensorRef, operands) -> bool:
+    """A literal: a Const (bool for `true` and `false`) all of whose elements are `number`, and whose broadcast
+    cannot change what the node computes: a scalar, or one that fits each other input's static shape."""
     if node.op != "Const":
         return False
     try:
         value = node.get_attr("value")
     except Exception:
         return False
-    if value.size == 0 or value.dtype.kind not in "biuf" or not np.all(value == number):
+    kinds = "b" if type(number) is bool else "iuf"
+    if value.size == 0 or value.dtype.kind not in kinds or not np.all(value == number):
         return False
     if value.ndim == 0:
         return True

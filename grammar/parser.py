@@ -382,6 +382,8 @@ class _ToAst(Transformer):
         return ast.ArgNested(children[0], children[0].pos)
 
     def arg_literal(self, children):
+        if children[-1].type in ("TRUE", "FALSE"):
+            return ast.ArgLiteral(children[-1].type == "TRUE", _tok_pos(children[0]))
         value = _number(str(children[-1]))
         return ast.ArgLiteral(-value if len(children) == 2 else value, _tok_pos(children[0]))
 

@@ -2286,3 +2286,24 @@ def test_registered_defaults_are_written_and_recognized_as_stored():
     assert stored.attr_value("data_format").s == b"NHWC" and stored.attr_value("use_cudnn_on_gpu").b is True
     assert list(stored.attr_value("explicit_paddings").list.i) == [] and stored.attr_value("explicit_paddings").HasField("list")
     assert list(stored.get_attr("dilations")) == [1, 2, 2, 1]
+
+
+def test_bool_literals_match_bool_consts_and_numbers_match_number_consts():
+    graph = fixture_graph("""
+        x = Placeholder {dtype: bool, shape: [2]}
+        a = SelectV2(x, Const(true), Const(false)) {T: bool}
+        y = Placeholder {dtype: int32, shape: [2]}
+        b = SelectV2(x, Const(1), Const(0)) {T: int32}
+        out = AddN(Cast(a) {SrcT: bool, DstT: int32}, b, y) {N: 3, T: int32}
+    """)
+    report = run(graph, """
+        rule numbers:
+            n = SelectV2(c, 1, 0)
+            => n -> Cast(c) {DstT: int32}
+        rule bools:
+            n = SelectV2(c, true, false)
+            => n -> c
+    """, protected=["x", "y", "out"])
+    assert report.fires == {"numbers": 1, "bools": 1}
+    assert "a" not in graph and structure(graph)["b"] == ("Cast", ["x"])
+    assert graph[graph["out"].inputs[0].node].inputs == [TensorRef("x")]
