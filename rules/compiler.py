@@ -8,7 +8,7 @@ names, unknown functions and wrong argument counts, type errors in expressions, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Iterator
 
 from gtt_rules.engine import op_registry
 from gtt_rules.engine import rule as engine  # its replacement classes share names with the AST's
@@ -66,7 +66,7 @@ class Compiler(ExpressionCompiler):
         stem = self.module.path.rsplit("/", 1)[-1].rsplit(".", 1)[0] if self.module.path else "rules"
         seen_rules: dict[str, ast.Pos] = {}
         if self.module.rules:
-            rules = tuple(self._rule(r, Scope(), seen_rules) for r in self.module.rules)
+            rules = tuple(r for decl in self.module.rules for r in self._rules(decl, Scope, seen_rules))
             # The file's top-level rules are described by the comment that opens the file.
             opening = next((i for i, text in enumerate(self.module.source.splitlines(), 1)
                             if not text.lstrip().startswith("#")), 1)
@@ -84,9 +84,9 @@ class Compiler(ExpressionCompiler):
             local_seen: dict[str, ast.Pos] = {}
             rules = []
             for rule in block.rules:
-                compiled = self._rule(rule, Scope(params=dict(scope_params)), local_seen)
-                if compiled:
-                    rules.append(compiled.with_params({p.name: p.default for p in params}))
+                for compiled in self._rules(rule, lambda: Scope(params=dict(scope_params)), local_seen):
+                    if compiled:
+                        rules.append(compiled.with_params({p.name: p.default for p in params}))
             for include in block.includes:
                 included = out.rulesets.get(include.name)
                 if included is None:
@@ -164,6 +164,11 @@ class Compiler(ExpressionCompiler):
                 args[key] = self.constant(expr)
         return StageCall(stage.name, args, f"{self.module.path}:{stage.pos.line}:{stage.pos.column}")
     # -- rules --
+
+    def _rules(self, rule: ast.RuleDecl, new_scope, seen: dict[str, ast.Pos]) -> Iterator[Rule | None]:
+        """The rule, or one rule per branch where a replacement is a conditional (see `_branches`)."""
+        for k, branch in enumerate(_branches(rule)):
+            yield self._rule(branch, new_scope(), seen if k == 0 else {})
 
     def _rule(self, rule: ast.RuleDecl, scope: Scope, seen: dict[str, ast.Pos]) -> Rule | None:
         errors_before = len(self.errors)
@@ -696,6 +701,21 @@ def _mentioned(node: ast.NodePatternExpr) -> set[str]:
     for alternative in node.alternatives:
         names |= _mentioned(alternative)
     return names
+
+
+def _branches(rule: ast.RuleDecl) -> list[ast.RuleDecl]:
+    """A replacement `n -> A if c else B` (or `y = ...`) is two rules of one name and pattern: one
+    guarded by `c` that builds A, one by `not c` that builds B, so the branches may build nodes of
+    different shapes; where `c` is unknown, neither fires, as for any guard."""
+    for i, action in enumerate(rule.actions):
+        expr = getattr(action, "expr", None)
+        if isinstance(action, (ast.RerouteStmt, ast.BindStmt)) and isinstance(expr, ast.Conditional):
+            negated = ast.Unary("not", expr.condition, expr.pos)
+            return [branch for guard, chosen in ((expr.condition, expr.then), (negated, expr.otherwise))
+                    for branch in _branches(replace(rule, clauses=rule.clauses + (ast.Where(guard, expr.pos),),
+                                                    actions=rule.actions[:i] + (replace(action, expr=chosen),)
+                                                    + rule.actions[i + 1:]))]
+    return [rule]
 
 
 def _tensor_sources(node: Any, functions) -> set[str]:

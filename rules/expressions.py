@@ -81,8 +81,11 @@ class ExpressionCompiler:
     # -- errors --
 
     def error(self, pos: ast.Pos, message: str, hint: str | None = None) -> None:
-        self.errors.append(RulesCheckError(message, path=self.module.path, line=pos.line, column=pos.column,
-                                           source=self.module.source, hint=hint))
+        error = RulesCheckError(message, path=self.module.path, line=pos.line, column=pos.column,
+                                source=self.module.source, hint=hint)
+        # The branches of a conditional replacement are checked as rules of one pattern: once each.
+        if str(error) not in (str(e) for e in self.errors):
+            self.errors.append(error)
 
     def _suggest(self, name: str, choices) -> str | None:
         close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

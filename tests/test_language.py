@@ -2307,3 +2307,27 @@ def test_bool_literals_match_bool_consts_and_numbers_match_number_consts():
     assert report.fires == {"numbers": 1, "bools": 1}
     assert "a" not in graph and structure(graph)["b"] == ("Cast", ["x"])
     assert graph[graph["out"].inputs[0].node].inputs == [TensorRef("x")]
+
+
+CONDITIONAL_REPLACEMENT = """
+    rule by-batch:
+        n = Relu(x)
+        => n -> Relu6(x) if dim(x, 0) == 1 else Neg(Neg(x))
+"""
+
+
+@pytest.mark.parametrize("batch, expected", [(1, "Relu6"), (2, "Neg"), (-1, "Relu")])
+def test_a_conditional_replacement_builds_one_branch_and_neither_where_unknown(batch, expected):
+    graph = fixture_graph(f"""
+        x = Placeholder {{dtype: float, shape: [{batch}, 2]}}
+        n = Relu(x) {{T: float}}
+        out = Neg(n) {{T: float}}
+    """)
+    report = run(graph, CONDITIONAL_REPLACEMENT, protected=["x", "out"])
+    assert structure(graph)["n"][0] == expected and report.fires["by-batch"] == (expected != "Relu")
+
+
+def test_an_error_in_a_rule_with_a_conditional_replacement_is_reported_once():
+    with pytest.raises(RulesCheckError) as caught:
+        compile_rules(CONDITIONAL_REPLACEMENT.replace("Relu(x)", "Relux(x)", 1))
+    assert [str(e).count("unknown op 'Relux'") for e in caught.value.all_errors] == [1]
