@@ -308,14 +308,18 @@ class ExpressionCompiler:
         params, fns = definition.params, [fn for fn, _ in args]
 
         def call(ctx):
+            bindings = ctx.bindings
             values = [fn(ctx) for fn in fns]
-            saved = [ctx.bindings.get(p, _ABSENT) for p in params]
-            ctx.bindings.update(zip(params, values))
+            saved = [bindings.get(p, _ABSENT) for p in params]
+            bindings.update(zip(params, values))
             try:
                 return body(ctx)
             finally:
                 for p, old in zip(params, saved):
-                    _restore(ctx.bindings, p, old)
+                    if old is _ABSENT:
+                        bindings.pop(p, None)
+                    else:
+                        bindings[p] = old
         return call, kind
 
     def _conditional(self, expr: ast.Conditional, scope: Scope, branch=None):
@@ -381,6 +385,8 @@ _PYTHON_COMPARISON = {
     np.equal: operator.eq, np.not_equal: operator.ne, np.less: operator.lt,
     np.less_equal: operator.le, np.greater: operator.gt, np.greater_equal: operator.ge,
 }
+_EQUALITY = (np.equal, np.not_equal)  # the comparisons strings take; they are not ordered
+_SCALARS = frozenset((int, float, np.int32, np.int64, np.float32, np.float64))  # compared as Python does
 
 
 def _compatible(kind: str, want: str) -> bool:
@@ -408,7 +414,9 @@ def _truth(fn, ctx) -> Any:
         value = fn(ctx)
     except NotApplicable:
         return UNKNOWN
-    return UNKNOWN if value is UNKNOWN else _truthy(value)
+    if value is True or value is False or value is UNKNOWN:  # most guards: no conversion
+        return value
+    return _truthy(value)
 
 
 def _kleene(fns, ctx, decisive: bool) -> Any:
@@ -447,7 +455,7 @@ def _caller(impl: Callable[..., Any], args: list, needs_context: bool, strict: b
 
         def call_one(ctx):
             x = a(ctx)
-            if strict and is_unknown(x):
+            if strict and (x is UNKNOWN or type(x) is list and is_unknown(x)):
                 return UNKNOWN
             return impl(ctx, x) if needs_context else impl(x)
         return call_one
@@ -456,7 +464,8 @@ def _caller(impl: Callable[..., Any], args: list, needs_context: bool, strict: b
 
         def call_two(ctx):
             x, y = a(ctx), b(ctx)
-            if strict and (is_unknown(x) or is_unknown(y)):
+            if strict and (x is UNKNOWN or y is UNKNOWN or type(x) is list and is_unknown(x)
+                           or type(y) is list and is_unknown(y)):
                 return UNKNOWN
             return impl(ctx, x, y) if needs_context else impl(x, y)
         return call_two
@@ -504,6 +513,11 @@ def _elements(ctx, items: Any) -> list:
 
 
 def _index(ctx, target: Any, index: Any) -> Any:
+    if type(index) is int and type(target) in (list, tuple):  # the common `shape(x)[-1]`
+        try:
+            return target[index]
+        except IndexError:
+            raise NotApplicable(f"index {index} is out of range") from None
     if target is UNKNOWN or is_unknown(index):
         return UNKNOWN
     if isinstance(target, dict):
@@ -556,8 +570,10 @@ def _member(item: Any, items: Any) -> Any:
 
 
 def _compare(ctx, fn, a: Any, b: Any) -> Any:
-    if type(a) is type(b) and type(a) in (int, float):  # the common `size(w) >= 1024`: no numpy
+    if type(a) in _SCALARS and type(b) in _SCALARS:  # `size(w) >= 1024`, a dim against a product of dims
         return _PYTHON_COMPARISON[fn](a, b)
+    if type(a) is str and type(b) is str:  # `op(n) == "Relu"`; strings are not ordered
+        return _PYTHON_COMPARISON[fn](a, b) if fn in _EQUALITY else False
     if a is UNKNOWN or b is UNKNOWN:
         return UNKNOWN
     if isinstance(a, TensorRef) and isinstance(b, TensorRef):
