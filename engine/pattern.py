@@ -95,18 +95,19 @@ def _match_roots(pattern: Pattern, at: int, bindings: dict, graph: Graph) -> Ite
 
 def _private(pattern: Pattern, root: str, bindings: dict, graph: Graph, protected) -> bool:
     """True if no private inner node of the match is a graph output or read from outside the match."""
-    roots = {root, *(bindings[var].node for var, _ in pattern.further)}  # roots are not inner nodes
-    matched, private = set(roots), []
-    link = bindings.get(_INNER)
+    roots = {root, *(bindings[var].node for var, _ in pattern.further)} if pattern.further else (root,)
+    matched, private, link = set(roots), [], bindings.get(_INNER)
     while link is not None:
         name, is_private, link = link
         matched.add(name)
         if is_private and name not in roots:
             private.append(name)
-    for name in private:
-        outside = [c for c in graph.consumer_names(name) if c not in matched]
-        if name in protected or any(ref.node == name for c in outside for ref in graph[c].inputs):
+    for name in private:  # plain loops: this runs on every match
+        if name in protected:
             return False
+        for consumer in graph.consumer_names(name):
+            if consumer not in matched and any(ref.node == name for ref in graph[consumer].inputs):
+                return False
     return True
 
 
@@ -323,10 +324,9 @@ def _match_chain(pattern: Pattern, chain: NodePattern, ref: TensorRef, bindings:
             state = {**state, _INNER: (node.name, not chain.shared, state.get(_INNER))}
         ways.append((node.inputs[0], state, nodes + [ref]))
     for ref, state, nodes in reversed(ways[1:] if chain.repeat == "+" else ways):
-        if chain.chain_var is not None:
-            if state.get(chain.chain_var, nodes) != nodes:  # a list bound twice: the same tensors
-                continue
-            state = {**state, chain.chain_var: nodes}
+        if chain.chain_var is not None and state.get(chain.chain_var, nodes) != nodes:
+            continue  # a list bound twice: the same tensors
+        state = state if chain.chain_var is None else {**state, chain.chain_var: nodes}
         yield from _match_input(pattern, chain.inputs[0], ref, state, graph, [ref])
 
 
