@@ -316,10 +316,7 @@ class ExpressionCompiler:
                 return body(ctx)
             finally:
                 for p, old in zip(params, saved):
-                    if old is _ABSENT:
-                        bindings.pop(p, None)
-                    else:
-                        bindings[p] = old
+                    _restore(bindings, p, old)
         return call, kind
 
     def _conditional(self, expr: ast.Conditional, scope: Scope, branch=None):
@@ -455,7 +452,7 @@ def _caller(impl: Callable[..., Any], args: list, needs_context: bool, strict: b
 
         def call_one(ctx):
             x = a(ctx)
-            if strict and (x is UNKNOWN or type(x) is list and is_unknown(x)):
+            if strict and is_unknown(x):
                 return UNKNOWN
             return impl(ctx, x) if needs_context else impl(x)
         return call_one
@@ -464,8 +461,7 @@ def _caller(impl: Callable[..., Any], args: list, needs_context: bool, strict: b
 
         def call_two(ctx):
             x, y = a(ctx), b(ctx)
-            if strict and (x is UNKNOWN or y is UNKNOWN or type(x) is list and is_unknown(x)
-                           or type(y) is list and is_unknown(y)):
+            if strict and (is_unknown(x) or is_unknown(y)):
                 return UNKNOWN
             return impl(ctx, x, y) if needs_context else impl(x, y)
         return call_two
