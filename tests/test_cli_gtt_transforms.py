@@ -248,3 +248,27 @@ def test_sparsify_gather_of_a_variable_says_it_needs_the_checkpoint_reader(tf, t
     (line,) = capsys.readouterr().err.splitlines()
     assert "'weights' is a VariableV2: its values are in a checkpoint, which only TensorFlow's runtime reads" in line
     assert not out.exists()
+
+
+def test_inline_partitionedcall_refuses_a_body_op_it_cannot_count(tf, tmp_path, capsys):
+    """A body node of an op the registry does not know: its output ports cannot be told, so the
+    call is refused with a one-line error rather than read at a guessed port."""
+    with tf.Graph().as_default() as graph:
+        x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
+
+        @tf.function
+        def relu(a):
+            return tf.nn.relu(a)
+
+        tf.identity(relu(x), name="out")
+    graph_def = graph.as_graph_def()
+    body = next(n for f in graph_def.library.function for n in f.node_def if n.op == "Relu")
+    body.op = "NoSuchOp"
+    source, out = tmp_path / "call.pb", tmp_path / "inlined.pb"
+    source.write_bytes(graph_def.SerializeToString())
+    before = source.read_bytes()
+    assert main(["apply", str(source), "-o", str(out), "--inputs", "x", "--outputs", "out",
+                 "--transforms", "inline_partitionedcall"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown op 'NoSuchOp' in function" in err and "Traceback" not in err
+    assert not out.exists() and source.read_bytes() == before
