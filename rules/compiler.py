@@ -7,6 +7,7 @@ names, unknown functions and wrong argument counts, type errors in expressions, 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
@@ -167,6 +168,11 @@ class Compiler(ExpressionCompiler):
 
     def _rules(self, rule: ast.RuleDecl, new_scope, seen: dict[str, ast.Pos]) -> Iterator[Rule | None]:
         """The rule, or one rule per branch where a replacement is a conditional (see `_branches`)."""
+        count = math.prod(_leaves(getattr(a, "expr", None)) for a in rule.actions)
+        if count > MAX_BRANCHES:  # branches multiply across actions: a few lines could make millions
+            self.error(rule.pos, f"rule '{rule.name}': its conditional replacements make {count:,} rules "
+                                 f"(at most {MAX_BRANCHES})", "split it into rules of their own")
+            return
         for k, branch in enumerate(_branches(rule)):
             yield self._rule(branch, new_scope(), seen if k == 0 else {})
 
@@ -701,6 +707,14 @@ def _mentioned(node: ast.NodePatternExpr) -> set[str]:
     for alternative in node.alternatives:
         names |= _mentioned(alternative)
     return names
+
+
+MAX_BRANCHES = 64  # rules one rule's conditional replacements may make
+
+
+def _leaves(expr) -> int:
+    """How many replacements a conditional chooses from (1 for any other expression)."""
+    return _leaves(expr.then) + _leaves(expr.otherwise) if isinstance(expr, ast.Conditional) else 1
 
 
 def _branches(rule: ast.RuleDecl) -> list[ast.RuleDecl]:

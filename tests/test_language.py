@@ -2331,3 +2331,13 @@ def test_an_error_in_a_rule_with_a_conditional_replacement_is_reported_once():
     with pytest.raises(RulesCheckError) as caught:
         compile_rules(CONDITIONAL_REPLACEMENT.replace("Relu(x)", "Relux(x)", 1))
     assert [str(e).count("unknown op 'Relux'") for e in caught.value.all_errors] == [1]
+
+
+def test_conditional_replacements_that_multiply_past_the_limit_are_a_check_error():
+    # Seven actions of two branches each would be 128 rules: refused before any is made.
+    binds = "".join(f"            => y{k} = Relu(x) if dim(x, 0) == {k} else Neg(x)\n" for k in range(7))
+    text = "rule many:\n    n = Relu(x)\n" + binds.replace("            ", "    ") + \
+        "    => n -> AddN(" + ", ".join(f"y{k}" for k in range(7)) + ")\n"
+    with pytest.raises(RulesCheckError) as caught:
+        compile_rules(text)
+    assert str(caught.value).startswith("t.rules:1:6: rule 'many': its conditional replacements make 128 rules")
