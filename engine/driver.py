@@ -42,7 +42,7 @@ class _Level:
         # File order, not topological order: frozen graphs are mostly sorted already, and a node
         # visited too early is visited again when a rewrite changes its neighbourhood, so the fixed
         # point is the same without an O(n) sort per rule set.
-        self.worklist = collections.deque(node.name for node in graph if roots is None or node.op in roots)
+        self.worklist = collections.deque([node.name for node in graph if roots is None or node.op in roots])
         self.queued = set(self.worklist)
         self._cache: dict[str, list[Rule]] = {}
 
@@ -152,12 +152,12 @@ def _try(graph: Graph, rule: Rule, node, protected, undo: bool, notes: dict[str,
     return None
 
 
-def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> list[str]:
+def _neighbourhood(graph: Graph, root: str, result: RewriteResult) -> dict[str, None]:
     """What the rewrite made or rewired, and the root, with their consumers and producers, in that
-    order (producers may name missing nodes in a graph loaded without validation)."""
+    order, once each (producers may name missing nodes in a graph loaded without validation)."""
     around = []
     for name in [*result.created, *sorted(result.touched), root]:
         node = graph.get(name)
         if node is not None:
             around += [name] + [c.name for c in graph.consumers(name)] + [ref.node for ref in node.inputs]
-    return around
+    return dict.fromkeys(around)

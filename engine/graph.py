@@ -17,6 +17,7 @@ the Graph keeps one-line delegations for the calls used everywhere (`Graph.load`
 from __future__ import annotations
 
 import functools
+import operator
 import os
 from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, NamedTuple
 
@@ -158,19 +159,15 @@ class Node:
         self._signature = None
         EDITS.record(self._name)
 
-    @property
-    def name(self) -> str:
-        return self._name
+    # Read on every match and every dispatch: getters in C (attrgetter), not Python calls.
+    name = property(operator.attrgetter("_name"), doc="The node's name (`Graph.rename_node` changes it).")
 
-    @property
-    def op(self) -> str:
-        return self._op
-
-    @op.setter
-    def op(self, value: str) -> None:
+    def _set_op(self, value: str) -> None:
         self._proto.op = self._op = value
         self._signature = None
         EDITS.record(self._name)
+
+    op = property(operator.attrgetter("_op"), _set_op, doc="The node's op.")
 
     @property
     def device(self) -> str:
@@ -288,6 +285,9 @@ class Graph:
         """`node_defs`: the nodes, when they were parsed apart from `graph_def`, which has none."""
         self._graph_def = graph_def if graph_def is not None else pb.GraphDef()
         self._nodes: dict[str, Node] = {}
+        # The node named, or None: the dict's own `get`, without a Python call (every match and
+        # dispatch asks); `_nodes` is therefore only ever changed in place.
+        self.get = self._nodes.get
         for proto in self._graph_def.node if node_defs is None else node_defs:
             node = Node(proto)
             if node.name in self._nodes:
@@ -353,9 +353,6 @@ class Graph:
     def __getitem__(self, name: str) -> Node:
         return self._nodes[name]
 
-    def get(self, name: str) -> Node | None:
-        return self._nodes.get(name)
-
     @property
     def nodes(self) -> list[Node]:
         return list(self._nodes.values())
@@ -372,7 +369,7 @@ class Graph:
         """Nodes that take `name` as a data or control input, in file order."""
         names = self._consumers.get(name, ())
         if len(names) > 1:
-            names = sorted(names, key=self.position)
+            names = sorted(names, key=self._sequence.__getitem__)  # `position`, without a Python call
         return [self._nodes[n] for n in names]
 
     def consumer_names(self, name: str) -> Collection[str]:
@@ -619,7 +616,9 @@ class Graph:
             return
         for name in back:
             self._sequence[name] = self._left.pop(name)
-        self._nodes = dict(sorted(self._nodes.items(), key=lambda item: self._sequence[item[0]]))
+        ordered = sorted(self._nodes.items(), key=lambda item: self._sequence[item[0]])
+        self._nodes.clear()
+        self._nodes.update(ordered)
 
     def _note_leaving(self, name: str) -> None:
         if self._journal is not None:
@@ -951,7 +950,9 @@ class Graph:
 
     def reorder(self, names: list[str]) -> None:
         """Put the nodes in the given order (a permutation of all node names)."""
-        self._nodes = {name: self._nodes[name] for name in names}
+        ordered = [(name, self._nodes[name]) for name in names]
+        self._nodes.clear()
+        self._nodes.update(ordered)
         self._sequence = {name: i for i, name in enumerate(self._nodes)}
         self._next_sequence = len(self._sequence)
         self._membership_changed = True

@@ -16,7 +16,6 @@ no match, since the rewrite would leave that node computing beside its replaceme
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -43,16 +42,15 @@ _NESTED = "\0nested:"  # binding keys of anonymous nodes whose attrs are checked
 _INNER = "\0inner"     # binding key of the inner nodes matched: a chain (name, is private, rest)
 
 
-@dataclass(slots=True, eq=False)
 class MatchContext:
     """What guards and computed values see: the graph, the bindings so far, the rule set's parameters,
     and `notes`, where a guard may say why it left a node as it was (node name -> reason)."""
 
-    graph: Graph
-    params: dict[str, Any]
-    protected: frozenset[str] | set[str]
-    notes: dict[str, str] = field(default_factory=dict)
-    bindings: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("graph", "params", "protected", "notes", "bindings")  # one per try: a plain class
+
+    def __init__(self, graph: Graph, params: dict[str, Any], protected, notes: dict[str, str] | None = None):
+        self.graph, self.params, self.protected = graph, params, protected
+        self.notes, self.bindings = {} if notes is None else notes, {}
 
 
 def match(pattern: Pattern, graph: Graph, root: Node, ctx: MatchContext) -> Iterator[dict[str, Any]]:

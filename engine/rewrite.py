@@ -250,7 +250,9 @@ class _Planner:
 
     def _picked(self, producer: Producer) -> TensorRef | list[TensorRef] | None:
         """The existing tensors an expression picks (`xs[0]`, `xs[:-1]`), not a constant to build."""
-        value = self._value(producer) if isinstance(producer, ConstNode) and producer.dtype is None else None
+        if not isinstance(producer, ConstNode) or producer.dtype is not None:
+            return None
+        value = self._value(producer)
         if isinstance(value, TensorRef) or isinstance(value, list) and value and \
                 all(isinstance(v, TensorRef) for v in value):
             return value
@@ -346,6 +348,13 @@ class _Planner:
     def _build(self, producer: Producer) -> Any:
         """What a producer stands for, built: TensorRef | (_Planned, port) | a list of them (a
         variadic binding, existing tensors an expression picks (`xs[1:]`), nodes built per element)."""
+        if isinstance(producer, TensorOf):
+            value = self.ctx.bindings.get(producer.var)
+            if isinstance(value, list):
+                return list(value)
+            if not isinstance(value, TensorRef):
+                raise RewriteError(f"'{producer.var}' is not bound to a tensor")
+            return value if producer.port is None else TensorRef(value.node, producer.port)
         if isinstance(producer, Bound):
             if producer.name not in self.named:
                 self.named[producer.name] = self._build(self.lazy[producer.name])
@@ -366,13 +375,6 @@ class _Planner:
                 self.values = values
                 self.ctx.bindings.pop(producer.var, None)
             return built
-        if isinstance(producer, TensorOf):
-            value = self.ctx.bindings.get(producer.var)
-            if isinstance(value, list):
-                return list(value)
-            if not isinstance(value, TensorRef):
-                raise RewriteError(f"'{producer.var}' is not bound to a tensor")
-            return value if producer.port is None else TensorRef(value.node, producer.port)
         picked = self._picked(producer)
         if picked is not None:
             return list(picked) if isinstance(picked, list) else picked
