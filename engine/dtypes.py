@@ -142,6 +142,9 @@ def dtype_for_array(a: np.ndarray) -> int:
     importing ml_dtypes) and TF's one-field structured dtypes for quantized types.
     """
     dt = np.asarray(a).dtype
+    enum = _BY_HOLDER.get(dt)  # the usual case first: a plain numpy dtype (`dt.name` costs more)
+    if enum is not None:
+        return enum
     if dt.kind in "OSU":
         return DT_STRING
     if dt.names is not None and len(dt.names) == 1 and dt.names[0] in _BY_NAME:
