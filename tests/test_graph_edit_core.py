@@ -181,6 +181,22 @@ def test_a_transaction_undoes_on_request_and_stays_open():
     assert [node.name for node in graph] == ["x", "effect", "d"]  # back, in its place
 
 
+def test_get_sees_every_edit_after_an_undo_and_a_reorder():
+    # `Graph.get` is the node dict's own method: the dict must only ever change in place, or
+    # `get` would answer from a stale copy after the undo puts nodes back in order, or a reorder.
+    graph = _graph()
+    with graph.transaction() as edits:
+        graph.remove_node("effect")
+        edits.undo()
+    graph.add_node("a", "Relu", ["x"])
+    assert graph.get("effect") is graph["effect"] and graph.get("a") is graph["a"]
+    graph.reorder(["a", "effect", "x"])
+    graph.remove_node("a")
+    graph.add_node("b", "Neg", ["x"])
+    assert graph.get("a") is None and graph.get("b") is graph["b"]
+    assert [node.name for node in graph] == ["effect", "x", "b"]
+
+
 def test_implied_attrs_of_a_new_node():
     graph = _graph()
     graph.add_node("axis", "Const", attrs={"dtype": 3, "value": 0})
