@@ -292,11 +292,19 @@ graph.save(sys.argv[2])
 """
 
 
+def _signals_as_in_a_terminal():
+    # A test run started in the background (`cmd &` in a script) ignores SIGINT, and so would the
+    # child, which keeps an ignored signal ignored: the child starts as a terminal would start it.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def test_a_signal_mid_write_leaves_no_temp_file(tmp_path):
     out = tmp_path / "out.pb"
     for signum in (signal.SIGTERM, signal.SIGINT):      # what `timeout` and Ctrl-C send
         child = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(GRAPH), str(out)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 preexec_fn=_signals_as_in_a_terminal)
         try:
             assert child.stdout.readline() == b"writing\n"
             assert len(listing(tmp_path)) == 1      # the temp file, mid-write
